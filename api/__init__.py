@@ -1,0 +1,1 @@
+"""FastAPI app: thin routers over billing_engine services."""

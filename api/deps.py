@@ -1,0 +1,58 @@
+"""Request-scoped dependencies: engine, session (unit of work), settings, gateway, clock."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from billing_engine.gateway.protocol import PaymentGateway
+from billing_engine.settings import Settings
+
+
+def get_settings_dep(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_engine_dep(request: Request) -> Engine:
+    engine: Engine = request.app.state.engine
+    return engine
+
+
+def get_gateway(request: Request) -> PaymentGateway:
+    gw: PaymentGateway = request.app.state.gateway
+    return gw
+
+
+def get_now(request: Request) -> datetime:
+    """The request's "now" (the app's injectable clock; tests freeze it)."""
+    clock: Callable[[], datetime] = request.app.state.clock
+    return clock()
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    """Unit of work: committed when the endpoint returns without error."""
+    engine: Engine = request.app.state.engine
+    with Session(engine, expire_on_commit=False) as session:
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
+SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
+GatewayDep = Annotated[PaymentGateway, Depends(get_gateway)]
+NowDep = Annotated[datetime, Depends(get_now)]
+EngineDep = Annotated[Engine, Depends(get_engine_dep)]

@@ -1,0 +1,63 @@
+"""Customers: who is billed and where their e-mails go."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, col, select
+
+from billing_engine import events, validation
+from billing_engine.errors import Conflict, NotFound
+from billing_engine.models import Customer
+
+
+def create(
+    session: Session,
+    *,
+    email: str,
+    name: str = "",
+    external_ref: str | None = None,
+    gateway_customer_id: str | None = None,
+    now: datetime,
+    actor: str = "admin",
+) -> Customer:
+    email = validation.email(email)
+    name = validation.text(name, "name", max_length=200)
+    if external_ref is not None:
+        external_ref = validation.text(external_ref, "external_ref", max_length=200) or None
+    if gateway_customer_id is not None:
+        gateway_customer_id = validation.text(gateway_customer_id, "gateway_customer_id", max_length=100) or None
+    if external_ref and session.exec(select(Customer).where(Customer.external_ref == external_ref)).first():
+        raise Conflict(f"a customer with external_ref {external_ref!r} already exists", field="external_ref")
+    c = Customer(email=email, name=name, external_ref=external_ref,
+                 gateway_customer_id=gateway_customer_id, created_at=now)
+    session.add(c)
+    try:
+        with session.begin_nested():
+            session.flush()
+    except IntegrityError:
+        raise Conflict(f"a customer with external_ref {external_ref!r} already exists", field="external_ref") from None
+    events.record(session, events.EventType.CUSTOMER_CREATED, at=now, actor=actor,
+                  customer_id=c.id, payload={"email": email})
+    return c
+
+
+def get(session: Session, customer_id_or_ref: str) -> Customer:
+    c = session.get(Customer, customer_id_or_ref)
+    if c is None:
+        c = session.exec(select(Customer).where(Customer.external_ref == customer_id_or_ref)).first()
+    if c is None:
+        raise NotFound(f"no customer {customer_id_or_ref!r}", field="customer")
+    return c
+
+
+def list_customers(
+    session: Session, *, email: str | None = None, limit: int = 100, after: str | None = None
+) -> list[Customer]:
+    q = select(Customer).order_by(col(Customer.id)).limit(limit)
+    if email:
+        q = q.where(Customer.email == email.strip())
+    if after:
+        q = q.where(col(Customer.id) > after)
+    return list(session.exec(q))

@@ -1,0 +1,148 @@
+"""Engine, sessions and schema migrations.
+
+- SQLite: WAL, foreign keys on, a busy timeout, and every transaction opened with
+  ``BEGIN IMMEDIATE`` so concurrent writers serialise instead of failing half-way.
+  A brand-new SQLite file is migrated to the latest schema on first use.
+- PostgreSQL (``postgresql+psycopg://``): the schema is managed with
+  ``billing db upgrade`` (Alembic); the engine refuses to run on an old schema.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import create_engine, event, inspect
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError
+from sqlmodel import Session
+
+from billing_engine.errors import ConfigurationError
+
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+
+
+def make_engine(url: str, *, echo: bool = False, **kwargs: Any) -> Engine:
+    """Create an engine with the per-backend settings the engine relies on."""
+    try:
+        if url.startswith("sqlite"):
+            engine = create_engine(
+                url,
+                echo=echo,
+                connect_args={"check_same_thread": False, "timeout": 30},
+                **kwargs,
+            )
+            _configure_sqlite(engine)
+        else:
+            kwargs.setdefault("pool_pre_ping", True)
+            engine = create_engine(url, echo=echo, **kwargs)
+    except Exception as exc:  # bad URL, missing driver
+        raise ConfigurationError(f"invalid BILLING_DATABASE_URL: {exc}") from None
+    return engine
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # take transaction control away from pysqlite so we can BEGIN IMMEDIATE
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA busy_timeout=30000")
+        if engine.url.database not in (None, "", ":memory:"):
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def alembic_config(engine: Engine | None = None) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    if engine is not None:
+        cfg.set_main_option("sqlalchemy.url", engine.url.render_as_string(hide_password=False).replace("%", "%%"))
+    return cfg
+
+
+def head_revision() -> str | None:
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
+def current_revision(engine: Engine) -> str | None:
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def upgrade(engine: Engine, revision: str = "head") -> tuple[str | None, str | None]:
+    """Migrate to ``revision`` (idempotent). Returns (before, after)."""
+    before = current_revision(engine)
+    cfg = alembic_config(engine)
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, revision)
+    return before, current_revision(engine)
+
+
+def ensure_schema(engine: Engine) -> None:
+    """Brand-new SQLite file: create the schema. Otherwise: refuse an outdated schema."""
+    try:
+        current = current_revision(engine)
+    except OperationalError as exc:
+        raise ConfigurationError(f"cannot open the database: {exc.orig}") from None
+    head = head_revision()
+    if current == head:
+        return
+    if engine.dialect.name == "sqlite":
+        if current is None and _has_tables(engine):
+            raise ConfigurationError(
+                "the SQLite database has tables but no migration history; use a new file"
+            )
+        upgrade(engine)
+        return
+    if current is None:
+        raise ConfigurationError("the database has no schema yet: run `billing db upgrade`")
+    raise ConfigurationError(
+        f"the database schema is at {current}, this version needs {head}: run `billing db upgrade`"
+    )
+
+
+def _has_tables(engine: Engine) -> bool:
+    return bool([t for t in inspect(engine).get_table_names() if t != "alembic_version"])
+
+
+@contextmanager
+def transaction(engine: Engine) -> Iterator[Session]:
+    """A unit of work: commits on success, rolls back on error."""
+    with Session(engine, expire_on_commit=False) as session:
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+
+
+_engines: dict[str, Engine] = {}
+
+
+def get_engine(url: str | None = None) -> Engine:
+    """Process-wide engine for ``url`` (default: settings), schema checked once."""
+    if url is None:
+        from billing_engine.settings import get_settings
+
+        url = get_settings().database_url
+    engine = _engines.get(url)
+    if engine is None:
+        engine = make_engine(url)
+        ensure_schema(engine)
+        _engines[url] = engine
+    return engine

@@ -1,0 +1,420 @@
+"""FakeGateway: a deterministic, in-memory :class:`PaymentGateway` with fault switches.
+
+Used by the demo, the benchmarks and the tests. It behaves like Stripe test mode:
+
+Tokens
+    * Stripe's documented test payment methods (:mod:`billing_engine.gateway.cards`):
+      ``pm_card_visa``, ``pm_card_mastercard``, ``pm_card_amex`` ... succeed;
+      ``pm_card_chargeDeclined`` (generic_decline, soft),
+      ``pm_card_chargeDeclinedInsufficientFunds`` (soft), ``...ExpiredCard``,
+      ``...LostCard``, ``...StolenCard``, ``...Fraudulent`` (hard),
+      ``...ProcessingError``, ``...IncorrectCvc`` (soft),
+      ``pm_card_authenticationRequired`` / ``pm_card_authenticationRequiredOnSetup``
+      (off-session: declined, hard, ``authentication_required``). The
+      ``pm_card_visa_chargeDeclined...`` spellings work too.
+    * ``pm_fake_recover_after_<N>``: the first N charges that reach the processor on
+      that token decline with ``insufficient_funds`` (soft); from then on they succeed.
+    * ``pm_fake_decline_<code>``: every charge declines with ``<code>``
+      (e.g. ``pm_fake_decline_expired_card``).
+    * ``pm_fake_decline_<code>_after_<N>``: N charges succeed, then every charge
+      declines with ``<code>`` (a card reported stolen in month N+1).
+    * Any other ``pm_...`` token is a Visa ending 4242 that succeeds.
+    * Anything else raises ``GatewayError("no such payment method ...")``.
+    Card details: brand/last4 from the card number, expiry 12/2034.
+
+Idempotency (like Stripe)
+    Same key + same parameters returns exactly the saved result (a decline too) and
+    moves no money; same key + different parameters raises ``IdempotencyConflict``.
+
+Switches (for tests, demos and benchmarks)
+    * ``script(token, ["insufficient_funds", "insufficient_funds", "succeed"])``:
+      outcomes for the next charges on that token; each entry is ``"succeed"``, a
+      decline code, ``"unknown"`` (charged, answer lost) or ``"unreachable"``
+      (never arrived). When the script runs out the token's own behaviour resumes.
+    * ``fail_next(code)``: the next charge declines with ``code``.
+    * ``unknown_next(charged=True)``: the next charge returns ``ChargeStatus.UNKNOWN``.
+      ``charged=True``: it went through and is in the ledger ("sent, answer lost");
+      ``charged=False``: it never arrived (``find_charge`` returns ``None``).
+    * ``transient_error_rate`` with ``seed``: every try fails transiently with that
+      probability, half before sending, half after (processed, answer lost). Like the
+      Stripe adapter, the fake retries ``max_tries`` times with the same key; a retry
+      after a lost answer replays the saved result. All tries failing -> UNKNOWN.
+    * ``latency``: seconds slept (``sleep`` is injectable) per call.
+
+Money
+    ``ledger`` lists every charge that moved money and every refund
+    (:class:`LedgerEntry`); ``total_collected(cur)`` is gross charges,
+    ``total_refunded(cur)`` refunds, ``net_collected(cur)`` the difference.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from billing_engine.gateway import cards, outcomes
+from billing_engine.gateway.protocol import (
+    CardDetails,
+    ChargeRequest,
+    ChargeResult,
+    GatewayError,
+    IdempotencyConflict,
+    RefundRequest,
+    RefundResult,
+    RefundStatus,
+    SetupResult,
+)
+
+SUCCEED = "succeed"
+UNKNOWN = "unknown"  # processed, the answer was lost
+UNREACHABLE = "unreachable"  # never reached the processor
+_SUCCEED_ALIASES = {"succeed", "succeeded", "success"}
+
+_RECOVER = re.compile(r"^pm_fake_recover_after_(\d+)$")
+_DECLINE = re.compile(r"^pm_fake_decline_([a-z_]+?)(?:_after_(\d+))?$")
+
+
+@dataclass(frozen=True, kw_only=True)
+class LedgerEntry:
+    kind: str  # "charge" | "refund"
+    id: str  # "pi_fake_..." | "re_fake_..."
+    amount_minor: int  # always positive; a refund's kind says which way it went
+    currency: str  # upper case
+    idempotency_key: str
+    token: str | None = None
+    charge_id: str | None = None  # refunds: the charge they return money from
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Saved:
+    operation: str
+    fingerprint: tuple[Any, ...]
+    result: Any
+
+
+class FakeGateway:
+    """In-memory gateway; see the module docstring for tokens and switches."""
+
+    name = "fake"
+
+    def __init__(
+        self,
+        *,
+        latency: float = 0.0,
+        transient_error_rate: float = 0.0,
+        seed: int = 0,
+        max_tries: int = 3,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if not 0.0 <= transient_error_rate <= 1.0:
+            raise ValueError("transient_error_rate must be between 0 and 1")
+        if max_tries < 1:
+            raise ValueError("max_tries must be >= 1")
+        self.latency = latency
+        self.transient_error_rate = transient_error_rate
+        self.max_tries = max_tries
+        self.ledger: list[LedgerEntry] = []
+        self.calls: list[tuple[str, str]] = []  # (operation, idempotency key or token)
+        self._sleep = sleep
+        self._rng = random.Random(seed)
+        self._lock = threading.RLock()
+        self._saved: dict[str, _Saved] = {}
+        self._collected: dict[str, LedgerEntry] = {}  # charge id -> ledger entry
+        self._refunded: Counter[str] = Counter()  # charge id -> minor units refunded
+        self._fail_next: deque[str] = deque()
+        self._unknown_next: deque[bool] = deque()
+        self._scripts: dict[str, deque[str]] = {}
+        self._attempts: Counter[str] = Counter()  # token -> charges that reached us
+        self._seq = 0
+
+    # -- switches -----------------------------------------------------------------
+
+    def script(self, token: str, outcomes_: Iterable[str]) -> None:
+        """Outcomes for the next charges on ``token`` (see module docstring)."""
+        steps = deque(SUCCEED if o in _SUCCEED_ALIASES else o for o in outcomes_)
+        if not all(isinstance(o, str) and o for o in steps):
+            raise ValueError("script outcomes must be non-empty strings")
+        with self._lock:
+            self._scripts[token] = steps
+
+    def fail_next(self, code: str = "generic_decline", *, times: int = 1) -> None:
+        """The next ``times`` charges decline with ``code`` (hard/soft per the code)."""
+        with self._lock:
+            self._fail_next.extend([code] * times)
+
+    def unknown_next(self, *, charged: bool = True, times: int = 1) -> None:
+        """The next ``times`` charges return UNKNOWN; ``charged`` says if money moved."""
+        with self._lock:
+            self._unknown_next.extend([charged] * times)
+
+    # -- money --------------------------------------------------------------------
+
+    def total_collected(self, currency: str) -> int:
+        """Gross minor units charged in ``currency`` (refunds not subtracted)."""
+        return self._sum("charge", currency)
+
+    def total_refunded(self, currency: str) -> int:
+        return self._sum("refund", currency)
+
+    def net_collected(self, currency: str) -> int:
+        return self.total_collected(currency) - self.total_refunded(currency)
+
+    def _sum(self, kind: str, currency: str) -> int:
+        cur = currency.upper()
+        with self._lock:
+            return sum(e.amount_minor for e in self.ledger if e.kind == kind and e.currency == cur)
+
+    # -- PaymentGateway -----------------------------------------------------------
+
+    def charge(self, request: ChargeRequest) -> ChargeResult:
+        self._pause()
+        _check_amount(request.amount_minor, request.currency)
+        card = _resolve(request.payment_method_token)
+        fingerprint = (
+            request.amount_minor,
+            request.currency.upper(),
+            request.payment_method_token,
+            request.gateway_customer_id,
+            request.description,
+            tuple(sorted(request.metadata.items())),
+        )
+        lost = outcomes.unknown(
+            amount_minor=request.amount_minor,
+            currency=request.currency,
+            message="no answer from the payment processor; reconcile with find_charge",
+        )
+        with self._lock:
+            self.calls.append(("charge", request.idempotency_key))
+            forced = self._unknown_next.popleft() if self._unknown_next else None
+            if forced is False:
+                return lost
+            for _ in range(self.max_tries):
+                fault = self._draw_fault()
+                if fault == "before":
+                    continue
+                result, answer_lost = self._process_charge(request, card, fingerprint)
+                if result is None:
+                    return lost  # scripted "unreachable"
+                if fault == "after":
+                    continue  # retry with the same key replays the saved result
+                return lost if (forced or answer_lost) else result
+            return lost
+
+    def find_charge(self, idempotency_key: str, *, metadata: dict[str, str] | None = None) -> ChargeResult | None:
+        self._pause()
+        with self._lock:
+            self.calls.append(("find_charge", idempotency_key))
+            saved = self._saved.get(idempotency_key)
+            if saved is None or saved.operation != "charge":
+                return None
+            sent_metadata = dict(saved.fingerprint[5])
+            if metadata and any(sent_metadata.get(k) != v for k, v in metadata.items()):
+                return None
+            result: ChargeResult = saved.result
+            return result
+
+    def refund(self, request: RefundRequest) -> RefundResult:
+        self._pause()
+        _check_amount(request.amount_minor, request.currency, what="refund")
+        fingerprint = (
+            request.gateway_charge_id,
+            request.amount_minor,
+            request.currency.upper(),
+            request.reason,
+            tuple(sorted(request.metadata.items())),
+        )
+        with self._lock:
+            self.calls.append(("refund", request.idempotency_key))
+            replay = self._replay("refund", request.idempotency_key, fingerprint)
+            if replay is not None:
+                result: RefundResult = replay
+                return result
+            charge = self._collected.get(request.gateway_charge_id)
+            if charge is None:
+                raise GatewayError(f"no successful charge {request.gateway_charge_id!r} to refund")
+            cur = request.currency.upper()
+            if cur != charge.currency:
+                raise GatewayError(f"refund currency {cur} does not match charge currency {charge.currency}")
+            already = self._refunded[charge.id]
+            remaining = charge.amount_minor - already
+            if request.amount_minor > remaining:
+                raise GatewayError(
+                    f"refund of {request.amount_minor} {cur} exceeds the {remaining} {cur} "
+                    f"still refundable on {charge.id} (charged {charge.amount_minor}, "
+                    f"already refunded {already})"
+                )
+            refund_id = self._next_id("re")
+            self._refunded[charge.id] += request.amount_minor
+            self.ledger.append(
+                LedgerEntry(
+                    kind="refund",
+                    id=refund_id,
+                    amount_minor=request.amount_minor,
+                    currency=cur,
+                    idempotency_key=request.idempotency_key,
+                    token=charge.token,
+                    charge_id=charge.id,
+                    metadata=dict(request.metadata),
+                )
+            )
+            result = RefundResult(
+                status=RefundStatus.SUCCEEDED,
+                gateway_refund_id=refund_id,
+                amount_minor=request.amount_minor,
+            )
+            self._saved[request.idempotency_key] = _Saved("refund", fingerprint, result)
+            return result
+
+    def card_details(self, payment_method_token: str) -> CardDetails:
+        self._pause()
+        card = _resolve(payment_method_token)
+        with self._lock:
+            self.calls.append(("card_details", payment_method_token))
+        return _details(card)
+
+    def setup_off_session(
+        self, *, payment_method_token: str, gateway_customer_id: str | None, idempotency_key: str
+    ) -> SetupResult:
+        self._pause()
+        card = _resolve(payment_method_token)
+        fingerprint = (payment_method_token, gateway_customer_id)
+        with self._lock:
+            self.calls.append(("setup_off_session", idempotency_key))
+            replay = self._replay("setup", idempotency_key, fingerprint)
+            if replay is not None:
+                saved: SetupResult = replay
+                return saved
+            setup_id = self._next_id("seti")
+            if card.setup_requires_action:
+                result = SetupResult(
+                    status="requires_action",
+                    gateway_setup_id=setup_id,
+                    card=None,
+                    message="the card issuer requires authentication (3-D Secure); "
+                    "the customer must complete it on-session",
+                )
+            else:
+                result = SetupResult(status="succeeded", gateway_setup_id=setup_id, card=_details(card))
+            self._saved[idempotency_key] = _Saved("setup", fingerprint, result)
+            return result
+
+    # -- internals ----------------------------------------------------------------
+
+    def _pause(self) -> None:
+        if self.latency > 0:
+            self._sleep(self.latency)
+
+    def _next_id(self, prefix: str) -> str:
+        self._seq += 1
+        return f"{prefix}_fake_{self._seq:06d}"
+
+    def _draw_fault(self) -> str | None:
+        if self.transient_error_rate <= 0 or self._rng.random() >= self.transient_error_rate:
+            return None
+        return "before" if self._rng.random() < 0.5 else "after"
+
+    def _replay(self, operation: str, key: str, fingerprint: tuple[Any, ...]) -> Any:
+        saved = self._saved.get(key)
+        if saved is None:
+            return None
+        if saved.operation != operation or saved.fingerprint != fingerprint:
+            raise IdempotencyConflict(f"idempotency key {key!r} was already used with different parameters")
+        return saved.result
+
+    def _process_charge(
+        self, request: ChargeRequest, card: cards.TestCard, fingerprint: tuple[Any, ...]
+    ) -> tuple[ChargeResult | None, bool]:
+        """Run one charge that reached the processor: (result or None, answer lost)."""
+        replay = self._replay("charge", request.idempotency_key, fingerprint)
+        if replay is not None:
+            return replay, False
+        outcome = self._next_outcome(request.payment_method_token, card)
+        if outcome == UNREACHABLE:
+            return None, False
+        answer_lost = outcome == UNKNOWN
+        charge_id = self._next_id("pi")
+        if outcome in (SUCCEED, UNKNOWN):
+            result = outcomes.succeeded(
+                charge_id=charge_id, amount_minor=request.amount_minor, currency=request.currency
+            )
+            entry = LedgerEntry(
+                kind="charge",
+                id=charge_id,
+                amount_minor=request.amount_minor,
+                currency=request.currency.upper(),
+                idempotency_key=request.idempotency_key,
+                token=request.payment_method_token,
+                metadata=dict(request.metadata),
+            )
+            self.ledger.append(entry)
+            self._collected[charge_id] = entry
+        else:
+            result = outcomes.declined(
+                outcome,
+                message=cards.decline_message(outcome),
+                charge_id=charge_id,
+                amount_minor=request.amount_minor,
+                currency=request.currency,
+            )
+        self._saved[request.idempotency_key] = _Saved("charge", fingerprint, result)
+        return result, answer_lost
+
+    def _next_outcome(self, token: str, card: cards.TestCard) -> str:
+        script = self._scripts.get(token)
+        if self._fail_next:
+            outcome = self._fail_next.popleft()
+        elif script:
+            outcome = script.popleft()
+        else:
+            outcome = _own_behaviour(token, card, self._attempts[token])
+        if outcome != UNREACHABLE:
+            self._attempts[token] += 1
+        return outcome
+
+
+def _own_behaviour(token: str, card: cards.TestCard, attempts_so_far: int) -> str:
+    if m := _RECOVER.match(token):
+        return "insufficient_funds" if attempts_so_far < int(m.group(1)) else SUCCEED
+    if m := _DECLINE.match(token):
+        code, after = m.group(1), m.group(2)
+        if after is not None and attempts_so_far < int(after):
+            return SUCCEED
+        return code
+    return card.decline_code or SUCCEED
+
+
+def _resolve(token: str) -> cards.TestCard:
+    card = cards.lookup(token)
+    if card is not None:
+        return card
+    if token.startswith("pm_") and len(token) > 3:
+        return cards.TestCard(token=token, brand="visa", last4="4242")
+    raise GatewayError(f"no such payment method: {token!r}")
+
+
+def _details(card: cards.TestCard) -> CardDetails:
+    return CardDetails(
+        token=card.token,
+        brand=card.brand,
+        last4=card.last4,
+        exp_month=cards.TEST_EXP_MONTH,
+        exp_year=cards.TEST_EXP_YEAR,
+        fingerprint=card.fingerprint,
+    )
+
+
+def _check_amount(amount_minor: int, currency: str, *, what: str = "charge") -> None:
+    if isinstance(amount_minor, bool) or not isinstance(amount_minor, int) or amount_minor <= 0:
+        raise GatewayError(f"{what} amount must be a positive integer of minor units")
+    if len(currency) != 3 or not currency.isalpha():
+        raise GatewayError(f"currency must be an ISO-4217 code, got {currency!r}")
+
+
+__all__ = ["FakeGateway", "LedgerEntry", "SUCCEED", "UNKNOWN", "UNREACHABLE"]

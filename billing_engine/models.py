@@ -1,0 +1,456 @@
+"""Database tables (SQLModel / SQLAlchemy 2).
+
+Every constraint an invariant of DESIGN.md relies on lives here: one invoice per
+(subscription, period), one attempt per idempotency key, one row per webhook event,
+one e-mail per dedupe key. Money columns are BIGINT minor units + a currency code;
+times are timezone-aware UTC (:class:`UTCDateTime`). Ids are prefixed, time-sortable,
+unguessable strings (``sub_01J...``).
+
+Nothing a customer or finance relies on is deleted: there are no ON DELETE CASCADEs
+and the engine issues no DELETE on these tables.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeDecorator
+from sqlmodel import Field, SQLModel
+
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+def new_id(prefix: str) -> str:
+    """``prefix_`` + a 26-char ULID: 48 bits of milliseconds + 80 random bits."""
+    value = (int(time.time() * 1000) << 80) | int.from_bytes(os.urandom(10), "big")
+    chars = []
+    for _ in range(26):
+        value, rem = divmod(value, 32)
+        chars.append(_CROCKFORD[rem])
+    return f"{prefix}_{''.join(reversed(chars))}"
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes in and out; naive values are refused on the way in."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError("naive datetime given to a UTC column")
+        value = value.astimezone(UTC)
+        if dialect.name == "sqlite":
+            return value.replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _ts(**kw: Any) -> Any:
+    return Field(sa_type=UTCDateTime, **kw)
+
+
+def _money(**kw: Any) -> Any:
+    return Field(sa_type=BigInteger, **kw)
+
+
+# --------------------------------------------------------------------------- enums
+
+
+class PaymentMethodStatus(StrEnum):
+    ACTIVE = "active"
+    EXPIRED = "expired"
+    DETACHED = "detached"
+
+
+class SubscriptionStatus(StrEnum):
+    INCOMPLETE = "incomplete"  # created, first charge not yet made (due at once)
+    TRIALING = "trialing"
+    ACTIVE = "active"
+    PAST_DUE = "past_due"  # a renewal failed softly; dunning retries scheduled
+    CANCELED = "canceled"  # ended; terminal
+
+
+LIVE_STATUSES = (
+    SubscriptionStatus.INCOMPLETE,
+    SubscriptionStatus.TRIALING,
+    SubscriptionStatus.ACTIVE,
+    SubscriptionStatus.PAST_DUE,
+)
+
+
+class CancellationKind(StrEnum):
+    VOLUNTARY = "voluntary"  # the customer (or an admin on their behalf) chose to leave
+    INVOLUNTARY = "involuntary"  # dunning exhausted, hard decline, expired card, dispute
+
+
+class CancellationReason(StrEnum):
+    # voluntary: the 8 common survey codes (asked after cancelling, never blocking)
+    TOO_EXPENSIVE = "too_expensive"
+    MISSING_FEATURES = "missing_features"
+    SWITCHED_SERVICE = "switched_service"
+    UNUSED = "unused"
+    CUSTOMER_SERVICE = "customer_service"
+    TOO_COMPLEX = "too_complex"
+    LOW_QUALITY = "low_quality"
+    OTHER = "other"
+    # involuntary
+    PAYMENT_FAILED = "payment_failed"  # dunning schedule exhausted
+    # hard declines are recorded as "hard_decline:<code>"
+    DISPUTE = "dispute"
+    CARD_EXPIRED = "card_expired"
+
+
+VOLUNTARY_REASONS = (
+    "too_expensive",
+    "missing_features",
+    "switched_service",
+    "unused",
+    "customer_service",
+    "too_complex",
+    "low_quality",
+    "other",
+)
+
+
+class InvoiceStatus(StrEnum):
+    OPEN = "open"  # awaiting payment (attempts may be in flight / scheduled)
+    PAID = "paid"
+    UNCOLLECTIBLE = "uncollectible"  # dunning gave up
+    VOID = "void"  # canceled before any money was due
+
+
+class AttemptStatus(StrEnum):
+    PENDING = "pending"  # written and committed before the gateway call
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"  # declined (see decline_code / decline_kind)
+    UNKNOWN = "unknown"  # sent, no answer: reconcile before anything new
+    REQUIRES_ACTION = "requires_action"
+
+
+class RefundStatus(StrEnum):
+    PENDING = "pending"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+class NotificationStatus(StrEnum):
+    PENDING = "pending"
+    SENDING = "sending"
+    SENT = "sent"
+    FAILED = "failed"  # gave up after max attempts (still kept, visible to admins)
+
+
+# --------------------------------------------------------------------------- tables
+
+
+class Customer(SQLModel, table=True):
+    __tablename__ = "customers"
+
+    id: str = Field(default_factory=lambda: new_id("cus"), primary_key=True, max_length=40)
+    email: str = Field(max_length=320, index=True)
+    name: str = Field(default="", max_length=200)
+    external_ref: str | None = Field(default=None, max_length=200, unique=True)
+    gateway_customer_id: str | None = Field(default=None, max_length=100)
+    created_at: datetime = _ts(default_factory=utcnow)
+
+
+class PaymentMethod(SQLModel, table=True):
+    """A gateway token for a card. Never a card number: brand/last4/expiry only."""
+
+    __tablename__ = "payment_methods"
+    # Stripe test shorthands (pm_card_visa) are shared between customers, so the
+    # token is unique per customer, not globally.
+    __table_args__ = (
+        UniqueConstraint("customer_id", "gateway", "token", name="uq_payment_methods_customer_token"),
+    )
+
+    id: str = Field(default_factory=lambda: new_id("pm"), primary_key=True, max_length=40)
+    customer_id: str = Field(foreign_key="customers.id", index=True, max_length=40)
+    gateway: str = Field(max_length=20)
+    token: str = Field(max_length=255)
+    brand: str = Field(default="unknown", max_length=30)
+    last4: str = Field(default="", max_length=4)
+    exp_month: int | None = None
+    exp_year: int | None = None
+    status: str = Field(default=PaymentMethodStatus.ACTIVE, max_length=20)
+    created_at: datetime = _ts(default_factory=utcnow)
+    detached_at: datetime | None = _ts(default=None)
+
+
+class Consent(SQLModel, table=True):
+    """Off-session charge consent: who, when, from where, exact terms, amount, interval.
+
+    Kept at least 3 years after the subscription ends (California AB 2863); the engine
+    never deletes one.
+    """
+
+    __tablename__ = "consents"
+
+    id: str = Field(default_factory=lambda: new_id("cns"), primary_key=True, max_length=40)
+    customer_id: str = Field(foreign_key="customers.id", index=True, max_length=40)
+    payment_method_id: str = Field(foreign_key="payment_methods.id", index=True, max_length=40)
+    plan_id: str | None = Field(default=None, foreign_key="plans.id", max_length=40)
+    accepted_at: datetime = _ts()
+    ip_address: str = Field(max_length=64)
+    user_agent: str = Field(max_length=1000)
+    channel: str = Field(max_length=30)  # web | email | phone | api | cli | import
+    terms_version: str = Field(max_length=50)
+    terms_sha256: str = Field(max_length=64)
+    terms_text: str | None = Field(default=None, sa_type=Text)
+    amount_minor: int = _money()
+    currency: str = Field(max_length=3)
+    interval: str = Field(max_length=10)
+    interval_count: int = Field(default=1)
+    gateway_setup_id: str | None = Field(default=None, max_length=100)  # seti_...
+    created_at: datetime = _ts(default_factory=utcnow)
+    revoked_at: datetime | None = _ts(default=None)
+
+
+class Plan(SQLModel, table=True):
+    __tablename__ = "plans"
+    __table_args__ = (
+        CheckConstraint("amount_minor >= 0", name="ck_plans_amount_nonneg"),
+        CheckConstraint("interval_count >= 1", name="ck_plans_interval_count"),
+    )
+
+    id: str = Field(default_factory=lambda: new_id("plan"), primary_key=True, max_length=40)
+    code: str = Field(max_length=64, unique=True)
+    name: str = Field(max_length=200)
+    amount_minor: int = _money()
+    currency: str = Field(max_length=3)
+    interval: str = Field(max_length=10)  # day | week | month | year
+    interval_count: int = Field(default=1)
+    trial_days: int = Field(default=0)
+    active: bool = Field(default=True)
+    cancel_immediately: bool = Field(default=False)  # cancel ends access at once
+    reminder_days: int | None = Field(default=None)  # days before renewal; None = default
+    tier: str | None = Field(default=None, max_length=30)  # e.g. basic | vip (reporting)
+    created_at: datetime = _ts(default_factory=utcnow)
+
+
+class Subscription(SQLModel, table=True):
+    __tablename__ = "subscriptions"
+    __table_args__ = (
+        Index("ix_subscriptions_due", "status", "current_period_end"),
+        Index("ix_subscriptions_retry", "status", "next_retry_at"),
+        Index("ix_subscriptions_ended", "ended_at"),
+        CheckConstraint(
+            "cancellation_kind IS NULL OR cancellation_kind IN ('voluntary','involuntary')",
+            name="ck_subscriptions_cancellation_kind",
+        ),
+    )
+
+    id: str = Field(default_factory=lambda: new_id("sub"), primary_key=True, max_length=40)
+    customer_id: str = Field(foreign_key="customers.id", index=True, max_length=40)
+    plan_id: str = Field(foreign_key="plans.id", index=True, max_length=40)
+    payment_method_id: str | None = Field(default=None, foreign_key="payment_methods.id", max_length=40)
+    status: str = Field(max_length=20)
+    billing_anchor: datetime = _ts()
+    # the period the customer has access for (trial, or the last paid period)
+    current_period_start: datetime = _ts()
+    current_period_end: datetime = _ts()
+    # index (from the anchor) of the next period to bill; its start == current_period_end
+    next_period_index: int = Field(default=0)
+    trial_end: datetime | None = _ts(default=None)
+    cancel_at_period_end: bool = Field(default=False)
+    canceled_at: datetime | None = _ts(default=None)  # when the cancellation was decided
+    ended_at: datetime | None = _ts(default=None)  # when it took effect (access ended)
+    cancellation_kind: str | None = Field(default=None, max_length=20)
+    cancellation_reason: str | None = Field(default=None, max_length=80)
+    cancellation_comment: str | None = Field(default=None, max_length=2000)
+    canceled_by: str | None = Field(default=None, max_length=80)  # customer | admin:<who> | system
+    # dunning
+    next_retry_at: datetime | None = _ts(default=None)
+    dunning_started_at: datetime | None = _ts(default=None)
+    failed_attempts: int = Field(default=0)  # on the open invoice
+    # run-cycle lease (wall-clock): a worker owns the row while it charges it
+    lease_owner: str | None = Field(default=None, max_length=100)
+    lease_expires_at: datetime | None = _ts(default=None)
+    created_at: datetime = _ts(default_factory=utcnow)
+    updated_at: datetime = _ts(default_factory=utcnow)
+
+
+class Invoice(SQLModel, table=True):
+    __tablename__ = "invoices"
+    __table_args__ = (
+        UniqueConstraint("subscription_id", "period_start", name="uq_invoices_subscription_period"),
+        CheckConstraint("amount_minor >= 0", name="ck_invoices_amount_nonneg"),
+        Index("ix_invoices_paid_at", "paid_at"),
+        Index("ix_invoices_customer", "customer_id", "paid_at"),
+    )
+
+    id: str = Field(default_factory=lambda: new_id("in"), primary_key=True, max_length=40)
+    subscription_id: str = Field(foreign_key="subscriptions.id", index=True, max_length=40)
+    customer_id: str = Field(foreign_key="customers.id", max_length=40)
+    plan_id: str = Field(foreign_key="plans.id", max_length=40)
+    period_index: int
+    period_start: datetime = _ts()
+    period_end: datetime = _ts()
+    amount_minor: int = _money()
+    currency: str = Field(max_length=3)
+    status: str = Field(default=InvoiceStatus.OPEN, max_length=20)
+    attempt_count: int = Field(default=0)
+    amount_paid_minor: int = _money(default=0)
+    amount_refunded_minor: int = _money(default=0)
+    created_at: datetime = _ts(default_factory=utcnow)
+    paid_at: datetime | None = _ts(default=None)
+    closed_at: datetime | None = _ts(default=None)
+
+
+class PaymentAttempt(SQLModel, table=True):
+    __tablename__ = "payment_attempts"
+    __table_args__ = (
+        UniqueConstraint("invoice_id", "attempt_number", name="uq_attempts_invoice_number"),
+        Index("ix_attempts_status", "status"),
+    )
+
+    id: str = Field(default_factory=lambda: new_id("pay"), primary_key=True, max_length=40)
+    invoice_id: str = Field(foreign_key="invoices.id", index=True, max_length=40)
+    subscription_id: str = Field(foreign_key="subscriptions.id", index=True, max_length=40)
+    payment_method_id: str | None = Field(default=None, foreign_key="payment_methods.id", max_length=40)
+    attempt_number: int
+    idempotency_key: str = Field(max_length=255, unique=True)
+    gateway: str = Field(max_length=20)
+    status: str = Field(default=AttemptStatus.PENDING, max_length=20)
+    amount_minor: int = _money()
+    currency: str = Field(max_length=3)
+    gateway_charge_id: str | None = Field(default=None, max_length=100, index=True)
+    decline_code: str | None = Field(default=None, max_length=80)
+    decline_kind: str | None = Field(default=None, max_length=10)  # hard | soft
+    message: str | None = Field(default=None, max_length=1000)
+    created_at: datetime = _ts(default_factory=utcnow)
+    completed_at: datetime | None = _ts(default=None)
+
+
+class Refund(SQLModel, table=True):
+    __tablename__ = "refunds"
+    __table_args__ = (CheckConstraint("amount_minor > 0", name="ck_refunds_amount_pos"),)
+
+    id: str = Field(default_factory=lambda: new_id("re"), primary_key=True, max_length=40)
+    invoice_id: str = Field(foreign_key="invoices.id", index=True, max_length=40)
+    payment_attempt_id: str = Field(foreign_key="payment_attempts.id", max_length=40)
+    amount_minor: int = _money()
+    currency: str = Field(max_length=3)
+    status: str = Field(default=RefundStatus.PENDING, max_length=20)
+    reason: str | None = Field(default=None, max_length=200)
+    idempotency_key: str = Field(max_length=255, unique=True)
+    gateway_refund_id: str | None = Field(default=None, max_length=100, unique=True)
+    created_at: datetime = _ts(default_factory=utcnow)
+    succeeded_at: datetime | None = _ts(default=None, index=True)
+
+
+class Dispute(SQLModel, table=True):
+    __tablename__ = "disputes"
+
+    id: str = Field(default_factory=lambda: new_id("dp"), primary_key=True, max_length=40)
+    gateway_dispute_id: str = Field(max_length=100, unique=True)
+    payment_attempt_id: str | None = Field(default=None, foreign_key="payment_attempts.id", max_length=40)
+    subscription_id: str | None = Field(default=None, foreign_key="subscriptions.id", max_length=40)
+    amount_minor: int = _money()
+    currency: str = Field(max_length=3)
+    reason: str | None = Field(default=None, max_length=80)
+    status: str = Field(max_length=40)
+    created_at: datetime = _ts(default_factory=utcnow)
+    updated_at: datetime = _ts(default_factory=utcnow)
+
+
+class Event(SQLModel, table=True):
+    """Audit log + outbox: one row per state change, written in the same transaction."""
+
+    __tablename__ = "events"
+    __table_args__ = (Index("ix_events_subscription", "subscription_id", "id"),)
+
+    id: int | None = Field(default=None, sa_type=BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    type: str = Field(max_length=60, index=True)
+    subscription_id: str | None = Field(default=None, max_length=40)
+    customer_id: str | None = Field(default=None, max_length=40)
+    invoice_id: str | None = Field(default=None, max_length=40)
+    actor: str = Field(default="system", max_length=80)
+    payload: str = Field(default="{}", sa_type=Text)  # JSON
+    occurred_at: datetime = _ts()
+    created_at: datetime = _ts(default_factory=utcnow)
+
+
+class Notification(SQLModel, table=True):
+    """An e-mail to send (outbox). ``dedupe_key`` makes 'never sent twice' a constraint."""
+
+    __tablename__ = "notifications"
+    __table_args__ = (Index("ix_notifications_due", "status", "next_attempt_at"),)
+
+    id: str = Field(default_factory=lambda: new_id("ntf"), primary_key=True, max_length=40)
+    dedupe_key: str = Field(max_length=255, unique=True)
+    kind: str = Field(max_length=40)  # renewal_reminder | receipt | payment_failed | ...
+    event_id: int | None = Field(default=None, sa_type=BigInteger)
+    customer_id: str | None = Field(default=None, max_length=40, index=True)
+    subscription_id: str | None = Field(default=None, max_length=40, index=True)
+    to_email: str = Field(max_length=320)
+    payload: str = Field(default="{}", sa_type=Text)  # JSON context for the template
+    status: str = Field(default=NotificationStatus.PENDING, max_length=20)
+    attempts: int = Field(default=0)
+    next_attempt_at: datetime = _ts()
+    sent_at: datetime | None = _ts(default=None)
+    last_error: str | None = Field(default=None, max_length=1000)
+    message_id: str | None = Field(default=None, max_length=255)
+    created_at: datetime = _ts(default_factory=utcnow)
+
+
+class WebhookEvent(SQLModel, table=True):
+    """Incoming gateway webhooks, deduplicated by their external id."""
+
+    __tablename__ = "webhook_events"
+
+    id: str = Field(primary_key=True, max_length=100)  # evt_...
+    gateway: str = Field(default="stripe", max_length=20)
+    type: str = Field(max_length=100)
+    payload: str = Field(sa_type=Text)
+    received_at: datetime = _ts(default_factory=utcnow)
+    handled_at: datetime | None = _ts(default=None)
+    outcome: str | None = Field(default=None, max_length=500)
+
+
+class IdempotencyRecord(SQLModel, table=True):
+    """Admin API ``Idempotency-Key`` replay store."""
+
+    __tablename__ = "idempotency_records"
+    __table_args__ = (UniqueConstraint("key", "method", "path", name="uq_idempotency_key_route"),)
+
+    id: int | None = Field(default=None, sa_type=BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    key: str = Field(max_length=255)
+    method: str = Field(max_length=10)
+    path: str = Field(max_length=500)
+    request_sha256: str = Field(max_length=64)
+    response_status: int
+    response_body: str = Field(sa_type=Text)
+    created_at: datetime = _ts(default_factory=utcnow)
+
+
+__all__ = [n for n in dir() if not n.startswith("_")]
+_ = (String,)

@@ -1,0 +1,349 @@
+"""Customer e-mails through the outbox (``notifications`` rows).
+
+A notification row is added in the same transaction as the change that causes it
+(:func:`enqueue`); ``dedupe_key`` (unique) guarantees an e-mail is queued at most once.
+Delivery happens after commit (:func:`deliver_pending`): rendered from
+``billing_engine/templates/email/<kind>.{txt,html}`` by :mod:`billing_engine.mailer`
+and handed to its transport (SMTP, or ``.eml`` files for the demo). Every e-mail about
+a subscription carries its one-click cancel link (body and ``List-Unsubscribe``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from email.message import EmailMessage
+from typing import Any
+
+from sqlalchemy import and_, or_, update
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, col, select
+
+from billing_engine import links, mailer
+from billing_engine.db import transaction
+from billing_engine.models import Customer, Notification, NotificationStatus
+
+
+class Kind:
+    RENEWAL_REMINDER = "renewal_reminder"
+    TRIAL_ENDING = "trial_ending"
+    RECEIPT = "receipt"
+    PAYMENT_FAILED = "payment_failed"
+    CARD_EXPIRING = "card_expiring"
+    CANCELLATION_CONFIRMED = "cancellation_confirmed"
+    CANCELED_INVOLUNTARY = "canceled_involuntary"
+    SUBSCRIPTION_REACTIVATED = "subscription_reactivated"
+    REFUND = "refund"
+    CANCEL_LINK = "cancel_link"  # a fresh cancel link, asked for from an expired one
+
+    ALL = (
+        RENEWAL_REMINDER, TRIAL_ENDING, RECEIPT, PAYMENT_FAILED, CARD_EXPIRING, CANCELLATION_CONFIRMED,
+        CANCELED_INVOLUNTARY, SUBSCRIPTION_REACTIVATED, REFUND, CANCEL_LINK,
+    )
+
+
+def enqueue(
+    session: Session,
+    kind: str,
+    *,
+    customer_id: str,
+    dedupe_key: str,
+    at: datetime,
+    subscription_id: str | None = None,
+    event_id: int | None = None,
+    payload: dict[str, Any] | None = None,
+) -> Notification | None:
+    """Queue an e-mail unless one with the same ``dedupe_key`` exists. Returns it or None."""
+    existing = session.exec(select(Notification).where(Notification.dedupe_key == dedupe_key)).first()
+    if existing is not None:
+        return None
+    customer = session.get(Customer, customer_id)
+    if customer is None:
+        return None
+    n = Notification(
+        dedupe_key=dedupe_key,
+        kind=kind,
+        event_id=event_id,
+        customer_id=customer_id,
+        subscription_id=subscription_id,
+        to_email=customer.email,
+        payload=json.dumps(payload or {}, default=str, sort_keys=True),
+        next_attempt_at=at,
+        created_at=at,
+    )
+    try:
+        with session.begin_nested():
+            session.add(n)
+            session.flush()
+    except IntegrityError:  # a concurrent worker queued it first
+        return None
+    return n
+
+
+# --------------------------------------------------------------------------- delivery
+#
+# Delivery contract (at-least-once, deduplicated):
+#
+# 1. claim: in one short transaction, rows that are ``pending`` and due
+#    (``next_attempt_at <= now``) are switched to ``sending`` with a compare-and-set
+#    UPDATE (on PostgreSQL after ``SELECT ... FOR UPDATE SKIP LOCKED``). While a row is
+#    ``sending``, ``next_attempt_at`` holds its lease expiry (wall clock). Two workers
+#    can never claim the same row: the loser's UPDATE matches nothing.
+# 2. the claim is COMMITTED, then the message is handed to the transport, outside any
+#    transaction.
+# 3. the outcome is recorded: ``sent`` (+ ``message_id``, ``sent_at``) or, on failure,
+#    back to ``pending`` with ``attempts`` counted and an exponential back-off, or
+#    ``failed`` after ``MAX_ATTEMPTS`` (or at once when the server refused the address).
+#
+# The one gap no outbox can close is a crash after the SMTP server accepted the message
+# and before step 3 committed. Such a row stays ``sending``; when its lease expires it is
+# sent AGAIN. We choose at-least-once over at-most-once: a lost renewal reminder or
+# cancellation confirmation (a legal "durable medium" acknowledgement) is worse than a
+# rare duplicate, and the duplicate carries the SAME Message-ID
+# (``<notification id>@<mail_from domain>``) so mail servers and clients that dedupe by
+# Message-ID show it once. Outside that crash window an e-mail is never sent twice:
+# dedupe_key (unique) allows one row per cause, and the claim allows one sender per row.
+
+log = logging.getLogger(__name__)
+
+RETRY_DELAYS = (
+    timedelta(minutes=1),
+    timedelta(minutes=5),
+    timedelta(minutes=15),
+    timedelta(hours=1),
+    timedelta(hours=3),
+    timedelta(hours=6),
+    timedelta(hours=12),
+)
+MAX_ATTEMPTS = len(RETRY_DELAYS) + 1  # 8 tries over ~22 hours, then `failed`
+LEASE = timedelta(minutes=10)  # a row `sending` for longer is presumed abandoned
+
+
+def retry_delay(attempts: int) -> timedelta:
+    """Back-off after the ``attempts``-th failed try (1-based)."""
+    return RETRY_DELAYS[min(max(attempts, 1), len(RETRY_DELAYS)) - 1]
+
+
+@dataclass(frozen=True, slots=True)
+class _Claim:
+    id: str
+    attempts: int  # including this one
+
+
+def _claim(engine: Engine, *, now: datetime, wall: datetime, limit: int, lease: timedelta,
+           max_attempts: int) -> list[_Claim]:
+    claimed: list[_Claim] = []
+    with transaction(engine) as s:
+        q = (
+            select(Notification)
+            .where(or_(
+                and_(Notification.status == NotificationStatus.PENDING, col(Notification.next_attempt_at) <= now),
+                and_(Notification.status == NotificationStatus.SENDING, col(Notification.next_attempt_at) <= wall),
+            ))
+            .order_by(col(Notification.next_attempt_at), col(Notification.id))
+            .limit(limit)
+        )
+        if engine.dialect.name == "postgresql":
+            q = q.with_for_update(skip_locked=True)
+        for row in s.exec(q).all():
+            cas = (update(Notification)
+                   .where(col(Notification.id) == row.id, col(Notification.status) == row.status,
+                          col(Notification.attempts) == row.attempts)
+                   .execution_options(synchronize_session=False))
+            if row.status == NotificationStatus.SENDING and row.attempts >= max_attempts:
+                s.execute(cas.values(status=NotificationStatus.FAILED,
+                                     last_error="delivery outcome unknown: the sender stopped while sending"))
+                continue
+            result = s.execute(cas.values(status=NotificationStatus.SENDING, attempts=row.attempts + 1,
+                                          next_attempt_at=wall + lease))
+            if result.rowcount == 1:  # type: ignore[attr-defined]
+                claimed.append(_Claim(row.id, row.attempts + 1))
+    return claimed
+
+
+def _parse_dt(value: Any) -> datetime | None:
+    if isinstance(value, datetime):
+        return value
+    if not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _date(value: Any) -> str:
+    dt = _parse_dt(value)
+    return f"{dt.day} {dt:%B %Y}" if dt else ""
+
+
+def _money(amount_minor: Any, currency: Any) -> str:
+    from billing_engine.money import format_minor
+
+    if amount_minor is None or not currency:
+        return ""
+    return f"{format_minor(int(amount_minor), str(currency))} {currency}"
+
+
+def _every(plan: Any) -> str:
+    if plan is None:
+        return ""
+    n = int(plan.interval_count or 1)
+    return plan.interval if n == 1 else f"{n} {plan.interval}s"
+
+
+_INVOLUNTARY_WHY = {
+    "payment_failed": "we could not collect the payment after several tries",
+    "dispute": "the payment was disputed with your bank",
+    "card_expired": "the card on file has expired",
+}
+
+
+def build_context(session: Session, n: Notification, settings: Any) -> dict[str, Any]:
+    """Everything a template may use: the row's payload plus customer, plan, card, links."""
+    from billing_engine.models import PaymentMethod, Plan, Subscription
+
+    payload: dict[str, Any] = json.loads(n.payload or "{}")
+    customer = session.get(Customer, n.customer_id) if n.customer_id else None
+    sub = session.get(Subscription, n.subscription_id) if n.subscription_id else None
+    plan = session.get(Plan, sub.plan_id) if sub is not None else None
+    pm = session.get(PaymentMethod, sub.payment_method_id) if sub is not None and sub.payment_method_id else None
+    cancel_url = links.make_cancel_url(settings, sub.id, n.created_at) if sub is not None else None
+    currency = payload.get("currency") or (plan.currency if plan else None)
+    amount_minor = payload.get("amount_minor", plan.amount_minor if plan else None)
+    reason = str(payload.get("reason") or "")
+    why = _INVOLUNTARY_WHY.get(reason) or ("your card was declined" if reason.startswith("hard_decline") else "")
+    ctx: dict[str, Any] = {
+        "kind": n.kind,
+        "payload": payload,
+        "company_name": getattr(settings, "company_name", "") or "Billing",
+        "support_email": getattr(settings, "support_email", "") or "",
+        "name": (customer.name if customer and customer.name else "") or "there",
+        "email": n.to_email,
+        "subscription_id": sub.id if sub else None,
+        "plan_name": payload.get("plan_name") or (plan.name if plan else "your plan"),
+        "every": _every(plan),
+        "plan_amount": _money(plan.amount_minor, plan.currency) if plan else "",
+        "amount": _money(amount_minor, currency),
+        "card": f"{pm.brand.title()} ending {pm.last4}" if pm is not None and pm.last4 else "your card",
+        "cancel_url": cancel_url,
+        "link_expires": _date(links.expires_at(settings, n.created_at)) if cancel_url else "",
+        "charge_date": _date(payload.get("charge_at") or (sub.current_period_end if sub else None)),
+        "period_start": _date(payload.get("period_start")),
+        "period_end": _date(payload.get("period_end")),
+        "next_retry": _date(payload.get("next_retry_at")),
+        "effective_date": _date(payload.get("effective_at")),
+        "canceled_date": _date(payload.get("canceled_at") or n.created_at),
+        "ends_now": bool(payload.get("effective_at")) and _parse_dt(payload.get("effective_at")) == _parse_dt(payload.get("canceled_at")),
+        "next_charge_date": _date(sub.current_period_end) if sub is not None else "",
+        "invoice_id": payload.get("invoice_id"),
+        "decline_message": payload.get("message") or "",
+        "involuntary_why": why or "we could not charge your card",
+        "exp": f"{int(payload['exp_month']):02d}/{payload['exp_year']}" if payload.get("exp_month") else "",
+        "last4": payload.get("last4") or (pm.last4 if pm else ""),
+        "brand": str(payload.get("brand") or (pm.brand if pm else "card")).title(),
+        "refund_reason": payload.get("reason") or "",
+        "trial": bool(payload.get("trial")),
+    }
+    return ctx
+
+
+def compose(session: Session, n: Notification, settings: Any, now: datetime) -> EmailMessage:
+    """The e-mail for outbox row ``n`` (plain text + HTML, List-Unsubscribe headers)."""
+    ctx = build_context(session, n, settings)
+    rendered = mailer.render(n.kind, ctx)
+    return mailer.build_message(notification_id=n.id, kind=n.kind, to=n.to_email, rendered=rendered,
+                                settings=settings, now=now, cancel_url=ctx["cancel_url"])
+
+
+def _record_sent(engine: Engine, claim: _Claim, message_id: str, now: datetime) -> None:
+    with transaction(engine) as s:
+        s.execute(update(Notification)
+                  .where(col(Notification.id) == claim.id, col(Notification.status) != NotificationStatus.SENT)
+                  .values(status=NotificationStatus.SENT, sent_at=now, message_id=message_id, last_error=None)
+                  .execution_options(synchronize_session=False))
+
+
+def _record_failure(engine: Engine, claim: _Claim, exc: BaseException, now: datetime, max_attempts: int) -> None:
+    permanent = isinstance(exc, mailer.DeliveryError) and exc.permanent
+    error = f"{type(exc).__name__}: {exc}"[:1000]
+    values: dict[str, Any] = {"last_error": error}
+    if permanent or claim.attempts >= max_attempts:
+        values["status"] = NotificationStatus.FAILED
+    else:
+        values["status"] = NotificationStatus.PENDING
+        values["next_attempt_at"] = now + retry_delay(claim.attempts)
+    with transaction(engine) as s:
+        s.execute(update(Notification)
+                  .where(col(Notification.id) == claim.id, col(Notification.status) == NotificationStatus.SENDING,
+                         col(Notification.attempts) == claim.attempts)
+                  .values(**values)
+                  .execution_options(synchronize_session=False))
+    log.warning("notification %s: attempt %d failed: %s", claim.id, claim.attempts, error)
+
+
+def deliver_pending(
+    engine: Engine,
+    now: datetime,
+    settings: Any = None,
+    transport: mailer.Transport | None = None,
+    *,
+    limit: int = 500,
+    batch_size: int = 20,
+    lease: timedelta = LEASE,
+    max_attempts: int | None = None,
+    wall_clock: Callable[[], datetime] | None = None,
+) -> int:
+    """Send due e-mails from the outbox (after the changes that queued them committed).
+
+    Returns how many were handed to the mail server. Safe to run from several processes
+    at once. With ``mail_transport=none`` nothing is claimed (e-mails stay queued)."""
+    if now.tzinfo is None:
+        raise ValueError("now must be timezone-aware")
+    if settings is None:
+        from billing_engine.settings import get_settings
+
+        settings = get_settings()
+    max_attempts = max_attempts or int(getattr(settings, "mail_max_attempts", MAX_ATTEMPTS) or MAX_ATTEMPTS)
+    own = transport is None
+    if transport is None:
+        transport = mailer.build_transport(settings)
+        if transport is None:
+            return 0
+    clock = wall_clock or (lambda: datetime.now(UTC))
+    sent = tried = 0
+    try:
+        while tried < limit:
+            claims = _claim(engine, now=now, wall=clock(), limit=min(batch_size, limit - tried), lease=lease,
+                            max_attempts=max_attempts)
+            if not claims:
+                break
+            for claim in claims:
+                tried += 1
+                try:
+                    with Session(engine) as s:
+                        row = s.get(Notification, claim.id)
+                        assert row is not None
+                        message = compose(s, row, settings, now)
+                    transport.send(message)
+                except Exception as exc:  # one bad e-mail never stops the others
+                    _record_failure(engine, claim, exc, now, max_attempts)
+                else:
+                    _record_sent(engine, claim, str(message["Message-ID"]), now)
+                    sent += 1
+    finally:
+        if own:
+            transport.close()
+    return sent
+
+
+def list_notifications(session: Session, *, status: str | None = None, limit: int = 50) -> list[Notification]:
+    q = select(Notification).order_by(col(Notification.created_at).desc(), col(Notification.id).desc()).limit(limit)
+    if status:
+        q = q.where(Notification.status == status)
+    return list(session.exec(q))

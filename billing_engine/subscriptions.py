@@ -1,0 +1,378 @@
+"""Subscriptions: create, cancel, undo a cancellation, change the card.
+
+Renewal charging lives in ``billing_engine.cycle`` (the run-cycle); this module holds
+the state transitions, each writing an event row in the caller's transaction.
+
+Period model: ``billing_anchor`` is where period 0 starts (the trial end when there is
+a trial). ``current_period_start/end`` is what the customer has access to now (the
+trial, or the last paid period); ``next_period_index`` is the next period to bill and
+starts at ``current_period_end``. A new subscription without trial is ``incomplete``
+with an empty current period, so its first charge is due at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import or_
+from sqlmodel import Session, col, select
+
+from billing_engine import consents, events, validation
+from billing_engine.errors import Conflict, InvalidTransition, NotFound, ValidationError
+from billing_engine.models import (
+    LIVE_STATUSES,
+    VOLUNTARY_REASONS,
+    AttemptStatus,
+    CancellationKind,
+    Customer,
+    Invoice,
+    InvoiceStatus,
+    PaymentAttempt,
+    PaymentMethod,
+    PaymentMethodStatus,
+    Plan,
+    Subscription,
+    SubscriptionStatus,
+)
+from billing_engine.periods import Interval, boundary, ensure_utc
+
+INVOLUNTARY_REASON_PREFIXES = ("payment_failed", "hard_decline:", "dispute", "card_expired")
+
+
+def _plan_interval(plan: Plan) -> tuple[Interval, int]:
+    return Interval(plan.interval), plan.interval_count
+
+
+def create(
+    session: Session,
+    *,
+    customer_id: str,
+    plan_id: str,
+    payment_method_id: str | None,
+    now: datetime,
+    start_at: datetime | None = None,
+    trial_days: int | None = None,
+    actor: str = "admin",
+) -> Subscription:
+    customer = session.get(Customer, customer_id)
+    if customer is None:
+        raise NotFound(f"no customer {customer_id!r}", field="customer")
+    plan = session.get(Plan, plan_id) or session.exec(select(Plan).where(Plan.code == plan_id)).first()
+    if plan is None:
+        raise NotFound(f"no plan {plan_id!r}", field="plan")
+    if not plan.active:
+        raise Conflict(f"plan {plan.code!r} is not active", field="plan")
+    start = ensure_utc(start_at, "start_at") if start_at is not None else now
+    if start < now - timedelta(days=1):
+        raise ValidationError("cannot start more than a day in the past", field="start_at")
+    if start > now + timedelta(days=366):
+        raise ValidationError("cannot start more than a year ahead", field="start_at")
+    trial = plan.trial_days if trial_days is None else validation.int_range(trial_days, "trial_days", lo=0, hi=730)
+    pm = _usable_payment_method(session, payment_method_id, customer.id, plan)
+
+    if trial > 0:
+        trial_end = start + timedelta(days=trial)
+        sub = Subscription(
+            customer_id=customer.id, plan_id=plan.id, payment_method_id=pm.id if pm else None,
+            status=SubscriptionStatus.TRIALING, billing_anchor=trial_end,
+            current_period_start=start, current_period_end=trial_end, next_period_index=0,
+            trial_end=trial_end, created_at=now, updated_at=now,
+        )
+    else:
+        sub = Subscription(
+            customer_id=customer.id, plan_id=plan.id, payment_method_id=pm.id if pm else None,
+            status=SubscriptionStatus.INCOMPLETE, billing_anchor=start,
+            current_period_start=start, current_period_end=start, next_period_index=0,
+            created_at=now, updated_at=now,
+        )
+    session.add(sub)
+    session.flush()
+    events.record(session, events.EventType.SUBSCRIPTION_CREATED, at=now, actor=actor,
+                  subscription_id=sub.id, customer_id=customer.id,
+                  payload={"plan_id": plan.id, "plan_code": plan.code, "status": sub.status,
+                           "amount_minor": plan.amount_minor, "currency": plan.currency,
+                           "trial_end": sub.trial_end, "billing_anchor": sub.billing_anchor})
+    return sub
+
+
+def _usable_payment_method(session: Session, pm_id: str | None, customer_id: str, plan: Plan) -> PaymentMethod:
+    if not pm_id:
+        raise ValidationError("a payment method with recorded consent is required", field="payment_method")
+    pm = session.get(PaymentMethod, pm_id)
+    if pm is None:
+        raise NotFound(f"no payment method {pm_id!r}", field="payment_method")
+    if pm.customer_id != customer_id:
+        raise Conflict("the payment method belongs to another customer", field="payment_method")
+    if pm.status != PaymentMethodStatus.ACTIVE:
+        raise Conflict(f"the payment method is {pm.status}", field="payment_method")
+    consents.require(session, pm.id, plan)
+    return pm
+
+
+def get(session: Session, subscription_id: str) -> Subscription:
+    sub = session.get(Subscription, subscription_id)
+    if sub is None:
+        raise NotFound(f"no subscription {subscription_id!r}", field="subscription")
+    return sub
+
+
+def list_subscriptions(
+    session: Session,
+    *,
+    status: str | None = None,
+    customer_id: str | None = None,
+    plan_id: str | None = None,
+    limit: int = 100,
+    after: str | None = None,
+) -> list[Subscription]:
+    q = select(Subscription).order_by(col(Subscription.id)).limit(limit)
+    if status:
+        if status not in {s.value for s in SubscriptionStatus}:
+            raise ValidationError(
+                f"must be one of {', '.join(s.value for s in SubscriptionStatus)}", field="status"
+            )
+        q = q.where(Subscription.status == status)
+    if customer_id:
+        q = q.where(Subscription.customer_id == customer_id)
+    if plan_id:
+        plan = session.get(Plan, plan_id) or session.exec(select(Plan).where(Plan.code == plan_id)).first()
+        q = q.where(Subscription.plan_id == (plan.id if plan else plan_id))
+    if after:
+        q = q.where(col(Subscription.id) > after)
+    return list(session.exec(q))
+
+
+def next_charge(session: Session, sub: Subscription) -> tuple[datetime, int, str] | None:
+    """When the next charge happens and how much (None if no further charge)."""
+    if sub.status == SubscriptionStatus.CANCELED or sub.cancel_at_period_end:
+        return None
+    plan = session.get(Plan, sub.plan_id)
+    assert plan is not None
+    if sub.status == SubscriptionStatus.PAST_DUE and sub.next_retry_at is not None:
+        return sub.next_retry_at, plan.amount_minor, plan.currency
+    return sub.current_period_end, plan.amount_minor, plan.currency
+
+
+def has_access(sub: Subscription, at: datetime) -> bool:
+    if sub.status in (SubscriptionStatus.ACTIVE, SubscriptionStatus.TRIALING):
+        return True
+    if sub.status == SubscriptionStatus.PAST_DUE:
+        return True  # grace during dunning
+    return False
+
+
+# --------------------------------------------------------------------------- cancel
+
+
+def _check_kind_reason(kind: str, reason: str | None) -> tuple[CancellationKind, str | None]:
+    try:
+        k = CancellationKind(kind)
+    except ValueError:
+        raise ValidationError("must be 'voluntary' or 'involuntary'", field="kind") from None
+    if reason is not None:
+        reason = reason.strip() or None
+    if reason is None:
+        return k, None
+    if k == CancellationKind.VOLUNTARY and reason not in VOLUNTARY_REASONS:
+        raise ValidationError(f"must be one of {', '.join(VOLUNTARY_REASONS)}", field="reason")
+    if k == CancellationKind.INVOLUNTARY and not reason.startswith(INVOLUNTARY_REASON_PREFIXES):
+        raise ValidationError(
+            "must be payment_failed, hard_decline:<code>, dispute or card_expired", field="reason"
+        )
+    return k, reason
+
+
+@dataclass(frozen=True)
+class CancelResult:
+    subscription: Subscription
+    changed: bool  # False when the same cancellation was already in place
+    effective_at: datetime  # when access ends
+
+
+def cancel(
+    session: Session,
+    sub: Subscription,
+    *,
+    kind: str = CancellationKind.VOLUNTARY,
+    reason: str | None = None,
+    comment: str | None = None,
+    at_period_end: bool | None = None,
+    now: datetime,
+    actor: str = "customer",
+) -> CancelResult:
+    """Cancel. Voluntary cancellations end at period end unless the plan (or the caller)
+    says immediately; an unpaid subscription (incomplete / past_due) ends at once."""
+    k, reason = _check_kind_reason(kind, reason)
+    if comment is not None:
+        comment = validation.text(comment, "comment", max_length=2000) or None
+    if sub.status == SubscriptionStatus.CANCELED:
+        raise InvalidTransition("the subscription is already canceled", field="subscription")
+    plan = session.get(Plan, sub.plan_id)
+    assert plan is not None
+    if at_period_end is None:
+        at_period_end = not plan.cancel_immediately
+    unpaid = sub.status in (SubscriptionStatus.INCOMPLETE, SubscriptionStatus.PAST_DUE)
+    if at_period_end and not unpaid and sub.current_period_end > now:
+        if sub.cancel_at_period_end:
+            return CancelResult(sub, False, sub.current_period_end)
+        sub.cancel_at_period_end = True
+        sub.canceled_at = now
+        sub.cancellation_kind = k.value
+        sub.cancellation_reason = reason
+        sub.cancellation_comment = comment
+        sub.canceled_by = actor
+        sub.updated_at = now
+        session.add(sub)
+        events.record(session, events.EventType.SUBSCRIPTION_CANCEL_SCHEDULED, at=now, actor=actor,
+                      subscription_id=sub.id, customer_id=sub.customer_id,
+                      payload={"kind": k.value, "reason": reason, "effective_at": sub.current_period_end})
+        _confirm(session, sub, effective_at=sub.current_period_end, now=now)
+        return CancelResult(sub, True, sub.current_period_end)
+    end(session, sub, kind=k.value, reason=reason, comment=comment, now=now, effective_at=now, actor=actor)
+    _confirm(session, sub, effective_at=now, now=now)
+    return CancelResult(sub, True, now)
+
+
+def _confirm(session: Session, sub: Subscription, *, effective_at: datetime, now: datetime) -> None:
+    """The durable-medium acknowledgement of a cancellation (an e-mail), once per cancel."""
+    from billing_engine import notifications
+
+    notifications.enqueue(
+        session, notifications.Kind.CANCELLATION_CONFIRMED, customer_id=sub.customer_id,
+        subscription_id=sub.id, dedupe_key=f"cancel_confirmed:{sub.id}:{now.isoformat()}", at=now,
+        payload={"effective_at": effective_at, "kind": sub.cancellation_kind, "canceled_at": now},
+    )
+
+
+def end(
+    session: Session,
+    sub: Subscription,
+    *,
+    kind: str,
+    reason: str | None,
+    now: datetime,
+    effective_at: datetime,
+    comment: str | None = None,
+    actor: str = "system",
+) -> Subscription:
+    """Cancellation takes effect: access ends at ``effective_at``; open invoices are voided
+    (or marked uncollectible for involuntary churn)."""
+    if sub.status == SubscriptionStatus.CANCELED:
+        raise InvalidTransition("the subscription is already canceled", field="subscription")
+    if not sub.cancel_at_period_end or sub.cancellation_kind is None:
+        sub.canceled_at = now
+        sub.cancellation_kind = kind
+        sub.cancellation_reason = reason
+        sub.cancellation_comment = comment
+        sub.canceled_by = actor
+    previous = sub.status
+    sub.status = SubscriptionStatus.CANCELED
+    sub.ended_at = effective_at
+    sub.next_retry_at = None
+    sub.updated_at = now
+    session.add(sub)
+    for inv in session.exec(select(Invoice).where(Invoice.subscription_id == sub.id, Invoice.status == InvoiceStatus.OPEN)):
+        in_flight = session.exec(select(PaymentAttempt).where(
+            PaymentAttempt.invoice_id == inv.id,
+            col(PaymentAttempt.status).in_([AttemptStatus.PENDING, AttemptStatus.UNKNOWN]))).first()
+        if in_flight is not None:
+            continue  # the reconciler settles it first
+        inv.status = InvoiceStatus.UNCOLLECTIBLE if inv.attempt_count else InvoiceStatus.VOID
+        inv.closed_at = now
+        session.add(inv)
+        events.record(session, events.EventType.INVOICE_UNCOLLECTIBLE if inv.attempt_count else events.EventType.INVOICE_VOIDED,
+                      at=now, subscription_id=sub.id, customer_id=sub.customer_id, invoice_id=inv.id,
+                      payload={"amount_minor": inv.amount_minor, "currency": inv.currency})
+    events.record(session, events.EventType.SUBSCRIPTION_CANCELED, at=now, actor=sub.canceled_by or actor,
+                  subscription_id=sub.id, customer_id=sub.customer_id,
+                  payload={"kind": sub.cancellation_kind, "reason": sub.cancellation_reason,
+                           "ended_at": effective_at, "previous_status": previous})
+    return sub
+
+
+def undo_cancel(session: Session, sub: Subscription, *, now: datetime, actor: str = "customer") -> Subscription:
+    """Take back a voluntary cancellation while the paid period lasts."""
+    if sub.cancel_at_period_end and sub.status != SubscriptionStatus.CANCELED:
+        if now >= sub.current_period_end:
+            raise InvalidTransition("the period has ended; subscribe again", field="subscription")
+    elif (
+        sub.status == SubscriptionStatus.CANCELED
+        and sub.cancellation_kind == CancellationKind.VOLUNTARY
+        and sub.ended_at is not None
+        and now < sub.current_period_end
+        and sub.ended_at < sub.current_period_end
+        and sub.next_period_index > 0
+    ):
+        sub.status = SubscriptionStatus.ACTIVE if not sub.trial_end or sub.trial_end <= sub.current_period_start else SubscriptionStatus.TRIALING
+        sub.ended_at = None
+    else:
+        if sub.status == SubscriptionStatus.CANCELED:
+            raise InvalidTransition("the subscription has ended; subscribe again", field="subscription")
+        raise InvalidTransition("the subscription is not canceled", field="subscription")
+    sub.cancel_at_period_end = False
+    sub.canceled_at = None
+    sub.cancellation_kind = None
+    sub.cancellation_reason = None
+    sub.cancellation_comment = None
+    sub.canceled_by = None
+    sub.updated_at = now
+    session.add(sub)
+    events.record(session, events.EventType.SUBSCRIPTION_REACTIVATED, at=now, actor=actor,
+                  subscription_id=sub.id, customer_id=sub.customer_id,
+                  payload={"current_period_end": sub.current_period_end})
+    return sub
+
+
+def record_feedback(
+    session: Session, sub: Subscription, *, reason: str, comment: str | None, now: datetime, actor: str = "customer"
+) -> Subscription:
+    """The optional 'why did you leave?' answer, asked after cancelling."""
+    if sub.cancellation_kind != CancellationKind.VOLUNTARY:
+        raise InvalidTransition("feedback is only taken for a voluntary cancellation", field="subscription")
+    _, reason_ok = _check_kind_reason(CancellationKind.VOLUNTARY, reason)
+    if reason_ok is None:
+        raise ValidationError(f"must be one of {', '.join(VOLUNTARY_REASONS)}", field="reason")
+    sub.cancellation_reason = reason_ok
+    sub.cancellation_comment = validation.text(comment, "comment", max_length=2000) or None
+    sub.updated_at = now
+    session.add(sub)
+    events.record(session, events.EventType.SUBSCRIPTION_CANCELLATION_FEEDBACK, at=now, actor=actor,
+                  subscription_id=sub.id, customer_id=sub.customer_id,
+                  payload={"reason": reason_ok, "comment": sub.cancellation_comment})
+    return sub
+
+
+def change_payment_method(
+    session: Session, sub: Subscription, payment_method_id: str, *, now: datetime, actor: str = "admin"
+) -> Subscription:
+    """Switch the card; a subscription in dunning is retried at once on the new card."""
+    if sub.status == SubscriptionStatus.CANCELED:
+        raise InvalidTransition("the subscription is canceled", field="subscription")
+    plan = session.get(Plan, sub.plan_id)
+    assert plan is not None
+    pm = _usable_payment_method(session, payment_method_id, sub.customer_id, plan)
+    old = sub.payment_method_id
+    sub.payment_method_id = pm.id
+    if sub.status == SubscriptionStatus.PAST_DUE:
+        sub.next_retry_at = now
+    sub.updated_at = now
+    session.add(sub)
+    events.record(session, events.EventType.SUBSCRIPTION_PAYMENT_METHOD_CHANGED, at=now, actor=actor,
+                  subscription_id=sub.id, customer_id=sub.customer_id,
+                  payload={"from": old, "to": pm.id, "immediate_retry": sub.status == SubscriptionStatus.PAST_DUE})
+    return sub
+
+
+def live_for_payment_method(session: Session, payment_method_id: str) -> list[Subscription]:
+    return list(session.exec(select(Subscription).where(
+        Subscription.payment_method_id == payment_method_id,
+        col(Subscription.status).in_(list(LIVE_STATUSES)))))
+
+
+def period_end_for(sub: Subscription, plan: Plan, index: int) -> datetime:
+    iv, count = _plan_interval(plan)
+    return boundary(sub.billing_anchor, iv, count, index)
+
+
+_ = or_

@@ -1,0 +1,1 @@
+"""The `billing` command line (Typer). Thin: every command calls billing_engine."""

@@ -1,0 +1,217 @@
+"""`billing plan ...`, `billing customer ...`, `billing payment-method ...`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from billing_engine import customers, payment_methods, plans
+from billing_engine.consents import ConsentInput
+from billing_engine.errors import GatewayUnavailable, ValidationError
+from billing_engine.gateway.factory import build_gateway
+from billing_engine.gateway.protocol import GatewayError
+from billing_engine.money import Money, normalize_currency
+from billing_engine.settings import get_settings
+from cli.common import JsonOpt, console, handle_errors, parse_at, print_json, unit_of_work
+
+plan_app = typer.Typer(help="Create and list plans (what is sold, at what price, how often).", no_args_is_help=True)
+customer_app = typer.Typer(help="Create and list customers.", no_args_is_help=True)
+pm_app = typer.Typer(help="Add tokenised cards with the customer's consent.", no_args_is_help=True)
+
+
+def plan_dict(p: object) -> dict[str, object]:
+    from billing_engine.models import Plan
+
+    assert isinstance(p, Plan)
+    return {
+        "id": p.id, "code": p.code, "name": p.name, "amount_minor": p.amount_minor,
+        "amount": Money(p.amount_minor, p.currency).to_major_str(), "currency": p.currency,
+        "interval": p.interval, "interval_count": p.interval_count, "trial_days": p.trial_days,
+        "active": p.active, "cancel_immediately": p.cancel_immediately,
+        "reminder_days": p.reminder_days, "tier": p.tier, "created_at": p.created_at,
+    }
+
+
+@plan_app.command("create")
+@handle_errors
+def plan_create(
+    code: str = typer.Option(..., help="Unique code, e.g. basic-monthly."),
+    name: str = typer.Option(..., help="Display name."),
+    amount: str = typer.Option(..., help="Price in major units as a decimal string, e.g. 17.00."),
+    currency: str = typer.Option(..., help="ISO-4217 code, e.g. USD, EUR, JPY."),
+    interval: str = typer.Option("month", help="day | week | month | year."),
+    interval_count: int = typer.Option(1, help="Bill every N intervals."),
+    trial_days: int = typer.Option(0, help="Free trial length in days."),
+    cancel_immediately: bool = typer.Option(False, help="A cancel ends access at once instead of at period end."),
+    reminder_days: int | None = typer.Option(None, help="Renewal reminder N days before each charge."),
+    tier: str | None = typer.Option(None, help="Tier label for reports (e.g. basic, vip)."),
+    at: str | None = typer.Option(None, "--at", help="Act as of this ISO time (default: now)."),
+    json_out: bool = JsonOpt,
+) -> None:
+    """Create a plan."""
+    now = parse_at(at)
+    cur = normalize_currency(currency)
+    money = Money.parse(amount, cur, field="amount")
+    with unit_of_work() as s:
+        p = plans.create(s, code=code, name=name, amount_minor=money.amount, currency=cur, interval=interval,
+                         interval_count=interval_count, trial_days=trial_days,
+                         cancel_immediately=cancel_immediately, reminder_days=reminder_days, tier=tier,
+                         now=now, actor="cli")
+        data = plan_dict(p)
+    if json_out:
+        print_json(data)
+    else:
+        console.print(f"created plan [bold]{data['code']}[/] ({data['id']}): {data['amount']} {data['currency']} "
+                      f"every {data['interval_count']} {data['interval']}")
+
+
+@plan_app.command("list")
+@handle_errors
+def plan_list(
+    active: bool | None = typer.Option(None, "--active/--inactive", help="Filter by active flag."),
+    json_out: bool = JsonOpt,
+) -> None:
+    """List plans."""
+    with unit_of_work() as s:
+        rows = [plan_dict(p) for p in plans.list_plans(s, active=active)]
+    if json_out:
+        print_json(rows)
+        return
+    t = Table("code", "name", "price", "every", "trial", "active", "id")
+    for r in rows:
+        t.add_row(str(r["code"]), str(r["name"]), f"{r['amount']} {r['currency']}",
+                  f"{r['interval_count']} {r['interval']}", f"{r['trial_days']}d", "yes" if r["active"] else "no", str(r["id"]))
+    console.print(t)
+
+
+def customer_dict(c: object) -> dict[str, object]:
+    from billing_engine.models import Customer
+
+    assert isinstance(c, Customer)
+    return {"id": c.id, "email": c.email, "name": c.name, "external_ref": c.external_ref,
+            "gateway_customer_id": c.gateway_customer_id, "created_at": c.created_at}
+
+
+@customer_app.command("create")
+@handle_errors
+def customer_create(
+    email: str = typer.Option(..., help="Where receipts, reminders and the cancel link go."),
+    name: str = typer.Option("", help="Full name."),
+    external_ref: str | None = typer.Option(None, help="Your own id for this customer (unique)."),
+    gateway_customer_id: str | None = typer.Option(None, help="Stripe customer id (cus_...)."),
+    at: str | None = typer.Option(None, "--at", help="Act as of this ISO time (default: now)."),
+    json_out: bool = JsonOpt,
+) -> None:
+    """Create a customer."""
+    now = parse_at(at)
+    with unit_of_work() as s:
+        c = customers.create(s, email=email, name=name, external_ref=external_ref,
+                             gateway_customer_id=gateway_customer_id, now=now, actor="cli")
+        data = customer_dict(c)
+    if json_out:
+        print_json(data)
+    else:
+        console.print(f"created customer [bold]{data['id']}[/] <{data['email']}>")
+
+
+@customer_app.command("list")
+@handle_errors
+def customer_list(
+    email: str | None = typer.Option(None, help="Only this e-mail address."),
+    limit: int = typer.Option(100, min=1, max=10000, help="At most this many."),
+    json_out: bool = JsonOpt,
+) -> None:
+    """List customers."""
+    with unit_of_work() as s:
+        rows = [customer_dict(c) for c in customers.list_customers(s, email=email, limit=limit)]
+    if json_out:
+        print_json(rows)
+        return
+    t = Table("id", "email", "name", "external ref", "created")
+    for r in rows:
+        t.add_row(str(r["id"]), str(r["email"]), str(r["name"]), str(r["external_ref"] or ""), str(r["created_at"])[:19])
+    console.print(t)
+
+
+def pm_dict(pm: object) -> dict[str, object]:
+    from billing_engine.models import PaymentMethod
+
+    assert isinstance(pm, PaymentMethod)
+    return {"id": pm.id, "customer_id": pm.customer_id, "gateway": pm.gateway, "token": pm.token,
+            "brand": pm.brand, "last4": pm.last4, "exp_month": pm.exp_month, "exp_year": pm.exp_year,
+            "status": pm.status, "created_at": pm.created_at}
+
+
+@pm_app.command("add")
+@handle_errors
+def pm_add(
+    customer: str = typer.Argument(..., help="Customer id (cus_...) or external ref."),
+    token: str = typer.Option(..., help="Gateway payment-method token (pm_...). Never a card number."),
+    ip: str = typer.Option(..., "--consent-ip", help="IP address the customer agreed from."),
+    user_agent: str = typer.Option(..., "--consent-user-agent", help="Browser user agent at consent."),
+    terms_version: str = typer.Option(..., "--terms-version", help="Version label of the terms shown."),
+    terms_file: Path | None = typer.Option(None, "--terms-file", help="File with the exact terms text shown."),
+    terms_text: str | None = typer.Option(None, "--terms-text", help="The exact terms text shown."),
+    amount: str = typer.Option(..., "--consent-amount", help="Amount agreed per period, e.g. 17.00."),
+    currency: str = typer.Option(..., "--consent-currency", help="Currency agreed, e.g. USD."),
+    interval: str = typer.Option("month", "--consent-interval", help="day | week | month | year."),
+    interval_count: int = typer.Option(1, "--consent-interval-count", help="Every N intervals."),
+    channel: str = typer.Option("web", "--consent-channel", help="web | email | phone | api | cli | import | in_person."),
+    accepted_at: str | None = typer.Option(None, "--consent-accepted-at", help="When they agreed (ISO; default now)."),
+    at: str | None = typer.Option(None, "--at", help="Act as of this ISO time (default: now)."),
+    json_out: bool = JsonOpt,
+) -> None:
+    """Store a card token and the consent to charge it off-session."""
+    now = parse_at(at)
+    if terms_file is not None and terms_text is not None:
+        raise ValidationError("give --terms-file or --terms-text, not both", field="terms")
+    if terms_file is not None:
+        try:
+            terms_text = terms_file.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ValidationError(f"cannot read {terms_file}: {exc.strerror}", field="--terms-file") from None
+    if terms_text is None:
+        raise ValidationError("the exact terms text is required (--terms-file or --terms-text)", field="terms")
+    cur = normalize_currency(currency)
+    money = Money.parse(amount, cur, field="--consent-amount")
+    token = payment_methods.validate_token(token)
+    settings = get_settings()
+    gw = build_gateway(settings)
+    try:
+        card = gw.card_details(token)
+    except GatewayError as exc:
+        raise ValidationError(f"the gateway does not know this token: {exc}", field="token") from None
+    except OSError as exc:
+        raise GatewayUnavailable(f"gateway unreachable: {exc}") from None
+    consent = ConsentInput(
+        accepted_at=parse_at(accepted_at, "--consent-accepted-at") if accepted_at else now,
+        ip_address=ip, user_agent=user_agent, terms_version=terms_version, terms_text=terms_text,
+        amount_minor=money.amount, currency=cur, interval=interval, interval_count=interval_count, channel=channel,
+    )
+    with unit_of_work() as s:
+        c = customers.get(s, customer)
+        pm, cons = payment_methods.add(s, customer_id=c.id, token=token, gateway=gw.name, card=card,
+                                       consent=consent, now=now, actor="cli")
+        data = pm_dict(pm) | {"consent_id": cons.id, "terms_sha256": cons.terms_sha256}
+    if json_out:
+        print_json(data)
+    else:
+        console.print(f"added {data['brand']} ····{data['last4']} as [bold]{data['id']}[/] with consent {data['consent_id']}")
+
+
+@pm_app.command("list")
+@handle_errors
+def pm_list(customer: str = typer.Argument(..., help="Customer id or external ref."), json_out: bool = JsonOpt) -> None:
+    """List a customer's payment methods."""
+    with unit_of_work() as s:
+        c = customers.get(s, customer)
+        rows = [pm_dict(p) for p in payment_methods.list_for_customer(s, c.id)]
+    if json_out:
+        print_json(rows)
+        return
+    t = Table("id", "brand", "last4", "expires", "status")
+    for r in rows:
+        t.add_row(str(r["id"]), str(r["brand"]), str(r["last4"]), f"{r['exp_month']}/{r['exp_year']}", str(r["status"]))
+    console.print(t)

@@ -1,0 +1,130 @@
+"""Shared fixtures.
+
+Database tests run on SQLite always and on PostgreSQL when BILLING_TEST_DATABASE_URL is
+set (``.ci/run`` sets it). Without it they skip with a reason locally; under CI=true a
+missing PostgreSQL is a failure, never a skip.
+
+Each pytest process gets its own PostgreSQL database (created from the URL's server,
+migrated once, truncated between tests), so parallel runs never see each other's rows.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import Engine, make_url
+
+from billing_engine.db import make_engine, upgrade
+
+PG_ENV = "BILLING_TEST_DATABASE_URL"
+NOW = datetime(2026, 1, 15, 9, 0, tzinfo=UTC)
+
+
+def _pg_url() -> str | None:
+    url = os.environ.get(PG_ENV)
+    if not url:
+        return None
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url[len("postgresql://"):]
+    return url
+
+
+@pytest.fixture(scope="session")
+def _sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("tpl") / "template.db"
+    eng = make_engine(f"sqlite:///{path}")
+    upgrade(eng)
+    eng.dispose()
+    return path
+
+
+@pytest.fixture(scope="session")
+def _pg_database() -> Iterator[str | None]:
+    base = _pg_url()
+    if base is None:
+        yield None
+        return
+    name = f"billing_t_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    admin = create_engine(base, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception as exc:  # server down / no rights
+        admin.dispose()
+        if os.environ.get("CI"):
+            raise RuntimeError(f"{PG_ENV} is set but PostgreSQL is unusable: {exc}") from exc
+        yield None
+        return
+    url = make_url(base).set(database=name).render_as_string(hide_password=False)
+    eng = make_engine(url)
+    upgrade(eng)
+    eng.dispose()
+    yield url
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def _tables(engine: Engine) -> list[str]:
+    from sqlmodel import SQLModel
+
+    import billing_engine.models  # noqa: F401
+
+    return [t.name for t in SQLModel.metadata.sorted_tables]
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A migrated, empty database URL on each backend."""
+    if request.param == "sqlite":
+        tpl = request.getfixturevalue("_sqlite_template")
+        path = tmp_path / "billing.db"
+        shutil.copy(tpl, path)
+        yield f"sqlite:///{path}"
+        return
+    url = request.getfixturevalue("_pg_database")
+    if url is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must test PostgreSQL: set {PG_ENV}")
+        pytest.skip(f"PostgreSQL tests need {PG_ENV} (e.g. postgresql+psycopg://postgres@127.0.0.1:5432/test)")
+    eng = make_engine(url)
+    with eng.begin() as conn:
+        conn.execute(text("TRUNCATE " + ", ".join(f'"{t}"' for t in _tables(eng)) + " RESTART IDENTITY CASCADE"))
+    eng.dispose()
+    yield url
+
+
+@pytest.fixture
+def engine(db_url: str) -> Iterator[Engine]:
+    eng = make_engine(db_url)
+    yield eng
+    eng.dispose()
+
+
+@pytest.fixture
+def sqlite_engine(tmp_path: Path, _sqlite_template: Path) -> Iterator[Engine]:
+    """SQLite only (for tests that do not need to run on both backends)."""
+    path = tmp_path / "billing.db"
+    shutil.copy(_sqlite_template, path)
+    eng = make_engine(f"sqlite:///{path}")
+    yield eng
+    eng.dispose()
+
+
+@pytest.fixture
+def now() -> datetime:
+    return NOW
+
+
+def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
+    for item in items:
+        if "db_url" in getattr(item, "fixturenames", ()) and "[postgresql" in item.nodeid:
+            item.add_marker(pytest.mark.postgres)
