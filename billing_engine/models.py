@@ -291,6 +291,8 @@ class Subscription(SQLModel, table=True):
     next_retry_at: datetime | None = _ts(default=None)
     dunning_started_at: datetime | None = _ts(default=None)
     failed_attempts: int = Field(default=0)  # on the open invoice
+    # the period index whose renewal reminder has been queued (reminders go out once)
+    reminded_period_index: int | None = Field(default=None)
     # run-cycle lease (wall-clock): a worker owns the row while it charges it
     lease_owner: str | None = Field(default=None, max_length=100)
     lease_expires_at: datetime | None = _ts(default=None)

@@ -81,15 +81,13 @@ def _tables(engine: Engine) -> list[str]:
     return [t.name for t in SQLModel.metadata.sorted_tables]
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A migrated, empty database URL on each backend."""
-    if request.param == "sqlite":
+def fresh_database_url(request: pytest.FixtureRequest, backend: str, directory: Path) -> str:
+    """A migrated, empty database on ``backend`` (skips/fails for a missing PostgreSQL)."""
+    if backend == "sqlite":
         tpl = request.getfixturevalue("_sqlite_template")
-        path = tmp_path / "billing.db"
+        path = directory / "billing.db"
         shutil.copy(tpl, path)
-        yield f"sqlite:///{path}"
-        return
+        return f"sqlite:///{path}"
     url = request.getfixturevalue("_pg_database")
     if url is None:
         if os.environ.get("CI"):
@@ -99,7 +97,13 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     with eng.begin() as conn:
         conn.execute(text("TRUNCATE " + ", ".join(f'"{t}"' for t in _tables(eng)) + " RESTART IDENTITY CASCADE"))
     eng.dispose()
-    yield url
+    return str(url)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A migrated, empty database URL on each backend."""
+    yield fresh_database_url(request, request.param, tmp_path)
 
 
 @pytest.fixture

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-23 19:13:17.686093
+Create Date: 2026-11-23 19:22:02.493288
 """
 from alembic import op
 import sqlalchemy as sa
@@ -178,6 +178,7 @@ def upgrade() -> None:
     sa.Column('next_retry_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('dunning_started_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('failed_attempts', sa.Integer(), nullable=False),
+    sa.Column('reminded_period_index', sa.Integer(), nullable=True),
     sa.Column('lease_owner', sa.String(length=100), nullable=True),
     sa.Column('lease_expires_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
