@@ -96,10 +96,15 @@ def settle(
     actor: str = "system",
 ) -> Outcome:
     """Apply the gateway's answer to the attempt, its invoice and its subscription."""
+    # On PostgreSQL the run-cycle and the Stripe webhook may settle the same attempt at
+    # once: lock the attempt (re-read after the lock) so the second one sees it settled.
+    locking = session.bind is not None and session.bind.dialect.name == "postgresql"
+    if locking:
+        session.refresh(attempt, with_for_update=True)
     if attempt.status in (AttemptStatus.SUCCEEDED, AttemptStatus.FAILED, AttemptStatus.REQUIRES_ACTION):
         return Outcome.ALREADY_SETTLED
     invoice = session.get(Invoice, attempt.invoice_id)
-    sub = session.get(Subscription, attempt.subscription_id)
+    sub = session.get(Subscription, attempt.subscription_id, with_for_update=locking, populate_existing=locking)
     assert invoice is not None and sub is not None
     plan = session.get(Plan, sub.plan_id)
     assert plan is not None

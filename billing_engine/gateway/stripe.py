@@ -58,6 +58,7 @@ __all__ = [
     "StripeGateway",
     "WebhookSignatureInvalid",
     "construct_event",
+    "intent_result",
     "is_transient",
 ]
 
@@ -153,7 +154,7 @@ class StripeGateway:
                     message=f"no answer from Stripe after retries ({_reason(exc)}); reconcile with find_charge",
                 )
             raise GatewayError(f"Stripe refused the charge: {_reason(exc)}") from exc
-        return _intent_result(intent)
+        return intent_result(intent)
 
     def find_charge(self, idempotency_key: str, *, metadata: dict[str, str] | None = None) -> ChargeResult | None:
         """Search PaymentIntents by ``metadata['idempotency_key']``; ``metadata`` narrows.
@@ -183,7 +184,7 @@ class StripeGateway:
         if not intents:
             return None
         intents.sort(key=lambda i: (i.get("status") == "succeeded", i.get("created") or 0))
-        return _intent_result(intents[-1])
+        return intent_result(intents[-1])
 
     def refund(self, request: RefundRequest) -> RefundResult:
         if request.amount_minor <= 0:
@@ -288,7 +289,8 @@ class StripeGateway:
         return obj.to_dict() if hasattr(obj, "to_dict") else dict(obj)
 
 
-def _intent_result(intent: dict[str, Any]) -> ChargeResult:
+def intent_result(intent: dict[str, Any]) -> ChargeResult:
+    """A PaymentIntent (API answer or webhook ``data.object``) as a :class:`ChargeResult`."""
     status = intent.get("status")
     intent_id = intent.get("id")
     amount = intent.get("amount")

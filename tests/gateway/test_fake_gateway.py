@@ -1,0 +1,203 @@
+"""FakeGateway switches, ledger, determinism and token conventions."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from billing_engine.gateway import (
+    ChargeStatus,
+    DeclineKind,
+    FakeGateway,
+    GatewayError,
+    IdempotencyConflict,
+)
+
+from .test_contract import charge_request, refund_request
+
+
+def statuses(gateway: FakeGateway, token: str, n: int, prefix: str = "k") -> list[str]:
+    """Charge ``token`` n times with fresh keys; the outcomes as short strings."""
+    out = []
+    for i in range(n):
+        result = gateway.charge(charge_request(token, key=f"{prefix}{i}"))
+        out.append(result.decline_code or result.status.value)
+    return out
+
+
+def test_recover_after_n_token(fake: FakeGateway) -> None:
+    got = statuses(fake, "pm_fake_recover_after_2", 4)
+    assert got == ["insufficient_funds", "insufficient_funds", "succeeded", "succeeded"]
+    assert fake.charge(charge_request("pm_fake_recover_after_2", key="k0")).decline_kind is (
+        DeclineKind.SOFT
+    )  # a replay of the first attempt: still the saved decline
+
+
+def test_decline_code_token(fake: FakeGateway) -> None:
+    assert statuses(fake, "pm_fake_decline_expired_card", 2) == ["expired_card", "expired_card"]
+
+
+def test_decline_after_n_token(fake: FakeGateway) -> None:
+    got = statuses(fake, "pm_fake_decline_stolen_card_after_2", 3)
+    assert got == ["succeeded", "succeeded", "stolen_card"]
+
+
+def test_any_pm_token_is_a_visa(fake: FakeGateway) -> None:
+    assert statuses(fake, "pm_fake_alice", 1) == ["succeeded"]
+    card = fake.card_details("pm_fake_alice")
+    assert (card.brand, card.last4) == ("visa", "4242")
+    assert card.fingerprint != fake.card_details("pm_fake_bob").fingerprint
+    with pytest.raises(GatewayError, match="no such payment method"):
+        fake.card_details("4242424242424242")
+
+
+def test_script_overrides_then_resumes(fake: FakeGateway) -> None:
+    fake.script("pm_card_visa", ["insufficient_funds", "insufficient_funds", "succeed"])
+    assert statuses(fake, "pm_card_visa", 4) == [
+        "insufficient_funds",
+        "insufficient_funds",
+        "succeeded",
+        "succeeded",
+    ]
+
+
+def test_script_unknown_and_unreachable(fake: FakeGateway) -> None:
+    fake.script("pm_card_visa", ["unknown", "unreachable"])
+    assert statuses(fake, "pm_card_visa", 2) == ["unknown", "unknown"]
+    assert fake.find_charge("k0") is not None  # went through
+    assert fake.find_charge("k1") is None  # never arrived
+    assert fake.total_collected("USD") == 1999
+
+
+def test_fail_next_declines_once(fake: FakeGateway) -> None:
+    fake.fail_next("lost_card")
+    first, second = (fake.charge(charge_request(key=k)) for k in ("a", "b"))
+    assert (first.decline_code, first.decline_kind) == ("lost_card", DeclineKind.HARD)
+    assert second.status is ChargeStatus.SUCCEEDED
+
+
+def test_unknown_next_charged(fake: FakeGateway) -> None:
+    fake.unknown_next()
+    assert fake.charge(charge_request()).status is ChargeStatus.UNKNOWN
+    assert len(fake.ledger) == 1
+    found = fake.find_charge("inv_1:attempt_1")
+    assert found and found.status is ChargeStatus.SUCCEEDED
+
+
+def test_unknown_next_never_arrived(fake: FakeGateway) -> None:
+    fake.unknown_next(charged=False)
+    assert fake.charge(charge_request()).status is ChargeStatus.UNKNOWN
+    assert fake.ledger == []
+    assert fake.find_charge("inv_1:attempt_1") is None
+    assert fake.charge(charge_request()).status is ChargeStatus.SUCCEEDED  # safe to resend
+
+
+def test_ledger_and_totals(fake: FakeGateway) -> None:
+    usd = fake.charge(charge_request(key="a", metadata={"invoice_id": "inv_a"}))
+    fake.charge(charge_request(key="b", amount_minor=500, currency="EUR"))
+    fake.charge(charge_request("pm_card_chargeDeclined", key="c"))
+    assert usd.gateway_charge_id
+    fake.refund(refund_request(usd.gateway_charge_id, 999, "r1"))
+    charges = [e for e in fake.ledger if e.kind == "charge"]
+    assert [(e.amount_minor, e.currency, e.idempotency_key) for e in charges] == [
+        (1999, "USD", "a"),
+        (500, "EUR", "b"),
+    ]
+    assert charges[0].metadata == {"invoice_id": "inv_a"}
+    assert charges[0].token == "pm_card_visa" and charges[0].id == usd.gateway_charge_id
+    [refund] = [e for e in fake.ledger if e.kind == "refund"]
+    assert (refund.charge_id, refund.amount_minor, refund.idempotency_key) == (
+        usd.gateway_charge_id,
+        999,
+        "r1",
+    )
+    assert fake.total_collected("usd") == 1999
+    assert fake.total_refunded("USD") == 999
+    assert fake.net_collected("USD") == 1000
+    assert fake.total_collected("EUR") == 500
+
+
+def test_refund_currency_must_match(fake: FakeGateway) -> None:
+    charge_id = fake.charge(charge_request()).gateway_charge_id
+    assert charge_id
+    with pytest.raises(GatewayError, match="currency"):
+        fake.refund(refund_request(charge_id, 100, "r1", currency="EUR"))
+
+
+def test_refund_too_much_names_what_is_left(fake: FakeGateway) -> None:
+    charge_id = fake.charge(charge_request()).gateway_charge_id
+    assert charge_id
+    fake.refund(refund_request(charge_id, 1500, "r1"))
+    with pytest.raises(GatewayError, match=r"exceeds the 499 USD still refundable"):
+        fake.refund(refund_request(charge_id, 500, "r2"))
+
+
+def test_key_reused_across_operations_conflicts(fake: FakeGateway) -> None:
+    charge_id = fake.charge(charge_request(key="shared")).gateway_charge_id
+    assert charge_id
+    with pytest.raises(IdempotencyConflict):
+        fake.refund(refund_request(charge_id, 100, "shared"))
+
+
+def test_same_seed_same_outcomes() -> None:
+    def run(seed: int) -> list[str]:
+        gateway = FakeGateway(transient_error_rate=0.6, seed=seed)
+        return statuses(gateway, "pm_card_visa", 40)
+
+    assert run(7) == run(7)
+    assert run(7) != run(8)
+    assert {"succeeded", "unknown"} <= set(run(7))
+
+
+def test_transient_errors_never_double_charge() -> None:
+    gateway = FakeGateway(transient_error_rate=0.5, seed=3)
+    results = [gateway.charge(charge_request(key=f"k{i}")) for i in range(200)]
+    unknown = [i for i, r in enumerate(results) if r.status is ChargeStatus.UNKNOWN]
+    assert unknown  # some exhausted their retries
+    # every key moved money at most once; unknown ones are either found or never arrived
+    keys = [e.idempotency_key for e in gateway.ledger]
+    assert len(keys) == len(set(keys))
+    for i in unknown:
+        found = gateway.find_charge(f"k{i}")
+        assert (found is None) == (f"k{i}" not in keys)
+
+
+def test_no_transient_errors_means_one_try(fake: FakeGateway) -> None:
+    assert statuses(fake, "pm_card_visa", 20) == ["succeeded"] * 20
+
+
+def test_latency_sleeps_per_call() -> None:
+    slept: list[float] = []
+    gateway = FakeGateway(latency=0.25, sleep=slept.append)
+    gateway.charge(charge_request())
+    gateway.card_details("pm_card_visa")
+    assert slept == [0.25, 0.25]
+
+
+def test_calls_are_recorded(fake: FakeGateway) -> None:
+    fake.charge(charge_request())
+    fake.find_charge("inv_1:attempt_1")
+    assert fake.calls == [("charge", "inv_1:attempt_1"), ("find_charge", "inv_1:attempt_1")]
+
+
+def test_concurrent_charges_with_one_key_move_money_once(fake: FakeGateway) -> None:
+    results = []
+
+    def worker() -> None:
+        results.append(fake.charge(charge_request()))
+
+    threads = [threading.Thread(target=worker) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len({r.gateway_charge_id for r in results}) == 1
+    assert len(fake.ledger) == 1
+
+
+def test_bad_switch_values_are_refused() -> None:
+    with pytest.raises(ValueError):
+        FakeGateway(transient_error_rate=1.5)
+    with pytest.raises(ValueError):
+        FakeGateway().script("pm_card_visa", [""])
