@@ -141,8 +141,8 @@ def _claim(engine: Engine, *, now: datetime, wall: datetime, limit: int, lease: 
         q = (
             select(Notification)
             .where(or_(
-                and_(Notification.status == NotificationStatus.PENDING, col(Notification.next_attempt_at) <= now),
-                and_(Notification.status == NotificationStatus.SENDING, col(Notification.next_attempt_at) <= wall),
+                and_(col(Notification.status) == NotificationStatus.PENDING, col(Notification.next_attempt_at) <= now),
+                and_(col(Notification.status) == NotificationStatus.SENDING, col(Notification.next_attempt_at) <= wall),
             ))
             .order_by(col(Notification.next_attempt_at), col(Notification.id))
             .limit(limit)
@@ -309,7 +309,7 @@ def deliver_pending(
         from billing_engine.settings import get_settings
 
         settings = get_settings()
-    max_attempts = max_attempts or int(getattr(settings, "mail_max_attempts", MAX_ATTEMPTS) or MAX_ATTEMPTS)
+    max_attempts = max_attempts or int(mailer.setting(settings, "mail_max_attempts", MAX_ATTEMPTS))
     own = transport is None
     if transport is None:
         transport = mailer.build_transport(settings)
@@ -347,3 +347,11 @@ def list_notifications(session: Session, *, status: str | None = None, limit: in
     if status:
         q = q.where(Notification.status == status)
     return list(session.exec(q))
+
+
+def status_counts(session: Session) -> dict[str, int]:
+    from sqlalchemy import func
+
+    rows = session.exec(select(Notification.status, func.count()).group_by(Notification.status)).all()
+    found = {str(status): int(n) for status, n in rows}
+    return {s.value: found.get(s.value, 0) for s in NotificationStatus}

@@ -56,6 +56,9 @@ class Settings(BaseSettings):
     smtp_starttls: bool = False
     smtp_ssl: bool = False
     smtp_timeout: float = 10.0
+    mail_transport: str = Field(default="smtp", description="smtp | file | none (none keeps e-mails queued)")
+    mail_dir: str = Field(default="outbox", description="Directory for the file transport (.eml files)")
+    mail_max_attempts: int = Field(default=8, ge=1, le=50)
     mail_from: str = "Billing <billing@localhost>"
     support_email: str = "support@localhost"
     company_name: str = "Your Newsletter"
@@ -97,6 +100,14 @@ class Settings(BaseSettings):
         v = v.strip().lower()
         if v not in {"fake", "stripe"}:
             raise ValueError("must be 'fake' or 'stripe'")
+        return v
+
+    @field_validator("mail_transport")
+    @classmethod
+    def _check_transport(cls, v: str) -> str:
+        v = v.strip().lower()
+        if v not in {"smtp", "file", "none"}:
+            raise ValueError("must be 'smtp', 'file' or 'none'")
         return v
 
     @field_validator("dunning_schedule_days")

@@ -321,6 +321,11 @@ def undo_cancel(session: Session, sub: Subscription, *, now: datetime, actor: st
     events.record(session, events.EventType.SUBSCRIPTION_REACTIVATED, at=now, actor=actor,
                   subscription_id=sub.id, customer_id=sub.customer_id,
                   payload={"current_period_end": sub.current_period_end})
+    from billing_engine import notifications
+
+    notifications.enqueue(session, notifications.Kind.SUBSCRIPTION_REACTIVATED, customer_id=sub.customer_id,
+                          subscription_id=sub.id, dedupe_key=f"reactivated:{sub.id}:{now.isoformat()}", at=now,
+                          payload={"current_period_end": sub.current_period_end})
     return sub
 
 

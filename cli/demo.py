@@ -20,6 +20,7 @@ def register(app: typer.Typer) -> None:
     @handle_errors
     def demo_cmd(
         database: Path = typer.Option(Path("demo.db"), help="SQLite file to (re)create for the demo."),
+        mail_dir: Path = typer.Option(Path("demo-mail"), help="Where the customers' e-mails are written (.eml)."),
         start: str = typer.Option("2026-01-01T09:00:00Z", help="First simulated day (UTC)."),
         months: int = typer.Option(12, min=1, max=60, help="How many months to simulate."),
         verbose: bool = typer.Option(False, "--verbose", "-v", help="Print every notable event."),
@@ -29,12 +30,22 @@ def register(app: typer.Typer) -> None:
         for suffix in ("", "-wal", "-shm"):
             Path(f"{database}{suffix}").unlink(missing_ok=True)
         url = f"sqlite:///{database}"
-        settings = load_settings(database_url=url)
+        if mail_dir.exists():
+            for old in mail_dir.glob("*.eml"):
+                old.unlink()
+        settings = load_settings(database_url=url, mail_transport="file", mail_dir=str(mail_dir),
+                                 company_name="The Ledger", mail_from="The Ledger <billing@ledger.example>",
+                                 support_email="help@ledger.example")
         engine = make_engine(url)
         upgrade(engine)
+        from billing_engine.notifications import deliver_pending
+
+        def deliver(eng, now):  # type: ignore[no-untyped-def]
+            return deliver_pending(eng, now, settings)
+
         console.print(f"[bold]Demo[/]: {months} months from {start_at.date()} on {database} (fake gateway, fixtures/)")
         with console.status("simulating day by day ...") as status:
-            result = run_demo(engine, start=start_at, months=months, settings=settings,
+            result = run_demo(engine, start=start_at, months=months, settings=settings, deliver=deliver,
                               on_day=lambda d, _s: status.update(f"simulating {d.date()} ..."))
         currencies = sorted({c for m in result.months for c in m.collected})
         t = Table(title="Month by month (collected in major units)")
@@ -46,7 +57,9 @@ def register(app: typer.Typer) -> None:
                       *[format_minor(m.collected.get(c, 0), c) for c in currencies], str(m.active_at_end))
         console.print(t)
         console.print("subscriptions by status: " + ", ".join(f"{k}={v}" for k, v in sorted(result.statuses.items())))
-        console.print(f"e-mails queued in the outbox: {result.notifications}")
+        sent = len(list(mail_dir.glob("*.eml"))) if mail_dir.exists() else 0
+        console.print(f"e-mails: {result.notifications} queued, {sent} delivered to {mail_dir}/ "
+                      "(reminders, receipts, payment failures, cancellation confirmations)")
         if verbose:
             for line in result.log:
                 console.print(line, highlight=False)

@@ -1,0 +1,337 @@
+"""Customer cancel pages: the signed link from every e-mail, one click, no login.
+
+- ``GET  /cancel/{token}``          who, which plan, next charge, what cancelling means; ONE
+                                    button. Never changes anything (mail scanners prefetch).
+- ``POST /cancel/{token}``          cancels (voluntary, actor ``customer``; at period end
+                                    unless the plan ends access at once), then shows the
+                                    confirmation. Repeating it is harmless. Also the RFC 8058
+                                    one-click target (``List-Unsubscribe=One-Click``): 200.
+- ``POST /cancel/{token}/feedback`` the optional reason, asked after cancelling.
+- ``POST /cancel/{token}/undo``     reactivate before the period ends.
+- ``POST /cancel/{token}/resend``   from an expired (but genuine) link: e-mail a fresh one
+                                    to the address on file.
+
+The signed token in the URL is the capability, so the forms carry no CSRF token: a
+third party who could forge the POST would already hold the link. Every endpoint owns
+its transaction (committed before the response) and takes "now" from the app clock.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Form, Request
+from fastapi.responses import FileResponse, HTMLResponse, PlainTextResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+from sqlmodel import Session
+
+from api.deps import EngineDep, NowDep, SettingsDep
+from billing_engine import links, notifications, subscriptions
+from billing_engine.db import transaction
+from billing_engine.errors import BillingError
+from billing_engine.models import (
+    VOLUNTARY_REASONS,
+    CancellationKind,
+    Customer,
+    Plan,
+    Subscription,
+    SubscriptionStatus,
+)
+from billing_engine.money import format_minor
+
+router = APIRouter(include_in_schema=False)
+
+API_DIR = Path(__file__).resolve().parent.parent
+templates = Jinja2Templates(directory=str(API_DIR / "templates"))
+CSS_PATH = API_DIR / "static" / "cancel.css"
+
+REASON_LABELS: dict[str, str] = {
+    "too_expensive": "It costs too much",
+    "missing_features": "It is missing something I need",
+    "switched_service": "I switched to another service",
+    "unused": "I don't use it enough",
+    "customer_service": "I was unhappy with customer service",
+    "too_complex": "It is too complicated",
+    "low_quality": "The quality was lower than I expected",
+    "other": "Another reason",
+}
+assert tuple(REASON_LABELS) == VOLUNTARY_REASONS
+
+# Personal data behind a capability URL: never cached, never indexed, never leaked
+# through Referer, never framed.
+SECURITY_HEADERS = {
+    "Cache-Control": "no-store",
+    "Referrer-Policy": "no-referrer",
+    "X-Robots-Tag": "noindex, nofollow",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Content-Security-Policy": (
+        "default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; "
+        "frame-ancestors 'none'; base-uri 'none'"
+    ),
+}
+
+DONE_MESSAGES = {
+    "canceled": "Done. Your subscription is canceled.",
+    "undone": "Welcome back. Your subscription continues.",
+    "feedback": "Thank you for telling us.",
+}
+
+OneClick = Annotated[str | None, Form(alias="List-Unsubscribe")]
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _date(dt: datetime | None) -> str:
+    return f"{dt.day} {dt:%B %Y}" if dt else ""
+
+
+def _money(amount_minor: int, currency: str) -> str:
+    return f"{format_minor(amount_minor, currency)} {currency}"
+
+
+def _mask(email: str) -> str:
+    local, _, domain = email.partition("@")
+    if not domain:
+        return "your e-mail address"
+    return f"{local[:1]}***@{domain}"
+
+
+def _every(plan: Plan) -> str:
+    n = plan.interval_count or 1
+    return f"every {plan.interval}" if n == 1 else f"every {n} {plan.interval}s"
+
+
+def _can_undo(sub: Subscription, now: datetime) -> bool:
+    """Mirrors ``subscriptions.undo_cancel``'s rule, to show the button only when it works."""
+    if now >= sub.current_period_end:
+        return False
+    if sub.cancel_at_period_end and sub.status != SubscriptionStatus.CANCELED:
+        return True
+    return (
+        sub.status == SubscriptionStatus.CANCELED
+        and sub.cancellation_kind == CancellationKind.VOLUNTARY
+        and sub.ended_at is not None
+        and sub.ended_at < sub.current_period_end
+        and sub.next_period_index > 0
+    )
+
+
+def _ends_now_if_canceled(sub: Subscription, plan: Plan, now: datetime) -> bool:
+    unpaid = sub.status in (SubscriptionStatus.INCOMPLETE, SubscriptionStatus.PAST_DUE)
+    return plan.cancel_immediately or unpaid or sub.current_period_end <= now
+
+
+def _load(session: Session, sub_id: str, *, lock: bool = False) -> Subscription | None:
+    pg = session.get_bind().dialect.name == "postgresql"
+    return session.get(Subscription, sub_id, with_for_update=lock and pg)
+
+
+def _view(session: Session, sub: Subscription, settings: Any, now: datetime) -> dict[str, Any]:
+    plan = session.get(Plan, sub.plan_id)
+    customer = session.get(Customer, sub.customer_id)
+    assert plan is not None and customer is not None
+    nxt = subscriptions.next_charge(session, sub)
+    if sub.status == SubscriptionStatus.CANCELED:
+        state = "ended"
+    elif sub.cancel_at_period_end:
+        state = "scheduled"
+    else:
+        state = "active"
+    voluntary = sub.cancellation_kind == CancellationKind.VOLUNTARY
+    return {
+        "state": state,
+        "company_name": getattr(settings, "company_name", "") or "",
+        "support_email": getattr(settings, "support_email", "") or "",
+        "customer_name": customer.name or "",
+        "masked_email": _mask(customer.email),
+        "plan_name": plan.name,
+        "price": f"{_money(plan.amount_minor, plan.currency)} {_every(plan)}",
+        "next_charge": f"{_date(nxt[0])}: {_money(nxt[1], nxt[2])}" if nxt else "",
+        "trialing": sub.status == SubscriptionStatus.TRIALING,
+        "past_due": sub.status == SubscriptionStatus.PAST_DUE,
+        "access_until": _date(sub.current_period_end),
+        "ends_now": _ends_now_if_canceled(sub, plan, now),
+        "ended_on": _date(sub.ended_at),
+        "canceled_on": _date(sub.canceled_at),
+        "voluntary": voluntary,
+        "can_undo": _can_undo(sub, now),
+        "feedback_open": voluntary and not sub.cancellation_reason,
+        "given_reason": REASON_LABELS.get(sub.cancellation_reason or "", sub.cancellation_reason or ""),
+        "reasons": list(REASON_LABELS.items()),
+    }
+
+
+def _page(request: Request, name: str, context: dict[str, Any], status_code: int = 200) -> HTMLResponse:
+    return templates.TemplateResponse(request, name, context, status_code=status_code, headers=SECURITY_HEADERS)
+
+
+def _bad_link(request: Request, settings: Any, token: str, exc: links.InvalidCancelLink | None) -> HTMLResponse:
+    expired = isinstance(exc, links.ExpiredCancelLink)
+    ctx = {
+        "company_name": getattr(settings, "company_name", "") or "",
+        "support_email": getattr(settings, "support_email", "") or "",
+        "expired": expired,
+        "resend_action": request.url_for("cancel_resend", token=token).path if expired else None,
+    }
+    return _page(request, "cancel_invalid.html", ctx, status_code=400 if expired else 404)
+
+
+def _subscription_page(
+    request: Request, token: str, session: Session, sub: Subscription, settings: Any, now: datetime,
+    *, done: str | None = None, error: str | None = None, status_code: int = 200,
+) -> HTMLResponse:
+    ctx = _view(session, sub, settings, now)
+    if (done == "undone") != (ctx["state"] == "active"):
+        done = None  # a banner only when it is true (the query string is not trusted)
+    ctx.update(
+        done=DONE_MESSAGES.get(done or ""),
+        error=error,
+        cancel_action=request.url_for("cancel_submit", token=token).path,
+        undo_action=request.url_for("cancel_undo", token=token).path,
+        feedback_action=request.url_for("cancel_feedback", token=token).path,
+    )
+    return _page(request, "cancel.html", ctx, status_code=status_code)
+
+
+def _back(request: Request, token: str, done: str) -> RedirectResponse:
+    url = request.url_for("cancel_page", token=token).path + f"?done={done}"
+    return RedirectResponse(url, status_code=303, headers=SECURITY_HEADERS)
+
+
+# --------------------------------------------------------------------------- routes
+
+
+@router.get("/assets/cancel.css", name="cancel_css")
+def cancel_css() -> FileResponse:
+    return FileResponse(CSS_PATH, media_type="text/css", headers={"Cache-Control": "public, max-age=3600"})
+
+
+@router.api_route("/cancel/{token}", methods=["GET", "HEAD"], name="cancel_page", response_class=HTMLResponse)
+def cancel_page(
+    request: Request, token: str, engine: EngineDep, settings: SettingsDep, now: NowDep, done: str | None = None
+) -> Response:
+    """Read only: safe for link scanners and prefetchers."""
+    try:
+        sub_id = links.verify_cancel_token(settings, token, now)
+    except links.InvalidCancelLink as exc:
+        return _bad_link(request, settings, token, exc)
+    with Session(engine) as session:
+        sub = _load(session, sub_id)
+        if sub is None:
+            return _bad_link(request, settings, token, None)
+        return _subscription_page(request, token, session, sub, settings, now, done=done)
+
+
+@router.post("/cancel/{token}", name="cancel_submit", response_class=HTMLResponse)
+def cancel_submit(
+    request: Request, token: str, engine: EngineDep, settings: SettingsDep, now: NowDep,
+    one_click: OneClick = None,
+) -> Response:
+    is_one_click = (one_click or "").strip().lower() == "one-click"
+    try:
+        sub_id = links.verify_cancel_token(settings, token, now)
+    except links.InvalidCancelLink as exc:
+        if is_one_click:
+            return PlainTextResponse(exc.message, status_code=exc.http_status, headers=SECURITY_HEADERS)
+        return _bad_link(request, settings, token, exc)
+    with transaction(engine) as session:
+        sub = _load(session, sub_id, lock=True)
+        if sub is None:
+            if is_one_click:
+                return PlainTextResponse("This cancel link is not valid.", status_code=404, headers=SECURITY_HEADERS)
+            return _bad_link(request, settings, token, None)
+        if sub.status != SubscriptionStatus.CANCELED and not sub.cancel_at_period_end:
+            subscriptions.cancel(session, sub, kind=CancellationKind.VOLUNTARY, now=now, actor="customer")
+    if is_one_click:
+        return PlainTextResponse("Your subscription is canceled. You will not be charged again.",
+                                 headers=SECURITY_HEADERS)
+    return _back(request, token, "canceled")
+
+
+@router.post("/cancel/{token}/feedback", name="cancel_feedback", response_class=HTMLResponse)
+def cancel_feedback(
+    request: Request, token: str, engine: EngineDep, settings: SettingsDep, now: NowDep,
+    reason: Annotated[str | None, Form()] = None, comment: Annotated[str | None, Form()] = None,
+) -> Response:
+    try:
+        sub_id = links.verify_cancel_token(settings, token, now)
+    except links.InvalidCancelLink as exc:
+        return _bad_link(request, settings, token, exc)
+    error: BillingError | None = None
+    with transaction(engine) as session:
+        sub = _load(session, sub_id, lock=True)
+        if sub is None:
+            return _bad_link(request, settings, token, None)
+        if not reason:
+            return _subscription_page(request, token, session, sub, settings, now,
+                                      error="Please choose a reason, or just close this page.", status_code=422)
+        try:
+            with session.begin_nested():
+                subscriptions.record_feedback(session, sub, reason=reason, comment=comment, now=now,
+                                              actor="customer")
+        except BillingError as exc:
+            error = exc
+        if error is not None:
+            session.refresh(sub)
+            return _subscription_page(request, token, session, sub, settings, now, error=error.message,
+                                      status_code=error.http_status)
+    return _back(request, token, "feedback")
+
+
+@router.post("/cancel/{token}/undo", name="cancel_undo", response_class=HTMLResponse)
+def cancel_undo(request: Request, token: str, engine: EngineDep, settings: SettingsDep, now: NowDep) -> Response:
+    try:
+        sub_id = links.verify_cancel_token(settings, token, now)
+    except links.InvalidCancelLink as exc:
+        return _bad_link(request, settings, token, exc)
+    with transaction(engine) as session:
+        sub = _load(session, sub_id, lock=True)
+        if sub is None:
+            return _bad_link(request, settings, token, None)
+        if sub.status != SubscriptionStatus.CANCELED and not sub.cancel_at_period_end:
+            return _back(request, token, "undone")  # already active: a repeated click
+        try:
+            with session.begin_nested():
+                subscriptions.undo_cancel(session, sub, now=now, actor="customer")
+                notifications.enqueue(
+                    session, notifications.Kind.SUBSCRIPTION_REACTIVATED, customer_id=sub.customer_id,
+                    subscription_id=sub.id, dedupe_key=f"reactivated:{sub.id}:{now.isoformat()}", at=now,
+                    payload={"current_period_end": sub.current_period_end},
+                )
+        except BillingError as exc:
+            session.refresh(sub)
+            return _subscription_page(request, token, session, sub, settings, now, error=exc.message,
+                                      status_code=exc.http_status)
+    return _back(request, token, "undone")
+
+
+@router.post("/cancel/{token}/resend", name="cancel_resend", response_class=HTMLResponse)
+def cancel_resend(request: Request, token: str, engine: EngineDep, settings: SettingsDep, now: NowDep) -> Response:
+    """An expired link is still genuine: e-mail a fresh one to the address on file (only)."""
+    try:
+        sub_id = links.verify_cancel_token(settings, token, now)
+    except links.ExpiredCancelLink as exc:
+        sub_id = exc.subscription_id
+    except links.InvalidCancelLink as exc:
+        return _bad_link(request, settings, token, exc)
+    with transaction(engine) as session:
+        sub = _load(session, sub_id)
+        if sub is None:
+            return _bad_link(request, settings, token, None)
+        customer = session.get(Customer, sub.customer_id)
+        plan = session.get(Plan, sub.plan_id)
+        notifications.enqueue(
+            session, notifications.Kind.CANCEL_LINK, customer_id=sub.customer_id, subscription_id=sub.id,
+            dedupe_key=f"cancel_link:{sub.id}:{now:%Y-%m-%dT%H}", at=now,  # at most one an hour
+            payload={"plan_name": plan.name if plan else None},
+        )
+        ctx = {
+            "company_name": getattr(settings, "company_name", "") or "",
+            "support_email": getattr(settings, "support_email", "") or "",
+            "masked_email": _mask(customer.email if customer else ""),
+        }
+    return _page(request, "cancel_resent.html", ctx)

@@ -1,0 +1,127 @@
+"""Signed customer links: the one-click cancel link e-mailed to every customer.
+
+A cancel token is the subscription id signed with ``settings.secret_key`` (HMAC-SHA256,
+itsdangerous, salt ``"cancel-link"``) plus the time it was issued. It is bound to one
+subscription, expires after ``settings.cancel_link_max_age_days`` and cannot be forged
+or guessed. The token IS the capability: whoever holds it may see the subscription's
+cancel page and cancel it, without logging in (German §312k BGB, California ARL).
+
+"Now" is a parameter: tokens issued by a simulated run (``billing run-cycle --at``)
+carry the simulated time, and are verified against the app's clock.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from itsdangerous import BadData, TimestampSigner, URLSafeTimedSerializer
+
+from billing_engine.errors import BillingError
+
+SALT = "cancel-link"
+MAX_TOKEN_LENGTH = 400  # a real token is ~110 characters
+
+
+class InvalidCancelLink(BillingError):
+    """This cancel link is not valid."""
+
+    http_status = 404
+    exit_code = 3
+    code = "invalid_cancel_link"
+
+
+class ExpiredCancelLink(InvalidCancelLink):
+    """This cancel link has expired."""
+
+    http_status = 400
+    code = "expired_cancel_link"
+
+    def __init__(self, message: str | None = None, *, subscription_id: str, issued_at: datetime | None) -> None:
+        super().__init__(message, field="token", subscription_id=subscription_id)
+        #: the signature was valid, so this id is authentic (safe to e-mail a fresh link)
+        self.subscription_id = subscription_id
+        self.issued_at = issued_at
+
+
+class _ClockSigner(TimestampSigner):
+    """A timestamp signer whose "now" is given, not read from the system clock."""
+
+    def __init__(self, *args: Any, now: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._now = now
+
+    def get_timestamp(self) -> int:
+        return self._now
+
+
+def _serializer(settings: Any, now: datetime) -> URLSafeTimedSerializer:
+    if now.tzinfo is None:
+        raise ValueError("now must be timezone-aware")
+    return URLSafeTimedSerializer(
+        settings.secret_key.get_secret_value(),
+        salt=SALT,
+        signer=_ClockSigner,
+        signer_kwargs={"now": int(now.timestamp()), "digest_method": hashlib.sha256},
+    )
+
+
+def _now(now: datetime | None) -> datetime:
+    return now if now is not None else datetime.now(UTC)
+
+
+def max_age(settings: Any) -> timedelta:
+    return timedelta(days=int(settings.cancel_link_max_age_days))
+
+
+def make_cancel_token(settings: Any, subscription_id: str, now: datetime | None = None) -> str:
+    """A URL-safe signed token for ``subscription_id``, issued at ``now``."""
+    if not subscription_id:
+        raise ValueError("subscription_id is required")
+    return str(_serializer(settings, _now(now)).dumps(subscription_id))
+
+
+def make_cancel_url(settings: Any, subscription_id: str, now: datetime | None = None) -> str:
+    """``settings.public_base_url`` + ``/cancel/`` + a fresh token."""
+    base = str(settings.public_base_url).rstrip("/")
+    return f"{base}/cancel/{make_cancel_token(settings, subscription_id, now)}"
+
+
+def expires_at(settings: Any, now: datetime | None = None) -> datetime:
+    """When a link issued at ``now`` stops working."""
+    return _now(now).replace(microsecond=0) + max_age(settings)
+
+
+def verify_cancel_token(settings: Any, token: str, now: datetime | None = None) -> str:
+    """The subscription id a token was issued for.
+
+    Raises :class:`ExpiredCancelLink` (genuine but too old; carries the subscription id)
+    or :class:`InvalidCancelLink` (tampered, truncated, signed with another key or for
+    another purpose)."""
+    if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_LENGTH:
+        raise InvalidCancelLink(field="token")
+    now = _now(now)
+    serializer = _serializer(settings, now)
+    try:
+        value, issued = serializer.loads(token, return_timestamp=True)
+    except BadData:
+        raise InvalidCancelLink(field="token") from None
+    if not isinstance(value, str) or not value:
+        raise InvalidCancelLink(field="token")
+    # A token "from the future" (issued by a run simulated ahead with --at, or clock
+    # skew between machines) is genuine: only the key holder can sign one. Accept it.
+    if now - issued > max_age(settings):
+        raise ExpiredCancelLink(subscription_id=value, issued_at=issued)
+    return value
+
+
+__all__ = [
+    "SALT",
+    "ExpiredCancelLink",
+    "InvalidCancelLink",
+    "expires_at",
+    "make_cancel_token",
+    "make_cancel_url",
+    "verify_cancel_token",
+]

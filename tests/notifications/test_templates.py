@@ -1,0 +1,107 @@
+"""Every customer e-mail renders as plain text + HTML with the facts it promises."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from email.message import EmailMessage
+from typing import Any
+
+import pytest
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from billing_engine import mailer, notifications
+from billing_engine.db import transaction
+from billing_engine.models import Notification
+from billing_engine.settings import Settings
+from tests.factories import make_plan, make_subscription
+from tests.notifications.smtp_server import html_of, text_of
+
+K = notifications.Kind
+
+
+def _payloads(now: datetime) -> dict[str, dict[str, Any]]:
+    renew = now + timedelta(days=7)
+    return {
+        K.RENEWAL_REMINDER: {"charge_at": renew, "amount_minor": 1700, "currency": "USD", "plan_name": "Gold",
+                             "trial": False},
+        K.TRIAL_ENDING: {"charge_at": renew, "amount_minor": 1700, "currency": "USD", "plan_name": "Gold",
+                         "trial": True},
+        K.RECEIPT: {"invoice_id": "in_1", "amount_minor": 1700, "currency": "USD", "period_start": now,
+                    "period_end": now + timedelta(days=31), "plan_name": "Gold"},
+        K.PAYMENT_FAILED: {"invoice_id": "in_1", "attempt_id": "pay_1", "decline_code": "insufficient_funds",
+                           "amount_minor": 1700, "currency": "USD", "next_retry_at": now + timedelta(days=1),
+                           "message": "Your card has insufficient funds."},
+        K.CARD_EXPIRING: {"payment_method_id": "pm_1", "brand": "visa", "last4": "4242", "exp_month": 2,
+                          "exp_year": 2026, "charge_at": renew},
+        K.CANCELLATION_CONFIRMED: {"effective_at": now + timedelta(days=20), "kind": "voluntary",
+                                   "canceled_at": now},
+        K.CANCELED_INVOLUNTARY: {"reason": "payment_failed", "invoice_id": "in_1", "amount_minor": 1700,
+                                 "currency": "USD"},
+        K.SUBSCRIPTION_REACTIVATED: {"current_period_end": now + timedelta(days=20)},
+        K.REFUND: {"amount_minor": 500, "currency": "USD", "invoice_id": "in_1", "reason": "requested_by_customer"},
+        K.CANCEL_LINK: {"plan_name": "Gold"},
+    }
+
+
+EXPECTED = {
+    K.RENEWAL_REMINDER: ["renews automatically on 22 January 2026", "17.00 USD", "Visa ending 4242"],
+    K.TRIAL_ENDING: ["trial of Gold ends on 22 January 2026", "17.00 USD"],
+    K.RECEIPT: ["We charged 17.00 USD", "15 January 2026 to 15 February 2026", "in_1"],
+    K.PAYMENT_FAILED: ["insufficient funds", "try again on 16 January 2026", "What to do"],
+    K.CARD_EXPIRING: ["ending 4242", "02/2026", "22 January 2026"],
+    K.CANCELLATION_CONFIRMED: ["canceled", "Access until:  4 February 2026", "not be charged again", "undo"],
+    K.CANCELED_INVOLUNTARY: ["could not collect the payment", "Nothing more will be charged"],
+    K.SUBSCRIPTION_REACTIVATED: ["continues", "Next charge"],
+    K.REFUND: ["refunded 5.00 USD", "5 to 10 business days"],
+    K.CANCEL_LINK: ["new link", "works until 16 March 2026"],
+}
+
+
+def _compose(engine: Engine, now: datetime, settings: Settings, kind: str, plan_name: str = "Gold") -> EmailMessage:
+    with transaction(engine) as s:
+        plan = make_plan(s, now, code="gold")
+        plan.name = plan_name
+        sub = make_subscription(s, now, plan=plan)
+        sub.current_period_end = now + timedelta(days=20)
+        n = notifications.enqueue(s, kind, customer_id=sub.customer_id, subscription_id=sub.id,
+                                  dedupe_key=f"t:{kind}", at=now, payload=_payloads(now)[kind])
+        assert n is not None
+        nid = n.id
+    with Session(engine) as s:
+        row = s.get(Notification, nid)
+        assert row is not None
+        return notifications.compose(s, row, settings, now)
+
+
+def test_every_kind_has_a_template() -> None:
+    assert sorted(K.ALL) == mailer.known_kinds()
+
+
+@pytest.mark.parametrize("kind", K.ALL)
+def test_each_email_renders_text_and_html_with_its_facts(kind: str, sqlite_engine: Engine, now: datetime,
+                                                         settings: Settings) -> None:
+    msg = _compose(sqlite_engine, now, settings, kind)
+    subject = str(msg["Subject"])
+    assert subject and "\n" not in subject and "None" not in subject
+    text, html = text_of(msg), html_of(msg)
+    for body in (text, html):
+        assert "None" not in body and "{{" not in body and "{%" not in body
+        assert "Hi Ada" in body
+    for fact in EXPECTED[kind]:
+        assert fact in text, (kind, fact)
+    assert '<html lang="en">' in html
+    assert msg["List-Unsubscribe"] and msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    cancel_url = str(msg["List-Unsubscribe"])[1:-1]
+    if kind != K.CANCELED_INVOLUNTARY:
+        assert cancel_url in text and cancel_url in html
+
+
+def test_html_escapes_what_admins_typed(sqlite_engine: Engine, now: datetime, settings: Settings) -> None:
+    msg = _compose(sqlite_engine, now, settings, K.SUBSCRIPTION_REACTIVATED, plan_name="<b>Gold</b> & Co")
+    assert "&lt;b&gt;Gold&lt;/b&gt; &amp; Co" in html_of(msg)
+    assert "<b>Gold</b> & Co" in text_of(msg)
+
+
+def test_message_id_is_stable_per_outbox_row(settings: Settings) -> None:
+    assert mailer.message_id_for("ntf_1", settings) == mailer.message_id_for("ntf_1", settings) == "<ntf_1@news.example>"
