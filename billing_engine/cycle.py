@@ -101,7 +101,7 @@ def _due_condition(now: datetime) -> Any:
     )
     return or_(
         and_(col(Subscription.status).in_(list(CHARGEABLE)), col(Subscription.current_period_end) <= now),
-        and_(Subscription.status == SubscriptionStatus.PAST_DUE, col(Subscription.next_retry_at) <= now),
+        and_(col(Subscription.status) == SubscriptionStatus.PAST_DUE, col(Subscription.next_retry_at) <= now),
         col(Subscription.id).in_(unresolved),
     )
 
@@ -154,7 +154,7 @@ def _release(engine: Engine, sub_id: str, worker: str) -> None:
     with transaction(engine) as s:
         s.execute(
             update(Subscription)
-            .where(Subscription.id == sub_id, Subscription.lease_owner == worker)
+            .where(col(Subscription.id) == sub_id, col(Subscription.lease_owner) == worker)
             .values(lease_owner=None, lease_expires_at=None)
         )
 

@@ -14,7 +14,7 @@ from billing_engine.gateway.factory import build_gateway
 from billing_engine.gateway.protocol import GatewayError
 from billing_engine.money import Money, normalize_currency
 from billing_engine.settings import get_settings
-from cli.common import JsonOpt, console, handle_errors, parse_at, print_json, unit_of_work
+from cli.common import JsonOpt, console, handle_errors, make_table, parse_at, print_json, unit_of_work
 
 plan_app = typer.Typer(help="Create and list plans (what is sold, at what price, how often).", no_args_is_help=True)
 customer_app = typer.Typer(help="Create and list customers.", no_args_is_help=True)
@@ -79,7 +79,7 @@ def plan_list(
     if json_out:
         print_json(rows)
         return
-    t = Table("code", "name", "price", "every", "trial", "active", "id")
+    t = make_table("code", "name", "price", "every", "trial", "active", "id")
     for r in rows:
         t.add_row(str(r["code"]), str(r["name"]), f"{r['amount']} {r['currency']}",
                   f"{r['interval_count']} {r['interval']}", f"{r['trial_days']}d", "yes" if r["active"] else "no", str(r["id"]))
@@ -129,7 +129,7 @@ def customer_list(
     if json_out:
         print_json(rows)
         return
-    t = Table("id", "email", "name", "external ref", "created")
+    t = make_table("id", "email", "name", "external ref", "created")
     for r in rows:
         t.add_row(str(r["id"]), str(r["email"]), str(r["name"]), str(r["external_ref"] or ""), str(r["created_at"])[:19])
     console.print(t)
@@ -211,7 +211,66 @@ def pm_list(customer: str = typer.Argument(..., help="Customer id or external re
     if json_out:
         print_json(rows)
         return
-    t = Table("id", "brand", "last4", "expires", "status")
+    t = make_table("id", "brand", "last4", "expires", "status")
     for r in rows:
         t.add_row(str(r["id"]), str(r["brand"]), str(r["last4"]), f"{r['exp_month']}/{r['exp_year']}", str(r["status"]))
     console.print(t)
+
+
+@plan_app.command("show")
+@handle_errors
+def plan_show(plan: str = typer.Argument(..., help="Plan code or id."), json_out: bool = JsonOpt) -> None:
+    """Show one plan and how many subscriptions it has."""
+    with unit_of_work() as s:
+        p = plans.get(s, plan)
+        data = plan_dict(p) | {"subscriptions": plans.subscriber_count(s, p.id)}
+    if json_out:
+        print_json(data)
+        return
+    t = Table(show_header=False)
+    for k, v in data.items():
+        t.add_row(k, "" if v is None else str(v))
+    console.print(t)
+
+
+@plan_app.command("update")
+@handle_errors
+def plan_update(
+    plan: str = typer.Argument(..., help="Plan code or id."),
+    name: str | None = typer.Option(None, help="New display name."),
+    active: bool | None = typer.Option(None, "--active/--inactive", help="Offer the plan to new subscribers or not."),
+    amount: str | None = typer.Option(None, help="New price (only while the plan has no subscribers)."),
+    at: str | None = typer.Option(None, "--at", help="Act as of this ISO time (default: now)."),
+    json_out: bool = JsonOpt,
+) -> None:
+    """Rename or (de)activate a plan. A plan with subscribers is never re-priced: create a new one."""
+    now = parse_at(at)
+    with unit_of_work() as s:
+        p = plans.get(s, plan)
+        amount_minor = Money.parse(amount, p.currency, field="amount").amount if amount is not None else None
+        p = plans.update(s, p.id, name=name, active=active, amount_minor=amount_minor, now=now, actor="cli")
+        data = plan_dict(p)
+    if json_out:
+        print_json(data)
+    else:
+        console.print(f"updated plan [bold]{data['code']}[/]: {data['name']}, "
+                      f"{'active' if data['active'] else 'inactive'}, {data['amount']} {data['currency']}")
+
+
+@customer_app.command("show")
+@handle_errors
+def customer_show(customer: str = typer.Argument(..., help="Customer id or external ref."), json_out: bool = JsonOpt) -> None:
+    """Show one customer with their cards."""
+    with unit_of_work() as s:
+        c = customers.get(s, customer)
+        data = customer_dict(c) | {"payment_methods": [pm_dict(p) for p in payment_methods.list_for_customer(s, c.id)]}
+    if json_out:
+        print_json(data)
+        return
+    t = Table(show_header=False)
+    for k, v in data.items():
+        if k != "payment_methods":
+            t.add_row(k, "" if v is None else str(v))
+    console.print(t)
+    for pm in data["payment_methods"]:  # type: ignore[attr-defined]
+        console.print(f"  {pm['id']}: {pm['brand']} ····{pm['last4']} {pm['exp_month']}/{pm['exp_year']} ({pm['status']})")

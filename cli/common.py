@@ -90,3 +90,16 @@ def to_jsonable(obj: Any) -> Any:
 
 def print_json(obj: Any) -> None:
     sys.stdout.write(json.dumps(to_jsonable(obj), indent=2, sort_keys=False, default=str) + "\n")
+
+
+def make_table(*headers: str, title: str | None = None) -> Any:
+    """A rich table whose cells wrap instead of truncating (ids must stay copyable)."""
+    from rich.table import Table
+
+    t = Table(title=title)
+    for h in headers:
+        if h in ("id", "subscription", "customer id"):
+            t.add_column(h, no_wrap=True, min_width=30)
+        else:
+            t.add_column(h, overflow="fold")
+    return t

@@ -28,7 +28,7 @@ app.command("subscribe")(handle_errors(subscribe))
 
 # Feature modules register themselves on `app` when imported: each defines
 # `register(app: typer.Typer) -> None`.
-for _mod in ("cli.cycle", "cli.demo", "cli.notifications", "cli.links", "cli.reports", "cli.serve", "cli.refunds"):
+for _mod in ("cli.cycle", "cli.demo", "cli.invoices", "cli.notifications", "cli.links", "cli.reports", "cli.serve", "cli.refunds"):
     try:
         module = importlib.import_module(_mod)
     except ModuleNotFoundError as exc:

@@ -9,7 +9,7 @@ from sqlmodel import Session
 from billing_engine import events, subscriptions
 from billing_engine.models import Customer, Plan, Subscription
 from billing_engine.money import format_minor
-from cli.common import JsonOpt, console, handle_errors, parse_at, print_json, unit_of_work
+from cli.common import JsonOpt, console, handle_errors, make_table, parse_at, print_json, unit_of_work
 
 sub_app = typer.Typer(help="Show, list, cancel and reactivate subscriptions.", no_args_is_help=True)
 
@@ -77,7 +77,7 @@ def show(subscription: str = typer.Argument(..., help="Subscription id (sub_...)
         if k != "events":
             t.add_row(k, "" if v is None else str(v))
     console.print(t)
-    ev = Table("at", "event", "actor")
+    ev = make_table("at", "event", "actor")
     for e in data["events"]:  # type: ignore[attr-defined]
         ev.add_row(str(e["at"])[:19], e["type"], e["actor"])
     console.print(ev)
@@ -100,9 +100,14 @@ def list_cmd(
     if json_out:
         print_json(rows)
         return
-    t = Table("id", "status", "customer", "plan", "period end", "cancel")
+    t = make_table("id", "status", "customer", "plan", "period end", "cancel")
     for r in rows:
-        cancel = str(r["cancellation_kind"] or "") + (" at period end" if r["cancel_at_period_end"] else "")
+        if r["status"] == "canceled":
+            cancel = f"{r['cancellation_kind']} ({r['cancellation_reason'] or 'no reason'}), ended {str(r['ended_at'])[:10]}"
+        elif r["cancel_at_period_end"]:
+            cancel = f"{r['cancellation_kind']}, ends at period end"
+        else:
+            cancel = ""
         t.add_row(str(r["id"]), str(r["status"]), str(r["customer_email"]), str(r["plan_code"]),
                   str(r["current_period_end"])[:19], cancel)
     console.print(t)

@@ -8,8 +8,8 @@ import pytest
 from sqlmodel import Session, select
 
 from billing_engine import customers, payment_methods, plans, subscriptions
-from billing_engine.errors import ConsentRequired, Conflict, InvalidTransition, ValidationError
 from billing_engine.db import transaction
+from billing_engine.errors import Conflict, ConsentRequired, InvalidTransition, ValidationError
 from billing_engine.models import Consent, Event, PaymentMethod
 from tests.factories import consent_for, make_card, make_customer, make_plan, make_subscription
 

@@ -1,0 +1,86 @@
+"""`billing invoice list|show`: invoices and their payment attempts (read only)."""
+
+from __future__ import annotations
+
+import typer
+from rich.table import Table
+
+from billing_engine import invoices
+from billing_engine.models import Invoice, PaymentAttempt
+from billing_engine.money import format_minor
+from cli.common import JsonOpt, console, handle_errors, make_table, print_json, unit_of_work
+
+invoice_app = typer.Typer(help="Invoices (one per subscription period) and payment attempts.", no_args_is_help=True)
+
+
+def invoice_dict(inv: Invoice) -> dict[str, object]:
+    return {
+        "id": inv.id, "subscription_id": inv.subscription_id, "customer_id": inv.customer_id, "plan_id": inv.plan_id,
+        "period_index": inv.period_index, "period_start": inv.period_start, "period_end": inv.period_end,
+        "amount_minor": inv.amount_minor, "currency": inv.currency, "amount": format_minor(inv.amount_minor, inv.currency),
+        "status": inv.status, "attempt_count": inv.attempt_count, "amount_paid_minor": inv.amount_paid_minor,
+        "amount_refunded_minor": inv.amount_refunded_minor, "paid_at": inv.paid_at, "created_at": inv.created_at,
+    }
+
+
+def attempt_dict(a: PaymentAttempt) -> dict[str, object]:
+    return {
+        "id": a.id, "attempt_number": a.attempt_number, "status": a.status, "idempotency_key": a.idempotency_key,
+        "amount_minor": a.amount_minor, "currency": a.currency, "gateway": a.gateway,
+        "gateway_charge_id": a.gateway_charge_id, "decline_code": a.decline_code, "decline_kind": a.decline_kind,
+        "message": a.message, "created_at": a.created_at, "completed_at": a.completed_at,
+    }
+
+
+@invoice_app.command("list")
+@handle_errors
+def list_cmd(
+    subscription: str | None = typer.Option(None, help="Only this subscription's invoices."),
+    customer: str | None = typer.Option(None, help="Only this customer's invoices."),
+    status: str | None = typer.Option(None, help="open | paid | uncollectible | void."),
+    limit: int = typer.Option(100, min=1, max=10000, help="At most this many."),
+    after: str | None = typer.Option(None, help="Cursor: ids after this one."),
+    json_out: bool = JsonOpt,
+) -> None:
+    """List invoices."""
+    if status is not None and status not in {"open", "paid", "uncollectible", "void"}:
+        from billing_engine.errors import ValidationError
+
+        raise ValidationError("must be one of open, paid, uncollectible, void", field="status")
+    with unit_of_work() as s:
+        rows = [invoice_dict(i) for i in invoices.list_invoices(
+            s, subscription_id=subscription, customer_id=customer, status=status, limit=limit, after=after)]
+    if json_out:
+        print_json(rows)
+        return
+    t = make_table("id", "subscription", "period", "amount", "status", "tries", "paid at")
+    for r in rows:
+        t.add_row(str(r["id"]), str(r["subscription_id"]), f"{str(r['period_start'])[:10]} → {str(r['period_end'])[:10]}",
+                  f"{r['amount']} {r['currency']}", str(r["status"]), str(r["attempt_count"]), str(r["paid_at"] or "")[:19])
+    console.print(t)
+
+
+@invoice_app.command("show")
+@handle_errors
+def show_cmd(invoice: str = typer.Argument(..., help="Invoice id (in_...)."), json_out: bool = JsonOpt) -> None:
+    """Show an invoice with every payment attempt."""
+    with unit_of_work() as s:
+        inv = invoices.get(s, invoice)
+        data = invoice_dict(inv) | {"attempts": [attempt_dict(a) for a in invoices.attempts(s, inv.id)]}
+    if json_out:
+        print_json(data)
+        return
+    t = Table(show_header=False)
+    for k, v in data.items():
+        if k != "attempts":
+            t.add_row(k, "" if v is None else str(v))
+    console.print(t)
+    at = make_table("#", "status", "decline", "key", "at")
+    for a in data["attempts"]:  # type: ignore[attr-defined]
+        at.add_row(str(a["attempt_number"]), str(a["status"]), str(a["decline_code"] or ""), str(a["idempotency_key"]),
+                   str(a["created_at"])[:19])
+    console.print(at)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(invoice_app, name="invoice")
