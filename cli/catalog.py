@@ -7,11 +7,10 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from billing_engine import customers, payment_methods, plans
+from billing_engine import card_setup, customers, payment_methods, plans
 from billing_engine.consents import ConsentInput
-from billing_engine.errors import GatewayUnavailable, ValidationError
+from billing_engine.errors import ValidationError
 from billing_engine.gateway.factory import build_gateway
-from billing_engine.gateway.protocol import GatewayError
 from billing_engine.money import Money, normalize_currency
 from billing_engine.settings import get_settings
 from cli.common import JsonOpt, console, handle_errors, make_table, parse_at, print_json, unit_of_work
@@ -177,14 +176,7 @@ def pm_add(
     cur = normalize_currency(currency)
     money = Money.parse(amount, cur, field="--consent-amount")
     token = payment_methods.validate_token(token)
-    settings = get_settings()
-    gw = build_gateway(settings)
-    try:
-        card = gw.card_details(token)
-    except GatewayError as exc:
-        raise ValidationError(f"the gateway does not know this token: {exc}", field="token") from None
-    except OSError as exc:
-        raise GatewayUnavailable(f"gateway unreachable: {exc}") from None
+    gw = build_gateway(get_settings())
     consent = ConsentInput(
         accepted_at=parse_at(accepted_at, "--consent-accepted-at") if accepted_at else now,
         ip_address=ip, user_agent=user_agent, terms_version=terms_version, terms_text=terms_text,
@@ -192,8 +184,9 @@ def pm_add(
     )
     with unit_of_work() as s:
         c = customers.get(s, customer)
-        pm, cons = payment_methods.add(s, customer_id=c.id, token=token, gateway=gw.name, card=card,
-                                       consent=consent, now=now, actor="cli")
+        # the gateway sets the card up for off-session use (Stripe: SetupIntent) before we store it
+        pm, cons = card_setup.add_with_setup(s, gw, customer_id=c.id, token=token, consent=consent, now=now,
+                                             actor="cli")
         data = pm_dict(pm) | {"consent_id": cons.id, "terms_sha256": cons.terms_sha256}
     if json_out:
         print_json(data)
@@ -223,7 +216,7 @@ def plan_show(plan: str = typer.Argument(..., help="Plan code or id."), json_out
     """Show one plan and how many subscriptions it has."""
     with unit_of_work() as s:
         p = plans.get(s, plan)
-        data = plan_dict(p) | {"subscriptions": plans.subscriber_count(s, p.id)}
+        data = plan_dict(p) | {"subscriber_count": plans.subscriber_count(s, p.id)}
     if json_out:
         print_json(data)
         return

@@ -12,7 +12,8 @@ collected. ``script(...)`` queues faults for the next requests, in order:
 * ``Fault.SERVER_ERROR`` -> 500 api_error body, not processed;
 * ``Fault.CONNECTION_RESET`` -> the SDK's ``APIConnectionError``, never arrived;
 * ``Fault.TIMEOUT_AFTER_COMMIT`` -> processed (money moved), then a timeout;
-* ``Reply(status, body)`` -> exactly that answer.
+* ``Reply(status, body)`` -> exactly that answer;
+* ``Fault.PASS`` -> processed normally (a placeholder, to aim later faults at later requests).
 
 Every request is recorded (method, path, decoded params, Idempotency-Key header).
 """
@@ -48,6 +49,7 @@ class Fault(StrEnum):
     SERVER_ERROR = "server_error"
     CONNECTION_RESET = "connection_reset"
     TIMEOUT_AFTER_COMMIT = "timeout_after_commit"
+    PASS = "pass"  # no fault: answered normally
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,135 @@
+"""Rows -> response bodies (the same fields the CLI's ``--json`` prints, plus display amounts)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlmodel import Session, col, select
+
+from api import schemas as S
+from billing_engine import events, plans, subscriptions
+from billing_engine.models import (
+    Consent,
+    Customer,
+    Invoice,
+    PaymentAttempt,
+    PaymentMethod,
+    Plan,
+    Refund,
+    Subscription,
+)
+
+
+def plan(p: Plan, *, subscriber_count: int | None = None) -> S.PlanOut:
+    return S.PlanOut(
+        id=p.id, code=p.code, name=p.name, amount_minor=p.amount_minor, currency=p.currency,
+        amount=S.display(p.amount_minor, p.currency), interval=p.interval, interval_count=p.interval_count,
+        trial_days=p.trial_days, active=p.active, cancel_immediately=p.cancel_immediately,
+        reminder_days=p.reminder_days, tier=p.tier, subscriber_count=subscriber_count, created_at=p.created_at,
+    )
+
+
+def plan_with_count(s: Session, p: Plan) -> S.PlanOut:
+    return plan(p, subscriber_count=plans.subscriber_count(s, p.id))
+
+
+def customer(c: Customer) -> S.CustomerOut:
+    return S.CustomerOut(id=c.id, email=c.email, name=c.name, external_ref=c.external_ref,
+                         gateway_customer_id=c.gateway_customer_id, created_at=c.created_at)
+
+
+def consent(c: Consent) -> S.ConsentOut:
+    return S.ConsentOut(
+        id=c.id, accepted_at=c.accepted_at, ip_address=c.ip_address, user_agent=c.user_agent, channel=c.channel,
+        terms_version=c.terms_version, terms_sha256=c.terms_sha256, amount_minor=c.amount_minor,
+        currency=c.currency, interval=c.interval, interval_count=c.interval_count, plan_id=c.plan_id,
+        revoked_at=c.revoked_at,
+    )
+
+
+def payment_method(s: Session, pm: PaymentMethod) -> S.PaymentMethodOut:
+    rows = s.exec(select(Consent).where(Consent.payment_method_id == pm.id).order_by(col(Consent.accepted_at)))
+    return S.PaymentMethodOut(
+        id=pm.id, customer_id=pm.customer_id, gateway=pm.gateway, token=pm.token, brand=pm.brand,
+        last4=pm.last4, exp_month=pm.exp_month, exp_year=pm.exp_year, status=pm.status,
+        created_at=pm.created_at, consents=[consent(c) for c in rows],
+    )
+
+
+def subscription(s: Session, sub: Subscription) -> S.SubscriptionOut:
+    return S.SubscriptionOut(**_sub_fields(s, sub))
+
+
+def _sub_fields(s: Session, sub: Subscription) -> dict[str, Any]:
+    p = s.get(Plan, sub.plan_id)
+    cust = s.get(Customer, sub.customer_id)
+    assert p is not None and cust is not None
+    nxt = subscriptions.next_charge(s, sub)
+    return {
+        "id": sub.id, "status": sub.status, "customer_id": sub.customer_id, "customer_email": cust.email,
+        "plan_id": p.id, "plan_code": p.code, "amount_minor": p.amount_minor, "currency": p.currency,
+        "amount": S.display(p.amount_minor, p.currency),
+        "payment_method_id": sub.payment_method_id, "billing_anchor": sub.billing_anchor,
+        "current_period_start": sub.current_period_start, "current_period_end": sub.current_period_end,
+        "trial_end": sub.trial_end, "cancel_at_period_end": sub.cancel_at_period_end,
+        "canceled_at": sub.canceled_at, "ended_at": sub.ended_at, "cancellation_kind": sub.cancellation_kind,
+        "cancellation_reason": sub.cancellation_reason, "cancellation_comment": sub.cancellation_comment,
+        "canceled_by": sub.canceled_by, "next_retry_at": sub.next_retry_at, "failed_attempts": sub.failed_attempts,
+        "next_charge_at": nxt[0] if nxt else None, "next_charge_amount_minor": nxt[1] if nxt else None,
+        "created_at": sub.created_at,
+    }
+
+
+def subscription_detail(s: Session, sub: Subscription) -> S.SubscriptionDetail:
+    evs = [S.EventOut(id=e.id or 0, type=e.type, at=e.occurred_at, actor=e.actor, payload=events.payload_of(e))
+           for e in events.for_subscription(s, sub.id)]
+    return S.SubscriptionDetail(**_sub_fields(s, sub), events=evs)
+
+
+def cancel_result(s: Session, res: subscriptions.CancelResult) -> S.CancelOut:
+    return S.CancelOut(**_sub_fields(s, res.subscription), effective_at=res.effective_at, changed=res.changed)
+
+
+def attempt(a: PaymentAttempt) -> S.PaymentAttemptOut:
+    return S.PaymentAttemptOut(
+        id=a.id, invoice_id=a.invoice_id, subscription_id=a.subscription_id, payment_method_id=a.payment_method_id,
+        attempt_number=a.attempt_number, idempotency_key=a.idempotency_key, gateway=a.gateway, status=a.status,
+        amount_minor=a.amount_minor, currency=a.currency, amount=S.display(a.amount_minor, a.currency),
+        gateway_charge_id=a.gateway_charge_id, decline_code=a.decline_code, decline_kind=a.decline_kind,
+        message=a.message, created_at=a.created_at, completed_at=a.completed_at,
+    )
+
+
+def refund(r: Refund) -> S.RefundOut:
+    return S.RefundOut(
+        id=r.id, invoice_id=r.invoice_id, payment_attempt_id=r.payment_attempt_id, amount_minor=r.amount_minor,
+        currency=r.currency, amount=S.display(r.amount_minor, r.currency), status=r.status, reason=r.reason,
+        idempotency_key=r.idempotency_key, gateway_refund_id=r.gateway_refund_id, created_at=r.created_at,
+        succeeded_at=r.succeeded_at,
+    )
+
+
+def _invoice_fields(inv: Invoice) -> dict[str, Any]:
+    return {
+        "id": inv.id, "subscription_id": inv.subscription_id, "customer_id": inv.customer_id,
+        "plan_id": inv.plan_id, "period_index": inv.period_index, "period_start": inv.period_start,
+        "period_end": inv.period_end, "amount_minor": inv.amount_minor, "currency": inv.currency,
+        "amount": S.display(inv.amount_minor, inv.currency), "status": inv.status,
+        "attempt_count": inv.attempt_count, "amount_paid_minor": inv.amount_paid_minor,
+        "amount_refunded_minor": inv.amount_refunded_minor, "created_at": inv.created_at,
+        "paid_at": inv.paid_at, "closed_at": inv.closed_at,
+    }
+
+
+def invoice(inv: Invoice) -> S.InvoiceOut:
+    return S.InvoiceOut(**_invoice_fields(inv))
+
+
+def invoice_detail(s: Session, inv: Invoice) -> S.InvoiceDetail:
+    from billing_engine import invoices, refunds
+
+    return S.InvoiceDetail(
+        **_invoice_fields(inv),
+        attempts=[attempt(a) for a in invoices.attempts(s, inv.id)],
+        refunds=[refund(r) for r in refunds.list_refunds(s, invoice_id=inv.id)],
+    )

@@ -1,0 +1,32 @@
+"""Declared error responses (problem+json) for the OpenAPI document."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from api.schemas import Problem
+
+_DESCRIPTIONS = {
+    401: "Missing or invalid admin token.",
+    404: "Unknown id.",
+    409: "Conflicts with the current state.",
+    422: "Invalid input; `field` names the offending field.",
+    503: "Admin API disabled (no BILLING_ADMIN_TOKENS), database or gateway unavailable.",
+}
+
+
+def problems(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """``responses=`` entries for these status codes, each a problem+json body."""
+    out: dict[int | str, dict[str, Any]] = {}
+    for code in codes:
+        out[code] = {
+            "model": Problem,
+            "description": _DESCRIPTIONS.get(code, "Error."),
+            "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}},
+        }
+    return out
+
+
+def admin(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """Every admin endpoint can answer 401, 422 and 503."""
+    return problems(*sorted({401, 422, 503, *codes}))

@@ -1,0 +1,87 @@
+"""``POST /webhooks/stripe``: Stripe's signed events (no admin token: the signature is the auth).
+
+1. The ``Stripe-Signature`` header is verified with the SDK against
+   ``BILLING_STRIPE_WEBHOOK_SECRET`` over the raw body, with a 300 s tolerance (older
+   signatures are replays). Missing, forged or stale -> 400 problem, nothing changes.
+   No secret configured -> 503 (Stripe retries for three days).
+2. One transaction: the event row is inserted under its id (the primary key of
+   ``webhook_events``), its effect applied (:mod:`billing_engine.webhooks_stripe`) and
+   ``handled_at`` stamped. A delivery of an id already stored answers 200 and applies
+   nothing; an effect that fails rolls the insert back (5xx), so Stripe's retry
+   applies it later.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel
+from sqlalchemy.engine import Engine
+from starlette.concurrency import run_in_threadpool
+
+from api.deps import EngineDep, NowDep, SettingsDep
+from api.errors import problem
+from api.responses import problems
+from billing_engine import webhooks_stripe
+from billing_engine.db import transaction
+from billing_engine.errors import ValidationError
+from billing_engine.gateway.protocol import GatewayError
+from billing_engine.gateway.webhooks import WebhookSignatureInvalid, construct_event
+
+router = APIRouter(tags=["webhooks"])
+
+TOLERANCE_SECONDS = 300
+MAX_BODY_BYTES = 1_000_000  # Stripe events are a few KB
+
+
+class WebhookAck(BaseModel):
+    received: bool = True
+    event_id: str
+    type: str
+    duplicate: bool  # true: this id was received before; nothing was applied now
+    outcome: str | None
+
+
+@router.post(
+    "/webhooks/stripe",
+    response_model=WebhookAck,
+    responses=problems(400, 413, 503),
+    summary="Receive a signed Stripe event (configure this URL in the Stripe dashboard)",
+    openapi_extra={
+        "parameters": [{"name": "Stripe-Signature", "in": "header", "required": True,
+                        "schema": {"type": "string"}, "description": "Stripe's t=...,v1=... signature"}],
+        "requestBody": {"required": True, "content": {"application/json": {
+            "schema": {"type": "object", "description": "A Stripe Event object, exactly as Stripe sent it"}}}},
+    },
+)
+async def stripe_webhook(request: Request, engine: EngineDep, settings: SettingsDep, now: NowDep) -> Any:
+    secret = settings.stripe_webhook_secret.get_secret_value() if settings.stripe_webhook_secret else ""
+    if not secret:
+        return problem(503, "webhook secret not configured: set BILLING_STRIPE_WEBHOOK_SECRET (whsec_...)",
+                       code="webhook_secret_not_configured", headers={"Retry-After": "300"})
+    payload = await request.body()
+    if len(payload) > MAX_BODY_BYTES:
+        return problem(413, f"the body is larger than {MAX_BODY_BYTES} bytes", code="too_large", field="body")
+    try:
+        event = construct_event(payload, request.headers.get("stripe-signature"), secret, TOLERANCE_SECONDS)
+    except WebhookSignatureInvalid as exc:
+        return problem(400, str(exc), code="invalid_signature", field="Stripe-Signature")
+    except GatewayError as exc:
+        return problem(400, str(exc), code="invalid_event", field="body")
+    try:
+        receipt = await run_in_threadpool(_apply, engine, event, payload.decode("utf-8", "replace"), now,
+                                          list(settings.dunning_schedule_days))
+    except ValidationError as exc:  # signed, but not an event we can store
+        return problem(400, str(exc), code="invalid_event", field="body")
+    return WebhookAck(event_id=receipt.event_id, type=receipt.type, duplicate=receipt.duplicate,
+                      outcome=receipt.outcome)
+
+
+def _apply(
+    engine: Engine, event: dict[str, Any], payload: str, now: datetime, schedule: list[int]
+) -> webhooks_stripe.Receipt:
+    with transaction(engine) as session:
+        return webhooks_stripe.receive(session, event, payload=payload, now=now, schedule_days=schedule)
+

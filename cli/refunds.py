@@ -1,0 +1,106 @@
+"""`billing refund create|list|show|retry`: money back on a paid invoice."""
+
+from __future__ import annotations
+
+import typer
+from rich.table import Table
+
+from billing_engine import invoices, refunds
+from billing_engine.gateway.factory import build_gateway
+from billing_engine.models import Refund
+from billing_engine.money import Money, format_minor
+from billing_engine.settings import get_settings
+from cli.common import JsonOpt, console, engine, handle_errors, parse_at, print_json, unit_of_work
+
+refund_app = typer.Typer(help="Refund paid invoices (fully or partly) and list refunds.", no_args_is_help=True)
+
+
+def refund_dict(r: Refund) -> dict[str, object]:
+    return {"id": r.id, "invoice_id": r.invoice_id, "payment_attempt_id": r.payment_attempt_id,
+            "amount_minor": r.amount_minor, "currency": r.currency, "amount": format_minor(r.amount_minor, r.currency),
+            "status": r.status, "reason": r.reason, "idempotency_key": r.idempotency_key,
+            "gateway_refund_id": r.gateway_refund_id, "created_at": r.created_at, "succeeded_at": r.succeeded_at}
+
+
+def _print(data: dict[str, object], verb: str) -> None:
+    console.print(f"{verb} refund [bold]{data['id']}[/] of {data['amount']} {data['currency']} on invoice "
+                  f"{data['invoice_id']}: {data['status']}")
+
+
+@refund_app.command("create")
+@handle_errors
+def create_cmd(
+    invoice: str = typer.Argument(..., help="Invoice id (in_...)."),
+    amount: str | None = typer.Option(None, help="Amount in major units, e.g. 5.00 (default: all still refundable)."),
+    reason: str | None = typer.Option(None, help="requested_by_customer | duplicate | fraudulent."),
+    at: str | None = typer.Option(None, "--at", help="Act as of this ISO time (default: now)."),
+    json_out: bool = JsonOpt,
+) -> None:
+    """Refund a paid invoice through the gateway (never more than was collected)."""
+    now = parse_at(at)
+    with unit_of_work() as s:
+        currency = invoices.get(s, invoice).currency
+    amount_minor = Money.parse(amount, currency, field="--amount").amount if amount is not None else None
+    r = refunds.create(engine(), build_gateway(get_settings()), invoice_id=invoice, amount_minor=amount_minor,
+                       reason=reason, now=now, actor="admin:cli")
+    data = refund_dict(r)
+    if json_out:
+        print_json(data)
+    else:
+        _print(data, "created")
+
+
+@refund_app.command("retry")
+@handle_errors
+def retry_cmd(
+    refund: str = typer.Argument(..., help="Refund id (re_...) left pending (gateway unreachable)."),
+    at: str | None = typer.Option(None, "--at", help="Act as of this ISO time (default: now)."),
+    json_out: bool = JsonOpt,
+) -> None:
+    """Send a pending refund again with its original idempotency key."""
+    r = refunds.send(engine(), build_gateway(get_settings()), refund, now=parse_at(at), actor="admin:cli")
+    data = refund_dict(r)
+    if json_out:
+        print_json(data)
+    else:
+        _print(data, "sent")
+
+
+@refund_app.command("show")
+@handle_errors
+def show_cmd(refund: str = typer.Argument(..., help="Refund id (re_...)."), json_out: bool = JsonOpt) -> None:
+    """Show one refund."""
+    with unit_of_work() as s:
+        data = refund_dict(refunds.get(s, refund))
+    if json_out:
+        print_json(data)
+    else:
+        t = Table(show_header=False)
+        for k, v in data.items():
+            t.add_row(k, "" if v is None else str(v))
+        console.print(t)
+
+
+@refund_app.command("list")
+@handle_errors
+def list_cmd(
+    invoice: str | None = typer.Option(None, help="Only refunds of this invoice."),
+    limit: int = typer.Option(100, min=1, max=10000, help="At most this many."),
+    after: str | None = typer.Option(None, help="Cursor: ids after this one."),
+    json_out: bool = JsonOpt,
+) -> None:
+    """List refunds."""
+    with unit_of_work() as s:
+        rows = [refund_dict(r) for r in refunds.list_refunds(s, invoice_id=invoice, limit=limit, after=after)]
+    if json_out:
+        print_json(rows)
+        return
+    t = Table("id", "invoice", "amount", "status", "reason", "created")
+    for r in rows:
+        t.add_row(str(r["id"]), str(r["invoice_id"]), f"{r['amount']} {r['currency']}", str(r["status"]),
+                  str(r["reason"] or ""), str(r["created_at"])[:19])
+    console.print(t)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(refund_app, name="refund")

@@ -1,0 +1,39 @@
+"""`billing serve`: the HTTP API (admin REST API, customer cancel pages, Stripe webhook)."""
+
+from __future__ import annotations
+
+import typer
+
+from cli.common import err_console, handle_errors
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("serve")
+    @handle_errors
+    def serve(
+        host: str = typer.Option("127.0.0.1", help="Interface to listen on (0.0.0.0 for all; put TLS in front)."),
+        port: int = typer.Option(8000, min=1, max=65535, help="TCP port."),
+        workers: int = typer.Option(1, min=1, max=64, help="Worker processes."),
+        log_level: str = typer.Option("info", help="critical | error | warning | info | debug."),
+        proxy_headers: bool = typer.Option(False, help="Trust X-Forwarded-* from the reverse proxy."),
+    ) -> None:
+        """Serve the API with uvicorn. Admin endpoints need BILLING_ADMIN_TOKENS."""
+        import uvicorn
+
+        from api.app import create_app
+        from billing_engine.settings import get_settings
+
+        settings = get_settings()
+        if log_level not in {"critical", "error", "warning", "info", "debug"}:
+            from billing_engine.errors import ValidationError
+
+            raise ValidationError("must be critical, error, warning, info or debug", field="--log-level")
+        if not [t for t in settings.admin_tokens if t]:
+            err_console.print("[yellow]warning:[/] BILLING_ADMIN_TOKENS is not set: the admin API answers 503 "
+                              "until it is (cancel pages and webhooks still work).", highlight=False)
+        if workers > 1:
+            uvicorn.run("api.app:create_app", factory=True, host=host, port=port, workers=workers,
+                        log_level=log_level, proxy_headers=proxy_headers)
+        else:
+            uvicorn.run(create_app(settings=settings), host=host, port=port, log_level=log_level,
+                        proxy_headers=proxy_headers)

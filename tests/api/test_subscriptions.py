@@ -1,0 +1,140 @@
+"""Subscriptions over the admin API: subscribe, cancel, undo, change card, list, cancel link."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from urllib.parse import urlparse
+
+import pytest
+from fastapi.testclient import TestClient
+
+from tests.api.conftest import Clock, add_card, create_customer, create_plan, subscribe
+
+
+@pytest.fixture
+def paid(client: TestClient) -> dict[str, object]:
+    """An active subscription whose first period is paid."""
+    create_plan(client)
+    sub = subscribe(client)
+    assert client.post("/v1/run-cycle", json={"send_emails": False}).json()["succeeded"] == 1
+    return client.get(f"/v1/subscriptions/{sub['id']}").json()
+
+
+def test_new_subscription_is_incomplete_with_first_charge_due_now(client: TestClient, clock: Clock) -> None:
+    create_plan(client)
+    sub = subscribe(client)
+    assert sub["status"] == "incomplete" and sub["plan_code"] == "basic-monthly"
+    assert (sub["amount_minor"], sub["currency"], sub["amount"]) == (1700, "USD", "17.00")
+    assert sub["next_charge_at"] == clock.now.isoformat().replace("+00:00", "Z")
+
+
+def test_subscription_show_includes_its_history(client: TestClient, paid: dict[str, object]) -> None:
+    types = [e["type"] for e in paid["events"]]  # type: ignore[attr-defined]
+    assert types[0] == "subscription.created" and "subscription.activated" in types
+    assert paid["status"] == "active"
+
+
+def test_subscribing_without_consent_covering_the_price_is_refused(client: TestClient) -> None:
+    create_plan(client)
+    cust = create_customer(client)
+    pm = add_card(client, cust["id"], amount_minor=900)  # agreed to 9.00, plan costs 17.00
+    r = client.post("/v1/subscriptions", json={"customer": cust["id"], "plan": "basic-monthly", "payment_method": pm["id"]})
+    assert r.status_code == 409
+    assert r.json()["code"] == "consent_required" and r.json()["field"] == "payment_method"
+
+
+def test_subscription_to_unknown_plan_is_404(client: TestClient) -> None:
+    cust = create_customer(client)
+    pm = add_card(client, cust["id"])
+    r = client.post("/v1/subscriptions", json={"customer": cust["id"], "plan": "nope", "payment_method": pm["id"]})
+    assert r.status_code == 404 and r.json()["field"] == "plan"
+
+
+def test_naive_start_time_is_refused(client: TestClient) -> None:
+    create_plan(client)
+    cust = create_customer(client)
+    pm = add_card(client, cust["id"])
+    r = client.post("/v1/subscriptions", json={"customer": cust["id"], "plan": "basic-monthly",
+                                               "payment_method": pm["id"], "start_at": "2026-01-20T00:00:00"})
+    assert r.status_code == 422 and r.json()["field"] == "start_at"
+
+
+def test_cancel_at_period_end_keeps_access_until_then(client: TestClient, paid: dict[str, object]) -> None:
+    r = client.post(f"/v1/subscriptions/{paid['id']}/cancel", json={"reason": "too_expensive"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["status"] == "active" and body["cancel_at_period_end"] is True
+    assert body["cancellation_kind"] == "voluntary" and body["cancellation_reason"] == "too_expensive"
+    assert body["effective_at"] == paid["current_period_end"] and body["changed"] is True
+    assert body["canceled_by"] == "admin:api" and body["next_charge_at"] is None
+
+
+def test_cancel_now_ends_access_and_second_cancel_is_409(client: TestClient, paid: dict[str, object]) -> None:
+    r = client.post(f"/v1/subscriptions/{paid['id']}/cancel",
+                    json={"kind": "involuntary", "reason": "dispute", "at_period_end": False})
+    assert r.status_code == 200 and r.json()["status"] == "canceled"
+    assert r.json()["cancellation_kind"] == "involuntary"
+    again = client.post(f"/v1/subscriptions/{paid['id']}/cancel", json={})
+    assert again.status_code == 409
+    assert again.json()["code"] == "invalid_transition" and "already canceled" in again.json()["detail"]
+
+
+def test_cancel_with_a_reason_that_does_not_fit_the_kind_names_the_field(client: TestClient,
+                                                                        paid: dict[str, object]) -> None:
+    r = client.post(f"/v1/subscriptions/{paid['id']}/cancel", json={"kind": "voluntary", "reason": "dispute"})
+    assert r.status_code == 422 and r.json()["field"] == "reason"
+    r = client.post(f"/v1/subscriptions/{paid['id']}/cancel", json={"kind": "sideways"})
+    assert r.status_code == 422 and r.json()["field"] == "kind"
+    assert client.get(f"/v1/subscriptions/{paid['id']}").json()["cancel_at_period_end"] is False
+
+
+def test_undo_cancel_restores_renewal(client: TestClient, paid: dict[str, object]) -> None:
+    client.post(f"/v1/subscriptions/{paid['id']}/cancel", json={})
+    r = client.post(f"/v1/subscriptions/{paid['id']}/undo-cancel")
+    assert r.status_code == 200
+    assert r.json()["cancel_at_period_end"] is False and r.json()["next_charge_at"] == paid["current_period_end"]
+    again = client.post(f"/v1/subscriptions/{paid['id']}/undo-cancel")
+    assert again.status_code == 409 and "not canceled" in again.json()["detail"]
+
+
+def test_change_payment_method_to_another_consented_card(client: TestClient, paid: dict[str, object]) -> None:
+    new_pm = add_card(client, str(paid["customer_id"]), "pm_card_mastercard")
+    r = client.post(f"/v1/subscriptions/{paid['id']}/payment-method", json={"payment_method": new_pm["id"]})
+    assert r.status_code == 200 and r.json()["payment_method_id"] == new_pm["id"]
+    other = create_customer(client, "eve@example.com")
+    foreign = add_card(client, other["id"])
+    r = client.post(f"/v1/subscriptions/{paid['id']}/payment-method", json={"payment_method": foreign["id"]})
+    assert r.status_code == 409 and r.json()["field"] == "payment_method"
+
+
+def test_subscription_list_filters_and_pages(client: TestClient) -> None:
+    create_plan(client)
+    create_plan(client, "other-plan")
+    subs = [subscribe(client, email=f"s{i}@example.com", plan="other-plan" if i == 3 else "basic-monthly")
+            for i in range(5)]
+    client.post(f"/v1/subscriptions/{subs[0]['id']}/cancel", json={"at_period_end": False})
+    page1 = client.get("/v1/subscriptions?limit=2").json()
+    page2 = client.get(f"/v1/subscriptions?limit=2&after={page1['next_cursor']}").json()
+    page3 = client.get(f"/v1/subscriptions?limit=2&after={page2['next_cursor']}").json()
+    assert [s["id"] for s in page1["data"] + page2["data"] + page3["data"]] == [s["id"] for s in subs]
+    assert page3["has_more"] is False
+    assert [s["id"] for s in client.get("/v1/subscriptions?status=canceled").json()["data"]] == [subs[0]["id"]]
+    assert [s["id"] for s in client.get("/v1/subscriptions?plan=other-plan").json()["data"]] == [subs[3]["id"]]
+    by_customer = client.get(f"/v1/subscriptions?customer={subs[2]['customer_id']}").json()["data"]
+    assert [s["id"] for s in by_customer] == [subs[2]["id"]]
+    bad = client.get("/v1/subscriptions?status=paused")
+    assert bad.status_code == 422 and bad.json()["field"] == "status"
+    assert client.get("/v1/subscriptions?limit=0").json()["field"] == "limit"
+
+
+def test_cancel_link_is_signed_for_the_subscription(client: TestClient, paid: dict[str, object], clock: Clock) -> None:
+    from billing_engine import links
+
+    r = client.post(f"/v1/subscriptions/{paid['id']}/cancel-link")
+    assert r.status_code == 201, r.text
+    body = r.json()
+    assert body["subscription_id"] == paid["id"]
+    token = urlparse(body["url"]).path.rstrip("/").split("/")[-1]
+    settings = client.app.state.settings  # type: ignore[attr-defined]
+    assert links.verify_cancel_token(settings, token, clock.now + timedelta(days=1)) == paid["id"]
+    assert client.post("/v1/subscriptions/sub_nope/cancel-link").status_code == 404
