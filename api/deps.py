@@ -10,6 +10,7 @@ from fastapi import Depends, Request
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
+from billing_engine.db import transaction
 from billing_engine.gateway.protocol import PaymentGateway
 from billing_engine.settings import Settings
 
@@ -38,13 +39,8 @@ def get_now(request: Request) -> datetime:
 def get_session(request: Request) -> Iterator[Session]:
     """Unit of work: committed when the endpoint returns without error."""
     engine: Engine = request.app.state.engine
-    with Session(engine, expire_on_commit=False) as session:
-        try:
-            yield session
-            session.commit()
-        except BaseException:
-            session.rollback()
-            raise
+    with transaction(engine) as session:
+        yield session
 
 
 def utc_now() -> datetime:
