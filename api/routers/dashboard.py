@@ -1,0 +1,157 @@
+"""The finance dashboard: one server-rendered page, charts as inline SVG, no JavaScript.
+
+Authentication: a browser cannot send ``Authorization: Bearer`` when it navigates, so the
+page also accepts a session cookie set by a login form. ``POST /dashboard/login`` checks an
+admin token (constant time, ``api.auth.token_ok``) and sets ``billing_dashboard``: HttpOnly,
+SameSite=Strict, Path=/dashboard, Secure on https, 8 hours. Its value is signed with
+``BILLING_SECRET_KEY`` (itsdangerous) and holds only a SHA-256 fingerprint of the token,
+never the token; removing the token from BILLING_ADMIN_TOKENS ends its sessions at once.
+Tokens in URLs (``?token=``) are deliberately NOT accepted: they end up in browser
+history, proxy logs and Referer headers. A Bearer header works too (scripts, tests).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import parse_qs, urlencode
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+from itsdangerous import BadSignature, URLSafeTimedSerializer
+
+from api.auth import token_ok
+from api.deps import EngineDep, NowDep, SettingsDep
+from api.routers.reports import EXPORT_FORMATS, export_response
+from billing_engine.errors import BillingError, ValidationError
+from billing_engine.reports import REPORTS, build_query, run_report
+from billing_engine.reports import dashboard as board
+from billing_engine.settings import Settings
+
+router = APIRouter(tags=["dashboard"], include_in_schema=False)
+templates = Jinja2Templates(directory=str(Path(__file__).resolve().parent.parent / "templates"))
+
+COOKIE = "billing_dashboard"
+MAX_AGE = 8 * 3600
+HEADERS = {
+    "Cache-Control": "no-store",
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; "
+    "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+}
+
+
+def _fingerprint(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _signer(settings: Settings) -> URLSafeTimedSerializer:
+    return URLSafeTimedSerializer(settings.secret_key.get_secret_value(), salt="billing-dashboard-session")
+
+
+def _tokens(settings: Settings) -> list[str]:
+    return [t for t in settings.admin_tokens if t]
+
+
+def authenticated(request: Request, settings: Settings) -> bool:
+    tokens = _tokens(settings)
+    if not tokens:
+        return False
+    scheme, _, value = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return token_ok(value.strip(), tokens)
+    raw = request.cookies.get(COOKIE)
+    if not raw:
+        return False
+    try:
+        data = _signer(settings).loads(raw, max_age=MAX_AGE)
+    except BadSignature:
+        return False
+    fp = data.get("fp", "") if isinstance(data, dict) else ""
+    ok = False
+    for t in tokens:
+        ok |= hmac.compare_digest(str(fp), _fingerprint(t))
+    return ok
+
+
+def _page(request: Request, name: str, context: dict[str, Any], status_code: int = 200) -> HTMLResponse:
+    return templates.TemplateResponse(request, name, context, status_code=status_code, headers=HEADERS)
+
+
+def _login(request: Request, settings: Settings, *, error: str | None = None, status_code: int = 401) -> HTMLResponse:
+    disabled = not _tokens(settings)
+    return _page(request, "dashboard_login.html",
+                 {"error": error, "disabled": disabled, "company_name": settings.company_name},
+                 status_code=503 if disabled else status_code)
+
+
+@router.post("/dashboard/login")
+async def login(request: Request, settings: SettingsDep) -> Response:
+    body = (await request.body())[:4096].decode("utf-8", "replace")
+    token = (parse_qs(body).get("token") or [""])[0].strip()
+    tokens = _tokens(settings)
+    if not tokens:
+        return _login(request, settings)
+    if not token or not token_ok(token, tokens):
+        return _login(request, settings, error="That token is not valid.")
+    resp = RedirectResponse("/dashboard", status_code=303, headers={"Cache-Control": "no-store"})
+    resp.set_cookie(COOKIE, _signer(settings).dumps({"fp": _fingerprint(token)}), max_age=MAX_AGE,
+                    path="/dashboard", httponly=True, samesite="strict", secure=request.url.scheme == "https")
+    return resp
+
+
+@router.post("/dashboard/logout")
+def logout() -> Response:
+    resp = RedirectResponse("/dashboard", status_code=303, headers={"Cache-Control": "no-store"})
+    resp.delete_cookie(COOKIE, path="/dashboard")
+    return resp
+
+
+Opt = Annotated[str | None, Query(max_length=40)]
+
+
+@router.get("/dashboard", response_class=HTMLResponse)
+def dashboard(request: Request, engine: EngineDep, settings: SettingsDep, now: NowDep,
+              start: Annotated[str | None, Query(max_length=40, alias="from")] = None,
+              to: Opt = None, currency: Opt = None) -> Response:
+    if not authenticated(request, settings):
+        return _login(request, settings)
+    params = {k: v for k, v in (("from", start), ("to", to), ("currency", currency)) if v}
+    try:
+        q = build_query(start=start, end=to, period="month", currency=currency, now=now)
+        d = board.build(engine, q)
+    except BillingError as exc:
+        return _page(request, "dashboard.html", {"error": str(exc), "d": None, "params": params,
+                                                 "company_name": settings.company_name}, status_code=422)
+    links = {
+        f"{name}.{fmt}": "/dashboard/export/" + name + "?" + urlencode({**params, "format": fmt,
+                                                                         "currency": d.currency or ""})
+        for name in REPORTS for fmt in ("csv", "xlsx")
+    }
+    switch = {c: "/dashboard?" + urlencode({**params, "currency": c}) for c in d.currencies}
+    return _page(request, "dashboard.html", {"d": d, "error": None, "params": params, "links": links,
+                                             "switch": switch, "company_name": settings.company_name,
+                                             "range": q.as_dict()})
+
+
+@router.get("/dashboard/export/{name}")
+def export(request: Request, name: str, engine: EngineDep, settings: SettingsDep, now: NowDep,
+           start: Annotated[str | None, Query(max_length=40, alias="from")] = None,
+           to: Opt = None, currency: Opt = None, by: Opt = None, period: Opt = None,
+           format: Opt = None) -> Response:
+    """The same downloads as /v1/reports, for the logged-in browser."""
+    if not authenticated(request, settings):
+        return _login(request, settings)
+    if name not in REPORTS:
+        raise ValidationError(f"must be one of {', '.join(REPORTS)}", field="name")
+    fmt = (format or "csv").lower()
+    if fmt not in EXPORT_FORMATS:
+        raise ValidationError(f"must be one of {', '.join(EXPORT_FORMATS)}", field="format")
+    q = build_query(start=start, end=to, period=period, by=by, currency=currency, now=now)
+    return export_response(run_report(engine, name, q, thresholds=settings.segment_thresholds_minor,
+                                      generated_at=now), fmt)

@@ -1,0 +1,244 @@
+"""Reports benchmark on PostgreSQL: N subscriptions with their invoices, payment attempts
+and refunds, generated server-side with INSERT ... SELECT over generate_series, then each
+report timed over 12 months (by plan and in total).
+
+    .venv/bin/python bench/reports_bench.py --subscriptions 1000000
+    .venv/bin/python bench/reports_bench.py --reuse            # skip generation, time again
+
+It creates (drops first, unless --reuse) the database given by --database (default
+billing_bench) on the server of --url, migrates it with billing_engine.db.upgrade, and
+never touches any other database. See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from sqlalchemy import create_engine, text  # noqa: E402
+from sqlalchemy.engine import Engine, make_url  # noqa: E402
+
+from billing_engine.db import make_engine, upgrade  # noqa: E402
+from billing_engine.reports import build_query, run_report  # noqa: E402
+
+START = "2024-01-01"  # subscriptions start between START and END
+END = "2026-01-01"
+REPORT_FROM, REPORT_TO = "2025-01-01", "2025-12-31"
+
+PLANS = [
+    # id, code, amount, currency, interval, count, tier, weight (per mille)
+    ("plan_basic_m", "basic-monthly", 1700, "USD", "month", 1, "small", 450),
+    ("plan_pro_m", "pro-monthly", 4900, "USD", "month", 1, "medium", 200),
+    ("plan_pro_y", "pro-yearly", 49900, "USD", "year", 1, "large", 100),
+    ("plan_team_q", "team-quarterly", 12900, "USD", "month", 3, "large", 50),
+    ("plan_weekly", "weekly", 499, "USD", "week", 1, "small", 60),
+    ("plan_daily", "daily", 99, "USD", "day", 1, None, 2),
+    ("plan_eur_m", "eur-monthly", 1500, "EUR", "month", 1, "small", 88),
+    ("plan_jpy_m", "jpy-monthly", 1800, "JPY", "month", 1, "medium", 50),
+]
+
+
+def step(msg: str, t0: float) -> float:
+    now = time.perf_counter()
+    print(f"  {msg:<44} {now - t0:8.1f} s", flush=True)
+    return now
+
+
+def generate(engine: Engine, n: int) -> None:
+    t = time.perf_counter()
+    cases, lo = [], 0
+    for pid, *_, w in PLANS:
+        cases.append(f"WHEN h < {lo + w} THEN '{pid}'")
+        lo += w
+    plan_case = "CASE " + " ".join(cases) + f" ELSE '{PLANS[0][0]}' END"
+    customers = max(1, int(n * 0.9))  # ~10% of customers have two subscriptions (some come back)
+    with engine.begin() as c:
+        c.execute(text("SET LOCAL synchronous_commit = off"))
+        # bulk load: rows are consistent by construction, so skip the per-row FK triggers
+        c.execute(text("SET LOCAL session_replication_role = replica"))
+        c.execute(text("SET LOCAL maintenance_work_mem = '512MB'"))
+        c.execute(text("SET LOCAL work_mem = '256MB'"))
+        c.execute(text("SET LOCAL TIME ZONE 'UTC'"))
+        c.execute(text("SELECT setseed(0.42)"))
+        for pid, code, amount, cur, iv, cnt, tier, _ in PLANS:
+            c.execute(text(
+                "INSERT INTO plans (id, code, name, amount_minor, currency, interval, interval_count, trial_days,"
+                " active, cancel_immediately, tier, created_at) VALUES (:id, :code, :code, :a, :cur, :iv, :cnt, 0,"
+                " true, false, :tier, :at)"),
+                {"id": pid, "code": code, "a": amount, "cur": cur, "iv": iv, "cnt": cnt, "tier": tier,
+                 "at": datetime(2023, 12, 1, tzinfo=UTC)})
+        c.execute(text(
+            "INSERT INTO customers (id, email, name, created_at) SELECT 'cus_' || lpad(g::text, 10, '0'),"
+            " 'c' || g || '@bench.example', 'Customer ' || g, CAST(:s AS timestamptz) FROM generate_series(1, :c) g"),
+            {"s": START, "c": customers})
+        t = step(f"customers ({customers:,})", t)
+        c.execute(text(f"""
+            CREATE TEMP TABLE gen ON COMMIT DROP AS
+            SELECT g,
+                   'sub_' || lpad(g::text, 10, '0') AS id,
+                   'cus_' || lpad((1 + (g::bigint * 7919) % :c)::text, 10, '0') AS customer_id,
+                   {plan_case} AS plan_id,
+                   created, ended, kind, reason
+            FROM (
+                SELECT g, (g::bigint * 2654435761 % 1000) AS h,
+                       CAST(:s AS timestamptz) + random() * (CAST(:e AS timestamptz) - CAST(:s AS timestamptz)) AS created,
+                       random() AS r1, random() AS r2, random() AS r3
+                FROM generate_series(1, :n) g
+            ) x
+            CROSS JOIN LATERAL (SELECT CASE WHEN r1 < 0.35 THEN created + r2 * (CAST(:e AS timestamptz) - created) END AS ended) e
+            CROSS JOIN LATERAL (SELECT
+                CASE WHEN ended IS NULL THEN NULL WHEN r3 < 0.6 THEN 'voluntary' ELSE 'involuntary' END AS kind,
+                CASE WHEN ended IS NULL THEN NULL
+                     WHEN r3 < 0.6 THEN (ARRAY['too_expensive','unused','switched_service','other'])[1 + (g % 4)]
+                     WHEN r3 < 0.8 THEN 'payment_failed'
+                     WHEN r3 < 0.88 THEN 'hard_decline:stolen_card'
+                     WHEN r3 < 0.96 THEN 'card_expired'
+                     ELSE 'dispute' END AS reason) k
+        """), {"s": START, "e": END, "n": n, "c": customers})
+        c.execute(text("""
+            INSERT INTO subscriptions (id, customer_id, plan_id, status, billing_anchor, current_period_start,
+                current_period_end, next_period_index, cancel_at_period_end, canceled_at, ended_at,
+                cancellation_kind, cancellation_reason, canceled_by, failed_attempts, created_at, updated_at)
+            SELECT id, customer_id, plan_id, CASE WHEN ended IS NULL THEN 'active' ELSE 'canceled' END,
+                   created, created, created, 0, false, ended, ended, kind, reason,
+                   CASE WHEN ended IS NULL THEN NULL ELSE 'customer' END, 0, created, coalesce(ended, created)
+            FROM gen
+        """))
+        t = step(f"subscriptions ({n:,})", t)
+        c.execute(text("""
+            CREATE TEMP TABLE inv ON COMMIT DROP AS
+            SELECT 'in_' || gen.g || '_' || k AS id, gen.id AS subscription_id, gen.customer_id, gen.plan_id,
+                   k AS period_index, ps AS period_start, pe AS period_end, p.amount_minor, p.currency,
+                   CASE WHEN gen.kind = 'involuntary' AND pe >= gen.ended THEN 'uncollectible' ELSE 'paid' END
+                       AS status,
+                   CASE WHEN gen.kind = 'involuntary' AND pe >= gen.ended THEN 4
+                        WHEN (gen.g + k) % 20 = 0 THEN 2 + (gen.g % 2) ELSE 1 END AS attempt_count,
+                   gen.ended
+            FROM gen JOIN plans p ON p.id = gen.plan_id
+            CROSS JOIN LATERAL generate_series(0, CASE p.interval WHEN 'day' THEN 740 WHEN 'week' THEN 106
+                                                  ELSE 25 END) k
+            CROSS JOIN LATERAL (SELECT
+                gen.created + make_interval(months => CASE p.interval WHEN 'month' THEN k * p.interval_count
+                                                       WHEN 'year' THEN 12 * k * p.interval_count ELSE 0 END,
+                                             days => CASE p.interval WHEN 'day' THEN k * p.interval_count
+                                                     WHEN 'week' THEN 7 * k * p.interval_count ELSE 0 END) AS ps,
+                gen.created + make_interval(months => CASE p.interval WHEN 'month' THEN (k + 1) * p.interval_count
+                                                       WHEN 'year' THEN 12 * (k + 1) * p.interval_count ELSE 0 END,
+                                             days => CASE p.interval WHEN 'day' THEN (k + 1) * p.interval_count
+                                                     WHEN 'week' THEN 7 * (k + 1) * p.interval_count ELSE 0 END)
+                    AS pe) b
+            WHERE ps < least(coalesce(gen.ended, CAST(:e AS timestamptz)), CAST(:e AS timestamptz))
+        """), {"e": END})
+        t = step("invoice rows generated", t)
+        c.execute(text("""
+            INSERT INTO invoices (id, subscription_id, customer_id, plan_id, period_index, period_start, period_end,
+                amount_minor, currency, status, attempt_count, amount_paid_minor, amount_refunded_minor,
+                created_at, paid_at, closed_at)
+            SELECT id, subscription_id, customer_id, plan_id, period_index, period_start, period_end, amount_minor,
+                   currency, status, attempt_count, CASE WHEN status = 'paid' THEN amount_minor ELSE 0 END, 0,
+                   period_start,
+                   CASE WHEN status = 'paid' THEN period_start + make_interval(hours => 1, days => attempt_count - 1)
+                   END,
+                   CASE WHEN status = 'paid' THEN period_start + make_interval(hours => 1, days => attempt_count - 1)
+                        ELSE ended END
+            FROM inv
+        """))
+        t = step("invoices inserted", t)
+        c.execute(text("""
+            INSERT INTO payment_attempts (id, invoice_id, subscription_id, attempt_number, idempotency_key, gateway,
+                status, amount_minor, currency, gateway_charge_id, decline_code, decline_kind, created_at,
+                completed_at)
+            SELECT 'pay_' || substr(i.id, 4) || '_' || a, i.id, i.subscription_id, a,
+                   'billing:' || i.id || ':attempt:' || a, 'fake',
+                   CASE WHEN i.status = 'paid' AND a = i.attempt_count THEN 'succeeded' ELSE 'failed' END,
+                   i.amount_minor, i.currency,
+                   CASE WHEN i.status = 'paid' AND a = i.attempt_count THEN 'pi_' || substr(i.id, 4) END,
+                   CASE WHEN i.status = 'paid' AND a = i.attempt_count THEN NULL ELSE 'insufficient_funds' END,
+                   CASE WHEN i.status = 'paid' AND a = i.attempt_count THEN NULL ELSE 'soft' END,
+                   i.period_start + make_interval(hours => 1, days => a - 1),
+                   i.period_start + make_interval(hours => 1, days => a - 1)
+            FROM inv i CROSS JOIN LATERAL generate_series(1, i.attempt_count) a
+        """))
+        t = step("payment attempts inserted", t)
+        c.execute(text("""
+            INSERT INTO refunds (id, invoice_id, payment_attempt_id, amount_minor, currency, status, reason,
+                idempotency_key, created_at, succeeded_at)
+            SELECT 're_' || substr(i.id, 4), i.id, 'pay_' || substr(i.id, 4) || '_' || i.attempt_count,
+                   greatest(1, i.amount_minor / 2), i.currency, 'succeeded', 'requested_by_customer',
+                   'refund:' || i.id || '\:1', i.period_start + interval '3 days', i.period_start + interval '3 days'
+            FROM inv i WHERE i.status = 'paid' AND hashtext(i.id) % 200 = 0
+        """))
+        c.execute(text("""
+            UPDATE invoices SET amount_refunded_minor = r.amount_minor FROM refunds r WHERE r.invoice_id = invoices.id
+        """))
+        t = step("refunds inserted", t)
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as c:
+        c.execute(text("VACUUM ANALYZE"))
+    step("vacuum analyze", t)
+
+
+def counts(engine: Engine) -> dict[str, int]:
+    with engine.connect() as c:
+        return {t: int(c.execute(text(f"SELECT count(*) FROM {t}")).scalar_one())
+                for t in ("subscriptions", "invoices", "payment_attempts", "refunds")}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--subscriptions", "-n", type=int, default=1_000_000)
+    ap.add_argument("--url", default="postgresql+psycopg://postgres@127.0.0.1:5432/postgres",
+                    help="any database on the server (used to create the bench database)")
+    ap.add_argument("--database", default="billing_bench")
+    ap.add_argument("--reuse", action="store_true", help="keep the existing data; only time the reports")
+    ap.add_argument("--repeat", type=int, default=2, help="runs per report (best and first are printed)")
+    ap.add_argument("--explain", action="store_true", help="print EXPLAIN ANALYZE of the subscriber query")
+    args = ap.parse_args()
+    if not args.database.replace("_", "").isalnum():
+        sys.exit("--database must be a plain identifier")
+    url = make_url(args.url)
+    if not url.drivername.startswith("postgresql"):
+        sys.exit("the benchmark needs PostgreSQL")
+    bench_url = url.set(database=args.database).render_as_string(hide_password=False)
+    if not args.reuse:
+        admin = create_engine(url, isolation_level="AUTOCOMMIT")
+        with admin.connect() as c:
+            c.execute(text(f'DROP DATABASE IF EXISTS "{args.database}" WITH (FORCE)'))
+            c.execute(text(f'CREATE DATABASE "{args.database}"'))
+        admin.dispose()
+    engine = make_engine(bench_url)
+    if not args.reuse:
+        upgrade(engine)
+        print(f"generating {args.subscriptions:,} subscriptions into {args.database} ...")
+        t0 = time.perf_counter()
+        generate(engine, args.subscriptions)
+        print(f"generated in {time.perf_counter() - t0:.1f} s")
+    print("rows:", ", ".join(f"{k} {v:,}" for k, v in counts(engine).items()))
+    now = datetime(2026, 1, 15, tzinfo=UTC)
+    print(f"\nreports over {REPORT_FROM} .. {REPORT_TO} (12 months), seconds (first run / best of {args.repeat}):")
+    for by in ("plan", None):
+        q = build_query(start=REPORT_FROM, end=REPORT_TO, by=by, now=now)
+        for name in ("churn", "revenue", "mrr", "segments"):
+            times, rows = [], 0
+            for _ in range(max(1, args.repeat)):
+                t0 = time.perf_counter()
+                rows = len(run_report(engine, name, q).rows)
+                times.append(time.perf_counter() - t0)
+            print(f"  {name:<9} by={by or '-':<5} {times[0]:7.2f} / {min(times):7.2f}   ({rows} rows)", flush=True)
+    if args.explain:
+        from billing_engine.reports.sql import subscriber_event_totals
+
+        q = build_query(start=REPORT_FROM, end=REPORT_TO, by="plan", now=now)
+        stmt = subscriber_event_totals(q).compile(engine, compile_kwargs={"literal_binds": True})
+        with engine.connect() as c:
+            for (line,) in c.execute(text("EXPLAIN (ANALYZE, BUFFERS) " + str(stmt))):
+                print(line)
+    engine.dispose()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,117 @@
+"""Subscriber timelines: the aggregated event stream of :func:`sql.subscriber_events`, laid
+out per group (currency, or currency + plan) and period, with opening balances.
+
+The database returns one row per (currency, plan, period, kind, ..., billed price) group
+with a count; this module turns each price into MRR with
+:func:`billing_engine.periods.monthly_amount` (times the count) and adds the groups up
+(running balances). It never sees individual subscriptions.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.engine import Connection
+
+from billing_engine.periods import Interval, monthly_amount
+from billing_engine.reports.params import ReportQuery
+from billing_engine.reports.sql import plans, subscriber_event_totals
+
+GroupKey = tuple[str, ...]  # (currency,) or (currency, plan_code)
+
+
+@dataclass
+class PeriodMoves:
+    counts: Counter[str] = field(default_factory=Counter)  # kind -> subscriptions
+    mrr: Counter[str] = field(default_factory=Counter)  # kind -> minor units (positive magnitudes)
+    churn_by_kind: Counter[str] = field(default_factory=Counter)  # voluntary | involuntary | unclassified
+    churn_mrr_by_kind: Counter[str] = field(default_factory=Counter)
+    involuntary_by_reason: Counter[str] = field(default_factory=Counter)
+
+    def is_empty(self) -> bool:
+        return not (+self.counts or +self.mrr)
+
+
+@dataclass
+class Timeline:
+    opening_subs: int = 0
+    opening_mrr: int = 0
+    periods: list[PeriodMoves] = field(default_factory=list)
+
+    def balances(self) -> list[tuple[int, int, int, int]]:
+        """Per period: (subs_start, subs_end, mrr_start, mrr_end)."""
+        out = []
+        subs, mrr = self.opening_subs, self.opening_mrr
+        for p in self.periods:
+            s0, m0 = subs, mrr
+            subs += p.counts["new"] + p.counts["reactivation"] - p.counts["churn"]
+            mrr += (p.mrr["new"] + p.mrr["reactivation"] + p.mrr["expansion"]
+                    - p.mrr["contraction"] - p.mrr["churn"])
+            out.append((s0, subs, m0, mrr))
+        return out
+
+
+def group_key(currency: str, plan_code: str | None, by: str | None) -> GroupKey:
+    return (currency, plan_code or "") if by == "plan" else (currency,)
+
+
+def timelines(conn: Connection, q: ReportQuery) -> dict[GroupKey, Timeline]:
+    n_periods = len(q.periods())
+    plan_rows = {r.id: r for r in conn.execute(select(plans.c.id, plans.c.code, plans.c.interval,
+                                                       plans.c.interval_count))}
+
+    def mrr(plan_id: str | None, amount: int | None) -> int:
+        p = plan_rows[plan_id] if plan_id is not None else None
+        if p is None or amount is None:
+            return 0
+        return monthly_amount(int(amount), Interval(p.interval), int(p.interval_count))
+
+    out: dict[GroupKey, Timeline] = {}
+    for r in conn.execute(subscriber_event_totals(q)):
+        code = plan_rows[r.plan_id].code if r.plan_id in plan_rows else r.plan_id
+        key = group_key(r.currency, code, q.by)
+        tl = out.get(key)
+        if tl is None:
+            tl = out[key] = Timeline(periods=[PeriodMoves() for _ in range(n_periods)])
+        n = int(r.n)
+        value = mrr(r.inv_plan_id, r.amount_minor)
+        if r.kind == "change":
+            delta = n * (value - mrr(r.prev_plan_id, r.prev_amount))
+            kind = "expansion" if delta > 0 else "contraction"
+        elif r.kind == "churn":
+            delta, kind = -n * value, "churn"
+        else:
+            delta, kind = n * value, r.kind
+        if r.b < 0:
+            tl.opening_subs += {"churn": -n, "change": 0, "ended_unpaid": 0}.get(r.kind, n)
+            tl.opening_mrr += delta
+            continue
+        if r.b >= n_periods or (r.kind == "change" and delta == 0):
+            continue  # past the range (cannot happen) / a price change that leaves MRR as it was
+        p = tl.periods[r.b]
+        p.counts[kind] += n
+        p.mrr[kind] += abs(delta)
+        if kind == "churn":
+            ckind = r.cancellation_kind or "unclassified"
+            p.churn_by_kind[ckind] += n
+            p.churn_mrr_by_kind[ckind] += abs(delta)
+            if ckind == "involuntary":
+                p.involuntary_by_reason[r.reason_group] += n
+    return out
+
+
+def sorted_groups(*maps: dict[GroupKey, Any]) -> list[GroupKey]:
+    keys: set[GroupKey] = set()
+    for m in maps:
+        keys.update(m)
+    return sorted(keys)
+
+
+def key_fields(key: GroupKey, by: str | None) -> dict[str, str]:
+    d = {"currency": key[0]}
+    if by == "plan":
+        d["plan_code"] = key[1]
+    return d

@@ -1,0 +1,87 @@
+"""`billing report churn|revenue|mrr|segments` -- the finance exports (docs/reports.md)."""
+
+from __future__ import annotations
+
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import typer
+
+from billing_engine.errors import ValidationError
+from billing_engine.reports import FORMATS, build_query, run_report, to_csv, to_json, to_rich_tables, to_xlsx
+from billing_engine.settings import get_settings
+from cli.common import console, engine, fail, handle_errors
+
+report_app = typer.Typer(
+    help="Finance reports: churn, revenue, MRR, customer segments (table, CSV, JSON, XLSX).",
+    no_args_is_help=True,
+)
+
+FromOpt = typer.Option(None, "--from", help="First day (inclusive), e.g. 2026-01-01. Default: 12 months before --to.")
+ToOpt = typer.Option(None, "--to", help="Last day (inclusive for a bare date), e.g. 2026-12-31. Default: end of this month.")
+PeriodOpt = typer.Option("month", "--period", help="day | week | month | quarter | year | all")
+ByOpt = typer.Option(None, "--by", help="Split by: plan")
+CurrencyOpt = typer.Option(None, "--currency", help="Only this currency (ISO-4217), e.g. USD")
+FormatOpt = typer.Option("table", "--format", "-f", help="table | csv | json | xlsx")
+OutputOpt = typer.Option(None, "--output", "-o", help="Write to this file instead of stdout (required for xlsx on a terminal)")
+
+
+def _run(name: str, start: str | None, end: str | None, period: str, by: str | None, currency: str | None,
+         fmt: str, output: Path | None) -> None:
+    fmt = (fmt or "table").strip().lower()
+    if fmt not in FORMATS:
+        raise ValidationError(f"must be one of {', '.join(FORMATS)}, got {fmt!r}", field="--format")
+    now = datetime.now(UTC)
+    try:
+        q = build_query(start=start, end=end, period=period, by=by, currency=currency, now=now)
+    except ValidationError as exc:
+        raise ValidationError(exc.message, field=f"--{exc.field}" if exc.field else None) from None
+    settings = get_settings()
+    report = run_report(engine(), name, q, thresholds=settings.segment_thresholds_minor, generated_at=now)
+    if fmt == "table":
+        if output is not None:
+            from rich.console import Console
+
+            with output.open("w", encoding="utf-8") as fh:
+                file_console = Console(file=fh, width=200)
+                for table in to_rich_tables(report):
+                    file_console.print(table)
+        else:
+            for table in to_rich_tables(report):
+                console.print(table)
+        return
+    data: bytes = to_xlsx(report) if fmt == "xlsx" else (to_csv(report) if fmt == "csv" else to_json(report)).encode()
+    if output is not None:
+        output.write_bytes(data)
+        return
+    if fmt == "xlsx" and sys.stdout.isatty():
+        fail("xlsx is binary: pass --output FILE.xlsx (or redirect stdout)", 2)
+    sys.stdout.buffer.write(data)
+    sys.stdout.flush()
+
+
+def _command(name: str, doc: str) -> None:
+    @report_app.command(name, help=doc)
+    @handle_errors
+    def cmd(
+        start: str | None = FromOpt,
+        end: str | None = ToOpt,
+        period: str = PeriodOpt,
+        by: str | None = ByOpt,
+        currency: str | None = CurrencyOpt,
+        fmt: str = FormatOpt,
+        output: Path | None = OutputOpt,
+    ) -> None:
+        _run(name, start, end, period, by, currency, fmt, output)
+
+
+_command("churn", "Subscribers at period start, new, voluntary / involuntary churn (by reason), rates, MRR lost, "
+                  "revenue recovered by dunning.")
+_command("revenue", "Gross collected, refunds, net, paying / new / returning customers per period and currency.")
+_command("mrr", "MRR at period start and end with its movements: new, reactivation, expansion, contraction, churn.")
+_command("segments", "Customers by lifetime value (BILLING_SEGMENT_THRESHOLDS_MINOR) and by plan tier, as of --to.")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(report_app, name="report")
