@@ -60,9 +60,32 @@ def register(app: typer.Typer) -> None:
         sent = len(list(mail_dir.glob("*.eml"))) if mail_dir.exists() else 0
         console.print(f"e-mails: {result.notifications} queued, {sent} delivered to {mail_dir}/ "
                       "(reminders, receipts, payment failures, cancellation confirmations)")
+        from datetime import timedelta
+
+        from billing_engine.periods import Interval, boundary
+        from billing_engine.reports import build_query, churn_report, revenue_report
+
+        last_day = (boundary(start_at, Interval.MONTH, 1, months) - timedelta(days=1)).date()
+        q = build_query(start=str(start_at.date()), end=str(last_day), period="all", now=start_at)
+        console.print(f"\n[bold]Reports[/] for {start_at.date()} .. {last_day} (the same as `billing report ...`):")
+        churn = {r["currency"]: r for r in churn_report(engine, q).rows}
+        revenue = {r["currency"]: r for r in revenue_report(engine, q).rows}
+        rt = Table(title="Churn and revenue (voluntary = the customer chose to leave; involuntary = payment failed)")
+        for col in ("currency", "new subs", "voluntary churn", "involuntary churn", "of which dunning exhausted",
+                    "of which hard decline", "recovered by dunning", "gross", "refunds", "net"):
+            rt.add_column(col, justify="left" if col == "currency" else "right")
+        for cur in sorted(set(churn) | set(revenue)):
+            c, r = churn.get(cur, {}), revenue.get(cur, {})
+            rt.add_row(cur, str(c.get("new", 0)), str(c.get("voluntary", 0)), str(c.get("involuntary", 0)),
+                       str(c.get("involuntary_payment_failed", 0)), str(c.get("involuntary_hard_decline", 0)),
+                       format_minor(c.get("recovered_minor", 0), cur), format_minor(r.get("gross_minor", 0), cur),
+                       format_minor(r.get("refunds_minor", 0), cur), format_minor(r.get("net_minor", 0), cur))
+        console.print(rt)
         if verbose:
             for line in result.log:
                 console.print(line, highlight=False)
         console.print(
-            f"\nExplore it: BILLING_DATABASE_URL={url} billing subscription list | billing report churn "
-            f"--from {start_at.date()} --to ...", highlight=False)
+            f"\nExplore it:\n  export BILLING_DATABASE_URL={url}\n  billing subscription list --status canceled\n"
+            f"  billing report churn --from {start_at.date()} --to {(start_at.date().replace(year=start_at.year + 1))}"
+            f" --by plan\n  billing report revenue --from {start_at.date()} --format csv\n"
+            f"  ls {mail_dir}/   # the e-mails the customers received", highlight=False)

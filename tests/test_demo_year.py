@@ -72,3 +72,26 @@ def test_the_year_has_both_kinds_of_churn_and_recoveries(year) -> None:  # type:
     assert "payment_failed" in reasons and any(r and r.startswith("hard_decline:") for r in reasons)
     assert recovered, "some soft declines must recover through dunning"
     assert any("changed their mind" in line for line in result.log)
+
+
+def test_reports_on_the_demo_year_reconcile_with_the_raw_tables(year) -> None:  # type: ignore[no-untyped-def]
+    from billing_engine.reports import reconcile
+
+    engine, _gw, _ = year
+    assert reconcile(engine, START, datetime(2027, 1, 1, tzinfo=UTC)) == []
+
+
+def test_churn_report_counts_the_demo_cancellations_by_kind(year) -> None:  # type: ignore[no-untyped-def]
+    from billing_engine.reports import build_query, churn_report
+
+    engine, _gw, _ = year
+    report = churn_report(engine, build_query(start=START, end=datetime(2027, 1, 1, tzinfo=UTC), period="year",
+                                              now=START))
+    with Session(engine) as s:
+        ended = s.exec(select(Subscription).where(col(Subscription.ended_at) < datetime(2027, 1, 1, tzinfo=UTC))).all()
+        paid_subs = {i.subscription_id for i in s.exec(select(Invoice).where(Invoice.status == "paid"))}
+    churned = [x for x in ended if x.id in paid_subs]  # ended after paying at least once (see docs/reports.md)
+    voluntary = sum(r["voluntary"] for r in report.rows)  # one row per currency
+    involuntary = sum(r["involuntary"] for r in report.rows)
+    assert voluntary == len([x for x in churned if x.cancellation_kind == "voluntary"]) > 0
+    assert involuntary == len([x for x in churned if x.cancellation_kind == "involuntary"]) > 0
