@@ -85,7 +85,8 @@ def register(app: typer.Typer) -> None:
             for line in result.log:
                 console.print(line, highlight=False)
         console.print(
-            f"\nExplore it:\n  export BILLING_DATABASE_URL={url}\n  billing subscription list --status canceled\n"
-            f"  billing report churn --from {start_at.date()} --to {(start_at.date().replace(year=start_at.year + 1))}"
-            f" --by plan\n  billing report revenue --from {start_at.date()} --format csv\n"
+            f"\nExplore it (after `. .venv/bin/activate`):\n  export BILLING_DATABASE_URL={url}\n"
+            f"  billing subscription list --status canceled\n"
+            f"  billing report churn --from {start_at.date()} --to {last_day} --by plan\n"
+            f"  billing report revenue --from {start_at.date()} --to {last_day} --format csv\n"
             f"  ls {mail_dir}/   # the e-mails the customers received", highlight=False)
