@@ -23,7 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from sqlalchemy import create_engine, text  # noqa: E402
 from sqlalchemy.engine import Engine, make_url  # noqa: E402
 
-from billing_engine.db import make_engine, upgrade  # noqa: E402
+from billing_engine.db import current_revision, head_revision, make_engine, upgrade  # noqa: E402
+from billing_engine.periods import Interval, monthly_amount  # noqa: E402
 from billing_engine.reports import build_query, run_report  # noqa: E402
 
 START = "2024-01-01"  # subscriptions start between START and END
@@ -177,6 +178,19 @@ def generate(engine: Engine, n: int) -> None:
             UPDATE invoices SET amount_refunded_minor = r.amount_minor FROM refunds r WHERE r.invoice_id = invoices.id
         """))
         t = step("refunds inserted", t)
+        # the reporting facts the engine keeps on each subscription (payments._invoice_paid):
+        # first payment, and the MRR of the last paid period (every invoice here is billed at
+        # its plan's price; none is paid after its subscription ended)
+        mrr_case = "CASE s.plan_id " + " ".join(
+            f"WHEN '{pid}' THEN {monthly_amount(amount, Interval(iv), cnt)}"
+            for pid, _, amount, _, iv, cnt, *_ in PLANS) + " END"
+        c.execute(text(f"""
+            UPDATE subscriptions s SET activated_at = f.first_paid_at, mrr_minor = {mrr_case}
+            FROM (SELECT subscription_id, min(paid_at) AS first_paid_at FROM invoices WHERE status = 'paid'
+                  GROUP BY subscription_id) f
+            WHERE f.subscription_id = s.id
+        """))
+        t = step("subscriptions.activated_at / mrr_minor", t)
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as c:
         c.execute(text("VACUUM ANALYZE"))
     step("vacuum analyze", t)
@@ -211,6 +225,11 @@ def main() -> None:
             c.execute(text(f'CREATE DATABASE "{args.database}"'))
         admin.dispose()
     engine = make_engine(bench_url)
+    if args.reuse and current_revision(engine) != head_revision():
+        # an older bench database: migrate it (adds and backfills the subscription facts)
+        t0 = time.perf_counter()
+        before, after = upgrade(engine)
+        print(f"migrated {before} -> {after} in {time.perf_counter() - t0:.1f} s")
     if not args.reuse:
         upgrade(engine)
         print(f"generating {args.subscriptions:,} subscriptions into {args.database} ...")
@@ -232,8 +251,9 @@ def main() -> None:
     if args.explain:
         from billing_engine.reports.sql import subscriber_event_totals
 
+        plan_mrr = {pid: monthly_amount(amount, Interval(iv), cnt) for pid, _, amount, _, iv, cnt, *_ in PLANS}
         q = build_query(start=REPORT_FROM, end=REPORT_TO, by="plan", now=now)
-        stmt = subscriber_event_totals(q).compile(engine, compile_kwargs={"literal_binds": True})
+        stmt = subscriber_event_totals(q, plan_mrr).compile(engine, compile_kwargs={"literal_binds": True})
         with engine.connect() as c:
             for (line,) in c.execute(text("EXPLAIN (ANALYZE, BUFFERS) " + str(stmt))):
                 print(line)

@@ -262,6 +262,7 @@ class Subscription(SQLModel, table=True):
         Index("ix_subscriptions_due", "status", "current_period_end"),
         Index("ix_subscriptions_retry", "status", "next_retry_at"),
         Index("ix_subscriptions_ended", "ended_at"),
+        Index("ix_subscriptions_activated", "activated_at", "ended_at"),
         CheckConstraint(
             "cancellation_kind IS NULL OR cancellation_kind IN ('voluntary','involuntary')",
             name="ck_subscriptions_cancellation_kind",
@@ -291,6 +292,10 @@ class Subscription(SQLModel, table=True):
     next_retry_at: datetime | None = _ts(default=None)
     dunning_started_at: datetime | None = _ts(default=None)
     failed_attempts: int = Field(default=0)  # on the open invoice
+    # reporting facts, maintained where an invoice is paid (payments._invoice_paid):
+    # the first payment (becomes a subscriber) and the MRR of the last paid period
+    activated_at: datetime | None = _ts(default=None)
+    mrr_minor: int | None = _money(default=None)
     # the period index whose renewal reminder has been queued (reminders go out once)
     reminded_period_index: int | None = Field(default=None)
     # run-cycle lease (wall-clock): a worker owns the row while it charges it

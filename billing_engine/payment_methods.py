@@ -8,7 +8,7 @@ from datetime import datetime
 from sqlmodel import Session, col, select
 
 from billing_engine import consents, events, validation
-from billing_engine.errors import Conflict, NotFound, ValidationError
+from billing_engine.errors import NotFound, ValidationError
 from billing_engine.gateway.protocol import CardDetails
 from billing_engine.models import Consent, PaymentMethod, PaymentMethodStatus
 

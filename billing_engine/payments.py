@@ -26,6 +26,7 @@ from billing_engine.models import (
     Subscription,
     SubscriptionStatus,
 )
+from billing_engine.periods import Interval, monthly_amount
 from billing_engine.settings import DEFAULT_DUNNING_SCHEDULE
 
 
@@ -185,6 +186,9 @@ def _invoice_paid(
     invoice.paid_at = invoice.paid_at or now
     invoice.closed_at = invoice.closed_at or now
     session.add(invoice)
+    if sub.activated_at is None or invoice.paid_at < sub.activated_at:
+        sub.activated_at = invoice.paid_at  # the first payment: a subscriber from now (reports)
+        session.add(sub)
     recovered = invoice.attempt_count > 1
     events.record(session, events.EventType.PAYMENT_SUCCEEDED, at=now, subscription_id=sub.id,
                   customer_id=sub.customer_id, invoice_id=invoice.id,
@@ -211,6 +215,9 @@ def _invoice_paid(
     sub.failed_attempts = 0
     sub.next_retry_at = None
     sub.dunning_started_at = None
+    inv_plan = plan if invoice.plan_id == plan.id else session.get(Plan, invoice.plan_id)
+    assert inv_plan is not None
+    sub.mrr_minor = monthly_amount(invoice.amount_minor, Interval(inv_plan.interval), inv_plan.interval_count)
     sub.updated_at = now
     session.add(sub)
     etype = {

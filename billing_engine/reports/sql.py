@@ -63,10 +63,10 @@ def reason_group(reason: Any) -> ColumnElement[str]:
     )
 
 
-def subscription_summary(q: ReportQuery) -> Subquery:
+def subscription_summary(q: ReportQuery, only: Any = None) -> Subquery:
     """One row per subscription with a paid invoice before the range end: first and last
     payment, and the lowest / highest billed amount and plan. One GROUP BY over invoices,
-    no sort, no join -- the cheap pass every subscriber metric starts from."""
+    no sort, no join. ``only``: a selectable of subscription ids to restrict it to."""
     inv = invoices
     stmt = select(
         inv.c.subscription_id,
@@ -78,9 +78,26 @@ def subscription_summary(q: ReportQuery) -> Subquery:
         func.max(inv.c.plan_id).label("plan_hi"),
         func.min(inv.c.currency).label("currency"),
     ).where(inv.c.status == "paid", inv.c.paid_at < ts(q.end))
+    if only is not None:
+        stmt = stmt.where(inv.c.subscription_id.in_(only))
     if q.currency:
         stmt = stmt.where(inv.c.currency == q.currency)
     return stmt.group_by(inv.c.subscription_id).subquery("sub_summary")
+
+
+def off_price_subscriptions() -> Any:
+    """Subscriptions with a paid invoice NOT billed at their own plan's price (another plan,
+    amount or currency): a price change. The engine never bills one today (a plan's price
+    cannot change while it has subscribers), but the reports stay exact if it happens: these
+    go through the per-invoice path. A filtered scan of the invoices, no aggregation."""
+    inv, sub = invoices, subscriptions
+    return (
+        select(inv.c.subscription_id)
+        .select_from(inv.join(sub, sub.c.id == inv.c.subscription_id).join(plans, plans.c.id == sub.c.plan_id))
+        .where(inv.c.status == "paid", or_(inv.c.plan_id != sub.c.plan_id, inv.c.amount_minor != plans.c.amount_minor,
+                                            inv.c.currency != plans.c.currency))
+        .distinct()
+    )
 
 
 def paid_sequence(q: ReportQuery, facts: Any) -> CTE:
@@ -137,33 +154,55 @@ def paid_sequence(q: ReportQuery, facts: Any) -> CTE:
     return stmt.cte("paid_seq")
 
 
-def subscriber_events(q: ReportQuery) -> Subquery:
+def subscriber_events(q: ReportQuery, plan_mrr: dict[str, int]) -> Subquery:
     """One row per subscriber event before the range end.
 
     Columns: currency, plan_id (the subscription's), at, kind (new | reactivation | change |
-    churn | ended_unpaid), cancellation_kind and reason_group (churn rows), and the billed price:
-    inv_plan_id + amount_minor (and prev_plan_id + prev_amount for a change).
+    churn | ended_unpaid), cancellation_kind and reason_group (churn rows), and the MRR: either
+    ``mrr_minor`` directly, or the billed price inv_plan_id + amount_minor (and prev_plan_id +
+    prev_amount for a change) for the caller to normalise.
 
-    Two paths, same definitions. A *regular* subscription -- every paid invoice billed the
-    same plan and amount, none paid after it ended -- has exactly two possible events: its
-    activation (first payment) and its churn (``ended_at``), both read off
-    :func:`subscription_summary`. Only the others (price changes, money after the end) go
-    through the per-invoice window of :func:`paid_sequence`.
+    Two paths, same definitions. A *regular* subscription -- every paid invoice billed at its
+    plan's price (``plan_mrr``: plan id -> normalised price), so its MRR never changed and is
+    the stored ``subscriptions.mrr_minor`` -- has exactly two possible events, read off the
+    subscription row: its activation (``activated_at``, the first payment) if that came no later
+    than its end, and its churn (``ended_at``). No invoice is aggregated for them. Only the
+    others (:func:`off_price_subscriptions`, or a stored MRR that is not the plan's) go
+    through :func:`subscription_summary` and the per-invoice window of :func:`paid_sequence`.
     """
     sub = subscriptions
-    summ = subscription_summary(q)
-    regular = and_(
-        summ.c.amount_lo == summ.c.amount_hi,
-        summ.c.plan_lo == summ.c.plan_hi,
-        or_(sub.c.ended_at.is_(None), summ.c.last_paid_at <= sub.c.ended_at),
+    off_price = off_price_subscriptions().cte("off_price")
+    expected_mrr = case(*[(sub.c.plan_id == pid, literal(m, BigInteger)) for pid, m in sorted(plan_mrr.items())],
+                        else_=literal(-1, BigInteger)) if plan_mrr else literal(-1, BigInteger)
+    on_price = ~sub.c.id.in_(select(off_price.c.subscription_id))
+    regular_facts = (
+        select(
+            sub.c.id.label("subscription_id"), sub.c.activated_at.label("first_paid_at"), plans.c.currency,
+            sub.c.customer_id, sub.c.plan_id, sub.c.ended_at, sub.c.cancellation_kind, sub.c.cancellation_reason,
+            sub.c.mrr_minor, literal(1).label("regular"),
+        )
+        .select_from(sub.join(plans, plans.c.id == sub.c.plan_id))
+        .where(sub.c.activated_at < ts(q.end), sub.c.mrr_minor == expected_mrr, on_price)
     )
-    facts = (
-        select(summ, sub.c.customer_id, sub.c.plan_id, sub.c.ended_at, sub.c.cancellation_kind,
-               sub.c.cancellation_reason, case((regular, literal(1)), else_=literal(0)).label("regular"))
+    if q.currency:
+        regular_facts = regular_facts.where(plans.c.currency == q.currency)
+    irregular_ids = union_all(
+        select(off_price.c.subscription_id),
+        select(sub.c.id).where(sub.c.activated_at.is_not(None),
+                               or_(sub.c.mrr_minor.is_(None), sub.c.mrr_minor != expected_mrr)),
+    ).subquery("irregular_ids")
+    summ = subscription_summary(q, only=select(irregular_ids.c.subscription_id))
+    irregular_facts = (
+        select(
+            summ.c.subscription_id, summ.c.first_paid_at, summ.c.currency, sub.c.customer_id, sub.c.plan_id,
+            sub.c.ended_at, sub.c.cancellation_kind, sub.c.cancellation_reason,
+            cast(null(), BigInteger).label("mrr_minor"), literal(0).label("regular"),
+        )
         .select_from(summ.join(sub, sub.c.id == summ.c.subscription_id))
-        .cte("sub_facts")
     )
+    facts = union_all(regular_facts, irregular_facts).cte("sub_facts")
     is_regular = facts.c.regular == 1
+    counts = or_(facts.c.ended_at.is_(None), facts.c.first_paid_at <= facts.c.ended_at)
     irregular = select(facts).where(~is_regular).subquery("irregular")
     seq = paid_sequence(q, irregular)
     # a subscriber churned when it ended after a payment that counts (one on or before the end)
@@ -182,25 +221,26 @@ def subscriber_events(q: ReportQuery) -> Subquery:
     regular_activations = (
         select(
             facts.c.currency, facts.c.plan_id, facts.c.first_paid_at.label("at"), activation_kind(facts.c.first_paid_at),
-            no_text.label("cancellation_kind"), no_text.label("reason_group"),
-            facts.c.plan_lo.label("inv_plan_id"), facts.c.amount_lo.label("amount_minor"),
+            no_text.label("cancellation_kind"), no_text.label("reason_group"), facts.c.mrr_minor,
+            no_text.label("inv_plan_id"), no_int.label("amount_minor"),
             no_text.label("prev_plan_id"), no_int.label("prev_amount"),
         )
         .select_from(facts.outerjoin(first_churn, first_churn.c.customer_id == facts.c.customer_id))
-        .where(is_regular)
+        .where(is_regular, counts)
     )
     regular_churns = select(
         facts.c.currency, facts.c.plan_id, facts.c.ended_at.label("at"), literal("churn").label("kind"),
-        facts.c.cancellation_kind, reason_group(facts.c.cancellation_reason).label("reason_group"),
-        facts.c.plan_lo.label("inv_plan_id"), facts.c.amount_lo.label("amount_minor"),
+        facts.c.cancellation_kind, reason_group(facts.c.cancellation_reason).label("reason_group"), facts.c.mrr_minor,
+        no_text.label("inv_plan_id"), no_int.label("amount_minor"),
         no_text.label("prev_plan_id"), no_int.label("prev_amount"),
-    ).where(is_regular, facts.c.ended_at.is_not(None), facts.c.ended_at < ts(q.end))
+    ).where(is_regular, facts.c.ended_at.is_not(None), facts.c.ended_at < ts(q.end),
+            facts.c.first_paid_at <= facts.c.ended_at)
 
     churn_where = and_(seq.c.next_paid_at.is_(None), seq.c.ended_at.is_not(None))
     activations = (
         select(
             seq.c.currency, seq.c.plan_id, seq.c.paid_at.label("at"), activation_kind(seq.c.paid_at),
-            no_text.label("cancellation_kind"), no_text.label("reason_group"),
+            no_text.label("cancellation_kind"), no_text.label("reason_group"), no_int.label("mrr_minor"),
             seq.c.inv_plan_id, seq.c.amount_minor, no_text.label("prev_plan_id"), no_int.label("prev_amount"),
         )
         .select_from(seq.outerjoin(first_churn, first_churn.c.customer_id == seq.c.customer_id))
@@ -208,22 +248,24 @@ def subscriber_events(q: ReportQuery) -> Subquery:
     )
     changes = select(
         seq.c.currency, seq.c.plan_id, seq.c.paid_at.label("at"), literal("change").label("kind"),
-        no_text.label("cancellation_kind"), no_text.label("reason_group"),
+        no_text.label("cancellation_kind"), no_text.label("reason_group"), no_int.label("mrr_minor"),
         seq.c.inv_plan_id, seq.c.amount_minor, seq.c.prev_plan_id, seq.c.prev_amount,
     ).where(seq.c.prev_paid_at.is_not(None), or_(seq.c.amount_minor != seq.c.prev_amount,
                                                   seq.c.inv_plan_id != seq.c.prev_plan_id))
     churns = select(
         seq.c.currency, seq.c.plan_id, seq.c.ended_at.label("at"), literal("churn").label("kind"),
         seq.c.cancellation_kind, reason_group(seq.c.cancellation_reason).label("reason_group"),
-        seq.c.inv_plan_id, seq.c.amount_minor, no_text.label("prev_plan_id"), no_int.label("prev_amount"),
+        no_int.label("mrr_minor"), seq.c.inv_plan_id, seq.c.amount_minor, no_text.label("prev_plan_id"),
+        no_int.label("prev_amount"),
     ).where(churn_where, seq.c.ended_at < ts(q.end))
     # subscriptions that ended before any payment counted (canceled trials, failed first charges):
     # not churn, reported on their own
     ended_unpaid = (
         select(
             plans.c.currency, sub.c.plan_id, sub.c.ended_at.label("at"), literal("ended_unpaid").label("kind"),
-            sub.c.cancellation_kind, no_text.label("reason_group"), no_text.label("inv_plan_id"),
-            no_int.label("amount_minor"), no_text.label("prev_plan_id"), no_int.label("prev_amount"),
+            sub.c.cancellation_kind, no_text.label("reason_group"), no_int.label("mrr_minor"),
+            no_text.label("inv_plan_id"), no_int.label("amount_minor"), no_text.label("prev_plan_id"),
+            no_int.label("prev_amount"),
         )
         .select_from(sub.join(plans, plans.c.id == sub.c.plan_id)
                      .outerjoin(facts, facts.c.subscription_id == sub.c.id))
@@ -236,14 +278,14 @@ def subscriber_events(q: ReportQuery) -> Subquery:
                      ended_unpaid).subquery("sub_events")
 
 
-def subscriber_event_totals(q: ReportQuery) -> Any:
+def subscriber_event_totals(q: ReportQuery, plan_mrr: dict[str, int]) -> Any:
     """Count :func:`subscriber_events` per (currency, plan, period, kind, cancellation kind,
-    reason, billed price) -- a few hundred rows, whatever the number of subscriptions."""
-    ev = subscriber_events(q)
+    reason, MRR or billed price) -- a few hundred rows, whatever the number of subscriptions."""
+    ev = subscriber_events(q, plan_mrr)
     inner = select(
         ev.c.currency, ev.c.plan_id, bucket(ev.c.at, q.periods()).label("b"), ev.c.kind,
-        ev.c.cancellation_kind, ev.c.reason_group, ev.c.inv_plan_id, ev.c.amount_minor, ev.c.prev_plan_id,
-        ev.c.prev_amount,
+        ev.c.cancellation_kind, ev.c.reason_group, ev.c.mrr_minor, ev.c.inv_plan_id, ev.c.amount_minor,
+        ev.c.prev_plan_id, ev.c.prev_amount,
     ).subquery("ev_b")
     keys = [c for c in inner.c]
     return select(*keys, func.count().label("n")).group_by(*keys)

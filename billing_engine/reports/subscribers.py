@@ -60,24 +60,29 @@ def group_key(currency: str, plan_code: str | None, by: str | None) -> GroupKey:
 
 def timelines(conn: Connection, q: ReportQuery) -> dict[GroupKey, Timeline]:
     n_periods = len(q.periods())
-    plan_rows = {r.id: r for r in conn.execute(select(plans.c.id, plans.c.code, plans.c.interval,
-                                                       plans.c.interval_count))}
+    plan_rows = {r.id: r for r in conn.execute(select(plans.c.id, plans.c.code, plans.c.amount_minor,
+                                                       plans.c.interval, plans.c.interval_count))}
+    # each plan's price, normalised: the MRR of a subscription billed at its plan's price
+    plan_mrr = {p.id: monthly_amount(int(p.amount_minor), Interval(p.interval), int(p.interval_count))
+                for p in plan_rows.values()}
 
-    def mrr(plan_id: str | None, amount: int | None) -> int:
+    def mrr(plan_id: str | None, amount: int | None, stored: int | None = None) -> int:
+        if stored is not None:
+            return int(stored)  # subscriptions.mrr_minor, already normalised
         p = plan_rows[plan_id] if plan_id is not None else None
         if p is None or amount is None:
             return 0
         return monthly_amount(int(amount), Interval(p.interval), int(p.interval_count))
 
     out: dict[GroupKey, Timeline] = {}
-    for r in conn.execute(subscriber_event_totals(q)):
+    for r in conn.execute(subscriber_event_totals(q, plan_mrr)):
         code = plan_rows[r.plan_id].code if r.plan_id in plan_rows else r.plan_id
         key = group_key(r.currency, code, q.by)
         tl = out.get(key)
         if tl is None:
             tl = out[key] = Timeline(periods=[PeriodMoves() for _ in range(n_periods)])
         n = int(r.n)
-        value = mrr(r.inv_plan_id, r.amount_minor)
+        value = mrr(r.inv_plan_id, r.amount_minor, r.mrr_minor)
         if r.kind == "change":
             delta = n * (value - mrr(r.prev_plan_id, r.prev_amount))
             kind = "expansion" if delta > 0 else "contraction"
