@@ -22,12 +22,13 @@ $(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
 demo: $(VENV)/.installed
 	$(BIN)/billing demo
 
-test: $(VENV)/.dev-installed
+test: lint
 	bash scripts/install-test-deps.sh
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check billing_engine api cli tests bench
+	$(BIN)/mypy --strict billing_engine api cli
 
 bench: $(VENV)/.dev-installed
 	$(BIN)/python bench/reports_bench.py --help

@@ -25,7 +25,7 @@ from billing_engine.cycle import CycleSummary, run_cycle
 from billing_engine.db import transaction
 from billing_engine.errors import BillingError
 from billing_engine.gateway.fake import FakeGateway
-from billing_engine.models import Notification, Subscription
+from billing_engine.models import Customer, Notification, Subscription
 from billing_engine.money import Money
 from billing_engine.settings import Settings
 
@@ -154,8 +154,7 @@ def _add_months(start: datetime, months: int) -> datetime:
 def _add_card(s: Session, c: dict[str, Any], token: str, terms: str, gateway: FakeGateway, day: datetime,
               plan_id: str) -> Any:
     plan = plans.get(s, plan_id)
-    cust = customers.get(s, c["email"]) if False else s.exec(
-        select(customers.Customer).where(customers.Customer.email == c["email"])).first()
+    cust = s.exec(select(Customer).where(Customer.email == c["email"])).first()
     assert cust is not None
     consent = ConsentInput(accepted_at=day - timedelta(minutes=3), ip_address=c["ip"], user_agent=c["user_agent"],
                            terms_version="2026-01", terms_text=terms, amount_minor=plan.amount_minor,

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
+from datetime import datetime
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from sqlalchemy.engine import Engine
 
 from billing_engine.cycle import CycleSummary, run_cycle
 from billing_engine.gateway.factory import build_gateway
@@ -15,11 +18,9 @@ from billing_engine.settings import get_settings
 from cli.common import JsonOpt, console, engine, handle_errors, parse_at, print_json
 
 
-def _deliver():  # type: ignore[no-untyped-def]
-    try:
-        from billing_engine.notifications import deliver_pending
-    except ImportError:
-        return None
+def _deliver() -> Callable[[Engine, datetime], int]:
+    from billing_engine.notifications import deliver_pending
+
     settings = get_settings()
     return lambda eng, now: deliver_pending(eng, now, settings)
 

@@ -23,7 +23,7 @@ router = APIRouter(tags=["run-cycle"], dependencies=ADMIN)
 
 def _deliver(settings: Settings) -> Callable[[Engine, datetime], int] | None:
     try:
-        from billing_engine.notifications import deliver_pending  # type: ignore[attr-defined]
+        from billing_engine.notifications import deliver_pending
     except ImportError:
         return None
     return lambda eng, now: int(deliver_pending(eng, now, settings))
