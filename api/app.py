@@ -24,6 +24,7 @@ ROUTER_MODULES = (
     "api.routers.subscriptions",
     "api.routers.invoices",
     "api.routers.refunds",
+    "api.routers.notifications",
     "api.routers.cycle",
     "api.routers.links",
     "api.routers.reports",

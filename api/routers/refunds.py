@@ -53,3 +53,9 @@ def list_refunds(
 def show_refund(refund: RefundId, engine: EngineDep) -> RefundOut:
     with transaction(engine) as s:
         return P.refund(refunds.get(s, refund))
+
+
+@router.post("/{refund}/retry", response_model=RefundOut, responses=admin(404, 409),
+             summary="Send a refund left pending (gateway unreachable) again, with its original idempotency key")
+def retry_refund(refund: RefundId, engine: EngineDep, gateway: GatewayDep, now: NowDep) -> RefundOut:
+    return P.refund(refunds.send(engine, gateway, refund, now=now, actor="admin:api"))
