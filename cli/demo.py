@@ -8,11 +8,23 @@ import typer
 from rich.table import Table
 
 from billing_engine.db import make_engine, upgrade
-from billing_engine.demo import run_demo
+from billing_engine.demo import FIXTURES, run_demo
+from billing_engine.errors import ValidationError
 from billing_engine.money import format_minor
 from billing_engine.periods import parse_datetime
 from billing_engine.settings import load_settings
 from cli.common import console, handle_errors
+
+
+def find_fixtures(given: Path | None) -> Path:
+    """--fixtures, else the source tree's fixtures/, else ./fixtures (a plain `pip install .`)."""
+    candidates = [given] if given is not None else [FIXTURES, Path.cwd() / "fixtures"]
+    for c in candidates:
+        if c is not None and all((c / f).is_file() for f in ("plans.json", "customers.json", "terms.txt")):
+            return c
+    where = given if given is not None else Path.cwd() / "fixtures"
+    raise ValidationError(f"no demo fixtures (plans.json, customers.json, terms.txt) in {where}; "
+                          "run from the project directory or pass --fixtures DIR", field="--fixtures")
 
 
 def register(app: typer.Typer) -> None:
@@ -21,12 +33,15 @@ def register(app: typer.Typer) -> None:
     def demo_cmd(
         database: Path = typer.Option(Path("demo.db"), help="SQLite file to (re)create for the demo."),
         mail_dir: Path = typer.Option(Path("demo-mail"), help="Where the customers' e-mails are written (.eml)."),
+        fixtures: Path | None = typer.Option(None, help="Directory with plans.json, customers.json, terms.txt "
+                                             "(default: the project's fixtures/)."),
         start: str = typer.Option("2026-01-01T09:00:00Z", help="First simulated day (UTC)."),
         months: int = typer.Option(12, min=1, max=60, help="How many months to simulate."),
         verbose: bool = typer.Option(False, "--verbose", "-v", help="Print every notable event."),
     ) -> None:
         """Simulate a year of a paid newsletter: sign-ups, renewals, declines, dunning, cancellations."""
         start_at = parse_datetime(start, "--start")
+        fixtures_dir = find_fixtures(fixtures)
         for suffix in ("", "-wal", "-shm"):
             Path(f"{database}{suffix}").unlink(missing_ok=True)
         url = f"sqlite:///{database}"
@@ -46,6 +61,7 @@ def register(app: typer.Typer) -> None:
         console.print(f"[bold]Demo[/]: {months} months from {start_at.date()} on {database} (fake gateway, fixtures/)")
         with console.status("simulating day by day ...") as status:
             result = run_demo(engine, start=start_at, months=months, settings=settings, deliver=deliver,
+                              fixtures=fixtures_dir,
                               on_day=lambda d, _s: status.update(f"simulating {d.date()} ..."))
         currencies = sorted({c for m in result.months for c in m.collected})
         t = Table(title="Month by month (collected in major units)")
