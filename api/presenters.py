@@ -61,23 +61,8 @@ def subscription(s: Session, sub: Subscription) -> S.SubscriptionOut:
 
 
 def _sub_fields(s: Session, sub: Subscription) -> dict[str, Any]:
-    p = s.get(Plan, sub.plan_id)
-    cust = s.get(Customer, sub.customer_id)
-    assert p is not None and cust is not None
-    nxt = subscriptions.next_charge(s, sub)
-    return {
-        "id": sub.id, "status": sub.status, "customer_id": sub.customer_id, "customer_email": cust.email,
-        "plan_id": p.id, "plan_code": p.code, "amount_minor": p.amount_minor, "currency": p.currency,
-        "amount": S.display(p.amount_minor, p.currency),
-        "payment_method_id": sub.payment_method_id, "billing_anchor": sub.billing_anchor,
-        "current_period_start": sub.current_period_start, "current_period_end": sub.current_period_end,
-        "trial_end": sub.trial_end, "cancel_at_period_end": sub.cancel_at_period_end,
-        "canceled_at": sub.canceled_at, "ended_at": sub.ended_at, "cancellation_kind": sub.cancellation_kind,
-        "cancellation_reason": sub.cancellation_reason, "cancellation_comment": sub.cancellation_comment,
-        "canceled_by": sub.canceled_by, "next_retry_at": sub.next_retry_at, "failed_attempts": sub.failed_attempts,
-        "next_charge_at": nxt[0] if nxt else None, "next_charge_amount_minor": nxt[1] if nxt else None,
-        "created_at": sub.created_at,
-    }
+    fields = subscriptions.summary(s, sub)
+    return fields | {"amount": S.display(fields["amount_minor"], fields["currency"])}
 
 
 def subscription_detail(s: Session, sub: Subscription) -> S.SubscriptionDetail:

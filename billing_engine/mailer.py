@@ -251,23 +251,13 @@ class FileTransport:
 TRANSPORTS = ("smtp", "file", "none")
 
 
-def setting(settings: Any, name: str, default: Any = None) -> Any:
-    """``settings.<name>``, else the ``BILLING_<NAME>`` environment variable, else ``default``.
-
-    The environment fallback covers settings not (yet) declared in ``Settings``."""
-    value = getattr(settings, name, None)
-    if value is None:
-        value = os.environ.get(f"BILLING_{name.upper()}")
-    return default if value in (None, "") else value
-
-
 def build_transport(settings: Any) -> Transport | None:
     """The configured transport; None for ``mail_transport=none`` (e-mails stay queued)."""
-    name = str(setting(settings, "mail_transport", "smtp")).strip().lower()
+    name = str(getattr(settings, "mail_transport", "smtp")).strip().lower()
     if name == "smtp":
         return SmtpTransport.from_settings(settings)
     if name == "file":
-        return FileTransport(setting(settings, "mail_dir", "outbox"))
+        return FileTransport(getattr(settings, "mail_dir", "outbox"))
     if name == "none":
         return None
     raise ConfigurationError(f"invalid setting BILLING_MAIL_TRANSPORT: must be one of {', '.join(TRANSPORTS)}")

@@ -24,7 +24,6 @@ from sqlalchemy import (
     DateTime,
     Index,
     Integer,
-    String,
     Text,
     UniqueConstraint,
 )
@@ -460,4 +459,3 @@ class IdempotencyRecord(SQLModel, table=True):
 
 
 __all__ = [n for n in dir() if not n.startswith("_")]
-_ = (String,)

@@ -309,7 +309,7 @@ def deliver_pending(
         from billing_engine.settings import get_settings
 
         settings = get_settings()
-    max_attempts = max_attempts or int(mailer.setting(settings, "mail_max_attempts", MAX_ATTEMPTS))
+    max_attempts = max_attempts or int(getattr(settings, "mail_max_attempts", MAX_ATTEMPTS))
     own = transport is None
     if transport is None:
         transport = mailer.build_transport(settings)

@@ -74,12 +74,6 @@ def get(session: Session, payment_method_id: str) -> PaymentMethod:
     return pm
 
 
-def find_by_token(session: Session, gateway: str, token: str) -> PaymentMethod | None:
-    return session.exec(
-        select(PaymentMethod).where(PaymentMethod.gateway == gateway, PaymentMethod.token == token)
-    ).first()
-
-
 def list_for_customer(session: Session, customer_id: str) -> list[PaymentMethod]:
     return list(session.exec(
         select(PaymentMethod).where(PaymentMethod.customer_id == customer_id).order_by(col(PaymentMethod.created_at))

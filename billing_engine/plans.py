@@ -9,7 +9,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, func, select
 
 from billing_engine import events, validation
-from billing_engine.errors import Conflict, NotFound, ValidationError
+from billing_engine.errors import Conflict, NotFound
 from billing_engine.models import Plan, Subscription
 from billing_engine.money import normalize_currency
 from billing_engine.periods import validate_interval
@@ -125,5 +125,3 @@ def update(
                   payload={"plan_id": plan.id, "name": plan.name, "active": plan.active})
     return plan
 
-
-__all__ = ["create", "get", "list_plans", "update", "subscriber_count", "ValidationError"]

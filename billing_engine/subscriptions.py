@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import or_
 from sqlmodel import Session, col, select
 
 from billing_engine import consents, events, validation
@@ -35,13 +35,9 @@ from billing_engine.models import (
     Subscription,
     SubscriptionStatus,
 )
-from billing_engine.periods import Interval, boundary, ensure_utc
+from billing_engine.periods import ensure_utc
 
 INVOLUNTARY_REASON_PREFIXES = ("payment_failed", "hard_decline:", "dispute", "card_expired")
-
-
-def _plan_interval(plan: Plan) -> tuple[Interval, int]:
-    return Interval(plan.interval), plan.interval_count
 
 
 def create(
@@ -154,12 +150,25 @@ def next_charge(session: Session, sub: Subscription) -> tuple[datetime, int, str
     return sub.current_period_end, plan.amount_minor, plan.currency
 
 
-def has_access(sub: Subscription, at: datetime) -> bool:
-    if sub.status in (SubscriptionStatus.ACTIVE, SubscriptionStatus.TRIALING):
-        return True
-    if sub.status == SubscriptionStatus.PAST_DUE:
-        return True  # grace during dunning
-    return False
+def summary(session: Session, sub: Subscription) -> dict[str, Any]:
+    """The subscription as shown to admins (CLI ``--json`` and the API): its fields plus
+    the customer's e-mail, the plan's code and price, and the next charge."""
+    plan = session.get(Plan, sub.plan_id)
+    cust = session.get(Customer, sub.customer_id)
+    assert plan is not None and cust is not None
+    nxt = next_charge(session, sub)
+    return {
+        "id": sub.id, "status": sub.status, "customer_id": sub.customer_id, "customer_email": cust.email,
+        "plan_id": plan.id, "plan_code": plan.code, "amount_minor": plan.amount_minor, "currency": plan.currency,
+        "payment_method_id": sub.payment_method_id, "billing_anchor": sub.billing_anchor,
+        "current_period_start": sub.current_period_start, "current_period_end": sub.current_period_end,
+        "trial_end": sub.trial_end, "cancel_at_period_end": sub.cancel_at_period_end,
+        "canceled_at": sub.canceled_at, "ended_at": sub.ended_at, "cancellation_kind": sub.cancellation_kind,
+        "cancellation_reason": sub.cancellation_reason, "cancellation_comment": sub.cancellation_comment,
+        "canceled_by": sub.canceled_by, "next_retry_at": sub.next_retry_at, "failed_attempts": sub.failed_attempts,
+        "next_charge_at": nxt[0] if nxt else None, "next_charge_amount_minor": nxt[1] if nxt else None,
+        "created_at": sub.created_at,
+    }
 
 
 # --------------------------------------------------------------------------- cancel
@@ -373,11 +382,3 @@ def live_for_payment_method(session: Session, payment_method_id: str) -> list[Su
     return list(session.exec(select(Subscription).where(
         Subscription.payment_method_id == payment_method_id,
         col(Subscription.status).in_(list(LIVE_STATUSES)))))
-
-
-def period_end_for(sub: Subscription, plan: Plan, index: int) -> datetime:
-    iv, count = _plan_interval(plan)
-    return boundary(sub.billing_anchor, iv, count, index)
-
-
-_ = or_

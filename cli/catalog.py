@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.table import Table
 
 from billing_engine import card_setup, customers, payment_methods, plans
 from billing_engine.consents import ConsentInput
@@ -13,7 +12,7 @@ from billing_engine.errors import ValidationError
 from billing_engine.gateway.factory import build_gateway
 from billing_engine.money import Money, normalize_currency
 from billing_engine.settings import get_settings
-from cli.common import JsonOpt, console, handle_errors, make_table, parse_at, print_json, unit_of_work
+from cli.common import JsonOpt, console, handle_errors, make_table, parse_at, print_json, print_record, unit_of_work
 
 plan_app = typer.Typer(help="Create and list plans (what is sold, at what price, how often).", no_args_is_help=True)
 customer_app = typer.Typer(help="Create and list customers.", no_args_is_help=True)
@@ -220,10 +219,7 @@ def plan_show(plan: str = typer.Argument(..., help="Plan code or id."), json_out
     if json_out:
         print_json(data)
         return
-    t = Table(show_header=False)
-    for k, v in data.items():
-        t.add_row(k, "" if v is None else str(v))
-    console.print(t)
+    print_record(data)
 
 
 @plan_app.command("update")
@@ -260,10 +256,6 @@ def customer_show(customer: str = typer.Argument(..., help="Customer id or exter
     if json_out:
         print_json(data)
         return
-    t = Table(show_header=False)
-    for k, v in data.items():
-        if k != "payment_methods":
-            t.add_row(k, "" if v is None else str(v))
-    console.print(t)
+    print_record(data, skip=("payment_methods",))
     for pm in data["payment_methods"]:  # type: ignore[attr-defined]
         console.print(f"  {pm['id']}: {pm['brand']} ····{pm['last4']} {pm['exp_month']}/{pm['exp_year']} ({pm['status']})")

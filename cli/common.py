@@ -103,3 +103,14 @@ def make_table(*headers: str, title: str | None = None) -> Any:
         else:
             t.add_column(h, overflow="fold")
     return t
+
+
+def print_record(data: dict[str, Any], *, skip: tuple[str, ...] = ()) -> None:
+    """One object as a two-column field/value table (``skip``: nested lists shown apart)."""
+    from rich.table import Table
+
+    t = Table(show_header=False)
+    for k, v in data.items():
+        if k not in skip:
+            t.add_row(k, "" if v is None else str(v))
+    console.print(t)

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import typer
-from rich.table import Table
 
 from billing_engine import invoices
 from billing_engine.models import Invoice, PaymentAttempt
 from billing_engine.money import format_minor
-from cli.common import JsonOpt, console, handle_errors, make_table, print_json, unit_of_work
+from cli.common import JsonOpt, console, handle_errors, make_table, print_json, print_record, unit_of_work
 
 invoice_app = typer.Typer(help="Invoices (one per subscription period) and payment attempts.", no_args_is_help=True)
 
@@ -70,11 +69,7 @@ def show_cmd(invoice: str = typer.Argument(..., help="Invoice id (in_...)."), js
     if json_out:
         print_json(data)
         return
-    t = Table(show_header=False)
-    for k, v in data.items():
-        if k != "attempts":
-            t.add_row(k, "" if v is None else str(v))
-    console.print(t)
+    print_record(data, skip=("attempts",))
     at = make_table("#", "status", "decline", "key", "at")
     for a in data["attempts"]:  # type: ignore[attr-defined]
         at.add_row(str(a["attempt_number"]), str(a["status"]), str(a["decline_code"] or ""), str(a["idempotency_key"]),

@@ -6,7 +6,7 @@ import typer
 from rich.table import Table
 from sqlmodel import Session
 
-from billing_engine import mailer, notifications
+from billing_engine import notifications
 from billing_engine.errors import ValidationError
 from billing_engine.models import NotificationStatus
 from billing_engine.settings import get_settings
@@ -30,7 +30,7 @@ def send(
     with Session(eng) as s:
         counts = notifications.status_counts(s)
     if json_out:
-        print_json({"at": now, "sent": sent, "transport": mailer.setting(settings, "mail_transport", "smtp"),
+        print_json({"at": now, "sent": sent, "transport": settings.mail_transport,
                     "outbox": counts})
     else:
         console.print(f"{sent} e-mail(s) sent; outbox: "

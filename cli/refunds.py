@@ -10,7 +10,7 @@ from billing_engine.gateway.factory import build_gateway
 from billing_engine.models import Refund
 from billing_engine.money import Money, format_minor
 from billing_engine.settings import get_settings
-from cli.common import JsonOpt, console, engine, handle_errors, parse_at, print_json, unit_of_work
+from cli.common import JsonOpt, console, engine, handle_errors, parse_at, print_json, print_record, unit_of_work
 
 refund_app = typer.Typer(help="Refund paid invoices (fully or partly) and list refunds.", no_args_is_help=True)
 
@@ -75,10 +75,7 @@ def show_cmd(refund: str = typer.Argument(..., help="Refund id (re_...)."), json
     if json_out:
         print_json(data)
     else:
-        t = Table(show_header=False)
-        for k, v in data.items():
-            t.add_row(k, "" if v is None else str(v))
-        console.print(t)
+        print_record(data)
 
 
 @refund_app.command("list")

@@ -3,34 +3,18 @@
 from __future__ import annotations
 
 import typer
-from rich.table import Table
 from sqlmodel import Session
 
 from billing_engine import events, subscriptions
-from billing_engine.models import Customer, Plan, Subscription
+from billing_engine.models import Subscription
 from billing_engine.money import format_minor
-from cli.common import JsonOpt, console, handle_errors, make_table, parse_at, print_json, unit_of_work
+from cli.common import JsonOpt, console, handle_errors, make_table, parse_at, print_json, print_record, unit_of_work
 
 sub_app = typer.Typer(help="Show, list, cancel and reactivate subscriptions.", no_args_is_help=True)
 
 
 def sub_dict(s: Session, sub: Subscription) -> dict[str, object]:
-    plan = s.get(Plan, sub.plan_id)
-    cust = s.get(Customer, sub.customer_id)
-    assert plan is not None and cust is not None
-    nxt = subscriptions.next_charge(s, sub)
-    return {
-        "id": sub.id, "status": sub.status, "customer_id": sub.customer_id, "customer_email": cust.email,
-        "plan_id": plan.id, "plan_code": plan.code, "amount_minor": plan.amount_minor, "currency": plan.currency,
-        "payment_method_id": sub.payment_method_id, "billing_anchor": sub.billing_anchor,
-        "current_period_start": sub.current_period_start, "current_period_end": sub.current_period_end,
-        "trial_end": sub.trial_end, "cancel_at_period_end": sub.cancel_at_period_end,
-        "canceled_at": sub.canceled_at, "ended_at": sub.ended_at, "cancellation_kind": sub.cancellation_kind,
-        "cancellation_reason": sub.cancellation_reason, "cancellation_comment": sub.cancellation_comment,
-        "next_retry_at": sub.next_retry_at, "failed_attempts": sub.failed_attempts,
-        "next_charge_at": nxt[0] if nxt else None, "next_charge_amount_minor": nxt[1] if nxt else None,
-        "created_at": sub.created_at,
-    }
+    return subscriptions.summary(s, sub)
 
 
 def subscribe(
@@ -72,11 +56,7 @@ def show(subscription: str = typer.Argument(..., help="Subscription id (sub_...)
     if json_out:
         print_json(data)
         return
-    t = Table(show_header=False)
-    for k, v in data.items():
-        if k != "events":
-            t.add_row(k, "" if v is None else str(v))
-    console.print(t)
+    print_record(data, skip=("events",))
     ev = make_table("at", "event", "actor")
     for e in data["events"]:  # type: ignore[attr-defined]
         ev.add_row(str(e["at"])[:19], e["type"], e["actor"])

@@ -130,6 +130,10 @@ def _load(session: Session, sub_id: str, *, lock: bool = False) -> Subscription 
     return session.get(Subscription, sub_id, with_for_update=lock and pg)
 
 
+def _brand(settings: Any) -> dict[str, str]:
+    return {"company_name": settings.company_name or "", "support_email": settings.support_email or ""}
+
+
 def _view(session: Session, sub: Subscription, settings: Any, now: datetime) -> dict[str, Any]:
     plan = session.get(Plan, sub.plan_id)
     customer = session.get(Customer, sub.customer_id)
@@ -144,8 +148,7 @@ def _view(session: Session, sub: Subscription, settings: Any, now: datetime) -> 
     voluntary = sub.cancellation_kind == CancellationKind.VOLUNTARY
     return {
         "state": state,
-        "company_name": getattr(settings, "company_name", "") or "",
-        "support_email": getattr(settings, "support_email", "") or "",
+        **_brand(settings),
         "customer_name": customer.name or "",
         "masked_email": _mask(customer.email),
         "plan_name": plan.name,
@@ -172,8 +175,7 @@ def _page(request: Request, name: str, context: dict[str, Any], status_code: int
 def _bad_link(request: Request, settings: Any, token: str, exc: links.InvalidCancelLink | None) -> HTMLResponse:
     expired = isinstance(exc, links.ExpiredCancelLink)
     ctx = {
-        "company_name": getattr(settings, "company_name", "") or "",
-        "support_email": getattr(settings, "support_email", "") or "",
+        **_brand(settings),
         "expired": expired,
         "resend_action": request.url_for("cancel_resend", token=token).path if expired else None,
     }
@@ -296,12 +298,7 @@ def cancel_undo(request: Request, token: str, engine: EngineDep, settings: Setti
             return _back(request, token, "undone")  # already active: a repeated click
         try:
             with session.begin_nested():
-                subscriptions.undo_cancel(session, sub, now=now, actor="customer")
-                notifications.enqueue(
-                    session, notifications.Kind.SUBSCRIPTION_REACTIVATED, customer_id=sub.customer_id,
-                    subscription_id=sub.id, dedupe_key=f"reactivated:{sub.id}:{now.isoformat()}", at=now,
-                    payload={"current_period_end": sub.current_period_end},
-                )
+                subscriptions.undo_cancel(session, sub, now=now, actor="customer")  # queues the e-mail too
         except BillingError as exc:
             session.refresh(sub)
             return _subscription_page(request, token, session, sub, settings, now, error=exc.message,
@@ -330,8 +327,7 @@ def cancel_resend(request: Request, token: str, engine: EngineDep, settings: Set
             payload={"plan_name": plan.name if plan else None},
         )
         ctx = {
-            "company_name": getattr(settings, "company_name", "") or "",
-            "support_email": getattr(settings, "support_email", "") or "",
+            **_brand(settings),
             "masked_email": _mask(customer.email if customer else ""),
         }
     return _page(request, "cancel_resent.html", ctx)
