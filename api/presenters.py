@@ -7,7 +7,7 @@ from typing import Any
 from sqlmodel import Session, col, select
 
 from api import schemas as S
-from billing_engine import events, plans, subscriptions
+from billing_engine import cancellations, events, plans, subscriptions
 from billing_engine.models import (
     Consent,
     Customer,
@@ -71,7 +71,7 @@ def subscription_detail(s: Session, sub: Subscription) -> S.SubscriptionDetail:
     return S.SubscriptionDetail(**_sub_fields(s, sub), events=evs)
 
 
-def cancel_result(s: Session, res: subscriptions.CancelResult) -> S.CancelOut:
+def cancel_result(s: Session, res: cancellations.CancelResult) -> S.CancelOut:
     return S.CancelOut(**_sub_fields(s, res.subscription), effective_at=res.effective_at, changed=res.changed)
 
 

@@ -484,7 +484,9 @@ class WouldCharge(BaseModel):
     subscription_id: str
     customer_email: str
     plan: str
-    action: str
+    action: str = Field(description="charge | reconcile | end_at_period_end | cancel_involuntary | skip")
+    reason: str | None = Field(default=None, description="involuntary reason, or why it is skipped")
+    message: str | None = None
     amount_minor: int
     currency: str
     amount: str
@@ -517,6 +519,15 @@ class CycleSummaryOut(BaseModel):
     collected_display: dict[str, str]
     would_charge: list[WouldCharge]
     errors: list[str]
+    total_due: int = 0
+    unresolved: int = Field(default=0, description="attempts an error left unresolved (reconciled next run)")
+    refunded_after_cancel: int = Field(default=0, description="charges that landed after a cancellation: refunded")
+    held_by_other_workers: int = Field(default=0, description="due subscriptions another live worker holds")
+    stopped: str | None = Field(default=None, description="why the run stopped early: gateway_unreachable | "
+                                "gateway_configuration | database | stop_requested")
+    stop_message: str | None = None
+    exit_code: int = Field(default=0, description="what `billing run-cycle` exits with for this run")
+    timings: dict[str, float] = Field(default_factory=dict)
 
 
 class Health(BaseModel):

@@ -104,6 +104,17 @@ def record(
     return c
 
 
+def covers(c: Consent, plan: Plan) -> bool:
+    """Does this (unrevoked) consent cover the plan's terms: currency, interval, at most the amount?"""
+    return (
+        c.revoked_at is None
+        and c.currency == plan.currency
+        and c.interval == plan.interval
+        and c.interval_count == plan.interval_count
+        and plan.amount_minor <= c.amount_minor
+    )
+
+
 def covering(session: Session, payment_method_id: str, plan: Plan) -> Consent | None:
     """The newest unrevoked consent on this card that covers the plan's terms."""
     rows = session.exec(
@@ -111,15 +122,7 @@ def covering(session: Session, payment_method_id: str, plan: Plan) -> Consent | 
         .where(Consent.payment_method_id == payment_method_id, col(Consent.revoked_at).is_(None))
         .order_by(col(Consent.accepted_at).desc())
     )
-    for c in rows:
-        if (
-            c.currency == plan.currency
-            and c.interval == plan.interval
-            and c.interval_count == plan.interval_count
-            and plan.amount_minor <= c.amount_minor
-        ):
-            return c
-    return None
+    return next((c for c in rows if covers(c, plan)), None)
 
 
 def require(session: Session, payment_method_id: str | None, plan: Plan) -> Consent:

@@ -1,368 +1,346 @@
-"""The run-cycle: find due work, claim it, charge each period exactly once.
+"""The run-cycle: a batched charge pipeline that charges every due period exactly once.
 
-Per subscription (while this worker holds its lease):
+Per batch of due subscriptions (see DESIGN.md, "The charge pipeline"):
 
-1. an attempt left ``pending``/``unknown`` by a crash or a lost answer is reconciled
-   with the gateway first (looked up, else re-sent with the SAME idempotency key);
-2. a cancellation scheduled for period end takes effect (no charge);
-3. a due period gets its invoice (unique per period) and a ``pending`` attempt with a
-   deterministic idempotency key, COMMITTED before the gateway is called;
-4. the answer is settled (``payments.settle``): paid and advanced, dunning, or
-   canceled as involuntary churn.
+1. claim the batch (:mod:`claims`: SKIP LOCKED on PostgreSQL, a short lease renewed
+   by a heartbeat while this worker lives);
+2. ONE transaction (:func:`charging.prepare`): decide each subscription
+   (:func:`renewals.decide`, the same decision the dry run shows), end what must end,
+   write the invoices and ``pending`` attempts with their fixed idempotency keys —
+   COMMIT before any gateway call;
+3. gateway calls in parallel (``BILLING_GATEWAY_CONCURRENCY`` in flight), paced by the
+   gateway's rate limiter (shared by all workers through the database); an attempt
+   whose outcome is unknown is first looked up, then re-sent with the SAME key;
+4. ONE transaction (:func:`charging.settle`): apply the answers set-based.
 
-A subscription that missed several periods (the cron job was down) is caught up
-period by period, one invoice and one charge each, so no period is skipped and none
-is charged twice.
-
-Claiming: due rows are claimed in batches by stamping a wall-clock lease
-(``lease_owner``/``lease_expires_at``). On PostgreSQL the claim uses
-``SELECT ... FOR UPDATE SKIP LOCKED``, so any number of workers share the work; on
-SQLite every write transaction is ``BEGIN IMMEDIATE`` and claims serialise. The
-unique constraints on invoices and idempotency keys are the last line of defence.
+Batch k+1 is prepared while batch k is at the gateway. Only a definitive answer about
+a charge settles it: any error leaves the attempt unresolved (reconciled first next
+time). A configuration error (credentials, account, invalid request) stops the run at
+once (exit 78); a run of consecutive unreachable answers trips the breaker (exit 75);
+a stop request (SIGTERM/SIGINT) stops claiming, lets in-flight calls finish (bounded),
+settles them and releases every claim; database failures are retried, then end the
+run (exit 70). A crash at any instant leaves only pending attempts and claims that
+lapse within the lease.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
-import os
-import socket
-import uuid
-from collections.abc import Callable
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime, timedelta
-from typing import Any
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
 
-from sqlalchemy import and_, or_, update
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlmodel import Session, col, select
 
-from billing_engine import consents, notifications, payment_methods, payments, subscriptions
+from billing_engine import charging, claims, payments, reminders, renewals
 from billing_engine.db import transaction
+from billing_engine.errors import DatabaseUnavailable
 from billing_engine.gateway.protocol import (
     ChargeResult,
     ChargeStatus,
-    DeclineKind,
+    GatewayAuthError,
     GatewayError,
+    GatewayUnreachable,
     PaymentGateway,
 )
-from billing_engine.invoices import for_period
-from billing_engine.models import (
-    AttemptStatus,
-    CancellationKind,
-    Customer,
-    PaymentAttempt,
-    PaymentMethod,
-    PaymentMethodStatus,
-    Plan,
-    Subscription,
-    SubscriptionStatus,
-)
+from billing_engine.models import Customer, Plan, Refund, RefundStatus, Subscription, SubscriptionStatus
 from billing_engine.money import format_minor
-from billing_engine.periods import Interval, boundary, period_bounds
 from billing_engine.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
-CHARGEABLE = (SubscriptionStatus.INCOMPLETE, SubscriptionStatus.TRIALING, SubscriptionStatus.ACTIVE)
-LEASE = timedelta(minutes=15)
-MAX_STEPS_PER_SUBSCRIPTION = 500  # catch-up bound per run (e.g. a daily plan 500 days late)
+T = TypeVar("T")
+
+STOP_GATEWAY_UNREACHABLE = "gateway_unreachable"
+STOP_GATEWAY_CONFIGURATION = "gateway_configuration"
+STOP_DATABASE = "database"
+STOP_REQUESTED = "stop_requested"
+EXIT_CODES = {STOP_GATEWAY_UNREACHABLE: 75, STOP_GATEWAY_CONFIGURATION: 78, STOP_DATABASE: 70, STOP_REQUESTED: 143}
+DRAIN_SECONDS = 60.0  # on a stop request: how long in-flight gateway calls may still take
 
 
 @dataclass
 class CycleSummary:
     at: datetime
     dry_run: bool = False
-    due: int = 0
+    total_due: int = 0  # counted up front (progress bar)
+    due: int = 0  # processed this run
     charged: int = 0  # gateway charge calls made for new attempts
     succeeded: int = 0
     declined_soft: int = 0
     declined_hard: int = 0
-    unknown: int = 0
+    unknown: int = 0  # outcome still unknown: reconciled first next run
+    unresolved: int = 0  # attempts an error left unresolved (not sent, or lookup failed)
     reconciled: int = 0
     canceled_involuntary: int = 0
     cancellations_effective: int = 0
     blocked: int = 0  # not charged: no consent / no usable card
+    refunded_after_cancel: int = 0  # charges that landed after the customer cancelled
+    held_by_other_workers: int = 0  # due, but claimed by another live worker
     reminders_queued: int = 0
     notifications_sent: int = 0
     collected: dict[str, int] = field(default_factory=dict)  # currency -> minor units
-    would_charge: list[dict[str, Any]] = field(default_factory=list)  # dry-run only
+    would_charge: list[dict[str, Any]] = field(default_factory=list)  # dry run: the planned action per subscription
     errors: list[str] = field(default_factory=list)
+    stopped: str | None = None  # why the run stopped early (see EXIT_CODES)
+    stop_message: str | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_CODES.get(self.stopped or "", 0)
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["at"] = self.at.isoformat().replace("+00:00", "Z")
         d["collected_display"] = {c: format_minor(v, c) for c, v in sorted(self.collected.items())}
+        d["exit_code"] = self.exit_code
         return d
 
 
-def _due_condition(now: datetime) -> Any:
-    unresolved = select(PaymentAttempt.subscription_id).where(
-        col(PaymentAttempt.status).in_([AttemptStatus.PENDING, AttemptStatus.UNKNOWN])
-    )
-    return or_(
-        and_(col(Subscription.status).in_(list(CHARGEABLE)), col(Subscription.current_period_end) <= now),
-        and_(col(Subscription.status) == SubscriptionStatus.PAST_DUE, col(Subscription.next_retry_at) <= now),
-        col(Subscription.id).in_(unresolved),
-    )
+# --------------------------------------------------------------------------- dry run
 
 
 def due_for_renewal(session: Session, now: datetime, limit: int | None = None) -> list[Subscription]:
     """Subscriptions with work due at ``now`` (read only)."""
-    q = select(Subscription).where(_due_condition(now)).order_by(col(Subscription.current_period_end), col(Subscription.id))
+    q = select(Subscription).where(claims.due_condition(now)).order_by(
+        col(Subscription.current_period_end), col(Subscription.id))
     if limit:
         q = q.limit(limit)
     return list(session.exec(q))
 
 
-def claim_batch(
-    engine: Engine, *, now: datetime, worker: str, batch_size: int, lease: timedelta = LEASE,
-    after: tuple[datetime, str] | None = None,
-) -> list[tuple[str, datetime]]:
-    """Claim up to ``batch_size`` due subscriptions for ``worker`` (lease on wall-clock time).
-
-    ``after`` is this run's cursor on (current_period_end, id): rows processed earlier in
-    the same run that are still due (outcome unknown, not chargeable) are not re-claimed.
-    Returns (id, current_period_end) pairs in cursor order."""
-    wall = datetime.now(UTC)
-    with transaction(engine) as s:
-        q = (
-            select(Subscription.id, Subscription.current_period_end)
-            .where(_due_condition(now))
-            .where(or_(col(Subscription.lease_expires_at).is_(None), col(Subscription.lease_expires_at) < wall))
-            .order_by(col(Subscription.current_period_end), col(Subscription.id))
-            .limit(batch_size)
-        )
-        if after is not None:
-            q = q.where(or_(
-                col(Subscription.current_period_end) > after[0],
-                and_(col(Subscription.current_period_end) == after[0], col(Subscription.id) > after[1]),
-            ))
-        if engine.dialect.name == "postgresql":
-            q = q.with_for_update(skip_locked=True)
-        rows = [(r[0], r[1]) for r in s.exec(q)]
-        ids = [r[0] for r in rows]
-        if ids:
-            s.execute(
-                update(Subscription)
-                .where(col(Subscription.id).in_(ids))
-                .values(lease_owner=worker, lease_expires_at=wall + lease)
-            )
-    return rows
+def _iter_due(engine: Engine, now: datetime, batch: int) -> Iterator[list[Subscription]]:
+    after: tuple[datetime, str] | None = None
+    while True:
+        with Session(engine) as s:
+            q = select(Subscription).where(claims.due_condition(now))
+            if after is not None:
+                q = q.where((col(Subscription.current_period_end) > after[0]) | (
+                    (col(Subscription.current_period_end) == after[0]) & (col(Subscription.id) > after[1])))
+            subs = list(s.exec(q.order_by(col(Subscription.current_period_end), col(Subscription.id)).limit(batch)))
+        if not subs:
+            return
+        yield subs
+        after = (subs[-1].current_period_end, subs[-1].id)
 
 
-def _release(engine: Engine, sub_id: str, worker: str) -> None:
-    with transaction(engine) as s:
-        s.execute(
-            update(Subscription)
-            .where(col(Subscription.id) == sub_id, col(Subscription.lease_owner) == worker)
-            .values(lease_owner=None, lease_expires_at=None)
-        )
+def plan_actions(engine: Engine, now: datetime, *, limit: int | None = None, batch: int = 500) -> list[dict[str, Any]]:
+    """What a run at ``now`` will do, per due subscription (the dry run). Changes nothing."""
+    out: list[dict[str, Any]] = []
+    for subs in _iter_due(engine, now, batch):
+        with Session(engine) as s:
+            snaps = renewals.load(s, subs)
+            emails: dict[str, str] = {c.id: c.email for c in s.exec(
+                select(Customer).where(col(Customer.id).in_({x.customer_id for x in subs})))}
+        for snap in snaps:
+            action = renewals.decide(snap, now)
+            if action.kind == renewals.ActionKind.NOTHING:
+                continue
+            sub, plan = snap.sub, snap.plan
+            amount = action.amount_minor if action.amount_minor is not None else plan.amount_minor
+            currency = action.currency or plan.currency
+            out.append({
+                "subscription_id": sub.id, "customer_email": emails.get(sub.customer_id, ""), "plan": plan.code,
+                "action": action.kind.value, "reason": action.reason, "message": action.message,
+                "amount_minor": amount, "currency": currency, "amount": format_minor(amount, currency),
+                "status": sub.status,
+                "due_at": sub.next_retry_at if sub.status == SubscriptionStatus.PAST_DUE else sub.current_period_end,
+            })
+            if limit and len(out) >= limit:
+                return out
+    return out
 
 
-def new_worker_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-
-
-def _is_due(sub: Subscription, now: datetime) -> bool:
-    if sub.status in CHARGEABLE:
-        return sub.current_period_end <= now
-    if sub.status == SubscriptionStatus.PAST_DUE:
-        return sub.next_retry_at is not None and sub.next_retry_at <= now
-    return False
-
-
-def _blocked_reason(session: Session, sub: Subscription, plan: Plan, now: datetime) -> tuple[str, str] | None:
-    """Why this subscription cannot be charged: (involuntary reason, message), or None."""
-    pm = session.get(PaymentMethod, sub.payment_method_id) if sub.payment_method_id else None
-    if pm is None or pm.status == PaymentMethodStatus.DETACHED:
-        return "hard_decline:payment_method_detached", "no usable payment method"
-    if payment_methods.is_expired(pm, now) or pm.status == PaymentMethodStatus.EXPIRED:
-        return "card_expired", f"card ····{pm.last4} expired {pm.exp_month}/{pm.exp_year}"
-    if consents.covering(session, pm.id, plan) is None:
-        return "", "no recorded consent covering this plan"  # not charged, not canceled
-    return None
+# --------------------------------------------------------------------------- the run
 
 
 @dataclass
-class _Step:
-    kind: str  # "charge" | "reconcile"
-    attempt_id: str
-    request: Any
+class _Answer:
+    step: charging.Step
+    result: ChargeResult | None = None
+    error: BaseException | None = None
 
 
-def _next_step(session: Session, sub_id: str, *, now: datetime, worker: str, summary: CycleSummary) -> _Step | None:
-    sub = session.get(Subscription, sub_id, with_for_update=session.bind.dialect.name == "postgresql")  # type: ignore[union-attr]
-    if sub is None or sub.lease_owner != worker:
-        return None
-    pending = payments.unresolved(session, sub.id)
-    if pending:
-        attempt = pending[0]
-        return _Step("reconcile", attempt.id, payments.charge_request(session, attempt))
-    if sub.status == SubscriptionStatus.CANCELED:
-        return None
-    if sub.cancel_at_period_end and sub.current_period_end <= now:
-        subscriptions.end(session, sub, kind=sub.cancellation_kind or CancellationKind.VOLUNTARY,
-                          reason=sub.cancellation_reason, now=now, effective_at=sub.current_period_end,
-                          actor=sub.canceled_by or "customer")
-        summary.cancellations_effective += 1
-        return None
-    if not _is_due(sub, now):
-        return None
-    plan = session.get(Plan, sub.plan_id)
-    assert plan is not None
-    blocked = _blocked_reason(session, sub, plan, now)
-    if blocked is not None:
-        reason, message = blocked
-        summary.blocked += 1
-        if reason:
-            subscriptions.end(session, sub, kind=CancellationKind.INVOLUNTARY, reason=reason, now=now,
-                              effective_at=now, actor="system:cycle")
-            notifications.enqueue(session, notifications.Kind.CANCELED_INVOLUNTARY, customer_id=sub.customer_id,
-                                  subscription_id=sub.id, dedupe_key=f"canceled:{sub.id}", at=now,
-                                  payload={"reason": reason, "message": message})
-            summary.canceled_involuntary += 1
-        else:
-            summary.errors.append(f"{sub.id}: not charged: {message}")
-        return None
-    invoice = for_period(session, sub, plan, sub.next_period_index, now=now)
-    pm = session.get(PaymentMethod, sub.payment_method_id)
-    assert pm is not None
-    attempt = payments.start_attempt(session, sub, invoice, pm, now=now)
-    return _Step("charge", attempt.id, payments.charge_request(session, attempt))
+@dataclass
+class _Batch:
+    ids: list[str]
+    prepared: charging.Prepared
+    futures: list[Future[_Answer]]
 
 
-def _call_gateway(gateway: PaymentGateway, step: _Step) -> ChargeResult:
-    try:
-        if step.kind == "reconcile":
-            found = gateway.find_charge(step.request.idempotency_key, metadata=step.request.metadata)
-            if found is not None:
-                return found
-        return gateway.charge(step.request)
-    except GatewayError as exc:
-        # the processor refused the request itself (invalid token, bad config):
-        # nothing was charged; treated as a soft failure so dunning decides.
-        return ChargeResult(status=ChargeStatus.DECLINED, decline_code="gateway_error",
-                            decline_kind=DeclineKind.SOFT, message=str(exc)[:900])
+def _db(fn: Callable[[], T], *, what: str, tries: int = 3) -> T:
+    """Run one transaction, retrying a lost connection / serialisation failure (each
+    phase is safe to repeat: it re-reads state and is idempotent)."""
+    for i in range(tries):
+        try:
+            return fn()
+        except (OperationalError, DBAPIError) as exc:
+            if i == tries - 1 or (isinstance(exc, DBAPIError) and not exc.connection_invalidated
+                                  and not isinstance(exc, OperationalError)):
+                log.error("run-cycle: database error while %s", what, exc_info=True)
+                raise DatabaseUnavailable(
+                    f"database error while {what}: {type(exc.orig).__name__ if exc.orig else type(exc).__name__}; "
+                    "nothing was lost: pending attempts are reconciled on the next run"
+                ) from exc
+            time.sleep(0.2 * (2**i))
+    raise AssertionError("unreachable")
 
 
-def process_subscription(
-    engine: Engine, gateway: PaymentGateway, sub_id: str, *, now: datetime, settings: Settings,
-    worker: str, summary: CycleSummary,
-) -> None:
-    counted_due = False
-    for _ in range(MAX_STEPS_PER_SUBSCRIPTION):
-        with transaction(engine) as s:
-            step = _next_step(s, sub_id, now=now, worker=worker, summary=summary)
-        if step is None:
-            return
-        if not counted_due:
-            summary.due += 1
-            counted_due = True
-        if step.kind == "charge":
-            summary.charged += 1
-        result = _call_gateway(gateway, step)
-        with transaction(engine) as s:
-            attempt = s.get(PaymentAttempt, step.attempt_id)
-            assert attempt is not None
-            outcome = payments.settle(s, attempt, result, now=now, schedule_days=settings.dunning_schedule_days)
-        if step.kind == "reconcile" and outcome != payments.Outcome.UNKNOWN:
-            summary.reconciled += 1
-        if outcome == payments.Outcome.SUCCEEDED:
-            summary.succeeded += 1
-            summary.collected[attempt.currency] = summary.collected.get(attempt.currency, 0) + attempt.amount_minor
-        elif outcome == payments.Outcome.DECLINED_SOFT:
-            summary.declined_soft += 1
-        elif outcome == payments.Outcome.DECLINED_HARD:
-            summary.declined_hard += 1
-            summary.canceled_involuntary += 1
-        elif outcome == payments.Outcome.EXHAUSTED:
-            summary.declined_soft += 1
-            summary.canceled_involuntary += 1
-        elif outcome == payments.Outcome.UNKNOWN:
-            summary.unknown += 1
-            return  # reconciled on a later run
-        if outcome in (payments.Outcome.DECLINED_SOFT,):
-            return  # next try per the dunning schedule
-    summary.errors.append(f"{sub_id}: stopped after {MAX_STEPS_PER_SUBSCRIPTION} steps; run again to continue")
+class _Runner:
+    def __init__(self, engine: Engine, gateway: PaymentGateway, *, now: datetime, settings: Settings,
+                 summary: CycleSummary, worker: str, stop: threading.Event) -> None:
+        self.engine, self.gateway, self.now, self.settings = engine, gateway, now, settings
+        self.summary, self.worker, self.stop = summary, worker, stop
+        self.halt = threading.Event()  # no more gateway calls (config error / breaker / stop)
+        self._lock = threading.Lock()
+        self._consecutive_unreachable = 0
+        self.plans: dict[str, Plan] = {}
+        self.again: list[str] = []  # paid, and the next period is due too (a late run catching up)
 
+    # -- gateway (runs in the pool's threads) ----------------------------------------
 
-def queue_reminders(engine: Engine, *, now: datetime, settings: Settings, batch: int = 500) -> int:
-    """Renewal / trial-end reminders and card-expiry notices, each queued once.
+    def call(self, step: charging.Step) -> _Answer:
+        if self.halt.is_set():
+            return _Answer(step, error=_NotSent("the run stopped before this call"))
+        try:
+            if step.reconcile:
+                found = self.gateway.find_charge(step.request.idempotency_key, metadata=step.request.metadata)
+                if found is not None:
+                    return self._seen(_Answer(step, result=found))
+            return self._seen(_Answer(step, result=self.gateway.charge(step.request)))
+        except GatewayAuthError as exc:
+            self._halt(STOP_GATEWAY_CONFIGURATION, f"the payment gateway refused our credentials: {exc}")
+            return _Answer(step, error=exc)
+        except GatewayUnreachable as exc:
+            return self._seen(_Answer(step, error=exc))
+        except GatewayError as exc:
+            if not step.reconcile:  # a new charge refused as a request: our configuration, not the card
+                self._halt(STOP_GATEWAY_CONFIGURATION, f"the payment gateway refused a charge request: {exc}")
+            return _Answer(step, error=exc)
+        except Exception as exc:  # an adapter bug must not settle anything
+            log.exception("run-cycle: gateway call for %s failed", step.subscription_id)
+            return _Answer(step, error=exc)
 
-    Per plan, only subscriptions whose next charge falls within the plan's reminder
-    lead and that were not yet reminded for that period are read (an indexed range on
-    ``(status, current_period_end)``), so a daily run stays cheap at any size."""
-    queued = 0
-    with Session(engine) as s:
-        all_plans = list(s.exec(select(Plan)))
-    for plan in all_plans:
-        for status in (SubscriptionStatus.ACTIVE, SubscriptionStatus.TRIALING):
-            lead = reminder_lead(plan, trial=status == SubscriptionStatus.TRIALING, settings=settings)
-            if lead is None:
+    def _seen(self, answer: _Answer) -> _Answer:
+        unreachable = isinstance(answer.error, GatewayUnreachable) or (
+            answer.result is not None and answer.result.status == ChargeStatus.UNKNOWN)
+        with self._lock:
+            self._consecutive_unreachable = self._consecutive_unreachable + 1 if unreachable else 0
+            tripped = self._consecutive_unreachable >= self.settings.gateway_breaker_failures
+        if tripped:
+            self._halt(STOP_GATEWAY_UNREACHABLE,
+                       f"the payment gateway is unreachable: {self.settings.gateway_breaker_failures} "
+                       "consecutive calls got no answer")
+        return answer
+
+    def _halt(self, reason: str, message: str) -> None:
+        with self._lock:
+            if self.summary.stopped is None:
+                self.summary.stopped, self.summary.stop_message = reason, message
+        self.halt.set()
+
+    # -- database phases (main thread) -----------------------------------------------
+
+    def prepare(self, ids: list[str]) -> charging.Prepared:
+        def txn() -> charging.Prepared:
+            with transaction(self.engine) as s:
+                return charging.prepare(s, ids, now=self.now, worker=self.worker, plans=self.plans)
+        prepared = _db(txn, what="preparing a batch")
+        for _sid, action in prepared.actions:
+            if action.kind == renewals.ActionKind.NOTHING:
                 continue
-            while True:
-                with transaction(engine) as s:
-                    subs = list(s.exec(
-                        select(Subscription)
-                        .where(Subscription.plan_id == plan.id, Subscription.status == status)
-                        .where(col(Subscription.current_period_end) > now)
-                        .where(col(Subscription.current_period_end) <= now + lead)
-                        .where(col(Subscription.cancel_at_period_end).is_(False))
-                        .where(or_(col(Subscription.reminded_period_index).is_(None),
-                                   col(Subscription.reminded_period_index) < col(Subscription.next_period_index)))
-                        .limit(batch)
-                    ))
-                    for sub in subs:
-                        queued += _remind(s, sub, plan, now=now)
-                if len(subs) < batch:
-                    break
-    return queued
+            self.summary.due += 1
+            if action.kind == renewals.ActionKind.END_AT_PERIOD_END:
+                self.summary.cancellations_effective += 1
+            elif action.kind == renewals.ActionKind.CANCEL_INVOLUNTARY:
+                self.summary.blocked += 1
+                self.summary.canceled_involuntary += 1
+            elif action.kind == renewals.ActionKind.SKIP:
+                self.summary.blocked += 1
+                self.summary.errors.append(f"{_sid}: not charged: {action.message}")
+            elif action.kind == renewals.ActionKind.CHARGE:
+                self.summary.charged += 1
+        return prepared
+
+    def settle(self, batch: _Batch, *, timeout: float | None = None) -> None:
+        try:
+            self._settle(batch, timeout=timeout)
+        finally:
+            claims.release(self.engine, batch.ids, self.worker)
+
+    def _settle(self, batch: _Batch, *, timeout: float | None = None) -> None:
+        done, not_done = wait_futures(batch.futures, timeout=timeout)
+        answers = [f.result() for f in batch.futures if f in done]
+        definitive = [(a.step, a.result) for a in answers if a.result is not None]
+        for a in answers:
+            if a.error is not None:
+                self.summary.unresolved += 1
+                if not isinstance(a.error, _NotSent):
+                    self.summary.errors.append(f"{a.step.subscription_id}: left unresolved: {type(a.error).__name__}: {a.error}")
+        self.summary.unresolved += len(not_done)
+
+        def txn() -> list[charging.Settled]:
+            with transaction(self.engine) as s:
+                return charging.settle(s, definitive, now=self.now, plans=self.plans,
+                                       schedule_days=self.settings.dunning_schedule_days)
+        settled = _db(txn, what="settling a batch") if definitive else []
+        reconciles = {a.step.attempt_id for a in answers if a.step.reconcile}
+        for st in settled:
+            self._count(st, reconciled=st.attempt_id in reconciles)
+            if st.next_due_at is not None and st.next_due_at <= self.now:
+                self.again.append(st.subscription_id)
+
+    def _count(self, st: charging.Settled, *, reconciled: bool) -> None:
+        s, o = self.summary, st.outcome
+        if reconciled and o not in (payments.Outcome.UNKNOWN, payments.Outcome.ALREADY_SETTLED):
+            s.reconciled += 1
+        if o == payments.Outcome.SUCCEEDED:
+            s.succeeded += 1
+            s.collected[st.currency] = s.collected.get(st.currency, 0) + st.amount_minor
+        elif o == payments.Outcome.REFUNDING:
+            s.refunded_after_cancel += 1
+        elif o == payments.Outcome.DECLINED_SOFT:
+            s.declined_soft += 1
+        elif o == payments.Outcome.DECLINED_HARD:
+            s.declined_hard += 1
+            s.canceled_involuntary += 1
+        elif o == payments.Outcome.EXHAUSTED:
+            s.declined_soft += 1
+            s.canceled_involuntary += 1
+        elif o == payments.Outcome.UNKNOWN:
+            s.unknown += 1
 
 
-def _remind(s: Session, sub: Subscription, plan: Plan, *, now: datetime) -> int:
-    trial = sub.status == SubscriptionStatus.TRIALING
-    kind = notifications.Kind.TRIAL_ENDING if trial else notifications.Kind.RENEWAL_REMINDER
-    sub.reminded_period_index = sub.next_period_index
-    s.add(sub)
-    n = notifications.enqueue(
-        s, kind, customer_id=sub.customer_id, subscription_id=sub.id,
-        dedupe_key=f"reminder:{sub.id}:{sub.next_period_index}", at=now,
-        payload={"charge_at": sub.current_period_end, "amount_minor": plan.amount_minor,
-                 "currency": plan.currency, "plan_name": plan.name, "trial": trial},
-    )
-    queued = int(n is not None)
-    pm = s.get(PaymentMethod, sub.payment_method_id) if sub.payment_method_id else None
-    if pm is not None and pm.exp_year and pm.exp_month:
-        first_invalid_day, _ = period_bounds(datetime(pm.exp_year, pm.exp_month, 1, tzinfo=UTC), Interval.MONTH, 1, 1)
-        if first_invalid_day <= sub.current_period_end:  # the card is no longer valid at the next charge
-            n = notifications.enqueue(
-                s, notifications.Kind.CARD_EXPIRING, customer_id=sub.customer_id, subscription_id=sub.id,
-                dedupe_key=f"card_expiring:{pm.id}:{pm.exp_year}-{pm.exp_month}", at=now,
-                payload={"payment_method_id": pm.id, "brand": pm.brand, "last4": pm.last4,
-                         "exp_month": pm.exp_month, "exp_year": pm.exp_year, "charge_at": sub.current_period_end},
-            )
-            queued += int(n is not None)
-    return queued
+class _NotSent(Exception):
+    """The call was never made (the run stopped first); the attempt stays pending."""
 
 
-def reminder_lead(plan: Plan, *, trial: bool, settings: Settings) -> timedelta | None:
-    """How long before the charge the reminder goes out (None: no reminder).
+def send_pending_refunds(engine: Engine, gateway: PaymentGateway, now: datetime) -> int:
+    """Send the automatic refunds (charges that landed after a cancellation) still pending."""
+    from billing_engine import refunds
 
-    Per plan (``reminder_days``) or the default; never off for yearly plans and trial
-    ends; at most half a period, so a weekly plan is reminded 3.5 days ahead and a
-    daily plan 12 hours ahead."""
-    days = plan.reminder_days if plan.reminder_days is not None else settings.reminder_days_before
-    if days <= 0:
-        if not (plan.interval == "year" or trial):
-            return None
-        days = max(settings.reminder_days_before, 1)
-    lead = timedelta(days=days)
-    if trial:
-        period = timedelta(days=plan.trial_days) if plan.trial_days > 0 else lead * 2
-    else:
-        start = datetime(2001, 1, 1, tzinfo=UTC)  # a non-leap reference for the shortest period
-        period = boundary(start, Interval(plan.interval), plan.interval_count, 1) - start
-    return min(lead, period / 2)
+    with Session(engine) as s:
+        ids = list(s.exec(select(Refund.id).where(
+            Refund.status == RefundStatus.PENDING,
+            col(Refund.idempotency_key).startswith(payments.AUTO_REFUND_PREFIX))))
+    sent = 0
+    for rid in ids:
+        try:
+            refunds.send(engine, gateway, rid, now=now, actor="system:refund_after_cancel")
+            sent += 1
+        except Exception as exc:  # stays pending: tried again on the next run
+            log.warning("automatic refund %s not sent: %s", rid, exc)
+    return sent
 
 
 def run_cycle(
@@ -373,62 +351,108 @@ def run_cycle(
     settings: Settings | None = None,
     limit: int | None = None,
     dry_run: bool = False,
-    batch_size: int = 50,
+    batch_size: int | None = None,
     worker: str | None = None,
-    lease: timedelta = LEASE,
+    lease: timedelta | None = None,
+    concurrency: int | None = None,
     deliver: Callable[[Engine, datetime], int] | None = None,
     on_progress: Callable[[int, int], None] | None = None,
+    stop: threading.Event | None = None,
 ) -> CycleSummary:
-    """Run one billing cycle as of ``now``. Safe to run in parallel and to re-run."""
+    """Run one billing cycle as of ``now``. Safe to run in parallel and to re-run.
+
+    Never raises for a gateway problem: the summary says why the run stopped
+    (``stopped`` / ``exit_code``). Raises :class:`DatabaseUnavailable` when the
+    database stays unusable."""
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
     settings = settings or get_settings()
     summary = CycleSummary(at=now, dry_run=dry_run)
+    batch_size = batch_size or settings.cycle_batch_size
+    started = time.perf_counter()
     if dry_run:
-        with Session(engine) as s:
-            subs = due_for_renewal(s, now, limit)
-            summary.due = len(subs)
-            for sub in subs:
-                plan = s.get(Plan, sub.plan_id)
-                cust = s.get(Customer, sub.customer_id)
-                assert plan is not None and cust is not None
-                action = "charge"
-                if payments.unresolved(s, sub.id):
-                    action = "reconcile"
-                elif sub.cancel_at_period_end and sub.current_period_end <= now:
-                    action = "end (canceled at period end)"
-                summary.would_charge.append({
-                    "subscription_id": sub.id, "customer_email": cust.email, "plan": plan.code,
-                    "action": action, "amount_minor": plan.amount_minor, "currency": plan.currency,
-                    "amount": format_minor(plan.amount_minor, plan.currency),
-                    "status": sub.status, "due_at": sub.next_retry_at if sub.status == SubscriptionStatus.PAST_DUE else sub.current_period_end,
-                })
+        summary.would_charge = plan_actions(engine, now, limit=limit, batch=batch_size)
+        summary.due = len(summary.would_charge)
+        summary.timings["total_s"] = round(time.perf_counter() - started, 3)
         return summary
-
-    worker = worker or new_worker_id()
+    summary.total_due, _held = _db(lambda: claims.count_due(engine, now), what="counting due work")
+    if limit:
+        summary.total_due = min(summary.total_due, limit)
+    worker = worker or claims.new_worker_id()
+    lease = lease or timedelta(seconds=settings.claim_lease_seconds)
+    stop = stop or threading.Event()
+    runner = _Runner(engine, gateway, now=now, settings=settings, summary=summary, worker=worker, stop=stop)
+    pool = ThreadPoolExecutor(max_workers=concurrency or settings.gateway_concurrency,
+                              thread_name_prefix="billing-gateway")
     processed = 0
-    cursor: tuple[datetime, str] | None = None
-    while limit is None or processed < limit:
-        want = batch_size if limit is None else min(batch_size, limit - processed)
-        rows = claim_batch(engine, now=now, worker=worker, batch_size=want, lease=lease, after=cursor)
-        if not rows:
-            break
-        cursor = (rows[-1][1], rows[-1][0])
-        for sub_id, _end in rows:
+    inflight: deque[_Batch] = deque()
+    try:
+        with claims.Heartbeat(engine, worker, lease):
+            cursor: tuple[datetime, str] | None = None
+            exhausted = False
+            while not (stop.is_set() or runner.halt.is_set()) and (limit is None or processed < limit):
+                want = batch_size if limit is None else min(batch_size, limit - processed)
+                ids: list[str] = []
+                if not exhausted:
+                    rows = _db(functools.partial(claims.claim, engine, now=now, worker=worker, batch_size=want,
+                                                 lease=lease, after=cursor), what="claiming a batch")
+                    if rows:
+                        cursor = (rows[-1][1], rows[-1][0])
+                        ids = [r[0] for r in rows]
+                    else:
+                        exhausted = True
+                if not ids and runner.again:
+                    again, runner.again = runner.again[:want], runner.again[want:]
+                    ids = _db(functools.partial(claims.claim_ids, engine, again, now=now, worker=worker,
+                                                lease=lease), what="claiming a batch")
+                    if not ids:
+                        continue
+                if not ids:
+                    if not inflight:
+                        break
+                    runner.settle(inflight.popleft())  # its renewals may be due again (catch-up)
+                    continue
+                try:
+                    prepared = runner.prepare(ids)
+                except BaseException:
+                    claims.release(engine, ids, worker)
+                    raise
+                if prepared.settled_ids:
+                    claims.release(engine, prepared.settled_ids, worker)
+                futures = [pool.submit(runner.call, st) for st in prepared.steps]
+                inflight.append(_Batch([st.subscription_id for st in prepared.steps], prepared, futures))
+                processed += len(ids)
+                while inflight and (len(inflight) >= 2 or all(f.done() for f in inflight[0].futures)):
+                    runner.settle(inflight.popleft())
+                if on_progress:
+                    on_progress(processed, summary.total_due)
+            if stop.is_set() and summary.stopped is None:
+                summary.stopped, summary.stop_message = STOP_REQUESTED, "stopped on request"
+            deadline = time.monotonic() + DRAIN_SECONDS
+            while inflight:
+                runner.settle(inflight.popleft(), timeout=max(deadline - time.monotonic(), 0.1)
+                              if summary.stopped == STOP_REQUESTED else None)
+    finally:
+        pool.shutdown(wait=summary.stopped != STOP_REQUESTED, cancel_futures=True)
+        for b in inflight:  # only on an exception: let the claims go now rather than at lease end
             try:
-                process_subscription(engine, gateway, sub_id, now=now, settings=settings, worker=worker, summary=summary)
-            except Exception as exc:  # one bad row must not stop the run
-                log.exception("run-cycle: %s failed", sub_id)
-                summary.errors.append(f"{sub_id}: {type(exc).__name__}: {exc}")
-            finally:
-                _release(engine, sub_id, worker)
-            processed += 1
-            if on_progress:
-                on_progress(processed, 0)
-    summary.reminders_queued = queue_reminders(engine, now=now, settings=settings)
-    if deliver is not None:
-        try:
-            summary.notifications_sent = deliver(engine, now)
-        except Exception as exc:  # e-mail trouble never fails a billing run
-            summary.errors.append(f"notifications: {type(exc).__name__}: {exc}")
+                claims.release(engine, b.ids, worker)
+            except Exception:
+                log.warning("could not release claims of %s", worker, exc_info=True)
+    summary.timings["charging_s"] = round(time.perf_counter() - started, 3)
+    if on_progress:
+        on_progress(processed, summary.total_due)
+    if summary.refunded_after_cancel or processed:
+        send_pending_refunds(engine, gateway, now)
+    _total, summary.held_by_other_workers = _db(lambda: claims.count_due(engine, now), what="counting due work")
+    if summary.stopped is None:
+        t = time.perf_counter()
+        summary.reminders_queued = reminders.queue(engine, now=now, settings=settings)
+        summary.timings["reminders_s"] = round(time.perf_counter() - t, 3)
+        if deliver is not None:
+            try:
+                summary.notifications_sent = deliver(engine, now)
+            except Exception as exc:  # e-mail trouble never fails a billing run
+                summary.errors.append(f"notifications: {type(exc).__name__}: {exc}")
+    summary.timings["total_s"] = round(time.perf_counter() - started, 3)
     return summary

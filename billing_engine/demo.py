@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, func, select
 
-from billing_engine import customers, payment_methods, plans, subscriptions
+from billing_engine import cancellations, customers, payment_methods, plans, subscriptions
 from billing_engine.consents import ConsentInput
 from billing_engine.cycle import CycleSummary, run_cycle
 from billing_engine.db import transaction
@@ -102,7 +102,7 @@ def run_demo(
                 if cancel and c["start_day"] + cancel["day_after_start"] == offset:
                     sub = subscriptions.get(s, sid)
                     try:
-                        res = subscriptions.cancel(s, sub, kind="voluntary", reason=cancel.get("reason"),
+                        res = cancellations.cancel(s, sub, kind="voluntary", reason=cancel.get("reason"),
                                                    comment=cancel.get("comment"), now=day, actor="customer")
                         log.append(f"{day.date()} {c['email']} canceled ({cancel.get('reason')}), "
                                    f"access until {res.effective_at.date()}")
@@ -110,7 +110,7 @@ def run_demo(
                         log.append(f"{day.date()} {c['email']} could not cancel: {exc}")
                 if cancel and "undo_after_days" in cancel and c["start_day"] + cancel["day_after_start"] + cancel["undo_after_days"] == offset:
                     try:
-                        subscriptions.undo_cancel(s, subscriptions.get(s, sid), now=day, actor="customer")
+                        cancellations.undo(s, subscriptions.get(s, sid), now=day, actor="customer")
                         log.append(f"{day.date()} {c['email']} changed their mind: reactivated")
                     except BillingError as exc:
                         log.append(f"{day.date()} {c['email']} could not reactivate: {exc}")

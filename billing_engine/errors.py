@@ -77,3 +77,11 @@ class GatewayUnavailable(BillingError):
     http_status = 503
     exit_code = 75  # EX_TEMPFAIL
     code = "gateway_unavailable"
+
+
+class DatabaseUnavailable(BillingError):
+    """The database could not be reached or refused the work; nothing was lost."""
+
+    http_status = 503
+    exit_code = 70  # EX_SOFTWARE, as the README lists for database errors
+    code = "database_unavailable"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from sqlmodel import Session, col, select
@@ -11,7 +12,7 @@ from sqlmodel import Session, col, select
 from billing_engine.models import Event
 
 
-class EventType:
+class EventType(StrEnum):
     CUSTOMER_CREATED = "customer.created"
     PLAN_CREATED = "plan.created"
     PLAN_UPDATED = "plan.updated"
@@ -38,6 +39,9 @@ class EventType:
     PAYMENT_FAILED = "payment.failed"
     PAYMENT_UNKNOWN = "payment.unknown"
     PAYMENT_RECONCILED = "payment.reconciled"
+    PAYMENT_NEEDS_REVIEW = "payment.needs_review"
+    PAYMENT_REFUND_AFTER_CANCEL = "payment.refund_after_cancel"
+    REFUND_FAILED = "refund.failed"
     REFUND_CREATED = "refund.created"
     DISPUTE_CREATED = "dispute.created"
     DISPUTE_CLOSED = "dispute.closed"
@@ -50,9 +54,28 @@ def _default(o: Any) -> Any:
     return str(o)
 
 
+def row(
+    type: str,
+    *,
+    at: datetime,
+    subscription_id: str | None = None,
+    customer_id: str | None = None,
+    invoice_id: str | None = None,
+    actor: str = "system",
+    payload: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """An event row as column values (set-based inserts; :func:`record` uses it too)."""
+    return {
+        "type": str(type), "subscription_id": subscription_id, "customer_id": customer_id,
+        "invoice_id": invoice_id, "actor": actor,
+        "payload": json.dumps(payload or {}, default=_default, sort_keys=True),
+        "occurred_at": at, "created_at": at,
+    }
+
+
 def record(
     session: Session,
-    type: str,
+    type: EventType,
     *,
     at: datetime,
     subscription_id: str | None = None,
@@ -62,16 +85,8 @@ def record(
     payload: dict[str, Any] | None = None,
 ) -> Event:
     """Add an event row to the caller's transaction (flushed, so it has an id)."""
-    ev = Event(
-        type=type,
-        subscription_id=subscription_id,
-        customer_id=customer_id,
-        invoice_id=invoice_id,
-        actor=actor,
-        payload=json.dumps(payload or {}, default=_default, sort_keys=True),
-        occurred_at=at,
-        created_at=at,
-    )
+    ev = Event(**row(type, at=at, subscription_id=subscription_id, customer_id=customer_id,
+                     invoice_id=invoice_id, actor=actor, payload=payload))
     session.add(ev)
     session.flush()
     return ev

@@ -127,16 +127,6 @@ class CancellationReason(StrEnum):
     CARD_EXPIRED = "card_expired"
 
 
-VOLUNTARY_REASONS = (
-    "too_expensive",
-    "missing_features",
-    "switched_service",
-    "unused",
-    "customer_service",
-    "too_complex",
-    "low_quality",
-    "other",
-)
 
 
 class InvoiceStatus(StrEnum):

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import and_, or_, update
@@ -25,10 +26,10 @@ from sqlmodel import Session, col, select
 
 from billing_engine import links, mailer
 from billing_engine.db import transaction
-from billing_engine.models import Customer, Notification, NotificationStatus
+from billing_engine.models import Customer, Notification, NotificationStatus, new_id
 
 
-class Kind:
+class Kind(StrEnum):
     RENEWAL_REMINDER = "renewal_reminder"
     TRIAL_ENDING = "trial_ending"
     RECEIPT = "receipt"
@@ -40,10 +41,21 @@ class Kind:
     REFUND = "refund"
     CANCEL_LINK = "cancel_link"  # a fresh cancel link, asked for from an expired one
 
-    ALL = (
-        RENEWAL_REMINDER, TRIAL_ENDING, RECEIPT, PAYMENT_FAILED, CARD_EXPIRING, CANCELLATION_CONFIRMED,
-        CANCELED_INVOLUNTARY, SUBSCRIPTION_REACTIVATED, REFUND, CANCEL_LINK,
-    )
+
+ALL_KINDS: tuple[str, ...] = tuple(k.value for k in Kind)
+
+
+def row(
+    kind: str, *, customer_id: str, to_email: str, dedupe_key: str, at: datetime,
+    subscription_id: str | None = None, event_id: int | None = None, payload: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """An outbox row as column values (for set-based inserts; :func:`enqueue` uses it too)."""
+    return {
+        "id": new_id("ntf"), "dedupe_key": dedupe_key, "kind": str(kind), "event_id": event_id,
+        "customer_id": customer_id, "subscription_id": subscription_id, "to_email": to_email,
+        "payload": json.dumps(payload or {}, default=str, sort_keys=True), "status": NotificationStatus.PENDING,
+        "attempts": 0, "next_attempt_at": at, "created_at": at,
+    }
 
 
 def enqueue(
@@ -64,17 +76,8 @@ def enqueue(
     customer = session.get(Customer, customer_id)
     if customer is None:
         return None
-    n = Notification(
-        dedupe_key=dedupe_key,
-        kind=kind,
-        event_id=event_id,
-        customer_id=customer_id,
-        subscription_id=subscription_id,
-        to_email=customer.email,
-        payload=json.dumps(payload or {}, default=str, sort_keys=True),
-        next_attempt_at=at,
-        created_at=at,
-    )
+    n = Notification(**row(kind, customer_id=customer_id, to_email=customer.email, dedupe_key=dedupe_key, at=at,
+                           subscription_id=subscription_id, event_id=event_id, payload=payload))
     try:
         with session.begin_nested():
             session.add(n)

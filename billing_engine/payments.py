@@ -7,16 +7,18 @@ learns it first, and applying it twice changes nothing.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
+from typing import Any
 
 from sqlmodel import Session, col, select
+from sqlmodel.sql.expression import SelectOfScalar
 
-from billing_engine import dunning, events, notifications, subscriptions
+from billing_engine import cancellations, dunning, events, notifications, refunds
 from billing_engine.gateway.protocol import ChargeRequest, ChargeResult, ChargeStatus, DeclineKind
 from billing_engine.models import (
     AttemptStatus,
-    CancellationKind,
     Customer,
     Invoice,
     InvoiceStatus,
@@ -37,11 +39,41 @@ class Outcome(StrEnum):
     EXHAUSTED = "exhausted"  # soft decline, dunning schedule used up: canceled
     UNKNOWN = "unknown"
     ALREADY_SETTLED = "already_settled"
+    REFUNDING = "refunding"  # money arrived after the customer cancelled: refund queued
+
+
+UNRESOLVED = (AttemptStatus.PENDING, AttemptStatus.UNKNOWN)
+AUTO_REFUND_PREFIX = "auto_refund:"
+
+
+def unresolved_query(*, subscription_ids: Sequence[str] | None = None, invoice_id: str | None = None) -> SelectOfScalar[PaymentAttempt]:
+    """THE query for "an attempt whose outcome we do not know yet" (pending or unknown).
+
+    Anything that must not start a new charge, end an invoice or settle blindly asks
+    this: the run-cycle's due condition and planner, cancellations, the dry run."""
+    q = select(PaymentAttempt).where(col(PaymentAttempt.status).in_(list(UNRESOLVED)))
+    if subscription_ids is not None:
+        q = q.where(col(PaymentAttempt.subscription_id).in_(list(subscription_ids)))
+    if invoice_id is not None:
+        q = q.where(PaymentAttempt.invoice_id == invoice_id)
+    return q.order_by(col(PaymentAttempt.created_at), col(PaymentAttempt.id))
+
+
+def unresolved_by_subscription(session: Session, subscription_ids: Sequence[str]) -> dict[str, PaymentAttempt]:
+    """The oldest unresolved attempt of each of these subscriptions (one query)."""
+    out: dict[str, PaymentAttempt] = {}
+    for a in session.exec(unresolved_query(subscription_ids=subscription_ids)):
+        out.setdefault(a.subscription_id, a)
+    return out
+
+
+def idempotency_key_for(invoice_id: str, attempt_number: int) -> str:
+    """Deterministic, from domain ids; reused on every retry of this attempt."""
+    return f"billing:{invoice_id}:attempt:{attempt_number}"
 
 
 def idempotency_key(invoice: Invoice, attempt_number: int) -> str:
-    """Deterministic, from domain ids; reused on every retry of this attempt."""
-    return f"billing:{invoice.id}:attempt:{attempt_number}"
+    return idempotency_key_for(invoice.id, attempt_number)
 
 
 def start_attempt(
@@ -81,10 +113,7 @@ def charge_request(session: Session, attempt: PaymentAttempt) -> ChargeRequest:
 
 
 def unresolved(session: Session, subscription_id: str) -> list[PaymentAttempt]:
-    return list(session.exec(select(PaymentAttempt).where(
-        PaymentAttempt.subscription_id == subscription_id,
-        col(PaymentAttempt.status).in_([AttemptStatus.PENDING, AttemptStatus.UNKNOWN]),
-    ).order_by(col(PaymentAttempt.created_at))))
+    return list(session.exec(unresolved_query(subscription_ids=[subscription_id])))
 
 
 def settle(
@@ -110,6 +139,8 @@ def settle(
     plan = session.get(Plan, sub.plan_id)
     assert plan is not None
     attempt.gateway_charge_id = result.gateway_charge_id or attempt.gateway_charge_id
+    if result.status == ChargeStatus.SUCCEEDED:
+        return _invoice_paid(session, sub, plan, invoice, attempt, result, now=now, actor=actor)
     common = {"attempt_id": attempt.id, "amount_minor": attempt.amount_minor, "currency": attempt.currency,
               "gateway_charge_id": attempt.gateway_charge_id}
 
@@ -122,12 +153,6 @@ def settle(
         return Outcome.UNKNOWN
 
     attempt.completed_at = now
-    if result.status == ChargeStatus.SUCCEEDED:
-        attempt.status = AttemptStatus.SUCCEEDED
-        session.add(attempt)
-        _invoice_paid(session, sub, plan, invoice, attempt, now=now, actor=actor)
-        return Outcome.SUCCEEDED
-
     # declined or requires_action (an off-session charge that needs the customer is a hard decline)
     code = result.decline_code or ("authentication_required" if result.status == ChargeStatus.REQUIRES_ACTION else "generic_decline")
     kind = result.decline_kind or (DeclineKind.HARD if result.status == ChargeStatus.REQUIRES_ACTION else DeclineKind.SOFT)
@@ -176,75 +201,107 @@ def settle(
     return Outcome.DECLINED_SOFT
 
 
-def _invoice_paid(
-    session: Session, sub: Subscription, plan: Plan, invoice: Invoice, attempt: PaymentAttempt,
-    *, now: datetime, actor: str,
-) -> None:
+@dataclass(kw_only=True)
+class Paid:
+    """What a successful charge changes: the one home of the "invoice paid" rule.
+
+    Computed from values (:func:`paid_changes`); applied row by row by :func:`settle`
+    and set-based by :mod:`billing_engine.charging` for a whole batch."""
+
+    attempt: dict[str, Any]
+    invoice: dict[str, Any]
+    subscription: dict[str, Any] = field(default_factory=dict)  # empty: the subscription does not move
+    events: list[tuple[events.EventType, dict[str, Any]]] = field(default_factory=list)
+    receipt: dict[str, Any] | None = None
+    refund: bool = False  # money for a period the customer had cancelled: refund it
+    end_at_period_end: bool = False  # ... and the promised end takes effect now
+
+
+def paid_changes(
+    sub: Subscription, invoice: Invoice, attempt: PaymentAttempt, result: ChargeResult, *,
+    invoice_plan: Plan, plan_name: str, now: datetime,
+) -> Paid:
     already_paid = invoice.status == InvoiceStatus.PAID
-    invoice.status = InvoiceStatus.PAID
-    invoice.amount_paid_minor = attempt.amount_minor if not already_paid else invoice.amount_paid_minor
-    invoice.paid_at = invoice.paid_at or now
-    invoice.closed_at = invoice.closed_at or now
-    session.add(invoice)
-    if sub.activated_at is None or invoice.paid_at < sub.activated_at:
-        sub.activated_at = invoice.paid_at  # the first payment: a subscriber from now (reports)
-        session.add(sub)
-    recovered = invoice.attempt_count > 1
-    events.record(session, events.EventType.PAYMENT_SUCCEEDED, at=now, subscription_id=sub.id,
-                  customer_id=sub.customer_id, invoice_id=invoice.id,
-                  payload={"attempt_id": attempt.id, "amount_minor": attempt.amount_minor,
-                           "currency": attempt.currency, "gateway_charge_id": attempt.gateway_charge_id})
+    paid_at = invoice.paid_at or now
+    charge_id = result.gateway_charge_id or attempt.gateway_charge_id
+    out = Paid(
+        attempt={"status": AttemptStatus.SUCCEEDED, "completed_at": now, "gateway_charge_id": charge_id},
+        invoice={"status": InvoiceStatus.PAID, "paid_at": paid_at, "closed_at": invoice.closed_at or now,
+                 "amount_paid_minor": invoice.amount_paid_minor if already_paid else attempt.amount_minor},
+    )
     if not already_paid:
-        events.record(session, events.EventType.INVOICE_PAID, at=now, subscription_id=sub.id,
-                      customer_id=sub.customer_id, invoice_id=invoice.id,
-                      payload={"amount_minor": invoice.amount_minor, "currency": invoice.currency,
-                               "period_start": invoice.period_start, "period_end": invoice.period_end,
-                               "recovered_by_dunning": recovered})
-    if sub.status == SubscriptionStatus.CANCELED or invoice.period_index != sub.next_period_index:
-        # money arrived for a subscription that has since ended (an answer that was lost
-        # came in late): recorded, and flagged for an admin to refund.
-        events.record(session, "payment.needs_review", at=now, subscription_id=sub.id,
-                      customer_id=sub.customer_id, invoice_id=invoice.id,
-                      payload={"why": "paid after the subscription ended or out of order"})
-        return
-    previous = sub.status
-    sub.current_period_start = invoice.period_start
-    sub.current_period_end = invoice.period_end
-    sub.next_period_index = invoice.period_index + 1
-    sub.status = SubscriptionStatus.ACTIVE
-    sub.failed_attempts = 0
-    sub.next_retry_at = None
-    sub.dunning_started_at = None
-    inv_plan = plan if invoice.plan_id == plan.id else session.get(Plan, invoice.plan_id)
-    assert inv_plan is not None
-    sub.mrr_minor = monthly_amount(invoice.amount_minor, Interval(inv_plan.interval), inv_plan.interval_count)
-    sub.updated_at = now
-    session.add(sub)
+        out.events.append((events.EventType.INVOICE_PAID, {
+            "attempt_id": attempt.id, "amount_minor": invoice.amount_minor, "currency": invoice.currency,
+            "gateway_charge_id": charge_id, "period_start": invoice.period_start,
+            "period_end": invoice.period_end, "recovered_by_dunning": invoice.attempt_count > 1}))
+    cancelled_before = sub.status == SubscriptionStatus.CANCELED or (
+        sub.cancel_at_period_end and invoice.period_start >= sub.current_period_end)
+    if cancelled_before:
+        # The customer cancelled while this charge was in flight (or its answer was
+        # lost until after they left): what they were promised holds. Refund it.
+        out.refund = True
+        out.end_at_period_end = sub.status != SubscriptionStatus.CANCELED and sub.current_period_end <= now
+        out.events.append((events.EventType.PAYMENT_REFUND_AFTER_CANCEL, {
+            "attempt_id": attempt.id, "amount_minor": attempt.amount_minor, "currency": attempt.currency,
+            "gateway_charge_id": charge_id, "why": "charged for a period the customer had cancelled"}))
+        return out
+    if sub.activated_at is None or paid_at < sub.activated_at:
+        out.subscription["activated_at"] = paid_at  # the first payment: a subscriber from now (reports)
+    if invoice.period_index != sub.next_period_index:
+        out.events.append((events.EventType.PAYMENT_NEEDS_REVIEW, {
+            "attempt_id": attempt.id, "why": "paid out of order (an older answer arrived late)"}))
+        return out
+    out.subscription.update({
+        "current_period_start": invoice.period_start, "current_period_end": invoice.period_end,
+        "next_period_index": invoice.period_index + 1, "status": SubscriptionStatus.ACTIVE,
+        "failed_attempts": 0, "next_retry_at": None, "dunning_started_at": None, "updated_at": now,
+        "mrr_minor": monthly_amount(invoice.amount_minor, Interval(invoice_plan.interval), invoice_plan.interval_count),
+    })
     etype = {
         SubscriptionStatus.INCOMPLETE: events.EventType.SUBSCRIPTION_ACTIVATED,
         SubscriptionStatus.TRIALING: events.EventType.SUBSCRIPTION_ACTIVATED,
         SubscriptionStatus.PAST_DUE: events.EventType.SUBSCRIPTION_RECOVERED,
-    }.get(SubscriptionStatus(previous), events.EventType.SUBSCRIPTION_RENEWED)
-    events.record(session, etype, at=now, actor=actor, subscription_id=sub.id, customer_id=sub.customer_id,
-                  invoice_id=invoice.id,
-                  payload={"previous_status": previous, "period_start": invoice.period_start,
-                           "period_end": invoice.period_end})
-    notifications.enqueue(session, notifications.Kind.RECEIPT, customer_id=sub.customer_id, subscription_id=sub.id,
-                          dedupe_key=f"receipt:{invoice.id}", at=now,
-                          payload={"invoice_id": invoice.id, "amount_minor": invoice.amount_minor,
-                                   "currency": invoice.currency, "period_start": invoice.period_start,
-                                   "period_end": invoice.period_end, "plan_name": plan.name})
+    }.get(SubscriptionStatus(sub.status), events.EventType.SUBSCRIPTION_RENEWED)
+    out.events.append((etype, {"previous_status": sub.status, "period_start": invoice.period_start,
+                               "period_end": invoice.period_end}))
+    out.receipt = {"invoice_id": invoice.id, "amount_minor": invoice.amount_minor, "currency": invoice.currency,
+                   "period_start": invoice.period_start, "period_end": invoice.period_end, "plan_name": plan_name}
+    return out
+
+
+def _invoice_paid(
+    session: Session, sub: Subscription, plan: Plan, invoice: Invoice, attempt: PaymentAttempt,
+    result: ChargeResult, *, now: datetime, actor: str,
+) -> Outcome:
+    inv_plan = plan if invoice.plan_id == plan.id else session.get(Plan, invoice.plan_id)
+    assert inv_plan is not None
+    paid = paid_changes(sub, invoice, attempt, result, invoice_plan=inv_plan, plan_name=plan.name, now=now)
+    for obj, values in ((attempt, paid.attempt), (invoice, paid.invoice), (sub, paid.subscription)):
+        for k, v in values.items():
+            setattr(obj, k, v)
+        session.add(obj)
+    for etype, payload in paid.events:
+        events.record(session, etype, at=now, actor=actor, subscription_id=sub.id, customer_id=sub.customer_id,
+                      invoice_id=invoice.id, payload=payload)
+    if paid.receipt is not None:
+        notifications.enqueue(session, notifications.Kind.RECEIPT, customer_id=sub.customer_id,
+                              subscription_id=sub.id, dedupe_key=f"receipt:{invoice.id}", at=now,
+                              payload=paid.receipt)
+    if paid.refund:
+        session.flush()
+        refunds.start(session, invoice_id=invoice.id, amount_minor=attempt.amount_minor,
+                      reason="requested_by_customer", now=now,
+                      idempotency_key_=f"{AUTO_REFUND_PREFIX}{attempt.id}")
+        if paid.end_at_period_end:
+            cancellations.end_at_period_end(session, sub, now=now)
+        return Outcome.REFUNDING
+    return Outcome.SUCCEEDED
 
 
 def _give_up(session: Session, sub: Subscription, invoice: Invoice, *, reason: str, now: datetime) -> None:
     invoice.status = InvoiceStatus.UNCOLLECTIBLE
     invoice.closed_at = now
     session.add(invoice)
-    sub.cancel_at_period_end = False  # an involuntary end overrides a scheduled voluntary one
-    sub.cancellation_kind = None
-    subscriptions.end(session, sub, kind=CancellationKind.INVOLUNTARY, reason=reason, now=now,
-                      effective_at=now, actor="system:dunning")
-    notifications.enqueue(session, notifications.Kind.CANCELED_INVOLUNTARY, customer_id=sub.customer_id,
-                          subscription_id=sub.id, dedupe_key=f"canceled:{sub.id}", at=now,
-                          payload={"reason": reason, "invoice_id": invoice.id,
-                                   "amount_minor": invoice.amount_minor, "currency": invoice.currency})
+    cancellations.end_involuntarily(session, sub, reason=reason, now=now, actor="system:dunning",
+                                    details={"invoice_id": invoice.id, "amount_minor": invoice.amount_minor,
+                                             "currency": invoice.currency})

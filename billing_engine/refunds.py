@@ -168,7 +168,7 @@ def settle(session: Session, refund: Refund, result: RefundResult, *, now: datet
     if result.status == GatewayRefundStatus.FAILED:
         refund.status = RefundStatus.FAILED
         session.add(refund)
-        events.record(session, "refund.failed", at=now, actor=actor, customer_id=inv.customer_id,
+        events.record(session, events.EventType.REFUND_FAILED, at=now, actor=actor, customer_id=inv.customer_id,
                       subscription_id=inv.subscription_id, invoice_id=inv.id,
                       payload={"refund_id": refund.id, "amount_minor": refund.amount_minor,
                                "currency": refund.currency, "message": result.message})

@@ -63,6 +63,27 @@ class Settings(BaseSettings):
     support_email: str = "support@localhost"
     company_name: str = "Your Newsletter"
 
+    # run-cycle: the batched charge pipeline (see docs/architecture.md)
+    claim_lease_seconds: float = Field(
+        default=60.0, ge=1.0, le=3600.0,
+        description="How long a worker's claim on a batch lasts without a heartbeat (renewed while it runs).",
+    )
+    cycle_batch_size: int = Field(default=500, ge=1, le=10_000, description="Subscriptions per claimed batch.")
+    gateway_concurrency: int = Field(default=64, ge=1, le=1000, description="Gateway calls in flight per worker.")
+    gateway_rate_per_second: float | None = Field(
+        default=None, gt=0,
+        description="Account-wide gateway calls/s shared by every worker through the database "
+        "(default: Stripe's documented limit for the key; unlimited for the fake gateway).",
+    )
+    gateway_breaker_failures: int = Field(
+        default=10, ge=1, le=10_000,
+        description="Consecutive unreachable-gateway answers after which a run stops (exit 75).",
+    )
+    fake_ledger: str | None = Field(
+        default=None, description="Fake gateway only: a SQLite file keeping its charges across processes.",
+    )
+    fake_latency_ms: float = Field(default=0.0, ge=0, le=60_000, description="Fake gateway only: latency per call.")
+
     segment_thresholds_minor: Annotated[list[int], NoDecode] = Field(
         default_factory=lambda: [10_000, 100_000],
         description="Lifetime-value bucket limits (minor units): small < t0 <= medium < t1 <= large",

@@ -12,7 +12,6 @@ with an empty current period, so its first charge is due at once.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -22,13 +21,7 @@ from billing_engine import consents, events, validation
 from billing_engine.errors import Conflict, InvalidTransition, NotFound, ValidationError
 from billing_engine.models import (
     LIVE_STATUSES,
-    VOLUNTARY_REASONS,
-    AttemptStatus,
-    CancellationKind,
     Customer,
-    Invoice,
-    InvoiceStatus,
-    PaymentAttempt,
     PaymentMethod,
     PaymentMethodStatus,
     Plan,
@@ -36,8 +29,6 @@ from billing_engine.models import (
     SubscriptionStatus,
 )
 from billing_engine.periods import ensure_utc
-
-INVOLUNTARY_REASON_PREFIXES = ("payment_failed", "hard_decline:", "dispute", "card_expired")
 
 
 def create(
@@ -169,192 +160,6 @@ def summary(session: Session, sub: Subscription) -> dict[str, Any]:
         "next_charge_at": nxt[0] if nxt else None, "next_charge_amount_minor": nxt[1] if nxt else None,
         "created_at": sub.created_at,
     }
-
-
-# --------------------------------------------------------------------------- cancel
-
-
-def _check_kind_reason(kind: str, reason: str | None) -> tuple[CancellationKind, str | None]:
-    try:
-        k = CancellationKind(kind)
-    except ValueError:
-        raise ValidationError("must be 'voluntary' or 'involuntary'", field="kind") from None
-    if reason is not None:
-        reason = reason.strip() or None
-    if reason is None:
-        return k, None
-    if k == CancellationKind.VOLUNTARY and reason not in VOLUNTARY_REASONS:
-        raise ValidationError(f"must be one of {', '.join(VOLUNTARY_REASONS)}", field="reason")
-    if k == CancellationKind.INVOLUNTARY and not reason.startswith(INVOLUNTARY_REASON_PREFIXES):
-        raise ValidationError(
-            "must be payment_failed, hard_decline:<code>, dispute or card_expired", field="reason"
-        )
-    return k, reason
-
-
-@dataclass(frozen=True)
-class CancelResult:
-    subscription: Subscription
-    changed: bool  # False when the same cancellation was already in place
-    effective_at: datetime  # when access ends
-
-
-def cancel(
-    session: Session,
-    sub: Subscription,
-    *,
-    kind: str = CancellationKind.VOLUNTARY,
-    reason: str | None = None,
-    comment: str | None = None,
-    at_period_end: bool | None = None,
-    now: datetime,
-    actor: str = "customer",
-) -> CancelResult:
-    """Cancel. Voluntary cancellations end at period end unless the plan (or the caller)
-    says immediately; an unpaid subscription (incomplete / past_due) ends at once."""
-    k, reason = _check_kind_reason(kind, reason)
-    if comment is not None:
-        comment = validation.text(comment, "comment", max_length=2000) or None
-    if sub.status == SubscriptionStatus.CANCELED:
-        raise InvalidTransition("the subscription is already canceled", field="subscription")
-    plan = session.get(Plan, sub.plan_id)
-    assert plan is not None
-    if at_period_end is None:
-        at_period_end = not plan.cancel_immediately
-    unpaid = sub.status in (SubscriptionStatus.INCOMPLETE, SubscriptionStatus.PAST_DUE)
-    if at_period_end and not unpaid and sub.current_period_end > now:
-        if sub.cancel_at_period_end:
-            return CancelResult(sub, False, sub.current_period_end)
-        sub.cancel_at_period_end = True
-        sub.canceled_at = now
-        sub.cancellation_kind = k.value
-        sub.cancellation_reason = reason
-        sub.cancellation_comment = comment
-        sub.canceled_by = actor
-        sub.updated_at = now
-        session.add(sub)
-        events.record(session, events.EventType.SUBSCRIPTION_CANCEL_SCHEDULED, at=now, actor=actor,
-                      subscription_id=sub.id, customer_id=sub.customer_id,
-                      payload={"kind": k.value, "reason": reason, "effective_at": sub.current_period_end})
-        _confirm(session, sub, effective_at=sub.current_period_end, now=now)
-        return CancelResult(sub, True, sub.current_period_end)
-    end(session, sub, kind=k.value, reason=reason, comment=comment, now=now, effective_at=now, actor=actor)
-    _confirm(session, sub, effective_at=now, now=now)
-    return CancelResult(sub, True, now)
-
-
-def _confirm(session: Session, sub: Subscription, *, effective_at: datetime, now: datetime) -> None:
-    """The durable-medium acknowledgement of a cancellation (an e-mail), once per cancel."""
-    from billing_engine import notifications
-
-    notifications.enqueue(
-        session, notifications.Kind.CANCELLATION_CONFIRMED, customer_id=sub.customer_id,
-        subscription_id=sub.id, dedupe_key=f"cancel_confirmed:{sub.id}:{now.isoformat()}", at=now,
-        payload={"effective_at": effective_at, "kind": sub.cancellation_kind, "canceled_at": now},
-    )
-
-
-def end(
-    session: Session,
-    sub: Subscription,
-    *,
-    kind: str,
-    reason: str | None,
-    now: datetime,
-    effective_at: datetime,
-    comment: str | None = None,
-    actor: str = "system",
-) -> Subscription:
-    """Cancellation takes effect: access ends at ``effective_at``; open invoices are voided
-    (or marked uncollectible for involuntary churn)."""
-    if sub.status == SubscriptionStatus.CANCELED:
-        raise InvalidTransition("the subscription is already canceled", field="subscription")
-    if not sub.cancel_at_period_end or sub.cancellation_kind is None:
-        sub.canceled_at = now
-        sub.cancellation_kind = kind
-        sub.cancellation_reason = reason
-        sub.cancellation_comment = comment
-        sub.canceled_by = actor
-    previous = sub.status
-    sub.status = SubscriptionStatus.CANCELED
-    sub.ended_at = effective_at
-    sub.next_retry_at = None
-    sub.updated_at = now
-    session.add(sub)
-    for inv in session.exec(select(Invoice).where(Invoice.subscription_id == sub.id, Invoice.status == InvoiceStatus.OPEN)):
-        in_flight = session.exec(select(PaymentAttempt).where(
-            PaymentAttempt.invoice_id == inv.id,
-            col(PaymentAttempt.status).in_([AttemptStatus.PENDING, AttemptStatus.UNKNOWN]))).first()
-        if in_flight is not None:
-            continue  # the reconciler settles it first
-        inv.status = InvoiceStatus.UNCOLLECTIBLE if inv.attempt_count else InvoiceStatus.VOID
-        inv.closed_at = now
-        session.add(inv)
-        events.record(session, events.EventType.INVOICE_UNCOLLECTIBLE if inv.attempt_count else events.EventType.INVOICE_VOIDED,
-                      at=now, subscription_id=sub.id, customer_id=sub.customer_id, invoice_id=inv.id,
-                      payload={"amount_minor": inv.amount_minor, "currency": inv.currency})
-    events.record(session, events.EventType.SUBSCRIPTION_CANCELED, at=now, actor=sub.canceled_by or actor,
-                  subscription_id=sub.id, customer_id=sub.customer_id,
-                  payload={"kind": sub.cancellation_kind, "reason": sub.cancellation_reason,
-                           "ended_at": effective_at, "previous_status": previous})
-    return sub
-
-
-def undo_cancel(session: Session, sub: Subscription, *, now: datetime, actor: str = "customer") -> Subscription:
-    """Take back a voluntary cancellation while the paid period lasts."""
-    if sub.cancel_at_period_end and sub.status != SubscriptionStatus.CANCELED:
-        if now >= sub.current_period_end:
-            raise InvalidTransition("the period has ended; subscribe again", field="subscription")
-    elif (
-        sub.status == SubscriptionStatus.CANCELED
-        and sub.cancellation_kind == CancellationKind.VOLUNTARY
-        and sub.ended_at is not None
-        and now < sub.current_period_end
-        and sub.ended_at < sub.current_period_end
-        and sub.next_period_index > 0
-    ):
-        sub.status = SubscriptionStatus.ACTIVE if not sub.trial_end or sub.trial_end <= sub.current_period_start else SubscriptionStatus.TRIALING
-        sub.ended_at = None
-    else:
-        if sub.status == SubscriptionStatus.CANCELED:
-            raise InvalidTransition("the subscription has ended; subscribe again", field="subscription")
-        raise InvalidTransition("the subscription is not canceled", field="subscription")
-    sub.cancel_at_period_end = False
-    sub.canceled_at = None
-    sub.cancellation_kind = None
-    sub.cancellation_reason = None
-    sub.cancellation_comment = None
-    sub.canceled_by = None
-    sub.updated_at = now
-    session.add(sub)
-    events.record(session, events.EventType.SUBSCRIPTION_REACTIVATED, at=now, actor=actor,
-                  subscription_id=sub.id, customer_id=sub.customer_id,
-                  payload={"current_period_end": sub.current_period_end})
-    from billing_engine import notifications
-
-    notifications.enqueue(session, notifications.Kind.SUBSCRIPTION_REACTIVATED, customer_id=sub.customer_id,
-                          subscription_id=sub.id, dedupe_key=f"reactivated:{sub.id}:{now.isoformat()}", at=now,
-                          payload={"current_period_end": sub.current_period_end})
-    return sub
-
-
-def record_feedback(
-    session: Session, sub: Subscription, *, reason: str, comment: str | None, now: datetime, actor: str = "customer"
-) -> Subscription:
-    """The optional 'why did you leave?' answer, asked after cancelling."""
-    if sub.cancellation_kind != CancellationKind.VOLUNTARY:
-        raise InvalidTransition("feedback is only taken for a voluntary cancellation", field="subscription")
-    _, reason_ok = _check_kind_reason(CancellationKind.VOLUNTARY, reason)
-    if reason_ok is None:
-        raise ValidationError(f"must be one of {', '.join(VOLUNTARY_REASONS)}", field="reason")
-    sub.cancellation_reason = reason_ok
-    sub.cancellation_comment = validation.text(comment, "comment", max_length=2000) or None
-    sub.updated_at = now
-    session.add(sub)
-    events.record(session, events.EventType.SUBSCRIPTION_CANCELLATION_FEEDBACK, at=now, actor=actor,
-                  subscription_id=sub.id, customer_id=sub.customer_id,
-                  payload={"reason": reason_ok, "comment": sub.cancellation_comment})
-    return sub
 
 
 def change_payment_method(

@@ -39,13 +39,12 @@ from typing import Any
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col, func, select
 
-from billing_engine import events, notifications, payment_methods, payments, refunds, subscriptions
+from billing_engine import cancellations, events, payment_methods, payments, refunds, subscriptions
 from billing_engine.errors import ValidationError
 from billing_engine.gateway.protocol import CardDetails, ChargeStatus, RefundResult, RefundStatus
 from billing_engine.gateway.stripe import intent_result
 from billing_engine.models import (
     AttemptStatus,
-    CancellationKind,
     CancellationReason,
     Dispute,
     Invoice,
@@ -342,13 +341,8 @@ def _cancel_for_dispute(session: Session, dispute: Dispute, *, now: datetime) ->
     assert sub is not None
     if sub.status == SubscriptionStatus.CANCELED:
         return f"subscription {sub.id} already canceled"
-    sub.cancel_at_period_end = False  # an involuntary end overrides a scheduled voluntary one
-    sub.cancellation_kind = None
-    subscriptions.end(session, sub, kind=CancellationKind.INVOLUNTARY, reason=CancellationReason.DISPUTE.value,
-                      now=now, effective_at=now, actor="system:dispute")
-    notifications.enqueue(session, notifications.Kind.CANCELED_INVOLUNTARY, customer_id=sub.customer_id,
-                          subscription_id=sub.id, dedupe_key=f"canceled:{sub.id}", at=now,
-                          payload={"reason": CancellationReason.DISPUTE.value, "dispute_id": dispute.id})
+    cancellations.end_involuntarily(session, sub, reason=CancellationReason.DISPUTE.value, now=now,
+                                    actor="system:dispute", details={"dispute_id": dispute.id})
     return f"canceled subscription {sub.id} (involuntary, dispute)"
 
 

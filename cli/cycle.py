@@ -2,20 +2,33 @@
 
 from __future__ import annotations
 
+import signal
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime
+from types import FrameType
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 from sqlalchemy.engine import Engine
 
+from billing_engine import claims
 from billing_engine.cycle import CycleSummary, run_cycle
 from billing_engine.gateway.factory import build_gateway
 from billing_engine.money import format_minor
 from billing_engine.settings import get_settings
-from cli.common import JsonOpt, console, engine, handle_errors, parse_at, print_json
+from cli.common import JsonOpt, console, engine, fail, handle_errors, parse_at, print_json
 
 
 def _deliver() -> Callable[[Engine, datetime], int]:
@@ -29,10 +42,10 @@ def print_summary(summary: CycleSummary) -> None:
     title = f"run-cycle at {summary.at.isoformat().replace('+00:00', 'Z')}" + (" (dry run)" if summary.dry_run else "")
     if summary.dry_run:
         t = Table(title=title)
-        for col in ("subscription", "customer", "plan", "action", "amount", "due at"):
+        for col in ("subscription", "customer", "plan", "action", "reason", "amount", "due at"):
             t.add_column(col)
         for w in summary.would_charge:
-            t.add_row(w["subscription_id"], w["customer_email"], w["plan"], w["action"],
+            t.add_row(w["subscription_id"], w["customer_email"], w["plan"], w["action"], w.get("reason") or "",
                       f"{w['amount']} {w['currency']}", str(w["due_at"])[:19])
         console.print(t)
         console.print(f"{summary.due} subscription(s) due; nothing was changed.")
@@ -42,6 +55,9 @@ def print_summary(summary: CycleSummary) -> None:
         ("due", summary.due), ("charges sent", summary.charged), ("succeeded", summary.succeeded),
         ("declined (soft, will retry)", summary.declined_soft), ("declined (hard)", summary.declined_hard),
         ("outcome unknown (reconciled next run)", summary.unknown), ("reconciled", summary.reconciled),
+        ("left unresolved by an error (reconciled next run)", summary.unresolved),
+        ("refunded: charged after the customer cancelled", summary.refunded_after_cancel),
+        ("held by other workers (not processed here)", summary.held_by_other_workers),
         ("canceled involuntary", summary.canceled_involuntary),
         ("cancellations effective", summary.cancellations_effective), ("not charged (blocked)", summary.blocked),
         ("reminders queued", summary.reminders_queued), ("e-mails sent", summary.notifications_sent),
@@ -55,6 +71,39 @@ def print_summary(summary: CycleSummary) -> None:
         console.print(f"[yellow]warning:[/] {e}", highlight=False)
 
 
+@contextmanager
+def _stop_on_signals() -> Iterator[threading.Event]:
+    """SIGTERM / SIGINT: stop claiming, finish and settle in-flight calls, release claims."""
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield stop
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)
+
+
+def _print_status(json_out: bool) -> None:
+    holders = claims.holders(engine())
+    if json_out:
+        print_json([{"worker": h.worker, "subscriptions": h.subscriptions, "expires_at": h.expires_at,
+                     "live": h.live} for h in holders])
+        return
+    t = Table(title="run-cycle claims")
+    for col in ("worker", "subscriptions", "lease expires", "state"):
+        t.add_column(col)
+    for h in holders:
+        t.add_row(h.worker, str(h.subscriptions), h.expires_at.isoformat()[:19], "live" if h.live else "expired")
+    console.print(t if holders else "no claims held")
+
+
 def register(app: typer.Typer) -> None:
     @app.command("run-cycle")
     @handle_errors
@@ -64,24 +113,52 @@ def register(app: typer.Typer) -> None:
         limit: int | None = typer.Option(None, "--limit", min=1, help="Process at most N subscriptions."),
         no_email: bool = typer.Option(False, "--no-email", help="Queue e-mails but do not send them now."),
         json_out: bool = JsonOpt,
+        status: bool = typer.Option(False, "--status", help="List the workers holding claims on subscriptions; change nothing."),
+        release_claims: str | None = typer.Option(
+            None, "--release-claims", metavar="WORKER|expired",
+            help="Release the claims of a worker that died (its id from --status), or every expired claim."),
     ) -> None:
         """Charge due renewals, retry dunning, end scheduled cancellations, queue reminders.
 
-        Exit code 0 when the run completed (declines are business outcomes, not failures)."""
+        Exit codes: 0 the run completed (declines are business outcomes, not failures);
+        75 the gateway was unreachable (breaker); 78 the gateway refused our configuration;
+        70 database error; 143 stopped by SIGTERM/SIGINT after settling in-flight charges."""
+        if status:
+            _print_status(json_out)
+            return
+        if release_claims is not None:
+            n = claims.release_all(engine(), worker=None if release_claims == "expired" else release_claims)
+            if json_out:
+                print_json({"released": n})
+            else:
+                console.print(f"released {n} claim(s)")
+            return
         now = parse_at(at)
         settings = get_settings()
         eng = engine()
         gateway = build_gateway(settings)
         deliver = None if (no_email or dry_run) else _deliver()
-        if json_out or dry_run or not sys.stderr.isatty():
-            summary = run_cycle(eng, gateway, now=now, settings=settings, limit=limit, dry_run=dry_run, deliver=deliver)
-        else:
-            with Progress(TextColumn("charging"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                          console=console, transient=True) as progress:
-                task = progress.add_task("run-cycle", total=None)
-                summary = run_cycle(eng, gateway, now=now, settings=settings, limit=limit, dry_run=False,
-                                    deliver=deliver, on_progress=lambda done, _t: progress.update(task, completed=done))
+        with _stop_on_signals() as stop:
+            if json_out or dry_run or not sys.stderr.isatty():
+                summary = run_cycle(eng, gateway, now=now, settings=settings, limit=limit, dry_run=dry_run,
+                                    deliver=deliver, stop=stop)
+            else:
+                with Progress(TextColumn("charging"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
+                              TextColumn("{task.fields[rate]}/s"), TimeElapsedColumn(), TimeRemainingColumn(),
+                              console=console, transient=True) as progress:
+                    task = progress.add_task("run-cycle", total=None, rate="0")
+
+                    def on_progress(done: int, total: int) -> None:
+                        elapsed = progress.tasks[0].elapsed or 0.0
+                        progress.update(task, completed=done, total=total or None,
+                                        rate=f"{done / elapsed:.0f}" if elapsed > 0 else "0")
+                    summary = run_cycle(eng, gateway, now=now, settings=settings, limit=limit, dry_run=False,
+                                        deliver=deliver, on_progress=on_progress, stop=stop)
         if json_out:
             print_json(summary.as_dict())
         else:
             print_summary(summary)
+        if summary.stopped is not None:
+            fail(f"run-cycle stopped: {summary.stop_message}; {summary.unresolved} attempt(s) left unresolved and "
+                 f"{max(summary.total_due - summary.due, 0)} due subscription(s) not processed; "
+                 "nothing was charged twice — run again once fixed", summary.exit_code)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 from sqlmodel import Session
 
-from billing_engine import events, subscriptions
+from billing_engine import cancellations, events, subscriptions
 from billing_engine.models import Subscription
 from billing_engine.money import format_minor
 from cli.common import JsonOpt, console, handle_errors, make_table, parse_at, print_json, print_record, unit_of_work
@@ -108,7 +108,7 @@ def cancel_cmd(
     when = parse_at(at)
     with unit_of_work() as s:
         sub = subscriptions.get(s, subscription)
-        res = subscriptions.cancel(s, sub, kind=kind, reason=reason, comment=comment,
+        res = cancellations.cancel(s, sub, kind=kind, reason=reason, comment=comment,
                                    at_period_end=False if now_ else None, now=when, actor="admin:cli")
         data = sub_dict(s, res.subscription) | {"effective_at": res.effective_at, "changed": res.changed}
     if json_out:
@@ -127,7 +127,7 @@ def undo_cmd(
     """Take back a cancellation before the period ends."""
     when = parse_at(at)
     with unit_of_work() as s:
-        sub = subscriptions.undo_cancel(s, subscriptions.get(s, subscription), now=when, actor="admin:cli")
+        sub = cancellations.undo(s, subscriptions.get(s, subscription), now=when, actor="admin:cli")
         data = sub_dict(s, sub)
     if json_out:
         print_json(data)

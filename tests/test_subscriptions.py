@@ -7,7 +7,7 @@ from datetime import timedelta
 import pytest
 from sqlmodel import Session, select
 
-from billing_engine import customers, payment_methods, plans, subscriptions
+from billing_engine import cancellations, customers, payment_methods, plans, subscriptions
 from billing_engine.db import transaction
 from billing_engine.errors import Conflict, ConsentRequired, InvalidTransition, ValidationError
 from billing_engine.models import Consent, Event, PaymentMethod
@@ -73,9 +73,9 @@ def test_bad_consent_fields_are_named(engine, now) -> None:  # type: ignore[no-u
 def test_cancel_twice_is_a_conflict_after_it_ended(engine, now) -> None:  # type: ignore[no-untyped-def]
     with transaction(engine) as s:
         sub = make_subscription(s, now)
-        subscriptions.cancel(s, sub, now=now, at_period_end=False)
+        cancellations.cancel(s, sub, now=now, at_period_end=False)
     with pytest.raises(InvalidTransition), transaction(engine) as s:
-        subscriptions.cancel(s, subscriptions.get(s, sub.id), now=now)
+        cancellations.cancel(s, subscriptions.get(s, sub.id), now=now)
 
 
 def test_repeating_a_scheduled_cancel_changes_nothing(engine, now) -> None:  # type: ignore[no-untyped-def]
@@ -87,9 +87,9 @@ def test_repeating_a_scheduled_cancel_changes_nothing(engine, now) -> None:  # t
         sub_id = make_subscription(s, now).id
     run_cycle(engine, FakeGateway(), now=now, settings=load_settings())
     with transaction(engine) as s:
-        first = subscriptions.cancel(s, subscriptions.get(s, sub_id), reason="unused", now=now + timedelta(days=1))
+        first = cancellations.cancel(s, subscriptions.get(s, sub_id), reason="unused", now=now + timedelta(days=1))
     with transaction(engine) as s:
-        again = subscriptions.cancel(s, subscriptions.get(s, sub_id), now=now + timedelta(days=2))
+        again = cancellations.cancel(s, subscriptions.get(s, sub_id), now=now + timedelta(days=2))
     assert first.changed and not again.changed
     with Session(engine) as s:
         n = len(s.exec(select(Event).where(Event.type == "subscription.cancel_scheduled")).all())
@@ -106,8 +106,8 @@ def test_undo_before_period_end_restores_the_renewal(engine, now) -> None:  # ty
         sub_id = make_subscription(s, now).id
     run_cycle(engine, FakeGateway(), now=now, settings=load_settings())
     with transaction(engine) as s:
-        subscriptions.cancel(s, subscriptions.get(s, sub_id), now=now + timedelta(days=1))
-        subscriptions.undo_cancel(s, subscriptions.get(s, sub_id), now=now + timedelta(days=2))
+        cancellations.cancel(s, subscriptions.get(s, sub_id), now=now + timedelta(days=1))
+        cancellations.undo(s, subscriptions.get(s, sub_id), now=now + timedelta(days=2))
     with Session(engine) as s:
         sub = subscriptions.get(s, sub_id)
         assert (sub.cancel_at_period_end, sub.cancellation_kind, sub.status) == (False, None, "active")
@@ -118,7 +118,7 @@ def test_voluntary_reason_must_be_a_known_code(engine, now) -> None:  # type: ig
     with transaction(engine) as s:
         sub = make_subscription(s, now)
     with pytest.raises(ValidationError) as exc, transaction(engine) as s:
-        subscriptions.cancel(s, subscriptions.get(s, sub.id), reason="payment_failed", now=now)
+        cancellations.cancel(s, subscriptions.get(s, sub.id), reason="payment_failed", now=now)
     assert exc.value.field == "reason"
 
 

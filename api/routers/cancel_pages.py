@@ -28,11 +28,10 @@ from fastapi.templating import Jinja2Templates
 from sqlmodel import Session
 
 from api.deps import EngineDep, NowDep, SettingsDep
-from billing_engine import links, notifications, subscriptions
+from billing_engine import cancellations, links, notifications, subscriptions
 from billing_engine.db import transaction
 from billing_engine.errors import BillingError
 from billing_engine.models import (
-    VOLUNTARY_REASONS,
     CancellationKind,
     Customer,
     Plan,
@@ -57,7 +56,7 @@ REASON_LABELS: dict[str, str] = {
     "low_quality": "The quality was lower than I expected",
     "other": "Another reason",
 }
-assert tuple(REASON_LABELS) == VOLUNTARY_REASONS
+assert tuple(REASON_LABELS) == cancellations.VOLUNTARY_REASONS
 
 # Personal data behind a capability URL: never cached, never indexed, never leaked
 # through Referer, never framed.
@@ -105,21 +104,6 @@ def _every(plan: Plan) -> str:
     return f"every {plan.interval}" if n == 1 else f"every {n} {plan.interval}s"
 
 
-def _can_undo(sub: Subscription, now: datetime) -> bool:
-    """Mirrors ``subscriptions.undo_cancel``'s rule, to show the button only when it works."""
-    if now >= sub.current_period_end:
-        return False
-    if sub.cancel_at_period_end and sub.status != SubscriptionStatus.CANCELED:
-        return True
-    return (
-        sub.status == SubscriptionStatus.CANCELED
-        and sub.cancellation_kind == CancellationKind.VOLUNTARY
-        and sub.ended_at is not None
-        and sub.ended_at < sub.current_period_end
-        and sub.next_period_index > 0
-    )
-
-
 def _ends_now_if_canceled(sub: Subscription, plan: Plan, now: datetime) -> bool:
     unpaid = sub.status in (SubscriptionStatus.INCOMPLETE, SubscriptionStatus.PAST_DUE)
     return plan.cancel_immediately or unpaid or sub.current_period_end <= now
@@ -161,7 +145,7 @@ def _view(session: Session, sub: Subscription, settings: Any, now: datetime) -> 
         "ended_on": _date(sub.ended_at),
         "canceled_on": _date(sub.canceled_at),
         "voluntary": voluntary,
-        "can_undo": _can_undo(sub, now),
+        "can_undo": cancellations.can_undo(sub, now),
         "feedback_open": voluntary and not sub.cancellation_reason,
         "given_reason": REASON_LABELS.get(sub.cancellation_reason or "", sub.cancellation_reason or ""),
         "reasons": list(REASON_LABELS.items()),
@@ -247,7 +231,7 @@ def cancel_submit(
                 return PlainTextResponse("This cancel link is not valid.", status_code=404, headers=SECURITY_HEADERS)
             return _bad_link(request, settings, token, None)
         if sub.status != SubscriptionStatus.CANCELED and not sub.cancel_at_period_end:
-            subscriptions.cancel(session, sub, kind=CancellationKind.VOLUNTARY, now=now, actor="customer")
+            cancellations.cancel(session, sub, kind=CancellationKind.VOLUNTARY, now=now, actor="customer")
     if is_one_click:
         return PlainTextResponse("Your subscription is canceled. You will not be charged again.",
                                  headers=SECURITY_HEADERS)
@@ -273,7 +257,7 @@ def cancel_feedback(
                                       error="Please choose a reason, or just close this page.", status_code=422)
         try:
             with session.begin_nested():
-                subscriptions.record_feedback(session, sub, reason=reason, comment=comment, now=now,
+                cancellations.record_feedback(session, sub, reason=reason, comment=comment, now=now,
                                               actor="customer")
         except BillingError as exc:
             error = exc
@@ -298,7 +282,7 @@ def cancel_undo(request: Request, token: str, engine: EngineDep, settings: Setti
             return _back(request, token, "undone")  # already active: a repeated click
         try:
             with session.begin_nested():
-                subscriptions.undo_cancel(session, sub, now=now, actor="customer")  # queues the e-mail too
+                cancellations.undo(session, sub, now=now, actor="customer")  # queues the e-mail too
         except BillingError as exc:
             session.refresh(sub)
             return _subscription_page(request, token, session, sub, settings, now, error=exc.message,

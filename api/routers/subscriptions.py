@@ -32,7 +32,7 @@ from api.schemas import (
     clean_optional,
     clean_text,
 )
-from billing_engine import customers, subscriptions
+from billing_engine import cancellations, customers, subscriptions
 from billing_engine.db import transaction
 
 router = APIRouter(prefix="/v1/subscriptions", tags=["subscriptions"], dependencies=ADMIN)
@@ -82,7 +82,7 @@ def cancel_subscription(request: Request, subscription: SubscriptionId, body: Ca
                         now: NowDep, idempotency_key: IdempotencyKey = None) -> JSONResponse:
     def action(s: Session) -> CancelOut:
         sub = subscriptions.get(s, subscription)
-        res = subscriptions.cancel(s, sub, kind=body.kind, reason=body.reason, comment=body.comment,
+        res = cancellations.cancel(s, sub, kind=body.kind, reason=body.reason, comment=body.comment,
                                    at_period_end=body.at_period_end, now=now, actor="admin:api")
         return P.cancel_result(s, res)
 
@@ -94,7 +94,7 @@ def cancel_subscription(request: Request, subscription: SubscriptionId, body: Ca
 def undo_cancel(request: Request, subscription: SubscriptionId, engine: EngineDep, now: NowDep,
                 idempotency_key: IdempotencyKey = None) -> JSONResponse:
     def action(s: Session) -> SubscriptionOut:
-        sub = subscriptions.undo_cancel(s, subscriptions.get(s, subscription), now=now, actor="admin:api")
+        sub = cancellations.undo(s, subscriptions.get(s, subscription), now=now, actor="admin:api")
         return P.subscription(s, sub)
 
     return idempotency.in_transaction(request, engine, idempotency_key, None, 200, action)

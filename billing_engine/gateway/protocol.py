@@ -136,6 +136,13 @@ class GatewayError(Exception):
     """
 
 
+class GatewayAuthError(GatewayError):
+    """The gateway refused our credentials or account (401 / 403 / wrong account).
+
+    Our configuration, never the customer's card: a run-cycle stops at once (exit 78),
+    leaves the attempt unresolved, charges nothing more and e-mails no one."""
+
+
 class IdempotencyConflict(GatewayError):
     """The same idempotency key was reused with different parameters."""
 

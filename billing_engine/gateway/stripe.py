@@ -42,6 +42,7 @@ from billing_engine.gateway.protocol import (
     CardDetails,
     ChargeRequest,
     ChargeResult,
+    GatewayAuthError,
     GatewayError,
     GatewayUnreachable,
     IdempotencyConflict,
@@ -153,6 +154,8 @@ class StripeGateway:
                     currency=request.currency,
                     message=f"no answer from Stripe after retries ({_reason(exc)}); reconcile with find_charge",
                 )
+            if isinstance(exc, stripe.AuthenticationError | stripe.PermissionError):
+                raise GatewayAuthError(f"Stripe refused our credentials: {_reason(exc)}") from exc
             raise GatewayError(f"Stripe refused the charge: {_reason(exc)}") from exc
         return intent_result(intent)
 
@@ -175,6 +178,8 @@ class StripeGateway:
                     currency=None,
                     message=f"could not reach Stripe to reconcile ({_reason(exc)}); try again later",
                 )
+            if isinstance(exc, stripe.AuthenticationError | stripe.PermissionError):
+                raise GatewayAuthError(f"Stripe refused our credentials: {_reason(exc)}") from exc
             raise GatewayError(f"could not search for the charge: {_reason(exc)}") from exc
         intents = [
             i
@@ -372,6 +377,8 @@ def _error(action: str, exc: stripe.StripeError) -> GatewayError:
     """A non-charge failure: unreachable after retries, or refused by Stripe."""
     if is_transient(exc):
         return GatewayUnreachable(f"could not {action}: Stripe unreachable ({_reason(exc)})")
+    if isinstance(exc, stripe.AuthenticationError | stripe.PermissionError):
+        return GatewayAuthError(f"could not {action}: Stripe refused our credentials ({_reason(exc)})")
     return GatewayError(f"could not {action}: {_reason(exc)}")
 
 

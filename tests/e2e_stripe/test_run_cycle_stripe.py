@@ -37,7 +37,7 @@ def select_plan():  # type: ignore[no-untyped-def]
 
 
 def cycle(engine: Engine, gateway: StripeGateway, settings: Settings, at: datetime) -> CycleSummary:
-    summary = run_cycle(engine, gateway, now=at, settings=settings)
+    summary = run_cycle(engine, gateway, now=at, settings=settings, concurrency=1)  # scripted faults: call order
     assert summary.errors == []
     return summary
 

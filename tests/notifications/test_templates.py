@@ -75,10 +75,10 @@ def _compose(engine: Engine, now: datetime, settings: Settings, kind: str, plan_
 
 
 def test_every_kind_has_a_template() -> None:
-    assert sorted(K.ALL) == mailer.known_kinds()
+    assert sorted(notifications.ALL_KINDS) == mailer.known_kinds()
 
 
-@pytest.mark.parametrize("kind", K.ALL)
+@pytest.mark.parametrize("kind", notifications.ALL_KINDS)
 def test_each_email_renders_text_and_html_with_its_facts(kind: str, sqlite_engine: Engine, now: datetime,
                                                          settings: Settings) -> None:
     msg = _compose(sqlite_engine, now, settings, kind)

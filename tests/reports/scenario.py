@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from billing_engine import refunds, subscriptions
+from billing_engine import cancellations, refunds, subscriptions
 from billing_engine.cycle import run_cycle
 from billing_engine.db import transaction
 from billing_engine.gateway.fake import FakeGateway
@@ -100,24 +100,24 @@ def build(engine: Engine, *, days: int = DAYS) -> World:
 
     @at(5)
     def _trial_cancel(s: Session, now: datetime) -> None:
-        subscriptions.cancel(s, w.sub(s, "T2"), kind="voluntary", reason="unused", at_period_end=False, now=now)
+        cancellations.cancel(s, w.sub(s, "T2"), kind="voluntary", reason="unused", at_period_end=False, now=now)
 
     @at(10)
     def _cancel_at_end(s: Session, now: datetime) -> None:
-        subscriptions.cancel(s, w.sub(s, "A1"), kind="voluntary", reason="too_expensive", now=now)
+        cancellations.cancel(s, w.sub(s, "A1"), kind="voluntary", reason="too_expensive", now=now)
 
     @at(20)
     def _daily_leaves(s: Session, now: datetime) -> None:
-        subscriptions.cancel(s, w.sub(s, "D1"), kind="voluntary", reason="too_complex", now=now)
+        cancellations.cancel(s, w.sub(s, "D1"), kind="voluntary", reason="too_complex", now=now)
 
     @at(40)
     def _cancel_now(s: Session, now: datetime) -> None:
-        subscriptions.cancel(s, w.sub(s, "A2"), kind="voluntary", reason="switched_service",
+        cancellations.cancel(s, w.sub(s, "A2"), kind="voluntary", reason="switched_service",
                              at_period_end=False, now=now)
 
     @at(45)
     def _dispute(s: Session, now: datetime) -> None:
-        subscriptions.cancel(s, w.sub(s, "A3"), kind="involuntary", reason="dispute", at_period_end=False,
+        cancellations.cancel(s, w.sub(s, "A3"), kind="involuntary", reason="dispute", at_period_end=False,
                              now=now, actor="system:dispute")
 
     @at(50)
@@ -139,7 +139,7 @@ def build(engine: Engine, *, days: int = DAYS) -> World:
 
     @at(100)
     def _weekly_leaves(s: Session, now: datetime) -> None:
-        subscriptions.cancel(s, w.sub(s, "W1"), kind="voluntary", reason="other", now=now)
+        cancellations.cancel(s, w.sub(s, "W1"), kind="voluntary", reason="other", now=now)
 
     refund_plan = {20: ("A5", None), 75: ("J1", 500), 95: ("Y1", 4900)}
     for day in range(days):

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy.engine import Engine
 
-from billing_engine import subscriptions
+from billing_engine import cancellations, subscriptions
 from billing_engine.cycle import run_cycle
 from billing_engine.db import transaction
 from billing_engine.gateway.fake import FakeGateway
@@ -32,5 +32,5 @@ def build(engine: Engine) -> None:
         if day == 31:
             with transaction(engine) as s:
                 sub = subscriptions.list_subscriptions(s, plan_id="basic")[0]
-                subscriptions.cancel(s, sub, kind="voluntary", reason="unused", at_period_end=False, now=now)
+                cancellations.cancel(s, sub, kind="voluntary", reason="unused", at_period_end=False, now=now)
         run_cycle(engine, gw, now=now)

@@ -86,4 +86,4 @@ def test_a_webhook_and_the_run_cycle_settling_the_same_attempt_apply_it_once(eng
             t.join(30)
     assert outcomes[-1] == payments.Outcome.ALREADY_SETTLED
     assert _count(engine, "invoice.paid") == 1
-    assert _count(engine, "payment.succeeded") == 1
+    assert _count(engine, "subscription.activated") == 1

@@ -132,5 +132,5 @@ def test_attempt_found_by_intent_id_without_metadata(engine: Engine, now: dateti
     with transaction(engine) as s:
         inv = s.get(Invoice, attempt.invoice_id)
         assert inv is not None and inv.status == "paid"
-        payload = json.loads(s.exec(select(Event).where(Event.type == "payment.succeeded")).one().payload)
+        payload = json.loads(s.exec(select(Event).where(Event.type == "invoice.paid")).one().payload)
     assert payload["gateway_charge_id"] == "pi_3Known"

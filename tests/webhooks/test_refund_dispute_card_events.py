@@ -158,13 +158,13 @@ def test_dispute_closed_before_created_arrives(engine: Engine, db_url: str, now:
 
 def test_lost_dispute_overrides_a_scheduled_voluntary_cancel(engine: Engine, db_url: str, now: datetime,
                                                              post: Post) -> None:
-    from billing_engine import subscriptions
+    from billing_engine import cancellations
 
     billed, _, pi = paid(engine, db_url, now)
     with transaction(engine) as s:
         sub = s.get(Subscription, billed.subscription_id)
         assert sub is not None
-        subscriptions.cancel(s, sub, reason="too_expensive", now=now)
+        cancellations.cancel(s, sub, reason="too_expensive", now=now)
     post(event("charge.dispute.closed", dispute("dp_3Sched", pi, status="lost")))
     sub = get(engine, Subscription, billed.subscription_id)
     assert (sub.status, sub.cancellation_kind, sub.cancellation_reason) == ("canceled", "involuntary", "dispute")
