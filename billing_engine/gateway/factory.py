@@ -25,5 +25,5 @@ def build_gateway(settings: Settings) -> PaymentGateway:
     from billing_engine.gateway.fake import FakeGateway
 
     if _fake_singleton is None:
-        _fake_singleton = FakeGateway()
+        _fake_singleton = FakeGateway(ledger_path=settings.fake_ledger, latency=settings.fake_latency_ms / 1000)
     return _fake_singleton

@@ -41,6 +41,14 @@ Switches (for tests, demos and benchmarks)
       after a lost answer replays the saved result. All tries failing -> UNKNOWN.
     * ``latency``: seconds slept (``sleep`` is injectable) per call.
 
+Durable ledger (``ledger_path`` / ``BILLING_FAKE_LEDGER``)
+    By default the fake's memory dies with its process. With ``ledger_path`` every
+    charge, refund, saved idempotent answer and per-token counter lives in a SQLite
+    file, written in the same lock as the answer: a charge made by a process that is
+    then killed is still known to the next process (reconciliation finds it, a re-send
+    with the same key replays it), ``billing refund create`` can refund it, and crash
+    tests check the money against this independent ledger.
+
 Money
     ``ledger`` lists every charge that moved money and every refund
     (:class:`LedgerEntry`); ``total_collected(cur)`` is gross charges,
@@ -49,12 +57,16 @@ Money
 
 from __future__ import annotations
 
+import contextlib
+import pickle
 import random
 import re
+import sqlite3
 import threading
 import time
+import uuid
 from collections import Counter, deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -99,6 +111,98 @@ class _Saved:
     result: Any
 
 
+class _Store:
+    """The fake's durable state in a SQLite file (one connection per thread)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._local = threading.local()
+        with contextlib.closing(self._connect()) as c:
+            c.execute("PRAGMA journal_mode=WAL")
+            c.execute("CREATE TABLE IF NOT EXISTS kv (ns TEXT, k TEXT, v BLOB, PRIMARY KEY (ns, k))")
+            c.execute("CREATE TABLE IF NOT EXISTS ledger (seq INTEGER PRIMARY KEY AUTOINCREMENT, entry BLOB, at REAL)")
+
+    def _connect(self) -> sqlite3.Connection:
+        c = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
+        c.execute("PRAGMA synchronous=NORMAL")
+        return c
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        c: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if c is None:
+            c = self._local.conn = self._connect()
+        return c
+
+    @contextlib.contextmanager
+    def txn(self) -> Iterator[None]:
+        if getattr(self._local, "depth", 0):
+            self._local.depth += 1
+            try:
+                yield
+            finally:
+                self._local.depth -= 1
+            return
+        self.conn.execute("BEGIN IMMEDIATE")
+        self._local.depth = 1
+        try:
+            yield
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        else:
+            self.conn.execute("COMMIT")
+        finally:
+            self._local.depth = 0
+
+    def get(self, ns: str, k: str) -> Any:
+        row = self.conn.execute("SELECT v FROM kv WHERE ns = ? AND k = ?", (ns, k)).fetchone()
+        return pickle.loads(row[0]) if row else None
+
+    def put(self, ns: str, k: str, v: Any) -> None:
+        self.conn.execute("INSERT OR REPLACE INTO kv (ns, k, v) VALUES (?, ?, ?)", (ns, k, pickle.dumps(v)))
+
+    def append(self, entry: LedgerEntry) -> None:
+        self.conn.execute("INSERT INTO ledger (entry, at) VALUES (?, ?)", (pickle.dumps(entry), time.time()))
+
+    def entries(self) -> list[LedgerEntry]:
+        return [pickle.loads(r[0]) for r in self.conn.execute("SELECT entry FROM ledger ORDER BY seq")]
+
+    def times(self) -> list[float]:
+        return [float(r[0]) for r in self.conn.execute("SELECT at FROM ledger ORDER BY seq")]
+
+
+class _Durable(MutableMapping[str, Any]):
+    """A dict whose values live in the store (``default`` for missing keys, like Counter)."""
+
+    def __init__(self, store: _Store, ns: str, default: Any = None) -> None:
+        self.store, self.ns, self.default = store, ns, default
+
+    def __getitem__(self, k: str) -> Any:
+        v = self.store.get(self.ns, k)
+        if v is None:
+            if self.default is None:
+                raise KeyError(k)
+            return self.default
+        return v
+
+    def get(self, k: str, default: Any = None) -> Any:
+        v = self.store.get(self.ns, k)
+        return default if v is None else v
+
+    def __setitem__(self, k: str, v: Any) -> None:
+        self.store.put(self.ns, k, v)
+
+    def __delitem__(self, k: str) -> None:  # pragma: no cover - never used
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[str]:  # pragma: no cover - never used
+        raise NotImplementedError
+
+    def __len__(self) -> int:  # pragma: no cover - never used
+        raise NotImplementedError
+
+
 class FakeGateway:
     """In-memory gateway; see the module docstring for tokens and switches."""
 
@@ -112,6 +216,8 @@ class FakeGateway:
         seed: int = 0,
         max_tries: int = 3,
         sleep: Callable[[float], None] = time.sleep,
+        ledger_path: str | None = None,
+        rate_limiter: Any = None,
     ) -> None:
         if not 0.0 <= transient_error_rate <= 1.0:
             raise ValueError("transient_error_rate must be between 0 and 1")
@@ -120,7 +226,8 @@ class FakeGateway:
         self.latency = latency
         self.transient_error_rate = transient_error_rate
         self.max_tries = max_tries
-        self.ledger: list[LedgerEntry] = []
+        self._ledger: list[LedgerEntry] = []
+        self.rate_limiter = rate_limiter  # anything with acquire(), e.g. a shared token bucket
         self.calls: list[tuple[str, str]] = []  # (operation, idempotency key or token)
         self._sleep = sleep
         self._rng = random.Random(seed)
@@ -133,6 +240,38 @@ class FakeGateway:
         self._scripts: dict[str, deque[str]] = {}
         self._attempts: Counter[str] = Counter()  # token -> charges that reached us
         self._seq = 0
+        self._store = _Store(ledger_path) if ledger_path else None
+        if self._store is not None:
+            self._saved = _Durable(self._store, "saved")  # type: ignore[assignment]
+            self._collected = _Durable(self._store, "collected")  # type: ignore[assignment]
+            self._refunded = _Durable(self._store, "refunded", 0)  # type: ignore[assignment]
+            self._attempts = _Durable(self._store, "attempts", 0)  # type: ignore[assignment]
+
+    @property
+    def ledger(self) -> list[LedgerEntry]:
+        """Every charge that moved money and every refund, oldest first."""
+        if self._store is not None:
+            return self._store.entries()
+        return self._ledger
+
+    def ledger_times(self) -> list[float]:
+        """Wall-clock times of the ledger entries (durable ledger only)."""
+        return self._store.times() if self._store is not None else []
+
+    @contextlib.contextmanager
+    def _txn(self) -> Iterator[None]:
+        with self._lock:
+            if self._store is None:
+                yield
+            else:
+                with self._store.txn():
+                    yield
+
+    def _record(self, entry: LedgerEntry) -> None:
+        if self._store is not None:
+            self._store.append(entry)
+        else:
+            self._ledger.append(entry)
 
     # -- switches -----------------------------------------------------------------
 
@@ -190,7 +329,7 @@ class FakeGateway:
             currency=request.currency,
             message="no answer from the payment processor; reconcile with find_charge",
         )
-        with self._lock:
+        with self._txn():
             self.calls.append(("charge", request.idempotency_key))
             forced = self._unknown_next.popleft() if self._unknown_next else None
             if forced is False:
@@ -209,7 +348,7 @@ class FakeGateway:
 
     def find_charge(self, idempotency_key: str, *, metadata: dict[str, str] | None = None) -> ChargeResult | None:
         self._pause()
-        with self._lock:
+        with self._txn():
             self.calls.append(("find_charge", idempotency_key))
             saved = self._saved.get(idempotency_key)
             if saved is None or saved.operation != "charge":
@@ -230,7 +369,7 @@ class FakeGateway:
             request.reason,
             tuple(sorted(request.metadata.items())),
         )
-        with self._lock:
+        with self._txn():
             self.calls.append(("refund", request.idempotency_key))
             replay = self._replay("refund", request.idempotency_key, fingerprint)
             if replay is not None:
@@ -252,7 +391,7 @@ class FakeGateway:
                 )
             refund_id = self._next_id("re")
             self._refunded[charge.id] += request.amount_minor
-            self.ledger.append(
+            self._record(
                 LedgerEntry(
                     kind="refund",
                     id=refund_id,
@@ -285,7 +424,7 @@ class FakeGateway:
         self._pause()
         card = _resolve(payment_method_token)
         fingerprint = (payment_method_token, gateway_customer_id)
-        with self._lock:
+        with self._txn():
             self.calls.append(("setup_off_session", idempotency_key))
             replay = self._replay("setup", idempotency_key, fingerprint)
             if replay is not None:
@@ -308,10 +447,14 @@ class FakeGateway:
     # -- internals ----------------------------------------------------------------
 
     def _pause(self) -> None:
+        if self.rate_limiter is not None:
+            self.rate_limiter.acquire()
         if self.latency > 0:
             self._sleep(self.latency)
 
     def _next_id(self, prefix: str) -> str:
+        if self._store is not None:  # unique across processes
+            return f"{prefix}_fake_{uuid.uuid4().hex[:16]}"
         self._seq += 1
         return f"{prefix}_fake_{self._seq:06d}"
 
@@ -353,7 +496,7 @@ class FakeGateway:
                 token=request.payment_method_token,
                 metadata=dict(request.metadata),
             )
-            self.ledger.append(entry)
+            self._record(entry)
             self._collected[charge_id] = entry
         else:
             result = outcomes.declined(

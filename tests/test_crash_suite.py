@@ -1,0 +1,95 @@
+"""The crash suite: real `billing run-cycle` processes, SIGKILLed at random instants
+(including between the gateway call and the commit), several at once, over three
+renewal dates; then one clean run, and an audit against the fake gateway's durable
+ledger (a SQLite file outside the engine's database, so a killed process's charges
+are still counted).
+
+Checked: every due (subscription, period) charged exactly once in the ledger; every
+ledger charge matched by exactly one paid invoice; no attempt left unresolved; money
+conserved per currency; no subscription left claimed. The long version (hundreds of
+kills, thousands of subscriptions) is bench/chaos_bench.py.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, func, select
+
+from billing_engine.db import transaction
+from billing_engine.gateway.fake import FakeGateway
+from billing_engine.models import Invoice, InvoiceStatus, PaymentAttempt, Subscription
+from tests.factories import make_plan, make_subscription
+
+ROOT = Path(__file__).resolve().parents[1]
+T0 = datetime(2026, 1, 10, 8, 0, tzinfo=UTC)
+DATES = ["2026-01-10T09:00:00Z", "2026-02-10T09:00:00Z", "2026-03-10T09:00:00Z"]
+N = 24
+LEASE_S = 1.0
+
+
+def _env(db_url: str, ledger: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BILLING_")}
+    env.update(
+        BILLING_ENV="test", BILLING_DATABASE_URL=db_url, BILLING_GATEWAY="fake", BILLING_FAKE_LEDGER=str(ledger),
+        BILLING_FAKE_LATENCY_MS="15", BILLING_CLAIM_LEASE_SECONDS=str(LEASE_S), BILLING_CYCLE_BATCH_SIZE="4",
+        BILLING_GATEWAY_CONCURRENCY="3", BILLING_MAIL_TRANSPORT="none", PYTHONPATH=str(ROOT),
+    )
+    return env
+
+
+def _run(env: dict[str, str], at: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "cli.main", "run-cycle", "--at", at, "--json", "--no-email"],
+                            env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def test_killed_workers_never_double_charge_nor_miss_a_period(db_url: str, engine: Engine, tmp_path: Path) -> None:
+    rng = random.Random(20261206)
+    with transaction(engine) as s:
+        plan = make_plan(s, T0)
+        ids = [make_subscription(s, T0, plan=plan, email=f"crash{i}@example.com").id for i in range(N)]
+    ledger = tmp_path / "gateway-ledger.db"
+    env = _env(db_url, ledger)
+    kills = 0
+    for at in DATES:
+        for _round in range(2):
+            procs = [_run(env, at) for _ in range(3)]
+            time.sleep(rng.uniform(0.9, 1.6))  # interpreter start-up, then somewhere in the run
+            for p in procs[:2]:
+                if p.poll() is None:
+                    p.send_signal(signal.SIGKILL)
+                    kills += 1
+            for p in procs:
+                p.wait(timeout=120)
+        time.sleep(LEASE_S + 0.3)  # the killed workers' claims lapse
+        final = subprocess.run([sys.executable, "-m", "cli.main", "run-cycle", "--at", at, "--json", "--no-email"],
+                               env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert final.returncode == 0, final.stderr
+    assert kills >= 3  # the suite really killed workers mid-run
+
+    gw = FakeGateway(ledger_path=str(ledger))
+    charges = [e for e in gw.ledger if e.kind == "charge"]
+    with Session(engine) as s:
+        paid = list(s.exec(select(Invoice).where(Invoice.status == InvoiceStatus.PAID)))
+        unresolved = s.exec(select(func.count()).select_from(PaymentAttempt).where(
+            col(PaymentAttempt.status).in_(["pending", "unknown"]))).one()
+        claimed = s.exec(select(func.count()).select_from(Subscription).where(
+            col(Subscription.lease_owner).is_not(None))).one()
+        attempts = {a.idempotency_key: a for a in s.exec(select(PaymentAttempt))}
+    per_invoice = Counter(e.metadata["invoice_id"] for e in charges)
+    assert max(per_invoice.values()) == 1, "an invoice was charged twice"
+    assert {i.id for i in paid} == set(per_invoice), "ledger charges and paid invoices differ"
+    per_sub = Counter(i.subscription_id for i in paid)
+    assert per_sub == Counter({sid: len(DATES) for sid in ids}), "a period was missed or billed twice"
+    assert unresolved == 0 and claimed == 0
+    assert all(attempts[e.idempotency_key].gateway_charge_id == e.id for e in charges)
+    assert gw.total_collected("USD") == sum(i.amount_paid_minor for i in paid) == N * len(DATES) * 1700

@@ -1,0 +1,240 @@
+"""Exactly once under faults: only a definitive answer settles a charge; errors never
+become declines; the run stops cleanly on configuration errors, outages, stop requests
+and database failures; a charge that lands after the customer cancelled is refunded."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError
+from sqlmodel import Session, col, select
+
+from billing_engine import cancellations, charging
+from billing_engine.cycle import run_cycle
+from billing_engine.db import transaction
+from billing_engine.errors import DatabaseUnavailable
+from billing_engine.gateway import outcomes
+from billing_engine.gateway.fake import FakeGateway
+from billing_engine.gateway.protocol import (
+    ChargeRequest,
+    ChargeResult,
+    GatewayAuthError,
+    GatewayError,
+    IdempotencyConflict,
+)
+from billing_engine.models import (
+    AttemptStatus,
+    Notification,
+    PaymentAttempt,
+    Refund,
+    Subscription,
+)
+from billing_engine.settings import load_settings
+from tests.factories import make_plan, make_subscription
+
+SETTINGS = load_settings()
+T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
+
+
+def _subs(engine: Engine, n: int, *, plan_kw: dict[str, Any] | None = None) -> list[str]:
+    with transaction(engine) as s:
+        plan = make_plan(s, T0, **(plan_kw or {}))
+        return [make_subscription(s, T0, plan=plan, email=f"c{i}@example.com").id for i in range(n)]
+
+
+def _attempts(engine: Engine) -> list[PaymentAttempt]:
+    with Session(engine) as s:
+        return list(s.exec(select(PaymentAttempt).order_by(col(PaymentAttempt.created_at))))
+
+
+def _mail(engine: Engine, kind: str) -> int:
+    with Session(engine) as s:
+        return len(list(s.exec(select(Notification).where(Notification.kind == kind))))
+
+
+def _sub(engine: Engine, sub_id: str) -> Subscription:
+    with Session(engine) as s:
+        sub = s.get(Subscription, sub_id)
+        assert sub is not None
+        return sub
+
+
+class _Scripted:
+    """Wraps the fake: raises or loses answers as told, charging through the fake."""
+
+    name = "fake"
+
+    def __init__(self, inner: FakeGateway, *, charge_error: Exception | None = None,
+                 find_error: Exception | None = None, lose_answer: bool = False) -> None:
+        self.inner, self.charge_error, self.find_error, self.lose_answer = inner, charge_error, find_error, lose_answer
+        self.charge_calls = 0
+
+    def charge(self, request: ChargeRequest) -> ChargeResult:
+        self.charge_calls += 1
+        if self.charge_error is not None:
+            raise self.charge_error
+        result = self.inner.charge(request)
+        if self.lose_answer:
+            return outcomes.unknown(amount_minor=request.amount_minor, currency=request.currency, message="timeout")
+        return result
+
+    def find_charge(self, key: str, *, metadata: dict[str, str] | None = None) -> ChargeResult | None:
+        if self.find_error is not None:
+            raise self.find_error
+        return self.inner.find_charge(key, metadata=metadata)
+
+
+@pytest.mark.parametrize("error", [
+    GatewayAuthError("401: expired API key"), GatewayError("400: search is not available"),
+    IdempotencyConflict("keys reused with different parameters"),
+])
+def test_an_error_while_reconciling_never_becomes_a_decline_or_a_second_charge(engine: Engine, error: Exception) -> None:
+    [sub_id] = _subs(engine, 1)
+    fake = FakeGateway()
+    first = run_cycle(engine, _Scripted(fake, lose_answer=True), now=T0, settings=SETTINGS)  # type: ignore[arg-type]
+    assert first.unknown == 1 and len(fake.ledger) == 1
+    # next run: the lookup fails and so does the re-send with the same key
+    broken = _Scripted(fake, find_error=error, charge_error=error)
+    second = run_cycle(engine, broken, now=T0 + timedelta(days=1), settings=SETTINGS)  # type: ignore[arg-type]
+    [attempt] = _attempts(engine)
+    assert attempt.status in (AttemptStatus.UNKNOWN, AttemptStatus.PENDING)  # still unresolved
+    assert second.declined_soft == 0 and second.unresolved == 1
+    assert _sub(engine, sub_id).status == "incomplete"  # no dunning
+    assert _mail(engine, "payment_failed") == 0
+    # a later dunning-free run with a working gateway settles it from the ledger: one charge
+    third = run_cycle(engine, fake, now=T0 + timedelta(days=2), settings=SETTINGS)
+    assert third.reconciled == 1 and len(fake.ledger) == 1
+    assert [a.status for a in _attempts(engine)] == [AttemptStatus.SUCCEEDED]
+    assert _sub(engine, sub_id).status == "active"
+
+
+def test_a_rejected_api_key_stops_the_run_and_tells_no_customer(engine: Engine) -> None:
+    _subs(engine, 6)
+    fake = FakeGateway()
+    gw = _Scripted(fake, charge_error=GatewayAuthError("401: Invalid API Key provided"))
+    summary = run_cycle(engine, gw, now=T0, settings=SETTINGS, batch_size=2, concurrency=1)  # type: ignore[arg-type]
+    assert summary.stopped == "gateway_configuration" and summary.exit_code == 78
+    assert gw.charge_calls == 1  # stopped at once
+    assert fake.ledger == []
+    assert all(a.status == AttemptStatus.PENDING for a in _attempts(engine))
+    assert _mail(engine, "payment_failed") == 0 and summary.declined_soft == 0
+    # the key is fixed: the next run charges every period once
+    again = run_cycle(engine, fake, now=T0 + timedelta(minutes=10), settings=SETTINGS)
+    assert again.stopped is None and again.succeeded == 6 and len(fake.ledger) == 6
+
+
+def test_an_unreachable_gateway_trips_the_breaker(engine: Engine) -> None:
+    _subs(engine, 30)
+    fake = FakeGateway()
+    fake.unknown_next(charged=False, times=1000)
+    settings = load_settings(gateway_breaker_failures=5)
+    summary = run_cycle(engine, fake, now=T0, settings=settings, batch_size=10, concurrency=1)
+    assert summary.stopped == "gateway_unreachable" and summary.exit_code == 75
+    calls = [c for c in fake.calls if c[0] == "charge"]
+    assert len(calls) == 5  # not 30 x the retry budget
+    assert fake.ledger == []
+
+
+def test_claims_of_another_live_worker_are_reported_not_silently_skipped(engine: Engine) -> None:
+    ids = _subs(engine, 4)
+    from billing_engine import claims
+
+    got = claims.claim(engine, now=T0, worker="other-host:1:dead", batch_size=3, lease=timedelta(minutes=5))
+    assert len(got) == 3
+    summary = run_cycle(engine, FakeGateway(), now=T0, settings=SETTINGS)
+    assert summary.succeeded == 1 and summary.held_by_other_workers == 3
+    [holder] = claims.holders(engine)
+    assert (holder.worker, holder.subscriptions, holder.live) == ("other-host:1:dead", 3, True)
+    assert claims.release_all(engine, worker="other-host:1:dead") == 3
+    later = run_cycle(engine, FakeGateway(), now=T0, settings=SETTINGS)
+    assert later.succeeded == 3 and later.held_by_other_workers == 0
+    assert len(ids) == 4
+
+
+def test_a_stop_request_settles_in_flight_charges_and_releases_every_claim(engine: Engine) -> None:
+    _subs(engine, 40)
+    fake = FakeGateway(latency=0.05)
+    stop = threading.Event()
+    threading.Timer(0.3, stop.set).start()
+    summary = run_cycle(engine, fake, now=T0, settings=SETTINGS, batch_size=5, concurrency=2, stop=stop)
+    assert summary.stopped == "stop_requested" and summary.exit_code == 143
+    assert 0 < summary.succeeded < 40
+    attempts = _attempts(engine)
+    assert all(a.status == AttemptStatus.SUCCEEDED for a in attempts)  # nothing charged is left pending
+    assert len(attempts) == len(fake.ledger) == summary.succeeded
+    with Session(engine) as s:
+        assert s.exec(select(Subscription).where(col(Subscription.lease_owner).is_not(None))).first() is None
+
+
+def test_a_database_failure_while_settling_ends_the_run_and_loses_nothing(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    [sub_id] = _subs(engine, 1)
+    fake = FakeGateway()
+    real = charging.settle
+
+    def broken(*a: Any, **kw: Any) -> Any:
+        raise OperationalError("UPDATE ...", {}, Exception("server closed the connection unexpectedly"))
+
+    monkeypatch.setattr(charging, "settle", broken)
+    with pytest.raises(DatabaseUnavailable) as err:
+        run_cycle(engine, fake, now=T0, settings=SETTINGS)
+    assert err.value.exit_code == 70
+    assert [a.status for a in _attempts(engine)] == [AttemptStatus.PENDING] and len(fake.ledger) == 1
+    monkeypatch.setattr(charging, "settle", real)
+    again = run_cycle(engine, fake, now=T0, settings=SETTINGS)
+    assert again.reconciled == 1 and len(fake.ledger) == 1
+    assert _sub(engine, sub_id).status == "active"
+
+
+class _CancelDuringCharge:
+    """Charges through the fake only after the customer's cancel has committed."""
+
+    name = "fake"
+
+    def __init__(self, inner: FakeGateway, engine: Engine, sub_id: str, *, at_period_end: bool, when: datetime) -> None:
+        self.inner, self.engine, self.sub_id, self.at_period_end, self.when = inner, engine, sub_id, at_period_end, when
+
+    def charge(self, request: ChargeRequest) -> ChargeResult:
+        with transaction(self.engine) as s:  # the customer clicks "cancel" now
+            sub = s.get(Subscription, self.sub_id)
+            assert sub is not None
+            cancellations.cancel(s, sub, at_period_end=self.at_period_end, now=self.when)
+        return self.inner.charge(request)
+
+    def find_charge(self, key: str, *, metadata: dict[str, str] | None = None) -> ChargeResult | None:
+        return self.inner.find_charge(key, metadata=metadata)
+
+    def refund(self, request: Any) -> Any:
+        return self.inner.refund(request)
+
+
+def test_an_immediate_cancel_during_the_first_charge_is_refunded(engine: Engine) -> None:
+    [sub_id] = _subs(engine, 1)
+    fake = FakeGateway()
+    gw = _CancelDuringCharge(fake, engine, sub_id, at_period_end=False, when=T0)
+    summary = run_cycle(engine, gw, now=T0, settings=SETTINGS)  # type: ignore[arg-type]
+    assert summary.refunded_after_cancel == 1 and summary.succeeded == 0
+    assert fake.total_collected("USD") == 1700 and fake.net_collected("USD") == 0  # the money went back
+    with Session(engine) as s:
+        [refund] = s.exec(select(Refund)).all()
+        assert refund.status == "succeeded" and refund.amount_minor == 1700
+    assert _mail(engine, "refund") == 1 and _mail(engine, "receipt") == 0
+    assert _sub(engine, sub_id).status == "canceled"
+
+
+def test_a_cancel_at_period_end_during_the_renewal_ends_when_promised_and_refunds(engine: Engine) -> None:
+    [sub_id] = _subs(engine, 1)
+    fake = FakeGateway()
+    run_cycle(engine, fake, now=T0, settings=SETTINGS)  # first period paid: Mar 1 - Apr 1
+    renewal = datetime(2026, 4, 1, 9, 0, tzinfo=UTC)
+    gw = _CancelDuringCharge(fake, engine, sub_id, at_period_end=True, when=renewal - timedelta(seconds=1))
+    summary = run_cycle(engine, gw, now=renewal, settings=SETTINGS)  # type: ignore[arg-type]
+    assert summary.refunded_after_cancel == 1
+    sub = _sub(engine, sub_id)
+    assert sub.status == "canceled" and sub.ended_at == renewal  # the end the page promised
+    assert sub.cancellation_kind == "voluntary"
+    assert fake.total_collected("USD") == 2 * 1700 and fake.net_collected("USD") == 1700
+    assert _mail(engine, "refund") == 1
