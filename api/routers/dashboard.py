@@ -4,7 +4,7 @@ Authentication: a browser cannot send ``Authorization: Bearer`` when it navigate
 page also accepts a session cookie set by a login form. ``POST /dashboard/login`` checks an
 admin token (constant time, ``api.auth.token_ok``) and sets ``billing_dashboard``: HttpOnly,
 SameSite=Strict, Path=/dashboard, Secure on https, 8 hours. Its value is signed with
-``BILLING_SECRET_KEY`` (itsdangerous) and holds only a SHA-256 fingerprint of the token,
+``BILLING_SECRET_KEYS`` / ``BILLING_SECRET_KEY`` (itsdangerous) and holds only a SHA-256 fingerprint of the token,
 never the token; removing the token from BILLING_ADMIN_TOKENS ends its sessions at once.
 Tokens in URLs (``?token=``) are deliberately NOT accepted: they end up in browser
 history, proxy logs and Referer headers. A Bearer header works too (scripts, tests).
@@ -27,6 +27,7 @@ from api.auth import token_ok
 from api.deps import EngineDep, NowDep, SettingsDep
 from api.routers.reports import EXPORT_FORMATS, export_response
 from billing_engine.errors import BillingError, ValidationError
+from billing_engine.links import itsdangerous_keys
 from billing_engine.reports import REPORTS, build_query, run_report
 from billing_engine.reports import dashboard as board
 from billing_engine.settings import Settings
@@ -51,7 +52,7 @@ def _fingerprint(token: str) -> str:
 
 
 def _signer(settings: Settings) -> URLSafeTimedSerializer:
-    return URLSafeTimedSerializer(settings.secret_key.get_secret_value(), salt="billing-dashboard-session")
+    return URLSafeTimedSerializer(itsdangerous_keys(settings), salt="billing-dashboard-session")
 
 
 def _tokens(settings: Settings) -> list[str]:
