@@ -23,7 +23,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
-from api.auth import token_ok
+from api.auth import record_failure, throttled, token_ok
 from api.deps import EngineDep, NowDep, SettingsDep
 from api.routers.reports import EXPORT_FORMATS, export_response
 from billing_engine.errors import BillingError, ValidationError
@@ -65,7 +65,10 @@ def authenticated(request: Request, settings: Settings) -> bool:
         return False
     scheme, _, value = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() == "bearer" and value.strip():
-        return token_ok(value.strip(), tokens)
+        if token_ok(value.strip(), tokens):
+            return True
+        record_failure(request, "invalid admin token (dashboard)")
+        return False
     raw = request.cookies.get(COOKIE)
     if not raw:
         return False
@@ -80,15 +83,35 @@ def authenticated(request: Request, settings: Settings) -> bool:
     return ok
 
 
-def _page(request: Request, name: str, context: dict[str, Any], status_code: int = 200) -> HTMLResponse:
-    return templates.TemplateResponse(request, name, context, status_code=status_code, headers=HEADERS)
+def _page(request: Request, name: str, context: dict[str, Any], status_code: int = 200,
+          headers: dict[str, str] | None = None) -> HTMLResponse:
+    return templates.TemplateResponse(request, name, context, status_code=status_code,
+                                      headers={**HEADERS, **(headers or {})})
 
 
-def _login(request: Request, settings: Settings, *, error: str | None = None, status_code: int = 401) -> HTMLResponse:
+def _login(request: Request, settings: Settings, *, error: str | None = None, status_code: int = 401,
+           headers: dict[str, str] | None = None) -> HTMLResponse:
     disabled = not _tokens(settings)
     return _page(request, "dashboard_login.html",
                  {"error": error, "disabled": disabled, "company_name": settings.company_name},
-                 status_code=503 if disabled else status_code)
+                 status_code=503 if disabled else status_code, headers=headers)
+
+
+def _throttled_page(request: Request, settings: Settings) -> HTMLResponse | None:
+    """The login page with 429 while this address has failed too often (api.auth's throttle)."""
+    wait = throttled(request) if _tokens(settings) else None
+    if wait is None:
+        return None
+    return _login(request, settings, status_code=429, headers={"Retry-After": str(wait)},
+                  error=f"Too many failed logins from this address. Try again in {wait} seconds.")
+
+
+def _gate(request: Request, settings: Settings) -> HTMLResponse | None:
+    """None when the request may see the dashboard, else the page to answer with."""
+    denied = _throttled_page(request, settings)
+    if denied is None and not authenticated(request, settings):
+        denied = _login(request, settings)
+    return denied
 
 
 @router.post("/dashboard/login")
@@ -98,7 +121,11 @@ async def login(request: Request, settings: SettingsDep) -> Response:
     tokens = _tokens(settings)
     if not tokens:
         return _login(request, settings)
+    denied = _throttled_page(request, settings)
+    if denied is not None:
+        return denied
     if not token or not token_ok(token, tokens):
+        record_failure(request, "invalid admin token (dashboard login)")
         return _login(request, settings, error="That token is not valid.")
     resp = RedirectResponse("/dashboard", status_code=303, headers={"Cache-Control": "no-store"})
     resp.set_cookie(COOKIE, _signer(settings).dumps({"fp": _fingerprint(token)}), max_age=MAX_AGE,
@@ -120,8 +147,9 @@ Opt = Annotated[str | None, Query(max_length=40)]
 def dashboard(request: Request, engine: EngineDep, settings: SettingsDep, now: NowDep,
               start: Annotated[str | None, Query(max_length=40, alias="from")] = None,
               to: Opt = None, currency: Opt = None) -> Response:
-    if not authenticated(request, settings):
-        return _login(request, settings)
+    denied = _gate(request, settings)
+    if denied is not None:
+        return denied
     params = {k: v for k, v in (("from", start), ("to", to), ("currency", currency)) if v}
     try:
         q = build_query(start=start, end=to, period="month", currency=currency, now=now)
@@ -146,8 +174,9 @@ def export(request: Request, name: str, engine: EngineDep, settings: SettingsDep
            to: Opt = None, currency: Opt = None, by: Opt = None, period: Opt = None,
            format: Opt = None) -> Response:
     """The same downloads as /v1/reports, for the logged-in browser."""
-    if not authenticated(request, settings):
-        return _login(request, settings)
+    denied = _gate(request, settings)
+    if denied is not None:
+        return denied
     if name not in REPORTS:
         raise ValidationError(f"must be one of {', '.join(REPORTS)}", field="name")
     fmt = (format or "csv").lower()
