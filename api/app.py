@@ -42,6 +42,7 @@ def create_app(
     clock: Callable[[], datetime] | None = None,
 ) -> FastAPI:
     settings = settings or get_settings()
+    settings.check_production_safety(serving_api=True)  # exit 78 / refuse to start when unsafe
     app = FastAPI(
         title="Billing engine API",
         version="1",

@@ -4,11 +4,24 @@ Never open by default: with no token configured every admin endpoint answers 503
 BILLING_ADMIN_TOKENS must be set. A missing or wrong token is a 401 problem with
 ``WWW-Authenticate: Bearer``; the request is not processed at all (nothing changes).
 The token is compared in constant time against every configured token.
+
+Guessing is throttled per client address: every wrong token (admin API Bearer or
+dashboard login) is logged, and after :data:`MAX_FAILURES` failures within
+:data:`FAILURE_WINDOW` seconds that address gets 429 (``Retry-After``) for every admin
+request, right or wrong, until the oldest failure leaves the window. The window lives in
+the process (one per app): with several workers each keeps its own, which bounds the
+guess rate per worker; put a shared limiter in the proxy for more.
 """
 
 from __future__ import annotations
 
 import hmac
+import logging
+import math
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import Depends, Request
@@ -26,6 +39,91 @@ bearer_scheme = HTTPBearer(
 )
 
 REALM = 'Bearer realm="billing-admin"'
+
+MAX_FAILURES = 10  # wrong tokens per client address ...
+FAILURE_WINDOW = 60.0  # ... within this many seconds, then 429
+MAX_TRACKED_ADDRESSES = 10_000  # memory bound: the least recently failing are forgotten first
+
+log = logging.getLogger("api.auth")
+
+
+class FailureThrottle:
+    """In-process sliding window of failed authentications per client address."""
+
+    def __init__(self, *, limit: int = MAX_FAILURES, window: float = FAILURE_WINDOW,
+                 clock: Callable[[], float] = time.monotonic, max_addresses: int = MAX_TRACKED_ADDRESSES) -> None:
+        self.limit, self.window, self.clock, self.max_addresses = limit, window, clock, max_addresses
+        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def _recent(self, address: str, now: float) -> deque[float]:
+        times = self._failures.get(address)
+        if times is None:
+            return deque()
+        while times and times[0] <= now - self.window:
+            times.popleft()
+        if not times:
+            del self._failures[address]
+        return times
+
+    def retry_after(self, address: str) -> int | None:
+        """Seconds until ``address`` may try again, or None when it is not throttled."""
+        with self._lock:
+            now = self.clock()
+            times = self._recent(address, now)
+            if len(times) < self.limit:
+                return None
+            return max(1, math.ceil(times[-self.limit] + self.window - now))
+
+    def failed(self, address: str) -> int:
+        """Record a failure; returns the failures of ``address`` within the window."""
+        with self._lock:
+            now = self.clock()
+            times = self._recent(address, now)
+            times.append(now)
+            self._failures[address] = times
+            self._failures.move_to_end(address)
+            while len(self._failures) > self.max_addresses:
+                self._failures.popitem(last=False)
+            return len(times)
+
+
+def throttle_for(request: Request) -> FailureThrottle:
+    """The app's throttle (created on first use; tests may set ``app.state.auth_throttle``)."""
+    state = request.app.state
+    throttle: FailureThrottle | None = getattr(state, "auth_throttle", None)
+    if throttle is None:
+        with _create_lock:
+            throttle = getattr(state, "auth_throttle", None)
+            if throttle is None:
+                throttle = state.auth_throttle = FailureThrottle()
+    return throttle
+
+
+_create_lock = threading.Lock()
+
+
+def client_address(request: Request) -> str:
+    """The peer address (behind a proxy: ``billing serve --proxy-headers`` makes it the client's)."""
+    return request.client.host if request.client else "unknown"
+
+
+def throttled(request: Request) -> int | None:
+    """Seconds to wait when this client failed too often recently, else None."""
+    return throttle_for(request).retry_after(client_address(request))
+
+
+def record_failure(request: Request, what: str) -> None:
+    """Count and log one failed authentication (never the token itself)."""
+    address = client_address(request)
+    count = throttle_for(request).failed(address)
+    log.warning("%s from %s (%s %s); %d failure(s) in the last %ds", what, address, request.method,
+                request.url.path, count, int(throttle_for(request).window))
+
+
+def too_many_failures(wait: int) -> JSONResponse:
+    return problem(429, f"too many failed admin logins from this address: retry in {wait} seconds",
+                   code="too_many_failures", headers={"Retry-After": str(wait)})
 
 
 class AdminAuthFailed(Exception):
@@ -55,12 +153,25 @@ def check(request: Request) -> JSONResponse | None:
             "the admin API is disabled: set BILLING_ADMIN_TOKENS (one or more comma-separated secrets)",
             code="admin_api_disabled",
         )
+    cached: JSONResponse | None | bool = getattr(request.state, "admin_auth_denied", False)
+    if cached is not False:  # checked already (an error handler asking again): count once
+        return cached  # type: ignore[return-value]
+    denied = _check(request, tokens)
+    request.state.admin_auth_denied = denied
+    return denied
+
+
+def _check(request: Request, tokens: list[str]) -> JSONResponse | None:
+    wait = throttled(request)
+    if wait is not None:
+        return too_many_failures(wait)
     header = request.headers.get("authorization", "")
     scheme, _, value = header.partition(" ")
     if not header:
         return problem(401, "missing admin token: send 'Authorization: Bearer <token>'",
                        code="unauthorized", headers={"WWW-Authenticate": REALM})
     if scheme.lower() != "bearer" or not value.strip() or not token_ok(value.strip(), tokens):
+        record_failure(request, "invalid admin token")
         return problem(401, "invalid admin token", code="unauthorized",
                        headers={"WWW-Authenticate": REALM + ', error="invalid_token"'})
     return None

@@ -11,6 +11,7 @@ _DESCRIPTIONS = {
     404: "Unknown id.",
     409: "Conflicts with the current state.",
     422: "Invalid input; `field` names the offending field.",
+    429: "Too many wrong admin tokens from this address; retry after `Retry-After` seconds.",
     503: "Admin API disabled (no BILLING_ADMIN_TOKENS), database or gateway unavailable.",
 }
 
@@ -28,5 +29,5 @@ def problems(*codes: int) -> dict[int | str, dict[str, Any]]:
 
 
 def admin(*codes: int) -> dict[int | str, dict[str, Any]]:
-    """Every admin endpoint can answer 401, 422 and 503."""
-    return problems(*sorted({401, 422, 503, *codes}))
+    """Every admin endpoint can answer 401, 422, 429 (auth throttle) and 503."""
+    return problems(*sorted({401, 422, 429, 503, *codes}))

@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
+import os
 import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# Benchmarks charge nobody: say so explicitly (an unset gateway is refused on PostgreSQL).
+os.environ.setdefault("BILLING_GATEWAY", "fake")
 
 from sqlalchemy import create_engine, func, text  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
@@ -77,7 +80,7 @@ def worker(url: str, latency: float, batch: int, out: mp.Queue) -> None:  # type
     from billing_engine.settings import load_settings
 
     engine = make_engine(url)
-    summary = run_cycle(engine, FakeGateway(latency=latency), now=NOW, settings=load_settings(database_url=url),
+    summary = run_cycle(engine, FakeGateway(latency=latency), now=NOW, settings=load_settings(database_url=url, gateway="fake"),
                         batch_size=batch)
     out.put((summary.succeeded, len(summary.errors)))
     engine.dispose()

@@ -13,12 +13,15 @@ never touches any other database. See bench/README.md.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# Benchmarks charge nobody: say so explicitly (an unset gateway is refused on PostgreSQL).
+os.environ.setdefault("BILLING_GATEWAY", "fake")
 
 from sqlalchemy import create_engine, text  # noqa: E402
 from sqlalchemy.engine import Engine, make_url  # noqa: E402

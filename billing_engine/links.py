@@ -1,13 +1,17 @@
 """Signed customer links: the one-click cancel link e-mailed to every customer.
 
-A cancel token is the subscription id signed with ``settings.secret_key`` (HMAC-SHA256,
-itsdangerous, salt ``"cancel-link"``) plus the time it was issued. It is bound to one
+A cancel token is the subscription id signed with the newest secret key (HMAC-SHA256,
+itsdangerous, salt ``"cancel-link"``) plus the time it was issued; every key of
+``settings.signing_keys()`` still verifies, so keys can be rotated without breaking links
+already e-mailed. It is bound to one
 subscription, expires after ``settings.cancel_link_max_age_days`` and cannot be forged
 or guessed. The token IS the capability: whoever holds it may see the subscription's
 cancel page and cancel it, without logging in (German §312k BGB, California ARL).
 
 "Now" is a parameter: tokens issued by a simulated run (``billing run-cycle --at``)
-carry the simulated time, and are verified against the app's clock.
+carry the simulated time, and are verified against the app's clock. Whatever the issue
+time, a link never works for longer than :data:`MAX_LIFETIME` from the verifier's "now":
+a link minted "in the future" (``billing cancel-link --at 2999-...``) does not verify.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from billing_engine.errors import BillingError
 
 SALT = "cancel-link"
 MAX_TOKEN_LENGTH = 400  # a real token is ~110 characters
+MAX_LIFETIME = timedelta(days=400)  # no link verifies for longer than this from "now"
 
 
 class InvalidCancelLink(BillingError):
@@ -56,11 +61,17 @@ class _ClockSigner(TimestampSigner):
         return self._now
 
 
+def itsdangerous_keys(settings: Any) -> list[str]:
+    """The secret keys in itsdangerous' order (oldest first, the LAST one signs)."""
+    keys = settings.signing_keys() if hasattr(settings, "signing_keys") else [settings.secret_key.get_secret_value()]
+    return list(reversed(keys))
+
+
 def _serializer(settings: Any, now: datetime) -> URLSafeTimedSerializer:
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
     return URLSafeTimedSerializer(
-        settings.secret_key.get_secret_value(),
+        itsdangerous_keys(settings),
         salt=SALT,
         signer=_ClockSigner,
         signer_kwargs={"now": int(now.timestamp()), "digest_method": hashlib.sha256},
@@ -72,7 +83,12 @@ def _now(now: datetime | None) -> datetime:
 
 
 def max_age(settings: Any) -> timedelta:
-    return timedelta(days=int(settings.cancel_link_max_age_days))
+    return min(timedelta(days=int(settings.cancel_link_max_age_days)), MAX_LIFETIME)
+
+
+def max_issue_ahead(settings: Any) -> timedelta:
+    """How far ahead of "now" a link may have been issued and still verify."""
+    return MAX_LIFETIME - max_age(settings)
 
 
 def make_cancel_token(settings: Any, subscription_id: str, now: datetime | None = None) -> str:
@@ -110,7 +126,10 @@ def verify_cancel_token(settings: Any, token: str, now: datetime | None = None) 
     if not isinstance(value, str) or not value:
         raise InvalidCancelLink(field="token")
     # A token "from the future" (issued by a run simulated ahead with --at, or clock
-    # skew between machines) is genuine: only the key holder can sign one. Accept it.
+    # skew between machines) is genuine: only the key holder can sign one. Accept it, but
+    # only while its whole lifetime stays within MAX_LIFETIME of now (no 1,000-year links).
+    if issued - now > max_issue_ahead(settings):
+        raise InvalidCancelLink(field="token")
     if now - issued > max_age(settings):
         raise ExpiredCancelLink(subscription_id=value, issued_at=issued)
     return value
@@ -120,7 +139,10 @@ __all__ = [
     "SALT",
     "ExpiredCancelLink",
     "InvalidCancelLink",
+    "MAX_LIFETIME",
     "expires_at",
+    "itsdangerous_keys",
+    "max_issue_ahead",
     "make_cancel_token",
     "make_cancel_url",
     "verify_cancel_token",

@@ -6,6 +6,7 @@ A missing or invalid setting is reported as one clear line by the CLI / API star
 
 from __future__ import annotations
 
+from enum import StrEnum
 from functools import lru_cache
 from typing import Annotated
 
@@ -16,6 +17,21 @@ from pydantic_settings.exceptions import SettingsError
 from billing_engine.errors import ConfigurationError
 
 DEFAULT_DUNNING_SCHEDULE = (1, 2, 3, 5, 7, 10, 14)  # days after the first failure
+DEV_SECRET_KEY = "dev-insecure-change-me"  # public (it is in this file): never safe to sign with
+MIN_SECRET_BYTES = 32
+GENERATE_HINT = 'generate one with: python3 -c "import secrets; print(secrets.token_urlsafe(32))"'
+UNSET_GATEWAY = ("BILLING_GATEWAY is not set (production: PostgreSQL, stripe or BILLING_ENV=production): "
+                 "set BILLING_GATEWAY=stripe (with BILLING_STRIPE_API_KEY) to charge cards, or "
+                 "BILLING_GATEWAY=fake to run without charging anyone")
+
+
+class Mode(StrEnum):
+    """Where the engine runs (``BILLING_ENV``). Production checks apply in ``production``."""
+
+    PRODUCTION = "production"
+    DEVELOPMENT = "development"
+    DEMO = "demo"
+    TEST = "test"
 
 
 class Settings(BaseSettings):
@@ -23,19 +39,31 @@ class Settings(BaseSettings):
         env_prefix="BILLING_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
     )
 
+    env: Mode | None = Field(
+        default=None,
+        description="production | development | demo | test. Unset: production when the database is "
+        "PostgreSQL or the gateway is stripe, else development. A live Stripe key is always production.",
+    )
     database_url: str = Field(
         default="sqlite:///billing.db",
         description="SQLAlchemy URL: sqlite:///billing.db or postgresql+psycopg://user@host/db",
     )
     secret_key: SecretStr = Field(
-        default=SecretStr("dev-insecure-change-me"),
+        default=SecretStr(DEV_SECRET_KEY),
         description="Signs customer cancel links. Set a long random value in production.",
+    )
+    secret_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description="Key rotation (comma separated): the first signs, every one (and BILLING_SECRET_KEY, "
+        "if set) still verifies.",
     )
     admin_tokens: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Bearer tokens accepted by the admin API (comma separated or JSON list).",
     )
-    gateway: str = Field(default="fake", description="fake | stripe")
+    gateway: str | None = Field(
+        default=None, description="fake | stripe. Unset means fake, but only outside production (see env)."
+    )
     stripe_api_key: SecretStr | None = None
     stripe_webhook_secret: SecretStr | None = None
     stripe_api_base: str | None = None
@@ -44,7 +72,7 @@ class Settings(BaseSettings):
     public_base_url: str = Field(
         default="http://127.0.0.1:8000", description="Base URL used in e-mailed links."
     )
-    cancel_link_max_age_days: int = Field(default=60, ge=1, le=3650)
+    cancel_link_max_age_days: int = Field(default=60, ge=1, le=400)
 
     dunning_schedule_days: Annotated[list[int], NoDecode] = Field(default_factory=lambda: list(DEFAULT_DUNNING_SCHEDULE))
     reminder_days_before: int = Field(default=7, ge=0, le=60)
@@ -89,7 +117,7 @@ class Settings(BaseSettings):
         description="Lifetime-value bucket limits (minor units): small < t0 <= medium < t1 <= large",
     )
 
-    @field_validator("admin_tokens", "dunning_schedule_days", "segment_thresholds_minor", mode="before")
+    @field_validator("admin_tokens", "secret_keys", "dunning_schedule_days", "segment_thresholds_minor", mode="before")
     @classmethod
     def _split_csv(cls, v: object) -> object:
         if isinstance(v, str):
@@ -117,10 +145,21 @@ class Settings(BaseSettings):
 
     @field_validator("gateway")
     @classmethod
-    def _check_gateway(cls, v: str) -> str:
+    def _check_gateway(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
         v = v.strip().lower()
         if v not in {"fake", "stripe"}:
             raise ValueError("must be 'fake' or 'stripe'")
+        return v
+
+    @field_validator("env", mode="before")
+    @classmethod
+    def _check_env(cls, v: object) -> object:
+        if isinstance(v, str):
+            v = v.strip().lower() or None
+            if v is not None and v not in {m.value for m in Mode}:
+                raise ValueError("must be production, development, demo or test")
         return v
 
     @field_validator("mail_transport")
@@ -141,6 +180,64 @@ class Settings(BaseSettings):
         if v[-1] > 60:
             raise ValueError("retries must end within 60 days")
         return v
+
+
+    # ----------------------------------------------------------------- mode and safety
+
+    @property
+    def mode(self) -> Mode:
+        """The one notion of "where are we running": explicit ``BILLING_ENV`` wins, except that
+        a live Stripe key is always production; unset, PostgreSQL or the stripe gateway mean
+        production and anything else (a local SQLite file) development."""
+        if self.live_stripe_key:
+            return Mode.PRODUCTION
+        if self.env is not None:
+            return self.env
+        if self.database_url.startswith("postgresql") or self.gateway == "stripe":
+            return Mode.PRODUCTION
+        return Mode.DEVELOPMENT
+
+    @property
+    def live_stripe_key(self) -> bool:
+        key = self.stripe_api_key.get_secret_value() if self.stripe_api_key else ""
+        return key.startswith(("sk_live_", "rk_live_"))
+
+    @property
+    def gateway_name(self) -> str:
+        """The gateway to build: the explicit ``BILLING_GATEWAY``, else ``fake`` (outside
+        production; :meth:`check_production_safety` refuses an unset one in production)."""
+        return self.gateway or "fake"
+
+    def signing_keys(self) -> list[str]:
+        """Cancel-link / session keys, newest first: the first signs, all verify."""
+        keys = [k.get_secret_value() for k in self.secret_keys if k.get_secret_value()]
+        if not keys or "secret_key" in self.model_fields_set:
+            keys.append(self.secret_key.get_secret_value())
+        return list(dict.fromkeys(keys))
+
+    def check_production_safety(self, *, serving_api: bool = False) -> None:
+        """Refuse to run in production with a public signing key, weak admin tokens or no
+        gateway choice. No-op in development, demo and test mode. Raises
+        :class:`ConfigurationError` (exit 78) with one line saying what to set."""
+        if self.mode is not Mode.PRODUCTION:
+            return
+        why = "(production: PostgreSQL, stripe or BILLING_ENV=production)"
+        for key in self.signing_keys():
+            name = "BILLING_SECRET_KEYS" if self.secret_keys else "BILLING_SECRET_KEY"
+            if key == DEV_SECRET_KEY:
+                raise ConfigurationError(f"{name} is not set and the built-in key is public {why}: "
+                                         f"anyone could forge cancel links; {GENERATE_HINT}")
+            if len(key.encode()) < MIN_SECRET_BYTES:
+                raise ConfigurationError(f"{name} is too short (a key needs at least {MIN_SECRET_BYTES} "
+                                         f"bytes) {why}; {GENERATE_HINT}")
+        tokens = [t for t in self.admin_tokens if t]
+        if serving_api and not tokens:
+            raise ConfigurationError(f"BILLING_ADMIN_TOKENS is not set {why}; {GENERATE_HINT}")
+        if any(len(t.encode()) < MIN_SECRET_BYTES for t in tokens):
+            raise ConfigurationError(f"BILLING_ADMIN_TOKENS has a token shorter than {MIN_SECRET_BYTES} bytes "
+                                     f"{why}; {GENERATE_HINT}")
+        if self.gateway is None:
+            raise ConfigurationError(UNSET_GATEWAY)
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -20,6 +20,7 @@ from sqlmodel import Session, SQLModel
 from billing_engine.db import get_engine, transaction
 from billing_engine.errors import BillingError, ConfigurationError
 from billing_engine.periods import parse_datetime
+from billing_engine.settings import Settings, get_settings
 
 console = Console(width=None if sys.stdout.isatty() else 140)
 err_console = Console(stderr=True)
@@ -35,12 +36,31 @@ def fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
-def handle_errors(fn: F) -> F:
-    """Turn engine errors into one line on stderr and a non-zero exit code."""
+def checked_settings(*, serving_api: bool = False) -> Settings:
+    """The environment's settings, refused (exit 78, one line) when they are unsafe for
+    production: see :meth:`Settings.check_production_safety`."""
+    settings = get_settings()
+    settings.check_production_safety(serving_api=serving_api)
+    return settings
 
+
+def handle_errors(fn: F) -> F:
+    """Check the settings (production safety), then run the command, turning engine errors
+    into one line on stderr and a non-zero exit code."""
+    return _wrap(fn, check_settings=True)
+
+
+def handle_errors_demo(fn: F) -> F:
+    """:func:`handle_errors` for `billing demo`, which brings its own settings (demo mode)."""
+    return _wrap(fn, check_settings=False)
+
+
+def _wrap(fn: F, *, check_settings: bool) -> F:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
+            if check_settings:
+                checked_settings()
             return fn(*args, **kwargs)
         except typer.Exit:
             raise

@@ -13,7 +13,7 @@ from billing_engine.errors import ValidationError
 from billing_engine.money import format_minor
 from billing_engine.periods import parse_datetime
 from billing_engine.settings import load_settings
-from cli.common import console, handle_errors
+from cli.common import console, handle_errors_demo
 
 
 def find_fixtures(given: Path | None) -> Path:
@@ -29,7 +29,7 @@ def find_fixtures(given: Path | None) -> Path:
 
 def register(app: typer.Typer) -> None:
     @app.command("demo")
-    @handle_errors
+    @handle_errors_demo
     def demo_cmd(
         database: Path = typer.Option(Path("demo.db"), help="SQLite file to (re)create for the demo."),
         mail_dir: Path = typer.Option(Path("demo-mail"), help="Where the customers' e-mails are written (.eml)."),
@@ -48,7 +48,7 @@ def register(app: typer.Typer) -> None:
         if mail_dir.exists():
             for old in mail_dir.glob("*.eml"):
                 old.unlink()
-        settings = load_settings(database_url=url, mail_transport="file", mail_dir=str(mail_dir),
+        settings = load_settings(env="demo", gateway="fake", database_url=url, mail_transport="file", mail_dir=str(mail_dir),
                                  company_name="The Ledger", mail_from="The Ledger <billing@ledger.example>",
                                  support_email="help@ledger.example")
         engine = make_engine(url)

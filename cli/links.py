@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import typer
 
 from billing_engine import links, subscriptions
+from billing_engine.errors import ValidationError
 from billing_engine.settings import get_settings
 from cli.common import JsonOpt, console, handle_errors, parse_at, print_json, unit_of_work
 
@@ -20,6 +23,10 @@ def register(app: typer.Typer) -> None:
         """Print the customer's one-click cancel link (signed, expiring; no login needed)."""
         now = parse_at(at)
         settings = get_settings()
+        ahead = now - datetime.now(UTC)
+        if ahead > links.max_issue_ahead(settings):
+            raise ValidationError(f"a link issued more than {links.max_issue_ahead(settings).days} days ahead would "
+                                  f"not work (no link lives longer than {links.MAX_LIFETIME.days} days)", field="--at")
         with unit_of_work() as s:
             sub = subscriptions.get(s, subscription)
             sub_id, status = sub.id, sub.status

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from cli.common import err_console, handle_errors
+from cli.common import checked_settings, err_console, handle_errors
 
 
 def register(app: typer.Typer) -> None:
@@ -21,9 +21,8 @@ def register(app: typer.Typer) -> None:
         import uvicorn
 
         from api.app import create_app
-        from billing_engine.settings import get_settings
 
-        settings = get_settings()
+        settings = checked_settings(serving_api=True)  # production: keys, admin tokens, gateway
         if log_level not in {"critical", "error", "warning", "info", "debug"}:
             from billing_engine.errors import ValidationError
 

@@ -24,6 +24,11 @@ from sqlalchemy.engine import Engine, make_url
 
 from billing_engine.db import make_engine, upgrade
 
+# The suite runs in test mode: the production checks (public signing key, unset gateway,
+# ...; billing_engine.settings.Mode) do not apply, here or in the `billing` processes the
+# tests spawn (they inherit this environment). Tests of the checks themselves override it.
+os.environ["BILLING_ENV"] = "test"
+
 PG_ENV = "BILLING_TEST_DATABASE_URL"
 NOW = datetime(2026, 1, 15, 9, 0, tzinfo=UTC)
 

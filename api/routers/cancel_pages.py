@@ -6,13 +6,16 @@
                                     unless the plan ends access at once), then shows the
                                     confirmation. Repeating it is harmless. Also the RFC 8058
                                     one-click target (``List-Unsubscribe=One-Click``): 200.
-- ``POST /cancel/{token}/feedback`` the optional reason, asked after cancelling.
+- ``POST /cancel/{token}/feedback`` the optional reason, asked after cancelling. The first
+                                    answer stands (a later post changes nothing: 409 page).
 - ``POST /cancel/{token}/undo``     reactivate before the period ends.
 - ``POST /cancel/{token}/resend``   from an expired (but genuine) link: e-mail a fresh one
                                     to the address on file.
 
 The signed token in the URL is the capability, so the forms carry no CSRF token: a
-third party who could forge the POST would already hold the link. Every endpoint owns
+third party who could forge the POST would already hold the link. Repeated clicks stay
+cheap: cancel/undo loops queue at most one e-mail of each kind while it is unsent
+(:mod:`billing_engine.abuse`). Every endpoint owns
 its transaction (committed before the response) and takes "now" from the app clock.
 """
 
@@ -28,7 +31,7 @@ from fastapi.templating import Jinja2Templates
 from sqlmodel import Session
 
 from api.deps import EngineDep, NowDep, SettingsDep
-from billing_engine import cancellations, links, notifications, subscriptions
+from billing_engine import abuse, cancellations, links, notifications, subscriptions
 from billing_engine.db import transaction
 from billing_engine.errors import BillingError
 from billing_engine.models import (
@@ -77,6 +80,8 @@ DONE_MESSAGES = {
     "undone": "Welcome back. Your subscription continues.",
     "feedback": "Thank you for telling us.",
 }
+
+FEEDBACK_ALREADY_RECORDED = "Your answer was already recorded. Nothing was changed."
 
 OneClick = Annotated[str | None, Form(alias="List-Unsubscribe")]
 
@@ -231,7 +236,8 @@ def cancel_submit(
                 return PlainTextResponse("This cancel link is not valid.", status_code=404, headers=SECURITY_HEADERS)
             return _bad_link(request, settings, token, None)
         if sub.status != SubscriptionStatus.CANCELED and not sub.cancel_at_period_end:
-            cancellations.cancel(session, sub, kind=CancellationKind.VOLUNTARY, now=now, actor="customer")
+            with abuse.coalesced_emails(session, sub.id, now=now):  # cancel/undo loops: no e-mail storm
+                cancellations.cancel(session, sub, kind=CancellationKind.VOLUNTARY, now=now, actor="customer")
     if is_one_click:
         return PlainTextResponse("Your subscription is canceled. You will not be charged again.",
                                  headers=SECURITY_HEADERS)
@@ -252,6 +258,9 @@ def cancel_feedback(
         sub = _load(session, sub_id, lock=True)
         if sub is None:
             return _bad_link(request, settings, token, None)
+        if sub.cancellation_reason:  # the first answer stands: a replayed form cannot rewrite it
+            return _subscription_page(request, token, session, sub, settings, now, status_code=409,
+                                      error=FEEDBACK_ALREADY_RECORDED)
         if not reason:
             return _subscription_page(request, token, session, sub, settings, now,
                                       error="Please choose a reason, or just close this page.", status_code=422)
@@ -281,7 +290,7 @@ def cancel_undo(request: Request, token: str, engine: EngineDep, settings: Setti
         if sub.status != SubscriptionStatus.CANCELED and not sub.cancel_at_period_end:
             return _back(request, token, "undone")  # already active: a repeated click
         try:
-            with session.begin_nested():
+            with session.begin_nested(), abuse.coalesced_emails(session, sub.id, now=now):
                 cancellations.undo(session, sub, now=now, actor="customer")  # queues the e-mail too
         except BillingError as exc:
             session.refresh(sub)

@@ -4,7 +4,7 @@ Authentication: a browser cannot send ``Authorization: Bearer`` when it navigate
 page also accepts a session cookie set by a login form. ``POST /dashboard/login`` checks an
 admin token (constant time, ``api.auth.token_ok``) and sets ``billing_dashboard``: HttpOnly,
 SameSite=Strict, Path=/dashboard, Secure on https, 8 hours. Its value is signed with
-``BILLING_SECRET_KEY`` (itsdangerous) and holds only a SHA-256 fingerprint of the token,
+``BILLING_SECRET_KEYS`` / ``BILLING_SECRET_KEY`` (itsdangerous) and holds only a SHA-256 fingerprint of the token,
 never the token; removing the token from BILLING_ADMIN_TOKENS ends its sessions at once.
 Tokens in URLs (``?token=``) are deliberately NOT accepted: they end up in browser
 history, proxy logs and Referer headers. A Bearer header works too (scripts, tests).
@@ -23,10 +23,11 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
-from api.auth import token_ok
+from api.auth import record_failure, throttled, token_ok
 from api.deps import EngineDep, NowDep, SettingsDep
 from api.routers.reports import EXPORT_FORMATS, export_response
 from billing_engine.errors import BillingError, ValidationError
+from billing_engine.links import itsdangerous_keys
 from billing_engine.reports import REPORTS, build_query, run_report
 from billing_engine.reports import dashboard as board
 from billing_engine.settings import Settings
@@ -51,7 +52,7 @@ def _fingerprint(token: str) -> str:
 
 
 def _signer(settings: Settings) -> URLSafeTimedSerializer:
-    return URLSafeTimedSerializer(settings.secret_key.get_secret_value(), salt="billing-dashboard-session")
+    return URLSafeTimedSerializer(itsdangerous_keys(settings), salt="billing-dashboard-session")
 
 
 def _tokens(settings: Settings) -> list[str]:
@@ -64,7 +65,10 @@ def authenticated(request: Request, settings: Settings) -> bool:
         return False
     scheme, _, value = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() == "bearer" and value.strip():
-        return token_ok(value.strip(), tokens)
+        if token_ok(value.strip(), tokens):
+            return True
+        record_failure(request, "invalid admin token (dashboard)")
+        return False
     raw = request.cookies.get(COOKIE)
     if not raw:
         return False
@@ -79,15 +83,35 @@ def authenticated(request: Request, settings: Settings) -> bool:
     return ok
 
 
-def _page(request: Request, name: str, context: dict[str, Any], status_code: int = 200) -> HTMLResponse:
-    return templates.TemplateResponse(request, name, context, status_code=status_code, headers=HEADERS)
+def _page(request: Request, name: str, context: dict[str, Any], status_code: int = 200,
+          headers: dict[str, str] | None = None) -> HTMLResponse:
+    return templates.TemplateResponse(request, name, context, status_code=status_code,
+                                      headers={**HEADERS, **(headers or {})})
 
 
-def _login(request: Request, settings: Settings, *, error: str | None = None, status_code: int = 401) -> HTMLResponse:
+def _login(request: Request, settings: Settings, *, error: str | None = None, status_code: int = 401,
+           headers: dict[str, str] | None = None) -> HTMLResponse:
     disabled = not _tokens(settings)
     return _page(request, "dashboard_login.html",
                  {"error": error, "disabled": disabled, "company_name": settings.company_name},
-                 status_code=503 if disabled else status_code)
+                 status_code=503 if disabled else status_code, headers=headers)
+
+
+def _throttled_page(request: Request, settings: Settings) -> HTMLResponse | None:
+    """The login page with 429 while this address has failed too often (api.auth's throttle)."""
+    wait = throttled(request) if _tokens(settings) else None
+    if wait is None:
+        return None
+    return _login(request, settings, status_code=429, headers={"Retry-After": str(wait)},
+                  error=f"Too many failed logins from this address. Try again in {wait} seconds.")
+
+
+def _gate(request: Request, settings: Settings) -> HTMLResponse | None:
+    """None when the request may see the dashboard, else the page to answer with."""
+    denied = _throttled_page(request, settings)
+    if denied is None and not authenticated(request, settings):
+        denied = _login(request, settings)
+    return denied
 
 
 @router.post("/dashboard/login")
@@ -97,7 +121,11 @@ async def login(request: Request, settings: SettingsDep) -> Response:
     tokens = _tokens(settings)
     if not tokens:
         return _login(request, settings)
+    denied = _throttled_page(request, settings)
+    if denied is not None:
+        return denied
     if not token or not token_ok(token, tokens):
+        record_failure(request, "invalid admin token (dashboard login)")
         return _login(request, settings, error="That token is not valid.")
     resp = RedirectResponse("/dashboard", status_code=303, headers={"Cache-Control": "no-store"})
     resp.set_cookie(COOKIE, _signer(settings).dumps({"fp": _fingerprint(token)}), max_age=MAX_AGE,
@@ -119,8 +147,9 @@ Opt = Annotated[str | None, Query(max_length=40)]
 def dashboard(request: Request, engine: EngineDep, settings: SettingsDep, now: NowDep,
               start: Annotated[str | None, Query(max_length=40, alias="from")] = None,
               to: Opt = None, currency: Opt = None) -> Response:
-    if not authenticated(request, settings):
-        return _login(request, settings)
+    denied = _gate(request, settings)
+    if denied is not None:
+        return denied
     params = {k: v for k, v in (("from", start), ("to", to), ("currency", currency)) if v}
     try:
         q = build_query(start=start, end=to, period="month", currency=currency, now=now)
@@ -145,8 +174,9 @@ def export(request: Request, name: str, engine: EngineDep, settings: SettingsDep
            to: Opt = None, currency: Opt = None, by: Opt = None, period: Opt = None,
            format: Opt = None) -> Response:
     """The same downloads as /v1/reports, for the logged-in browser."""
-    if not authenticated(request, settings):
-        return _login(request, settings)
+    denied = _gate(request, settings)
+    if denied is not None:
+        return denied
     if name not in REPORTS:
         raise ValidationError(f"must be one of {', '.join(REPORTS)}", field="name")
     fmt = (format or "csv").lower()

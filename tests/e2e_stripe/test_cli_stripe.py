@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def billing(db_url: str, api_base: str, cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("BILLING_")}
     env.update(BILLING_DATABASE_URL=db_url, BILLING_GATEWAY="stripe", BILLING_STRIPE_API_KEY="sk_test_cli",
-               BILLING_STRIPE_API_BASE=api_base, PYTHONPATH=str(ROOT),
+               BILLING_STRIPE_API_BASE=api_base, BILLING_SECRET_KEY="e2e-secret-" + "x" * 32, PYTHONPATH=str(ROOT),
                BILLING_GATEWAY_CONCURRENCY="1")  # the scripted faults apply in call order
     return subprocess.run([sys.executable, "-m", "cli.main", *args], capture_output=True, text=True, env=env,
                           cwd=cwd, timeout=120)

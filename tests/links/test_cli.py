@@ -73,3 +73,12 @@ def test_notifications_send_flushes_the_outbox(cli_env: Path, sqlite_engine: Eng
     assert [n["kind"] for n in json.loads(listed.stdout)] == ["receipt"]
     bad = CliRunner().invoke(_app(), ["notifications", "list", "--status", "lost"])
     assert bad.exit_code == 2
+
+
+def test_cancel_link_refuses_to_mint_a_thousand_year_link(cli_env: Path, sqlite_engine: Engine, now: datetime) -> None:
+    with transaction(sqlite_engine) as s:
+        sub_id = make_subscription(s, now).id
+    result = CliRunner().invoke(_app(), ["cancel-link", sub_id, "--at", "2999-01-01T00:00:00Z"])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [
+        "error: --at: a link issued more than 340 days ahead would not work (no link lives longer than 400 days)"]

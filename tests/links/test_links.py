@@ -77,3 +77,19 @@ def test_a_token_signed_for_another_purpose_is_invalid(settings: Settings, now: 
 def test_a_naive_now_is_refused(settings: Settings) -> None:
     with pytest.raises(ValueError):
         links.make_cancel_token(settings, "sub_A", datetime(2026, 1, 1))
+
+
+def test_a_link_minted_centuries_ahead_does_not_verify(settings: Settings, now: datetime) -> None:
+    """`billing cancel-link --at 2999-...` must not mint a 1,000-year capability."""
+    token = links.make_cancel_token(settings, "sub_A", now.replace(year=2999))
+    with pytest.raises(links.InvalidCancelLink):
+        links.verify_cancel_token(settings, token, now)
+
+
+def test_no_link_works_longer_than_the_maximum_lifetime(settings: Settings, now: datetime) -> None:
+    ahead = links.MAX_LIFETIME - links.max_age(settings)
+    token = links.make_cancel_token(settings, "sub_A", now + ahead)
+    assert links.verify_cancel_token(settings, token, now) == "sub_A"
+    token = links.make_cancel_token(settings, "sub_A", now + ahead + timedelta(seconds=1))
+    with pytest.raises(links.InvalidCancelLink):
+        links.verify_cancel_token(settings, token, now)
