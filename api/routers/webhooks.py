@@ -22,7 +22,7 @@ from sqlalchemy.engine import Engine
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import EngineDep, NowDep, SettingsDep
-from api.errors import problem
+from api.problems import problem
 from api.responses import problems
 from billing_engine import webhooks_stripe
 from billing_engine.db import transaction
