@@ -1,6 +1,7 @@
 """One error shape for the whole API: RFC 9457 ``application/problem+json``.
 
 Engine errors (:class:`billing_engine.errors.BillingError`) map to their ``http_status``;
+the gateway refusing a request (:class:`GatewayError`, not unreachable) is a 502;
 FastAPI's request validation errors become 422 problems listing every offending field;
 unknown routes and wrong methods keep their 404 / 405; anything else is a 500 problem
 without a stack trace (logged server-side). Every problem has ``type``, ``title``,
@@ -22,6 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from api.auth import AdminAuthFailed, auth_failed, rejection_for
 from api.problems import TITLES, problem
 from billing_engine.errors import BillingError
+from billing_engine.gateway.protocol import GatewayError
 
 log = logging.getLogger("api")
 
@@ -99,6 +101,17 @@ def _billing_error(request: Request, exc: Exception) -> JSONResponse:
     return problem(status, str(exc), code=exc.code, field=exc.field, headers=headers)
 
 
+def _gateway_error(request: Request, exc: Exception) -> JSONResponse:
+    """The gateway refused the request itself (bad API key, wrong account, invalid request):
+    our configuration, not the customer's card -> 502. Unreachable stays 503 (a BillingError)."""
+    assert isinstance(exc, GatewayError)
+    if isinstance(exc, BillingError):
+        return _billing_error(request, exc)
+    log.error("payment gateway refused %s %s: %s", request.method, request.url.path, exc)
+    return problem(502, f"the payment gateway refused the request (a configuration problem on our side, "
+                        f"not the card; see the server log): {exc}", code="gateway_error")
+
+
 async def _request_validation(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     # An admin route answers 401 before it says anything about the body.
@@ -144,6 +157,7 @@ def _unexpected(request: Request, exc: Exception) -> JSONResponse:
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(AdminAuthFailed, auth_failed)
     app.add_exception_handler(BillingError, _billing_error)
+    app.add_exception_handler(GatewayError, _gateway_error)
     app.add_exception_handler(RequestValidationError, _request_validation)
     app.add_exception_handler(StarletteHTTPException, _http_exception)
     app.add_exception_handler(IntegrityError, _integrity_error)

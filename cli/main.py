@@ -7,12 +7,13 @@ import typer
 from billing_engine.errors import ConfigurationError
 from cli import cycle, demo, invoices, links, notifications, refunds, reports, serve
 from cli.catalog import customer_app, plan_app, pm_app
-from cli.common import fail, handle_errors
+from cli.common import BillingGroup, describe, fail, handle_errors
 from cli.db import db_app
 from cli.subscriptions import sub_app, subscribe
 
 app = typer.Typer(
     name="billing",
+    cls=BillingGroup,
     help="Recurring-billing engine: plans, consented cards, renewals, one-click cancel, reports.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -33,8 +34,8 @@ for _module in (cycle, demo, invoices, notifications, links, reports, serve, ref
 def main() -> None:
     try:
         app()
-    except ConfigurationError as exc:
-        fail(str(exc), exc.exit_code)
+    except ConfigurationError as exc:  # e.g. invalid settings while the commands are being built
+        fail(*describe(exc))
 
 
 if __name__ == "__main__":
