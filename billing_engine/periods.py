@@ -99,7 +99,10 @@ def parse_datetime(text: str, field: str = "at") -> datetime:
         raise ValidationError(f"invalid date/time {raw!r} ({hint})", field=field) from None
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
-    return dt.astimezone(UTC)
+    try:
+        return dt.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00+01:00 / 9999-12-31T23:59-01:00
+        raise ValidationError(f"date/time {raw!r} is out of range", field=field) from None
 
 
 def boundary(anchor: datetime, interval: Interval, count: int, n: int) -> datetime:
