@@ -10,6 +10,7 @@ from sqlalchemy.engine import Engine
 
 from api.deps import utc_now
 from api.errors import install_error_handlers
+from api.limits import BodyLimit
 from api.routers import (
     cancel_pages,
     customers,
@@ -50,6 +51,7 @@ def create_app(
     app.state.gateway = gateway if gateway is not None else build_gateway(settings)
     app.state.clock = clock or utc_now
     install_error_handlers(app)
+    app.add_middleware(BodyLimit)
     for module in (health, plans, customers, payment_methods, subscriptions, invoices, refunds, notifications,
                    cycle, reports, dashboard, cancel_pages, webhooks):
         app.include_router(module.router)

@@ -26,6 +26,7 @@ from sqlalchemy.exc import DataError
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import EngineDep, NowDep, SettingsDep
+from api.limits import MAX_BODY_BYTES
 from api.problems import problem
 from api.responses import problems
 from billing_engine import webhooks_stripe
@@ -39,7 +40,6 @@ log = logging.getLogger("api")
 router = APIRouter(tags=["webhooks"])
 
 TOLERANCE_SECONDS = 300
-MAX_BODY_BYTES = 1_000_000  # Stripe events are a few KB
 
 
 class WebhookAck(BaseModel):
