@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from datetime import datetime
 
@@ -10,28 +9,27 @@ from fastapi import FastAPI
 from sqlalchemy.engine import Engine
 
 from api.deps import utc_now
+from api.errors import install_error_handlers
+from api.limits import BodyLimit
+from api.routers import (
+    cancel_pages,
+    customers,
+    cycle,
+    dashboard,
+    health,
+    invoices,
+    notifications,
+    payment_methods,
+    plans,
+    refunds,
+    reports,
+    subscriptions,
+    webhooks,
+)
 from billing_engine.db import get_engine
 from billing_engine.gateway.factory import build_gateway
 from billing_engine.gateway.protocol import PaymentGateway
 from billing_engine.settings import Settings, get_settings
-
-# Routers register by module; each exposes `router` (an APIRouter).
-ROUTER_MODULES = (
-    "api.routers.health",
-    "api.routers.plans",
-    "api.routers.customers",
-    "api.routers.payment_methods",
-    "api.routers.subscriptions",
-    "api.routers.invoices",
-    "api.routers.refunds",
-    "api.routers.notifications",
-    "api.routers.cycle",
-    "api.routers.links",
-    "api.routers.reports",
-    "api.routers.dashboard",
-    "api.routers.cancel_pages",
-    "api.routers.webhooks",
-)
 
 
 def create_app(
@@ -53,18 +51,9 @@ def create_app(
     app.state.engine = engine if engine is not None else get_engine(settings.database_url)
     app.state.gateway = gateway if gateway is not None else build_gateway(settings)
     app.state.clock = clock or utc_now
-    try:
-        from api.errors import install_error_handlers
-    except ModuleNotFoundError:
-        pass
-    else:
-        install_error_handlers(app)
-    for name in ROUTER_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
-            continue
+    install_error_handlers(app)
+    app.add_middleware(BodyLimit)
+    for module in (health, plans, customers, payment_methods, subscriptions, invoices, refunds, notifications,
+                   cycle, reports, dashboard, cancel_pages, webhooks):
         app.include_router(module.router)
     return app

@@ -29,7 +29,7 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPBearer
 from starlette.routing import BaseRoute
 
-from api.errors import problem
+from api.problems import problem
 from billing_engine.settings import Settings
 
 bearer_scheme = HTTPBearer(

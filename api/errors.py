@@ -1,6 +1,7 @@
 """One error shape for the whole API: RFC 9457 ``application/problem+json``.
 
 Engine errors (:class:`billing_engine.errors.BillingError`) map to their ``http_status``;
+the gateway refusing a request (:class:`GatewayError`, not unreachable) is a 502;
 FastAPI's request validation errors become 422 problems listing every offending field;
 unknown routes and wrong methods keep their 404 / 405; anything else is a 500 problem
 without a stack trace (logged server-side). Every problem has ``type``, ``title``,
@@ -19,61 +20,12 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from api.auth import AdminAuthFailed, auth_failed, rejection_for
+from api.problems import TITLES, problem
 from billing_engine.errors import BillingError
+from billing_engine.gateway.protocol import GatewayError
 
 log = logging.getLogger("api")
-
-PROBLEM_JSON = "application/problem+json"
-
-_TITLES = {
-    400: "Bad request",
-    401: "Authentication required",
-    403: "Forbidden",
-    404: "Not found",
-    405: "Method not allowed",
-    409: "Conflict",
-    413: "Request too large",
-    415: "Unsupported media type",
-    422: "Invalid request",
-    429: "Too many requests",
-    500: "Internal error",
-    503: "Service unavailable",
-}
-_CODES = {
-    400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
-    409: "conflict", 413: "too_large", 415: "unsupported_media_type", 422: "validation_error",
-    429: "rate_limited", 500: "internal_error", 503: "unavailable",
-}
-
-
-def problem_type(code: str) -> str:
-    return f"urn:billing:problem:{code}"
-
-
-def problem(
-    status: int,
-    detail: str,
-    *,
-    code: str | None = None,
-    field: str | None = None,
-    title: str | None = None,
-    errors: Sequence[Mapping[str, Any]] | None = None,
-    headers: Mapping[str, str] | None = None,
-) -> JSONResponse:
-    """A problem+json response."""
-    code = code or _CODES.get(status, "error")
-    body: dict[str, Any] = {
-        "type": problem_type(code),
-        "title": title or _TITLES.get(status, "Error"),
-        "status": status,
-        "detail": detail,
-        "code": code,
-        "field": field,
-    }
-    if errors is not None:
-        body["errors"] = list(errors)
-    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=dict(headers or {}))
-
 
 # --------------------------------------------------------------------------- request validation
 
@@ -149,11 +101,20 @@ def _billing_error(request: Request, exc: Exception) -> JSONResponse:
     return problem(status, str(exc), code=exc.code, field=exc.field, headers=headers)
 
 
+def _gateway_error(request: Request, exc: Exception) -> JSONResponse:
+    """The gateway refused the request itself (bad API key, wrong account, invalid request):
+    our configuration, not the customer's card -> 502. Unreachable stays 503 (a BillingError)."""
+    assert isinstance(exc, GatewayError)
+    if isinstance(exc, BillingError):
+        return _billing_error(request, exc)
+    log.error("payment gateway refused %s %s: %s", request.method, request.url.path, exc)
+    return problem(502, f"the payment gateway refused the request (a configuration problem on our side, "
+                        f"not the card; see the server log): {exc}", code="gateway_error")
+
+
 async def _request_validation(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     # An admin route answers 401 before it says anything about the body.
-    from api.auth import rejection_for
-
     denied = rejection_for(request)
     if denied is not None:
         return denied
@@ -163,14 +124,12 @@ async def _request_validation(request: Request, exc: Exception) -> JSONResponse:
 def _http_exception(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     if exc.status_code == 400 and exc.detail == "There was an error parsing the body":
-        from api.auth import rejection_for
-
         denied = rejection_for(request)
         if denied is not None:
             return denied
         return validation_problem([{"type": "json_invalid", "loc": ("body",),
                                     "ctx": {"error": "the body is not UTF-8 encoded JSON"}}])
-    detail = exc.detail if isinstance(exc.detail, str) else _TITLES.get(exc.status_code, "error")
+    detail = exc.detail if isinstance(exc.detail, str) else TITLES.get(exc.status_code, "error")
     if exc.status_code == 404 and detail == "Not Found":
         detail = f"no such endpoint: {request.method} {request.url.path}"
     elif exc.status_code == 405:
@@ -196,10 +155,9 @@ def _unexpected(request: Request, exc: Exception) -> JSONResponse:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    from api.auth import AdminAuthFailed, auth_failed
-
     app.add_exception_handler(AdminAuthFailed, auth_failed)
     app.add_exception_handler(BillingError, _billing_error)
+    app.add_exception_handler(GatewayError, _gateway_error)
     app.add_exception_handler(RequestValidationError, _request_validation)
     app.add_exception_handler(StarletteHTTPException, _http_exception)
     app.add_exception_handler(IntegrityError, _integrity_error)

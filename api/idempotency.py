@@ -7,19 +7,27 @@ without doing anything again; the same key with a different request is a 422 pro
 Where the effect is a single transaction, the record is written in that transaction,
 so "done" and "remembered" commit together. Failed requests are not remembered: a retry
 runs again (and fails again, or succeeds if the cause was fixed).
+
+Simultaneous retries (the client timed out and sent the same request again while the
+first is still running) WAIT for the first to finish and then get its answer: on
+PostgreSQL the key is held with an advisory lock (``pg_advisory_xact_lock`` inside the
+transaction that does the work, or ``pg_advisory_lock`` on its own connection around an
+action that owns its transactions); on SQLite ``BEGIN IMMEDIATE`` already serialises.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Annotated, Any
 
 from fastapi import Header, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+from sqlalchemy import text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
@@ -78,6 +86,35 @@ def _record(key: str, request: Request, digest: str, status: int, content: Any) 
                              response_status=status, response_body=json.dumps(content, sort_keys=True))
 
 
+def _lock_id(key: str, method: str, path: str) -> int:
+    """A signed 64-bit advisory-lock id for (key, method, path)."""
+    digest = hashlib.sha256(f"idempotency\0{method}\0{path}\0{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+def _wait_in_transaction(session: Session, lock_id: int) -> None:
+    """PostgreSQL: wait until no other transaction works on this key (released at commit)."""
+    if session.bind is not None and session.bind.dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": lock_id})
+
+
+@contextmanager
+def _held(engine: Engine, lock_id: int) -> Iterator[None]:
+    """PostgreSQL: hold the key across several transactions (a session-level advisory lock
+    on a connection of its own); a simultaneous retry waits here until it is released."""
+    if engine.dialect.name != "postgresql":
+        yield
+        return
+    with engine.connect() as conn:
+        conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": lock_id})
+        conn.commit()  # the lock outlives the transaction; don't sit idle in one
+        try:
+            yield
+        finally:
+            conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": lock_id})
+            conn.commit()
+
+
 def in_transaction(
     request: Request, engine: Engine, key: str | None, payload: BaseModel | None, status_code: int,
     action: Callable[[Session], BaseModel],
@@ -89,8 +126,10 @@ def in_transaction(
             content = jsonable_encoder(action(s))
         return JSONResponse(content, status_code=status_code)
     digest = request_digest(request, payload)
+    lock_id = _lock_id(key, request.method, request.url.path[:500])
     try:
         with transaction(engine) as s:
+            _wait_in_transaction(s, lock_id)
             rec = _find(s, key, request.method, request.url.path[:500])
             if rec is not None:
                 return _replay(rec, digest)
@@ -118,18 +157,19 @@ def after_effect(
     if key is None:
         return JSONResponse(jsonable_encoder(action()), status_code=status_code)
     digest = request_digest(request, payload)
-    with transaction(engine) as s:
-        rec = _find(s, key, request.method, request.url.path[:500])
-        if rec is not None:
-            return _replay(rec, digest)
-    content = jsonable_encoder(action())
-    try:
-        with transaction(engine) as s:
-            s.add(_record(key, request, digest, status_code, content))
-    except IntegrityError:
+    with _held(engine, _lock_id(key, request.method, request.url.path[:500])):
         with transaction(engine) as s:
             rec = _find(s, key, request.method, request.url.path[:500])
             if rec is not None:
                 return _replay(rec, digest)
-        raise
+        content = jsonable_encoder(action())
+        try:
+            with transaction(engine) as s:
+                s.add(_record(key, request, digest, status_code, content))
+        except IntegrityError:
+            with transaction(engine) as s:
+                rec = _find(s, key, request.method, request.url.path[:500])
+                if rec is not None:
+                    return _replay(rec, digest)
+            raise
     return JSONResponse(content, status_code=status_code)

@@ -84,10 +84,6 @@ def render(kind: str, context: dict[str, Any]) -> Rendered:
     return Rendered(subject=subject, text=text_t.render(context), html=html_t.render(context))
 
 
-def known_kinds() -> list[str]:
-    return sorted(p.stem for p in TEMPLATE_DIR.glob("*.txt") if not p.stem.startswith("_"))
-
-
 def message_id_for(notification_id: str, settings: Any) -> str:
     """A stable Message-ID: the same for every delivery attempt of one outbox row, so a
     receiver can drop a duplicate left by a crash between "sent" and "recorded"."""

@@ -88,17 +88,6 @@ def _round_fraction(numerator: int, denominator: int) -> int:
     return q
 
 
-def allocate_ratio(amount_minor: int, numerator: int, denominator: int) -> int:
-    """``amount_minor * numerator / denominator`` rounded half-even, computed exactly."""
-    for name, v in (("amount_minor", amount_minor), ("numerator", numerator),
-                    ("denominator", denominator)):
-        if isinstance(v, bool) or not isinstance(v, int):
-            raise TypeError(f"{name} must be an int, not {type(v).__name__}")
-    if denominator <= 0:
-        raise ValueError("denominator must be positive")
-    return _round_fraction(amount_minor * numerator, denominator)
-
-
 def format_minor(amount_minor: int, currency: str) -> str:
     """Major-unit string with exactly the currency's decimals: 1700 USD -> "17.00"."""
     return Money(amount_minor, currency).to_major_str()

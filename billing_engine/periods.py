@@ -99,7 +99,10 @@ def parse_datetime(text: str, field: str = "at") -> datetime:
         raise ValidationError(f"invalid date/time {raw!r} ({hint})", field=field) from None
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
-    return dt.astimezone(UTC)
+    try:
+        return dt.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00+01:00 / 9999-12-31T23:59-01:00
+        raise ValidationError(f"date/time {raw!r} is out of range", field=field) from None
 
 
 def boundary(anchor: datetime, interval: Interval, count: int, n: int) -> datetime:
@@ -128,30 +131,6 @@ def period_bounds(anchor: datetime, interval: Interval, count: int,
                   n: int) -> tuple[datetime, datetime]:
     """``(start, end)`` of period ``n``: ``(boundary(n), boundary(n + 1))``."""
     return boundary(anchor, interval, count, n), boundary(anchor, interval, count, n + 1)
-
-
-def period_index_at(anchor: datetime, interval: Interval, count: int, at: datetime) -> int:
-    """The ``n`` with ``boundary(n) <= at < boundary(n + 1)``; ``at`` must not precede anchor."""
-    iv, count = validate_interval(interval, count)
-    start = ensure_utc(anchor, "anchor")
-    when = ensure_utc(at, "at")
-    if when < start:
-        raise ValidationError(
-            f"{when.isoformat()} is before the billing anchor {start.isoformat()}", field="at"
-        )
-    if iv in (Interval.DAY, Interval.WEEK):
-        step = timedelta(days=count * (7 if iv is Interval.WEEK else 1))
-        n = (when - start) // step
-    else:
-        step_months = count * (12 if iv is Interval.YEAR else 1)
-        elapsed = (when.year - start.year) * 12 + (when.month - start.month)
-        n = elapsed // step_months
-    # The estimate is exact or one too high (day clamping / time of day); settle it.
-    while n > 0 and boundary(start, iv, count, n) > when:
-        n -= 1
-    while boundary(start, iv, count, n + 1) <= when:
-        n += 1
-    return n
 
 
 def months_per_period(interval: Interval, count: int) -> Fraction:

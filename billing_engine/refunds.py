@@ -5,9 +5,11 @@
    Refund row ``pending`` with a deterministic idempotency key.
 2. ``gateway.refund`` is called with that key (a retry sends the same key, so the
    processor refunds once).
-3. ``settle`` (another transaction) applies the answer: succeeded -> the invoice's
-   ``amount_refunded_minor`` grows, a ``refund.created`` event and a refund e-mail are
-   queued; failed -> the row says so and the amount is refundable again.
+3. ``settle`` (another transaction) applies the answer under the invoice's row lock:
+   succeeded -> the invoice's ``amount_refunded_minor`` becomes the sum of its succeeded
+   Refund rows (never more than was paid), a ``refund.created`` event and a refund e-mail
+   are queued; failed -> the row says so and the amount is refundable again. A refund
+   already settled (a parallel retry got there first) is left alone.
 
 ``create`` does all three; the caller passes an engine, not a session, because the
 pending row must be committed before the gateway is called.
@@ -100,8 +102,7 @@ def start(
     idempotency_key_: str | None = None,
 ) -> Refund:
     """Phase 1: validate and write the pending Refund (the caller commits)."""
-    locking = session.bind is not None and session.bind.dialect.name == "postgresql"
-    inv = session.get(Invoice, invoice_id, with_for_update=locking)
+    inv = lock_invoice(session, invoice_id)
     if inv is None:
         raise NotFound(f"no invoice {invoice_id!r}", field="invoice")
     if idempotency_key_ is not None:
@@ -155,16 +156,37 @@ def refund_request(session: Session, refund: Refund) -> RefundRequest:
     )
 
 
+def _locking(session: Session) -> bool:
+    return session.bind is not None and session.bind.dialect.name == "postgresql"
+
+
+def lock_invoice(session: Session, invoice_id: str) -> Invoice | None:
+    """The invoice, re-read under a row lock (``SELECT ... FOR UPDATE`` on PostgreSQL;
+    SQLite's ``BEGIN IMMEDIATE`` already serialises writers). Every change to an
+    invoice's refunds happens under this lock, so concurrent requests queue up."""
+    return session.get(Invoice, invoice_id, with_for_update=_locking(session), populate_existing=True)
+
+
+def refunded_total(session: Session, invoice_id: str) -> int:
+    """Minor units refunded on ``invoice_id``: the sum of its succeeded Refund rows."""
+    total = session.exec(select(func.coalesce(func.sum(Refund.amount_minor), 0)).where(
+        Refund.invoice_id == invoice_id, Refund.status == RefundStatus.SUCCEEDED,
+    )).one()
+    return int(total)
+
+
 def settle(session: Session, refund: Refund, result: RefundResult, *, now: datetime, actor: str = "admin") -> Refund:
-    """Phase 3: apply the gateway's answer. Applying it twice changes nothing."""
+    """Phase 3: apply the gateway's answer. Applying it twice, even at the same time from
+    parallel retries, changes nothing: the refund is re-read under the invoice's lock."""
+    inv = lock_invoice(session, refund.invoice_id)
+    assert inv is not None
+    session.refresh(refund)
     if refund.status != RefundStatus.PENDING:
         return refund
     refund.gateway_refund_id = result.gateway_refund_id or refund.gateway_refund_id
     if result.status == GatewayRefundStatus.PENDING:
         session.add(refund)  # the processor finishes later (webhook / next look-up)
         return refund
-    inv = session.get(Invoice, refund.invoice_id)
-    assert inv is not None
     if result.status == GatewayRefundStatus.FAILED:
         refund.status = RefundStatus.FAILED
         session.add(refund)
@@ -175,8 +197,13 @@ def settle(session: Session, refund: Refund, result: RefundResult, *, now: datet
         return refund
     refund.status = RefundStatus.SUCCEEDED
     refund.succeeded_at = now
-    inv.amount_refunded_minor += refund.amount_minor
     session.add(refund)
+    session.flush()
+    total = refunded_total(session, inv.id)
+    if total > inv.amount_paid_minor:  # start() reserves under the same lock: never happens
+        raise Conflict(f"refunds of invoice {inv.id} would exceed the {inv.amount_paid_minor} collected",
+                       field="invoice", refund_id=refund.id)
+    inv.amount_refunded_minor = total
     session.add(inv)
     events.record(session, events.EventType.REFUND_CREATED, at=now, actor=actor, customer_id=inv.customer_id,
                   subscription_id=inv.subscription_id, invoice_id=inv.id,

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -14,11 +15,15 @@ import typer
 from pydantic import BaseModel
 from rich.console import Console
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlmodel import Session, SQLModel
+from typer._click import Context
+from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
+from typer.core import TyperGroup
 
 from billing_engine.db import get_engine, transaction
 from billing_engine.errors import BillingError, ConfigurationError
+from billing_engine.gateway.protocol import GatewayError
 from billing_engine.periods import parse_datetime
 from billing_engine.settings import Settings, get_settings
 
@@ -30,9 +35,22 @@ F = TypeVar("F", bound=Callable[..., Any])
 JsonOpt = typer.Option(False, "--json", help="Print machine-readable JSON instead of a table.")
 
 
+log = logging.getLogger("billing.cli")
+log.addHandler(logging.NullHandler())  # tracebacks go to the configured log, never to the terminal
+
+EXIT_OK = 0
+EXIT_INVALID = 2
+EXIT_NOT_FOUND = 3
+EXIT_CONFLICT = 4
+EXIT_DATABASE = 70  # EX_SOFTWARE, as documented in the README
+EXIT_CANT_CREATE = 73  # EX_CANTCREAT: an output file cannot be written
+EXIT_UNAVAILABLE = 75  # EX_TEMPFAIL: gateway unreachable, retry later
+EXIT_CONFIG = 78  # EX_CONFIG
+
+
 def fail(message: str, code: int = 1) -> None:
     """Print one line to stderr and exit non-zero."""
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    err_console.print(f"[bold red]error:[/] {_one_line(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -42,6 +60,35 @@ def checked_settings(*, serving_api: bool = False) -> Settings:
     settings = get_settings()
     settings.check_production_safety(serving_api=serving_api)
     return settings
+
+
+def _one_line(message: str) -> str:
+    return " ".join(message.split())
+
+
+def describe(exc: BaseException) -> tuple[str, int]:
+    """THE mapping of an error to the one line a user reads and the exit code (README).
+
+    Engine errors carry their own exit code; the gateway refusing a request (bad API key,
+    wrong account, invalid request) is our configuration, not the card: exit 78.
+    Database errors exit 70; their traceback goes to the log only.
+    """
+    if isinstance(exc, BillingError):  # includes GatewayUnreachable (75) and ConfigurationError (78)
+        return str(exc), exc.exit_code
+    if isinstance(exc, GatewayError):
+        return (f"the payment gateway refused the request (check BILLING_GATEWAY / BILLING_STRIPE_API_KEY): {exc}",
+                EXIT_CONFIG)
+    if isinstance(exc, DBAPIError):
+        log.error("database error", exc_info=exc)
+        first = str(exc.orig).strip().splitlines() if exc.orig is not None else []
+        return f"database error: {first[0] if first else type(exc.orig).__name__}", EXIT_DATABASE
+    if isinstance(exc, SQLAlchemyError):
+        log.error("database error", exc_info=exc)
+        return f"database error: {(str(exc).strip().splitlines() or [type(exc).__name__])[0]}", EXIT_DATABASE
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted", 130
+    log.error("unexpected error", exc_info=exc)
+    return f"internal error ({type(exc).__name__}: {exc}); details in the log", 1
 
 
 def handle_errors(fn: F) -> F:
@@ -62,18 +109,59 @@ def _wrap(fn: F, *, check_settings: bool) -> F:
             if check_settings:
                 checked_settings()
             return fn(*args, **kwargs)
-        except typer.Exit:
+        except (typer.Exit, typer.Abort, ClickException):
             raise
-        except BillingError as exc:
-            fail(str(exc), exc.exit_code)
-        except OperationalError as exc:
-            fail(f"database error: {str(exc.orig).strip().splitlines()[0]}", 70)
-        except SQLAlchemyError as exc:
-            fail(f"database error: {str(exc).strip().splitlines()[0]}", 70)
-        except KeyboardInterrupt:
-            fail("interrupted", 130)
+        except (Exception, KeyboardInterrupt) as exc:
+            message, code = describe(exc)
+            fail(message, code)
 
     return wrapper  # type: ignore[return-value]
+
+
+class BillingGroup(TyperGroup):
+    """The root command: every error of every command, and every usage error, ends as ONE
+    line on stderr and an exit code -- no traceback, no boxed usage text."""
+
+    def invoke(self, ctx: Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (typer.Exit, typer.Abort, ClickException):
+            raise
+        except (Exception, KeyboardInterrupt) as exc:
+            message, code = describe(exc)
+            fail(message, code)
+
+    def main(self, args: Sequence[str] | None = None, prog_name: str | None = None,
+             complete_var: str | None = None, standalone_mode: bool = True, windows_expand_args: bool = True,
+             **extra: Any) -> Any:
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False,
+                              windows_expand_args=windows_expand_args, **extra)
+        except NoArgsIsHelpError as exc:
+            if exc.format_message().strip():  # rich help was printed when the error was built
+                typer.echo(exc.format_message())
+            code = exc.exit_code
+        except UsageError as exc:
+            where = f"{exc.ctx.command_path}: " if exc.ctx is not None else ""
+            hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+            err_console.print(f"[bold red]error:[/] {_one_line(where + exc.format_message())}{hint}",
+                              highlight=False, soft_wrap=True)
+            code = exc.exit_code
+        except ClickException as exc:
+            err_console.print(f"[bold red]error:[/] {_one_line(exc.format_message())}", highlight=False,
+                              soft_wrap=True)
+            code = exc.exit_code
+        except typer.Abort:
+            err_console.print("[bold red]error:[/] aborted", highlight=False)
+            code = 1
+        else:
+            # typer returns the code of an explicit Exit, else the command's (unused) return value
+            code = rv if isinstance(rv, int) and not isinstance(rv, bool) else 0
+            if not standalone_mode:
+                return rv
+        if not standalone_mode:
+            return code
+        sys.exit(code)
 
 
 def engine() -> Engine:

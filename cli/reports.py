@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,28 +38,40 @@ def _run(name: str, start: str | None, end: str | None, period: str, by: str | N
         q = build_query(start=start, end=end, period=period, by=by, currency=currency, now=now)
     except ValidationError as exc:
         raise ValidationError(exc.message, field=f"--{exc.field}" if exc.field else None) from None
+    if output is not None and output.is_dir():
+        raise ValidationError(f"{str(output)!r} is a directory; give a file name", field="--output")
     settings = get_settings()
     report = run_report(engine(), name, q, thresholds=settings.segment_thresholds_minor, generated_at=now)
     if fmt == "table":
         if output is not None:
             from rich.console import Console
 
-            with output.open("w", encoding="utf-8") as fh:
-                file_console = Console(file=fh, width=200)
-                for table in to_rich_tables(report):
-                    file_console.print(table)
+            buffer = io.StringIO()
+            file_console = Console(file=buffer, width=200)
+            for table in to_rich_tables(report):
+                file_console.print(table)
+            _write(output, buffer.getvalue().encode("utf-8"))
         else:
             for table in to_rich_tables(report):
                 console.print(table)
         return
     data: bytes = to_xlsx(report) if fmt == "xlsx" else (to_csv(report) if fmt == "csv" else to_json(report)).encode()
     if output is not None:
-        output.write_bytes(data)
+        _write(output, data)
         return
     if fmt == "xlsx" and sys.stdout.isatty():
         fail("xlsx is binary: pass --output FILE.xlsx (or redirect stdout)", 2)
     sys.stdout.buffer.write(data)
     sys.stdout.flush()
+
+
+def _write(output: Path, data: bytes) -> None:
+    """Write the export, or say in one line why the file cannot be written."""
+    try:
+        output.write_bytes(data)
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ValidationError(f"cannot write {str(output)!r}: {reason}", field="--output") from None
 
 
 def _command(name: str, doc: str) -> None:

@@ -2,9 +2,25 @@
 
 from __future__ import annotations
 
+import copy
+from typing import Any
+
 import typer
 
 from cli.common import checked_settings, err_console, handle_errors
+
+
+def log_config(log_level: str, secrets: list[str]) -> dict[str, Any]:
+    """uvicorn's logging, with :class:`api.redaction.RedactTokens` on every handler (the
+    access log included) and the application's own loggers sent to the same stderr."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    config: dict[str, Any] = copy.deepcopy(LOGGING_CONFIG)
+    config["filters"] = {"redact_tokens": {"()": "api.redaction.RedactTokens", "secrets": list(secrets)}}
+    for handler in config["handlers"].values():
+        handler["filters"] = ["redact_tokens"]
+    config["root"] = {"handlers": ["default"], "level": log_level.upper()}
+    return config
 
 
 def register(app: typer.Typer) -> None:
@@ -30,9 +46,10 @@ def register(app: typer.Typer) -> None:
         if not [t for t in settings.admin_tokens if t]:
             err_console.print("[yellow]warning:[/] BILLING_ADMIN_TOKENS is not set: the admin API answers 503 "
                               "until it is (cancel pages and webhooks still work).", highlight=False)
+        logging = log_config(log_level, [t for t in settings.admin_tokens if t])
         if workers > 1:
             uvicorn.run("api.app:create_app", factory=True, host=host, port=port, workers=workers,
-                        log_level=log_level, proxy_headers=proxy_headers)
+                        log_level=log_level, proxy_headers=proxy_headers, log_config=logging)
         else:
             uvicorn.run(create_app(settings=settings), host=host, port=port, log_level=log_level,
-                        proxy_headers=proxy_headers)
+                        proxy_headers=proxy_headers, log_config=logging)

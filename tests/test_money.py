@@ -11,7 +11,6 @@ from billing_engine.errors import ValidationError
 from billing_engine.money import (
     CURRENCY_EXPONENTS,
     Money,
-    allocate_ratio,
     exponent,
     format_minor,
     normalize_currency,
@@ -352,15 +351,8 @@ def test_round_half_even_refuses_non_finite(bad: Decimal) -> None:
         (10**30 + 1, 1, 2, 5 * 10**29),  # exact far beyond Decimal's 28 digits
     ],
 )
-def test_allocate_ratio(amount: int, num: int, den: int, expected: int) -> None:
-    assert allocate_ratio(amount, num, den) == expected
-
-
-def test_allocate_ratio_rejects_bad_inputs() -> None:
-    with pytest.raises(ValueError):
-        allocate_ratio(100, 1, 0)
-    with pytest.raises(TypeError):
-        allocate_ratio(100.0, 1, 2)  # type: ignore[arg-type]
+def test_a_ratio_of_an_amount_rounds_half_even(amount: int, num: int, den: int, expected: int) -> None:
+    assert round_half_even(Fraction(amount * num, den)) == expected
 
 
 @PROPS
@@ -369,9 +361,9 @@ def test_allocate_ratio_rejects_bad_inputs() -> None:
     num=st.integers(min_value=0, max_value=10**6),
     den=st.integers(min_value=1, max_value=10**6),
 )
-def test_allocate_ratio_matches_decimal_half_even(amount: int, num: int, den: int) -> None:
+def test_a_ratio_rounded_exactly_matches_decimal_half_even(amount: int, num: int, den: int) -> None:
     exact = Fraction(amount * num, den)
-    got = allocate_ratio(amount, num, den)
+    got = round_half_even(exact)
     assert abs(exact - got) <= Fraction(1, 2)
     if abs(exact - got) == Fraction(1, 2):
         assert got % 2 == 0

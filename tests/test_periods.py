@@ -18,7 +18,6 @@ from billing_engine.periods import (
     months_per_period,
     parse_datetime,
     period_bounds,
-    period_index_at,
     validate_interval,
 )
 
@@ -172,49 +171,6 @@ def test_boundaries_strictly_increase_and_keep_time_of_day(
     assert start.timetz() == anchor.timetz() and end.timetz() == anchor.timetz()
     if iv in (Interval.MONTH, Interval.YEAR):
         assert start.day <= anchor.day and end.day <= anchor.day
-
-
-@PROPS
-@given(anchor=anchors, plan=plans(), n=st.integers(0, 300), data=st.data())
-def test_period_index_at_finds_the_period_containing_at(
-    anchor: datetime, plan: tuple[Interval, int], n: int, data: st.DataObject
-) -> None:
-    iv, count = plan
-    if iv is Interval.YEAR:
-        n = min(n, 60)
-    start, end = period_bounds(anchor, iv, count, n)
-    span_us = (end - start) // timedelta(microseconds=1)
-    at = start + timedelta(microseconds=data.draw(st.integers(0, span_us - 1)))
-    assert period_index_at(anchor, iv, count, at) == n
-    assert period_index_at(anchor, iv, count, start) == n
-    assert period_index_at(anchor, iv, count, end) == n + 1
-    assert period_index_at(anchor, iv, count, end - timedelta(microseconds=1)) == n
-
-
-def test_period_index_at_is_fast_for_daily_plans_over_decades() -> None:
-    anchor = utc(1990, 1, 1)
-    assert period_index_at(anchor, Interval.DAY, 1, utc(2090, 1, 1, 12)) == 36525
-    assert period_index_at(anchor, Interval.MONTH, 1, utc(2090, 1, 1)) == 1200
-
-
-def test_period_index_at_before_anchor_is_rejected() -> None:
-    with pytest.raises(ValidationError) as exc:
-        period_index_at(utc(2026, 1, 31), Interval.MONTH, 1, utc(2026, 1, 30))
-    assert exc.value.field == "at"
-
-
-def test_period_index_at_rejects_naive_at() -> None:
-    with pytest.raises(ValidationError) as exc:
-        period_index_at(utc(2026, 1, 31), Interval.MONTH, 1, datetime(2026, 3, 1))
-    assert exc.value.field == "at"
-
-
-def test_period_index_at_on_clamped_boundary() -> None:
-    anchor = utc(2026, 1, 31)
-    assert period_index_at(anchor, Interval.MONTH, 1, utc(2026, 2, 27, 23, 59)) == 0
-    assert period_index_at(anchor, Interval.MONTH, 1, utc(2026, 2, 28)) == 1
-    assert period_index_at(anchor, Interval.MONTH, 1, utc(2026, 3, 30)) == 1
-    assert period_index_at(anchor, Interval.MONTH, 1, utc(2026, 3, 31)) == 2
 
 
 # --- validate_interval ------------------------------------------------------------------

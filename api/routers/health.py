@@ -10,7 +10,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from api.deps import EngineDep
-from api.errors import problem
+from api.problems import problem
 from api.responses import problems
 from api.schemas import Health
 

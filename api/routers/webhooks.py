@@ -3,6 +3,8 @@
 1. The ``Stripe-Signature`` header is verified with the SDK against
    ``BILLING_STRIPE_WEBHOOK_SECRET`` over the raw body, with a 300 s tolerance (older
    signatures are replays). Missing, forged or stale -> 400 problem, nothing changes.
+   A signed body that is not a well-formed event (an array, a string, deep nesting, a
+   field of the wrong type: :mod:`billing_engine.webhook_shape`) -> 400, nothing stored.
    No secret configured -> 503 (Stripe retries for three days).
 2. One transaction: the event row is inserted under its id (the primary key of
    ``webhook_events``), its effect applied (:mod:`billing_engine.webhooks_stripe`) and
@@ -13,27 +15,31 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DataError
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import EngineDep, NowDep, SettingsDep
-from api.errors import problem
+from api.limits import MAX_BODY_BYTES
+from api.problems import problem
 from api.responses import problems
 from billing_engine import webhooks_stripe
 from billing_engine.db import transaction
 from billing_engine.errors import ValidationError
 from billing_engine.gateway.protocol import GatewayError
 from billing_engine.gateway.webhooks import WebhookSignatureInvalid, construct_event
+from billing_engine.webhook_shape import validate_event
 
+log = logging.getLogger("api")
 router = APIRouter(tags=["webhooks"])
 
 TOLERANCE_SECONDS = 300
-MAX_BODY_BYTES = 1_000_000  # Stripe events are a few KB
 
 
 class WebhookAck(BaseModel):
@@ -70,11 +76,21 @@ async def stripe_webhook(request: Request, engine: EngineDep, settings: Settings
         return problem(400, str(exc), code="invalid_signature", field="Stripe-Signature")
     except GatewayError as exc:
         return problem(400, str(exc), code="invalid_event", field="body")
+    except (RecursionError, ValueError, TypeError, AttributeError, KeyError):
+        # signed, but not a JSON object the SDK can read (an array, a string, absurd nesting)
+        return problem(400, "the body is not a Stripe event object", code="invalid_event", field="body")
     try:
+        validate_event(event)
         receipt = await run_in_threadpool(_apply, engine, event, payload.decode("utf-8", "replace"), now,
                                           list(settings.dunning_schedule_days))
     except ValidationError as exc:  # signed, but not an event we can store
         return problem(400, str(exc), code="invalid_event", field="body")
+    except (ValueError, TypeError, KeyError, AttributeError, OverflowError, DataError) as exc:
+        # a field of an unexpected type the shape check let through: nothing was stored
+        # (the transaction rolled back); Stripe shows the 400 in its dashboard
+        log.exception("malformed Stripe event %s", event.get("id"))
+        return problem(400, f"the event could not be applied: {type(exc).__name__}", code="invalid_event",
+                       field="body")
     return WebhookAck(event_id=receipt.event_id, type=receipt.type, duplicate=receipt.duplicate,
                       outcome=receipt.outcome)
 

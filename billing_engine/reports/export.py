@@ -187,9 +187,3 @@ def to_rich_tables(report: Report) -> list[Any]:
     if not tables:
         tables.append(Table(title=f"{report.title}: nothing in this range", caption=caption))
     return tables
-
-
-def json_loads_rows(text: str) -> list[dict[str, Any]]:
-    """Parse :func:`to_json` output back into its rows (tests, tooling)."""
-    rows: list[dict[str, Any]] = json.loads(text)["rows"]
-    return rows

@@ -92,6 +92,16 @@ def period_list(start: datetime, end: datetime, period: str) -> list[tuple[datet
     return out
 
 
+MIN_YEAR, MAX_YEAR = 1971, 9998
+
+
+def _in_range(dt: datetime, field: str) -> datetime:
+    """Refuse dates where the calendar arithmetic of a report would leave year 1..9999."""
+    if not MIN_YEAR <= dt.year <= MAX_YEAR:
+        raise ValidationError(f"dates must be between {MIN_YEAR} and {MAX_YEAR}, got {iso(dt)[:10]}", field=field)
+    return dt
+
+
 def build_query(
     *,
     start: str | datetime | None = None,
@@ -107,23 +117,21 @@ def build_query(
     ``from`` = twelve calendar months before that.
     """
     if isinstance(end, str) and end.strip():
-        end_dt = parse_datetime(end, "to")
+        end_dt = _in_range(parse_datetime(end, "to"), "to")
         if _is_bare_date(end):
             end_dt += timedelta(days=1)
     elif isinstance(end, datetime):
-        end_dt = end.astimezone(UTC)
+        end_dt = _in_range(end.astimezone(UTC), "to")
     else:
         end_dt = _month_start(now, -1)
     if isinstance(start, str) and start.strip():
-        start_dt = parse_datetime(start, "from")
+        start_dt = _in_range(parse_datetime(start, "from"), "from")
     elif isinstance(start, datetime):
-        start_dt = start.astimezone(UTC)
+        start_dt = _in_range(start.astimezone(UTC), "from")
     else:
         start_dt = _month_start(end_dt - timedelta(microseconds=1), DEFAULT_MONTHS - 1)
     if start_dt >= end_dt:
         raise ValidationError(f"must be before 'to' ({iso(end_dt)}), got {iso(start_dt)}", field="from")
-    if start_dt.year < 1971 or end_dt.year > 9998:
-        raise ValidationError("dates must be between 1971 and 9998", field="from" if start_dt.year < 1971 else "to")
     p = (period or "month").strip().lower()
     if p not in PERIODS:
         raise ValidationError(f"must be one of {', '.join(PERIODS)}, got {period!r}", field="period")
