@@ -20,17 +20,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlmodel import Session, col, select
+from sqlmodel import Session, select
 
 from billing_engine import events, notifications, validation
 from billing_engine.errors import InvalidTransition, ValidationError
 from billing_engine.models import (
-    AttemptStatus,
     CancellationKind,
     CancellationReason,
     Invoice,
     InvoiceStatus,
-    PaymentAttempt,
     Plan,
     Subscription,
     SubscriptionStatus,
@@ -153,9 +151,9 @@ def end(
     sub.updated_at = now
     session.add(sub)
     for inv in session.exec(select(Invoice).where(Invoice.subscription_id == sub.id, Invoice.status == InvoiceStatus.OPEN)):
-        in_flight = session.exec(select(PaymentAttempt.id).where(
-            PaymentAttempt.invoice_id == inv.id,
-            col(PaymentAttempt.status).in_([AttemptStatus.PENDING, AttemptStatus.UNKNOWN]))).first()
+        from billing_engine.payments import unresolved_query  # payments settles through this module
+
+        in_flight = session.exec(unresolved_query(invoice_id=inv.id)).first()
         if in_flight is not None:
             continue  # the reconciler settles it first (and refunds a charge that lands)
         inv.status = InvoiceStatus.UNCOLLECTIBLE if inv.attempt_count else InvoiceStatus.VOID

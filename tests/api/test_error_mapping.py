@@ -10,7 +10,7 @@ from sqlalchemy.engine import Engine
 from api.app import create_app
 from billing_engine import errors, links
 from billing_engine.gateway.fake import FakeGateway
-from billing_engine.gateway.protocol import GatewayError, GatewayUnreachable, IdempotencyConflict
+from billing_engine.gateway.protocol import GatewayAuthError, GatewayError, GatewayUnreachable, IdempotencyConflict
 from billing_engine.settings import load_settings
 
 
@@ -34,6 +34,8 @@ ERRORS: list[tuple[Exception, int]] = [
     (links.ExpiredCancelLink(subscription_id="sub_1", issued_at=None), 400),
     (GatewayError("Invalid API Key provided: sk_test_****"), 502),
     (IdempotencyConflict("key reused with other parameters"), 502),
+    (GatewayAuthError("401: Invalid API Key provided"), 502),
+    (errors.DatabaseUnavailable("database error while settling a batch"), 503),
 ]
 
 
