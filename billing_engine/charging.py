@@ -19,12 +19,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import bindparam, insert, update
+from sqlalchemy import bindparam, insert, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, col, select
+from sqlmodel import Session, select
 
 from billing_engine import cancellations, events, notifications, payments, renewals
 from billing_engine.gateway.protocol import ChargeRequest, ChargeResult, ChargeStatus
@@ -67,20 +68,33 @@ def _locking(session: Session) -> bool:
     return session.bind is not None and session.bind.dialect.name == "postgresql"
 
 
-def _load_subs(session: Session, ids: Sequence[str], *, worker: str | None) -> list[Subscription]:
-    q = select(Subscription).where(col(Subscription.id).in_(list(ids))).order_by(col(Subscription.id))
+SUBS = Subscription.__table__  # type: ignore[attr-defined]
+ATTEMPTS = PaymentAttempt.__table__  # type: ignore[attr-defined]
+INVOICES = Invoice.__table__  # type: ignore[attr-defined]
+
+
+def _load_subs(session: Session, ids: Sequence[str], *, worker: str | None) -> list[Any]:
+    """The batch's subscriptions as rows, locked (PostgreSQL) in id order, in ``ids`` order."""
+    q = SUBS.select().where(SUBS.c.id.in_(list(ids))).order_by(SUBS.c.id)
     if _locking(session):
         q = q.with_for_update()
-    subs = list(session.exec(q.execution_options(populate_existing=True)))
+    subs = renewals.rows(session, q)
     if worker is not None:
         subs = [s for s in subs if s.lease_owner == worker]  # a claim we lost is not ours to touch
     order = {sid: i for i, sid in enumerate(ids)}
     return sorted(subs, key=lambda s: order[s.id])
 
 
-def _request(attempt: PaymentAttempt, pm: PaymentMethod, gateway_customer_id: str | None) -> ChargeRequest:
+def _orm(session: Session, sub_id: str) -> Subscription:
+    sub = session.get(Subscription, sub_id, populate_existing=True)
+    assert sub is not None
+    return sub
+
+
+def _request(attempt: Any, token: str, gateway_customer_id: str | None) -> ChargeRequest:
+    """The charge request of an attempt (row, dict-backed or ORM): the same every time."""
     return ChargeRequest(
-        amount_minor=attempt.amount_minor, currency=attempt.currency, payment_method_token=pm.token,
+        amount_minor=attempt.amount_minor, currency=attempt.currency, payment_method_token=token,
         idempotency_key=attempt.idempotency_key, gateway_customer_id=gateway_customer_id,
         description=f"Subscription {attempt.subscription_id} invoice {attempt.invoice_id}",
         metadata={"invoice_id": attempt.invoice_id, "subscription_id": attempt.subscription_id,
@@ -94,8 +108,10 @@ def prepare(
     subs = _load_subs(session, ids, worker=worker)
     snaps = renewals.load(session, subs, plans)
     out = Prepared()
-    customers = {c.id: c.gateway_customer_id for c in session.exec(
-        select(Customer).where(col(Customer.id).in_({s.customer_id for s in subs})))} if subs else {}
+    cust_t = Customer.__table__  # type: ignore[attr-defined]
+    customers = dict(session.connection().execute(
+        select(cust_t.c.id, cust_t.c.gateway_customer_id).where(cust_t.c.id.in_({s.customer_id for s in subs}))
+    ).all()) if subs else {}
     charges: list[renewals.Snapshot] = []
     for snap in snaps:
         sub = snap.sub
@@ -108,18 +124,18 @@ def prepare(
                 else session.get(PaymentMethod, attempt.payment_method_id)
             assert pm is not None
             out.steps.append(Step(subscription_id=sub.id, attempt_id=attempt.id, reconcile=True,
-                                  request=_request(attempt, pm, customers.get(sub.customer_id))))
+                                  request=_request(attempt, pm.token, customers.get(sub.customer_id))))
             continue
         if action.kind == ActionKind.CHARGE:
             charges.append(snap)
             continue
         out.settled_ids.append(sub.id)
         if action.kind == ActionKind.END_AT_PERIOD_END:
-            cancellations.end_at_period_end(session, sub, now=now)
+            cancellations.end_at_period_end(session, _orm(session, sub.id), now=now)
         elif action.kind == ActionKind.CANCEL_INVOLUNTARY:
             assert action.reason is not None
-            cancellations.end_involuntarily(session, sub, reason=action.reason, now=now, actor="system:cycle",
-                                            details={"message": action.message})
+            cancellations.end_involuntarily(session, _orm(session, sub.id), reason=action.reason, now=now,
+                                            actor="system:cycle", details={"message": action.message})
     if charges:
         try:
             with session.begin_nested():
@@ -129,14 +145,22 @@ def prepare(
         for snap, attempt in zip(charges, attempts, strict=True):
             assert snap.payment_method is not None
             out.steps.append(Step(subscription_id=snap.sub.id, attempt_id=attempt.id, reconcile=False,
-                                  request=_request(attempt, snap.payment_method, customers.get(snap.sub.customer_id))))
+                                  request=_request(attempt, snap.payment_method.token,
+                                                   customers.get(snap.sub.customer_id))))
     return out
 
 
-def _start_attempts_bulk(session: Session, charges: list[renewals.Snapshot], *, now: datetime) -> list[PaymentAttempt]:
+class _Attempt(dict[str, Any]):
+    """An attempt row being inserted, readable as attributes (for :func:`_request`)."""
+
+    def __getattr__(self, name: str) -> Any:
+        return self[name]
+
+
+def _start_attempts_bulk(session: Session, charges: list[renewals.Snapshot], *, now: datetime) -> list[Any]:
     new_invoices: list[dict[str, Any]] = []
     bumped: list[dict[str, Any]] = []
-    attempts: list[PaymentAttempt] = []
+    attempts: list[_Attempt] = []
     for snap in charges:
         sub, plan, pm = snap.sub, snap.plan, snap.payment_method
         assert pm is not None
@@ -153,25 +177,29 @@ def _start_attempts_bulk(session: Session, charges: list[renewals.Snapshot], *, 
         else:
             inv_id, number, amount, currency = inv.id, inv.attempt_count + 1, inv.amount_minor, inv.currency
             bumped.append({"_id": inv_id, "attempt_count": number})
-        attempts.append(PaymentAttempt(
+        attempts.append(_Attempt(
             id=new_id("pay"), invoice_id=inv_id, subscription_id=sub.id, payment_method_id=pm.id,
             attempt_number=number, idempotency_key=payments.idempotency_key_for(inv_id, number), gateway=pm.gateway,
             status=AttemptStatus.PENDING, amount_minor=amount, currency=currency, created_at=now,
+            gateway_charge_id=None, decline_code=None, decline_kind=None, message=None, completed_at=None,
         ))
     conn = session.connection()
     if new_invoices:
         conn.execute(insert(Invoice.__table__), new_invoices)  # type: ignore[attr-defined]
     _bulk_update(session, Invoice, bumped)
-    conn.execute(insert(PaymentAttempt.__table__), [a.model_dump() for a in attempts])  # type: ignore[attr-defined]
+    conn.execute(insert(ATTEMPTS), [dict(a) for a in attempts])
     return attempts
 
 
-def _start_attempts_one_by_one(session: Session, charges: list[renewals.Snapshot], *, now: datetime) -> list[PaymentAttempt]:
-    out = []
+def _start_attempts_one_by_one(session: Session, charges: list[renewals.Snapshot], *, now: datetime) -> list[Any]:
+    out: list[Any] = []
     for snap in charges:
         assert snap.payment_method is not None
-        invoice = for_period(session, snap.sub, snap.plan, snap.sub.next_period_index, now=now)
-        out.append(payments.start_attempt(session, snap.sub, invoice, snap.payment_method, now=now))
+        sub = _orm(session, snap.sub.id)
+        pm = session.get(PaymentMethod, snap.payment_method.id)
+        assert pm is not None
+        invoice = for_period(session, sub, snap.plan, sub.next_period_index, now=now)
+        out.append(payments.start_attempt(session, sub, invoice, pm, now=now))
     return out
 
 
@@ -216,14 +244,15 @@ def settle(
     if not answers:
         return []
     subs = {s.id: s for s in _load_subs(session, [st.subscription_id for st, _ in answers], worker=None)}
-    aq = select(PaymentAttempt).where(col(PaymentAttempt.id).in_([st.attempt_id for st, _ in answers]))
+    aq = ATTEMPTS.select().where(ATTEMPTS.c.id.in_([st.attempt_id for st, _ in answers])).order_by(ATTEMPTS.c.id)
     if _locking(session):
         aq = aq.with_for_update()
-    attempts = {a.id: a for a in session.exec(aq.execution_options(populate_existing=True))}
-    invoices = {i.id: i for i in session.exec(
-        select(Invoice).where(col(Invoice.id).in_({a.invoice_id for a in attempts.values()})))}
-    emails = {c.id: c.email for c in session.exec(
-        select(Customer).where(col(Customer.id).in_({s.customer_id for s in subs.values()})))}
+    attempts = {a.id: a for a in renewals.rows(session, aq)}
+    invoices = {i.id: i for i in renewals.rows(
+        session, INVOICES.select().where(INVOICES.c.id.in_({a.invoice_id for a in attempts.values()})))}
+    cust_t = Customer.__table__  # type: ignore[attr-defined]
+    emails = dict(session.connection().execute(select(cust_t.c.id, cust_t.c.email).where(
+        cust_t.c.id.in_({s.customer_id for s in subs.values()}))).all())
     for pid in {s.plan_id for s in subs.values()} | {i.plan_id for i in invoices.values()}:
         if pid not in plans:
             p = session.get(Plan, pid)
@@ -249,9 +278,12 @@ def settle(
                                          plan_name=plans[sub.plan_id].name, now=now)
         next_due: datetime | None = None
         if paid is None or paid.refund or "status" not in paid.subscription:
-            outcome = payments.settle(session, attempt, result, now=now, schedule_days=schedule_days, actor=actor)
-            if outcome == payments.Outcome.SUCCEEDED and sub.status != SubscriptionStatus.CANCELED:
-                next_due = sub.current_period_end
+            orm_attempt = session.get(PaymentAttempt, attempt.id)
+            assert orm_attempt is not None
+            outcome = payments.settle(session, orm_attempt, result, now=now, schedule_days=schedule_days, actor=actor)
+            orm_sub = session.get(Subscription, sub.id)
+            if outcome == payments.Outcome.SUCCEEDED and orm_sub is not None and orm_sub.status != SubscriptionStatus.CANCELED:
+                next_due = orm_sub.current_period_end
         else:
             next_due = paid.subscription["current_period_end"]
             outcome = payments.Outcome.SUCCEEDED
@@ -277,10 +309,34 @@ def settle(
 
 
 def _bulk_update(session: Session, model: Any, rows: list[dict[str, Any]]) -> None:
-    """``UPDATE table SET ... WHERE id = ?`` for many rows in one executemany (Core)."""
+    """``UPDATE table SET ... WHERE id = ?`` for many rows at once.
+
+    PostgreSQL: ONE statement, ``UPDATE ... FROM unnest(<one array per varying column>)``
+    (columns equal on every row are plain parameters). SQLite: one executemany."""
     if not rows:
         return
     table = model.__table__
     keys = [k for k in rows[0] if k != "_id"]
-    stmt = update(table).where(table.c.id == bindparam("b__id")).values({k: bindparam(f"b_{k}") for k in keys})
-    session.connection().execute(stmt, [{f"b_{k}": v for k, v in r.items()} for r in rows])
+    if session.bind is None or session.bind.dialect.name != "postgresql":
+        stmt = update(table).where(table.c.id == bindparam("b__id")).values({k: bindparam(f"b_{k}") for k in keys})
+        session.connection().execute(stmt, [{f"b_{k}": v for k, v in r.items()} for r in rows])
+        return
+    dialect = session.bind.dialect
+    first = rows[0]
+    const = [k for k in keys if all(r[k] == first[k] for r in rows)]
+    varying = [k for k in keys if k not in const]
+
+    def sqltype(k: str) -> str:
+        return str(table.c[k].type.compile(dialect=dialect))
+
+    def plain(v: Any) -> Any:
+        return v.value if isinstance(v, StrEnum) else v
+
+    sets = [f"{k} = v.{k}" for k in varying] + [f"{k} = :c_{k}" for k in const]
+    cols = ", ".join(["CAST(:ids AS VARCHAR[])", *(f"CAST(:v_{k} AS {sqltype(k)}[])" for k in varying)])
+    sql = (f"UPDATE {table.name} AS t SET {', '.join(sets)} FROM unnest({cols}) AS v(id{''.join(', ' + k for k in varying)})"
+           " WHERE t.id = v.id")
+    params: dict[str, Any] = {"ids": [r["_id"] for r in rows]}
+    params.update({f"v_{k}": [plain(r[k]) for r in rows] for k in varying})
+    params.update({f"c_{k}": plain(first[k]) for k in const})
+    session.connection().execute(text(sql), params)

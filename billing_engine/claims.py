@@ -17,7 +17,7 @@ import socket
 import threading
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -62,39 +62,90 @@ def count_due(engine: Engine, now: datetime) -> tuple[int, int]:
     return total, held
 
 
-def claim(
-    engine: Engine, *, now: datetime, worker: str, batch_size: int, lease: timedelta,
-    after: tuple[datetime, str] | None = None,
-) -> list[tuple[str, datetime]]:
-    """Claim up to ``batch_size`` due, unclaimed subscriptions for ``worker``.
+LANES: tuple[str, ...] = ("unresolved", SubscriptionStatus.INCOMPLETE, SubscriptionStatus.TRIALING,
+                          SubscriptionStatus.ACTIVE, SubscriptionStatus.PAST_DUE)
 
-    ``after`` is this run's cursor on (current_period_end, id): rows processed earlier in
-    the same run that are still due (outcome unknown, skipped) are not re-claimed.
-    Returns (id, current_period_end) pairs in cursor order."""
+
+@dataclass
+class Cursor:
+    """A run's position in each lane of due work, so nothing is claimed twice in one run
+    and every page is an index range scan with a LIMIT (never a sort of all due rows):
+
+    * ``unresolved``: subscriptions with a pending/unknown attempt, by id;
+    * one lane per chargeable status, by (current_period_end, id), via ``ix_subscriptions_due``;
+    * ``past_due``: dunning retries, by (next_retry_at, id), via ``ix_subscriptions_retry``."""
+
+    positions: dict[str, tuple[Any, str]] = field(default_factory=dict)
+    done: set[str] = field(default_factory=set)
+
+    @property
+    def exhausted(self) -> bool:
+        return all(lane in self.done for lane in LANES)
+
+
+def _lane_query(lane: str, now: datetime, after: tuple[Any, str] | None) -> Any:
+    sub = Subscription
+    if lane == "unresolved":
+        q = select(sub).where(col(sub.id).in_(
+            payments.unresolved_query().with_only_columns(col(PaymentAttempt.subscription_id)).order_by(None)))
+        if after is not None:
+            q = q.where(col(sub.id) > after[1])
+        return q.order_by(col(sub.id))
+    key = col(sub.next_retry_at) if lane == SubscriptionStatus.PAST_DUE else col(sub.current_period_end)
+    has_unresolved = select(PaymentAttempt.id).where(
+        PaymentAttempt.subscription_id == sub.id,
+        col(PaymentAttempt.status).in_(list(payments.UNRESOLVED))).exists()
+    q = select(sub).where(col(sub.status) == lane, key <= now, ~has_unresolved)
+    if after is not None:
+        q = q.where(or_(key > after[0], and_(key == after[0], col(sub.id) > after[1])))
+    return q.order_by(key, col(sub.id))
+
+
+def _position(lane: str, row: Any) -> tuple[Any, str]:
+    if lane == "unresolved":
+        return (None, row.id)
+    return (row.next_retry_at if lane == SubscriptionStatus.PAST_DUE else row.current_period_end, row.id)
+
+
+def due_page(session: Session, now: datetime, cursor: Cursor, limit: int, *, claim_for: str | None = None,
+             wall: datetime | None = None) -> list[Subscription]:
+    """The next ``limit`` due subscriptions after ``cursor`` (which it advances), lane by
+    lane. With ``claim_for`` only unclaimed rows, locked with SKIP LOCKED on PostgreSQL."""
+    out: list[Subscription] = []
+    for lane in LANES:
+        if lane in cursor.done or len(out) >= limit:
+            continue
+        want = limit - len(out)
+        q = _lane_query(lane, now, cursor.positions.get(lane)).limit(want)
+        if claim_for is not None:
+            q = q.where(_free(wall or datetime.now(UTC)))
+            if session.bind is not None and session.bind.dialect.name == "postgresql":
+                q = q.with_for_update(skip_locked=True)
+        got = list(session.exec(q))
+        if got:
+            cursor.positions[lane] = _position(lane, got[-1])
+        if len(got) < want:
+            cursor.done.add(lane)
+        out.extend(got)
+    return out
+
+
+def claim(
+    engine: Engine, *, now: datetime, worker: str, batch_size: int, lease: timedelta, cursor: Cursor,
+) -> list[str]:
+    """Claim up to ``batch_size`` due, unclaimed subscriptions for ``worker`` (one short
+    transaction). ``cursor`` is this run's position: rows processed earlier in the same
+    run that are still due (outcome unknown, skipped) are not re-claimed."""
     wall = datetime.now(UTC)
     with transaction(engine) as s:
-        q = (
-            select(Subscription.id, Subscription.current_period_end)
-            .where(due_condition(now))
-            .where(_free(wall))
-            .order_by(col(Subscription.current_period_end), col(Subscription.id))
-            .limit(batch_size)
-        )
-        if after is not None:
-            q = q.where(or_(
-                col(Subscription.current_period_end) > after[0],
-                and_(col(Subscription.current_period_end) == after[0], col(Subscription.id) > after[1]),
-            ))
-        if engine.dialect.name == "postgresql":
-            q = q.with_for_update(skip_locked=True, of=Subscription)
-        rows = [(r[0], r[1]) for r in s.exec(q)]
-        if rows:
+        ids = [r.id for r in due_page(s, now, cursor, batch_size, claim_for=worker, wall=wall)]
+        if ids:
             s.execute(
                 update(Subscription)
-                .where(col(Subscription.id).in_([r[0] for r in rows]))
+                .where(col(Subscription.id).in_(ids))
                 .values(lease_owner=worker, lease_expires_at=wall + lease)
             )
-    return rows
+    return ids
 
 
 def claim_ids(engine: Engine, ids: Sequence[str], *, now: datetime, worker: str, lease: timedelta) -> list[str]:

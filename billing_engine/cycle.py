@@ -120,18 +120,12 @@ def due_for_renewal(session: Session, now: datetime, limit: int | None = None) -
 
 
 def _iter_due(engine: Engine, now: datetime, batch: int) -> Iterator[list[Subscription]]:
-    after: tuple[datetime, str] | None = None
-    while True:
+    cursor = claims.Cursor()
+    while not cursor.exhausted:
         with Session(engine) as s:
-            q = select(Subscription).where(claims.due_condition(now))
-            if after is not None:
-                q = q.where((col(Subscription.current_period_end) > after[0]) | (
-                    (col(Subscription.current_period_end) == after[0]) & (col(Subscription.id) > after[1])))
-            subs = list(s.exec(q.order_by(col(Subscription.current_period_end), col(Subscription.id)).limit(batch)))
-        if not subs:
-            return
-        yield subs
-        after = (subs[-1].current_period_end, subs[-1].id)
+            subs = claims.due_page(s, now, cursor, batch)
+        if subs:
+            yield subs
 
 
 def plan_actions(engine: Engine, now: datetime, *, limit: int | None = None, batch: int = 500) -> list[dict[str, Any]]:
@@ -388,19 +382,13 @@ def run_cycle(
     inflight: deque[_Batch] = deque()
     try:
         with claims.Heartbeat(engine, worker, lease):
-            cursor: tuple[datetime, str] | None = None
-            exhausted = False
+            cursor = claims.Cursor()
             while not (stop.is_set() or runner.halt.is_set()) and (limit is None or processed < limit):
                 want = batch_size if limit is None else min(batch_size, limit - processed)
                 ids: list[str] = []
-                if not exhausted:
-                    rows = _db(functools.partial(claims.claim, engine, now=now, worker=worker, batch_size=want,
-                                                 lease=lease, after=cursor), what="claiming a batch")
-                    if rows:
-                        cursor = (rows[-1][1], rows[-1][0])
-                        ids = [r[0] for r in rows]
-                    else:
-                        exhausted = True
+                if not cursor.exhausted:
+                    ids = _db(functools.partial(claims.claim, engine, now=now, worker=worker, batch_size=want,
+                                                lease=lease, cursor=cursor), what="claiming a batch")
                 if not ids and runner.again:
                     again, runner.again = runner.again[:want], runner.again[want:]
                     ids = _db(functools.partial(claims.claim_ids, engine, again, now=now, worker=worker,

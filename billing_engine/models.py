@@ -22,6 +22,7 @@ from sqlalchemy import (
     BigInteger,
     CheckConstraint,
     DateTime,
+    Float,
     Index,
     Integer,
     Text,
@@ -32,16 +33,13 @@ from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_SHIFTS = tuple(range(125, -1, -5))  # 26 five-bit digits, most significant first
 
 
 def new_id(prefix: str) -> str:
     """``prefix_`` + a 26-char ULID: 48 bits of milliseconds + 80 random bits."""
     value = (int(time.time() * 1000) << 80) | int.from_bytes(os.urandom(10), "big")
-    chars = []
-    for _ in range(26):
-        value, rem = divmod(value, 32)
-        chars.append(_CROCKFORD[rem])
-    return f"{prefix}_{''.join(reversed(chars))}"
+    return f"{prefix}_{''.join([_CROCKFORD[(value >> shift) & 31] for shift in _SHIFTS])}"
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -446,6 +444,16 @@ class IdempotencyRecord(SQLModel, table=True):
     response_status: int
     response_body: str = Field(sa_type=Text)
     created_at: datetime = _ts(default_factory=utcnow)
+
+
+class RateBucket(SQLModel, table=True):
+    """A gateway rate limit shared by every worker (``gateway/rate_limit.py``)."""
+
+    __tablename__ = "rate_buckets"
+
+    name: str = Field(primary_key=True, max_length=100)
+    tokens: float = Field(sa_type=Float)
+    updated_at: float = Field(sa_type=Float)  # wall-clock seconds since the epoch
 
 
 __all__ = [n for n in dir() if not n.startswith("_")]

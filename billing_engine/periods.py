@@ -13,6 +13,7 @@ All datetimes are timezone-aware UTC; naive datetimes are rejected.
 from __future__ import annotations
 
 import calendar
+import functools
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from fractions import Fraction
@@ -144,6 +145,7 @@ def months_per_period(interval: Interval, count: int) -> Fraction:
     return days * _MONTHS_PER_DAY
 
 
+@functools.lru_cache(maxsize=4096)
 def monthly_amount(amount_minor: int, interval: Interval, count: int) -> int:
     """A plan's per-period amount normalised to one month (MRR), rounded half-even."""
     if isinstance(amount_minor, bool) or not isinstance(amount_minor, int):

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
+from typing import Any
 
 from sqlmodel import Session, col, select
 
@@ -20,11 +21,9 @@ from billing_engine.models import (
     Consent,
     Invoice,
     InvoiceStatus,
-    PaymentAttempt,
     PaymentMethod,
     PaymentMethodStatus,
     Plan,
-    Subscription,
     SubscriptionStatus,
 )
 from billing_engine.periods import Interval, period_bounds
@@ -53,19 +52,21 @@ class Action:
 
 @dataclass(frozen=True, kw_only=True)
 class Snapshot:
-    sub: Subscription
+    """What :func:`decide` reads. Rows (or ORM objects) with the tables' column names."""
+
+    sub: Any  # subscriptions row
     plan: Plan
-    payment_method: PaymentMethod | None
-    consents: tuple[Consent, ...]
-    unresolved: PaymentAttempt | None
-    open_invoice: Invoice | None  # the open invoice of the next period (a dunning retry)
+    payment_method: Any | None  # payment_methods row
+    consents: tuple[Any, ...]  # unrevoked consents rows of that card
+    unresolved: Any | None  # the oldest pending/unknown payment_attempts row
+    open_invoice: Any | None  # the open invoice of the next period (a dunning retry)
 
 
-def is_due(sub: Subscription, now: datetime) -> bool:
+def is_due(sub: Any, now: datetime) -> bool:
     if sub.status in CHARGEABLE:
-        return sub.current_period_end <= now
+        return bool(sub.current_period_end <= now)
     if sub.status == SubscriptionStatus.PAST_DUE:
-        return sub.next_retry_at is not None and sub.next_retry_at <= now
+        return sub.next_retry_at is not None and bool(sub.next_retry_at <= now)
     return False
 
 
@@ -96,29 +97,38 @@ def decide(snap: Snapshot, now: datetime) -> Action:
                   currency=inv.currency if inv else plan.currency)
 
 
-def next_period(sub: Subscription, plan: Plan) -> tuple[datetime, datetime]:
+def next_period(sub: Any, plan: Plan) -> tuple[datetime, datetime]:
     return period_bounds(sub.billing_anchor, Interval(plan.interval), plan.interval_count, sub.next_period_index)
 
 
-def load(session: Session, subs: Sequence[Subscription], plans: dict[str, Plan] | None = None) -> list[Snapshot]:
-    """Snapshots of ``subs`` (in their order) in five queries, whatever their number."""
+def rows(session: Session, stmt: Any) -> list[Any]:
+    """Core rows (attribute access by column name) instead of ORM objects: the batch
+    paths read thousands of rows, and building identity-mapped objects would dominate."""
+    return list(session.connection().execute(stmt).all())
+
+
+def load(session: Session, subs: Sequence[Any], plans: dict[str, Plan] | None = None) -> list[Snapshot]:
+    """Snapshots of ``subs`` (ORM objects or rows, in their order) in a handful of
+    queries, whatever their number. The snapshot holds rows, read-only."""
     if not subs:
         return []
     ids = [s.id for s in subs]
-    plans = dict(plans or {})
+    plans = plans if plans is not None else {}
     missing = {s.plan_id for s in subs} - plans.keys()
     if missing:
         plans.update({p.id: p for p in session.exec(select(Plan).where(col(Plan.id).in_(missing)))})
     pm_ids = {s.payment_method_id for s in subs if s.payment_method_id}
-    pms = {p.id: p for p in session.exec(select(PaymentMethod).where(col(PaymentMethod.id).in_(pm_ids)))} if pm_ids else {}
-    by_pm: dict[str, list[Consent]] = {}
+    pm_t, c_t, i_t = PaymentMethod.__table__, Consent.__table__, Invoice.__table__  # type: ignore[attr-defined]
+    pms = {p.id: p for p in rows(session, pm_t.select().where(pm_t.c.id.in_(pm_ids)))} if pm_ids else {}
+    by_pm: dict[str, list[Any]] = {}
     if pm_ids:
-        for c in session.exec(select(Consent).where(col(Consent.payment_method_id).in_(pm_ids),
-                                                    col(Consent.revoked_at).is_(None))):
+        for c in rows(session, c_t.select().where(c_t.c.payment_method_id.in_(pm_ids), c_t.c.revoked_at.is_(None))):
             by_pm.setdefault(c.payment_method_id, []).append(c)
-    unresolved = payments.unresolved_by_subscription(session, ids)
-    open_invoices = {(i.subscription_id, i.period_index): i for i in session.exec(
-        select(Invoice).where(col(Invoice.subscription_id).in_(ids), Invoice.status == InvoiceStatus.OPEN))}
+    unresolved: dict[str, Any] = {}
+    for a in rows(session, payments.unresolved_query(subscription_ids=ids)):
+        unresolved.setdefault(a.subscription_id, a)
+    open_invoices = {(i.subscription_id, i.period_index): i for i in rows(
+        session, i_t.select().where(i_t.c.subscription_id.in_(ids), i_t.c.status == InvoiceStatus.OPEN))}
     return [
         Snapshot(
             sub=s, plan=plans[s.plan_id],

@@ -136,7 +136,7 @@ def register(app: typer.Typer) -> None:
         now = parse_at(at)
         settings = get_settings()
         eng = engine()
-        gateway = build_gateway(settings)
+        gateway = build_gateway(settings, engine=eng)  # paced by the limit all workers share
         deliver = None if (no_email or dry_run) else _deliver()
         with _stop_on_signals() as stop:
             if json_out or dry_run or not sys.stderr.isatty():

@@ -143,7 +143,8 @@ def test_claims_of_another_live_worker_are_reported_not_silently_skipped(engine:
     ids = _subs(engine, 4)
     from billing_engine import claims
 
-    got = claims.claim(engine, now=T0, worker="other-host:1:dead", batch_size=3, lease=timedelta(minutes=5))
+    got = claims.claim(engine, now=T0, worker="other-host:1:dead", batch_size=3, lease=timedelta(minutes=5),
+                       cursor=claims.Cursor())
     assert len(got) == 3
     summary = run_cycle(engine, FakeGateway(), now=T0, settings=SETTINGS)
     assert summary.succeeded == 1 and summary.held_by_other_workers == 3

@@ -51,7 +51,7 @@ from billing_engine.gateway.protocol import (
     RefundStatus,
     SetupResult,
 )
-from billing_engine.gateway.rate_limit import TokenBucket, default_rate
+from billing_engine.gateway.rate_limit import SharedTokenBucket, TokenBucket, default_rate
 from billing_engine.gateway.webhooks import WebhookSignatureInvalid, construct_event
 
 __all__ = [
@@ -106,7 +106,7 @@ class StripeGateway:
         timeout: float = 30.0,
         retry: RetryPolicy | None = None,
         max_ops_per_second: float | None = None,
-        rate_limiter: TokenBucket | None = None,
+        rate_limiter: TokenBucket | SharedTokenBucket | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         if not api_key:
@@ -281,7 +281,13 @@ class StripeGateway:
 
         def attempt() -> Any:
             self.rate_limiter.acquire()
-            return operation()
+            try:
+                return operation()
+            except stripe.RateLimitError:
+                slow_down = getattr(self.rate_limiter, "slow_down", None)
+                if slow_down is not None:  # a shared bucket: every worker backs off
+                    slow_down()
+                raise
 
         retrying = Retrying(
             stop=stop_after_attempt(policy.max_attempts) | stop_after_delay(policy.max_elapsed),
