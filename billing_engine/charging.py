@@ -183,11 +183,9 @@ def _start_attempts_bulk(session: Session, charges: list[renewals.Snapshot], *, 
             status=AttemptStatus.PENDING, amount_minor=amount, currency=currency, created_at=now,
             gateway_charge_id=None, decline_code=None, decline_kind=None, message=None, completed_at=None,
         ))
-    conn = session.connection()
-    if new_invoices:
-        conn.execute(insert(Invoice.__table__), new_invoices)  # type: ignore[attr-defined]
+    bulk_insert(session, INVOICES, new_invoices)
     _bulk_update(session, Invoice, bumped)
-    conn.execute(insert(ATTEMPTS), [dict(a) for a in attempts])
+    bulk_insert(session, ATTEMPTS, [dict(a) for a in attempts])
     return attempts
 
 
@@ -302,10 +300,36 @@ def settle(
     _bulk_update(session, PaymentAttempt, att_rows)
     _bulk_update(session, Invoice, inv_rows)
     _bulk_update(session, Subscription, sub_rows)
-    if event_rows:
-        session.connection().execute(insert(Event.__table__), event_rows)  # type: ignore[attr-defined]
+    bulk_insert(session, Event.__table__, event_rows)  # type: ignore[attr-defined]
     _insert_ignoring_duplicates(session, receipts)
     return out
+
+
+def bulk_insert(session: Session, table: Any, rows: list[dict[str, Any]]) -> None:
+    """Insert many rows: ``COPY ... FROM STDIN`` on PostgreSQL (same transaction), else a
+    multi-row INSERT. A constraint violation raises :class:`IntegrityError` either way."""
+    if not rows:
+        return
+    conn = session.connection()
+    if conn.dialect.name != "postgresql":
+        conn.execute(insert(table), rows)
+        return
+    import psycopg
+
+    cols = [c.name for c in table.columns if c.name in rows[0]]
+    raw = conn.connection.dbapi_connection
+    assert raw is not None
+    try:
+        with raw.cursor() as cur, cur.copy(  # type: ignore[attr-defined]
+                f"COPY {table.name} ({', '.join(cols)}) FROM STDIN") as copy:
+            for r in rows:
+                copy.write_row([_plain(r[c]) for c in cols])
+    except psycopg.errors.IntegrityError as exc:
+        raise IntegrityError(f"COPY {table.name}", None, exc) from exc
+
+
+def _plain(v: Any) -> Any:
+    return v.value if isinstance(v, StrEnum) else v
 
 
 def _bulk_update(session: Session, model: Any, rows: list[dict[str, Any]]) -> None:
@@ -329,14 +353,11 @@ def _bulk_update(session: Session, model: Any, rows: list[dict[str, Any]]) -> No
     def sqltype(k: str) -> str:
         return str(table.c[k].type.compile(dialect=dialect))
 
-    def plain(v: Any) -> Any:
-        return v.value if isinstance(v, StrEnum) else v
-
     sets = [f"{k} = v.{k}" for k in varying] + [f"{k} = :c_{k}" for k in const]
     cols = ", ".join(["CAST(:ids AS VARCHAR[])", *(f"CAST(:v_{k} AS {sqltype(k)}[])" for k in varying)])
     sql = (f"UPDATE {table.name} AS t SET {', '.join(sets)} FROM unnest({cols}) AS v(id{''.join(', ' + k for k in varying)})"
            " WHERE t.id = v.id")
     params: dict[str, Any] = {"ids": [r["_id"] for r in rows]}
-    params.update({f"v_{k}": [plain(r[k]) for r in rows] for k in varying})
-    params.update({f"c_{k}": plain(first[k]) for k in const})
+    params.update({f"v_{k}": [_plain(r[k]) for r in rows] for k in varying})
+    params.update({f"c_{k}": _plain(first[k]) for k in const})
     session.connection().execute(text(sql), params)

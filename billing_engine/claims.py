@@ -83,10 +83,11 @@ class Cursor:
         return all(lane in self.done for lane in LANES)
 
 
-def _lane_query(lane: str, now: datetime, after: tuple[Any, str] | None) -> Any:
+def _lane_query(lane: str, now: datetime, after: tuple[Any, str] | None, *, keys_only: bool) -> Any:
     sub = Subscription
+    what: Any = (select(sub.id, sub.current_period_end, sub.next_retry_at) if keys_only else select(sub))
     if lane == "unresolved":
-        q = select(sub).where(col(sub.id).in_(
+        q = what.where(col(sub.id).in_(
             payments.unresolved_query().with_only_columns(col(PaymentAttempt.subscription_id)).order_by(None)))
         if after is not None:
             q = q.where(col(sub.id) > after[1])
@@ -95,7 +96,7 @@ def _lane_query(lane: str, now: datetime, after: tuple[Any, str] | None) -> Any:
     has_unresolved = select(PaymentAttempt.id).where(
         PaymentAttempt.subscription_id == sub.id,
         col(PaymentAttempt.status).in_(list(payments.UNRESOLVED))).exists()
-    q = select(sub).where(col(sub.status) == lane, key <= now, ~has_unresolved)
+    q = what.where(col(sub.status) == lane, key <= now, ~has_unresolved)
     if after is not None:
         q = q.where(or_(key > after[0], and_(key == after[0], col(sub.id) > after[1])))
     return q.order_by(key, col(sub.id))
@@ -108,15 +109,16 @@ def _position(lane: str, row: Any) -> tuple[Any, str]:
 
 
 def due_page(session: Session, now: datetime, cursor: Cursor, limit: int, *, claim_for: str | None = None,
-             wall: datetime | None = None) -> list[Subscription]:
+             wall: datetime | None = None) -> list[Any]:
     """The next ``limit`` due subscriptions after ``cursor`` (which it advances), lane by
-    lane. With ``claim_for`` only unclaimed rows, locked with SKIP LOCKED on PostgreSQL."""
+    lane. With ``claim_for``: only unclaimed rows, locked with SKIP LOCKED on PostgreSQL,
+    and only their keys (id, current_period_end, next_retry_at)."""
     out: list[Subscription] = []
     for lane in LANES:
         if lane in cursor.done or len(out) >= limit:
             continue
         want = limit - len(out)
-        q = _lane_query(lane, now, cursor.positions.get(lane)).limit(want)
+        q = _lane_query(lane, now, cursor.positions.get(lane), keys_only=claim_for is not None).limit(want)
         if claim_for is not None:
             q = q.where(_free(wall or datetime.now(UTC)))
             if session.bind is not None and session.bind.dialect.name == "postgresql":
@@ -164,8 +166,18 @@ def claim_ids(engine: Engine, ids: Sequence[str], *, now: datetime, worker: str,
 
 
 def release(engine: Engine, ids: Sequence[str], worker: str) -> None:
+    """Give up the claims on ``ids``. Never fails the run: a claim not released lapses
+    at the end of its lease."""
     if not ids:
         return
+    try:
+        _release(engine, ids, worker)
+    except Exception:
+        log.warning("could not release %d claim(s) of %s; they lapse with the lease", len(ids), worker,
+                    exc_info=True)
+
+
+def _release(engine: Engine, ids: Sequence[str], worker: str) -> None:
     with transaction(engine) as s:
         s.execute(
             update(Subscription)
@@ -175,10 +187,17 @@ def release(engine: Engine, ids: Sequence[str], worker: str) -> None:
 
 
 def renew(engine: Engine, worker: str, lease: timedelta) -> int:
-    """Push back the expiry of every lease ``worker`` holds. Returns how many."""
+    """Push back the expiry of every lease ``worker`` holds. Returns how many.
+
+    Rows the worker's own batch transaction has locked right now are skipped (SKIP
+    LOCKED, in id order): waiting for them could deadlock with that transaction, and the
+    batch releases or re-stamps them itself."""
     with transaction(engine) as s:
+        mine = select(Subscription.id).where(col(Subscription.lease_owner) == worker).order_by(col(Subscription.id))
+        if engine.dialect.name == "postgresql":
+            mine = mine.with_for_update(skip_locked=True)
         res = s.execute(
-            update(Subscription).where(col(Subscription.lease_owner) == worker)
+            update(Subscription).where(col(Subscription.id).in_(mine.scalar_subquery()))
             .values(lease_expires_at=datetime.now(UTC) + lease)
         )
     return int(res.rowcount or 0)  # type: ignore[attr-defined]
