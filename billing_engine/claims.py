@@ -16,7 +16,7 @@ import os
 import socket
 import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -97,8 +97,8 @@ def _lane_query(lane: str, now: datetime, after: tuple[Any, str] | None, *, keys
         PaymentAttempt.subscription_id == sub.id,
         col(PaymentAttempt.status).in_(list(payments.UNRESOLVED))).exists()
     q = what.where(col(sub.status) == lane, key <= now, ~has_unresolved)
-    if after is not None:
-        q = q.where(or_(key > after[0], and_(key == after[0], col(sub.id) > after[1])))
+    if after is not None:  # "key >= a" starts the index range there (not at dead entries below it)
+        q = q.where(key >= after[0], or_(key > after[0], col(sub.id) > after[1]))
     return q.order_by(key, col(sub.id))
 
 
@@ -186,14 +186,18 @@ def _release(engine: Engine, ids: Sequence[str], worker: str) -> None:
         )
 
 
-def renew(engine: Engine, worker: str, lease: timedelta) -> int:
-    """Push back the expiry of every lease ``worker`` holds. Returns how many.
+def renew(engine: Engine, worker: str, lease: timedelta, ids: Sequence[str]) -> int:
+    """Push back the expiry of ``worker``'s leases on ``ids`` (by primary key). Returns how many.
 
     Rows the worker's own batch transaction has locked right now are skipped (SKIP
     LOCKED, in id order): waiting for them could deadlock with that transaction, and the
-    batch releases or re-stamps them itself."""
+    batch releases them itself."""
+    if not ids:
+        return 0
     with transaction(engine) as s:
-        mine = select(Subscription.id).where(col(Subscription.lease_owner) == worker).order_by(col(Subscription.id))
+        mine = (select(Subscription.id).where(col(Subscription.id).in_(sorted(ids)),
+                                              col(Subscription.lease_owner) == worker)
+                .order_by(col(Subscription.id)))
         if engine.dialect.name == "postgresql":
             mine = mine.with_for_update(skip_locked=True)
         res = s.execute(
@@ -206,8 +210,8 @@ def renew(engine: Engine, worker: str, lease: timedelta) -> int:
 class Heartbeat:
     """Renews a worker's leases every third of the lease while the run lives."""
 
-    def __init__(self, engine: Engine, worker: str, lease: timedelta) -> None:
-        self.engine, self.worker, self.lease = engine, worker, lease
+    def __init__(self, engine: Engine, worker: str, lease: timedelta, held: Callable[[], list[str]]) -> None:
+        self.engine, self.worker, self.lease, self.held = engine, worker, lease, held
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="billing-claims-heartbeat", daemon=True)
 
@@ -223,7 +227,7 @@ class Heartbeat:
         interval = max(self.lease.total_seconds() / 3, 0.2)
         while not self._stop.wait(interval):
             try:
-                renew(self.engine, self.worker, self.lease)
+                renew(self.engine, self.worker, self.lease, self.held())
             except Exception:  # the run itself notices a dead database
                 log.warning("claims heartbeat failed", exc_info=True)
 

@@ -381,7 +381,10 @@ def run_cycle(
     processed = 0
     inflight: deque[_Batch] = deque()
     try:
-        with claims.Heartbeat(engine, worker, lease):
+        def held() -> list[str]:
+            return [sid for b in list(inflight) for sid in b.ids]
+
+        with claims.Heartbeat(engine, worker, lease, held):
             cursor = claims.Cursor()
             while not (stop.is_set() or runner.halt.is_set()) and (limit is None or processed < limit):
                 want = batch_size if limit is None else min(batch_size, limit - processed)
@@ -398,7 +401,8 @@ def run_cycle(
                 if not ids:
                     if not inflight:
                         break
-                    runner.settle(inflight.popleft())  # its renewals may be due again (catch-up)
+                    runner.settle(inflight[0])  # its renewals may be due again (catch-up)
+                    inflight.popleft()
                     continue
                 try:
                     prepared = runner.prepare(ids)
@@ -411,15 +415,17 @@ def run_cycle(
                 inflight.append(_Batch([st.subscription_id for st in prepared.steps], prepared, futures))
                 processed += len(ids)
                 while inflight and (len(inflight) >= 2 or all(f.done() for f in inflight[0].futures)):
-                    runner.settle(inflight.popleft())
+                    runner.settle(inflight[0])  # still listed while it settles: the heartbeat renews it
+                    inflight.popleft()
                 if on_progress:
                     on_progress(processed, summary.total_due)
             if stop.is_set() and summary.stopped is None:
                 summary.stopped, summary.stop_message = STOP_REQUESTED, "stopped on request"
             deadline = time.monotonic() + DRAIN_SECONDS
             while inflight:
-                runner.settle(inflight.popleft(), timeout=max(deadline - time.monotonic(), 0.1)
+                runner.settle(inflight[0], timeout=max(deadline - time.monotonic(), 0.1)
                               if summary.stopped == STOP_REQUESTED else None)
+                inflight.popleft()
     finally:
         pool.shutdown(wait=summary.stopped != STOP_REQUESTED, cancel_futures=True)
         for b in inflight:  # only on an exception: let the claims go now rather than at lease end

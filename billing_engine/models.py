@@ -250,7 +250,6 @@ class Subscription(SQLModel, table=True):
         Index("ix_subscriptions_retry", "status", "next_retry_at"),
         Index("ix_subscriptions_ended", "ended_at"),
         Index("ix_subscriptions_activated", "activated_at", "ended_at"),
-        Index("ix_subscriptions_lease_owner", "lease_owner"),  # a worker's heartbeat and release
         CheckConstraint(
             "cancellation_kind IS NULL OR cancellation_kind IN ('voluntary','involuntary')",
             name="ck_subscriptions_cancellation_kind",

@@ -5,6 +5,7 @@ and database failures; a charge that lands after the customer cancelled is refun
 from __future__ import annotations
 
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -239,3 +240,26 @@ def test_a_cancel_at_period_end_during_the_renewal_ends_when_promised_and_refund
     assert sub.cancellation_kind == "voluntary"
     assert fake.total_collected("USD") == 2 * 1700 and fake.net_collected("USD") == 1700
     assert _mail(engine, "refund") == 1
+
+
+def test_a_live_worker_keeps_its_claims_past_the_lease_by_heartbeat(engine: Engine) -> None:
+    from billing_engine import claims
+
+    _subs(engine, 6)
+    fake = FakeGateway(latency=0.4)  # one batch of 6 calls, one at a time: ~2.4 s, the lease is 0.6 s
+    done = threading.Event()
+    result: list[Any] = []
+
+    def run() -> None:
+        result.append(run_cycle(engine, fake, now=T0, settings=SETTINGS, lease=timedelta(seconds=0.6),
+                                concurrency=1, batch_size=6))
+        done.set()
+
+    t = threading.Thread(target=run)
+    t.start()
+    time.sleep(1.5)  # well past the lease
+    stolen = claims.claim(engine, now=T0, worker="other-worker", batch_size=10, lease=timedelta(seconds=30),
+                          cursor=claims.Cursor())
+    t.join(30)
+    assert stolen == []  # the heartbeat kept them
+    assert result[0].succeeded == 6 and len(fake.ledger) == 6

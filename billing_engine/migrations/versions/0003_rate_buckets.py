@@ -1,5 +1,4 @@
-"""rate_buckets: the gateway rate limit shared by every run-cycle worker; an index on
-subscriptions.lease_owner for a worker's claim heartbeat and release
+"""rate_buckets: the gateway rate limit shared by every run-cycle worker
 
 One row per limited account (``gateway/rate_limit.py: SharedTokenBucket``): the tokens
 left and the wall-clock second they were counted at. Workers take tokens with one
@@ -26,11 +25,7 @@ def upgrade() -> None:
         sa.Column('updated_at', sa.Float(), nullable=False),
         sa.PrimaryKeyConstraint('name'),
     )
-    with op.batch_alter_table('subscriptions', schema=None) as batch_op:
-        batch_op.create_index('ix_subscriptions_lease_owner', ['lease_owner'], unique=False)
 
 
 def downgrade() -> None:
-    with op.batch_alter_table('subscriptions', schema=None) as batch_op:
-        batch_op.drop_index('ix_subscriptions_lease_owner')
     op.drop_table('rate_buckets')
