@@ -93,3 +93,34 @@ def test_killed_workers_never_double_charge_nor_miss_a_period(db_url: str, engin
     assert unresolved == 0 and claimed == 0
     assert all(attempts[e.idempotency_key].gateway_charge_id == e.id for e in charges)
     assert gw.total_collected("USD") == sum(i.amount_paid_minor for i in paid) == N * len(DATES) * 1700
+
+
+def test_sigterm_settles_in_flight_charges_releases_claims_and_exits_143(db_url: str, engine: Engine,
+                                                                       tmp_path: Path) -> None:
+    with transaction(engine) as s:
+        plan = make_plan(s, T0)
+        for i in range(40):
+            make_subscription(s, T0, plan=plan, email=f"term{i}@example.com")
+    ledger = tmp_path / "gateway-ledger.db"
+    env = _env(db_url, ledger) | {"BILLING_FAKE_LATENCY_MS": "150", "BILLING_CLAIM_LEASE_SECONDS": "60",
+                                  "BILLING_GATEWAY_CONCURRENCY": "2"}
+    p = subprocess.Popen([sys.executable, "-m", "cli.main", "run-cycle", "--at", DATES[0], "--no-email"],
+                         env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not ledger.exists() or not FakeGateway(ledger_path=str(ledger)).ledger:  # charging has begun
+        assert time.monotonic() < deadline and p.poll() is None
+        time.sleep(0.05)
+    p.send_signal(signal.SIGTERM)
+    _out, err = p.communicate(timeout=90)
+    assert p.returncode == 143, err
+    assert "stopped" in err and len(err.strip().splitlines()) == 1  # one line, no traceback
+    charges = [e for e in FakeGateway(ledger_path=str(ledger)).ledger if e.kind == "charge"]
+    with Session(engine) as s:
+        pending = s.exec(select(func.count()).select_from(PaymentAttempt).where(
+            col(PaymentAttempt.status).in_(["pending", "unknown"]))).one()
+        claimed = s.exec(select(func.count()).select_from(Subscription).where(
+            col(Subscription.lease_owner).is_not(None))).one()
+        paid = s.exec(select(func.count()).select_from(Invoice).where(Invoice.status == InvoiceStatus.PAID)).one()
+    assert 0 < len(charges) < 40  # it stopped part-way ...
+    assert paid == len(charges) and claimed == 0  # ... with every charge settled and every claim released
+    assert pending == 0  # in-flight calls finished and were settled
