@@ -7,7 +7,7 @@ from typing import Any
 from sqlmodel import Session, col, select
 
 from api import schemas as S
-from billing_engine import cancellations, events, plans, subscriptions
+from billing_engine import cancellations, events, invoices, plans, refunds, subscriptions
 from billing_engine.models import (
     Consent,
     Customer,
@@ -76,13 +76,7 @@ def cancel_result(s: Session, res: cancellations.CancelResult) -> S.CancelOut:
 
 
 def attempt(a: PaymentAttempt) -> S.PaymentAttemptOut:
-    return S.PaymentAttemptOut(
-        id=a.id, invoice_id=a.invoice_id, subscription_id=a.subscription_id, payment_method_id=a.payment_method_id,
-        attempt_number=a.attempt_number, idempotency_key=a.idempotency_key, gateway=a.gateway, status=a.status,
-        amount_minor=a.amount_minor, currency=a.currency, amount=S.display(a.amount_minor, a.currency),
-        gateway_charge_id=a.gateway_charge_id, decline_code=a.decline_code, decline_kind=a.decline_kind,
-        message=a.message, created_at=a.created_at, completed_at=a.completed_at,
-    )
+    return S.PaymentAttemptOut(**invoices.attempt_summary(a), amount=S.display(a.amount_minor, a.currency))
 
 
 def refund(r: Refund) -> S.RefundOut:
@@ -95,15 +89,7 @@ def refund(r: Refund) -> S.RefundOut:
 
 
 def _invoice_fields(inv: Invoice) -> dict[str, Any]:
-    return {
-        "id": inv.id, "subscription_id": inv.subscription_id, "customer_id": inv.customer_id,
-        "plan_id": inv.plan_id, "period_index": inv.period_index, "period_start": inv.period_start,
-        "period_end": inv.period_end, "amount_minor": inv.amount_minor, "currency": inv.currency,
-        "amount": S.display(inv.amount_minor, inv.currency), "status": inv.status,
-        "attempt_count": inv.attempt_count, "amount_paid_minor": inv.amount_paid_minor,
-        "amount_refunded_minor": inv.amount_refunded_minor, "created_at": inv.created_at,
-        "paid_at": inv.paid_at, "closed_at": inv.closed_at,
-    }
+    return invoices.summary(inv) | {"amount": S.display(inv.amount_minor, inv.currency)}
 
 
 def invoice(inv: Invoice) -> S.InvoiceOut:
@@ -111,8 +97,6 @@ def invoice(inv: Invoice) -> S.InvoiceOut:
 
 
 def invoice_detail(s: Session, inv: Invoice) -> S.InvoiceDetail:
-    from billing_engine import invoices, refunds
-
     return S.InvoiceDetail(
         **_invoice_fields(inv),
         attempts=[attempt(a) for a in invoices.attempts(s, inv.id)],
