@@ -7,7 +7,7 @@ from typing import Any
 from sqlmodel import Session, col, select
 
 from api import schemas as S
-from billing_engine import cancellations, events, plans, subscriptions
+from billing_engine import cancellations, customers, events, invoices, payment_methods, plans, refunds, subscriptions
 from billing_engine.models import (
     Consent,
     Customer,
@@ -21,12 +21,8 @@ from billing_engine.models import (
 
 
 def plan(p: Plan, *, subscriber_count: int | None = None) -> S.PlanOut:
-    return S.PlanOut(
-        id=p.id, code=p.code, name=p.name, amount_minor=p.amount_minor, currency=p.currency,
-        amount=S.display(p.amount_minor, p.currency), interval=p.interval, interval_count=p.interval_count,
-        trial_days=p.trial_days, active=p.active, cancel_immediately=p.cancel_immediately,
-        reminder_days=p.reminder_days, tier=p.tier, subscriber_count=subscriber_count, created_at=p.created_at,
-    )
+    return S.PlanOut(**plans.summary(p), amount=S.display(p.amount_minor, p.currency),
+                     subscriber_count=subscriber_count)
 
 
 def plan_with_count(s: Session, p: Plan) -> S.PlanOut:
@@ -34,8 +30,7 @@ def plan_with_count(s: Session, p: Plan) -> S.PlanOut:
 
 
 def customer(c: Customer) -> S.CustomerOut:
-    return S.CustomerOut(id=c.id, email=c.email, name=c.name, external_ref=c.external_ref,
-                         gateway_customer_id=c.gateway_customer_id, created_at=c.created_at)
+    return S.CustomerOut(**customers.summary(c))
 
 
 def consent(c: Consent) -> S.ConsentOut:
@@ -49,11 +44,7 @@ def consent(c: Consent) -> S.ConsentOut:
 
 def payment_method(s: Session, pm: PaymentMethod) -> S.PaymentMethodOut:
     rows = s.exec(select(Consent).where(Consent.payment_method_id == pm.id).order_by(col(Consent.accepted_at)))
-    return S.PaymentMethodOut(
-        id=pm.id, customer_id=pm.customer_id, gateway=pm.gateway, token=pm.token, brand=pm.brand,
-        last4=pm.last4, exp_month=pm.exp_month, exp_year=pm.exp_year, status=pm.status,
-        created_at=pm.created_at, consents=[consent(c) for c in rows],
-    )
+    return S.PaymentMethodOut(**payment_methods.summary(pm), consents=[consent(c) for c in rows])
 
 
 def subscription(s: Session, sub: Subscription) -> S.SubscriptionOut:
@@ -76,34 +67,15 @@ def cancel_result(s: Session, res: cancellations.CancelResult) -> S.CancelOut:
 
 
 def attempt(a: PaymentAttempt) -> S.PaymentAttemptOut:
-    return S.PaymentAttemptOut(
-        id=a.id, invoice_id=a.invoice_id, subscription_id=a.subscription_id, payment_method_id=a.payment_method_id,
-        attempt_number=a.attempt_number, idempotency_key=a.idempotency_key, gateway=a.gateway, status=a.status,
-        amount_minor=a.amount_minor, currency=a.currency, amount=S.display(a.amount_minor, a.currency),
-        gateway_charge_id=a.gateway_charge_id, decline_code=a.decline_code, decline_kind=a.decline_kind,
-        message=a.message, created_at=a.created_at, completed_at=a.completed_at,
-    )
+    return S.PaymentAttemptOut(**invoices.attempt_summary(a), amount=S.display(a.amount_minor, a.currency))
 
 
 def refund(r: Refund) -> S.RefundOut:
-    return S.RefundOut(
-        id=r.id, invoice_id=r.invoice_id, payment_attempt_id=r.payment_attempt_id, amount_minor=r.amount_minor,
-        currency=r.currency, amount=S.display(r.amount_minor, r.currency), status=r.status, reason=r.reason,
-        idempotency_key=r.idempotency_key, gateway_refund_id=r.gateway_refund_id, created_at=r.created_at,
-        succeeded_at=r.succeeded_at,
-    )
+    return S.RefundOut(**refunds.summary(r), amount=S.display(r.amount_minor, r.currency))
 
 
 def _invoice_fields(inv: Invoice) -> dict[str, Any]:
-    return {
-        "id": inv.id, "subscription_id": inv.subscription_id, "customer_id": inv.customer_id,
-        "plan_id": inv.plan_id, "period_index": inv.period_index, "period_start": inv.period_start,
-        "period_end": inv.period_end, "amount_minor": inv.amount_minor, "currency": inv.currency,
-        "amount": S.display(inv.amount_minor, inv.currency), "status": inv.status,
-        "attempt_count": inv.attempt_count, "amount_paid_minor": inv.amount_paid_minor,
-        "amount_refunded_minor": inv.amount_refunded_minor, "created_at": inv.created_at,
-        "paid_at": inv.paid_at, "closed_at": inv.closed_at,
-    }
+    return invoices.summary(inv) | {"amount": S.display(inv.amount_minor, inv.currency)}
 
 
 def invoice(inv: Invoice) -> S.InvoiceOut:
@@ -111,8 +83,6 @@ def invoice(inv: Invoice) -> S.InvoiceOut:
 
 
 def invoice_detail(s: Session, inv: Invoice) -> S.InvoiceDetail:
-    from billing_engine import invoices, refunds
-
     return S.InvoiceDetail(
         **_invoice_fields(inv),
         attempts=[attempt(a) for a in invoices.attempts(s, inv.id)],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
@@ -61,3 +62,9 @@ def list_customers(
     if after:
         q = q.where(col(Customer.id) > after)
     return list(session.exec(q))
+
+
+def summary(c: Customer) -> dict[str, Any]:
+    """The customer as shown to admins (CLI ``--json`` and the API)."""
+    return {"id": c.id, "email": c.email, "name": c.name, "external_ref": c.external_ref,
+            "gateway_customer_id": c.gateway_customer_id, "created_at": c.created_at}

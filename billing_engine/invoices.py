@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
@@ -69,3 +70,28 @@ def attempts(session: Session, invoice_id: str) -> list[PaymentAttempt]:
     return list(session.exec(
         select(PaymentAttempt).where(PaymentAttempt.invoice_id == invoice_id).order_by(col(PaymentAttempt.attempt_number))
     ))
+
+
+def summary(inv: Invoice) -> dict[str, Any]:
+    """The invoice as shown to admins (CLI ``--json`` and the API); each surface adds its
+    display amount."""
+    return {
+        "id": inv.id, "subscription_id": inv.subscription_id, "customer_id": inv.customer_id,
+        "plan_id": inv.plan_id, "period_index": inv.period_index, "period_start": inv.period_start,
+        "period_end": inv.period_end, "amount_minor": inv.amount_minor, "currency": inv.currency,
+        "status": inv.status, "attempt_count": inv.attempt_count, "amount_paid_minor": inv.amount_paid_minor,
+        "amount_refunded_minor": inv.amount_refunded_minor, "created_at": inv.created_at,
+        "paid_at": inv.paid_at, "closed_at": inv.closed_at,
+    }
+
+
+def attempt_summary(a: PaymentAttempt) -> dict[str, Any]:
+    """One payment attempt of an invoice as shown to admins (CLI ``--json`` and the API)."""
+    return {
+        "id": a.id, "invoice_id": a.invoice_id, "subscription_id": a.subscription_id,
+        "payment_method_id": a.payment_method_id, "attempt_number": a.attempt_number,
+        "idempotency_key": a.idempotency_key, "gateway": a.gateway, "status": a.status,
+        "amount_minor": a.amount_minor, "currency": a.currency, "gateway_charge_id": a.gateway_charge_id,
+        "decline_code": a.decline_code, "decline_kind": a.decline_kind, "message": a.message,
+        "created_at": a.created_at, "completed_at": a.completed_at,
+    }

@@ -23,6 +23,7 @@ from typing import Any
 from itsdangerous import BadData, TimestampSigner, URLSafeTimedSerializer
 
 from billing_engine.errors import BillingError
+from billing_engine.settings import Settings
 
 SALT = "cancel-link"
 MAX_TOKEN_LENGTH = 400  # a real token is ~110 characters
@@ -61,13 +62,12 @@ class _ClockSigner(TimestampSigner):
         return self._now
 
 
-def itsdangerous_keys(settings: Any) -> list[str]:
+def itsdangerous_keys(settings: Settings) -> list[str]:
     """The secret keys in itsdangerous' order (oldest first, the LAST one signs)."""
-    keys = settings.signing_keys() if hasattr(settings, "signing_keys") else [settings.secret_key.get_secret_value()]
-    return list(reversed(keys))
+    return list(reversed(settings.signing_keys()))
 
 
-def _serializer(settings: Any, now: datetime) -> URLSafeTimedSerializer:
+def _serializer(settings: Settings, now: datetime) -> URLSafeTimedSerializer:
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
     return URLSafeTimedSerializer(
@@ -82,34 +82,34 @@ def _now(now: datetime | None) -> datetime:
     return now if now is not None else datetime.now(UTC)
 
 
-def max_age(settings: Any) -> timedelta:
-    return min(timedelta(days=int(settings.cancel_link_max_age_days)), MAX_LIFETIME)
+def max_age(settings: Settings) -> timedelta:
+    return min(timedelta(days=settings.cancel_link_max_age_days), MAX_LIFETIME)
 
 
-def max_issue_ahead(settings: Any) -> timedelta:
+def max_issue_ahead(settings: Settings) -> timedelta:
     """How far ahead of "now" a link may have been issued and still verify."""
     return MAX_LIFETIME - max_age(settings)
 
 
-def make_cancel_token(settings: Any, subscription_id: str, now: datetime | None = None) -> str:
+def make_cancel_token(settings: Settings, subscription_id: str, now: datetime | None = None) -> str:
     """A URL-safe signed token for ``subscription_id``, issued at ``now``."""
     if not subscription_id:
         raise ValueError("subscription_id is required")
     return str(_serializer(settings, _now(now)).dumps(subscription_id))
 
 
-def make_cancel_url(settings: Any, subscription_id: str, now: datetime | None = None) -> str:
+def make_cancel_url(settings: Settings, subscription_id: str, now: datetime | None = None) -> str:
     """``settings.public_base_url`` + ``/cancel/`` + a fresh token."""
-    base = str(settings.public_base_url).rstrip("/")
+    base = settings.public_base_url.rstrip("/")
     return f"{base}/cancel/{make_cancel_token(settings, subscription_id, now)}"
 
 
-def expires_at(settings: Any, now: datetime | None = None) -> datetime:
+def expires_at(settings: Settings, now: datetime | None = None) -> datetime:
     """When a link issued at ``now`` stops working."""
     return _now(now).replace(microsecond=0) + max_age(settings)
 
 
-def verify_cancel_token(settings: Any, token: str, now: datetime | None = None) -> str:
+def verify_cancel_token(settings: Settings, token: str, now: datetime | None = None) -> str:
     """The subscription id a token was issued for.
 
     Raises :class:`ExpiredCancelLink` (genuine but too old; carries the subscription id)

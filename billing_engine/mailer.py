@@ -9,9 +9,9 @@ here, then hands the message to a :class:`Transport`:
 - :class:`FileTransport` — writes ``.eml`` files into a directory (the demo, and for
   reading what would have been sent). Re-delivering a message overwrites its file.
 
-Settings read here (with defaults until they are declared in ``Settings``):
+Settings read here (all declared in :class:`~billing_engine.settings.Settings`):
 ``mail_transport`` (``smtp`` | ``file`` | ``none``), ``mail_dir``, the ``smtp_*``
-settings, ``mail_from``, ``support_email``, ``company_name``.
+settings, ``mail_from``, ``support_email``.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from typing import Any, Protocol
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from billing_engine.errors import ConfigurationError
+from billing_engine.settings import Settings
 
 TEMPLATE_DIR = Path(__file__).parent / "templates" / "email"
 ONE_CLICK = "List-Unsubscribe=One-Click"
@@ -84,10 +85,10 @@ def render(kind: str, context: dict[str, Any]) -> Rendered:
     return Rendered(subject=subject, text=text_t.render(context), html=html_t.render(context))
 
 
-def message_id_for(notification_id: str, settings: Any) -> str:
+def message_id_for(notification_id: str, settings: Settings) -> str:
     """A stable Message-ID: the same for every delivery attempt of one outbox row, so a
     receiver can drop a duplicate left by a crash between "sent" and "recorded"."""
-    _, addr = parseaddr(str(settings.mail_from))
+    _, addr = parseaddr(settings.mail_from)
     domain = addr.rpartition("@")[2] or "billing.invalid"
     return f"<{notification_id}@{domain}>"
 
@@ -98,19 +99,18 @@ def build_message(
     kind: str,
     to: str,
     rendered: Rendered,
-    settings: Any,
+    settings: Settings,
     now: datetime,
     cancel_url: str | None,
 ) -> EmailMessage:
     msg = EmailMessage(policy=_POLICY)
-    msg["From"] = str(settings.mail_from)
+    msg["From"] = settings.mail_from
     msg["To"] = to
     msg["Subject"] = rendered.subject
     msg["Date"] = format_datetime(now)
     msg["Message-ID"] = message_id_for(notification_id, settings)
-    support = str(getattr(settings, "support_email", "") or "")
-    if support:
-        msg["Reply-To"] = support
+    if settings.support_email:
+        msg["Reply-To"] = settings.support_email
     if cancel_url:
         # RFC 2369 + RFC 8058: mail clients show an "unsubscribe" button that POSTs
         # "List-Unsubscribe=One-Click" to the cancel link (the same one-click cancel).
@@ -152,17 +152,17 @@ class SmtpTransport:
         self._smtp: smtplib.SMTP | None = None
 
     @classmethod
-    def from_settings(cls, settings: Any) -> SmtpTransport:
-        password = getattr(settings, "smtp_password", None)
+    def from_settings(cls, settings: Settings) -> SmtpTransport:
+        password = settings.smtp_password
         return cls(
             host=settings.smtp_host,
-            port=int(settings.smtp_port),
-            username=getattr(settings, "smtp_username", None) or None,
+            port=settings.smtp_port,
+            username=settings.smtp_username or None,
             password=password.get_secret_value() if password is not None else None,
-            starttls=bool(getattr(settings, "smtp_starttls", False)),
-            use_ssl=bool(getattr(settings, "smtp_ssl", False)),
-            timeout=float(getattr(settings, "smtp_timeout", 10.0)),
-            envelope_from=parseaddr(str(settings.mail_from))[1] or None,
+            starttls=settings.smtp_starttls,
+            use_ssl=settings.smtp_ssl,
+            timeout=settings.smtp_timeout,
+            envelope_from=parseaddr(settings.mail_from)[1] or None,
         )
 
     def _connect(self) -> smtplib.SMTP:
@@ -247,13 +247,13 @@ class FileTransport:
 TRANSPORTS = ("smtp", "file", "none")
 
 
-def build_transport(settings: Any) -> Transport | None:
+def build_transport(settings: Settings) -> Transport | None:
     """The configured transport; None for ``mail_transport=none`` (e-mails stay queued)."""
-    name = str(getattr(settings, "mail_transport", "smtp")).strip().lower()
+    name = settings.mail_transport.strip().lower()
     if name == "smtp":
         return SmtpTransport.from_settings(settings)
     if name == "file":
-        return FileTransport(getattr(settings, "mail_dir", "outbox"))
+        return FileTransport(settings.mail_dir)
     if name == "none":
         return None
     raise ConfigurationError(f"invalid setting BILLING_MAIL_TRANSPORT: must be one of {', '.join(TRANSPORTS)}")

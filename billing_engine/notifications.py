@@ -27,6 +27,7 @@ from sqlmodel import Session, col, select
 from billing_engine import links, mailer
 from billing_engine.db import transaction
 from billing_engine.models import Customer, Notification, NotificationStatus, new_id
+from billing_engine.settings import Settings, get_settings
 
 
 class Kind(StrEnum):
@@ -207,7 +208,7 @@ _INVOLUNTARY_WHY = {
 }
 
 
-def build_context(session: Session, n: Notification, settings: Any) -> dict[str, Any]:
+def build_context(session: Session, n: Notification, settings: Settings) -> dict[str, Any]:
     """Everything a template may use: the row's payload plus customer, plan, card, links."""
     from billing_engine.models import PaymentMethod, Plan, Subscription
 
@@ -224,8 +225,8 @@ def build_context(session: Session, n: Notification, settings: Any) -> dict[str,
     ctx: dict[str, Any] = {
         "kind": n.kind,
         "payload": payload,
-        "company_name": getattr(settings, "company_name", "") or "Billing",
-        "support_email": getattr(settings, "support_email", "") or "",
+        "company_name": settings.company_name or "Billing",
+        "support_email": settings.support_email,
         "name": (customer.name if customer and customer.name else "") or "there",
         "email": n.to_email,
         "subscription_id": sub.id if sub else None,
@@ -256,7 +257,7 @@ def build_context(session: Session, n: Notification, settings: Any) -> dict[str,
     return ctx
 
 
-def compose(session: Session, n: Notification, settings: Any, now: datetime) -> EmailMessage:
+def compose(session: Session, n: Notification, settings: Settings, now: datetime) -> EmailMessage:
     """The e-mail for outbox row ``n`` (plain text + HTML, List-Unsubscribe headers)."""
     ctx = build_context(session, n, settings)
     rendered = mailer.render(n.kind, ctx)
@@ -293,7 +294,7 @@ def _record_failure(engine: Engine, claim: _Claim, exc: BaseException, now: date
 def deliver_pending(
     engine: Engine,
     now: datetime,
-    settings: Any = None,
+    settings: Settings | None = None,
     transport: mailer.Transport | None = None,
     *,
     limit: int = 500,
@@ -309,10 +310,8 @@ def deliver_pending(
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
     if settings is None:
-        from billing_engine.settings import get_settings
-
         settings = get_settings()
-    max_attempts = max_attempts or int(getattr(settings, "mail_max_attempts", MAX_ATTEMPTS))
+    max_attempts = max_attempts or settings.mail_max_attempts
     own = transport is None
     if transport is None:
         transport = mailer.build_transport(settings)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
+from typing import Any
 
 from sqlmodel import Session, col, select
 
@@ -107,3 +108,10 @@ def update_card(session: Session, pm: PaymentMethod, card: CardDetails, *, now: 
                   payload={"payment_method_id": pm.id, "last4": pm.last4,
                            "exp_month": pm.exp_month, "exp_year": pm.exp_year})
     return pm
+
+
+def summary(pm: PaymentMethod) -> dict[str, Any]:
+    """The card as shown to admins (CLI ``--json`` and the API): gateway token and brand/last4/expiry only."""
+    return {"id": pm.id, "customer_id": pm.customer_id, "gateway": pm.gateway, "token": pm.token,
+            "brand": pm.brand, "last4": pm.last4, "exp_month": pm.exp_month, "exp_year": pm.exp_year,
+            "status": pm.status, "created_at": pm.created_at}

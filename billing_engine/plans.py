@@ -4,6 +4,7 @@ re-priced in place: create a new plan (new code) instead."""
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, func, select
@@ -125,3 +126,13 @@ def update(
                   payload={"plan_id": plan.id, "name": plan.name, "active": plan.active})
     return plan
 
+
+
+def summary(p: Plan) -> dict[str, Any]:
+    """The plan as shown to admins (CLI ``--json`` and the API); each surface adds its display amount."""
+    return {
+        "id": p.id, "code": p.code, "name": p.name, "amount_minor": p.amount_minor, "currency": p.currency,
+        "interval": p.interval, "interval_count": p.interval_count, "trial_days": p.trial_days,
+        "active": p.active, "cancel_immediately": p.cancel_immediately, "reminder_days": p.reminder_days,
+        "tier": p.tier, "created_at": p.created_at,
+    }

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, func, select
@@ -268,3 +269,11 @@ def send(
         raise Conflict(f"the gateway refused refund {refund_id}: {result.message}", field="invoice",
                        refund_id=refund_id)
     return refund
+
+
+def summary(r: Refund) -> dict[str, Any]:
+    """The refund as shown to admins (CLI ``--json`` and the API); each surface adds its display amount."""
+    return {"id": r.id, "invoice_id": r.invoice_id, "payment_attempt_id": r.payment_attempt_id,
+            "amount_minor": r.amount_minor, "currency": r.currency, "status": r.status, "reason": r.reason,
+            "idempotency_key": r.idempotency_key, "gateway_refund_id": r.gateway_refund_id,
+            "created_at": r.created_at, "succeeded_at": r.succeeded_at}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -10,6 +11,7 @@ from billing_engine import card_setup, customers, payment_methods, plans
 from billing_engine.consents import ConsentInput
 from billing_engine.errors import ValidationError
 from billing_engine.gateway.factory import build_gateway
+from billing_engine.models import Plan
 from billing_engine.money import Money, normalize_currency
 from billing_engine.settings import get_settings
 from cli.common import JsonOpt, console, handle_errors, make_table, parse_at, print_json, print_record, unit_of_work
@@ -19,17 +21,8 @@ customer_app = typer.Typer(help="Create and list customers.", no_args_is_help=Tr
 pm_app = typer.Typer(help="Add tokenised cards with the customer's consent.", no_args_is_help=True)
 
 
-def plan_dict(p: object) -> dict[str, object]:
-    from billing_engine.models import Plan
-
-    assert isinstance(p, Plan)
-    return {
-        "id": p.id, "code": p.code, "name": p.name, "amount_minor": p.amount_minor,
-        "amount": Money(p.amount_minor, p.currency).to_major_str(), "currency": p.currency,
-        "interval": p.interval, "interval_count": p.interval_count, "trial_days": p.trial_days,
-        "active": p.active, "cancel_immediately": p.cancel_immediately,
-        "reminder_days": p.reminder_days, "tier": p.tier, "created_at": p.created_at,
-    }
+def plan_dict(p: Plan) -> dict[str, Any]:
+    return plans.summary(p) | {"amount": Money(p.amount_minor, p.currency).to_major_str()}
 
 
 @plan_app.command("create")
@@ -84,14 +77,6 @@ def plan_list(
     console.print(t)
 
 
-def customer_dict(c: object) -> dict[str, object]:
-    from billing_engine.models import Customer
-
-    assert isinstance(c, Customer)
-    return {"id": c.id, "email": c.email, "name": c.name, "external_ref": c.external_ref,
-            "gateway_customer_id": c.gateway_customer_id, "created_at": c.created_at}
-
-
 @customer_app.command("create")
 @handle_errors
 def customer_create(
@@ -107,7 +92,7 @@ def customer_create(
     with unit_of_work() as s:
         c = customers.create(s, email=email, name=name, external_ref=external_ref,
                              gateway_customer_id=gateway_customer_id, now=now, actor="cli")
-        data = customer_dict(c)
+        data = customers.summary(c)
     if json_out:
         print_json(data)
     else:
@@ -123,7 +108,7 @@ def customer_list(
 ) -> None:
     """List customers."""
     with unit_of_work() as s:
-        rows = [customer_dict(c) for c in customers.list_customers(s, email=email, limit=limit)]
+        rows = [customers.summary(c) for c in customers.list_customers(s, email=email, limit=limit)]
     if json_out:
         print_json(rows)
         return
@@ -131,15 +116,6 @@ def customer_list(
     for r in rows:
         t.add_row(str(r["id"]), str(r["email"]), str(r["name"]), str(r["external_ref"] or ""), str(r["created_at"])[:19])
     console.print(t)
-
-
-def pm_dict(pm: object) -> dict[str, object]:
-    from billing_engine.models import PaymentMethod
-
-    assert isinstance(pm, PaymentMethod)
-    return {"id": pm.id, "customer_id": pm.customer_id, "gateway": pm.gateway, "token": pm.token,
-            "brand": pm.brand, "last4": pm.last4, "exp_month": pm.exp_month, "exp_year": pm.exp_year,
-            "status": pm.status, "created_at": pm.created_at}
 
 
 @pm_app.command("add")
@@ -186,7 +162,7 @@ def pm_add(
         # the gateway sets the card up for off-session use (Stripe: SetupIntent) before we store it
         pm, cons = card_setup.add_with_setup(s, gw, customer_id=c.id, token=token, consent=consent, now=now,
                                              actor="cli")
-        data = pm_dict(pm) | {"consent_id": cons.id, "terms_sha256": cons.terms_sha256}
+        data = payment_methods.summary(pm) | {"consent_id": cons.id, "terms_sha256": cons.terms_sha256}
     if json_out:
         print_json(data)
     else:
@@ -199,7 +175,7 @@ def pm_list(customer: str = typer.Argument(..., help="Customer id or external re
     """List a customer's payment methods."""
     with unit_of_work() as s:
         c = customers.get(s, customer)
-        rows = [pm_dict(p) for p in payment_methods.list_for_customer(s, c.id)]
+        rows = [payment_methods.summary(p) for p in payment_methods.list_for_customer(s, c.id)]
     if json_out:
         print_json(rows)
         return
@@ -252,10 +228,10 @@ def customer_show(customer: str = typer.Argument(..., help="Customer id or exter
     """Show one customer with their cards."""
     with unit_of_work() as s:
         c = customers.get(s, customer)
-        data = customer_dict(c) | {"payment_methods": [pm_dict(p) for p in payment_methods.list_for_customer(s, c.id)]}
+        data = customers.summary(c) | {"payment_methods": [payment_methods.summary(p) for p in payment_methods.list_for_customer(s, c.id)]}
     if json_out:
         print_json(data)
         return
     print_record(data, skip=("payment_methods",))
-    for pm in data["payment_methods"]:  # type: ignore[attr-defined]
+    for pm in data["payment_methods"]:
         console.print(f"  {pm['id']}: {pm['brand']} ····{pm['last4']} {pm['exp_month']}/{pm['exp_year']} ({pm['status']})")

@@ -2,33 +2,20 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import typer
 
 from billing_engine import invoices
-from billing_engine.models import Invoice, PaymentAttempt
+from billing_engine.models import Invoice
 from billing_engine.money import format_minor
 from cli.common import JsonOpt, console, handle_errors, make_table, print_json, print_record, unit_of_work
 
 invoice_app = typer.Typer(help="Invoices (one per subscription period) and payment attempts.", no_args_is_help=True)
 
 
-def invoice_dict(inv: Invoice) -> dict[str, object]:
-    return {
-        "id": inv.id, "subscription_id": inv.subscription_id, "customer_id": inv.customer_id, "plan_id": inv.plan_id,
-        "period_index": inv.period_index, "period_start": inv.period_start, "period_end": inv.period_end,
-        "amount_minor": inv.amount_minor, "currency": inv.currency, "amount": format_minor(inv.amount_minor, inv.currency),
-        "status": inv.status, "attempt_count": inv.attempt_count, "amount_paid_minor": inv.amount_paid_minor,
-        "amount_refunded_minor": inv.amount_refunded_minor, "paid_at": inv.paid_at, "created_at": inv.created_at,
-    }
-
-
-def attempt_dict(a: PaymentAttempt) -> dict[str, object]:
-    return {
-        "id": a.id, "attempt_number": a.attempt_number, "status": a.status, "idempotency_key": a.idempotency_key,
-        "amount_minor": a.amount_minor, "currency": a.currency, "gateway": a.gateway,
-        "gateway_charge_id": a.gateway_charge_id, "decline_code": a.decline_code, "decline_kind": a.decline_kind,
-        "message": a.message, "created_at": a.created_at, "completed_at": a.completed_at,
-    }
+def invoice_dict(inv: Invoice) -> dict[str, Any]:
+    return invoices.summary(inv) | {"amount": format_minor(inv.amount_minor, inv.currency)}
 
 
 @invoice_app.command("list")
@@ -65,13 +52,13 @@ def show_cmd(invoice: str = typer.Argument(..., help="Invoice id (in_...)."), js
     """Show an invoice with every payment attempt."""
     with unit_of_work() as s:
         inv = invoices.get(s, invoice)
-        data = invoice_dict(inv) | {"attempts": [attempt_dict(a) for a in invoices.attempts(s, inv.id)]}
+        data = invoice_dict(inv) | {"attempts": [invoices.attempt_summary(a) for a in invoices.attempts(s, inv.id)]}
     if json_out:
         print_json(data)
         return
     print_record(data, skip=("attempts",))
     at = make_table("#", "status", "decline", "key", "at")
-    for a in data["attempts"]:  # type: ignore[attr-defined]
+    for a in data["attempts"]:
         at.add_row(str(a["attempt_number"]), str(a["status"]), str(a["decline_code"] or ""), str(a["idempotency_key"]),
                    str(a["created_at"])[:19])
     console.print(at)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import typer
 from rich.table import Table
 
@@ -15,11 +17,8 @@ from cli.common import JsonOpt, console, engine, handle_errors, parse_at, print_
 refund_app = typer.Typer(help="Refund paid invoices (fully or partly) and list refunds.", no_args_is_help=True)
 
 
-def refund_dict(r: Refund) -> dict[str, object]:
-    return {"id": r.id, "invoice_id": r.invoice_id, "payment_attempt_id": r.payment_attempt_id,
-            "amount_minor": r.amount_minor, "currency": r.currency, "amount": format_minor(r.amount_minor, r.currency),
-            "status": r.status, "reason": r.reason, "idempotency_key": r.idempotency_key,
-            "gateway_refund_id": r.gateway_refund_id, "created_at": r.created_at, "succeeded_at": r.succeeded_at}
+def refund_dict(r: Refund) -> dict[str, Any]:
+    return refunds.summary(r) | {"amount": format_minor(r.amount_minor, r.currency)}
 
 
 def _print(data: dict[str, object], verb: str) -> None:

@@ -42,6 +42,7 @@ from billing_engine.models import (
     SubscriptionStatus,
 )
 from billing_engine.money import format_minor
+from billing_engine.settings import Settings
 
 router = APIRouter(include_in_schema=False)
 
@@ -119,11 +120,11 @@ def _load(session: Session, sub_id: str, *, lock: bool = False) -> Subscription 
     return session.get(Subscription, sub_id, with_for_update=lock and pg)
 
 
-def _brand(settings: Any) -> dict[str, str]:
+def _brand(settings: Settings) -> dict[str, str]:
     return {"company_name": settings.company_name or "", "support_email": settings.support_email or ""}
 
 
-def _view(session: Session, sub: Subscription, settings: Any, now: datetime) -> dict[str, Any]:
+def _view(session: Session, sub: Subscription, settings: Settings, now: datetime) -> dict[str, Any]:
     plan = session.get(Plan, sub.plan_id)
     customer = session.get(Customer, sub.customer_id)
     assert plan is not None and customer is not None
@@ -161,7 +162,7 @@ def _page(request: Request, name: str, context: dict[str, Any], status_code: int
     return templates.TemplateResponse(request, name, context, status_code=status_code, headers=SECURITY_HEADERS)
 
 
-def _bad_link(request: Request, settings: Any, token: str, exc: links.InvalidCancelLink | None) -> HTMLResponse:
+def _bad_link(request: Request, settings: Settings, token: str, exc: links.InvalidCancelLink | None) -> HTMLResponse:
     expired = isinstance(exc, links.ExpiredCancelLink)
     ctx = {
         **_brand(settings),
@@ -172,7 +173,7 @@ def _bad_link(request: Request, settings: Any, token: str, exc: links.InvalidCan
 
 
 def _subscription_page(
-    request: Request, token: str, session: Session, sub: Subscription, settings: Any, now: datetime,
+    request: Request, token: str, session: Session, sub: Subscription, settings: Settings, now: datetime,
     *, done: str | None = None, error: str | None = None, status_code: int = 200,
 ) -> HTMLResponse:
     ctx = _view(session, sub, settings, now)

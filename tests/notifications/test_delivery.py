@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 from datetime import datetime, timedelta
-from types import SimpleNamespace
 
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
@@ -14,7 +13,7 @@ from billing_engine.cycle import run_cycle
 from billing_engine.db import transaction
 from billing_engine.gateway.fake import FakeGateway
 from billing_engine.models import Notification, NotificationStatus
-from billing_engine.settings import Settings
+from billing_engine.settings import Settings, load_settings
 from tests.factories import make_subscription
 from tests.notifications.smtp_server import SmtpServer, free_port, html_of, text_of
 
@@ -249,7 +248,7 @@ def test_file_transport_writes_one_eml_per_email_and_overwrites_on_redelivery(
 
     out = Path(str(tmp_path)) / "mail"
     _queue(sqlite_engine, now, 2)
-    transport = mailer.build_transport(SimpleNamespace(mail_transport="file", mail_dir=str(out)))
+    transport = mailer.build_transport(load_settings(mail_transport="file", mail_dir=str(out)))
     assert isinstance(transport, mailer.FileTransport)
     assert notifications.deliver_pending(sqlite_engine, now, settings, transport) == 2
     files = sorted(out.glob("*.eml"))
@@ -264,7 +263,7 @@ def test_file_transport_writes_one_eml_per_email_and_overwrites_on_redelivery(
 
 def test_transport_none_leaves_emails_queued(sqlite_engine: Engine, now: datetime) -> None:
     _queue(sqlite_engine, now, 1)
-    cfg = SimpleNamespace(mail_transport="none")
+    cfg = load_settings(mail_transport="none")
     assert notifications.deliver_pending(sqlite_engine, now, cfg) == 0
     [row] = _rows(sqlite_engine)
     assert row.status == NotificationStatus.PENDING and row.attempts == 0
@@ -276,4 +275,4 @@ def test_an_unknown_transport_is_a_configuration_error() -> None:
     from billing_engine.errors import ConfigurationError
 
     with pytest.raises(ConfigurationError, match="BILLING_MAIL_TRANSPORT"):
-        mailer.build_transport(SimpleNamespace(mail_transport="pigeon"))
+        load_settings(mail_transport="pigeon")
