@@ -27,7 +27,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
-from billing_engine import cancellations, events, notifications, payments, renewals
+from billing_engine import cancellations, claims, events, notifications, payments, renewals
 from billing_engine.gateway.protocol import ChargeRequest, ChargeResult, ChargeStatus
 from billing_engine.invoices import for_period
 from billing_engine.models import (
@@ -237,9 +237,15 @@ def settle(
     schedule_days: Sequence[int],
     plans: dict[str, Plan],
     actor: str = "system:cycle",
+    release: tuple[str, Sequence[str]] | None = None,
 ) -> list[Settled]:
-    """Apply definitive-or-unknown answers of one batch (errors never reach here)."""
+    """Apply definitive-or-unknown answers of one batch (errors never reach here).
+
+    ``release=(worker, ids)``: give up the worker's claims on ``ids`` in the same
+    transaction (folded into the renewals' own row update where possible)."""
     if not answers:
+        if release is not None:
+            claims.release_in(session, release[1], release[0])
         return []
     subs = {s.id: s for s in _load_subs(session, [st.subscription_id for st, _ in answers], worker=None)}
     aq = ATTEMPTS.select().where(ATTEMPTS.c.id.in_([st.attempt_id for st, _ in answers])).order_by(ATTEMPTS.c.id)
@@ -258,6 +264,7 @@ def settle(
             plans[pid] = p
 
     out: list[Settled] = []
+    released: set[str] = set()
     att_rows: list[dict[str, Any]] = []
     inv_rows: list[dict[str, Any]] = []
     sub_rows: list[dict[str, Any]] = []
@@ -287,7 +294,11 @@ def settle(
             outcome = payments.Outcome.SUCCEEDED
             att_rows.append({"_id": attempt.id, **paid.attempt})
             inv_rows.append({"_id": invoice.id, **paid.invoice})
-            sub_rows.append({"_id": sub.id, "activated_at": sub.activated_at, **paid.subscription})
+            mine = release is not None and sub.lease_owner == release[0]
+            sub_rows.append({"_id": sub.id, "activated_at": sub.activated_at, **paid.subscription,
+                             "lease_owner": None if mine else sub.lease_owner,
+                             "lease_expires_at": None if mine else sub.lease_expires_at})
+            released.add(sub.id)
             for etype, payload in paid.events:
                 event_rows.append(events.row(etype, at=now, actor=actor, subscription_id=sub.id,
                                              customer_id=sub.customer_id, invoice_id=invoice.id, payload=payload))
@@ -302,6 +313,8 @@ def settle(
     _bulk_update(session, Subscription, sub_rows)
     bulk_insert(session, Event.__table__, event_rows)  # type: ignore[attr-defined]
     _insert_ignoring_duplicates(session, receipts)
+    if release is not None:
+        claims.release_in(session, [i for i in release[1] if i not in released], release[0])
     return out
 
 

@@ -132,37 +132,53 @@ def due_page(session: Session, now: datetime, cursor: Cursor, limit: int, *, cla
     return out
 
 
-def claim(
-    engine: Engine, *, now: datetime, worker: str, batch_size: int, lease: timedelta, cursor: Cursor,
+def claim_in(
+    session: Session, *, now: datetime, worker: str, batch_size: int, lease: timedelta, cursor: Cursor,
 ) -> list[str]:
-    """Claim up to ``batch_size`` due, unclaimed subscriptions for ``worker`` (one short
-    transaction). ``cursor`` is this run's position: rows processed earlier in the same
-    run that are still due (outcome unknown, skipped) are not re-claimed."""
+    """Claim up to ``batch_size`` due, unclaimed subscriptions for ``worker`` in the
+    caller's transaction (the run-cycle prepares the batch in the same one).
+    ``cursor`` is this run's position: rows processed earlier in the same run that are
+    still due (outcome unknown, skipped) are not re-claimed."""
     wall = datetime.now(UTC)
-    with transaction(engine) as s:
-        ids = [r.id for r in due_page(s, now, cursor, batch_size, claim_for=worker, wall=wall)]
-        if ids:
-            s.execute(
-                update(Subscription)
-                .where(col(Subscription.id).in_(ids))
-                .values(lease_owner=worker, lease_expires_at=wall + lease)
-            )
+    ids = [r.id for r in due_page(session, now, cursor, batch_size, claim_for=worker, wall=wall)]
+    _stamp(session, ids, worker, wall + lease)
     return ids
 
 
-def claim_ids(engine: Engine, ids: Sequence[str], *, now: datetime, worker: str, lease: timedelta) -> list[str]:
+def claim_ids_in(session: Session, ids: Sequence[str], *, now: datetime, worker: str, lease: timedelta) -> list[str]:
     """Claim these subscriptions again if they are still due and free (catch-up)."""
     wall = datetime.now(UTC)
-    with transaction(engine) as s:
-        q = (select(Subscription.id).where(col(Subscription.id).in_(list(ids)), due_condition(now), _free(wall))
-             .order_by(col(Subscription.current_period_end), col(Subscription.id)))
-        if engine.dialect.name == "postgresql":
-            q = q.with_for_update(skip_locked=True, of=Subscription)
-        got = list(s.exec(q))
-        if got:
-            s.execute(update(Subscription).where(col(Subscription.id).in_(got))
-                      .values(lease_owner=worker, lease_expires_at=wall + lease))
+    q = (select(Subscription.id).where(col(Subscription.id).in_(list(ids)), due_condition(now), _free(wall))
+         .order_by(col(Subscription.id)))
+    if session.bind is not None and session.bind.dialect.name == "postgresql":
+        q = q.with_for_update(skip_locked=True, of=Subscription)
+    got = list(session.exec(q))
+    _stamp(session, got, worker, wall + lease)
     return got
+
+
+def _stamp(session: Session, ids: Sequence[str], worker: str, expires: datetime) -> None:
+    if ids:
+        session.execute(update(Subscription).where(col(Subscription.id).in_(list(ids)))
+                        .values(lease_owner=worker, lease_expires_at=expires))
+
+
+def claim(
+    engine: Engine, *, now: datetime, worker: str, batch_size: int, lease: timedelta, cursor: Cursor,
+) -> list[str]:
+    """:func:`claim_in` in a transaction of its own."""
+    with transaction(engine) as s:
+        return claim_in(s, now=now, worker=worker, batch_size=batch_size, lease=lease, cursor=cursor)
+
+
+def release_in(session: Session, ids: Sequence[str], worker: str) -> None:
+    """Give up ``worker``'s claims on ``ids`` in the caller's transaction."""
+    if ids:
+        session.execute(
+            update(Subscription)
+            .where(col(Subscription.id).in_(list(ids)), col(Subscription.lease_owner) == worker)
+            .values(lease_owner=None, lease_expires_at=None)
+        )
 
 
 def release(engine: Engine, ids: Sequence[str], worker: str) -> None:
@@ -179,11 +195,7 @@ def release(engine: Engine, ids: Sequence[str], worker: str) -> None:
 
 def _release(engine: Engine, ids: Sequence[str], worker: str) -> None:
     with transaction(engine) as s:
-        s.execute(
-            update(Subscription)
-            .where(col(Subscription.id).in_(list(ids)), col(Subscription.lease_owner) == worker)
-            .values(lease_owner=None, lease_expires_at=None)
-        )
+        release_in(s, ids, worker)
 
 
 def renew(engine: Engine, worker: str, lease: timedelta, ids: Sequence[str]) -> int:

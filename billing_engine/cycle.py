@@ -25,7 +25,6 @@ lapse within the lease.
 
 from __future__ import annotations
 
-import functools
 import logging
 import threading
 import time
@@ -245,11 +244,34 @@ class _Runner:
 
     # -- database phases (main thread) -----------------------------------------------
 
-    def prepare(self, ids: list[str]) -> charging.Prepared:
-        def txn() -> charging.Prepared:
+    def claim_and_prepare(self, cursor: claims.Cursor, want: int, lease: timedelta,
+                          again: list[str] | None = None) -> tuple[list[str], charging.Prepared]:
+        """ONE transaction: claim a batch (or re-claim ``again`` for catch-up) and write
+        its invoices and pending attempts. Committed before any gateway call."""
+        saved = (dict(cursor.positions), set(cursor.done))
+
+        def txn() -> tuple[list[str], charging.Prepared]:
+            cursor.positions, cursor.done = dict(saved[0]), set(saved[1])  # a retry reads the same page
             with transaction(self.engine) as s:
-                return charging.prepare(s, ids, now=self.now, worker=self.worker, plans=self.plans)
-        prepared = _db(txn, what="preparing a batch")
+                if again is not None:
+                    ids = claims.claim_ids_in(s, again, now=self.now, worker=self.worker, lease=lease)
+                else:
+                    ids = claims.claim_in(s, now=self.now, worker=self.worker, batch_size=want, lease=lease,
+                                          cursor=cursor)
+                if not ids:
+                    return ids, charging.Prepared()
+                prepared = charging.prepare(s, ids, now=self.now, worker=self.worker, plans=self.plans)
+                claims.release_in(s, prepared.settled_ids, self.worker)  # decided without the gateway
+                return ids, prepared
+        try:
+            ids, prepared = _db(txn, what="preparing a batch")
+        except BaseException:
+            cursor.positions, cursor.done = saved  # nothing was claimed: the next run starts over
+            raise
+        self._count_actions(prepared)
+        return ids, prepared
+
+    def _count_actions(self, prepared: charging.Prepared) -> None:
         for _sid, action in prepared.actions:
             if action.kind == renewals.ActionKind.NOTHING:
                 continue
@@ -264,15 +286,17 @@ class _Runner:
                 self.summary.errors.append(f"{_sid}: not charged: {action.message}")
             elif action.kind == renewals.ActionKind.CHARGE:
                 self.summary.charged += 1
-        return prepared
 
     def settle(self, batch: _Batch, *, timeout: float | None = None) -> None:
+        released = False
         try:
-            self._settle(batch, timeout=timeout)
+            released = self._settle(batch, timeout=timeout)
         finally:
-            claims.release(self.engine, batch.ids, self.worker)
+            if not released:
+                claims.release(self.engine, batch.ids, self.worker)
 
-    def _settle(self, batch: _Batch, *, timeout: float | None = None) -> None:
+    def _settle(self, batch: _Batch, *, timeout: float | None = None) -> bool:
+        """Settle the batch's answers and release its claims in ONE transaction."""
         done, not_done = wait_futures(batch.futures, timeout=timeout)
         answers = [f.result() for f in batch.futures if f in done]
         definitive = [(a.step, a.result) for a in answers if a.result is not None]
@@ -286,13 +310,15 @@ class _Runner:
         def txn() -> list[charging.Settled]:
             with transaction(self.engine) as s:
                 return charging.settle(s, definitive, now=self.now, plans=self.plans,
-                                       schedule_days=self.settings.dunning_schedule_days)
-        settled = _db(txn, what="settling a batch") if definitive else []
+                                       schedule_days=self.settings.dunning_schedule_days,
+                                       release=(self.worker, batch.ids))
+        settled = _db(txn, what="settling a batch")
         reconciles = {a.step.attempt_id for a in answers if a.step.reconcile}
         for st in settled:
             self._count(st, reconciled=st.attempt_id in reconciles)
             if st.next_due_at is not None and st.next_due_at <= self.now:
                 self.again.append(st.subscription_id)
+        return True
 
     def _count(self, st: charging.Settled, *, reconciled: bool) -> None:
         s, o = self.summary, st.outcome
@@ -389,13 +415,12 @@ def run_cycle(
             while not (stop.is_set() or runner.halt.is_set()) and (limit is None or processed < limit):
                 want = batch_size if limit is None else min(batch_size, limit - processed)
                 ids: list[str] = []
+                prepared = charging.Prepared()
                 if not cursor.exhausted:
-                    ids = _db(functools.partial(claims.claim, engine, now=now, worker=worker, batch_size=want,
-                                                lease=lease, cursor=cursor), what="claiming a batch")
+                    ids, prepared = runner.claim_and_prepare(cursor, want, lease)
                 if not ids and runner.again:
                     again, runner.again = runner.again[:want], runner.again[want:]
-                    ids = _db(functools.partial(claims.claim_ids, engine, again, now=now, worker=worker,
-                                                lease=lease), what="claiming a batch")
+                    ids, prepared = runner.claim_and_prepare(cursor, want, lease, again=again)
                     if not ids:
                         continue
                 if not ids:
@@ -404,13 +429,6 @@ def run_cycle(
                     runner.settle(inflight[0])  # its renewals may be due again (catch-up)
                     inflight.popleft()
                     continue
-                try:
-                    prepared = runner.prepare(ids)
-                except BaseException:
-                    claims.release(engine, ids, worker)
-                    raise
-                if prepared.settled_ids:
-                    claims.release(engine, prepared.settled_ids, worker)
                 futures = [pool.submit(runner.call, st) for st in prepared.steps]
                 inflight.append(_Batch([st.subscription_id for st in prepared.steps], prepared, futures))
                 processed += len(ids)
