@@ -15,8 +15,9 @@ from api.deps import EngineDep, GatewayDep, NowDep, SettingsDep
 from api.idempotency import IdempotencyKey
 from api.responses import admin
 from api.schemas import CycleSummaryOut, RunCycleRequest
+from billing_engine.clock import check_run_instant
 from billing_engine.cycle import run_cycle
-from billing_engine.settings import Settings
+from billing_engine.settings import Mode, Settings
 
 router = APIRouter(tags=["run-cycle"], dependencies=ADMIN)
 
@@ -35,6 +36,8 @@ def trigger_run_cycle(request: Request, engine: EngineDep, gateway: GatewayDep, 
                       body: RunCycleRequest | None = None, idempotency_key: IdempotencyKey = None) -> JSONResponse:
     body = body or RunCycleRequest.model_validate({})
     at = body.at or now
+    check_run_instant(at, now, gateway_name=gateway.name, simulate=body.simulate,
+                      production=settings.mode is Mode.PRODUCTION)
 
     def action() -> CycleSummaryOut:
         deliver = _deliver(settings) if body.send_emails and not body.dry_run else None
