@@ -23,7 +23,7 @@ from rich.progress import (
 from rich.table import Table
 from sqlalchemy.engine import Engine
 
-from billing_engine import claims
+from billing_engine import audit, claims
 from billing_engine.clock import check_run_instant
 from billing_engine.cycle import CycleSummary, run_cycle
 from billing_engine.gateway.factory import build_gateway
@@ -159,6 +159,7 @@ def register(app: typer.Typer) -> None:
                                         rate=f"{done / elapsed:.0f}" if elapsed > 0 else "0")
                     summary = run_cycle(eng, gateway, now=now, settings=settings, limit=limit, dry_run=False,
                                         deliver=deliver, on_progress=on_progress, stop=stop)
+        audit.run_cycle_completed(eng, summary, actor=audit.cli_actor(), simulate=simulate)
         if json_out:
             print_json(summary.as_dict())
         else:
