@@ -1,5 +1,12 @@
 """Admin authentication: ``Authorization: Bearer <token>`` against ``settings.admin_tokens``.
 
+Tokens have names and roles (``BILLING_ADMIN_TOKENS=name:secret[:role],...``, see
+:mod:`billing_engine.admin_tokens`): the matched token is kept in ``request.state.admin_token``
+and every event the request writes names it (``admin:api:<name>``). A ``read`` token (finance)
+may use the routes guarded by :data:`READ` (reports) and the dashboard; elsewhere it gets 403.
+Every refused credential is written to the audit log (``auth.failed``: client address,
+method, path; never the token).
+
 Never open by default: with no token configured every admin endpoint answers 503 saying
 BILLING_ADMIN_TOKENS must be set. A missing or wrong token is a 401 problem with
 ``WWW-Authenticate: Bearer``; the request is not processed at all (nothing changes).
@@ -30,6 +37,9 @@ from fastapi.security import HTTPBearer
 from starlette.routing import BaseRoute
 
 from api.problems import problem
+from billing_engine import audit
+from billing_engine.admin_tokens import AdminToken, Role, match
+from billing_engine.events import EventType
 from billing_engine.settings import Settings
 
 bearer_scheme = HTTPBearer(
@@ -114,11 +124,17 @@ def throttled(request: Request) -> int | None:
 
 
 def record_failure(request: Request, what: str) -> None:
-    """Count and log one failed authentication (never the token itself)."""
+    """Count, log and audit one failed authentication (never the token itself)."""
     address = client_address(request)
     count = throttle_for(request).failed(address)
     log.warning("%s from %s (%s %s); %d failure(s) in the last %ds", what, address, request.method,
                 request.url.path, count, int(throttle_for(request).window))
+    try:
+        audit.record(request.app.state.engine, EventType.AUTH_FAILED, at=request.app.state.clock(),
+                     actor=f"anonymous:{address}", payload={"address": address, "method": request.method,
+                                                            "path": request.url.path, "reason": what})
+    except Exception:  # the refusal stands even when the audit log cannot be written
+        log.exception("could not record a failed authentication in the audit log")
 
 
 def too_many_failures(wait: int) -> JSONResponse:
@@ -143,10 +159,31 @@ def token_ok(given: str, tokens: list[str]) -> bool:
     return ok
 
 
-def check(request: Request) -> JSONResponse | None:
-    """None if the request carries a valid admin token, else the problem to answer with."""
+def authenticated_token(request: Request) -> AdminToken | None:
+    """The admin token this request authenticated with (after :func:`check`)."""
+    token: AdminToken | None = getattr(request.state, "admin_token", None)
+    return token
+
+
+def actor(request: Request) -> str:
+    """``admin:api:<token name>``: who the events of this request are recorded as."""
+    token = authenticated_token(request)
+    return audit.api_actor(token.name if token is not None else "unknown")
+
+
+def check(request: Request, *, allow_read: bool = False) -> JSONResponse | None:
+    """None if the request carries a valid admin token allowed here, else the problem to answer with."""
+    denied = _authenticate(request)
+    token = authenticated_token(request)
+    if denied is None and token is not None and token.role is Role.READ and not allow_read:
+        return problem(403, f"the token {token.name!r} is read-only: it may read reports and the dashboard only",
+                       code="forbidden")
+    return denied
+
+
+def _authenticate(request: Request) -> JSONResponse | None:
     settings: Settings = request.app.state.settings
-    tokens = [t for t in settings.admin_tokens if t]
+    tokens = settings.named_admin_tokens()
     if not tokens:
         return problem(
             503,
@@ -161,7 +198,7 @@ def check(request: Request) -> JSONResponse | None:
     return denied
 
 
-def _check(request: Request, tokens: list[str]) -> JSONResponse | None:
+def _check(request: Request, tokens: list[AdminToken]) -> JSONResponse | None:
     wait = throttled(request)
     if wait is not None:
         return too_many_failures(wait)
@@ -170,10 +207,12 @@ def _check(request: Request, tokens: list[str]) -> JSONResponse | None:
     if not header:
         return problem(401, "missing admin token: send 'Authorization: Bearer <token>'",
                        code="unauthorized", headers={"WWW-Authenticate": REALM})
-    if scheme.lower() != "bearer" or not value.strip() or not token_ok(value.strip(), tokens):
+    token = match(value.strip(), tokens) if scheme.lower() == "bearer" and value.strip() else None
+    if token is None:
         record_failure(request, "invalid admin token")
         return problem(401, "invalid admin token", code="unauthorized",
                        headers={"WWW-Authenticate": REALM + ', error="invalid_token"'})
+    request.state.admin_token = token
     return None
 
 
@@ -184,16 +223,27 @@ async def require_admin(request: Request, _creds: object = Depends(bearer_scheme
         raise AdminAuthFailed(denied)
 
 
-def _is_admin_route(route: BaseRoute | None) -> bool:
+async def require_reader(request: Request, _creds: object = Depends(bearer_scheme)) -> None:
+    """Dependency for the routes a read-only (finance) token may use too: reports."""
+    denied = check(request, allow_read=True)
+    if denied is not None:
+        raise AdminAuthFailed(denied)
+
+
+def _guard(route: BaseRoute | None) -> object | None:
     deps = getattr(route, "dependencies", None) or []
-    return any(getattr(d, "dependency", None) is require_admin for d in deps)
+    for d in deps:
+        if getattr(d, "dependency", None) in (require_admin, require_reader):
+            return getattr(d, "dependency", None)
+    return None
 
 
 def rejection_for(request: Request) -> JSONResponse | None:
     """For error handlers: the auth problem if this is an admin route and auth fails."""
-    if not _is_admin_route(request.scope.get("route")):
+    guard = _guard(request.scope.get("route"))
+    if guard is None:
         return None
-    return check(request)
+    return check(request, allow_read=guard is require_reader)
 
 
 async def auth_failed(request: Request, exc: Exception) -> JSONResponse:
@@ -228,3 +278,4 @@ def strict_query(request: Request) -> None:
 
 
 ADMIN = [Depends(require_admin), Depends(strict_query)]
+READ = [Depends(require_reader), Depends(strict_query)]  # admin and read-only (finance) tokens

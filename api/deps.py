@@ -52,3 +52,4 @@ SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 GatewayDep = Annotated[PaymentGateway, Depends(get_gateway)]
 NowDep = Annotated[datetime, Depends(get_now)]
 EngineDep = Annotated[Engine, Depends(get_engine_dep)]
+

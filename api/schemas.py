@@ -478,6 +478,8 @@ class RunCycleRequest(Input):
     dry_run: bool = Field(False, strict=True, description="List what would be charged; change nothing.")
     limit: int | None = Field(None, strict=True, ge=1, le=1_000_000, description="Process at most N subscriptions.")
     send_emails: bool = Field(True, strict=True, description="Deliver queued e-mails after the run.")
+    simulate: bool = Field(False, strict=True, description="Allow an `at` later than the clock with a real gateway "
+                           "(a simulation: renewals are charged before they are due).")
 
 
 class WouldCharge(BaseModel):

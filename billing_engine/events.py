@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -46,6 +46,12 @@ class EventType(StrEnum):
     DISPUTE_CREATED = "dispute.created"
     DISPUTE_CLOSED = "dispute.closed"
     REMINDER_DUE = "subscription.renewal_reminder"
+    # admin actions and access (billing_engine.audit): who did what, with which token / OS user
+    RUN_CYCLE_COMPLETED = "run_cycle.completed"
+    CANCEL_LINK_MINTED = "cancel_link.minted"
+    NOTIFICATIONS_SENT = "notifications.sent"
+    DASHBOARD_LOGIN = "dashboard.login"
+    AUTH_FAILED = "auth.failed"
 
 
 def _default(o: Any) -> Any:
@@ -64,12 +70,16 @@ def row(
     actor: str = "system",
     payload: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """An event row as column values (set-based inserts; :func:`record` uses it too)."""
+    """An event row as column values (set-based inserts; :func:`record` uses it too).
+
+    ``occurred_at`` is the business time (``now`` / ``--at``, which a simulation or a
+    catch-up moves); ``recorded_at`` is always the real clock, so the audit trail shows
+    when a row was really written whatever ``at`` said."""
     return {
         "type": str(type), "subscription_id": subscription_id, "customer_id": customer_id,
         "invoice_id": invoice_id, "actor": actor,
         "payload": json.dumps(payload or {}, default=_default, sort_keys=True),
-        "occurred_at": at, "created_at": at,
+        "occurred_at": at, "created_at": at, "recorded_at": datetime.now(UTC),
     }
 
 

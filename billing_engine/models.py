@@ -389,8 +389,9 @@ class Event(SQLModel, table=True):
     invoice_id: str | None = Field(default=None, max_length=40)
     actor: str = Field(default="system", max_length=80)
     payload: str = Field(default="{}", sa_type=Text)  # JSON
-    occurred_at: datetime = _ts()
+    occurred_at: datetime = _ts()  # business time (now / --at)
     created_at: datetime = _ts(default_factory=utcnow)
+    recorded_at: datetime = _ts(default_factory=utcnow)  # wall clock when written (never backdated)
 
 
 class Notification(SQLModel, table=True):

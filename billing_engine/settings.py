@@ -14,6 +14,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings.exceptions import SettingsError
 
+from billing_engine.admin_tokens import AdminToken, parse_admin_tokens
 from billing_engine.errors import ConfigurationError
 
 DEFAULT_DUNNING_SCHEDULE = (1, 2, 3, 5, 7, 10, 14)  # days after the first failure
@@ -59,7 +60,8 @@ class Settings(BaseSettings):
     )
     admin_tokens: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
-        description="Bearer tokens accepted by the admin API (comma separated or JSON list).",
+        description="Bearer tokens accepted by the admin API (comma separated or JSON list): each "
+        "secret, name:secret or name:secret:role (role admin, the default, or read: reports and dashboard only).",
     )
     gateway: str | None = Field(
         default=None, description="fake | stripe. Unset means fake, but only outside production (see env)."
@@ -130,6 +132,12 @@ class Settings(BaseSettings):
                 except ValueError:
                     raise ValueError("is not a valid JSON list") from None
             return [p.strip() for p in text.split(",") if p.strip()]
+        return v
+
+    @field_validator("admin_tokens")
+    @classmethod
+    def _check_admin_tokens(cls, v: list[str]) -> list[str]:
+        parse_admin_tokens(v)  # ValueError names the entry, never its secret
         return v
 
     @field_validator("database_url")
@@ -208,6 +216,14 @@ class Settings(BaseSettings):
         production; :meth:`check_production_safety` refuses an unset one in production)."""
         return self.gateway or "fake"
 
+    def named_admin_tokens(self) -> list[AdminToken]:
+        """``BILLING_ADMIN_TOKENS`` with their names and roles (see :mod:`billing_engine.admin_tokens`)."""
+        return parse_admin_tokens(self.admin_tokens)
+
+    def admin_secrets(self) -> list[str]:
+        """Every admin token's secret (for checks, and for redacting logs)."""
+        return [t.secret for t in self.named_admin_tokens()]
+
     def signing_keys(self) -> list[str]:
         """Cancel-link / session keys, newest first: the first signs, all verify."""
         keys = [k.get_secret_value() for k in self.secret_keys if k.get_secret_value()]
@@ -230,7 +246,7 @@ class Settings(BaseSettings):
             if len(key.encode()) < MIN_SECRET_BYTES:
                 raise ConfigurationError(f"{name} is too short (a key needs at least {MIN_SECRET_BYTES} "
                                          f"bytes) {why}; {GENERATE_HINT}")
-        tokens = [t for t in self.admin_tokens if t]
+        tokens = self.admin_secrets()
         if serving_api and not tokens:
             raise ConfigurationError(f"BILLING_ADMIN_TOKENS is not set {why}; {GENERATE_HINT}")
         if any(len(t.encode()) < MIN_SECRET_BYTES for t in tokens):

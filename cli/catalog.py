@@ -8,6 +8,7 @@ from typing import Any
 import typer
 
 from billing_engine import card_setup, customers, payment_methods, plans
+from billing_engine.audit import cli_actor
 from billing_engine.consents import ConsentInput
 from billing_engine.errors import ValidationError
 from billing_engine.gateway.factory import build_gateway
@@ -49,7 +50,7 @@ def plan_create(
         p = plans.create(s, code=code, name=name, amount_minor=money.amount, currency=cur, interval=interval,
                          interval_count=interval_count, trial_days=trial_days,
                          cancel_immediately=cancel_immediately, reminder_days=reminder_days, tier=tier,
-                         now=now, actor="cli")
+                         now=now, actor=cli_actor())
         data = plan_dict(p)
     if json_out:
         print_json(data)
@@ -91,7 +92,7 @@ def customer_create(
     now = parse_at(at)
     with unit_of_work() as s:
         c = customers.create(s, email=email, name=name, external_ref=external_ref,
-                             gateway_customer_id=gateway_customer_id, now=now, actor="cli")
+                             gateway_customer_id=gateway_customer_id, now=now, actor=cli_actor())
         data = customers.summary(c)
     if json_out:
         print_json(data)
@@ -161,7 +162,7 @@ def pm_add(
         c = customers.get(s, customer)
         # the gateway sets the card up for off-session use (Stripe: SetupIntent) before we store it
         pm, cons = card_setup.add_with_setup(s, gw, customer_id=c.id, token=token, consent=consent, now=now,
-                                             actor="cli")
+                                             actor=cli_actor())
         data = payment_methods.summary(pm) | {"consent_id": cons.id, "terms_sha256": cons.terms_sha256}
     if json_out:
         print_json(data)
@@ -213,7 +214,7 @@ def plan_update(
     with unit_of_work() as s:
         p = plans.get(s, plan)
         amount_minor = Money.parse(amount, p.currency, field="amount").amount if amount is not None else None
-        p = plans.update(s, p.id, name=name, active=active, amount_minor=amount_minor, now=now, actor="cli")
+        p = plans.update(s, p.id, name=name, active=active, amount_minor=amount_minor, now=now, actor=cli_actor())
         data = plan_dict(p)
     if json_out:
         print_json(data)

@@ -7,7 +7,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from types import FrameType
 
 import typer
@@ -23,11 +23,12 @@ from rich.progress import (
 from rich.table import Table
 from sqlalchemy.engine import Engine
 
-from billing_engine import claims
+from billing_engine import audit, claims
+from billing_engine.clock import check_run_instant
 from billing_engine.cycle import CycleSummary, run_cycle
 from billing_engine.gateway.factory import build_gateway
 from billing_engine.money import format_minor
-from billing_engine.settings import get_settings
+from billing_engine.settings import Mode, get_settings
 from cli.common import JsonOpt, console, engine, fail, handle_errors, parse_at, print_json
 
 
@@ -110,6 +111,8 @@ def register(app: typer.Typer) -> None:
     def run_cycle_cmd(
         at: str | None = typer.Option(None, "--at", help="Run as of this ISO-8601 instant (default: now)."),
         dry_run: bool = typer.Option(False, "--dry-run", help="List what would be charged; change nothing."),
+        simulate: bool = typer.Option(False, "--simulate", help="Allow an --at later than the clock with a real "
+                                      "gateway (a simulation: renewals are charged before they are due)."),
         limit: int | None = typer.Option(None, "--limit", min=1, help="Process at most N subscriptions."),
         no_email: bool = typer.Option(False, "--no-email", help="Queue e-mails but do not send them now."),
         json_out: bool = JsonOpt,
@@ -137,6 +140,8 @@ def register(app: typer.Typer) -> None:
         settings = get_settings()
         eng = engine()
         gateway = build_gateway(settings, engine=eng)  # paced by the limit all workers share
+        check_run_instant(now, datetime.now(UTC), gateway_name=gateway.name, simulate=simulate,
+                          production=settings.mode is Mode.PRODUCTION, field="--at")
         deliver = None if (no_email or dry_run) else _deliver()
         with _stop_on_signals() as stop:
             if json_out or dry_run or not sys.stderr.isatty():
@@ -154,6 +159,7 @@ def register(app: typer.Typer) -> None:
                                         rate=f"{done / elapsed:.0f}" if elapsed > 0 else "0")
                     summary = run_cycle(eng, gateway, now=now, settings=settings, limit=limit, dry_run=False,
                                         deliver=deliver, on_progress=on_progress, stop=stop)
+        audit.run_cycle_completed(eng, summary, actor=audit.cli_actor(), simulate=simulate)
         if json_out:
             print_json(summary.as_dict())
         else:

@@ -6,10 +6,11 @@ from datetime import UTC, datetime
 
 import typer
 
-from billing_engine import links, subscriptions
+from billing_engine import audit, links, subscriptions
 from billing_engine.errors import ValidationError
+from billing_engine.events import EventType
 from billing_engine.settings import get_settings
-from cli.common import JsonOpt, console, handle_errors, parse_at, print_json, unit_of_work
+from cli.common import JsonOpt, console, engine, handle_errors, parse_at, print_json, unit_of_work
 
 
 def register(app: typer.Typer) -> None:
@@ -29,8 +30,10 @@ def register(app: typer.Typer) -> None:
                                   f"not work (no link lives longer than {links.MAX_LIFETIME.days} days)", field="--at")
         with unit_of_work() as s:
             sub = subscriptions.get(s, subscription)
-            sub_id, status = sub.id, sub.status
+            sub_id, status, customer_id = sub.id, sub.status, sub.customer_id
         url = links.make_cancel_url(settings, sub_id, now)
+        audit.record(engine(), EventType.CANCEL_LINK_MINTED, at=now, actor=audit.cli_actor(), subscription_id=sub_id,
+                     customer_id=customer_id, payload={"expires_at": links.expires_at(settings, now)})
         if json_out:
             print_json({"subscription_id": sub_id, "status": status, "url": url,
                         "expires_at": links.expires_at(settings, now)})

@@ -6,8 +6,9 @@ import typer
 from rich.table import Table
 from sqlmodel import Session
 
-from billing_engine import notifications
+from billing_engine import audit, notifications
 from billing_engine.errors import ValidationError
+from billing_engine.events import EventType
 from billing_engine.models import NotificationStatus
 from billing_engine.settings import get_settings
 from cli.common import JsonOpt, console, engine, handle_errors, parse_at, print_json
@@ -27,6 +28,8 @@ def send(
     settings = get_settings()
     eng = engine()
     sent = notifications.deliver_pending(eng, now, settings, limit=limit)
+    audit.record(eng, EventType.NOTIFICATIONS_SENT, at=now, actor=audit.cli_actor(),
+                 payload={"sent": sent, "limit": limit, "transport": settings.mail_transport})
     with Session(eng) as s:
         counts = notifications.status_counts(s)
     if json_out:

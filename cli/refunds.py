@@ -8,6 +8,7 @@ import typer
 from rich.table import Table
 
 from billing_engine import invoices, refunds
+from billing_engine.audit import cli_actor
 from billing_engine.gateway.factory import build_gateway
 from billing_engine.models import Refund
 from billing_engine.money import Money, format_minor
@@ -41,7 +42,7 @@ def create_cmd(
         currency = invoices.get(s, invoice).currency
     amount_minor = Money.parse(amount, currency, field="--amount").amount if amount is not None else None
     r = refunds.create(engine(), build_gateway(get_settings()), invoice_id=invoice, amount_minor=amount_minor,
-                       reason=reason, now=now, actor="admin:cli")
+                       reason=reason, now=now, actor=cli_actor())
     data = refund_dict(r)
     if json_out:
         print_json(data)
@@ -57,7 +58,7 @@ def retry_cmd(
     json_out: bool = JsonOpt,
 ) -> None:
     """Send a pending refund again with its original idempotency key."""
-    r = refunds.send(engine(), build_gateway(get_settings()), refund, now=parse_at(at), actor="admin:cli")
+    r = refunds.send(engine(), build_gateway(get_settings()), refund, now=parse_at(at), actor=cli_actor())
     data = refund_dict(r)
     if json_out:
         print_json(data)

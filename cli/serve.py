@@ -43,10 +43,10 @@ def register(app: typer.Typer) -> None:
             from billing_engine.errors import ValidationError
 
             raise ValidationError("must be critical, error, warning, info or debug", field="--log-level")
-        if not [t for t in settings.admin_tokens if t]:
+        if not settings.admin_secrets():
             err_console.print("[yellow]warning:[/] BILLING_ADMIN_TOKENS is not set: the admin API answers 503 "
                               "until it is (cancel pages and webhooks still work).", highlight=False)
-        logging = log_config(log_level, [t for t in settings.admin_tokens if t])
+        logging = log_config(log_level, settings.admin_secrets())
         if workers > 1:
             uvicorn.run("api.app:create_app", factory=True, host=host, port=port, workers=workers,
                         log_level=log_level, proxy_headers=proxy_headers, log_config=logging)

@@ -6,6 +6,7 @@ import typer
 from sqlmodel import Session
 
 from billing_engine import cancellations, events, subscriptions
+from billing_engine.audit import cli_actor
 from billing_engine.models import Subscription
 from billing_engine.money import format_minor
 from cli.common import JsonOpt, console, handle_errors, make_table, parse_at, print_json, print_record, unit_of_work
@@ -34,7 +35,7 @@ def subscribe(
     with unit_of_work() as s:
         c = customers.get(s, customer)
         sub = subscriptions.create(s, customer_id=c.id, plan_id=plan, payment_method_id=payment_method,
-                                   now=now, start_at=start_at, trial_days=trial_days, actor="cli")
+                                   now=now, start_at=start_at, trial_days=trial_days, actor=cli_actor())
         data = sub_dict(s, sub)
     if json_out:
         print_json(data)
@@ -109,7 +110,7 @@ def cancel_cmd(
     with unit_of_work() as s:
         sub = subscriptions.get(s, subscription)
         res = cancellations.cancel(s, sub, kind=kind, reason=reason, comment=comment,
-                                   at_period_end=False if now_ else None, now=when, actor="admin:cli")
+                                   at_period_end=False if now_ else None, now=when, actor=cli_actor())
         data = sub_dict(s, res.subscription) | {"effective_at": res.effective_at, "changed": res.changed}
     if json_out:
         print_json(data)
@@ -127,7 +128,7 @@ def undo_cmd(
     """Take back a cancellation before the period ends."""
     when = parse_at(at)
     with unit_of_work() as s:
-        sub = cancellations.undo(s, subscriptions.get(s, subscription), now=when, actor="admin:cli")
+        sub = cancellations.undo(s, subscriptions.get(s, subscription), now=when, actor=cli_actor())
         data = sub_dict(s, sub)
     if json_out:
         print_json(data)
@@ -147,7 +148,7 @@ def change_pm_cmd(
     when = parse_at(at)
     with unit_of_work() as s:
         sub = subscriptions.change_payment_method(s, subscriptions.get(s, subscription), payment_method,
-                                                  now=when, actor="admin:cli")
+                                                  now=when, actor=cli_actor())
         data = sub_dict(s, sub)
     if json_out:
         print_json(data)

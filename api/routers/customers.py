@@ -11,7 +11,7 @@ from sqlmodel import Session
 
 from api import idempotency
 from api import presenters as P
-from api.auth import ADMIN
+from api.auth import ADMIN, actor
 from api.deps import EngineDep, NowDep
 from api.idempotency import IdempotencyKey
 from api.pagination import page
@@ -30,7 +30,7 @@ def create_customer(request: Request, body: CustomerCreate, engine: EngineDep, n
                     idempotency_key: IdempotencyKey = None) -> JSONResponse:
     def action(s: Session) -> CustomerOut:
         c = customers.create(s, email=body.email, name=body.name, external_ref=body.external_ref,
-                             gateway_customer_id=body.gateway_customer_id, now=now, actor="admin:api")
+                             gateway_customer_id=body.gateway_customer_id, now=now, actor=actor(request))
         return P.customer(c)
 
     return idempotency.in_transaction(request, engine, idempotency_key, body, 201, action)

@@ -10,13 +10,15 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.engine import Engine
 
 from api import idempotency
-from api.auth import ADMIN
+from api.auth import ADMIN, actor
 from api.deps import EngineDep, GatewayDep, NowDep, SettingsDep
 from api.idempotency import IdempotencyKey
 from api.responses import admin
 from api.schemas import CycleSummaryOut, RunCycleRequest
+from billing_engine import audit
+from billing_engine.clock import check_run_instant
 from billing_engine.cycle import run_cycle
-from billing_engine.settings import Settings
+from billing_engine.settings import Mode, Settings
 
 router = APIRouter(tags=["run-cycle"], dependencies=ADMIN)
 
@@ -35,11 +37,14 @@ def trigger_run_cycle(request: Request, engine: EngineDep, gateway: GatewayDep, 
                       body: RunCycleRequest | None = None, idempotency_key: IdempotencyKey = None) -> JSONResponse:
     body = body or RunCycleRequest.model_validate({})
     at = body.at or now
+    check_run_instant(at, now, gateway_name=gateway.name, simulate=body.simulate,
+                      production=settings.mode is Mode.PRODUCTION)
 
     def action() -> CycleSummaryOut:
         deliver = _deliver(settings) if body.send_emails and not body.dry_run else None
         summary = run_cycle(engine, gateway, now=at, settings=settings, limit=body.limit, dry_run=body.dry_run,
                             deliver=deliver)
+        audit.run_cycle_completed(engine, summary, actor=actor(request), simulate=body.simulate)
         return CycleSummaryOut.model_validate(summary.as_dict())
 
     return idempotency.after_effect(request, engine, idempotency_key, body, 200, action)

@@ -6,6 +6,8 @@ admin token (constant time, ``api.auth.token_ok``) and sets ``billing_dashboard`
 SameSite=Strict, Path=/dashboard, Secure on https, 8 hours. Its value is signed with
 ``BILLING_SECRET_KEYS`` / ``BILLING_SECRET_KEY`` (itsdangerous) and holds only a SHA-256 fingerprint of the token,
 never the token; removing the token from BILLING_ADMIN_TOKENS ends its sessions at once.
+Admin and read-only (finance) tokens may both log in; each login is in the audit log
+(``dashboard.login``, actor ``admin:api:<token name>``), each refused token too (``auth.failed``).
 Tokens in URLs (``?token=``) are deliberately NOT accepted: they end up in browser
 history, proxy logs and Referer headers. A Bearer header works too (scripts, tests).
 """
@@ -23,10 +25,13 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
-from api.auth import record_failure, throttled, token_ok
+from api.auth import client_address, record_failure, throttled, token_ok
 from api.deps import EngineDep, NowDep, SettingsDep
 from api.routers.reports import EXPORT_FORMATS, export_response
+from billing_engine import audit
+from billing_engine.admin_tokens import match
 from billing_engine.errors import BillingError, ValidationError
+from billing_engine.events import EventType
 from billing_engine.links import itsdangerous_keys
 from billing_engine.reports import REPORTS, build_query, run_report
 from billing_engine.reports import dashboard as board
@@ -56,7 +61,7 @@ def _signer(settings: Settings) -> URLSafeTimedSerializer:
 
 
 def _tokens(settings: Settings) -> list[str]:
-    return [t for t in settings.admin_tokens if t]
+    return settings.admin_secrets()
 
 
 def authenticated(request: Request, settings: Settings) -> bool:
@@ -124,9 +129,12 @@ async def login(request: Request, settings: SettingsDep) -> Response:
     denied = _throttled_page(request, settings)
     if denied is not None:
         return denied
-    if not token or not token_ok(token, tokens):
+    named = match(token, settings.named_admin_tokens()) if token else None
+    if named is None:
         record_failure(request, "invalid admin token (dashboard login)")
         return _login(request, settings, error="That token is not valid.")
+    audit.record(request.app.state.engine, EventType.DASHBOARD_LOGIN, at=request.app.state.clock(),
+                 actor=audit.api_actor(named.name), payload={"address": client_address(request)})
     resp = RedirectResponse("/dashboard", status_code=303, headers={"Cache-Control": "no-store"})
     resp.set_cookie(COOKIE, _signer(settings).dumps({"fp": _fingerprint(token)}), max_age=MAX_AGE,
                     path="/dashboard", httponly=True, samesite="strict", secure=request.url.scheme == "https")

@@ -5,14 +5,15 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.auth import ADMIN
+from api.auth import ADMIN, actor
 from api.deps import EngineDep, NowDep, SettingsDep
 from api.responses import admin
-from billing_engine import notifications
+from billing_engine import audit, notifications
 from billing_engine.db import transaction
+from billing_engine.events import EventType
 
 router = APIRouter(prefix="/v1/notifications", tags=["notifications"], dependencies=ADMIN)
 
@@ -72,9 +73,11 @@ def list_notifications(
 @router.post("/send", response_model=SendResult, responses=admin(),
              summary="Send the e-mails that are due now (retries included); safe to call concurrently")
 def send_notifications(
-    engine: EngineDep, settings: SettingsDep, now: NowDep,
+    request: Request, engine: EngineDep, settings: SettingsDep, now: NowDep,
     limit: Annotated[int, Query(ge=1, le=5000)] = 500,
 ) -> SendResult:
     sent = notifications.deliver_pending(engine, now, settings, limit=limit)
+    audit.record(engine, EventType.NOTIFICATIONS_SENT, at=now, actor=actor(request),
+                 payload={"sent": sent, "limit": limit, "transport": settings.mail_transport})
     with transaction(engine) as s:
         return SendResult(sent=sent, counts=notifications.status_counts(s))

@@ -13,7 +13,7 @@ from sqlmodel import Session
 
 from api import idempotency
 from api import presenters as P
-from api.auth import ADMIN
+from api.auth import ADMIN, actor
 from api.deps import EngineDep, GatewayDep, NowDep
 from api.idempotency import IdempotencyKey
 from api.responses import admin
@@ -63,10 +63,10 @@ def add_payment_method(request: Request, customer: CustomerRef, body: PaymentMet
         if consent.gateway_setup_id is None:
             # no SetupIntent from the front end: set the card up for off-session use now
             pm, _ = card_setup.add_with_setup(s, gateway, customer_id=cust_id, token=token, consent=consent,
-                                              now=now, actor="admin:api")
+                                              now=now, actor=actor(request))
         else:
             pm, _ = payment_methods.add(s, customer_id=cust_id, token=token, gateway=gateway.name, card=card,
-                                        consent=consent, now=now, actor="admin:api")
+                                        consent=consent, now=now, actor=actor(request))
         return P.payment_method(s, pm)
 
     return idempotency.in_transaction(request, engine, idempotency_key, body, 201, action)

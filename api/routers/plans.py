@@ -11,7 +11,7 @@ from sqlmodel import Session
 
 from api import idempotency
 from api import presenters as P
-from api.auth import ADMIN
+from api.auth import ADMIN, actor
 from api.deps import EngineDep, NowDep
 from api.idempotency import IdempotencyKey
 from api.responses import admin
@@ -31,7 +31,7 @@ def create_plan(request: Request, body: PlanCreate, engine: EngineDep, now: NowD
         p = plans.create(s, code=body.code, name=body.name, amount_minor=body.amount_minor, currency=body.currency,
                          interval=body.interval, interval_count=body.interval_count, trial_days=body.trial_days,
                          cancel_immediately=body.cancel_immediately, reminder_days=body.reminder_days,
-                         tier=body.tier, now=now, actor="admin:api")
+                         tier=body.tier, now=now, actor=actor(request))
         return P.plan(p, subscriber_count=0)
 
     return idempotency.in_transaction(request, engine, idempotency_key, body, 201, action)
@@ -58,7 +58,7 @@ def update_plan(request: Request, plan: PlanRef, body: PlanUpdate, engine: Engin
     def action(s: Session) -> PlanOut:
         p = plans.update(s, plan, now=now, name=body.name, active=body.active, amount_minor=body.amount_minor,
                          currency=body.currency, interval=body.interval, interval_count=body.interval_count,
-                         actor="admin:api")
+                         actor=actor(request))
         return P.plan_with_count(s, p)
 
     return idempotency.in_transaction(request, engine, idempotency_key, body, 200, action)

@@ -10,7 +10,7 @@ from pydantic import AfterValidator
 
 from api import idempotency
 from api import presenters as P
-from api.auth import ADMIN
+from api.auth import ADMIN, actor
 from api.deps import EngineDep, GatewayDep, NowDep
 from api.idempotency import IdempotencyKey
 from api.pagination import page
@@ -32,7 +32,7 @@ def create_refund(request: Request, body: RefundCreate, engine: EngineDep, gatew
 
     def action() -> RefundOut:
         r = refunds.create(engine, gateway, invoice_id=body.invoice_id, amount_minor=body.amount_minor,
-                           reason=body.reason, currency=body.currency, now=now, request_key=key, actor="admin:api")
+                           reason=body.reason, currency=body.currency, now=now, request_key=key, actor=actor(request))
         return P.refund(r)
 
     return idempotency.after_effect(request, engine, key, body, 201, action)
@@ -57,5 +57,5 @@ def show_refund(refund: RefundId, engine: EngineDep) -> RefundOut:
 
 @router.post("/{refund}/retry", response_model=RefundOut, responses=admin(404, 409),
              summary="Send a refund left pending (gateway unreachable) again, with its original idempotency key")
-def retry_refund(refund: RefundId, engine: EngineDep, gateway: GatewayDep, now: NowDep) -> RefundOut:
-    return P.refund(refunds.send(engine, gateway, refund, now=now, actor="admin:api"))
+def retry_refund(request: Request, refund: RefundId, engine: EngineDep, gateway: GatewayDep, now: NowDep) -> RefundOut:
+    return P.refund(refunds.send(engine, gateway, refund, now=now, actor=actor(request)))

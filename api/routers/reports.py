@@ -10,13 +10,13 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Query
 from fastapi.responses import JSONResponse, Response
 
-from api.auth import ADMIN
+from api.auth import READ
 from api.deps import EngineDep, NowDep, SettingsDep
 from api.responses import admin
 from billing_engine.errors import ValidationError
 from billing_engine.reports import MEDIA_TYPES, REPORTS, build_query, run_report, to_csv, to_dict, to_xlsx
 
-router = APIRouter(tags=["reports"], dependencies=ADMIN)
+router = APIRouter(tags=["reports"], dependencies=READ)  # finance (read-only) tokens too
 
 EXPORT_FORMATS = ("json", "csv", "xlsx")
 

@@ -4,8 +4,7 @@ customer cancel link."""
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import JSONResponse
@@ -14,7 +13,7 @@ from sqlmodel import Session
 
 from api import idempotency
 from api import presenters as P
-from api.auth import ADMIN
+from api.auth import ADMIN, actor
 from api.deps import EngineDep, NowDep, SettingsDep
 from api.idempotency import IdempotencyKey
 from api.pagination import page
@@ -32,8 +31,9 @@ from api.schemas import (
     clean_optional,
     clean_text,
 )
-from billing_engine import cancellations, customers, subscriptions
+from billing_engine import audit, cancellations, customers, links, subscriptions
 from billing_engine.db import transaction
+from billing_engine.events import EventType
 
 router = APIRouter(prefix="/v1/subscriptions", tags=["subscriptions"], dependencies=ADMIN)
 
@@ -47,7 +47,7 @@ def create_subscription(request: Request, body: SubscriptionCreate, engine: Engi
     def action(s: Session) -> SubscriptionOut:
         c = customers.get(s, body.customer)
         sub = subscriptions.create(s, customer_id=c.id, plan_id=body.plan, payment_method_id=body.payment_method,
-                                   now=now, start_at=body.start_at, trial_days=body.trial_days, actor="admin:api")
+                                   now=now, start_at=body.start_at, trial_days=body.trial_days, actor=actor(request))
         return P.subscription(s, sub)
 
     return idempotency.in_transaction(request, engine, idempotency_key, body, 201, action)
@@ -83,7 +83,7 @@ def cancel_subscription(request: Request, subscription: SubscriptionId, body: Ca
     def action(s: Session) -> CancelOut:
         sub = subscriptions.get(s, subscription)
         res = cancellations.cancel(s, sub, kind=body.kind, reason=body.reason, comment=body.comment,
-                                   at_period_end=body.at_period_end, now=now, actor="admin:api")
+                                   at_period_end=body.at_period_end, now=now, actor=actor(request))
         return P.cancel_result(s, res)
 
     return idempotency.in_transaction(request, engine, idempotency_key, body, 200, action)
@@ -94,7 +94,7 @@ def cancel_subscription(request: Request, subscription: SubscriptionId, body: Ca
 def undo_cancel(request: Request, subscription: SubscriptionId, engine: EngineDep, now: NowDep,
                 idempotency_key: IdempotencyKey = None) -> JSONResponse:
     def action(s: Session) -> SubscriptionOut:
-        sub = cancellations.undo(s, subscriptions.get(s, subscription), now=now, actor="admin:api")
+        sub = cancellations.undo(s, subscriptions.get(s, subscription), now=now, actor=actor(request))
         return P.subscription(s, sub)
 
     return idempotency.in_transaction(request, engine, idempotency_key, None, 200, action)
@@ -106,7 +106,7 @@ def change_payment_method(request: Request, subscription: SubscriptionId, body: 
                           engine: EngineDep, now: NowDep, idempotency_key: IdempotencyKey = None) -> JSONResponse:
     def action(s: Session) -> SubscriptionOut:
         sub = subscriptions.change_payment_method(s, subscriptions.get(s, subscription), body.payment_method,
-                                                  now=now, actor="admin:api")
+                                                  now=now, actor=actor(request))
         return P.subscription(s, sub)
 
     return idempotency.in_transaction(request, engine, idempotency_key, body, 200, action)
@@ -114,12 +114,12 @@ def change_payment_method(request: Request, subscription: SubscriptionId, body: 
 
 @router.post("/{subscription}/cancel-link", status_code=201, response_model=CancelLinkOut,
              responses=admin(404, 409), summary="Mint the customer's signed one-click cancel link")
-def cancel_link(subscription: SubscriptionId, engine: EngineDep, settings: SettingsDep, now: NowDep) -> CancelLinkOut:
-    from billing_engine import links  # the cancel-pages feature; imported lazily
-
+def cancel_link(request: Request, subscription: SubscriptionId, engine: EngineDep, settings: SettingsDep,
+                now: NowDep) -> CancelLinkOut:
     with transaction(engine) as s:
         sub = subscriptions.get(s, subscription)
     url = links.make_cancel_url(settings, sub.id, now)
-    expires: Any = getattr(links, "expires_at", None)
-    expires_at: datetime | None = expires(settings, now) if callable(expires) else None
+    expires_at = links.expires_at(settings, now)
+    audit.record(engine, EventType.CANCEL_LINK_MINTED, at=now, actor=actor(request), subscription_id=sub.id,
+                 customer_id=sub.customer_id, payload={"expires_at": expires_at})  # never the link: it cancels
     return CancelLinkOut(subscription_id=sub.id, url=url, expires_at=expires_at)

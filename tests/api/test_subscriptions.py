@@ -66,7 +66,7 @@ def test_cancel_at_period_end_keeps_access_until_then(client: TestClient, paid: 
     assert body["status"] == "active" and body["cancel_at_period_end"] is True
     assert body["cancellation_kind"] == "voluntary" and body["cancellation_reason"] == "too_expensive"
     assert body["effective_at"] == paid["current_period_end"] and body["changed"] is True
-    assert body["canceled_by"] == "admin:api" and body["next_charge_at"] is None
+    assert body["canceled_by"] == "admin:api:token-1" and body["next_charge_at"] is None
 
 
 def test_cancel_now_ends_access_and_second_cancel_is_409(client: TestClient, paid: dict[str, object]) -> None:

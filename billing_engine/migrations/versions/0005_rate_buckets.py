@@ -5,14 +5,14 @@ left and the wall-clock second they were counted at. Workers take tokens with on
 ``UPDATE ... RETURNING`` per small chunk, so all of them together stay under the
 account's limit (Stripe's is per account, not per process).
 
-Revision ID: 0003
-Revises: 0002
+Revision ID: 0005_rate_buckets
+Revises: 0004_append_only
 """
 import sqlalchemy as sa
 from alembic import op
 
-revision = '0003'
-down_revision = '0002'
+revision = '0005_rate_buckets'
+down_revision = '0004_append_only'
 branch_labels = None
 depends_on = None
 
