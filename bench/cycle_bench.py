@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 # Benchmarks charge nobody: say so explicitly (an unset gateway is refused on PostgreSQL).
 os.environ.setdefault("BILLING_GATEWAY", "fake")
 
-from sqlalchemy import create_engine, func, text  # noqa: E402
+from sqlalchemy import func  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 from sqlmodel import Session, select  # noqa: E402
 
@@ -35,16 +35,9 @@ NOW = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
 
 
 def reset_database(url: str) -> None:
-    u = make_url(url)
-    if u.get_backend_name() == "sqlite":
-        for suffix in ("", "-wal", "-shm"):
-            Path(f"{u.database}{suffix}").unlink(missing_ok=True)
-        return
-    admin = create_engine(u.set(database="postgres"), isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        c.execute(text(f'DROP DATABASE IF EXISTS "{u.database}" WITH (FORCE)'))
-        c.execute(text(f'CREATE DATABASE "{u.database}"'))
-    admin.dispose()
+    from bench.cycle_data import reset
+
+    reset(url)
 
 
 def seed(url: str, n: int) -> None:
