@@ -48,8 +48,8 @@ def worker(url: str, ledger: str, latency: float, rate: float | None, batch: int
     from billing_engine.settings import load_settings
 
     engine = make_engine(url)
-    # aim just under the gateway's limit (the account's, shared by every worker)
-    limiter = SharedTokenBucket(engine, "gateway:fake", rate * 0.97, burst=1, chunk=1) if rate else None
+    # aim just under the gateway's limit (the account's, shared by every worker): 96 %, no burst
+    limiter = SharedTokenBucket(engine, "gateway:fake", rate * 0.96) if rate else None
     gw = FakeGateway(latency=latency, ledger_path=ledger, rate_limiter=limiter)
     settings = load_settings(database_url=url, gateway="fake", cycle_batch_size=batch, gateway_concurrency=concurrency)
     profiler = None

@@ -162,8 +162,8 @@ class _Store:
     def put(self, ns: str, k: str, v: Any) -> None:
         self.conn.execute("INSERT OR REPLACE INTO kv (ns, k, v) VALUES (?, ?, ?)", (ns, k, pickle.dumps(v)))
 
-    def append(self, entry: LedgerEntry) -> None:
-        self.conn.execute("INSERT INTO ledger (entry, at) VALUES (?, ?)", (pickle.dumps(entry), time.time()))
+    def append(self, entry: LedgerEntry, at: float) -> None:
+        self.conn.execute("INSERT INTO ledger (entry, at) VALUES (?, ?)", (pickle.dumps(entry), at))
 
     def entries(self) -> list[LedgerEntry]:
         return [pickle.loads(r[0]) for r in self.conn.execute("SELECT entry FROM ledger ORDER BY seq")]
@@ -241,6 +241,7 @@ class FakeGateway:
         self._attempts: Counter[str] = Counter()  # token -> charges that reached us
         self._seq = 0
         self._store = _Store(ledger_path) if ledger_path else None
+        self._sent = threading.local()  # when this thread's current request was sent
         if self._store is not None:
             self._saved = _Durable(self._store, "saved")  # type: ignore[assignment]
             self._collected = _Durable(self._store, "collected")  # type: ignore[assignment]
@@ -255,7 +256,8 @@ class FakeGateway:
         return self._ledger
 
     def ledger_times(self) -> list[float]:
-        """Wall-clock times of the ledger entries (durable ledger only)."""
+        """When each ledger entry's request was sent (wall clock, after the rate limiter;
+        a server sees them half a round trip later, evenly shifted). Durable ledger only."""
         return self._store.times() if self._store is not None else []
 
     @contextlib.contextmanager
@@ -269,7 +271,7 @@ class FakeGateway:
 
     def _record(self, entry: LedgerEntry) -> None:
         if self._store is not None:
-            self._store.append(entry)
+            self._store.append(entry, getattr(self._sent, "at", time.time()))
         else:
             self._ledger.append(entry)
 
@@ -449,6 +451,7 @@ class FakeGateway:
     def _pause(self) -> None:
         if self.rate_limiter is not None:
             self.rate_limiter.acquire()
+        self._sent.at = time.time()
         if self.latency > 0:
             self._sleep(self.latency)
 

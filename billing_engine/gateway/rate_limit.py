@@ -78,8 +78,8 @@ class SharedTokenBucket:
         if rate <= 0:
             raise ValueError("rate must be > 0 calls per second")
         self.engine, self.name, self.rate = engine, name, float(rate)
-        self.chunk = chunk or max(1, min(int(rate * 0.02), 20))
-        self.burst = float(burst if burst is not None else self.chunk)
+        self.chunk = chunk or max(1, min(int(rate * 0.1), 20))  # one database round trip per chunk
+        self.burst = float(burst if burst is not None else 1.0)  # no stored-up burst above the rate
         self._clock, self._sleep = clock, sleep
         self._lock = threading.Lock()
         self._ready: list[float] = []  # times at which reserved tokens may be used
@@ -114,16 +114,16 @@ class SharedTokenBucket:
 
     def acquire(self) -> float:
         """Take one token, sleeping until it is due. Returns the seconds waited."""
-        with self._lock:
+        with self._lock:  # held for a reservation's round trip, never while sleeping
             if not self._ready:
                 left = self._reserve(self.chunk)
                 now = time.monotonic()
                 # token i of the chunk is due once the debt before it is paid back
                 self._ready = [now + max(0.0, -(left + self.chunk - 1 - i)) / self.rate for i in range(self.chunk)]
             due = self._ready.pop(0)
-            wait = due - time.monotonic()
-            if wait > 0:
-                self._sleep(wait)
+        wait = due - time.monotonic()
+        if wait > 0:
+            self._sleep(wait)
         return max(wait, 0.0)
 
     def slow_down(self) -> None:
