@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, or_, update
+from sqlalchemy import and_, func, or_, text, update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
@@ -95,7 +95,7 @@ def _lane_query(lane: str, now: datetime, after: tuple[Any, str] | None, *, keys
     key = col(sub.next_retry_at) if lane == SubscriptionStatus.PAST_DUE else col(sub.current_period_end)
     has_unresolved = select(PaymentAttempt.id).where(
         PaymentAttempt.subscription_id == sub.id,
-        col(PaymentAttempt.status).in_(list(payments.UNRESOLVED))).exists()
+        text(payments.UNRESOLVED_SQL)).exists()
     q = what.where(col(sub.status) == lane, key <= now, ~has_unresolved)
     if after is not None:  # "key >= a" starts the index range there (not at dead entries below it)
         q = q.where(key >= after[0], or_(key > after[0], col(sub.id) > after[1]))

@@ -27,6 +27,7 @@ from sqlalchemy import (
     Integer,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
@@ -323,7 +324,11 @@ class PaymentAttempt(SQLModel, table=True):
     __tablename__ = "payment_attempts"
     __table_args__ = (
         UniqueConstraint("invoice_id", "attempt_number", name="uq_attempts_invoice_number"),
-        Index("ix_attempts_status", "status"),
+        # the attempts whose outcome is not known yet, and only those (a partial index: a
+        # settled attempt leaves it, so the run-cycle's look-ups stay small at any size)
+        Index("ix_attempts_unresolved", "subscription_id",
+              postgresql_where=text("status IN ('pending', 'unknown')"),
+              sqlite_where=text("status IN ('pending', 'unknown')")),
     )
 
     id: str = Field(default_factory=lambda: new_id("pay"), primary_key=True, max_length=40)

@@ -12,6 +12,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+from sqlalchemy import text
 from sqlmodel import Session, col, select
 from sqlmodel.sql.expression import SelectOfScalar
 
@@ -43,6 +44,10 @@ class Outcome(StrEnum):
 
 
 UNRESOLVED = (AttemptStatus.PENDING, AttemptStatus.UNKNOWN)
+# Written as a literal, identical to the predicate of the partial index
+# ``ix_attempts_unresolved``, so the planner can always use that index (a bound parameter
+# list cannot prove the predicate under a generic plan).
+UNRESOLVED_SQL = "payment_attempts.status IN ('pending', 'unknown')"
 AUTO_REFUND_PREFIX = "auto_refund:"
 
 
@@ -51,7 +56,7 @@ def unresolved_query(*, subscription_ids: Sequence[str] | None = None, invoice_i
 
     Anything that must not start a new charge, end an invoice or settle blindly asks
     this: the run-cycle's due condition and planner, cancellations, the dry run."""
-    q = select(PaymentAttempt).where(col(PaymentAttempt.status).in_(list(UNRESOLVED)))
+    q = select(PaymentAttempt).where(text(UNRESOLVED_SQL))
     if subscription_ids is not None:
         q = q.where(col(PaymentAttempt.subscription_id).in_(list(subscription_ids)))
     if invoice_id is not None:
