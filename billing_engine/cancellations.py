@@ -109,6 +109,9 @@ def cancel(
                       payload={"kind": k.value, "reason": reason, "effective_at": sub.current_period_end})
         _confirm(session, sub, effective_at=sub.current_period_end, now=now)
         return CancelResult(sub, True, sub.current_period_end)
+    if k == CancellationKind.INVOLUNTARY:  # an admin records churn the customer did not choose
+        end_involuntarily(session, sub, reason=reason, now=now, actor=actor, comment=comment)
+        return CancelResult(sub, True, now)
     end(session, sub, kind=k.value, reason=reason, comment=comment, now=now, effective_at=now, actor=actor)
     _confirm(session, sub, effective_at=now, now=now)
     return CancelResult(sub, True, now)
@@ -173,10 +176,11 @@ def end_involuntarily(
     session: Session,
     sub: Subscription,
     *,
-    reason: str,
+    reason: str | None,
     now: datetime,
     actor: str,
     details: dict[str, Any] | None = None,
+    comment: str | None = None,
 ) -> bool:
     """End ``sub`` now as involuntary churn and tell the customer. The one home of this rule.
 
@@ -186,17 +190,25 @@ def end_involuntarily(
         return False
     sub.cancel_at_period_end = False
     sub.cancellation_kind = None
-    end(session, sub, kind=CancellationKind.INVOLUNTARY, reason=reason, now=now, effective_at=now, actor=actor)
-    notifications.enqueue(session, notifications.Kind.CANCELED_INVOLUNTARY, customer_id=sub.customer_id,
-                          subscription_id=sub.id, dedupe_key=f"canceled:{sub.id}", at=now,
-                          payload={"reason": reason, **(details or {})})
+    end(session, sub, kind=CancellationKind.INVOLUNTARY, reason=reason, comment=comment, now=now, effective_at=now,
+        actor=actor)
+    _tell_involuntary(session, sub, now=now, details=details)
     return True
 
 
+def _tell_involuntary(session: Session, sub: Subscription, *, now: datetime, details: dict[str, Any] | None = None) -> None:
+    notifications.enqueue(session, notifications.Kind.CANCELED_INVOLUNTARY, customer_id=sub.customer_id,
+                          subscription_id=sub.id, dedupe_key=f"canceled:{sub.id}", at=now,
+                          payload={"reason": sub.cancellation_reason, **(details or {})})
+
+
 def end_at_period_end(session: Session, sub: Subscription, *, now: datetime) -> None:
-    """A cancellation scheduled for period end takes effect (no charge for the next period)."""
+    """A cancellation scheduled for period end takes effect (no charge for the next period).
+    An involuntary one (an admin's, e.g. a dispute) tells the customer like every other."""
     end(session, sub, kind=sub.cancellation_kind or CancellationKind.VOLUNTARY, reason=sub.cancellation_reason,
         now=now, effective_at=sub.current_period_end, actor=sub.canceled_by or CUSTOMER)
+    if sub.cancellation_kind == CancellationKind.INVOLUNTARY:
+        _tell_involuntary(session, sub, now=now)
 
 
 def can_undo(sub: Subscription, now: datetime, *, actor: str = CUSTOMER) -> bool:

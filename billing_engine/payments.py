@@ -170,6 +170,13 @@ def settle(
                   customer_id=sub.customer_id, invoice_id=invoice.id,
                   payload=common | {"decline_code": code, "decline_kind": kind.value, "message": result.message})
     if sub.status == SubscriptionStatus.CANCELED or invoice.status != InvoiceStatus.OPEN:
+        if invoice.status == InvoiceStatus.OPEN:  # ended while this charge was in flight: close it now
+            invoice.status = InvoiceStatus.UNCOLLECTIBLE
+            invoice.closed_at = now
+            session.add(invoice)
+            events.record(session, events.EventType.INVOICE_UNCOLLECTIBLE, at=now, subscription_id=sub.id,
+                          customer_id=sub.customer_id, invoice_id=invoice.id,
+                          payload={"amount_minor": invoice.amount_minor, "currency": invoice.currency})
         return Outcome.DECLINED_HARD if kind == DeclineKind.HARD else Outcome.DECLINED_SOFT
     if invoice.period_index != sub.next_period_index:
         return Outcome.DECLINED_HARD if kind == DeclineKind.HARD else Outcome.DECLINED_SOFT

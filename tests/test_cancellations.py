@@ -115,3 +115,35 @@ def test_involuntary_churn_is_never_undone(engine, now) -> None:  # type: ignore
             assert not cancellations.can_undo(sub, now + timedelta(days=1), actor=actor)
     with pytest.raises(InvalidTransition), transaction(engine) as s:
         cancellations.undo(s, subscriptions.get(s, sub_id), now=now + timedelta(days=1), actor="admin")
+
+
+def test_an_admins_involuntary_cancel_emails_the_customer_now_or_at_period_end(engine, now) -> None:  # type: ignore[no-untyped-def]
+    from billing_engine.cycle import run_cycle
+    from billing_engine.gateway.fake import FakeGateway
+    from billing_engine.models import Notification
+    from billing_engine.settings import load_settings
+    from tests.factories import make_plan
+
+    with transaction(engine) as s:
+        plan = make_plan(s, now)
+        at_once = make_subscription(s, now, plan=plan, email="now@example.com").id
+        later = make_subscription(s, now, plan=plan, email="later@example.com").id
+    gw = FakeGateway()
+    run_cycle(engine, gw, now=now, settings=load_settings())
+    with transaction(engine) as s:
+        cancellations.cancel(s, subscriptions.get(s, at_once), kind="involuntary", reason="dispute",
+                             at_period_end=False, now=now + timedelta(days=1), actor="admin:cli")
+        cancellations.cancel(s, subscriptions.get(s, later), kind="involuntary", reason="dispute",
+                             now=now + timedelta(days=1), actor="admin:cli")
+
+    def mails(sub_id: str) -> list[Notification]:
+        with Session(engine) as s:
+            return list(s.exec(select(Notification).where(Notification.subscription_id == sub_id,
+                                                          Notification.kind == "canceled_involuntary")))
+
+    assert len(mails(at_once)) == 1 and mails(later) == []
+    run_cycle(engine, gw, now=now + timedelta(days=40), settings=load_settings())  # the period ended
+    assert len(mails(later)) == 1
+    with Session(engine) as s:
+        ended = subscriptions.get(s, later)
+        assert (ended.status, ended.cancellation_kind, ended.cancellation_reason) == ("canceled", "involuntary", "dispute")

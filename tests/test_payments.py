@@ -212,3 +212,28 @@ def test_money_arriving_after_the_customer_cancelled_is_refunded(engine: Engine,
         sub = s.get(Subscription, sub_id)
         assert sub is not None and sub.status == "canceled" and sub.cancellation_kind == "voluntary"
         assert "receipt" not in _emails(s, sub_id)
+
+
+def test_a_decline_for_a_subscription_that_ended_meanwhile_closes_its_invoice(engine, now) -> None:  # type: ignore[no-untyped-def]
+    from billing_engine import subscriptions
+    from billing_engine.models import Invoice, PaymentAttempt, PaymentMethod, Plan
+    from tests.factories import make_subscription
+
+    with transaction(engine) as s:
+        sub = make_subscription(s, now)
+        plan = s.get(Plan, sub.plan_id)
+        pm = s.get(PaymentMethod, sub.payment_method_id)
+        assert plan is not None and pm is not None
+        inv = invoices.for_period(s, sub, plan, sub.next_period_index, now=now)
+        attempt_id = payments.start_attempt(s, sub, inv, pm, now=now).id
+        invoice_id = inv.id
+    with transaction(engine) as s:  # the customer leaves while the charge is in flight
+        cancellations.cancel(s, subscriptions.get(s, sub.id), at_period_end=False, now=now)
+    with transaction(engine) as s:
+        attempt = s.get(PaymentAttempt, attempt_id)
+        assert attempt is not None
+        payments.settle(s, attempt, ChargeResult(status=ChargeStatus.DECLINED, decline_code="insufficient_funds",
+                                                 decline_kind=DeclineKind.SOFT), now=now)
+    with Session(engine) as s:
+        closed = s.get(Invoice, invoice_id)
+        assert closed is not None and closed.status == "uncollectible"  # not open forever
