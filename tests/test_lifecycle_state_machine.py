@@ -17,7 +17,9 @@ Invariants after every step (the fake gateway's ledger is the independent truth)
   period ends, back to active / trialing;
 - ``cancellation_kind`` never changes while the subscription stays ended;
 - amounts never negative; refunded <= paid per invoice;
-- no money kept for a period that starts at or after the end of a canceled subscription;
+- no money kept for a period an ended subscription never entered (refunded in full);
+- at the end of each example (teardown), one more run without injected faults settles
+  every attempt in flight (see the second xfail for invoices left open);
 - every subscription canceled as involuntary has exactly one ``canceled_involuntary``
   e-mail row (see the xfail below for the admin path).
 
@@ -33,7 +35,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     Bundle,
@@ -73,8 +75,8 @@ SETTINGS = load_settings()
 T0 = datetime(2026, 1, 31, 9, 0, tzinfo=UTC)  # the 31st: month ends are the interesting ones
 
 def _machine_settings(backend: str) -> settings:
-    # ~13 s on SQLite; PostgreSQL's round trips are slower, so fewer examples there
-    return settings(max_examples=25 if backend == "sqlite" else 12, stateful_step_count=30, deadline=None,
+    # 5-15 s per backend here (pytest --hypothesis-show-statistics shows the states reached)
+    return settings(max_examples=25 if backend == "sqlite" else 20, stateful_step_count=30, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 
 CARDS = {  # behaviour -> script of outcomes for the card's first charges (then it succeeds)
@@ -109,6 +111,8 @@ class LifecycleMachine(RuleBasedStateMachine):
     # Invariant switch: does an admin's involuntary cancellation (cancellations.cancel with
     # kind=involuntary) owe the customer the canceled_involuntary e-mail? See the xfail test.
     admin_involuntary_emails = False
+    # Teardown switch: may an invoice stay open on an ended subscription? See the xfail test.
+    closes_invoices_of_ended = False
 
     subs = Bundle("subs")
 
@@ -138,8 +142,8 @@ class LifecycleMachine(RuleBasedStateMachine):
     # -- rules -------------------------------------------------------------------------
 
     @rule(target=subs, plan=st.sampled_from(["monthly", "weekly", "trial-monthly"]),
-          card=st.sampled_from(sorted(CARDS)))
-    def subscribe(self, plan: str, card: str) -> str:
+          card=st.sampled_from(sorted(CARDS)), then_run=st.booleans())
+    def subscribe(self, plan: str, card: str, then_run: bool = False) -> str:
         n = next(self.seq)
         token = f"pm_sm_{n}_{card}"
         if CARDS[card]:
@@ -149,8 +153,11 @@ class LifecycleMachine(RuleBasedStateMachine):
             assert p is not None
             cust = make_customer(s, self.now, email=f"sm{n}@example.com")
             pm = make_card(s, self.now, cust, p, token=token)
-            sub = subscriptions.create(s, customer_id=cust.id, plan_id=p.id, payment_method_id=pm.id, now=self.now)
-            return sub.id
+            sub_id = subscriptions.create(s, customer_id=cust.id, plan_id=p.id, payment_method_id=pm.id,
+                                          now=self.now).id
+        if then_run:  # the first charge at once, as the sign-up page does
+            self.run_again_now()
+        return sub_id
 
     @rule(delta=st.one_of(st.integers(1, 47).map(lambda h: timedelta(hours=h)),
                           st.integers(2, 40).map(lambda d: timedelta(days=d))))
@@ -159,6 +166,11 @@ class LifecycleMachine(RuleBasedStateMachine):
         summary = run_cycle(self.engine, self.gw, now=self.now, settings=SETTINGS, concurrency=2)
         assert summary.stopped is None, summary.stop_message
         assert not summary.errors, summary.errors
+
+    @rule()
+    def run_again_now(self) -> None:
+        summary = run_cycle(self.engine, self.gw, now=self.now, settings=SETTINGS, concurrency=2)
+        assert summary.stopped is None and not summary.errors
 
     @rule(hours=st.integers(1, 400))
     def time_passes(self, hours: int) -> None:
@@ -229,6 +241,25 @@ class LifecycleMachine(RuleBasedStateMachine):
                 subscriptions.change_payment_method(s, x, pm.id, now=self.now, actor="customer")
         except InvalidTransition:
             pass
+
+    def teardown(self) -> None:
+        """Drain: without injected faults, one more run settles every attempt in flight, and
+        nothing is left open on a subscription that has ended."""
+        if not hasattr(self, "gw"):
+            return
+        self.gw._fail_next.clear()
+        self.gw._unknown_next.clear()
+        self.now += timedelta(minutes=1)
+        summary = run_cycle(self.engine, self.gw, now=self.now, settings=SETTINGS, concurrency=2)
+        assert summary.stopped is None and not summary.errors
+        self.books_balance()
+        self.lifecycle_is_legal()
+        w = self._world()
+        assert not [a.id for a in w["attempts"] if a.status in UNRESOLVED], "an attempt left unresolved"
+        left_open = [(i.id, i.subscription_id) for i in w["invoices"] if i.status == InvoiceStatus.OPEN
+                     and w["subs"][i.subscription_id].status == SubscriptionStatus.CANCELED]
+        if self.closes_invoices_of_ended:
+            assert not left_open, f"open invoices on ended subscriptions: {left_open}"
 
     # -- invariants --------------------------------------------------------------------
 
@@ -303,6 +334,7 @@ class LifecycleMachine(RuleBasedStateMachine):
                     assert x.status in TRANSITIONS[status], f"{sid}: {status} -> {x.status}"
                 if status == SubscriptionStatus.CANCELED and x.status == SubscriptionStatus.CANCELED:
                     assert x.cancellation_kind == kind, f"{sid}: ended as {kind}, now {x.cancellation_kind}"
+            event(f"status: {x.status}" + (f" ({x.cancellation_kind}, by {x.canceled_by})" if x.cancellation_kind else ""))
             if x.status == SubscriptionStatus.CANCELED:
                 assert x.cancellation_kind in ("voluntary", "involuntary") and x.ended_at is not None
             self.prev[sid] = (x.status, x.cancellation_kind)
@@ -320,14 +352,16 @@ class LifecycleMachine(RuleBasedStateMachine):
                     continue
                 assert mails[sid] == 1, f"{sid}: canceled as involuntary by {x.canceled_by} without the e-mail"
 
-        # no money kept for a period that starts at or after a canceled subscription's end
+        # no money kept for a period an ended subscription never entered (a charge that landed
+        # after the cancellation is refunded in full)
         pending_refund = {r.invoice_id for r in w["refunds"] if r.status == RefundStatus.PENDING}
         for i in w["invoices"]:
             x = subs[i.subscription_id]
             if (i.status == InvoiceStatus.PAID and x.status == SubscriptionStatus.CANCELED
-                    and x.ended_at is not None and i.period_start >= x.ended_at):
+                    and i.period_index >= x.next_period_index):
                 assert i.amount_refunded_minor == i.amount_paid_minor or i.id in pending_refund, (
-                    f"{i.id}: paid for {i.period_start} after {x.id} ended at {x.ended_at}")
+                    f"{i.id}: paid for period {i.period_index} ({i.period_start}), never entered by {x.id} "
+                    f"(ended at {x.ended_at}), and not refunded")
 
 
 @pytest.fixture
@@ -363,3 +397,32 @@ def test_an_admin_involuntary_cancel_emails_like_every_involuntary_end(sqlite_en
     state.advance_and_run(timedelta(hours=1))
     state.cancel(sub, "involuntary_by_admin")
     state.lifecycle_is_legal()
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: a subscription ended while its charge's answer was lost keeps its "
+                   "invoice open forever when the reconciled answer is a decline (payments.settle returns early "
+                   "for a canceled subscription; cancellations.end skipped the invoice as in flight)")
+def test_an_invoice_in_flight_at_the_end_is_closed_when_its_charge_declines(sqlite_engine: Engine) -> None:
+    """Minimal example (the machine with closes_invoices_of_ended = True shrinks to this):
+
+        state.catalogue()
+        state.next_answer_lost(charged=False); state.next_charge_declines(code='insufficient_funds')
+        subs_0 = state.subscribe(card='good', plan='monthly')
+        state.advance_and_run(delta=timedelta(hours=1))     # first charge: answer lost (attempt unknown)
+        state.cancel(how='immediately', sub=subs_0)         # ends; end() skips the invoice: in flight
+        state.advance_and_run(delta=timedelta(hours=1))     # reconcile: re-sent with the same key, declined
+        state.teardown()   # -> invoice still 'open' on a canceled subscription, forever
+    """
+    class Machine(LifecycleMachine):
+        engine = sqlite_engine
+        closes_invoices_of_ended = True
+
+    state = Machine()
+    state.catalogue()
+    state.next_answer_lost(charged=False)
+    state.next_charge_declines("insufficient_funds")
+    sub = state.subscribe(plan="monthly", card="good")
+    state.advance_and_run(timedelta(hours=1))
+    state.cancel(sub, "immediately")
+    state.advance_and_run(timedelta(hours=1))
+    state.teardown()
