@@ -94,8 +94,10 @@ def cancel(
         at_period_end = not plan.cancel_immediately
     unpaid = sub.status in (SubscriptionStatus.INCOMPLETE, SubscriptionStatus.PAST_DUE)
     if at_period_end and not unpaid and sub.current_period_end > now:
-        if sub.cancel_at_period_end:
+        if sub.cancel_at_period_end and not (
+                k == CancellationKind.INVOLUNTARY and sub.cancellation_kind == CancellationKind.VOLUNTARY):
             return CancelResult(sub, False, sub.current_period_end)
+        # new, or an admin's involuntary decision replacing the customer's own scheduled one
         sub.cancel_at_period_end = True
         sub.canceled_at = now
         sub.cancellation_kind = k.value
