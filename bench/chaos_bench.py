@@ -121,7 +121,7 @@ def chaos_at(args: argparse.Namespace, env: dict[str, str], at: datetime, kills_
             p, deadline = entry
             rc = p.poll()
             if rc is None and now >= deadline and stats["killed"] < kills_wanted:
-                due, _held = claims.count_due(engine, at)
+                due = claims.count_due(engine, at)
                 held, in_flight = held_by(engine, p.pid)
                 p.send_signal(signal.SIGKILL)
                 p.wait()

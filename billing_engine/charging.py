@@ -28,6 +28,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
 from billing_engine import cancellations, claims, events, notifications, payments, renewals
+from billing_engine.db import locks_rows
 from billing_engine.gateway.protocol import ChargeRequest, ChargeResult, ChargeStatus
 from billing_engine.invoices import for_period
 from billing_engine.models import (
@@ -64,10 +65,6 @@ class Prepared:
     actions: list[tuple[str, renewals.Action]] = field(default_factory=list)
 
 
-def _locking(session: Session) -> bool:
-    return session.bind is not None and session.bind.dialect.name == "postgresql"
-
-
 SUBS = Subscription.__table__  # type: ignore[attr-defined]
 ATTEMPTS = PaymentAttempt.__table__  # type: ignore[attr-defined]
 INVOICES = Invoice.__table__  # type: ignore[attr-defined]
@@ -76,7 +73,7 @@ INVOICES = Invoice.__table__  # type: ignore[attr-defined]
 def _load_subs(session: Session, ids: Sequence[str], *, worker: str | None) -> list[Any]:
     """The batch's subscriptions as rows, locked (PostgreSQL) in id order, in ``ids`` order."""
     q = SUBS.select().where(SUBS.c.id.in_(list(ids))).order_by(SUBS.c.id)
-    if _locking(session):
+    if locks_rows(session):
         q = q.with_for_update()
     subs = renewals.rows(session, q)
     if worker is not None:
@@ -89,17 +86,6 @@ def _orm(session: Session, sub_id: str) -> Subscription:
     sub = session.get(Subscription, sub_id, populate_existing=True)
     assert sub is not None
     return sub
-
-
-def _request(attempt: Any, token: str, gateway_customer_id: str | None) -> ChargeRequest:
-    """The charge request of an attempt (row, dict-backed or ORM): the same every time."""
-    return ChargeRequest(
-        amount_minor=attempt.amount_minor, currency=attempt.currency, payment_method_token=token,
-        idempotency_key=attempt.idempotency_key, gateway_customer_id=gateway_customer_id,
-        description=f"Subscription {attempt.subscription_id} invoice {attempt.invoice_id}",
-        metadata={"invoice_id": attempt.invoice_id, "subscription_id": attempt.subscription_id,
-                  "attempt_id": attempt.id, "idempotency_key": attempt.idempotency_key},
-    )
 
 
 def prepare(
@@ -124,7 +110,7 @@ def prepare(
                 else session.get(PaymentMethod, attempt.payment_method_id)
             assert pm is not None
             out.steps.append(Step(subscription_id=sub.id, attempt_id=attempt.id, reconcile=True,
-                                  request=_request(attempt, pm.token, customers.get(sub.customer_id))))
+                                  request=payments.charge_request(attempt, pm.token, customers.get(sub.customer_id))))
             continue
         if action.kind == ActionKind.CHARGE:
             charges.append(snap)
@@ -145,13 +131,13 @@ def prepare(
         for snap, attempt in zip(charges, attempts, strict=True):
             assert snap.payment_method is not None
             out.steps.append(Step(subscription_id=snap.sub.id, attempt_id=attempt.id, reconcile=False,
-                                  request=_request(attempt, snap.payment_method.token,
-                                                   customers.get(snap.sub.customer_id))))
+                                  request=payments.charge_request(attempt, snap.payment_method.token,
+                                                                  customers.get(snap.sub.customer_id))))
     return out
 
 
 class _Attempt(dict[str, Any]):
-    """An attempt row being inserted, readable as attributes (for :func:`_request`)."""
+    """An attempt row being inserted, readable as attributes (for :func:`payments.charge_request`)."""
 
     def __getattr__(self, name: str) -> Any:
         return self[name]
@@ -249,7 +235,7 @@ def settle(
         return []
     subs = {s.id: s for s in _load_subs(session, [st.subscription_id for st, _ in answers], worker=None)}
     aq = ATTEMPTS.select().where(ATTEMPTS.c.id.in_([st.attempt_id for st, _ in answers])).order_by(ATTEMPTS.c.id)
-    if _locking(session):
+    if locks_rows(session):
         aq = aq.with_for_update()
     attempts = {a.id: a for a in renewals.rows(session, aq)}
     invoices = {i.id: i for i in renewals.rows(

@@ -26,7 +26,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from billing_engine import payments
-from billing_engine.db import transaction
+from billing_engine.db import locks_rows, transaction
 from billing_engine.models import PaymentAttempt, Subscription, SubscriptionStatus
 from billing_engine.renewals import CHARGEABLE
 
@@ -52,14 +52,18 @@ def _free(wall: datetime) -> Any:
     return or_(col(Subscription.lease_expires_at).is_(None), col(Subscription.lease_expires_at) < wall)
 
 
-def count_due(engine: Engine, now: datetime) -> tuple[int, int]:
-    """(due now, of which held by a live claim of some worker)."""
+def count_due(engine: Engine, now: datetime) -> int:
+    """How many subscriptions have work due at ``now``."""
+    with Session(engine) as s:
+        return int(s.exec(select(func.count()).select_from(Subscription).where(due_condition(now))).one())
+
+
+def count_held(engine: Engine, now: datetime) -> int:
+    """How many of those a live claim of some worker holds."""
     wall = datetime.now(UTC)
     with Session(engine) as s:
-        total = int(s.exec(select(func.count()).select_from(Subscription).where(due_condition(now))).one())
-        held = int(s.exec(select(func.count()).select_from(Subscription).where(
+        return int(s.exec(select(func.count()).select_from(Subscription).where(
             due_condition(now), col(Subscription.lease_expires_at) >= wall)).one())
-    return total, held
 
 
 LANES: tuple[str, ...] = ("unresolved", SubscriptionStatus.INCOMPLETE, SubscriptionStatus.TRIALING,
@@ -121,7 +125,7 @@ def due_page(session: Session, now: datetime, cursor: Cursor, limit: int, *, cla
         q = _lane_query(lane, now, cursor.positions.get(lane), keys_only=claim_for is not None).limit(want)
         if claim_for is not None:
             q = q.where(_free(wall or datetime.now(UTC)))
-            if session.bind is not None and session.bind.dialect.name == "postgresql":
+            if locks_rows(session):
                 q = q.with_for_update(skip_locked=True)
         got = list(session.exec(q))
         if got:
@@ -150,7 +154,7 @@ def claim_ids_in(session: Session, ids: Sequence[str], *, now: datetime, worker:
     wall = datetime.now(UTC)
     q = (select(Subscription.id).where(col(Subscription.id).in_(list(ids)), due_condition(now), _free(wall))
          .order_by(col(Subscription.id)))
-    if session.bind is not None and session.bind.dialect.name == "postgresql":
+    if locks_rows(session):
         q = q.with_for_update(skip_locked=True, of=Subscription)
     got = list(session.exec(q))
     _stamp(session, got, worker, wall + lease)
@@ -161,14 +165,6 @@ def _stamp(session: Session, ids: Sequence[str], worker: str, expires: datetime)
     if ids:
         session.execute(update(Subscription).where(col(Subscription.id).in_(list(ids)))
                         .values(lease_owner=worker, lease_expires_at=expires))
-
-
-def claim(
-    engine: Engine, *, now: datetime, worker: str, batch_size: int, lease: timedelta, cursor: Cursor,
-) -> list[str]:
-    """:func:`claim_in` in a transaction of its own."""
-    with transaction(engine) as s:
-        return claim_in(s, now=now, worker=worker, batch_size=batch_size, lease=lease, cursor=cursor)
 
 
 def release_in(session: Session, ids: Sequence[str], worker: str) -> None:

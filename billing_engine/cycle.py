@@ -61,9 +61,9 @@ T = TypeVar("T")
 
 STOP_GATEWAY_UNREACHABLE = "gateway_unreachable"
 STOP_GATEWAY_CONFIGURATION = "gateway_configuration"
-STOP_DATABASE = "database"
 STOP_REQUESTED = "stop_requested"
-EXIT_CODES = {STOP_GATEWAY_UNREACHABLE: 75, STOP_GATEWAY_CONFIGURATION: 78, STOP_DATABASE: 70, STOP_REQUESTED: 143}
+EXIT_CODES = {STOP_GATEWAY_UNREACHABLE: 75, STOP_GATEWAY_CONFIGURATION: 78, STOP_REQUESTED: 143}
+# (database errors end a run by raising DatabaseUnavailable: exit 70)
 DRAIN_SECONDS = 60.0  # on a stop request: how long in-flight gateway calls may still take
 
 
@@ -107,15 +107,6 @@ class CycleSummary:
 
 
 # --------------------------------------------------------------------------- dry run
-
-
-def due_for_renewal(session: Session, now: datetime, limit: int | None = None) -> list[Subscription]:
-    """Subscriptions with work due at ``now`` (read only)."""
-    q = select(Subscription).where(claims.due_condition(now)).order_by(
-        col(Subscription.current_period_end), col(Subscription.id))
-    if limit:
-        q = q.limit(limit)
-    return list(session.exec(q))
 
 
 def _iter_due(engine: Engine, now: datetime, batch: int) -> Iterator[list[Subscription]]:
@@ -166,8 +157,7 @@ class _Answer:
 
 @dataclass
 class _Batch:
-    ids: list[str]
-    prepared: charging.Prepared
+    ids: list[str]  # the subscriptions whose gateway calls are in flight (claimed by this worker)
     futures: list[Future[_Answer]]
 
 
@@ -263,11 +253,7 @@ class _Runner:
                 prepared = charging.prepare(s, ids, now=self.now, worker=self.worker, plans=self.plans)
                 claims.release_in(s, prepared.settled_ids, self.worker)  # decided without the gateway
                 return ids, prepared
-        try:
-            ids, prepared = _db(txn, what="preparing a batch")
-        except BaseException:
-            cursor.positions, cursor.done = saved  # nothing was claimed: the next run starts over
-            raise
+        ids, prepared = _db(txn, what="preparing a batch")
         self._count_actions(prepared)
         return ids, prepared
 
@@ -288,15 +274,15 @@ class _Runner:
                 self.summary.charged += 1
 
     def settle(self, batch: _Batch, *, timeout: float | None = None) -> None:
-        released = False
+        """Settle the batch's answers and release its claims in ONE transaction (if that
+        fails, the claims are still let go here rather than at the end of the lease)."""
         try:
-            released = self._settle(batch, timeout=timeout)
-        finally:
-            if not released:
-                claims.release(self.engine, batch.ids, self.worker)
+            self._settle(batch, timeout=timeout)
+        except BaseException:
+            claims.release(self.engine, batch.ids, self.worker)
+            raise
 
-    def _settle(self, batch: _Batch, *, timeout: float | None = None) -> bool:
-        """Settle the batch's answers and release its claims in ONE transaction."""
+    def _settle(self, batch: _Batch, *, timeout: float | None = None) -> None:
         done, not_done = wait_futures(batch.futures, timeout=timeout)
         answers = [f.result() for f in batch.futures if f in done]
         definitive = [(a.step, a.result) for a in answers if a.result is not None]
@@ -318,7 +304,6 @@ class _Runner:
             self._count(st, reconciled=st.attempt_id in reconciles)
             if st.next_due_at is not None and st.next_due_at <= self.now:
                 self.again.append(st.subscription_id)
-        return True
 
     def _count(self, st: charging.Settled, *, reconciled: bool) -> None:
         s, o = self.summary, st.outcome
@@ -422,7 +407,7 @@ def run_cycle(
         summary.due = len(summary.would_charge)
         summary.timings["total_s"] = round(time.perf_counter() - started, 3)
         return summary
-    summary.total_due, _held = _db(lambda: claims.count_due(engine, now), what="counting due work")
+    summary.total_due = _db(lambda: claims.count_due(engine, now), what="counting due work")
     if limit:
         summary.total_due = min(summary.total_due, limit)
     worker = worker or claims.new_worker_id()
@@ -458,7 +443,7 @@ def run_cycle(
                     inflight.popleft()
                     continue
                 futures = [pool.submit(runner.call, st) for st in prepared.steps]
-                inflight.append(_Batch([st.subscription_id for st in prepared.steps], prepared, futures))
+                inflight.append(_Batch([st.subscription_id for st in prepared.steps], futures))
                 processed += len(ids)
                 while inflight and (len(inflight) >= 2 or all(f.done() for f in inflight[0].futures)):
                     runner.settle(inflight[0])  # still listed while it settles: the heartbeat renews it
@@ -485,7 +470,7 @@ def run_cycle(
         on_progress(processed, summary.total_due)
     if summary.refunded_after_cancel or processed:
         send_pending_refunds(engine, gateway, now)
-    _total, summary.held_by_other_workers = _db(lambda: claims.count_due(engine, now), what="counting due work")
+    summary.held_by_other_workers = _db(lambda: claims.count_held(engine, now), what="counting claimed work")
     if summary.stopped is None:
         t = time.perf_counter()
         summary.reminders_queued = reminders.queue(engine, now=now, settings=settings)

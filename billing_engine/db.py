@@ -119,6 +119,12 @@ def _has_tables(engine: Engine) -> bool:
     return bool([t for t in inspect(engine).get_table_names() if t != "alembic_version"])
 
 
+def locks_rows(session: Session) -> bool:
+    """Whether ``SELECT ... FOR UPDATE`` means anything here: on PostgreSQL it locks the
+    rows; SQLite serialises every writer (``BEGIN IMMEDIATE``) and needs no row locks."""
+    return session.get_bind().dialect.name == "postgresql"
+
+
 @contextmanager
 def transaction(engine: Engine) -> Iterator[Session]:
     """A unit of work: commits on success, rolls back on error."""

@@ -17,10 +17,10 @@ from sqlmodel import Session, col, select
 from sqlmodel.sql.expression import SelectOfScalar
 
 from billing_engine import cancellations, dunning, events, notifications, refunds
+from billing_engine.db import locks_rows
 from billing_engine.gateway.protocol import ChargeRequest, ChargeResult, ChargeStatus, DeclineKind
 from billing_engine.models import (
     AttemptStatus,
-    Customer,
     Invoice,
     InvoiceStatus,
     PaymentAttempt,
@@ -64,12 +64,6 @@ def unresolved_query(*, subscription_ids: Sequence[str] | None = None, invoice_i
     return q.order_by(col(PaymentAttempt.created_at), col(PaymentAttempt.id))
 
 
-def unresolved_by_subscription(session: Session, subscription_ids: Sequence[str]) -> dict[str, PaymentAttempt]:
-    """The oldest unresolved attempt of each of these subscriptions (one query)."""
-    out: dict[str, PaymentAttempt] = {}
-    for a in session.exec(unresolved_query(subscription_ids=subscription_ids)):
-        out.setdefault(a.subscription_id, a)
-    return out
 
 
 def idempotency_key_for(invoice_id: str, attempt_number: int) -> str:
@@ -102,23 +96,16 @@ def start_attempt(
     return attempt
 
 
-def charge_request(session: Session, attempt: PaymentAttempt) -> ChargeRequest:
-    pm = session.get(PaymentMethod, attempt.payment_method_id) if attempt.payment_method_id else None
-    sub = session.get(Subscription, attempt.subscription_id)
-    assert pm is not None and sub is not None
-    cust = session.get(Customer, sub.customer_id)
+def charge_request(attempt: Any, token: str, gateway_customer_id: str | None) -> ChargeRequest:
+    """The gateway request of an attempt (a row, an ORM object or the dict being
+    inserted): the same on every send and re-send, so its idempotency key holds."""
     return ChargeRequest(
-        amount_minor=attempt.amount_minor, currency=attempt.currency, payment_method_token=pm.token,
-        idempotency_key=attempt.idempotency_key,
-        gateway_customer_id=cust.gateway_customer_id if cust else None,
-        description=f"Subscription {sub.id} invoice {attempt.invoice_id}",
-        metadata={"invoice_id": attempt.invoice_id, "subscription_id": sub.id, "attempt_id": attempt.id,
-                  "idempotency_key": attempt.idempotency_key},
+        amount_minor=attempt.amount_minor, currency=attempt.currency, payment_method_token=token,
+        idempotency_key=attempt.idempotency_key, gateway_customer_id=gateway_customer_id,
+        description=f"Subscription {attempt.subscription_id} invoice {attempt.invoice_id}",
+        metadata={"invoice_id": attempt.invoice_id, "subscription_id": attempt.subscription_id,
+                  "attempt_id": attempt.id, "idempotency_key": attempt.idempotency_key},
     )
-
-
-def unresolved(session: Session, subscription_id: str) -> list[PaymentAttempt]:
-    return list(session.exec(unresolved_query(subscription_ids=[subscription_id])))
 
 
 def settle(
@@ -133,7 +120,7 @@ def settle(
     """Apply the gateway's answer to the attempt, its invoice and its subscription."""
     # On PostgreSQL the run-cycle and the Stripe webhook may settle the same attempt at
     # once: lock the attempt (re-read after the lock) so the second one sees it settled.
-    locking = session.bind is not None and session.bind.dialect.name == "postgresql"
+    locking = locks_rows(session)
     if locking:
         session.refresh(attempt, with_for_update=True)
     if attempt.status in (AttemptStatus.SUCCEEDED, AttemptStatus.FAILED, AttemptStatus.REQUIRES_ACTION):

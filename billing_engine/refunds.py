@@ -25,7 +25,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, func, select
 
 from billing_engine import events, notifications, validation
-from billing_engine.db import transaction
+from billing_engine.db import locks_rows, transaction
 from billing_engine.errors import Conflict, GatewayUnavailable, NotFound, ValidationError
 from billing_engine.gateway.protocol import (
     GatewayError,
@@ -157,15 +157,11 @@ def refund_request(session: Session, refund: Refund) -> RefundRequest:
     )
 
 
-def _locking(session: Session) -> bool:
-    return session.bind is not None and session.bind.dialect.name == "postgresql"
-
-
 def lock_invoice(session: Session, invoice_id: str) -> Invoice | None:
     """The invoice, re-read under a row lock (``SELECT ... FOR UPDATE`` on PostgreSQL;
     SQLite's ``BEGIN IMMEDIATE`` already serialises writers). Every change to an
     invoice's refunds happens under this lock, so concurrent requests queue up."""
-    return session.get(Invoice, invoice_id, with_for_update=_locking(session), populate_existing=True)
+    return session.get(Invoice, invoice_id, with_for_update=locks_rows(session), populate_existing=True)
 
 
 def refunded_total(session: Session, invoice_id: str) -> int:

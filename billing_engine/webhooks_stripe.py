@@ -40,6 +40,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col, func, select
 
 from billing_engine import cancellations, events, payment_methods, payments, refunds, subscriptions
+from billing_engine.db import locks_rows
 from billing_engine.errors import ValidationError
 from billing_engine.gateway.protocol import CardDetails, ChargeStatus, RefundResult, RefundStatus
 from billing_engine.gateway.stripe import intent_result
@@ -221,7 +222,7 @@ def _charge_refunded(session: Session, charge: dict[str, Any], now: datetime) ->
     attempt = _attempt_by_intent(session, intent_id)
     if attempt is None or attempt.status != AttemptStatus.SUCCEEDED:
         return f"ignored: no succeeded payment of ours for {intent_id}"
-    invoice = session.get(Invoice, attempt.invoice_id, with_for_update=_locking(session))
+    invoice = session.get(Invoice, attempt.invoice_id, with_for_update=locks_rows(session))
     assert invoice is not None
     if str(charge.get("currency") or "").upper() != invoice.currency:
         return f"ignored: charge {charge_id} is in {charge.get('currency')}, invoice {invoice.id} in {invoice.currency}"
@@ -336,7 +337,7 @@ def _dispute(session: Session, obj: dict[str, Any], now: datetime) -> str:
 def _cancel_for_dispute(session: Session, dispute: Dispute, *, now: datetime) -> str:
     if dispute.subscription_id is None:
         return "no subscription to cancel"
-    locking = _locking(session)
+    locking = locks_rows(session)
     sub = session.get(Subscription, dispute.subscription_id, with_for_update=locking, populate_existing=locking)
     assert sub is not None
     if sub.status == SubscriptionStatus.CANCELED:
@@ -389,8 +390,6 @@ def _card_detached(session: Session, obj: dict[str, Any], now: datetime) -> str:
 # --------------------------------------------------------------------------- helpers
 
 
-def _locking(session: Session) -> bool:
-    return session.get_bind().dialect.name == "postgresql"
 
 
 def _short(value: object, limit: int) -> str | None:

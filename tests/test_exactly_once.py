@@ -144,8 +144,9 @@ def test_claims_of_another_live_worker_are_reported_not_silently_skipped(engine:
     ids = _subs(engine, 4)
     from billing_engine import claims
 
-    got = claims.claim(engine, now=T0, worker="other-host:1:dead", batch_size=3, lease=timedelta(minutes=5),
-                       cursor=claims.Cursor())
+    with transaction(engine) as s:
+        got = claims.claim_in(s, now=T0, worker="other-host:1:dead", batch_size=3, lease=timedelta(minutes=5),
+                              cursor=claims.Cursor())
     assert len(got) == 3
     summary = run_cycle(engine, FakeGateway(), now=T0, settings=SETTINGS)
     assert summary.succeeded == 1 and summary.held_by_other_workers == 3
@@ -258,8 +259,9 @@ def test_a_live_worker_keeps_its_claims_past_the_lease_by_heartbeat(engine: Engi
     t = threading.Thread(target=run)
     t.start()
     time.sleep(1.5)  # well past the lease
-    stolen = claims.claim(engine, now=T0, worker="other-worker", batch_size=10, lease=timedelta(seconds=30),
-                          cursor=claims.Cursor())
+    with transaction(engine) as s:
+        stolen = claims.claim_in(s, now=T0, worker="other-worker", batch_size=10, lease=timedelta(seconds=30),
+                                 cursor=claims.Cursor())
     t.join(30)
     assert stolen == []  # the heartbeat kept them
     assert result[0].succeeded == 6 and len(fake.ledger) == 6

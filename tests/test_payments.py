@@ -179,7 +179,7 @@ def test_unknown_answer_moves_nothing_but_the_attempt(engine: Engine, now: datet
         assert (sub.status, sub.current_period_end) == (status_before, period_before)
         assert inv.status == "open"
         assert _emails(s, sub_id) == []
-        assert payments.unresolved(s, sub_id)[0].id == attempt_id
+        assert [a.id for a in s.exec(payments.unresolved_query(subscription_ids=[sub_id]))] == [attempt_id]
 
 
 def test_settling_twice_changes_nothing(engine: Engine, now: datetime) -> None:
