@@ -23,12 +23,12 @@ from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import bindparam, insert, text, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
 from billing_engine import cancellations, claims, events, notifications, payments, renewals
-from billing_engine.db import locks_rows
+from billing_engine.db import among, locks_rows
 from billing_engine.gateway.protocol import ChargeRequest, ChargeResult, ChargeStatus
 from billing_engine.invoices import for_period
 from billing_engine.models import (
@@ -72,7 +72,7 @@ INVOICES = Invoice.__table__  # type: ignore[attr-defined]
 
 def _load_subs(session: Session, ids: Sequence[str], *, worker: str | None) -> list[Any]:
     """The batch's subscriptions as rows, locked (PostgreSQL) in id order, in ``ids`` order."""
-    q = SUBS.select().where(SUBS.c.id.in_(list(ids))).order_by(SUBS.c.id)
+    q = SUBS.select().where(among(SUBS.c.id, ids)).order_by(SUBS.c.id)
     if locks_rows(session):
         q = q.with_for_update()
     subs = renewals.rows(session, q)
@@ -96,7 +96,7 @@ def prepare(
     out = Prepared()
     cust_t = Customer.__table__  # type: ignore[attr-defined]
     customers = dict(session.connection().execute(
-        select(cust_t.c.id, cust_t.c.gateway_customer_id).where(cust_t.c.id.in_({s.customer_id for s in subs}))
+        select(cust_t.c.id, cust_t.c.gateway_customer_id).where(among(cust_t.c.id, {s.customer_id for s in subs}))
     ).all()) if subs else {}
     charges: list[renewals.Snapshot] = []
     for snap in snaps:
@@ -206,9 +206,14 @@ def _insert_ignoring_duplicates(session: Session, rows: list[dict[str, Any]]) ->
     dialect = session.bind.dialect.name if session.bind is not None else ""
     table = Notification.__table__  # type: ignore[attr-defined]
     stmt: Any
-    if dialect == "postgresql":
-        stmt = postgresql.insert(table).on_conflict_do_nothing(index_elements=["dedupe_key"])
-    elif dialect == "sqlite":
+    if dialect == "postgresql":  # ONE statement over arrays, not a statement per row
+        keys = list(rows[0])
+        source, params = _unnest(session, table, rows, keys)
+        session.connection().execute(text(
+            f"INSERT INTO {table.name} ({', '.join(keys)}) SELECT {', '.join('v.' + k for k in keys)} FROM {source}"
+            " ON CONFLICT (dedupe_key) DO NOTHING"), params)
+        return
+    if dialect == "sqlite":
         stmt = sqlite.insert(table).on_conflict_do_nothing(index_elements=["dedupe_key"])
     else:  # pragma: no cover - the two supported databases are above
         stmt = insert(table)
@@ -234,15 +239,15 @@ def settle(
             claims.release_in(session, release[1], release[0])
         return []
     subs = {s.id: s for s in _load_subs(session, [st.subscription_id for st, _ in answers], worker=None)}
-    aq = ATTEMPTS.select().where(ATTEMPTS.c.id.in_([st.attempt_id for st, _ in answers])).order_by(ATTEMPTS.c.id)
+    aq = ATTEMPTS.select().where(among(ATTEMPTS.c.id, [st.attempt_id for st, _ in answers])).order_by(ATTEMPTS.c.id)
     if locks_rows(session):
         aq = aq.with_for_update()
     attempts = {a.id: a for a in renewals.rows(session, aq)}
     invoices = {i.id: i for i in renewals.rows(
-        session, INVOICES.select().where(INVOICES.c.id.in_({a.invoice_id for a in attempts.values()})))}
+        session, INVOICES.select().where(among(INVOICES.c.id, {a.invoice_id for a in attempts.values()})))}
     cust_t = Customer.__table__  # type: ignore[attr-defined]
     emails = dict(session.connection().execute(select(cust_t.c.id, cust_t.c.email).where(
-        cust_t.c.id.in_({s.customer_id for s in subs.values()}))).all())
+        among(cust_t.c.id, {s.customer_id for s in subs.values()}))).all())
     for pid in {s.plan_id for s in subs.values()} | {i.plan_id for i in invoices.values()}:
         if pid not in plans:
             p = session.get(Plan, pid)
@@ -344,19 +349,29 @@ def _bulk_update(session: Session, model: Any, rows: list[dict[str, Any]]) -> No
         stmt = update(table).where(table.c.id == bindparam("b__id")).values({k: bindparam(f"b_{k}") for k in keys})
         session.connection().execute(stmt, [{f"b_{k}": v for k, v in r.items()} for r in rows])
         return
+    source, params = _unnest(session, table, [{"id": r["_id"], **r} for r in rows], ["id", *keys])
+    sets = ", ".join(f"{k} = v.{k}" for k in keys)
+    session.connection().execute(text(f"UPDATE {table.name} AS t SET {sets} FROM {source} WHERE t.id = v.id"), params)
+
+
+def _unnest(session: Session, table: Any, rows: list[dict[str, Any]], keys: list[str]) -> tuple[str, dict[str, Any]]:
+    """PostgreSQL: ``rows`` as a derived table ``v(keys...)`` over one array parameter per
+    column that varies (a column equal on every row is one plain parameter)."""
+    assert session.bind is not None
     dialect = session.bind.dialect
     first = rows[0]
-    const = [k for k in keys if all(r[k] == first[k] for r in rows)]
+    const = {k for k in keys if all(r[k] == first[k] for r in rows)}
     varying = [k for k in keys if k not in const]
+    if not varying:  # unnest needs an array: the first column then varies by fiat
+        const.discard(keys[0])
+        varying = [keys[0]]
 
     def sqltype(k: str) -> str:
         return str(table.c[k].type.compile(dialect=dialect))
 
-    sets = [f"{k} = v.{k}" for k in varying] + [f"{k} = :c_{k}" for k in const]
-    cols = ", ".join(["CAST(:ids AS VARCHAR[])", *(f"CAST(:v_{k} AS {sqltype(k)}[])" for k in varying)])
-    sql = (f"UPDATE {table.name} AS t SET {', '.join(sets)} FROM unnest({cols}) AS v(id{''.join(', ' + k for k in varying)})"
-           " WHERE t.id = v.id")
-    params: dict[str, Any] = {"ids": [r["_id"] for r in rows]}
-    params.update({f"v_{k}": [_plain(r[k]) for r in rows] for k in varying})
+    arrays = ", ".join(f"CAST(:v_{k} AS {sqltype(k)}[])" for k in varying)
+    consts = "".join(f", CAST(:c_{k} AS {sqltype(k)}) AS {k}" for k in keys if k in const)
+    source = f"(SELECT u.*{consts} FROM unnest({arrays}) AS u({', '.join(varying)})) AS v"
+    params: dict[str, Any] = {f"v_{k}": [_plain(r[k]) for r in rows] for k in varying}
     params.update({f"c_{k}": _plain(first[k]) for k in const})
-    session.connection().execute(text(sql), params)
+    return source, params

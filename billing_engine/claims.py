@@ -26,7 +26,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from billing_engine import payments
-from billing_engine.db import locks_rows, transaction
+from billing_engine.db import among, locks_rows, transaction
 from billing_engine.models import PaymentAttempt, Subscription, SubscriptionStatus
 from billing_engine.renewals import CHARGEABLE
 
@@ -152,7 +152,7 @@ def claim_in(
 def claim_ids_in(session: Session, ids: Sequence[str], *, now: datetime, worker: str, lease: timedelta) -> list[str]:
     """Claim these subscriptions again if they are still due and free (catch-up)."""
     wall = datetime.now(UTC)
-    q = (select(Subscription.id).where(col(Subscription.id).in_(list(ids)), due_condition(now), _free(wall))
+    q = (select(Subscription.id).where(among(col(Subscription.id), ids), due_condition(now), _free(wall))
          .order_by(col(Subscription.id)))
     if locks_rows(session):
         q = q.with_for_update(skip_locked=True, of=Subscription)
@@ -163,7 +163,7 @@ def claim_ids_in(session: Session, ids: Sequence[str], *, now: datetime, worker:
 
 def _stamp(session: Session, ids: Sequence[str], worker: str, expires: datetime) -> None:
     if ids:
-        session.execute(update(Subscription).where(col(Subscription.id).in_(list(ids)))
+        session.execute(update(Subscription).where(among(col(Subscription.id), ids))
                         .values(lease_owner=worker, lease_expires_at=expires))
 
 
@@ -172,7 +172,7 @@ def release_in(session: Session, ids: Sequence[str], worker: str) -> None:
     if ids:
         session.execute(
             update(Subscription)
-            .where(col(Subscription.id).in_(list(ids)), col(Subscription.lease_owner) == worker)
+            .where(among(col(Subscription.id), ids), col(Subscription.lease_owner) == worker)
             .values(lease_owner=None, lease_expires_at=None)
         )
 
@@ -203,7 +203,7 @@ def renew(engine: Engine, worker: str, lease: timedelta, ids: Sequence[str]) -> 
     if not ids:
         return 0
     with transaction(engine) as s:
-        mine = (select(Subscription.id).where(col(Subscription.id).in_(sorted(ids)),
+        mine = (select(Subscription.id).where(among(col(Subscription.id), sorted(ids)),
                                               col(Subscription.lease_owner) == worker)
                 .order_by(col(Subscription.id)))
         if engine.dialect.name == "postgresql":

@@ -9,7 +9,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import json
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -18,9 +19,14 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import create_engine, event, inspect
-from sqlalchemy.engine import Engine
+from sqlalchemy import String, bindparam, create_engine, event, inspect
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql.functions import FunctionElement
+from sqlalchemy.types import NullType, TypeDecorator, TypeEngine
 from sqlmodel import Session
 
 from billing_engine.errors import ConfigurationError
@@ -152,3 +158,51 @@ def get_engine(url: str | None = None) -> Engine:
         ensure_schema(engine)
         _engines[url] = engine
     return engine
+
+
+# --------------------------------------------------------------------------- id lists
+
+
+class _IdList(TypeDecorator[list[str]]):
+    """A list of strings as ONE bind parameter: a ``text[]`` on PostgreSQL, a JSON array
+    elsewhere (read back with ``json_each``)."""
+
+    impl = String
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name == "postgresql":
+            return dialect.type_descriptor(ARRAY(String()))
+        return dialect.type_descriptor(String())
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
+        values = [str(v) for v in value]
+        return values if dialect.name == "postgresql" else json.dumps(values)
+
+
+class _Among(FunctionElement[bool]):
+    type = NullType()  # type: ignore[assignment]  # not Boolean: SQLite would get "... = 1", which no index serves
+    inherit_cache = True
+    name = "among"
+
+
+@compiles(_Among)
+def _among_default(element: _Among, compiler: Any, **kw: Any) -> str:
+    column, values = list(element.clauses)
+    return f"{compiler.process(column, **kw)} IN (SELECT value FROM json_each({compiler.process(values, **kw)}))"
+
+
+@compiles(_Among, "postgresql")
+def _among_postgresql(element: _Among, compiler: Any, **kw: Any) -> str:
+    column, values = list(element.clauses)
+    return f"{compiler.process(column, **kw)} = ANY({compiler.process(values, **kw)})"
+
+
+def among(column: Any, values: Iterable[str]) -> ColumnElement[bool]:
+    """``column IN values`` with the whole list as one parameter.
+
+    The batch paths select hundreds of rows by id; ``IN (:p1, ..., :p500)`` costs the
+    driver a fresh parse of a long statement on every call (psycopg caches only short
+    ones) -- a fifth of the run-cycle's CPU. ``= ANY(:ids)`` is one parameter, one short
+    statement, and uses the same index."""
+    return _Among(column, bindparam(None, list(values), type_=_IdList()))

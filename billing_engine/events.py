@@ -60,6 +60,10 @@ def _default(o: Any) -> Any:
     return str(o)
 
 
+# one encoder for every row (``json.dumps(..., default=...)`` builds a new one per call)
+_ENCODER = json.JSONEncoder(default=_default, sort_keys=True)
+
+
 def row(
     type: str,
     *,
@@ -78,7 +82,7 @@ def row(
     return {
         "type": str(type), "subscription_id": subscription_id, "customer_id": customer_id,
         "invoice_id": invoice_id, "actor": actor,
-        "payload": json.dumps(payload or {}, default=_default, sort_keys=True),
+        "payload": _ENCODER.encode(payload or {}),
         "occurred_at": at, "created_at": at, "recorded_at": datetime.now(UTC),
     }
 

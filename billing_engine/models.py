@@ -12,6 +12,7 @@ and the engine issues no DELETE on these tables.
 
 from __future__ import annotations
 
+import base64
 import os
 import time
 from datetime import UTC, datetime
@@ -34,13 +35,18 @@ from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
-_SHIFTS = tuple(range(125, -1, -5))  # 26 five-bit digits, most significant first
+
+
+_TO_CROCKFORD = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", _CROCKFORD.encode())
 
 
 def new_id(prefix: str) -> str:
-    """``prefix_`` + a 26-char ULID: 48 bits of milliseconds + 80 random bits."""
-    value = (int(time.time() * 1000) << 80) | int.from_bytes(os.urandom(10), "big")
-    return f"{prefix}_{''.join([_CROCKFORD[(value >> shift) & 31] for shift in _SHIFTS])}"
+    """``prefix_`` + a 26-char ULID: 48 bits of milliseconds + 80 random bits.
+
+    Base32 of 20 bytes (4 zero bytes + the 16-byte value) is 32 digits whose first 6 are
+    the zero padding: the last 26 are the ULID, in Crockford's alphabet after translate."""
+    raw = b"\0\0\0\0" + int(time.time() * 1000).to_bytes(6, "big") + os.urandom(10)
+    return f"{prefix}_{base64.b32encode(raw)[6:].translate(_TO_CROCKFORD).decode()}"
 
 
 class UTCDateTime(TypeDecorator[datetime]):

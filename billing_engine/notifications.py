@@ -46,6 +46,9 @@ class Kind(StrEnum):
 ALL_KINDS: tuple[str, ...] = tuple(k.value for k in Kind)
 
 
+_ENCODER = json.JSONEncoder(default=str, sort_keys=True)  # one for every row
+
+
 def row(
     kind: str, *, customer_id: str, to_email: str, dedupe_key: str, at: datetime,
     subscription_id: str | None = None, event_id: int | None = None, payload: dict[str, Any] | None = None,
@@ -54,7 +57,7 @@ def row(
     return {
         "id": new_id("ntf"), "dedupe_key": dedupe_key, "kind": str(kind), "event_id": event_id,
         "customer_id": customer_id, "subscription_id": subscription_id, "to_email": to_email,
-        "payload": json.dumps(payload or {}, default=str, sort_keys=True), "status": NotificationStatus.PENDING,
+        "payload": _ENCODER.encode(payload or {}), "status": NotificationStatus.PENDING,
         "attempts": 0, "next_attempt_at": at, "created_at": at,
     }
 

@@ -17,7 +17,7 @@ from sqlmodel import Session, col, select
 from sqlmodel.sql.expression import SelectOfScalar
 
 from billing_engine import cancellations, dunning, events, notifications, refunds
-from billing_engine.db import locks_rows
+from billing_engine.db import among, locks_rows
 from billing_engine.gateway.protocol import ChargeRequest, ChargeResult, ChargeStatus, DeclineKind
 from billing_engine.models import (
     AttemptStatus,
@@ -58,7 +58,7 @@ def unresolved_query(*, subscription_ids: Sequence[str] | None = None, invoice_i
     this: the run-cycle's due condition and planner, cancellations, the dry run."""
     q = select(PaymentAttempt).where(text(UNRESOLVED_SQL))
     if subscription_ids is not None:
-        q = q.where(col(PaymentAttempt.subscription_id).in_(list(subscription_ids)))
+        q = q.where(among(col(PaymentAttempt.subscription_id), subscription_ids))
     if invoice_id is not None:
         q = q.where(PaymentAttempt.invoice_id == invoice_id)
     return q.order_by(col(PaymentAttempt.created_at), col(PaymentAttempt.id))

@@ -48,6 +48,8 @@ def validate_interval(interval: str, count: int) -> tuple[Interval, int]:
 
     Caps on ``count``: day 365, week 52, month 24, year 5.
     """
+    if type(interval) is Interval and type(count) is int and 1 <= count <= MAX_INTERVAL_COUNT[interval]:
+        return interval, count  # the common case, checked cheaply (the run-cycle asks per renewal)
     choices = ", ".join(i.value for i in Interval)
     if not isinstance(interval, str):
         raise ValidationError(f"interval must be one of {choices}", field="interval")

@@ -17,6 +17,7 @@ from typing import Any
 from sqlmodel import Session, col, select
 
 from billing_engine import consents, payment_methods, payments
+from billing_engine.db import among
 from billing_engine.models import (
     Consent,
     Invoice,
@@ -119,16 +120,16 @@ def load(session: Session, subs: Sequence[Any], plans: dict[str, Plan] | None = 
         plans.update({p.id: p for p in session.exec(select(Plan).where(col(Plan.id).in_(missing)))})
     pm_ids = {s.payment_method_id for s in subs if s.payment_method_id}
     pm_t, c_t, i_t = PaymentMethod.__table__, Consent.__table__, Invoice.__table__  # type: ignore[attr-defined]
-    pms = {p.id: p for p in rows(session, pm_t.select().where(pm_t.c.id.in_(pm_ids)))} if pm_ids else {}
+    pms = {p.id: p for p in rows(session, pm_t.select().where(among(pm_t.c.id, pm_ids)))} if pm_ids else {}
     by_pm: dict[str, list[Any]] = {}
     if pm_ids:
-        for c in rows(session, c_t.select().where(c_t.c.payment_method_id.in_(pm_ids), c_t.c.revoked_at.is_(None))):
+        for c in rows(session, c_t.select().where(among(c_t.c.payment_method_id, pm_ids), c_t.c.revoked_at.is_(None))):
             by_pm.setdefault(c.payment_method_id, []).append(c)
     unresolved: dict[str, Any] = {}
     for a in rows(session, payments.unresolved_query(subscription_ids=ids)):
         unresolved.setdefault(a.subscription_id, a)
     open_invoices = {(i.subscription_id, i.period_index): i for i in rows(
-        session, i_t.select().where(i_t.c.subscription_id.in_(ids), i_t.c.status == InvoiceStatus.OPEN))}
+        session, i_t.select().where(among(i_t.c.subscription_id, ids), i_t.c.status == InvoiceStatus.OPEN))}
     return [
         Snapshot(
             sub=s, plan=plans[s.plan_id],

@@ -41,7 +41,7 @@ def shared_limiter(settings: Settings, engine: Engine) -> SharedTokenBucket | No
         rate = settings.stripe_max_ops_per_second or default_rate(settings.stripe_api_key.get_secret_value())
     if rate is None:
         return None
-    return SharedTokenBucket(engine, f"gateway:{settings.gateway_name}", rate)
+    return SharedTokenBucket(engine, f"gateway:{settings.gateway_name}", limit=rate)
 
 
 def build_gateway(settings: Settings, *, engine: Engine | None = None) -> PaymentGateway:

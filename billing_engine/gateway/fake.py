@@ -111,6 +111,8 @@ class _Saved:
     result: Any
 
 
+CALL_LOG_SIZE = 10_000
+
 class _Store:
     """The fake's durable state in a SQLite file (one connection per thread)."""
 
@@ -228,7 +230,9 @@ class FakeGateway:
         self.max_tries = max_tries
         self._ledger: list[LedgerEntry] = []
         self.rate_limiter = rate_limiter  # anything with acquire(), e.g. a shared token bucket
-        self.calls: list[tuple[str, str]] = []  # (operation, idempotency key or token)
+        # (operation, idempotency key or token): the most recent calls, for tests (bounded,
+        # so a long run's memory stays flat; the ledger keeps every charge)
+        self.calls: deque[tuple[str, str]] = deque(maxlen=CALL_LOG_SIZE)
         self._sleep = sleep
         self._rng = random.Random(seed)
         self._lock = threading.RLock()

@@ -178,7 +178,7 @@ def test_latency_sleeps_per_call() -> None:
 def test_calls_are_recorded(fake: FakeGateway) -> None:
     fake.charge(charge_request())
     fake.find_charge("inv_1:attempt_1")
-    assert fake.calls == [("charge", "inv_1:attempt_1"), ("find_charge", "inv_1:attempt_1")]
+    assert list(fake.calls) == [("charge", "inv_1:attempt_1"), ("find_charge", "inv_1:attempt_1")]
 
 
 def test_concurrent_charges_with_one_key_move_money_once(fake: FakeGateway) -> None:
