@@ -103,7 +103,7 @@ def _most_in_one_second(times: list[float]) -> int:
 
 def test_shared_bucket_keeps_every_second_under_the_gateway_limit(engine) -> None:  # type: ignore[no-untyped-def]
     """Two workers (two buckets on one row) and 16 threads each: together they pace just
-    under the limit, and no trailing second of one worker's sends holds the limit."""
+    under the limit, and no trailing second of their sends together holds the limit."""
     limit = 20.0
     a = SharedTokenBucket(engine, "gateway:test", limit=limit)
     b = SharedTokenBucket(engine, "gateway:test", limit=limit)
@@ -116,9 +116,7 @@ def test_shared_bucket_keeps_every_second_under_the_gateway_limit(engine) -> Non
     elapsed = time.monotonic() - started
     # 60 calls shared by both at 98 % of 20/s: about 3 s, never much faster
     assert elapsed >= 60 / limit - 0.3
-    assert _most_in_one_second(results["a"]) <= limit - 1
-    assert _most_in_one_second(results["b"]) <= limit - 1
-    assert _most_in_one_second(sorted(results["a"] + results["b"])) <= limit + 1  # the pacing alone, both
+    assert _most_in_one_second(sorted(results["a"] + results["b"])) <= limit  # no 429: the limit itself
 
 
 def test_a_worker_that_sends_in_clumps_is_held_to_the_limit(engine) -> None:  # type: ignore[no-untyped-def]
@@ -127,7 +125,7 @@ def test_a_worker_that_sends_in_clumps_is_held_to_the_limit(engine) -> None:  # 
     bucket = SharedTokenBucket(engine, "gateway:clumps", limit=limit)
     bucket._ready = [time.monotonic() - 5.0] * 30  # 30 reserved tokens, all long overdue
     times = _sends(bucket, 30, 30)
-    assert _most_in_one_second(times) <= limit - 1
+    assert _most_in_one_second(times) <= limit
     assert times[-1] - times[0] >= 2.0  # 30 sends at <= 9 per second
 
 
