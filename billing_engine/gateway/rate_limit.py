@@ -20,7 +20,7 @@ STRIPE_LIVE_RATE = 100.0
 # token's due time and the moment its thread really sends (threads wake late under load).
 PACE = 0.98
 WINDOW_MAX_LIMIT = 500.0
-LATE = 0.02  # seconds a call may leave after its reserved send time
+LATE = 0.01  # seconds a call may leave after its reserved send time
 
 
 def default_rate(api_key: str) -> float:
@@ -79,9 +79,10 @@ class SharedTokenBucket:
     tokens away from everyone. Same interface as :class:`TokenBucket` (``acquire``).
 
     ``limit`` (calls per second, the gateway's hard limit): pace at ``PACE`` of it, and
-    also keep a sliding window over the real send times of ALL workers: a ring of the
-    last ``limit - 1`` send times in ``rate_buckets`` rows, taken in turn under one row
-    lock; a call may go when the send ``limit - 1`` calls ago is at least a second old.
+    also keep a sliding window over the real send times of ALL workers: a ring of
+    ``limit - 2`` send slots in ``rate_buckets`` rows (see :meth:`_hold_to_window`), so
+    no second of sends holds more than ``limit - 2`` calls, with one call of slack for a
+    thread descheduled between its check and its send.
     Pacing alone is not enough: threads wake late under load and send in clumps with the
     ones due after them (measured: 2 workers paced at 98 % still put ~1,000 of 6,000 calls
     over a strict 1-s window). The window costs one short transaction per call, so it is
@@ -94,15 +95,15 @@ class SharedTokenBucket:
             if limit is None:
                 raise ValueError("give a rate or a limit")
             rate = limit * PACE
-        if rate <= 0 or (limit is not None and limit < 2):
-            raise ValueError("rate must be > 0 calls per second (limit >= 2)")
+        if rate <= 0 or (limit is not None and limit < 3):
+            raise ValueError("rate must be > 0 calls per second (limit >= 3)")
         self.engine, self.name, self.rate = engine, name, float(rate)
         self.chunk = chunk or max(1, min(int(rate * 0.1), 20))  # one database round trip per chunk
         self.burst = float(burst if burst is not None else 1.0)  # no stored-up burst above the rate
         self._clock, self._sleep = clock, sleep
         self._lock = threading.Lock()
         self._ready: list[float] = []  # times at which reserved tokens may be used
-        self._window = math.floor(limit) - 1 if limit is not None and limit <= WINDOW_MAX_LIMIT else None
+        self._window = math.floor(limit) - 2 if limit is not None and limit <= WINDOW_MAX_LIMIT else None
         self._window_lock = threading.Lock()  # one window transaction at a time per process
         self._ensure_row()
 
@@ -168,12 +169,12 @@ class SharedTokenBucket:
     def _hold_to_window(self) -> float:
         """Reserve a send time in the ring and send at it.
 
-        Slot ``seq % (limit - 1)`` of the ring holds the time it was last reserved for; the
+        Slot ``seq % (limit - 2)`` of the ring holds the time it was last reserved for; the
         next reservation of that slot is at least ``1 + LATE`` seconds after it. With
-        ``limit - 1`` slots, any window of ``1 + LATE`` seconds holds at most ``limit - 1``
+        ``limit - 2`` slots, any window of ``1 + LATE`` seconds holds at most ``limit - 2``
         reservations, and a call sends within ``LATE`` of its reservation or reserves again
         (a thread that woke late would clump with the ones due after it): so no second of
-        real send times, across every worker, holds more than ``limit - 1`` calls. One
+        real send times, across every worker, holds more than ``limit - 2`` calls. One
         statement per call on PostgreSQL (the database's clock, one for all machines)."""
         assert self._window is not None
         waited = 0.0
