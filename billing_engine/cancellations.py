@@ -149,6 +149,9 @@ def end(
         sub.cancellation_reason = reason
         sub.cancellation_comment = comment
         sub.canceled_by = actor
+        events.record(session, events.EventType.SUBSCRIPTION_CANCEL_DECIDED, at=now, actor=actor,
+                      subscription_id=sub.id, customer_id=sub.customer_id,
+                      payload={"kind": kind, "reason": reason, "effective_at": effective_at})
     previous = sub.status
     sub.status = SubscriptionStatus.CANCELED
     sub.ended_at = effective_at
