@@ -31,7 +31,7 @@ import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from typing import Any
 
@@ -114,10 +114,11 @@ def fan_out(engine: Engine, *, now: datetime, batch: int = 1000) -> int:
                 new = [_delivery_row(ep.id, int(eid or 0), f"live:{ep.id}:{eid}", now) for eid, _ in rows]
                 if new:
                     s.connection().execute(DELIVERIES.insert(), new)
-                # the cursor moves over a prefix of settled rows only
+                # the cursor moves over a prefix of settled rows only (recorded_at: wall clock)
+                cut = datetime.now(UTC) - VISIBILITY_LAG
                 prefix = 0
                 for eid, rec in rows:
-                    if rec > now - VISIBILITY_LAG:
+                    if rec > cut:
                         break
                     prefix = int(eid or 0)
                 if prefix > ep.cursor_event_id:
@@ -314,7 +315,10 @@ def _tell_admin(engine: Engine, settings: Settings, endpoint_id: str, now: datet
 def deliver(
     engine: Engine, settings: Settings, *, now: datetime, limit: int = 1000, client: httpx.Client | None = None,
 ) -> DeliveryReport:
-    """One pass: fan-out, then send what is due (at most ``limit`` POSTs)."""
+    """One pass: fan-out, then send what is due at ``now`` (at most ``limit`` POSTs).
+
+    ``now`` schedules retries and is normally the wall clock; a later ``now`` is how tests
+    travel over the back-off. Signatures always carry the real clock."""
     report = DeliveryReport(queued=fan_out(engine, now=now))
     own = client is None
     http = client or httpx.Client(timeout=settings.webhook_timeout_seconds, follow_redirects=False)
@@ -341,8 +345,9 @@ def deliver(
                 if why is not None:
                     ok, code, error = False, None, why
                 else:
+                    # the signature's timestamp is the real clock (receivers check it against theirs)
                     headers = sign(webhook_endpoints.signing_secrets(ep, now), event_feed.event_id(c.event_id),
-                                   now, body)
+                                   datetime.now(UTC), body)
                     ok, code, error = _post(http, ep.url, headers, body)
                 disabled = _record(engine, c, ok=ok, code=code, error=error, now=now, report=report)
                 if not ok and code is None:  # unreachable: do not wait a timeout per queued event
