@@ -263,7 +263,7 @@ def deliver_cmd(
 def resend_cmd(
     event: str | None = typer.Argument(None, metavar="[EVENT_ID]", help="The event to send again (evt_...)."),
     from_: str | None = typer.Option(None, "--from", help="Resend every event created at or after (ISO-8601)."),
-    to: str | None = typer.Option(None, "--to", help="... and before this instant (default: now)."),
+    to: str | None = typer.Option(None, "--to", help="... and before this instant (default: no end)."),
     endpoint_id: str | None = typer.Option(None, "--endpoint", help="Only to this endpoint (default: every "
                                            "enabled endpoint subscribed to the event)."),
     type_: list[str] | None = typer.Option(None, "--type", help="Only these public types (with --from)."),
@@ -283,9 +283,9 @@ def resend_cmd(
                                     endpoint_id=endpoint_id)
     else:
         start = _when(from_, "--from")
-        end = _when(to, "--to") or now
+        end = _when(to, "--to")
         assert start is not None
-        if end <= start:
+        if end is not None and end <= start:
             raise ValidationError("must be after --from", field="--to")
         n = webhook_delivery.resend(eng, now=now, created_gte=start, created_lt=end, endpoint_id=endpoint_id,
                                     types=event_feed.parse_types(type_, field="--type"))
