@@ -166,6 +166,7 @@ def end(
             continue  # the reconciler settles it first (and refunds a charge that lands)
         inv.status = InvoiceStatus.UNCOLLECTIBLE if inv.attempt_count else InvoiceStatus.VOID
         inv.closed_at = now
+        inv.updated_at = now
         session.add(inv)
         events.record(session, events.EventType.INVOICE_UNCOLLECTIBLE if inv.attempt_count else events.EventType.INVOICE_VOIDED,
                       at=now, subscription_id=sub.id, customer_id=sub.customer_id, invoice_id=inv.id,

@@ -111,3 +111,26 @@ def test_bad_endpoint_input_is_a_422_naming_the_field(client: TestClient) -> Non
         assert r.status_code == 422 and r.json()["field"] == field, r.json()
     assert client.post("/v1/webhook_endpoints/we_nope/disable").status_code == 404
     assert client.post("/v1/events/resend", json={}).json()["field"] == "created_gte"
+
+
+def test_lists_filter_by_created_and_updated_ranges_with_cursors(client: TestClient, clock: Clock) -> None:
+    create_plan(client)
+    old = subscribe(client)
+    clock.now += timedelta(days=2)
+    new = subscribe(client, email="bea@example.com")
+    clock.now += timedelta(days=2)
+    assert client.post(f"/v1/subscriptions/{old['id']}/cancel", json={"at_period_end": False}).status_code == 200
+    cut = (clock.now - timedelta(days=1)).isoformat()
+    changed = client.get("/v1/subscriptions", params={"updated_gte": cut}).json()
+    assert [s["id"] for s in changed["data"]] == [old["id"]] and changed["data"][0]["updated_at"]
+    created = client.get("/v1/subscriptions", params={"created_gte": (clock.now - timedelta(days=3)).isoformat()})
+    assert [s["id"] for s in created.json()["data"]] == [new["id"]]
+    assert [s["id"] for s in client.get("/v1/subscriptions", params={"status": "canceled", "updated_lt": cut}
+                                        ).json()["data"]] == []
+    custs = client.get("/v1/customers", params={"created_lt": cut, "limit": 1}).json()
+    assert len(custs["data"]) == 1 and custs["has_more"] and custs["next_cursor"]
+    inv = client.get("/v1/invoices", params={"updated_gte": cut}).json()
+    assert all(i["updated_at"] >= cut.replace("+00:00", "Z") for i in inv["data"])
+    bad = client.get("/v1/subscriptions", params={"updated_gte": cut, "updated_lt": cut})
+    assert bad.status_code == 422 and bad.json()["field"] == "updated_lt"
+    assert client.get("/v1/invoices", params={"created_gte": "soon"}).json()["field"] == "created_gte"
