@@ -135,3 +135,18 @@ def test_bad_urls_are_one_line_errors(run: Any) -> None:
     assert p.returncode == 2 and "url" in p.stderr and "Traceback" not in p.stderr
     p = run("webhook-endpoint", "disable", "we_nope", ok=False)
     assert p.returncode == 3
+
+
+def test_lists_say_when_more_exist_and_filter_by_time(run: Any) -> None:
+    ids = _customers(run, 3)
+    p = run("customer", "list", "--limit", "2")
+    assert f"--after {ids[1]}" in p.stdout
+    p = run("customer", "list", "--limit", "2", "--json")
+    assert [c["id"] for c in json.loads(p.stdout)] == ids[:2] and f"--after {ids[1]}" in p.stderr
+    rest = run("customer", "list", "--limit", "2", "--after", ids[1], "--json")
+    assert [c["id"] for c in json.loads(rest.stdout)] == ids[2:] and "more" not in rest.stderr
+    assert json.loads(run("customer", "list", "--created-from", "2026-01-11T00:00:00Z", "--json").stdout) == []
+    assert len(json.loads(run("customer", "list", "--updated-to", "2026-01-11T00:00:00Z", "--json").stdout)) == 3
+    bad = run("subscription", "list", "--updated-from", "2026-01-11T00:00:00Z", "--updated-to",
+              "2026-01-10T00:00:00Z", ok=False)
+    assert bad.returncode == 2 and "--updated-to" in bad.stderr
