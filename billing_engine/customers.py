@@ -32,7 +32,7 @@ def create(
     if external_ref and session.exec(select(Customer).where(Customer.external_ref == external_ref)).first():
         raise Conflict(f"a customer with external_ref {external_ref!r} already exists", field="external_ref")
     c = Customer(email=email, name=name, external_ref=external_ref,
-                 gateway_customer_id=gateway_customer_id, created_at=now)
+                 gateway_customer_id=gateway_customer_id, created_at=now, updated_at=now)
     session.add(c)
     try:
         with session.begin_nested():

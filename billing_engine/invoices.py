@@ -25,7 +25,7 @@ def for_period(session: Session, sub: Subscription, plan: Plan, index: int, *, n
     inv = Invoice(
         subscription_id=sub.id, customer_id=sub.customer_id, plan_id=plan.id, period_index=index,
         period_start=start, period_end=end, amount_minor=plan.amount_minor, currency=plan.currency,
-        created_at=now,
+        created_at=now, updated_at=now,
     )
     try:
         with session.begin_nested():
