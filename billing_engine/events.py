@@ -56,7 +56,11 @@ class EventType(StrEnum):
     NOTIFICATIONS_SENT = "notifications.sent"
     DASHBOARD_LOGIN = "dashboard.login"
     AUTH_FAILED = "auth.failed"
-    WEBHOOK_ENDPOINT_DISABLED = "webhook_endpoint.disabled"  # failing for days: deliveries stopped
+    WEBHOOK_ENDPOINT_CREATED = "webhook_endpoint.created"
+    WEBHOOK_ENDPOINT_UPDATED = "webhook_endpoint.updated"
+    WEBHOOK_ENDPOINT_DISABLED = "webhook_endpoint.disabled"  # by an admin, or failing for days
+    WEBHOOK_ENDPOINT_ENABLED = "webhook_endpoint.enabled"
+    WEBHOOK_ENDPOINT_SECRET_ROTATED = "webhook_endpoint.secret_rotated"
 
 
 def _default(o: Any) -> Any:

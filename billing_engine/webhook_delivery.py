@@ -41,7 +41,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 from standardwebhooks.webhooks import Webhook
 
-from billing_engine import event_feed, events, mailer, webhook_endpoints
+from billing_engine import event_feed, mailer, webhook_endpoints
 from billing_engine.db import locks_rows, transaction
 from billing_engine.models import (
     Event,
@@ -273,9 +273,7 @@ def _record(engine: Engine, c: _Claimed, *, ok: bool, code: int | None, error: s
         if ep.status == WebhookEndpointStatus.ENABLED and ep.failing_since <= now - DISABLE_AFTER:
             reason = (f"every delivery failed for {(now - ep.failing_since).days} days "
                       f"(last: {error or 'no answer'})")
-            webhook_endpoints.disable(s, ep, now=now, reason=reason)
-            events.record(s, events.EventType.WEBHOOK_ENDPOINT_DISABLED, at=now, actor="system:webhooks",
-                          payload={"endpoint_id": ep.id, "url": ep.url, "reason": reason})
+            webhook_endpoints.disable(s, ep, now=now, reason=reason, actor="system:webhooks")
             return ep.id
     return None
 

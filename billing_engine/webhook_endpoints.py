@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 
 from sqlmodel import Session, col, select
 
-from billing_engine import event_feed, validation
+from billing_engine import event_feed, events, validation
 from billing_engine.errors import NotFound, ValidationError
 from billing_engine.models import Event, WebhookEndpoint, WebhookEndpointStatus
 from billing_engine.settings import Mode, Settings
@@ -100,7 +100,7 @@ def types_of(ep: WebhookEndpoint) -> list[str] | None:
 
 def create(
     session: Session, *, url: str, event_types: list[str] | str | None, settings: Settings, now: datetime,
-    description: str = "", from_now: bool = True,
+    description: str = "", from_now: bool = True, actor: str = "admin",
 ) -> WebhookEndpoint:
     """A new enabled endpoint. It receives events recorded from now on (``from_now``);
     older ones can be sent with a resend over a time range."""
@@ -115,7 +115,15 @@ def create(
                          cursor_event_id=cursor, created_at=now, updated_at=now)
     session.add(ep)
     session.flush()
+    _record(session, events.EventType.WEBHOOK_ENDPOINT_CREATED, ep, now=now, actor=actor)
     return ep
+
+
+def _record(session: Session, type: events.EventType, ep: WebhookEndpoint, *, now: datetime, actor: str,
+            **extra: Any) -> None:
+    """The audit trail of endpoint changes (never the secret)."""
+    events.record(session, type, at=now, actor=actor,
+                  payload={"endpoint_id": ep.id, "url": ep.url, "events": ep.event_types, **extra})
 
 
 def get(session: Session, endpoint_id: str) -> WebhookEndpoint:
@@ -138,7 +146,8 @@ def list_endpoints(session: Session, *, status: str | None = None, limit: int = 
 
 
 def update(session: Session, ep: WebhookEndpoint, *, settings: Settings, now: datetime, url: str | None = None,
-           event_types: list[str] | str | None = None, description: str | None = None) -> WebhookEndpoint:
+           event_types: list[str] | str | None = None, description: str | None = None,
+           actor: str = "admin") -> WebhookEndpoint:
     if url is not None:
         ep.url = check_url(url, settings)
     if event_types is not None:
@@ -147,10 +156,12 @@ def update(session: Session, ep: WebhookEndpoint, *, settings: Settings, now: da
         ep.description = validation.text(description, "description", max_length=200)
     ep.updated_at = now
     session.add(ep)
+    _record(session, events.EventType.WEBHOOK_ENDPOINT_UPDATED, ep, now=now, actor=actor)
     return ep
 
 
-def disable(session: Session, ep: WebhookEndpoint, *, now: datetime, reason: str = "disabled by an admin") -> WebhookEndpoint:
+def disable(session: Session, ep: WebhookEndpoint, *, now: datetime, reason: str = "disabled by an admin",
+            actor: str = "admin") -> WebhookEndpoint:
     """Stop deliveries (pending ones wait; nothing is lost: enable sends them)."""
     if ep.status != WebhookEndpointStatus.DISABLED:
         ep.status = WebhookEndpointStatus.DISABLED
@@ -158,10 +169,11 @@ def disable(session: Session, ep: WebhookEndpoint, *, now: datetime, reason: str
         ep.disabled_reason = reason[:500]
         ep.updated_at = now
         session.add(ep)
+        _record(session, events.EventType.WEBHOOK_ENDPOINT_DISABLED, ep, now=now, actor=actor, reason=ep.disabled_reason)
     return ep
 
 
-def enable(session: Session, ep: WebhookEndpoint, *, now: datetime) -> WebhookEndpoint:
+def enable(session: Session, ep: WebhookEndpoint, *, now: datetime, actor: str = "admin") -> WebhookEndpoint:
     """Deliveries resume (including what queued while disabled; failed ones: resend)."""
     if ep.status != WebhookEndpointStatus.ENABLED:
         ep.status = WebhookEndpointStatus.ENABLED
@@ -170,10 +182,12 @@ def enable(session: Session, ep: WebhookEndpoint, *, now: datetime) -> WebhookEn
         ep.failing_since = None
         ep.updated_at = now
         session.add(ep)
+        _record(session, events.EventType.WEBHOOK_ENDPOINT_ENABLED, ep, now=now, actor=actor)
     return ep
 
 
-def rotate_secret(session: Session, ep: WebhookEndpoint, *, now: datetime, grace: timedelta) -> WebhookEndpoint:
+def rotate_secret(session: Session, ep: WebhookEndpoint, *, now: datetime, grace: timedelta,
+                  actor: str = "admin") -> WebhookEndpoint:
     """A new secret signs from now on; the old one ALSO signs until ``now + grace`` (a
     secret older than that stops at once: rotate with ``grace=0`` after a leak)."""
     if grace < timedelta(0):
@@ -183,6 +197,8 @@ def rotate_secret(session: Session, ep: WebhookEndpoint, *, now: datetime, grace
     ep.secret = new_secret()
     ep.updated_at = now
     session.add(ep)
+    _record(session, events.EventType.WEBHOOK_ENDPOINT_SECRET_ROTATED, ep, now=now, actor=actor,
+            previous_secret_expires_at=ep.previous_secret_expires_at)
     return ep
 
 

@@ -12,6 +12,7 @@ import typer
 from sqlmodel import Session
 
 from billing_engine import event_feed, webhook_delivery, webhook_endpoints
+from billing_engine.audit import cli_actor
 from billing_engine.errors import ValidationError
 from billing_engine.models import WebhookDeliveryStatus
 from billing_engine.periods import parse_datetime
@@ -102,7 +103,7 @@ def endpoint_create(
     settings = get_settings()
     with unit_of_work() as s:
         ep = webhook_endpoints.create(s, url=url, event_types=events, settings=settings, now=datetime.now(UTC),
-                                      description=description)
+                                      description=description, actor=cli_actor())
         out = webhook_endpoints.summary(ep, with_secret=True)
     if json_out:
         print_json(out)
@@ -168,7 +169,8 @@ def endpoint_update(
     settings = get_settings()
     with unit_of_work() as s:
         ep = webhook_endpoints.update(s, webhook_endpoints.get(s, endpoint_id), settings=settings,
-                                      now=datetime.now(UTC), url=url, event_types=events, description=description)
+                                      now=datetime.now(UTC), url=url, event_types=events, description=description,
+                                      actor=cli_actor())
         out = webhook_endpoints.summary(ep)
     print_json(out) if json_out else _show(out)
 
@@ -179,7 +181,7 @@ def endpoint_disable(endpoint_id: str = typer.Argument(..., metavar="ENDPOINT"),
     """Stop deliveries (events keep queuing; enable sends them)."""
     with unit_of_work() as s:
         out = webhook_endpoints.summary(webhook_endpoints.disable(s, webhook_endpoints.get(s, endpoint_id),
-                                                                  now=datetime.now(UTC)))
+                                                                  now=datetime.now(UTC), actor=cli_actor()))
     print_json(out) if json_out else _show(out)
 
 
@@ -189,7 +191,7 @@ def endpoint_enable(endpoint_id: str = typer.Argument(..., metavar="ENDPOINT"), 
     """Resume deliveries (failed ones: billing webhook resend --endpoint ID --from ...)."""
     with unit_of_work() as s:
         out = webhook_endpoints.summary(webhook_endpoints.enable(s, webhook_endpoints.get(s, endpoint_id),
-                                                                 now=datetime.now(UTC)))
+                                                                 now=datetime.now(UTC), actor=cli_actor()))
     print_json(out) if json_out else _show(out)
 
 
@@ -210,7 +212,7 @@ def endpoint_rotate(
     settings = get_settings()
     with unit_of_work() as s:
         ep = webhook_endpoints.rotate_secret(s, webhook_endpoints.get(s, endpoint_id), now=datetime.now(UTC),
-                                             grace=_grace(settings, grace_hours))
+                                             grace=_grace(settings, grace_hours), actor=cli_actor())
         out = webhook_endpoints.summary(ep, with_secret=True)
     if json_out:
         print_json(out)

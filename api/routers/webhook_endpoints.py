@@ -6,11 +6,11 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Path, Query, Request
 from pydantic import AfterValidator, BaseModel, Field
 from sqlmodel import Session
 
-from api.auth import ADMIN
+from api.auth import ADMIN, actor
 from api.deps import EngineDep, NowDep, SettingsDep
 from api.responses import admin
 from api.schemas import Input, Limit, Page, Str200, Str2000, clean_optional, clean_text
@@ -78,10 +78,10 @@ def _out(ep: Any, *, secret: bool = False) -> EndpointOut:
 
 @router.post("", status_code=201, response_model=EndpointOut, responses=admin(),
              summary="Register an endpoint (the answer carries its signing secret)")
-def create_endpoint(body: EndpointCreate, engine: EngineDep, settings: SettingsDep, now: NowDep) -> EndpointOut:
+def create_endpoint(request: Request, body: EndpointCreate, engine: EngineDep, settings: SettingsDep, now: NowDep) -> EndpointOut:
     with transaction(engine) as s:
         ep = webhook_endpoints.create(s, url=body.url, event_types=body.events, settings=settings, now=now,
-                                      description=body.description)
+                                      description=body.description, actor=actor(request))
         return _out(ep, secret=True)
 
 
@@ -113,33 +113,33 @@ def show_endpoint(endpoint: EndpointId, engine: EngineDep) -> EndpointOut:
 
 
 @router.patch("/{endpoint}", response_model=EndpointOut, responses=admin(404), summary="Change URL, events, description")
-def update_endpoint(endpoint: EndpointId, body: EndpointUpdate, engine: EngineDep, settings: SettingsDep,
+def update_endpoint(request: Request, endpoint: EndpointId, body: EndpointUpdate, engine: EngineDep, settings: SettingsDep,
                     now: NowDep) -> EndpointOut:
     with transaction(engine) as s:
         ep = webhook_endpoints.update(s, webhook_endpoints.get(s, endpoint), settings=settings, now=now, url=body.url,
-                                      event_types=body.events, description=body.description)
+                                      event_types=body.events, description=body.description, actor=actor(request))
         return _out(ep)
 
 
 @router.post("/{endpoint}/disable", response_model=EndpointOut, responses=admin(404), summary="Stop deliveries")
-def disable_endpoint(endpoint: EndpointId, engine: EngineDep, now: NowDep) -> EndpointOut:
+def disable_endpoint(request: Request, endpoint: EndpointId, engine: EngineDep, now: NowDep) -> EndpointOut:
     with transaction(engine) as s:
-        return _out(webhook_endpoints.disable(s, webhook_endpoints.get(s, endpoint), now=now))
+        return _out(webhook_endpoints.disable(s, webhook_endpoints.get(s, endpoint), now=now, actor=actor(request)))
 
 
 @router.post("/{endpoint}/enable", response_model=EndpointOut, responses=admin(404),
              summary="Resume deliveries (what queued meanwhile goes out)")
-def enable_endpoint(endpoint: EndpointId, engine: EngineDep, now: NowDep) -> EndpointOut:
+def enable_endpoint(request: Request, endpoint: EndpointId, engine: EngineDep, now: NowDep) -> EndpointOut:
     with transaction(engine) as s:
-        return _out(webhook_endpoints.enable(s, webhook_endpoints.get(s, endpoint), now=now))
+        return _out(webhook_endpoints.enable(s, webhook_endpoints.get(s, endpoint), now=now, actor=actor(request)))
 
 
 @router.post("/{endpoint}/rotate-secret", response_model=EndpointOut, responses=admin(404),
              summary="New signing secret; the old one keeps signing for the grace period")
-def rotate_secret(endpoint: EndpointId, engine: EngineDep, settings: SettingsDep, now: NowDep,
+def rotate_secret(request: Request, endpoint: EndpointId, engine: EngineDep, settings: SettingsDep, now: NowDep,
                   body: RotateRequest | None = None) -> EndpointOut:
     hours = body.grace_hours if body and body.grace_hours is not None else settings.webhook_secret_grace_hours
     with transaction(engine) as s:
         ep = webhook_endpoints.rotate_secret(s, webhook_endpoints.get(s, endpoint), now=now,
-                                             grace=timedelta(hours=hours))
+                                             grace=timedelta(hours=hours), actor=actor(request))
         return _out(ep, secret=True)

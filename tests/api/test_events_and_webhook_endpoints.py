@@ -7,8 +7,10 @@ from datetime import timedelta
 
 from fastapi.testclient import TestClient
 from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, select
 
 from billing_engine import webhook_delivery
+from billing_engine.models import Event
 from billing_engine.settings import load_settings
 from tests.api.conftest import Clock, create_customer, create_plan, subscribe
 from tests.webhooks_out.receiver import Receiver
@@ -100,6 +102,16 @@ def test_endpoints_over_the_api_and_a_signed_delivery(client: TestClient, engine
         assert client.post(f"/v1/webhook_endpoints/{ep['id']}/enable").json()["status"] == "enabled"
         patched = client.patch(f"/v1/webhook_endpoints/{ep['id']}", json={"events": ["invoice.*"]}).json()
         assert patched["events"] == ["invoice.paid", "invoice.payment_failed", "invoice.uncollectible"]
+        with Session(engine) as s:
+            trail = list(s.exec(select(Event).where(col(Event.type).startswith("webhook_endpoint."))
+                                .order_by(col(Event.id))))
+        assert [e.type for e in trail] == ["webhook_endpoint.created", "webhook_endpoint.secret_rotated",
+                                           "webhook_endpoint.disabled", "webhook_endpoint.enabled",
+                                           "webhook_endpoint.updated"]
+        assert all(e.actor.startswith("admin:api:") for e in trail)
+        assert not any(ep["secret"] in e.payload or rotated["secret"] in e.payload for e in trail)
+        assert client.get("/v1/events", params={"type": "customer.created"}).json()["data"]
+        assert all(not e["type"].startswith("webhook_endpoint") for e in client.get("/v1/events").json()["data"])
     finally:
         receiver.stop()
 
