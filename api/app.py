@@ -16,6 +16,7 @@ from api.routers import (
     customers,
     cycle,
     dashboard,
+    events,
     health,
     invoices,
     notifications,
@@ -24,6 +25,7 @@ from api.routers import (
     refunds,
     reports,
     subscriptions,
+    webhook_endpoints,
     webhooks,
 )
 from billing_engine.db import get_engine
@@ -54,6 +56,6 @@ def create_app(
     install_error_handlers(app)
     app.add_middleware(BodyLimit)
     for module in (health, plans, customers, payment_methods, subscriptions, invoices, refunds, notifications,
-                   cycle, reports, dashboard, cancel_pages, webhooks):
+                   cycle, reports, dashboard, cancel_pages, webhooks, events, webhook_endpoints):
         app.include_router(module.router)
     return app

@@ -200,6 +200,7 @@ class CustomerOut(BaseModel):
     external_ref: str | None
     gateway_customer_id: str | None
     created_at: datetime
+    updated_at: datetime = Field(description="The last change (filter lists with updated_gte / updated_lt).")
 
 
 # --------------------------------------------------------------------------- payment methods
@@ -347,6 +348,7 @@ class SubscriptionOut(BaseModel):
     next_charge_at: datetime | None
     next_charge_amount_minor: int | None
     created_at: datetime
+    updated_at: datetime = Field(description="The last change (filter lists with updated_gte / updated_lt).")
 
 
 class EventOut(BaseModel):
@@ -447,6 +449,7 @@ class InvoiceOut(BaseModel):
     created_at: datetime
     paid_at: datetime | None
     closed_at: datetime | None
+    updated_at: datetime = Field(description="The last change (filter lists with updated_gte / updated_lt).")
 
 
 class InvoiceDetail(InvoiceOut):

@@ -149,6 +149,9 @@ def end(
         sub.cancellation_reason = reason
         sub.cancellation_comment = comment
         sub.canceled_by = actor
+        events.record(session, events.EventType.SUBSCRIPTION_CANCEL_DECIDED, at=now, actor=actor,
+                      subscription_id=sub.id, customer_id=sub.customer_id,
+                      payload={"kind": kind, "reason": reason, "effective_at": effective_at})
     previous = sub.status
     sub.status = SubscriptionStatus.CANCELED
     sub.ended_at = effective_at
@@ -163,6 +166,7 @@ def end(
             continue  # the reconciler settles it first (and refunds a charge that lands)
         inv.status = InvoiceStatus.UNCOLLECTIBLE if inv.attempt_count else InvoiceStatus.VOID
         inv.closed_at = now
+        inv.updated_at = now
         session.add(inv)
         events.record(session, events.EventType.INVOICE_UNCOLLECTIBLE if inv.attempt_count else events.EventType.INVOICE_VOIDED,
                       at=now, subscription_id=sub.id, customer_id=sub.customer_id, invoice_id=inv.id,

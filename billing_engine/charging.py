@@ -158,11 +158,11 @@ def _start_attempts_bulk(session: Session, charges: list[renewals.Snapshot], *, 
                 "id": inv_id, "subscription_id": sub.id, "customer_id": sub.customer_id, "plan_id": plan.id,
                 "period_index": sub.next_period_index, "period_start": start, "period_end": end,
                 "amount_minor": amount, "currency": currency, "status": InvoiceStatus.OPEN, "attempt_count": 1,
-                "amount_paid_minor": 0, "amount_refunded_minor": 0, "created_at": now,
+                "amount_paid_minor": 0, "amount_refunded_minor": 0, "created_at": now, "updated_at": now,
             })
         else:
             inv_id, number, amount, currency = inv.id, inv.attempt_count + 1, inv.amount_minor, inv.currency
-            bumped.append({"_id": inv_id, "attempt_count": number})
+            bumped.append({"_id": inv_id, "attempt_count": number, "updated_at": now})
         attempts.append(_Attempt(
             id=new_id("pay"), invoice_id=inv_id, subscription_id=sub.id, payment_method_id=pm.id,
             attempt_number=number, idempotency_key=payments.idempotency_key_for(inv_id, number), gateway=pm.gateway,

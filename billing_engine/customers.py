@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
-from billing_engine import events, validation
+from billing_engine import events, listing, validation
 from billing_engine.errors import Conflict, NotFound
 from billing_engine.models import Customer
 
@@ -32,7 +32,7 @@ def create(
     if external_ref and session.exec(select(Customer).where(Customer.external_ref == external_ref)).first():
         raise Conflict(f"a customer with external_ref {external_ref!r} already exists", field="external_ref")
     c = Customer(email=email, name=name, external_ref=external_ref,
-                 gateway_customer_id=gateway_customer_id, created_at=now)
+                 gateway_customer_id=gateway_customer_id, created_at=now, updated_at=now)
     session.add(c)
     try:
         with session.begin_nested():
@@ -54,9 +54,10 @@ def get(session: Session, customer_id_or_ref: str) -> Customer:
 
 
 def list_customers(
-    session: Session, *, email: str | None = None, limit: int = 100, after: str | None = None
+    session: Session, *, email: str | None = None, limit: int = 100, after: str | None = None,
+    ranges: listing.Ranges | None = None,
 ) -> list[Customer]:
-    q = select(Customer).order_by(col(Customer.id)).limit(limit)
+    q = listing.apply(select(Customer).order_by(col(Customer.id)).limit(limit), Customer, ranges)
     if email:
         q = q.where(Customer.email == email.strip())
     if after:
@@ -67,4 +68,4 @@ def list_customers(
 def summary(c: Customer) -> dict[str, Any]:
     """The customer as shown to admins (CLI ``--json`` and the API)."""
     return {"id": c.id, "email": c.email, "name": c.name, "external_ref": c.external_ref,
-            "gateway_customer_id": c.gateway_customer_id, "created_at": c.created_at}
+            "gateway_customer_id": c.gateway_customer_id, "created_at": c.created_at, "updated_at": c.updated_at}

@@ -19,6 +19,7 @@ class EventType(StrEnum):
     PAYMENT_METHOD_ADDED = "payment_method.added"
     PAYMENT_METHOD_UPDATED = "payment_method.updated"
     PAYMENT_METHOD_DETACHED = "payment_method.detached"
+    PAYMENT_METHOD_EXPIRING = "payment_method.expiring"
     CONSENT_RECORDED = "consent.recorded"
     SUBSCRIPTION_CREATED = "subscription.created"
     SUBSCRIPTION_ACTIVATED = "subscription.activated"
@@ -26,6 +27,9 @@ class EventType(StrEnum):
     SUBSCRIPTION_PAST_DUE = "subscription.past_due"
     SUBSCRIPTION_RECOVERED = "subscription.recovered"
     SUBSCRIPTION_CANCEL_SCHEDULED = "subscription.cancel_scheduled"
+    # a cancellation decided with immediate effect (then SUBSCRIPTION_CANCELED as it takes effect)
+    SUBSCRIPTION_CANCEL_DECIDED = "subscription.cancel_decided"
+    SUBSCRIPTION_TRIAL_ENDING = "subscription.trial_ending"
     SUBSCRIPTION_CANCELED = "subscription.canceled"  # took effect (ended)
     SUBSCRIPTION_REACTIVATED = "subscription.reactivated"
     SUBSCRIPTION_PAYMENT_METHOD_CHANGED = "subscription.payment_method_changed"
@@ -52,6 +56,11 @@ class EventType(StrEnum):
     NOTIFICATIONS_SENT = "notifications.sent"
     DASHBOARD_LOGIN = "dashboard.login"
     AUTH_FAILED = "auth.failed"
+    WEBHOOK_ENDPOINT_CREATED = "webhook_endpoint.created"
+    WEBHOOK_ENDPOINT_UPDATED = "webhook_endpoint.updated"
+    WEBHOOK_ENDPOINT_DISABLED = "webhook_endpoint.disabled"  # by an admin, or failing for days
+    WEBHOOK_ENDPOINT_ENABLED = "webhook_endpoint.enabled"
+    WEBHOOK_ENDPOINT_SECRET_ROTATED = "webhook_endpoint.secret_rotated"
 
 
 def _default(o: Any) -> Any:

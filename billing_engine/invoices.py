@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
-from billing_engine import events
+from billing_engine import events, listing
 from billing_engine.errors import NotFound
 from billing_engine.models import Invoice, PaymentAttempt, Plan, Subscription
 from billing_engine.periods import Interval, period_bounds
@@ -25,7 +25,7 @@ def for_period(session: Session, sub: Subscription, plan: Plan, index: int, *, n
     inv = Invoice(
         subscription_id=sub.id, customer_id=sub.customer_id, plan_id=plan.id, period_index=index,
         period_start=start, period_end=end, amount_minor=plan.amount_minor, currency=plan.currency,
-        created_at=now,
+        created_at=now, updated_at=now,
     )
     try:
         with session.begin_nested():
@@ -52,9 +52,9 @@ def get(session: Session, invoice_id: str) -> Invoice:
 
 def list_invoices(
     session: Session, *, subscription_id: str | None = None, customer_id: str | None = None,
-    status: str | None = None, limit: int = 100, after: str | None = None,
+    status: str | None = None, limit: int = 100, after: str | None = None, ranges: listing.Ranges | None = None,
 ) -> list[Invoice]:
-    q = select(Invoice).order_by(col(Invoice.id)).limit(limit)
+    q = listing.apply(select(Invoice).order_by(col(Invoice.id)).limit(limit), Invoice, ranges)
     if subscription_id:
         q = q.where(Invoice.subscription_id == subscription_id)
     if customer_id:
@@ -81,7 +81,7 @@ def summary(inv: Invoice) -> dict[str, Any]:
         "period_end": inv.period_end, "amount_minor": inv.amount_minor, "currency": inv.currency,
         "status": inv.status, "attempt_count": inv.attempt_count, "amount_paid_minor": inv.amount_paid_minor,
         "amount_refunded_minor": inv.amount_refunded_minor, "created_at": inv.created_at,
-        "paid_at": inv.paid_at, "closed_at": inv.closed_at,
+        "paid_at": inv.paid_at, "closed_at": inv.closed_at, "updated_at": inv.updated_at,
     }
 
 

@@ -174,6 +174,9 @@ class Customer(SQLModel, table=True):
     external_ref: str | None = Field(default=None, max_length=200, unique=True)
     gateway_customer_id: str | None = Field(default=None, max_length=100)
     created_at: datetime = _ts(default_factory=utcnow)
+    # the last change (business time where the change knows it; any other UPDATE stamps
+    # the wall clock through onupdate)
+    updated_at: datetime = _ts(default_factory=utcnow, index=True, sa_column_kwargs={"onupdate": utcnow})
 
 
 class PaymentMethod(SQLModel, table=True):
@@ -257,6 +260,7 @@ class Subscription(SQLModel, table=True):
         Index("ix_subscriptions_retry", "status", "next_retry_at"),
         Index("ix_subscriptions_ended", "ended_at"),
         Index("ix_subscriptions_activated", "activated_at", "ended_at"),
+        Index("ix_subscriptions_updated", "updated_at"),
         CheckConstraint(
             "cancellation_kind IS NULL OR cancellation_kind IN ('voluntary','involuntary')",
             name="ck_subscriptions_cancellation_kind",
@@ -324,6 +328,7 @@ class Invoice(SQLModel, table=True):
     created_at: datetime = _ts(default_factory=utcnow)
     paid_at: datetime | None = _ts(default=None)
     closed_at: datetime | None = _ts(default=None)
+    updated_at: datetime = _ts(default_factory=utcnow, index=True, sa_column_kwargs={"onupdate": utcnow})
 
 
 class PaymentAttempt(SQLModel, table=True):
@@ -440,6 +445,65 @@ class WebhookEvent(SQLModel, table=True):
     received_at: datetime = _ts(default_factory=utcnow)
     handled_at: datetime | None = _ts(default=None)
     outcome: str | None = Field(default=None, max_length=500)
+
+
+class WebhookEndpointStatus(StrEnum):
+    ENABLED = "enabled"
+    DISABLED = "disabled"
+
+
+class WebhookDeliveryStatus(StrEnum):
+    PENDING = "pending"  # due at next_attempt_at
+    SENDING = "sending"  # claimed; next_attempt_at is the claim's lease expiry (wall clock)
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"  # retries exhausted (or the endpoint was disabled)
+
+
+class WebhookEndpoint(SQLModel, table=True):
+    """A merchant URL that receives signed events (Standard Webhooks)."""
+
+    __tablename__ = "webhook_endpoints"
+
+    id: str = Field(default_factory=lambda: new_id("we"), primary_key=True, max_length=40)
+    url: str = Field(max_length=2000)
+    description: str = Field(default="", max_length=200)
+    event_types: str = Field(default="*", sa_type=Text)  # "*" or comma-separated public types
+    status: str = Field(default=WebhookEndpointStatus.ENABLED, max_length=20)
+    secret: str = Field(max_length=100)  # whsec_<base64>
+    previous_secret: str | None = Field(default=None, max_length=100)  # still signs until it expires
+    previous_secret_expires_at: datetime | None = _ts(default=None)
+    # every event with an id <= cursor has been considered for this endpoint
+    cursor_event_id: int = Field(default=0, sa_type=BigInteger)
+    failing_since: datetime | None = _ts(default=None)  # first failure since the last success
+    disabled_reason: str | None = Field(default=None, max_length=500)
+    disabled_at: datetime | None = _ts(default=None)
+    created_at: datetime = _ts(default_factory=utcnow)
+    updated_at: datetime = _ts(default_factory=utcnow)
+
+
+class WebhookDelivery(SQLModel, table=True):
+    """One event to POST to one endpoint (the webhook outbox), with its retries.
+
+    ``dedupe_key`` is ``live:<endpoint>:<event>`` for the first delivery (so an event is
+    queued once per endpoint) and ``replay:<endpoint>:<event>:<ulid>`` for a resend."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),
+        Index("ix_webhook_deliveries_endpoint_event", "endpoint_id", "event_id"),
+    )
+
+    id: str = Field(default_factory=lambda: new_id("whd"), primary_key=True, max_length=40)
+    dedupe_key: str = Field(max_length=200, unique=True)
+    endpoint_id: str = Field(foreign_key="webhook_endpoints.id", max_length=40)
+    event_id: int = Field(sa_type=BigInteger)
+    status: str = Field(default=WebhookDeliveryStatus.PENDING, max_length=20)
+    attempts: int = Field(default=0)
+    next_attempt_at: datetime = _ts()
+    last_status_code: int | None = Field(default=None)
+    last_error: str | None = Field(default=None, max_length=1000)
+    created_at: datetime = _ts(default_factory=utcnow)
+    delivered_at: datetime | None = _ts(default=None)
 
 
 class IdempotencyRecord(SQLModel, table=True):

@@ -85,6 +85,7 @@ def start_attempt(
         amount_minor=invoice.amount_minor, currency=invoice.currency, created_at=now,
     )
     invoice.attempt_count = number
+    invoice.updated_at = now
     session.add(invoice)
     session.add(attempt)
     session.flush()
@@ -160,6 +161,7 @@ def settle(
         if invoice.status == InvoiceStatus.OPEN:  # ended while this charge was in flight: close it now
             invoice.status = InvoiceStatus.UNCOLLECTIBLE
             invoice.closed_at = now
+            invoice.updated_at = now
             session.add(invoice)
             events.record(session, events.EventType.INVOICE_UNCOLLECTIBLE, at=now, subscription_id=sub.id,
                           customer_id=sub.customer_id, invoice_id=invoice.id,
@@ -225,7 +227,7 @@ def paid_changes(
     charge_id = result.gateway_charge_id or attempt.gateway_charge_id
     out = Paid(
         attempt={"status": AttemptStatus.SUCCEEDED, "completed_at": now, "gateway_charge_id": charge_id},
-        invoice={"status": InvoiceStatus.PAID, "paid_at": paid_at, "closed_at": invoice.closed_at or now,
+        invoice={"status": InvoiceStatus.PAID, "paid_at": paid_at, "closed_at": invoice.closed_at or now, "updated_at": now,
                  "amount_paid_minor": invoice.amount_paid_minor if already_paid else attempt.amount_minor},
     )
     if not already_paid:
@@ -246,6 +248,7 @@ def paid_changes(
         return out
     if sub.activated_at is None or paid_at < sub.activated_at:
         out.subscription["activated_at"] = paid_at  # the first payment: a subscriber from now (reports)
+        out.subscription["updated_at"] = now
     if invoice.period_index != sub.next_period_index:
         out.events.append((events.EventType.PAYMENT_NEEDS_REVIEW, {
             "attempt_id": attempt.id, "why": "paid out of order (an older answer arrived late)"}))
@@ -300,6 +303,7 @@ def _invoice_paid(
 def _give_up(session: Session, sub: Subscription, invoice: Invoice, *, reason: str, now: datetime) -> None:
     invoice.status = InvoiceStatus.UNCOLLECTIBLE
     invoice.closed_at = now
+    invoice.updated_at = now
     session.add(invoice)
     cancellations.end_involuntarily(session, sub, reason=reason, now=now, actor="system:dunning",
                                     details={"invoice_id": invoice.id, "amount_minor": invoice.amount_minor,

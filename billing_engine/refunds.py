@@ -201,6 +201,7 @@ def settle(session: Session, refund: Refund, result: RefundResult, *, now: datet
         raise Conflict(f"refunds of invoice {inv.id} would exceed the {inv.amount_paid_minor} collected",
                        field="invoice", refund_id=refund.id)
     inv.amount_refunded_minor = total
+    inv.updated_at = now
     session.add(inv)
     events.record(session, events.EventType.REFUND_CREATED, at=now, actor=actor, customer_id=inv.customer_id,
                   subscription_id=inv.subscription_id, invoice_id=inv.id,

@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, or_, select
 
-from billing_engine import notifications
+from billing_engine import events, notifications
 from billing_engine.db import transaction
 from billing_engine.models import PaymentMethod, Plan, Subscription, SubscriptionStatus
 from billing_engine.periods import Interval, boundary, period_bounds
@@ -61,6 +61,11 @@ def _remind(s: Session, sub: Subscription, plan: Plan, *, now: datetime) -> int:
                  "currency": plan.currency, "plan_name": plan.name, "trial": trial},
     )
     queued = int(n is not None)
+    if trial and n is not None:
+        events.record(s, events.EventType.SUBSCRIPTION_TRIAL_ENDING, at=now, subscription_id=sub.id,
+                      customer_id=sub.customer_id,
+                      payload={"trial_end": sub.current_period_end, "amount_minor": plan.amount_minor,
+                               "currency": plan.currency})
     pm = s.get(PaymentMethod, sub.payment_method_id) if sub.payment_method_id else None
     if pm is not None and pm.exp_year and pm.exp_month:
         first_invalid_day, _ = period_bounds(datetime(pm.exp_year, pm.exp_month, 1, tzinfo=UTC), Interval.MONTH, 1, 1)
@@ -72,6 +77,12 @@ def _remind(s: Session, sub: Subscription, plan: Plan, *, now: datetime) -> int:
                          "exp_month": pm.exp_month, "exp_year": pm.exp_year, "charge_at": sub.current_period_end},
             )
             queued += int(n is not None)
+            if n is not None:
+                events.record(s, events.EventType.PAYMENT_METHOD_EXPIRING, at=now, subscription_id=sub.id,
+                              customer_id=sub.customer_id,
+                              payload={"payment_method_id": pm.id, "brand": pm.brand, "last4": pm.last4,
+                                       "exp_month": pm.exp_month, "exp_year": pm.exp_year,
+                                       "next_charge_at": sub.current_period_end})
     return queued
 
 

@@ -114,6 +114,19 @@ class Settings(BaseSettings):
     )
     fake_latency_ms: float = Field(default=0.0, ge=0, le=60_000, description="Fake gateway only: latency per call.")
 
+    # outgoing webhooks (docs/webhooks.md)
+    admin_email: str | None = Field(
+        default=None, description="Where operational warnings go (e.g. a webhook endpoint disabled after failing).",
+    )
+    webhook_allow_insecure_urls: bool = Field(
+        default=False,
+        description="Allow http:// and private / loopback webhook URLs (always allowed when BILLING_ENV is demo or test).",
+    )
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0, le=60, description="Timeout of one webhook POST.")
+    webhook_secret_grace_hours: float = Field(
+        default=24.0, ge=0, le=24 * 30, description="How long a rotated-out webhook secret keeps signing.",
+    )
+
     segment_thresholds_minor: Annotated[list[int], NoDecode] = Field(
         default_factory=lambda: [10_000, 100_000],
         description="Lifetime-value bucket limits (minor units): small < t0 <= medium < t1 <= large",

@@ -17,7 +17,7 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
-from billing_engine import consents, events, validation
+from billing_engine import consents, events, listing, validation
 from billing_engine.errors import Conflict, InvalidTransition, NotFound, ValidationError
 from billing_engine.models import (
     LIVE_STATUSES,
@@ -112,8 +112,9 @@ def list_subscriptions(
     plan_id: str | None = None,
     limit: int = 100,
     after: str | None = None,
+    ranges: listing.Ranges | None = None,
 ) -> list[Subscription]:
-    q = select(Subscription).order_by(col(Subscription.id)).limit(limit)
+    q = listing.apply(select(Subscription).order_by(col(Subscription.id)).limit(limit), Subscription, ranges)
     if status:
         if status not in {s.value for s in SubscriptionStatus}:
             raise ValidationError(
@@ -159,6 +160,7 @@ def summary(session: Session, sub: Subscription) -> dict[str, Any]:
         "canceled_by": sub.canceled_by, "next_retry_at": sub.next_retry_at, "failed_attempts": sub.failed_attempts,
         "next_charge_at": nxt[0] if nxt else None, "next_charge_amount_minor": nxt[1] if nxt else None,
         "created_at": sub.created_at,
+        "updated_at": sub.updated_at,
     }
 
 

@@ -15,6 +15,7 @@ from billing_engine.gateway.factory import build_gateway
 from billing_engine.models import Plan
 from billing_engine.money import Money, normalize_currency
 from billing_engine.settings import get_settings
+from cli import listing
 from cli.common import JsonOpt, console, handle_errors, make_table, parse_at, print_json, print_record, unit_of_work
 
 plan_app = typer.Typer(help="Create and list plans (what is sold, at what price, how often).", no_args_is_help=True)
@@ -105,18 +106,27 @@ def customer_create(
 def customer_list(
     email: str | None = typer.Option(None, help="Only this e-mail address."),
     limit: int = typer.Option(100, min=1, max=10000, help="At most this many."),
+    after: str | None = typer.Option(None, help="Cursor: ids after this one."),
+    created_from: str | None = listing.CreatedFrom,
+    created_to: str | None = listing.CreatedTo,
+    updated_from: str | None = listing.UpdatedFrom,
+    updated_to: str | None = listing.UpdatedTo,
     json_out: bool = JsonOpt,
 ) -> None:
-    """List customers."""
+    """List customers (oldest first; says when more exist)."""
+    rng = listing.ranges(created_from, created_to, updated_from, updated_to)
     with unit_of_work() as s:
-        rows = [customers.summary(c) for c in customers.list_customers(s, email=email, limit=limit)]
+        found = customers.list_customers(s, email=email, limit=limit + 1, after=after, ranges=rng)
+        rows = [customers.summary(c) for c in found[:limit]]
     if json_out:
         print_json(rows)
+        listing.say_more(found, limit, what="customers", json_out=True)
         return
     t = make_table("id", "email", "name", "external ref", "created")
     for r in rows:
         t.add_row(str(r["id"]), str(r["email"]), str(r["name"]), str(r["external_ref"] or ""), str(r["created_at"])[:19])
     console.print(t)
+    listing.say_more(found, limit, what="customers", json_out=False)
 
 
 @pm_app.command("add")

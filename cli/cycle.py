@@ -29,6 +29,7 @@ from billing_engine.cycle import CycleSummary, run_cycle
 from billing_engine.gateway.factory import build_gateway
 from billing_engine.money import format_minor
 from billing_engine.settings import Mode, get_settings
+from cli import webhooks
 from cli.common import JsonOpt, console, engine, fail, handle_errors, parse_at, print_json
 
 
@@ -115,6 +116,8 @@ def register(app: typer.Typer) -> None:
                                       "gateway (a simulation: renewals are charged before they are due)."),
         limit: int | None = typer.Option(None, "--limit", min=1, help="Process at most N subscriptions."),
         no_email: bool = typer.Option(False, "--no-email", help="Queue e-mails but do not send them now."),
+        no_webhooks: bool = typer.Option(False, "--no-webhooks", help="Do not deliver webhooks after the run "
+                                         "(billing webhook deliver does)."),
         json_out: bool = JsonOpt,
         status: bool = typer.Option(False, "--status", help="List the workers holding claims on subscriptions; change nothing."),
         release_claims: str | None = typer.Option(
@@ -160,10 +163,21 @@ def register(app: typer.Typer) -> None:
                     summary = run_cycle(eng, gateway, now=now, settings=settings, limit=limit, dry_run=False,
                                         deliver=deliver, on_progress=on_progress, stop=stop)
         audit.run_cycle_completed(eng, summary, actor=audit.cli_actor(), simulate=simulate)
+        hooks = None
+        if not dry_run and not no_webhooks and summary.stopped is None:
+            try:  # after the run, outside its transactions; webhook trouble never fails a billing run
+                hooks = webhooks.deliver_after_run(settings)
+            except Exception as exc:
+                summary.errors.append(f"webhooks: {type(exc).__name__}: {exc}")
         if json_out:
-            print_json(summary.as_dict())
+            print_json(summary.as_dict() | ({"webhooks": hooks.as_dict()} if hooks else {}))
         else:
             print_summary(summary)
+            if hooks is not None and (hooks.succeeded or hooks.failed_attempts):
+                console.print(f"webhooks: {hooks.succeeded} delivered, {hooks.failed_attempts} failed attempt(s)",
+                              highlight=False)
+        if hooks is not None:
+            webhooks.warn_disabled(hooks.disabled)
         if summary.stopped is not None:
             fail(f"run-cycle stopped: {summary.stop_message}; {summary.unresolved} attempt(s) left unresolved and "
                  f"{max(summary.total_due - summary.due, 0)} due subscription(s) not processed; "

@@ -9,6 +9,7 @@ import typer
 from billing_engine import invoices
 from billing_engine.models import Invoice
 from billing_engine.money import format_minor
+from cli import listing
 from cli.common import JsonOpt, console, handle_errors, make_table, print_json, print_record, unit_of_work
 
 invoice_app = typer.Typer(help="Invoices (one per subscription period) and payment attempts.", no_args_is_help=True)
@@ -26,24 +27,32 @@ def list_cmd(
     status: str | None = typer.Option(None, help="open | paid | uncollectible | void."),
     limit: int = typer.Option(100, min=1, max=10000, help="At most this many."),
     after: str | None = typer.Option(None, help="Cursor: ids after this one."),
+    created_from: str | None = listing.CreatedFrom,
+    created_to: str | None = listing.CreatedTo,
+    updated_from: str | None = listing.UpdatedFrom,
+    updated_to: str | None = listing.UpdatedTo,
     json_out: bool = JsonOpt,
 ) -> None:
-    """List invoices."""
+    """List invoices (oldest first; says when more exist)."""
     if status is not None and status not in {"open", "paid", "uncollectible", "void"}:
         from billing_engine.errors import ValidationError
 
         raise ValidationError("must be one of open, paid, uncollectible, void", field="status")
+    rng = listing.ranges(created_from, created_to, updated_from, updated_to)
     with unit_of_work() as s:
-        rows = [invoice_dict(i) for i in invoices.list_invoices(
-            s, subscription_id=subscription, customer_id=customer, status=status, limit=limit, after=after)]
+        found = invoices.list_invoices(s, subscription_id=subscription, customer_id=customer, status=status,
+                                       limit=limit + 1, after=after, ranges=rng)
+        rows = [invoice_dict(i) for i in found[:limit]]
     if json_out:
         print_json(rows)
+        listing.say_more(found, limit, what="invoices", json_out=True)
         return
     t = make_table("id", "subscription", "period", "amount", "status", "tries", "paid at")
     for r in rows:
         t.add_row(str(r["id"]), str(r["subscription_id"]), f"{str(r['period_start'])[:10]} → {str(r['period_end'])[:10]}",
                   f"{r['amount']} {r['currency']}", str(r["status"]), str(r["attempt_count"]), str(r["paid_at"] or "")[:19])
     console.print(t)
+    listing.say_more(found, limit, what="invoices", json_out=False)
 
 
 @invoice_app.command("show")

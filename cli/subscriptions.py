@@ -9,6 +9,7 @@ from billing_engine import cancellations, events, subscriptions
 from billing_engine.audit import cli_actor
 from billing_engine.models import Subscription
 from billing_engine.money import format_minor
+from cli import listing
 from cli.common import JsonOpt, console, handle_errors, make_table, parse_at, print_json, print_record, unit_of_work
 
 sub_app = typer.Typer(help="Show, list, cancel and reactivate subscriptions.", no_args_is_help=True)
@@ -72,14 +73,21 @@ def list_cmd(
     plan: str | None = typer.Option(None, help="Plan code or id."),
     limit: int = typer.Option(100, min=1, max=10000, help="At most this many."),
     after: str | None = typer.Option(None, help="Cursor: ids after this one."),
+    created_from: str | None = listing.CreatedFrom,
+    created_to: str | None = listing.CreatedTo,
+    updated_from: str | None = listing.UpdatedFrom,
+    updated_to: str | None = listing.UpdatedTo,
     json_out: bool = JsonOpt,
 ) -> None:
-    """List subscriptions."""
+    """List subscriptions (oldest first; says when more exist)."""
+    rng = listing.ranges(created_from, created_to, updated_from, updated_to)
     with unit_of_work() as s:
-        rows = [sub_dict(s, x) for x in subscriptions.list_subscriptions(
-            s, status=status, customer_id=customer, plan_id=plan, limit=limit, after=after)]
+        found = subscriptions.list_subscriptions(s, status=status, customer_id=customer, plan_id=plan,
+                                                 limit=limit + 1, after=after, ranges=rng)
+        rows = [sub_dict(s, x) for x in found[:limit]]
     if json_out:
         print_json(rows)
+        listing.say_more(found, limit, what="subscriptions", json_out=True)
         return
     t = make_table("id", "status", "customer", "plan", "period end", "cancel")
     for r in rows:
@@ -92,6 +100,7 @@ def list_cmd(
         t.add_row(str(r["id"]), str(r["status"]), str(r["customer_email"]), str(r["plan_code"]),
                   str(r["current_period_end"])[:19], cancel)
     console.print(t)
+    listing.say_more(found, limit, what="subscriptions", json_out=False)
 
 
 @sub_app.command("cancel")

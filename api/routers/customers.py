@@ -15,10 +15,12 @@ from api.auth import ADMIN, actor
 from api.deps import EngineDep, NowDep
 from api.idempotency import IdempotencyKey
 from api.pagination import page
+from api.ranges import RangesDep
 from api.responses import admin
 from api.schemas import CustomerCreate, CustomerOut, Limit, Page, clean_optional, clean_text
 from billing_engine import customers
 from billing_engine.db import transaction
+from billing_engine.listing import Ranges
 
 router = APIRouter(prefix="/v1/customers", tags=["customers"], dependencies=ADMIN)
 
@@ -42,9 +44,10 @@ def list_customers(
     email: Annotated[str | None, Query(max_length=320, description="Only this e-mail address."), AfterValidator(clean_optional)] = None,
     limit: Annotated[Limit, Query()] = 100,
     after: Annotated[str | None, Query(max_length=40, description="Cursor: the next_cursor of the previous page."), AfterValidator(clean_optional)] = None,
+    ranges: RangesDep = Ranges(),
 ) -> Page[CustomerOut]:
     with transaction(engine) as s:
-        rows = customers.list_customers(s, email=email, limit=limit + 1, after=after)
+        rows = customers.list_customers(s, email=email, limit=limit + 1, after=after, ranges=ranges)
         return page(rows, limit, P.customer)
 
 

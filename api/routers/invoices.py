@@ -11,11 +11,13 @@ from api import presenters as P
 from api.auth import ADMIN
 from api.deps import EngineDep
 from api.pagination import page
+from api.ranges import RangesDep
 from api.responses import admin
 from api.schemas import InvoiceDetail, InvoiceOut, Limit, ListOf, Page, PaymentAttemptOut, clean_optional, clean_text
 from billing_engine import invoices
 from billing_engine.db import transaction
 from billing_engine.errors import NotFound, ValidationError
+from billing_engine.listing import Ranges
 from billing_engine.models import InvoiceStatus, PaymentAttempt
 
 router = APIRouter(tags=["invoices"], dependencies=ADMIN)
@@ -33,12 +35,13 @@ def list_invoices(
     status: Annotated[str | None, Query(max_length=20, description="open | paid | uncollectible | void"), AfterValidator(clean_optional)] = None,
     limit: Annotated[Limit, Query()] = 100,
     after: Annotated[str | None, Query(max_length=40, description="Cursor: the next_cursor of the previous page."), AfterValidator(clean_optional)] = None,
+    ranges: RangesDep = Ranges(),
 ) -> Page[InvoiceOut]:
     if status and status not in {s.value for s in InvoiceStatus}:
         raise ValidationError(f"must be one of {', '.join(s.value for s in InvoiceStatus)}", field="status")
     with transaction(engine) as s:
         rows = invoices.list_invoices(s, subscription_id=subscription, customer_id=customer, status=status,
-                                      limit=limit + 1, after=after)
+                                      limit=limit + 1, after=after, ranges=ranges)
         return page(rows, limit, P.invoice)
 
 

@@ -17,6 +17,7 @@ from api.auth import ADMIN, actor
 from api.deps import EngineDep, NowDep, SettingsDep
 from api.idempotency import IdempotencyKey
 from api.pagination import page
+from api.ranges import RangesDep
 from api.responses import admin
 from api.schemas import (
     CancelLinkOut,
@@ -34,6 +35,7 @@ from api.schemas import (
 from billing_engine import audit, cancellations, customers, links, subscriptions
 from billing_engine.db import transaction
 from billing_engine.events import EventType
+from billing_engine.listing import Ranges
 
 router = APIRouter(prefix="/v1/subscriptions", tags=["subscriptions"], dependencies=ADMIN)
 
@@ -62,10 +64,11 @@ def list_subscriptions(
     plan: Annotated[str | None, Query(max_length=64, description="Plan code or id."), AfterValidator(clean_optional)] = None,
     limit: Annotated[Limit, Query()] = 100,
     after: Annotated[str | None, Query(max_length=40, description="Cursor: the next_cursor of the previous page."), AfterValidator(clean_optional)] = None,
+    ranges: RangesDep = Ranges(),
 ) -> Page[SubscriptionOut]:
     with transaction(engine) as s:
         rows = subscriptions.list_subscriptions(s, status=status, customer_id=customer, plan_id=plan,
-                                                limit=limit + 1, after=after)
+                                                limit=limit + 1, after=after, ranges=ranges)
         return page(rows, limit, lambda sub: P.subscription(s, sub))
 
 

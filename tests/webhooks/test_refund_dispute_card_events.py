@@ -128,7 +128,8 @@ def test_dispute_created_is_recorded_and_lost_cancels_involuntarily(engine: Engi
     assert (sub.status, sub.cancellation_kind, sub.cancellation_reason, sub.ended_at) == (
         "canceled", "involuntary", "dispute", now)
     assert [d.status for d in _disputes(engine)] == ["lost"]
-    assert _types(engine, billed.subscription_id)[-2:] == ["dispute.closed", "subscription.canceled"]
+    assert _types(engine, billed.subscription_id)[-3:] == [
+        "dispute.closed", "subscription.cancel_decided", "subscription.canceled"]
     with transaction(engine) as s:
         mail = s.exec(select(Notification).where(Notification.kind == "canceled_involuntary")).one()
     assert '"dispute"' in mail.payload

@@ -1,0 +1,145 @@
+"""``/v1/webhook_endpoints``: register, list, show, change, disable / enable, rotate the
+secret of the URLs that receive signed events (Standard Webhooks)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Query, Request
+from pydantic import AfterValidator, BaseModel, Field
+from sqlmodel import Session
+
+from api.auth import ADMIN, actor
+from api.deps import EngineDep, NowDep, SettingsDep
+from api.responses import admin
+from api.schemas import Input, Limit, Page, Str200, Str2000, clean_optional, clean_text
+from billing_engine import webhook_delivery, webhook_endpoints
+from billing_engine.db import transaction
+
+router = APIRouter(prefix="/v1/webhook_endpoints", tags=["webhooks"], dependencies=ADMIN)
+
+EndpointId = Annotated[str, Path(min_length=1, max_length=40, description="Endpoint id (we_...)."),
+                       AfterValidator(clean_text)]
+
+
+class EndpointCreate(Input):
+    url: Str2000 = Field(description="https:// URL that receives the POSTs.", examples=["https://app.example.com/hooks"])
+    events: list[Annotated[str, Field(max_length=60)]] = Field(
+        default_factory=lambda: ["*"], max_length=50,
+        description="Public event types (subscription.* for a family), or [\"*\"] for all.")
+    description: Str200 = ""
+
+
+class EndpointUpdate(Input):
+    url: Str2000 | None = None
+    events: list[Annotated[str, Field(max_length=60)]] | None = Field(default=None, max_length=50)
+    description: Str200 | None = None
+
+
+class RotateRequest(Input):
+    grace_hours: float | None = Field(default=None, ge=0, le=24 * 30, description="How long the old secret keeps "
+                                      "signing (default BILLING_WEBHOOK_SECRET_GRACE_HOURS); 0 after a leak.")
+
+
+class DeliveryOut(BaseModel):
+    id: str
+    endpoint_id: str
+    event_id: str
+    replay: bool
+    status: str
+    attempts: int
+    next_attempt_at: datetime | None
+    last_status_code: int | None
+    last_error: str | None
+    created_at: datetime
+    delivered_at: datetime | None
+
+
+class EndpointOut(BaseModel):
+    id: str = Field(examples=["we_01JH..."])
+    url: str
+    description: str
+    events: list[str]
+    status: str = Field(description="enabled | disabled")
+    failing_since: datetime | None
+    disabled_at: datetime | None
+    disabled_reason: str | None
+    previous_secret_expires_at: datetime | None = Field(description="Until then the previous secret signs too.")
+    created_at: datetime
+    updated_at: datetime
+    secret: str | None = Field(default=None, description="whsec_...: only in the answers to create and rotate-secret.")
+    recent_deliveries: list[DeliveryOut] | None = None
+
+
+def _out(ep: Any, *, secret: bool = False) -> EndpointOut:
+    return EndpointOut(**webhook_endpoints.summary(ep, with_secret=secret))
+
+
+@router.post("", status_code=201, response_model=EndpointOut, responses=admin(),
+             summary="Register an endpoint (the answer carries its signing secret)")
+def create_endpoint(request: Request, body: EndpointCreate, engine: EngineDep, settings: SettingsDep, now: NowDep) -> EndpointOut:
+    with transaction(engine) as s:
+        ep = webhook_endpoints.create(s, url=body.url, event_types=body.events, settings=settings, now=now,
+                                      description=body.description, actor=actor(request))
+        return _out(ep, secret=True)
+
+
+@router.get("", response_model=Page[EndpointOut], responses=admin(), summary="List endpoints")
+def list_endpoints(
+    engine: EngineDep,
+    status: Annotated[str | None, Query(max_length=20, description="enabled | disabled"),
+                      AfterValidator(clean_optional)] = None,
+    limit: Annotated[Limit, Query()] = 100,
+    after: Annotated[str | None, Query(max_length=40), AfterValidator(clean_optional)] = None,
+) -> Page[EndpointOut]:
+    with Session(engine) as s:
+        rows = webhook_endpoints.list_endpoints(s, status=status, limit=limit + 1, after=after)
+    has_more = len(rows) > limit
+    rows = rows[:limit]
+    return Page[EndpointOut](data=[_out(r) for r in rows], has_more=has_more,
+                             next_cursor=rows[-1].id if has_more and rows else None)
+
+
+@router.get("/{endpoint}", response_model=EndpointOut, responses=admin(404),
+            summary="Show an endpoint with its recent deliveries")
+def show_endpoint(endpoint: EndpointId, engine: EngineDep) -> EndpointOut:
+    with Session(engine) as s:
+        ep = webhook_endpoints.get(s, endpoint)
+        out = _out(ep)
+        out.recent_deliveries = [DeliveryOut(**webhook_delivery.delivery_summary(d))
+                                 for d in webhook_delivery.list_deliveries(s, endpoint_id=ep.id, limit=20)]
+        return out
+
+
+@router.patch("/{endpoint}", response_model=EndpointOut, responses=admin(404), summary="Change URL, events, description")
+def update_endpoint(request: Request, endpoint: EndpointId, body: EndpointUpdate, engine: EngineDep, settings: SettingsDep,
+                    now: NowDep) -> EndpointOut:
+    with transaction(engine) as s:
+        ep = webhook_endpoints.update(s, webhook_endpoints.get(s, endpoint), settings=settings, now=now, url=body.url,
+                                      event_types=body.events, description=body.description, actor=actor(request))
+        return _out(ep)
+
+
+@router.post("/{endpoint}/disable", response_model=EndpointOut, responses=admin(404), summary="Stop deliveries")
+def disable_endpoint(request: Request, endpoint: EndpointId, engine: EngineDep, now: NowDep) -> EndpointOut:
+    with transaction(engine) as s:
+        return _out(webhook_endpoints.disable(s, webhook_endpoints.get(s, endpoint), now=now, actor=actor(request)))
+
+
+@router.post("/{endpoint}/enable", response_model=EndpointOut, responses=admin(404),
+             summary="Resume deliveries (what queued meanwhile goes out)")
+def enable_endpoint(request: Request, endpoint: EndpointId, engine: EngineDep, now: NowDep) -> EndpointOut:
+    with transaction(engine) as s:
+        return _out(webhook_endpoints.enable(s, webhook_endpoints.get(s, endpoint), now=now, actor=actor(request)))
+
+
+@router.post("/{endpoint}/rotate-secret", response_model=EndpointOut, responses=admin(404),
+             summary="New signing secret; the old one keeps signing for the grace period")
+def rotate_secret(request: Request, endpoint: EndpointId, engine: EngineDep, settings: SettingsDep, now: NowDep,
+                  body: RotateRequest | None = None) -> EndpointOut:
+    hours = body.grace_hours if body and body.grace_hours is not None else settings.webhook_secret_grace_hours
+    with transaction(engine) as s:
+        ep = webhook_endpoints.rotate_secret(s, webhook_endpoints.get(s, endpoint), now=now,
+                                             grace=timedelta(hours=hours), actor=actor(request))
+        return _out(ep, secret=True)
