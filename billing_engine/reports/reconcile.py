@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -315,6 +315,24 @@ def _identities(churn: Report, mrr: Report, label: str) -> list[str]:
     return out
 
 
+def currency_filter_problems(engine: Engine, q: ReportQuery, names: Iterable[str]) -> list[str]:
+    """``--currency C`` must be a filter and nothing else: every report run with it equals the
+    unfiltered report's rows of currency C, cell by cell."""
+    from billing_engine.reports import run_report  # the registry of every report
+
+    out: list[str] = []
+    for name in names:
+        everything = run_report(engine, name, replace(q, currency=None))
+        for cur in sorted({r["currency"] for r in everything.rows}):
+            want = [r for r in everything.rows if r["currency"] == cur]
+            got = run_report(engine, name, replace(q, currency=cur)).rows
+            if got != want:
+                diff = [f"{_row_key(g)}" for g, w in zip(got, want, strict=False) if g != w][:3]
+                out.append(f"{name} --currency {cur} differs from the unfiltered rows of {cur} "
+                           f"({len(got)} vs {len(want)} rows; first differences at {diff})")
+    return out
+
+
 def reconcile(engine: Engine, start: datetime, end: datetime, *,
               thresholds: Thresholds = (10_000, 100_000)) -> list[str]:
     """Every mismatch between the reports and the raw rows over ``[start, end)`` (monthly)."""
@@ -330,6 +348,7 @@ def reconcile(engine: Engine, start: datetime, end: datetime, *,
         problems += _compare(mrr, want_mrr, f"mrr {label}")
         problems += _compare(revenue, exp.revenue_rows(), f"revenue {label}")
         problems += _identities(churn, mrr, label)
+        problems += currency_filter_problems(engine, q, ("churn", "mrr", "revenue", "segments"))
         if by is None:
             problems += _compare(segments_report(engine, q, thresholds=thresholds),
                                  exp.segment_rows(thresholds), "segments")

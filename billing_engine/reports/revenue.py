@@ -56,19 +56,21 @@ def _customer_counts(conn: Any, q: ReportQuery, by_plan: bool) -> list[tuple[tup
         .group_by(inv.c.customer_id, inv.c.currency, plan)
         .subquery("per_customer")
     )
-    first = select(per, func.min(per.c.first_paid_at).over(partition_by=per.c.customer_id).label("first_ever"))
-    if q.currency:
-        first = first.where(per.c.currency == q.currency)
-    f = first.subquery("with_first")
+    # the first payment ever is taken over every currency BEFORE the currency filter (a WHERE
+    # next to the window would narrow the window too): --currency filters, it never redefines "new"
+    f = select(per, func.min(per.c.first_paid_at).over(partition_by=per.c.customer_id).label("first_ever")) \
+        .subquery("with_first")
     fb = bucket(f.c.first_ever, periods)
     cols: list[Any] = []
     for i in range(n):
         has = f.c.mask.op(">>")(i).op("&")(1)
         cols.append(func.sum(has))
         cols.append(func.sum(case((fb == i, has), else_=0)))
+    stmt = select(f.c.currency, f.c.plan_id, *cols).where(f.c.mask != 0)
+    if q.currency:
+        stmt = stmt.where(f.c.currency == q.currency)
     out = []
-    for r in conn.execute(select(f.c.currency, f.c.plan_id, *cols).where(f.c.mask != 0)
-                          .group_by(f.c.currency, f.c.plan_id)):
+    for r in conn.execute(stmt.group_by(f.c.currency, f.c.plan_id)):
         for i in range(n):
             out.append(((r[0], r[1]), i, int(r[2 + 2 * i] or 0), int(r[3 + 2 * i] or 0)))
     return out

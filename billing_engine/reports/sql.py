@@ -80,8 +80,6 @@ def subscription_summary(q: ReportQuery, only: Any = None) -> Subquery:
     ).where(inv.c.status == "paid", inv.c.paid_at < ts(q.end))
     if only is not None:
         stmt = stmt.where(inv.c.subscription_id.in_(only))
-    if q.currency:
-        stmt = stmt.where(inv.c.currency == q.currency)
     return stmt.group_by(inv.c.subscription_id).subquery("sub_summary")
 
 
@@ -134,8 +132,6 @@ def paid_sequence(q: ReportQuery, facts: Any) -> CTE:
             or_(facts.c.ended_at.is_(None), inv.c.paid_at <= facts.c.ended_at),
         )
     )
-    if q.currency:
-        window = window.where(inv.c.currency == q.currency)
     w = window.subquery("paid_window")
     stmt = (
         select(
@@ -184,8 +180,6 @@ def subscriber_events(q: ReportQuery, plan_mrr: dict[str, int]) -> Subquery:
         .select_from(sub.join(plans, plans.c.id == sub.c.plan_id))
         .where(sub.c.activated_at < ts(q.end), sub.c.mrr_minor == expected_mrr, on_price)
     )
-    if q.currency:
-        regular_facts = regular_facts.where(plans.c.currency == q.currency)
     irregular_ids = union_all(
         select(off_price.c.subscription_id),
         select(sub.c.id).where(sub.c.activated_at.is_not(None),
@@ -272,10 +266,13 @@ def subscriber_events(q: ReportQuery, plan_mrr: dict[str, int]) -> Subquery:
         .where(sub.c.ended_at >= ts(q.start), sub.c.ended_at < ts(q.end),
                or_(facts.c.subscription_id.is_(None), facts.c.first_paid_at > sub.c.ended_at))
     )
-    if q.currency:
-        ended_unpaid = ended_unpaid.where(plans.c.currency == q.currency)
-    return union_all(regular_activations, regular_churns, activations, changes, churns,
-                     ended_unpaid).subquery("sub_events")
+    events = union_all(regular_activations, regular_churns, activations, changes, churns, ended_unpaid)
+    if not q.currency:
+        return events.subquery("sub_events")
+    # ``--currency`` filters the events; it never changes a definition: whether a customer is
+    # new or returning (first_churn above) looks at every currency
+    every = events.subquery("every_currency")
+    return select(every).where(every.c.currency == q.currency).subquery("sub_events")
 
 
 def subscriber_event_totals(q: ReportQuery, plan_mrr: dict[str, int]) -> Any:
