@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 
 from billing_engine.money import format_minor
-from billing_engine.reports.charts import Series, bar_chart, line_chart
+from billing_engine.reports.charts import NARROW, WIDE, Series, bar_chart, line_chart
 from billing_engine.reports.churn import churn_report
 from billing_engine.reports.export import period_label
 from billing_engine.reports.mrr import mrr_report
@@ -28,13 +28,20 @@ class Dashboard:
     currency: str | None
     currencies: list[str]
     tiles: list[tuple[str, str]] = field(default_factory=list)
-    charts: list[str] = field(default_factory=list)  # SVG markup
+    charts: list[str] = field(default_factory=list)  # per chart: a wide and a narrow SVG (see responsive)
     headers: list[str] = field(default_factory=list)
     rows: list[list[str]] = field(default_factory=list)
 
 
 def _pct(v: Decimal | None) -> str:
     return "-" if v is None else f"{(v * 100).quantize(Decimal('0.01'))}%"
+
+
+def responsive(draw: Any, *args: Any, **kw: Any) -> str:
+    """The chart drawn twice, for desktop and for phones; the page's CSS shows one of them.
+    Each SVG has only a viewBox, so it also scales within its own layout."""
+    return (f'<div class="wide">{draw(*args, width=WIDE, **kw)}</div>'
+            f'<div class="narrow">{draw(*args, width=NARROW, **kw)}</div>')
 
 
 def currencies(engine: Engine) -> list[str]:
@@ -69,16 +76,17 @@ def build(engine: Engine, q: ReportQuery) -> Dashboard:
         return [int(rows.get(s, zero).get(key) or 0) for s, _ in periods]
 
     mrr_end = col(mrr, "mrr_end_minor")
-    d.charts.append(line_chart(labels, [Series("MRR", mrr_end)], title=f"MRR at period end ({cur})", fmt=money))
-    d.charts.append(bar_chart(labels, [Series("voluntary", col(churn, "voluntary"), "#d97706"),
-                                       Series("involuntary", col(churn, "involuntary"), "#dc2626")],
-                              title="Churned subscriptions per period", fmt=str))
+    d.charts.append(responsive(line_chart, labels, [Series("MRR", mrr_end)], title=f"MRR at period end ({cur})",
+                               fmt=money))
+    d.charts.append(responsive(bar_chart, labels, [Series("voluntary", col(churn, "voluntary"), "#d97706"),
+                                                   Series("involuntary", col(churn, "involuntary"), "#dc2626")],
+                               title="Churned subscriptions per period", fmt=str))
     plan_codes = sorted({r["plan_code"] for r in rev_rows})
     by_plan = [Series(code, [next((int(r["net_minor"]) for r in rev_rows
                                    if r["plan_code"] == code and r["period_start"] == s), 0) for s, _ in periods])
                for code in plan_codes]
-    d.charts.append(bar_chart(labels, by_plan or [Series("net", [0] * len(periods))],
-                              title=f"Net revenue by plan ({cur})", fmt=money))
+    d.charts.append(responsive(bar_chart, labels, by_plan or [Series("net", [0] * len(periods))],
+                               title=f"Net revenue by plan ({cur})", fmt=money))
 
     last = periods[-1][0]
     net_total = sum(int(r["net_minor"]) for r in rev_rows)
