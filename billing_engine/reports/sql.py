@@ -136,6 +136,7 @@ def paid_sequence(q: ReportQuery, facts: Any) -> CTE:
     stmt = (
         select(
             w.c.subscription_id, facts.c.customer_id, facts.c.plan_id, w.c.currency, w.c.paid_at, facts.c.ended_at,
+            facts.c.first_paid_at,
             facts.c.cancellation_kind, facts.c.cancellation_reason, w.c.prev_paid_at, w.c.next_paid_at,
             w.c.inv_plan_id, w.c.amount_minor, w.c.prev_plan_id, w.c.prev_amount,
         )
@@ -217,7 +218,7 @@ def subscriber_events(q: ReportQuery, plan_mrr: dict[str, int]) -> Subquery:
             facts.c.currency, facts.c.plan_id, facts.c.first_paid_at.label("at"), activation_kind(facts.c.first_paid_at),
             no_text.label("cancellation_kind"), no_text.label("reason_group"), facts.c.mrr_minor,
             no_text.label("inv_plan_id"), no_int.label("amount_minor"),
-            no_text.label("prev_plan_id"), no_int.label("prev_amount"),
+            no_text.label("prev_plan_id"), no_int.label("prev_amount"), facts.c.first_paid_at.label("activated_at"),
         )
         .select_from(facts.outerjoin(first_churn, first_churn.c.customer_id == facts.c.customer_id))
         .where(is_regular, counts)
@@ -226,7 +227,7 @@ def subscriber_events(q: ReportQuery, plan_mrr: dict[str, int]) -> Subquery:
         facts.c.currency, facts.c.plan_id, facts.c.ended_at.label("at"), literal("churn").label("kind"),
         facts.c.cancellation_kind, reason_group(facts.c.cancellation_reason).label("reason_group"), facts.c.mrr_minor,
         no_text.label("inv_plan_id"), no_int.label("amount_minor"),
-        no_text.label("prev_plan_id"), no_int.label("prev_amount"),
+        no_text.label("prev_plan_id"), no_int.label("prev_amount"), facts.c.first_paid_at.label("activated_at"),
     ).where(is_regular, facts.c.ended_at.is_not(None), facts.c.ended_at < ts(q.end),
             facts.c.first_paid_at <= facts.c.ended_at)
 
@@ -236,6 +237,7 @@ def subscriber_events(q: ReportQuery, plan_mrr: dict[str, int]) -> Subquery:
             seq.c.currency, seq.c.plan_id, seq.c.paid_at.label("at"), activation_kind(seq.c.paid_at),
             no_text.label("cancellation_kind"), no_text.label("reason_group"), no_int.label("mrr_minor"),
             seq.c.inv_plan_id, seq.c.amount_minor, no_text.label("prev_plan_id"), no_int.label("prev_amount"),
+            seq.c.first_paid_at.label("activated_at"),
         )
         .select_from(seq.outerjoin(first_churn, first_churn.c.customer_id == seq.c.customer_id))
         .where(seq.c.prev_paid_at.is_(None))
@@ -244,13 +246,14 @@ def subscriber_events(q: ReportQuery, plan_mrr: dict[str, int]) -> Subquery:
         seq.c.currency, seq.c.plan_id, seq.c.paid_at.label("at"), literal("change").label("kind"),
         no_text.label("cancellation_kind"), no_text.label("reason_group"), no_int.label("mrr_minor"),
         seq.c.inv_plan_id, seq.c.amount_minor, seq.c.prev_plan_id, seq.c.prev_amount,
+        seq.c.first_paid_at.label("activated_at"),
     ).where(seq.c.prev_paid_at.is_not(None), or_(seq.c.amount_minor != seq.c.prev_amount,
                                                   seq.c.inv_plan_id != seq.c.prev_plan_id))
     churns = select(
         seq.c.currency, seq.c.plan_id, seq.c.ended_at.label("at"), literal("churn").label("kind"),
         seq.c.cancellation_kind, reason_group(seq.c.cancellation_reason).label("reason_group"),
         no_int.label("mrr_minor"), seq.c.inv_plan_id, seq.c.amount_minor, no_text.label("prev_plan_id"),
-        no_int.label("prev_amount"),
+        no_int.label("prev_amount"), seq.c.first_paid_at.label("activated_at"),
     ).where(churn_where, seq.c.ended_at < ts(q.end))
     # subscriptions that ended before any payment counted (canceled trials, failed first charges):
     # not churn, reported on their own
@@ -259,7 +262,7 @@ def subscriber_events(q: ReportQuery, plan_mrr: dict[str, int]) -> Subquery:
             plans.c.currency, sub.c.plan_id, sub.c.ended_at.label("at"), literal("ended_unpaid").label("kind"),
             sub.c.cancellation_kind, no_text.label("reason_group"), no_int.label("mrr_minor"),
             no_text.label("inv_plan_id"), no_int.label("amount_minor"), no_text.label("prev_plan_id"),
-            no_int.label("prev_amount"),
+            no_int.label("prev_amount"), sub.c.activated_at,
         )
         .select_from(sub.join(plans, plans.c.id == sub.c.plan_id)
                      .outerjoin(facts, facts.c.subscription_id == sub.c.id))
@@ -279,8 +282,12 @@ def subscriber_event_totals(q: ReportQuery, plan_mrr: dict[str, int]) -> Any:
     """Count :func:`subscriber_events` per (currency, plan, period, kind, cancellation kind,
     reason, MRR or billed price) -- a few hundred rows, whatever the number of subscriptions."""
     ev = subscriber_events(q, plan_mrr)
+    periods = q.periods()
+    # ab: the period the subscription was activated in (-1 before the range). A churn or price
+    # change with ab < b is one of a subscriber active at the period start (revenue retention)
+    existing = case((ev.c.kind.in_(("churn", "change")), bucket(ev.c.activated_at, periods)), else_=literal(-1))
     inner = select(
-        ev.c.currency, ev.c.plan_id, bucket(ev.c.at, q.periods()).label("b"), ev.c.kind,
+        ev.c.currency, ev.c.plan_id, bucket(ev.c.at, periods).label("b"), existing.label("ab"), ev.c.kind,
         ev.c.cancellation_kind, ev.c.reason_group, ev.c.mrr_minor, ev.c.inv_plan_id, ev.c.amount_minor,
         ev.c.prev_plan_id, ev.c.prev_amount,
     ).subquery("ev_b")
