@@ -90,9 +90,9 @@ class Recompute:
             if inv.status != "paid" or inv.customer_id not in cohort:
                 continue
             key, i = cohort[inv.customer_id]
-            j = _period(inv.paid_at, self.periods)
-            if j is not None and inv.currency == key[0]:
-                money[(key, i, j)] += inv.amount_paid_minor
+            paid_in = _period(inv.paid_at, self.periods)
+            if paid_in is not None and inv.currency == key[0]:
+                money[(key, i, paid_in)] += inv.amount_paid_minor
         rows = []
         for (key, i) in sorted(size):
             for j in range(i, n):
