@@ -108,12 +108,17 @@ def _axes(ticks: list[int], labels: Sequence[str], *, left: int, top: int, plot_
 
 
 def line_chart(labels: Sequence[str], series: Sequence[Series], *, title: str, width: int = WIDE,
-               fmt: Callable[[int], str] = str) -> str:
+               fmt: Callable[[int], str] = str, gaps: Sequence[Sequence[bool]] = ()) -> str:
+    """``gaps[i][j]`` true: series i has no value at label j (e.g. a rate of nothing); the point
+    is left out."""
     left = LEFT
     legend, top = _layout(series, width, len(series) > 1)
     plot_w, plot_h = width - LEFT - RIGHT, PLOT_H
     height = top + plot_h + BOTTOM
-    values = [v for s in series for v in s.values] or [0]
+    def shown(i: int, j: int) -> bool:
+        return not (i < len(gaps) and j < len(gaps[i]) and gaps[i][j])
+
+    values = [v for i, s in enumerate(series) for j, v in enumerate(s.values) if shown(i, j)] or [0]
     ticks = nice_ticks(min(values), max(values))
     body = [_title(title), *legend,
             f'<rect class="plot-area" x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" fill="none"/>']
@@ -122,12 +127,12 @@ def line_chart(labels: Sequence[str], series: Sequence[Series], *, title: str, w
     n = max(len(labels), 1)
     for i, s in enumerate(series):
         color = s.color or PALETTE[i % len(PALETTE)]
-        pts = [(left + (j + 0.5) * plot_w / n, y(v)) for j, v in enumerate(s.values)]
+        pts = [(j, left + (j + 0.5) * plot_w / n, y(v)) for j, v in enumerate(s.values) if shown(i, j)]
         if pts:
-            path = " ".join(f"{x:.1f},{yy:.1f}" for x, yy in pts)
+            path = " ".join(f"{x:.1f},{yy:.1f}" for _, x, yy in pts)
             body.append(f'<polyline points="{path}" fill="none" stroke="{color}" stroke-width="2.5"/>')
             body += [f'<circle cx="{x:.1f}" cy="{yy:.1f}" r="3" fill="{color}"><title>{escape(labels[j])}: '
-                     f"{escape(fmt(s.values[j]))}</title></circle>" for j, (x, yy) in enumerate(pts)]
+                     f"{escape(fmt(s.values[j]))}</title></circle>" for j, x, yy in pts]
     return _frame(width, height, title, body)
 
 

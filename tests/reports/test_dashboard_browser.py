@@ -102,13 +102,13 @@ def test_dashboard_renders_in_chromium(server: str, name: str, device: dict[str,
             page.click("button[type=submit]")
             page.wait_for_url(f"{server}/dashboard")
             page.goto(f"{server}/dashboard?from={RANGE[0]}&to={RANGE[1]}")
-            assert page.locator("svg polyline:visible").count() == 1  # the MRR line
+            assert page.locator("svg polyline:visible").count() == 3  # the MRR line, GRR and NRR
             assert page.locator("svg rect title").count() > 3  # churn + revenue bars
             geo = page.evaluate(GEOMETRY)
             # the page fits the screen: no sideways scrolling (the wide table scrolls in its own box)
             assert geo["scrollWidth"] <= width, geo["scrollWidth"]
             charts = geo["charts"]
-            assert len(charts) == 3  # one rendering of each chart is shown
+            assert len(charts) == 5  # one rendering of each chart is shown
             for c in charts:
                 assert 0 <= c["left"] and c["right"] <= width, c
                 assert c["width"] > (300 if width < 600 else 500) and c["height"] > 150, c
