@@ -23,12 +23,13 @@ from sqlalchemy import Table, and_, case, cast, func, literal, or_, select
 from sqlalchemy.sql.selectable import Subquery
 from sqlalchemy.types import BigInteger
 
-from billing_engine.models import Event, PaymentAttempt
+from billing_engine.models import Event, PaymentAttempt, ReportFailedInvoice
 from billing_engine.reports.params import ReportQuery
 from billing_engine.reports.sql import invoices, reason_group, subscriptions, ts
 
 attempts: Table = PaymentAttempt.__table__  # type: ignore[attr-defined]
 events: Table = Event.__table__  # type: ignore[attr-defined]
+failed_table: Table = ReportFailedInvoice.__table__  # type: ignore[attr-defined]
 
 METHODS = ("automatic_retry", "customer_card_update", "card_updater", "admin")
 CARD_CHANGED = "subscription.payment_method_changed"
@@ -43,23 +44,30 @@ def seconds_between(conn: Any, a: Any, b: Any) -> Any:
     return cast(func.round((func.julianday(b) - func.julianday(a)) * 86400.0), BigInteger)
 
 
-def failed_invoices(conn: Any, q: ReportQuery) -> Subquery:
-    """The failed invoices whose first failure is in ``[q.start, q.end)``, with their outcome and
-    recovery method as of ``q.end``. Columns: invoice_id, currency, plan_id, amount_minor,
-    first_failed_at, decline_code, decline_kind, outcome, paid_minor, method, seconds,
-    cancellation_kind, reason_group."""
-    att, inv, sub, ev = attempts, invoices, subscriptions, events
+def failed_invoice_rows(conn: Any, only_invoices: Any = None, only_subscriptions: Any = None) -> Any:
+    """The raw facts of every invoice with a failed attempt (optionally only these invoice /
+    subscription ids): the rows of the ``report_failed_invoices`` rollup. Columns:
+    invoice_id, subscription_id, currency, plan_id, amount_minor, first_failed_at,
+    decline_code, decline_kind, status, paid_at, closed_at, paid_minor, method (what
+    recovered a paid one), seconds (first failure to payment)."""
+    att, inv, ev = attempts, invoices, events
+    scope = []
+    if only_invoices is not None and only_subscriptions is not None:
+        scope = [or_(att.c.invoice_id.in_(only_invoices), att.c.subscription_id.in_(only_subscriptions))]
+    elif only_invoices is not None:
+        scope = [att.c.invoice_id.in_(only_invoices)]
+    elif only_subscriptions is not None:
+        scope = [att.c.subscription_id.in_(only_subscriptions)]
     first_no = (select(att.c.invoice_id, func.min(att.c.attempt_number).label("n"))
-                .where(att.c.status == "failed").group_by(att.c.invoice_id).subquery("first_fail_no"))
+                .where(att.c.status == "failed", *scope).group_by(att.c.invoice_id).subquery("first_fail_no"))
     first = (
         select(att.c.invoice_id, att.c.subscription_id, att.c.completed_at.label("failed_at"), att.c.decline_code,
                att.c.decline_kind)
         .select_from(att.join(first_no, and_(first_no.c.invoice_id == att.c.invoice_id,
                                              first_no.c.n == att.c.attempt_number)))
-        .where(att.c.completed_at >= ts(q.start), att.c.completed_at < ts(q.end))
         .subquery("first_fail")
     )
-    paid = and_(inv.c.status == "paid", inv.c.paid_at < ts(q.end))
+    paid = inv.c.status == "paid"
     ok = (select(att.c.invoice_id, att.c.payment_method_id).where(att.c.status == "succeeded")
           .subquery("paid_attempt"))
     window = and_(ev.c.occurred_at > first.c.failed_at, ev.c.occurred_at <= inv.c.paid_at)
@@ -73,37 +81,58 @@ def failed_invoices(conn: Any, q: ReportQuery) -> Subquery:
     updater_at = last(ev.c.type == CARD_UPDATED, ev.c.actor == CARD_UPDATER_ACTOR,
                       ev.c.customer_id == inv.c.customer_id,
                       ev.c.payload.like(literal('%"payment_method_id": "') + ok.c.payment_method_id + literal('"%')))
-    base = (
+    b = (
         select(
-            inv.c.id.label("invoice_id"), inv.c.currency, inv.c.plan_id, inv.c.amount_minor,
+            inv.c.id.label("invoice_id"), inv.c.subscription_id, inv.c.currency, inv.c.plan_id, inv.c.amount_minor,
             first.c.failed_at.label("first_failed_at"), first.c.decline_code, first.c.decline_kind,
-            case((paid, "recovered"),
-                 (and_(inv.c.status.in_(("uncollectible", "void")), inv.c.closed_at < ts(q.end)), "lost"),
-                 else_="in_dunning").label("outcome"),
+            inv.c.status, inv.c.paid_at, inv.c.closed_at,
             case((paid, inv.c.amount_paid_minor), else_=0).label("paid_minor"),
             case((paid, admin_at)).label("admin_at"),
             case((paid, customer_at)).label("customer_at"),
             case((paid, updater_at)).label("updater_at"),
             case((paid, seconds_between(conn, first.c.failed_at, inv.c.paid_at))).label("seconds"),
-            sub.c.cancellation_kind, reason_group(sub.c.cancellation_reason).label("reason_group"),
         )
-        .select_from(first.join(inv, inv.c.id == first.c.invoice_id)
-                     .join(sub, sub.c.id == inv.c.subscription_id)
-                     .outerjoin(ok, ok.c.invoice_id == inv.c.id))
+        .select_from(first.join(inv, inv.c.id == first.c.invoice_id).outerjoin(ok, ok.c.invoice_id == inv.c.id))
+        .where(first.c.failed_at.is_not(None))
         .subquery("failed_base")
     )
-    b = base
 
     def latest(x: Any, *others: Any) -> Any:
         return and_(x.is_not(None), *[or_(o.is_(None), x >= o) for o in others])
 
     method = case(
-        (b.c.outcome != "recovered", None),
+        (b.c.status != "paid", None),
         (latest(b.c.admin_at, b.c.customer_at, b.c.updater_at), "admin"),
         (latest(b.c.customer_at, b.c.updater_at), "customer_card_update"),
         (b.c.updater_at.is_not(None), "card_updater"),
         else_="automatic_retry",
     )
-    return select(b.c.invoice_id, b.c.currency, b.c.plan_id, b.c.amount_minor, b.c.first_failed_at,
-                  b.c.decline_code, b.c.decline_kind, b.c.outcome, b.c.paid_minor, method.label("method"),
-                  b.c.seconds, b.c.cancellation_kind, b.c.reason_group).subquery("failed_invoices")
+    return select(b.c.invoice_id, b.c.subscription_id, b.c.currency, b.c.plan_id, b.c.amount_minor,
+                  b.c.first_failed_at, b.c.decline_code, b.c.decline_kind, b.c.status, b.c.paid_at, b.c.closed_at,
+                  b.c.paid_minor, method.label("method"), b.c.seconds)
+
+
+def failed_invoices(conn: Any, q: ReportQuery) -> Subquery:
+    """The failed invoices whose first failure is in ``[q.start, q.end)``, read from the
+    ``report_failed_invoices`` rollup (see :mod:`billing_engine.reports.rollups`), with their
+    outcome as of ``q.end``. Columns: invoice_id, currency, plan_id, amount_minor,
+    first_failed_at, decline_code, decline_kind, outcome, paid_minor, method, seconds,
+    cancellation_kind, reason_group."""
+    f, sub = failed_table, subscriptions
+    paid = and_(f.c.status == "paid", f.c.paid_at < ts(q.end))
+    return (
+        select(
+            f.c.invoice_id, f.c.currency, f.c.plan_id, f.c.amount_minor, f.c.first_failed_at, f.c.decline_code,
+            f.c.decline_kind,
+            case((paid, "recovered"),
+                 (and_(f.c.status.in_(("uncollectible", "void")), f.c.closed_at < ts(q.end)), "lost"),
+                 else_="in_dunning").label("outcome"),
+            case((paid, f.c.paid_minor), else_=0).label("paid_minor"),
+            case((paid, f.c.method)).label("method"),
+            case((paid, f.c.seconds)).label("seconds"),
+            sub.c.cancellation_kind, reason_group(sub.c.cancellation_reason).label("reason_group"),
+        )
+        .select_from(f.join(sub, sub.c.id == f.c.subscription_id))
+        .where(f.c.first_failed_at >= ts(q.start), f.c.first_failed_at < ts(q.end))
+        .subquery("failed_invoices")
+    )

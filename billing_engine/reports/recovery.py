@@ -22,6 +22,7 @@ from typing import Any
 from sqlalchemy import func, literal, select
 from sqlalchemy.engine import Engine
 
+from billing_engine.reports import rollups
 from billing_engine.reports.dunning_facts import METHODS, failed_invoices
 from billing_engine.reports.model import Column, Report, group_columns, is_blank, period_columns, rate
 from billing_engine.reports.params import ReportQuery
@@ -80,6 +81,7 @@ def funnel_columns(by: str | None) -> tuple[Column, ...]:
 
 def _totals(engine: Engine, q: ReportQuery, extra: Callable[[Any], list[Any]]) -> tuple[list[Any], dict[str, str]]:
     """The failed invoices counted per (currency, plan, period, outcome, method, ...extra)."""
+    rollups.refresh(engine)  # the rollups read below are brought up to date first
     with engine.connect() as conn:
         tune(conn)
         codes = plan_codes(conn)

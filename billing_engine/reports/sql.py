@@ -29,13 +29,14 @@ from sqlalchemy import (
 )
 from sqlalchemy.sql.selectable import CTE, Subquery
 
-from billing_engine.models import Invoice, Plan, Refund, Subscription, UTCDateTime
+from billing_engine.models import Invoice, Plan, Refund, ReportOffPrice, Subscription, UTCDateTime
 from billing_engine.reports.params import ReportQuery
 
 invoices: Table = Invoice.__table__  # type: ignore[attr-defined]
 subscriptions: Table = Subscription.__table__  # type: ignore[attr-defined]
 plans: Table = Plan.__table__  # type: ignore[attr-defined]
 refunds: Table = Refund.__table__  # type: ignore[attr-defined]
+off_price_rollup: Table = ReportOffPrice.__table__  # type: ignore[attr-defined]
 
 INVOLUNTARY_GROUPS = ("payment_failed", "hard_decline", "dispute", "card_expired", "other")
 
@@ -83,19 +84,20 @@ def subscription_summary(q: ReportQuery, only: Any = None) -> Subquery:
     return stmt.group_by(inv.c.subscription_id).subquery("sub_summary")
 
 
-def off_price_subscriptions() -> Any:
+def off_price_subscriptions(only: Any = None) -> Any:
     """Subscriptions with a paid invoice NOT billed at their own plan's price (another plan,
     amount or currency): a price change. The engine never bills one today (a plan's price
     cannot change while it has subscribers), but the reports stay exact if it happens: these
     go through the per-invoice path. A filtered scan of the invoices, no aggregation."""
     inv, sub = invoices, subscriptions
-    return (
+    stmt = (
         select(inv.c.subscription_id)
         .select_from(inv.join(sub, sub.c.id == inv.c.subscription_id).join(plans, plans.c.id == sub.c.plan_id))
         .where(inv.c.status == "paid", or_(inv.c.plan_id != sub.c.plan_id, inv.c.amount_minor != plans.c.amount_minor,
                                             inv.c.currency != plans.c.currency))
         .distinct()
     )
+    return stmt if only is None else stmt.where(inv.c.subscription_id.in_(only))
 
 
 def paid_sequence(q: ReportQuery, facts: Any) -> CTE:
@@ -168,7 +170,7 @@ def subscriber_events(q: ReportQuery, plan_mrr: dict[str, int]) -> Subquery:
     through :func:`subscription_summary` and the per-invoice window of :func:`paid_sequence`.
     """
     sub = subscriptions
-    off_price = off_price_subscriptions().cte("off_price")
+    off_price = select(off_price_rollup.c.subscription_id).cte("off_price")  # rollups.refresh keeps it
     expected_mrr = case(*[(sub.c.plan_id == pid, literal(m, BigInteger)) for pid, m in sorted(plan_mrr.items())],
                         else_=literal(-1, BigInteger)) if plan_mrr else literal(-1, BigInteger)
     on_price = ~sub.c.id.in_(select(off_price.c.subscription_id))
