@@ -103,5 +103,17 @@ _command("recovery", "Failed payments recovered, by what recovered them (automat
 _command("funnel", "Involuntary churn funnel per decline code: failed -> recovered / still in dunning / lost (by reason).")
 
 
+@report_app.command("refresh", help="Bring the report rollups up to date now (reports also do it themselves); "
+                                   "--rebuild recomputes them from the raw tables.")
+@handle_errors
+def refresh_cmd(rebuild: bool = typer.Option(False, "--rebuild", help="Recompute every rollup from scratch.")) -> None:
+    from billing_engine.reports import rollups
+
+    r = rollups.refresh(engine(), rebuild=rebuild)
+    what = ("rebuilt" if r.rebuilt else
+            f"folded in the events after #{r.from_event_id} (watermark now #{r.to_event_id})")
+    console.print(f"report rollups {what}")
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(report_app, name="report")

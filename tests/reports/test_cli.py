@@ -67,3 +67,12 @@ def test_bad_options_fail_with_one_line(sqlite_engine: Engine, monkeypatch: pyte
         get_settings.cache_clear()
     assert res.exit_code == 2
     assert needle in res.output and "Traceback" not in res.output
+
+
+def test_report_refresh_builds_then_folds_in(cli_db: Engine) -> None:
+    res = runner.invoke(app, ["report", "refresh"])
+    assert res.exit_code == 0 and "rebuilt" in res.stdout, res.output
+    res = runner.invoke(app, ["report", "refresh"])
+    assert res.exit_code == 0 and "folded in the events after" in res.stdout, res.output
+    res = runner.invoke(app, ["report", "refresh", "--rebuild"])
+    assert res.exit_code == 0 and "rebuilt" in res.stdout, res.output
