@@ -480,6 +480,15 @@ class ReportOffPrice(SQLModel, table=True):
     subscription_id: str = Field(primary_key=True, max_length=40)
 
 
+class ReportCustomerFirstPaid(SQLModel, table=True):
+    """Each customer's first payment ever: the smallest paid_at of their paid invoices (rollup)."""
+
+    __tablename__ = "report_customer_first_paid"
+
+    customer_id: str = Field(primary_key=True, max_length=40)
+    first_paid_at: datetime = _ts()
+
+
 class ReportFailedInvoice(SQLModel, table=True):
     """One row per invoice with a failed payment (rollup of invoices, attempts, events)."""
 

@@ -21,6 +21,8 @@ Rollups:
 - ``report_off_price``: subscriptions with a paid invoice NOT billed at their own plan's
   price, plan or currency (:func:`sql.off_price_subscriptions`) -- the only ones the MRR
   timelines read invoice by invoice;
+- ``report_customer_first_paid``: each customer's first payment ever -- revenue's new
+  customers without aggregating every invoice since the beginning;
 - ``report_failed_invoices``: one row per invoice with a failed attempt
   (:func:`dunning_facts.failed_invoice_rows`) -- the recovery and funnel reports.
 
@@ -37,12 +39,22 @@ from typing import Any
 from sqlalchemy import Table, delete, func, insert, select, union
 from sqlalchemy.engine import Connection, Engine
 
-from billing_engine.models import ReportOffPrice, ReportRollupState
+from billing_engine.models import ReportCustomerFirstPaid, ReportOffPrice, ReportRollupState
 from billing_engine.reports.dunning_facts import events, failed_invoice_rows, failed_table
-from billing_engine.reports.sql import off_price_subscriptions
+from billing_engine.reports.sql import invoices, off_price_subscriptions
+
+
+def first_paid_rows(only: Any = None) -> Any:
+    """customer_id, first_paid_at: the smallest paid_at of each customer's paid invoices."""
+    inv = invoices
+    stmt = select(inv.c.customer_id, func.min(inv.c.paid_at).label("first_paid_at")).where(inv.c.status == "paid")
+    if only is not None:
+        stmt = stmt.where(inv.c.customer_id.in_(only))
+    return stmt.group_by(inv.c.customer_id)
 
 state_table: Table = ReportRollupState.__table__  # type: ignore[attr-defined]
 off_price_table: Table = ReportOffPrice.__table__  # type: ignore[attr-defined]
+first_paid_table: Table = ReportCustomerFirstPaid.__table__  # type: ignore[attr-defined]
 
 NAME = "events"
 LAG = timedelta(minutes=10)
@@ -64,6 +76,8 @@ def _lock(conn: Connection) -> None:
 def _rebuild(conn: Connection) -> None:
     conn.execute(delete(off_price_table))
     conn.execute(insert(off_price_table).from_select(["subscription_id"], off_price_subscriptions()))
+    conn.execute(delete(first_paid_table))
+    conn.execute(insert(first_paid_table).from_select(["customer_id", "first_paid_at"], first_paid_rows()))
     rows = failed_invoice_rows(conn)
     conn.execute(delete(failed_table))
     conn.execute(insert(failed_table).from_select([c.name for c in rows.selected_columns], rows))
@@ -75,7 +89,11 @@ def _fold(conn: Connection, after: int) -> None:
     new = ev.c.id > after
     subs = select(ev.c.subscription_id).where(new, ev.c.subscription_id.is_not(None)).distinct().subquery("subs")
     invs = select(ev.c.invoice_id).where(new, ev.c.invoice_id.is_not(None)).distinct().subquery("invs")
+    custs = select(ev.c.customer_id).where(new, ev.c.customer_id.is_not(None)).distinct().subquery("custs")
     sub_ids, inv_ids = select(subs.c.subscription_id), select(invs.c.invoice_id)
+    cust_ids = select(custs.c.customer_id)
+    conn.execute(delete(first_paid_table).where(first_paid_table.c.customer_id.in_(cust_ids)))
+    conn.execute(insert(first_paid_table).from_select(["customer_id", "first_paid_at"], first_paid_rows(cust_ids)))
     if conn.execute(select(func.count()).where(new, ev.c.type.like("plan.%"))).scalar_one():
         conn.execute(delete(off_price_table))
         conn.execute(insert(off_price_table).from_select(["subscription_id"], off_price_subscriptions()))
@@ -121,6 +139,11 @@ def differences(engine: Engine) -> list[str]:
         want = {r[0] for r in conn.execute(off_price_subscriptions())}
         if have != want:
             out.append(f"report_off_price: missing {sorted(want - have)[:5]}, extra {sorted(have - want)[:5]}")
+        have_first = {r[0]: r[1] for r in conn.execute(select(first_paid_table))}
+        want_first = {r[0]: r[1] for r in conn.execute(first_paid_rows())}
+        if have_first != want_first:
+            diff = sorted(k for k in set(have_first) | set(want_first) if have_first.get(k) != want_first.get(k))
+            out.append(f"report_customer_first_paid differs for {diff[:5]}")
         cols = [c.name for c in failed_table.c]
 
         def norm(r: Any) -> tuple[Any, ...]:

@@ -6,6 +6,7 @@ table (docs/reports.md, "Rollups"). Nothing in the charge pipeline writes them.
 - report_off_price: subscriptions with a paid invoice billed at another plan, amount or
   currency than their plan's (a price or plan change) -- the per-invoice path of the MRR
   timelines; every other subscription is read off its own row;
+- report_customer_first_paid: each customer's first payment ever (revenue: new customers);
 - report_failed_invoices: one row per invoice with a failed payment: first failure,
   decline code, status, payment and what recovered it (recovery / funnel reports).
 
@@ -35,6 +36,12 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint('subscription_id'),
     )
     op.create_table(
+        'report_customer_first_paid',
+        sa.Column('customer_id', sa.String(length=40), nullable=False),
+        sa.Column('first_paid_at', sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint('customer_id'),
+    )
+    op.create_table(
         'report_failed_invoices',
         sa.Column('invoice_id', sa.String(length=40), nullable=False),
         sa.Column('subscription_id', sa.String(length=40), nullable=False),
@@ -59,5 +66,6 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table('report_failed_invoices')
+    op.drop_table('report_customer_first_paid')
     op.drop_table('report_off_price')
     op.drop_table('report_rollup_state')
