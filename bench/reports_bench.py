@@ -241,6 +241,14 @@ def main() -> None:
         generate(engine, args.subscriptions)
         print(f"generated in {time.perf_counter() - t0:.1f} s")
     print("rows:", ", ".join(f"{k} {v:,}" for k, v in counts(engine).items()))
+    from billing_engine.reports import rollups
+
+    t0 = time.perf_counter()
+    r = rollups.refresh(engine, rebuild=not args.reuse)
+    print(f"report rollups {'built' if r.rebuilt else 'refreshed'} in {time.perf_counter() - t0:.1f} s")
+    t0 = time.perf_counter()
+    rollups.refresh(engine)
+    print(f"report rollups refresh with nothing new: {time.perf_counter() - t0:.3f} s")
     now = datetime(2026, 1, 15, tzinfo=UTC)
     print(f"\nreports over {REPORT_FROM} .. {REPORT_TO} (12 months), seconds (first run / best of {args.repeat}):")
     for by in ("plan", None):

@@ -13,7 +13,7 @@ Ids are given at INSERT, rows become visible at COMMIT, so a transaction still o
 hold an id below one already seen. The watermark therefore only advances over events
 recorded (wall clock) more than ``lag`` ago -- newer ones are folded in again on every
 refresh, which is harmless (recomputing a key is idempotent). A transaction that writes
-events and stays open longer than ``lag`` (default 10 minutes; batches settle in seconds) is
+events and stays open longer than ``lag`` (default 2 minutes; a batch settles in well under a second) is
 the one case this misses; ``rebuild`` (``billing report refresh --rebuild``) starts over.
 
 Rollups:
@@ -57,7 +57,7 @@ off_price_table: Table = ReportOffPrice.__table__  # type: ignore[attr-defined]
 first_paid_table: Table = ReportCustomerFirstPaid.__table__  # type: ignore[attr-defined]
 
 NAME = "events"
-LAG = timedelta(minutes=10)
+LAG = timedelta(minutes=2)
 LOCK_KEY = 0x7265706F7274  # pg_advisory_xact_lock: one refresh at a time
 
 
