@@ -28,7 +28,7 @@ from sqlalchemy.engine import Engine, make_url  # noqa: E402
 
 from billing_engine.db import current_revision, head_revision, make_engine, upgrade  # noqa: E402
 from billing_engine.periods import Interval, monthly_amount  # noqa: E402
-from billing_engine.reports import build_query, run_report  # noqa: E402
+from billing_engine.reports import REPORTS, build_query, run_report  # noqa: E402
 
 START = "2024-01-01"  # subscriptions start between START and END
 END = "2026-01-01"
@@ -213,6 +213,7 @@ def main() -> None:
     ap.add_argument("--database", default="billing_bench")
     ap.add_argument("--reuse", action="store_true", help="keep the existing data; only time the reports")
     ap.add_argument("--repeat", type=int, default=2, help="runs per report (best and first are printed)")
+    ap.add_argument("--reports", default="", help="comma-separated report names (default: every report)")
     ap.add_argument("--explain", action="store_true", help="print EXPLAIN ANALYZE of the subscriber query")
     args = ap.parse_args()
     if not args.database.replace("_", "").isalnum():
@@ -240,11 +241,19 @@ def main() -> None:
         generate(engine, args.subscriptions)
         print(f"generated in {time.perf_counter() - t0:.1f} s")
     print("rows:", ", ".join(f"{k} {v:,}" for k, v in counts(engine).items()))
+    from billing_engine.reports import rollups
+
+    t0 = time.perf_counter()
+    r = rollups.refresh(engine, rebuild=not args.reuse)
+    print(f"report rollups {'built' if r.rebuilt else 'refreshed'} in {time.perf_counter() - t0:.1f} s")
+    t0 = time.perf_counter()
+    rollups.refresh(engine)
+    print(f"report rollups refresh with nothing new: {time.perf_counter() - t0:.3f} s")
     now = datetime(2026, 1, 15, tzinfo=UTC)
     print(f"\nreports over {REPORT_FROM} .. {REPORT_TO} (12 months), seconds (first run / best of {args.repeat}):")
     for by in ("plan", None):
         q = build_query(start=REPORT_FROM, end=REPORT_TO, by=by, now=now)
-        for name in ("churn", "revenue", "mrr", "segments"):
+        for name in args.reports.split(",") if args.reports else REPORTS:
             times, rows = [], 0
             for _ in range(max(1, args.repeat)):
                 t0 = time.perf_counter()

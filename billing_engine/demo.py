@@ -9,7 +9,7 @@ runs the same ``run_cycle`` that ``billing run-cycle`` runs. Returns monthly fig
 from __future__ import annotations
 
 import json
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -27,6 +27,7 @@ from billing_engine.errors import BillingError
 from billing_engine.gateway.fake import FakeGateway
 from billing_engine.models import Customer, Notification, Subscription
 from billing_engine.money import Money
+from billing_engine.reports import build_query, churn_report
 from billing_engine.settings import Settings
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
@@ -143,6 +144,38 @@ def run_demo(
             select(Subscription.status, func.count()).group_by(Subscription.status)).all()}
         notes = int(s.exec(select(func.count()).select_from(Notification)).one())
     return DemoResult(months=list(figures.values()), statuses=statuses, notifications=notes, log=log)
+
+
+MONTH_COLUMNS = ("month", "sign-ups", "new subscribers", "charges paid", "soft declines", "hard declines",
+                 "voluntary churn", "involuntary churn", "ended unpaid")
+
+
+def report_range(start: datetime, months: int) -> tuple[str, str]:
+    """The demo's range as report dates: first day .. last day (inclusive)."""
+    return str(start.date()), str((_add_months(start, months) - timedelta(days=1)).date())
+
+
+def month_by_month(engine: Engine, result: DemoResult, *, start: datetime, months: int) -> list[dict[str, Any]]:
+    """One row per month. The run-cycle's own counters keep their own names (sign-ups,
+    charges paid, declines); the subscriber figures -- new subscribers, voluntary and
+    involuntary churn, ended unpaid (canceled trials, first charges that never succeeded:
+    not churn) -- come from the monthly churn report itself (every currency added up), so the
+    table uses the reports' definitions and adds up to the totals printed under it."""
+    first, last = report_range(start, months)
+    q = build_query(start=first, end=last, period="month", now=start)
+    churn: dict[str, Counter[str]] = defaultdict(Counter)
+    for r in churn_report(engine, q).rows:
+        c = churn[r["period_start"].strftime("%Y-%m")]
+        for k in ("new", "voluntary", "involuntary", "ended_unpaid"):
+            c[k] += int(r[k])
+    rows = []
+    for m in result.months:
+        c = churn.get(m.month, Counter())
+        rows.append({"month": m.month, "sign-ups": m.new, "new subscribers": c["new"], "charges paid": m.succeeded,
+                     "soft declines": m.declined_soft, "hard declines": m.declined_hard,
+                     "voluntary churn": c["voluntary"], "involuntary churn": c["involuntary"],
+                     "ended unpaid": c["ended_unpaid"], "collected": dict(m.collected), "live": m.active_at_end})
+    return rows
 
 
 def _add_months(start: datetime, months: int) -> datetime:

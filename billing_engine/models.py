@@ -532,4 +532,52 @@ class RateBucket(SQLModel, table=True):
     updated_at: float = Field(sa_type=Float)  # wall-clock seconds since the epoch
 
 
+class ReportRollupState(SQLModel, table=True):
+    """How far a report rollup has folded in the events table (``reports/rollups.py``)."""
+
+    __tablename__ = "report_rollup_state"
+
+    name: str = Field(primary_key=True, max_length=40)
+    last_event_id: int = Field(sa_type=BigInteger)
+    refreshed_at: datetime = _ts()
+
+
+class ReportOffPrice(SQLModel, table=True):
+    """Subscriptions with a paid invoice not billed at their own plan's price (rollup)."""
+
+    __tablename__ = "report_off_price"
+
+    subscription_id: str = Field(primary_key=True, max_length=40)
+
+
+class ReportCustomerFirstPaid(SQLModel, table=True):
+    """Each customer's first payment ever: the smallest paid_at of their paid invoices (rollup)."""
+
+    __tablename__ = "report_customer_first_paid"
+
+    customer_id: str = Field(primary_key=True, max_length=40)
+    first_paid_at: datetime = _ts()
+
+
+class ReportFailedInvoice(SQLModel, table=True):
+    """One row per invoice with a failed payment (rollup of invoices, attempts, events)."""
+
+    __tablename__ = "report_failed_invoices"
+
+    invoice_id: str = Field(primary_key=True, max_length=40)
+    subscription_id: str = Field(max_length=40, index=True)
+    currency: str = Field(max_length=3)
+    plan_id: str = Field(max_length=40)
+    amount_minor: int = _money()
+    first_failed_at: datetime = _ts(index=True)
+    decline_code: str | None = Field(default=None, max_length=80)
+    decline_kind: str | None = Field(default=None, max_length=10)
+    status: str = Field(max_length=20)
+    paid_at: datetime | None = _ts(default=None)
+    closed_at: datetime | None = _ts(default=None)
+    paid_minor: int = _money()
+    method: str | None = Field(default=None, max_length=30)
+    seconds: int | None = Field(default=None, sa_type=BigInteger)
+
+
 __all__ = [n for n in dir() if not n.startswith("_")]

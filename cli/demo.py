@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from billing_engine.db import make_engine, upgrade
-from billing_engine.demo import FIXTURES, run_demo
+from billing_engine.demo import FIXTURES, MONTH_COLUMNS, month_by_month, report_range, run_demo
 from billing_engine.errors import ValidationError
 from billing_engine.money import format_minor
 from billing_engine.periods import parse_datetime
@@ -64,26 +64,23 @@ def register(app: typer.Typer) -> None:
                               fixtures=fixtures_dir,
                               on_day=lambda d, _s: status.update(f"simulating {d.date()} ..."))
         currencies = sorted({c for m in result.months for c in m.collected})
-        t = Table(title="Month by month (collected in major units)")
-        for col in ("month", "new", "paid", "soft decl.", "hard decl.", "invol. churn", "ended", *currencies, "live"):
+        t = Table(title="Month by month (new subscribers and churn as in `billing report churn`; "
+                        "collected in major units)")
+        for col in (*MONTH_COLUMNS, *currencies, "live"):
             t.add_column(col, justify="left" if col == "month" else "right")
-        for m in result.months:
-            t.add_row(m.month, str(m.new), str(m.succeeded), str(m.declined_soft), str(m.declined_hard),
-                      str(m.canceled_involuntary), str(m.cancellations_effective),
-                      *[format_minor(m.collected.get(c, 0), c) for c in currencies], str(m.active_at_end))
+        for row in month_by_month(engine, result, start=start_at, months=months):
+            t.add_row(*[str(row[c]) for c in MONTH_COLUMNS],
+                      *[format_minor(row["collected"].get(c, 0), c) for c in currencies], str(row["live"]))
         console.print(t)
         console.print("subscriptions by status: " + ", ".join(f"{k}={v}" for k, v in sorted(result.statuses.items())))
         sent = len(list(mail_dir.glob("*.eml"))) if mail_dir.exists() else 0
         console.print(f"e-mails: {result.notifications} queued, {sent} delivered to {mail_dir}/ "
                       "(reminders, receipts, payment failures, cancellation confirmations)")
-        from datetime import timedelta
-
-        from billing_engine.periods import Interval, boundary
         from billing_engine.reports import build_query, churn_report, revenue_report
 
-        last_day = (boundary(start_at, Interval.MONTH, 1, months) - timedelta(days=1)).date()
-        q = build_query(start=str(start_at.date()), end=str(last_day), period="all", now=start_at)
-        console.print(f"\n[bold]Reports[/] for {start_at.date()} .. {last_day} (the same as `billing report ...`):")
+        first_day, last_day = report_range(start_at, months)
+        q = build_query(start=first_day, end=last_day, period="all", now=start_at)
+        console.print(f"\n[bold]Reports[/] for {first_day} .. {last_day} (the same as `billing report ...`):")
         churn = {r["currency"]: r for r in churn_report(engine, q).rows}
         revenue = {r["currency"]: r for r in revenue_report(engine, q).rows}
         rt = Table(title="Churn and revenue (voluntary = the customer chose to leave; involuntary = payment failed)")

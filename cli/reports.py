@@ -1,4 +1,5 @@
-"""`billing report churn|revenue|mrr|segments` -- the finance exports (docs/reports.md)."""
+"""`billing report churn|revenue|mrr|segments|cohorts|retention|recovery|funnel` -- the finance
+exports (docs/reports.md)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from billing_engine.settings import get_settings
 from cli.common import console, engine, fail, handle_errors
 
 report_app = typer.Typer(
-    help="Finance reports: churn, revenue, MRR, customer segments (table, CSV, JSON, XLSX).",
+    help="Finance reports: churn, revenue, MRR, segments, cohorts, retention, recovery, funnel "
+         "(table, CSV, JSON, XLSX).",
     no_args_is_help=True,
 )
 
@@ -94,6 +96,23 @@ _command("churn", "Subscribers at period start, new, voluntary / involuntary chu
 _command("revenue", "Gross collected, refunds, net, paying / new / returning customers per period and currency.")
 _command("mrr", "MRR at period start and end with its movements: new, reactivation, expansion, contraction, churn.")
 _command("segments", "Customers by lifetime value (BILLING_SEGMENT_THRESHOLDS_MINOR) and by plan tier, as of --to.")
+_command("cohorts", "Customers by period of first payment x periods since: retained customers and their revenue.")
+_command("retention", "Gross and net revenue retention (GRR / NRR) of the subscribers at each period start.")
+_command("recovery", "Failed payments recovered, by what recovered them (automatic retry, the customer's new card, "
+                     "the card updater, an admin): recovery rate and days to recovery.")
+_command("funnel", "Involuntary churn funnel per decline code: failed -> recovered / still in dunning / lost (by reason).")
+
+
+@report_app.command("refresh", help="Bring the report rollups up to date now (reports also do it themselves); "
+                                   "--rebuild recomputes them from the raw tables.")
+@handle_errors
+def refresh_cmd(rebuild: bool = typer.Option(False, "--rebuild", help="Recompute every rollup from scratch.")) -> None:
+    from billing_engine.reports import rollups
+
+    r = rollups.refresh(engine(), rebuild=rebuild)
+    what = ("rebuilt" if r.rebuilt else
+            f"folded in the events after #{r.from_event_id} (watermark now #{r.to_event_id})")
+    console.print(f"report rollups {what}")
 
 
 def register(app: typer.Typer) -> None:

@@ -95,3 +95,20 @@ def test_churn_report_counts_the_demo_cancellations_by_kind(year) -> None:  # ty
     involuntary = sum(r["involuntary"] for r in report.rows)
     assert voluntary == len([x for x in churned if x.cancellation_kind == "voluntary"]) > 0
     assert involuntary == len([x for x in churned if x.cancellation_kind == "involuntary"]) > 0
+
+
+def test_the_month_by_month_table_uses_the_reports_definitions(year) -> None:  # type: ignore[no-untyped-def]
+    from billing_engine.demo import month_by_month, report_range
+    from billing_engine.reports import build_query, churn_report
+
+    engine, _gw, result = year
+    rows = month_by_month(engine, result, start=START, months=12)
+    first, last = report_range(START, 12)
+    total = churn_report(engine, build_query(start=first, end=last, period="all", now=START)).rows
+    for column, key in (("new subscribers", "new"), ("voluntary churn", "voluntary"),
+                        ("involuntary churn", "involuntary"), ("ended unpaid", "ended_unpaid")):
+        assert sum(r[column] for r in rows) == sum(r[key] for r in total) > 0, column
+    # sign-ups are a different figure under its own name: canceled trials and never-paid sign-ups
+    # are sign-ups but never new subscribers
+    assert sum(r["sign-ups"] for r in rows) > sum(r["new subscribers"] for r in rows)
+    assert [r["charges paid"] for r in rows] == [m.succeeded for m in result.months]

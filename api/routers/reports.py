@@ -49,7 +49,8 @@ def export_response(report: Any, fmt: str) -> Response:
 @router.get(
     "/v1/reports/{name}",
     responses=admin(),
-    summary="A finance report (churn | revenue | mrr | segments) as JSON, CSV or XLSX",
+    summary="A finance report (churn | revenue | mrr | segments | cohorts | retention | recovery | funnel) "
+    "as JSON, CSV or XLSX",
     description="Amounts: JSON in integer minor units with `currency`; CSV as decimal strings in the "
     "currency's major unit; XLSX as typed decimal cells. `to` is exclusive, except that a bare date "
     "includes that whole day. Definitions: docs/reports.md.",
@@ -58,7 +59,8 @@ def get_report(
     engine: EngineDep,
     settings: SettingsDep,
     now: NowDep,
-    name: Annotated[str, Path(max_length=20, description="churn | revenue | mrr | segments")],
+    name: Annotated[str, Path(max_length=20, description="churn | revenue | mrr | segments | cohorts | retention | "
+                                                         "recovery | funnel")],
     start: FromQ = None,
     to: ToQ = None,
     period: PeriodQ = None,

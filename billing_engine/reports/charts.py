@@ -43,11 +43,44 @@ def nice_ticks(lo: int, hi: int, count: int = 5) -> list[int]:
     return ticks
 
 
+WIDE, NARROW = 720, 360  # viewBox widths: desktop, and phones (the page shows one or the other)
+PLOT_H = 196
+LEFT, RIGHT, BOTTOM = 78, 16, 30
+
+
 def _frame(width: int, height: int, title: str, body: list[str]) -> str:
+    """A responsive chart: only a viewBox (no fixed size), so it scales to its container."""
     t = escape(title)
-    return (f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" width="{width}" '
-            f'height="{height}" role="img" aria-label="{t}" font-family="system-ui, sans-serif" font-size="11">'
+    return (f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" '
+            f'preserveAspectRatio="xMidYMid meet" role="img" aria-label="{t}" '
+            f'font-family="system-ui, sans-serif" font-size="11">'
             f"<title>{t}</title>" + "".join(body) + "</svg>")
+
+
+def _layout(series: Sequence[Series], width: int, show_legend: bool) -> tuple[list[str], int]:
+    """The title, then the legend in rows of its own between the title and the plot (never
+    over either: entries wrap to a new row when the width runs out). Returns the markup and
+    the y where the plot starts."""
+    parts: list[str] = []
+    if not show_legend:
+        return parts, 30
+    x, y = LEFT, 38
+    items = []
+    for i, s in enumerate(series):
+        w = 24 + 7 * len(s.name)
+        if x + w > width - RIGHT and x > LEFT:
+            x, y = LEFT, y + 16
+        color = s.color or PALETTE[i % len(PALETTE)]
+        items.append(f'<rect x="{x}" y="{y - 9}" width="10" height="10" fill="{color}"/>'
+                     f'<text x="{x + 14}" y="{y}" fill="#111827">{escape(s.name)}</text>')
+        x += w
+    parts.append('<g class="legend">' + "".join(items) + "</g>")
+    return parts, y + 14
+
+
+def _title(title: str) -> str:
+    return (f'<text class="chart-title" x="{LEFT}" y="18" font-size="13" font-weight="600" '
+            f'fill="#111827">{escape(title)}</text>')
 
 
 def _axes(ticks: list[int], labels: Sequence[str], *, left: int, top: int, plot_w: int, plot_h: int,
@@ -64,7 +97,7 @@ def _axes(ticks: list[int], labels: Sequence[str], *, left: int, top: int, plot_
         parts.append(f'<text x="{left - 6}" y="{yy + 4:.1f}" text-anchor="end" fill="#374151">{escape(fmt(t))}</text>')
     parts.append(f'<line x1="{left}" y1="{y(0):.1f}" x2="{left + plot_w}" y2="{y(0):.1f}" stroke="#6b7280"/>')
     n = max(len(labels), 1)
-    every = max(1, math.ceil(n / 12))
+    every = max(1, math.ceil(n / max(plot_w // 50, 1)))
     for i, lab in enumerate(labels):
         if i % every:
             continue
@@ -74,44 +107,41 @@ def _axes(ticks: list[int], labels: Sequence[str], *, left: int, top: int, plot_
     return parts, y
 
 
-def _legend(series: Sequence[Series], *, right: int, y: int) -> list[str]:
-    """Legend entries right-aligned so that they end at ``right``."""
-    parts = []
-    x = right - sum(24 + 7 * len(s.name) for s in series)
-    for i, s in enumerate(series):
-        color = s.color or PALETTE[i % len(PALETTE)]
-        parts.append(f'<rect x="{x}" y="{y - 9}" width="10" height="10" fill="{color}"/>')
-        parts.append(f'<text x="{x + 14}" y="{y}" fill="#111827">{escape(s.name)}</text>')
-        x += 24 + 7 * len(s.name)
-    return parts
+def line_chart(labels: Sequence[str], series: Sequence[Series], *, title: str, width: int = WIDE,
+               fmt: Callable[[int], str] = str, gaps: Sequence[Sequence[bool]] = ()) -> str:
+    """``gaps[i][j]`` true: series i has no value at label j (e.g. a rate of nothing); the point
+    is left out."""
+    left = LEFT
+    legend, top = _layout(series, width, len(series) > 1)
+    plot_w, plot_h = width - LEFT - RIGHT, PLOT_H
+    height = top + plot_h + BOTTOM
+    def shown(i: int, j: int) -> bool:
+        return not (i < len(gaps) and j < len(gaps[i]) and gaps[i][j])
 
-
-def line_chart(labels: Sequence[str], series: Sequence[Series], *, title: str, width: int = 720,
-               height: int = 260, fmt: Callable[[int], str] = str) -> str:
-    left, right, top, bottom = 78, 16, 34, 30
-    plot_w, plot_h = width - left - right, height - top - bottom
-    values = [v for s in series for v in s.values] or [0]
+    values = [v for i, s in enumerate(series) for j, v in enumerate(s.values) if shown(i, j)] or [0]
     ticks = nice_ticks(min(values), max(values))
-    body = [f'<text x="{left}" y="16" font-size="13" font-weight="600" fill="#111827">{escape(title)}</text>']
+    body = [_title(title), *legend,
+            f'<rect class="plot-area" x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" fill="none"/>']
     axes, y = _axes(ticks, labels, left=left, top=top, plot_w=plot_w, plot_h=plot_h, fmt=fmt)
     body += axes
     n = max(len(labels), 1)
     for i, s in enumerate(series):
         color = s.color or PALETTE[i % len(PALETTE)]
-        pts = [(left + (j + 0.5) * plot_w / n, y(v)) for j, v in enumerate(s.values)]
+        pts = [(j, left + (j + 0.5) * plot_w / n, y(v)) for j, v in enumerate(s.values) if shown(i, j)]
         if pts:
-            path = " ".join(f"{x:.1f},{yy:.1f}" for x, yy in pts)
+            path = " ".join(f"{x:.1f},{yy:.1f}" for _, x, yy in pts)
             body.append(f'<polyline points="{path}" fill="none" stroke="{color}" stroke-width="2.5"/>')
             body += [f'<circle cx="{x:.1f}" cy="{yy:.1f}" r="3" fill="{color}"><title>{escape(labels[j])}: '
-                     f"{escape(fmt(s.values[j]))}</title></circle>" for j, (x, yy) in enumerate(pts)]
-    body += _legend(series, right=width - right, y=16) if len(series) > 1 else []
+                     f"{escape(fmt(s.values[j]))}</title></circle>" for j, x, yy in pts]
     return _frame(width, height, title, body)
 
 
-def bar_chart(labels: Sequence[str], series: Sequence[Series], *, title: str, width: int = 720,
-              height: int = 260, fmt: Callable[[int], str] = str, stacked: bool = True) -> str:
-    left, right, top, bottom = 78, 16, 34, 30
-    plot_w, plot_h = width - left - right, height - top - bottom
+def bar_chart(labels: Sequence[str], series: Sequence[Series], *, title: str, width: int = WIDE,
+              fmt: Callable[[int], str] = str, stacked: bool = True) -> str:
+    left = LEFT
+    legend, top = _layout(series, width, True)
+    plot_w, plot_h = width - LEFT - RIGHT, PLOT_H
+    height = top + plot_h + BOTTOM
     n = max(len(labels), 1)
     if stacked:
         highs = [sum(max(s.values[j], 0) for s in series) for j in range(len(labels))] or [0]
@@ -120,7 +150,8 @@ def bar_chart(labels: Sequence[str], series: Sequence[Series], *, title: str, wi
         highs = [max([s.values[j] for s in series] + [0]) for j in range(len(labels))] or [0]
         lows = [min([s.values[j] for s in series] + [0]) for j in range(len(labels))] or [0]
     ticks = nice_ticks(min(lows), max(highs))
-    body = [f'<text x="{left}" y="16" font-size="13" font-weight="600" fill="#111827">{escape(title)}</text>']
+    body = [_title(title), *legend,
+            f'<rect class="plot-area" x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" fill="none"/>']
     axes, y = _axes(ticks, labels, left=left, top=top, plot_w=plot_w, plot_h=plot_h, fmt=fmt)
     body += axes
     slot = plot_w / n
@@ -146,5 +177,4 @@ def bar_chart(labels: Sequence[str], series: Sequence[Series], *, title: str, wi
             top_y, h = min(y0, y1), abs(y1 - y0)
             body.append(f'<rect x="{x:.1f}" y="{top_y:.1f}" width="{bar_w:.1f}" height="{max(h, 0.5):.1f}" '
                         f'fill="{color}"><title>{escape(lab)} {escape(s.name)}: {escape(fmt(v))}</title></rect>')
-    body += _legend(series, right=width - right, y=16)
     return _frame(width, height, title, body)

@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 
+from billing_engine.reports import rollups
 from billing_engine.reports.model import Column, Report, group_columns, is_blank, period_columns, rate
 from billing_engine.reports.params import ReportQuery
 from billing_engine.reports.sql import bucket, invoices, plan_codes, ts, tune
@@ -44,6 +45,7 @@ def churn_report(engine: Engine, q: ReportQuery, *, generated_at: datetime | Non
     periods = q.periods()
     n = len(periods)
     recovered: dict[GroupKey, list[tuple[int, int]]] = defaultdict(lambda: [(0, 0)] * n)
+    rollups.refresh(engine)  # the rollups read below are brought up to date first
     with engine.connect() as conn:
         tune(conn)
         tls = timelines(conn, q)

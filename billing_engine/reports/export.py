@@ -50,7 +50,7 @@ def _json_value(col: Column, value: Any) -> Any:
         return None
     if col.kind == "time":
         return iso(value)
-    if col.kind == "rate":
+    if col.kind in ("rate", "decimal"):
         return str(value)
     return value
 
@@ -123,6 +123,9 @@ def to_xlsx(report: Report) -> bytes:
             elif col.kind == "rate":
                 cell.value = Decimal(value)
                 cell.number_format = "0.00%"
+            elif col.kind == "decimal":
+                cell.value = Decimal(value)
+                cell.number_format = "0.00"
             elif col.kind == "time":
                 cell.value = value.astimezone(UTC).replace(tzinfo=None)
                 cell.number_format = "yyyy-mm-dd hh:mm"
@@ -165,12 +168,12 @@ def to_rich_tables(report: Report) -> list[Any]:
     if "period_start" not in [c.key for c in report.columns]:
         table = Table(title=report.title, caption=caption, header_style="bold")
         for c in report.columns:
-            table.add_column(c.label, justify="right" if c.kind in ("count", "money", "rate") else "left")
+            table.add_column(c.label, justify="right" if c.kind in ("count", "money", "rate", "decimal") else "left")
         for row in report.rows:
             table.add_row(*[_cell(c, row) for c in report.columns])
         return [table]
     keys = [c for c in report.columns if c.kind == "text"]
-    figures = [c for c in report.columns if c.kind in ("count", "money", "rate")]
+    figures = [c for c in report.columns if c.kind in ("count", "money", "rate", "decimal")]
     groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
     for row in report.rows:
         groups.setdefault(tuple(str(row.get(k.key, "")) for k in keys), []).append(row)

@@ -2,7 +2,8 @@
 
 Column kinds drive every export: ``count`` (int), ``money`` (int minor units; the row's
 ``currency`` says which), ``rate`` (``Decimal`` with 4 places, or ``None`` when the
-denominator is zero), ``time`` (aware UTC datetime), ``text``.
+denominator is zero), ``decimal`` (``Decimal`` with 2 places, e.g. days; or ``None``), ``time`` (aware
+UTC datetime), ``text``.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any, Literal
 
 from billing_engine.reports.params import ReportQuery
 
-Kind = Literal["time", "text", "count", "money", "rate"]
+Kind = Literal["time", "text", "count", "money", "rate", "decimal"]
 RATE_PLACES = Decimal("0.0001")
 
 

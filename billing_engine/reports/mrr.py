@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
+from billing_engine.reports import rollups
 from billing_engine.reports.model import Column, Report, group_columns, is_blank, period_columns
 from billing_engine.reports.params import ReportQuery
 from billing_engine.reports.sql import tune
@@ -34,6 +35,7 @@ def columns(by: str | None) -> tuple[Column, ...]:
 
 def mrr_report(engine: Engine, q: ReportQuery, *, generated_at: datetime | None = None) -> Report:
     periods = q.periods()
+    rollups.refresh(engine)  # the rollups read below are brought up to date first
     with engine.connect() as conn:
         tune(conn)
         tls = timelines(conn, q)

@@ -13,24 +13,26 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
-from billing_engine.models import PaymentAttempt
+from billing_engine.models import Event, PaymentAttempt
 from billing_engine.periods import Interval, monthly_amount
 from billing_engine.reports.churn import REASON_COLUMNS, churn_report
 from billing_engine.reports.model import Report, is_blank, rate
 from billing_engine.reports.mrr import MOVEMENTS, mrr_report
 from billing_engine.reports.params import ReportQuery, build_query
+from billing_engine.reports.reconcile_more import Recompute, compare
 from billing_engine.reports.revenue import revenue_report
 from billing_engine.reports.segments import Thresholds, normalize_thresholds, segment_names, segments_report
 from billing_engine.reports.sql import invoices, plans, refunds, subscriptions
 
 attempts = PaymentAttempt.__table__  # type: ignore[attr-defined]
+events = Event.__table__  # type: ignore[attr-defined]
 
 
 @dataclass
@@ -40,6 +42,7 @@ class _Raw:
     invoices: list[Any]
     refunds: list[Any]
     attempts: list[Any]
+    events: list[Any]
 
 
 def _load(engine: Engine) -> _Raw:
@@ -50,6 +53,8 @@ def _load(engine: Engine) -> _Raw:
             invoices=list(c.execute(select(invoices))),
             refunds=list(c.execute(select(refunds))),
             attempts=list(c.execute(select(attempts))),
+            events=list(c.execute(select(events).where(events.c.type.in_(
+                ("subscription.payment_method_changed", "payment_method.updated"))))),
         )
 
 
@@ -315,6 +320,37 @@ def _identities(churn: Report, mrr: Report, label: str) -> list[str]:
     return out
 
 
+def _more(engine: Engine, raw: _Raw, q: ReportQuery, label: str) -> list[str]:
+    """Cohorts, revenue retention, recovery attribution, funnel vs their recomputation."""
+    from billing_engine.reports.cohorts import cohorts_report
+    from billing_engine.reports.recovery import funnel_report, recovery_report
+    from billing_engine.reports.retention import retention_report
+
+    exp = Recompute(raw, q.start, q.end, q.periods(), q.by)
+    return (compare(cohorts_report(engine, q), exp.cohorts(), f"cohorts {label}")
+            + compare(retention_report(engine, q), exp.retention(), f"retention {label}")
+            + compare(recovery_report(engine, q), exp.recovery(), f"recovery {label}")
+            + compare(funnel_report(engine, q), exp.funnel(), f"funnel {label}"))
+
+
+def currency_filter_problems(engine: Engine, q: ReportQuery, names: Iterable[str]) -> list[str]:
+    """``--currency C`` must be a filter and nothing else: every report run with it equals the
+    unfiltered report's rows of currency C, cell by cell."""
+    from billing_engine.reports import run_report  # the registry of every report
+
+    out: list[str] = []
+    for name in names:
+        everything = run_report(engine, name, replace(q, currency=None))
+        for cur in sorted({r["currency"] for r in everything.rows}):
+            want = [r for r in everything.rows if r["currency"] == cur]
+            got = run_report(engine, name, replace(q, currency=cur)).rows
+            if got != want:
+                diff = [f"{_row_key(g)}" for g, w in zip(got, want, strict=False) if g != w][:3]
+                out.append(f"{name} --currency {cur} differs from the unfiltered rows of {cur} "
+                           f"({len(got)} vs {len(want)} rows; first differences at {diff})")
+    return out
+
+
 def reconcile(engine: Engine, start: datetime, end: datetime, *,
               thresholds: Thresholds = (10_000, 100_000)) -> list[str]:
     """Every mismatch between the reports and the raw rows over ``[start, end)`` (monthly)."""
@@ -330,6 +366,9 @@ def reconcile(engine: Engine, start: datetime, end: datetime, *,
         problems += _compare(mrr, want_mrr, f"mrr {label}")
         problems += _compare(revenue, exp.revenue_rows(), f"revenue {label}")
         problems += _identities(churn, mrr, label)
+        problems += _more(engine, raw, q, label)
+        problems += currency_filter_problems(engine, q, ("churn", "mrr", "revenue", "segments", "cohorts",
+                                                         "retention", "recovery", "funnel"))
         if by is None:
             problems += _compare(segments_report(engine, q, thresholds=thresholds),
                                  exp.segment_rows(thresholds), "segments")

@@ -10,9 +10,11 @@ from collections import defaultdict
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, case, distinct, func, literal, select
+from sqlalchemy import BigInteger, Table, case, distinct, func, literal, select
 from sqlalchemy.engine import Engine
 
+from billing_engine.models import ReportCustomerFirstPaid
+from billing_engine.reports import rollups
 from billing_engine.reports.model import Column, Report, group_columns, is_blank, period_columns
 from billing_engine.reports.params import ReportQuery
 from billing_engine.reports.sql import bucket, invoices, plan_codes, refunds, ts, tune
@@ -32,6 +34,7 @@ def columns(by: str | None) -> tuple[Column, ...]:
     )
 
 
+first_paid_rollup: Table = ReportCustomerFirstPaid.__table__  # type: ignore[attr-defined]
 MASK_PERIODS = 62  # periods that fit in one BIGINT bit mask
 
 
@@ -50,25 +53,28 @@ def _customer_counts(conn: Any, q: ReportQuery, by_plan: bool) -> list[tuple[tup
     mask = func.bit_or(bit) if conn.dialect.name == "postgresql" else func.sum(distinct(bit))
     plan = (inv.c.plan_id if by_plan else literal("")).label("plan_id")
     per = (
-        select(inv.c.customer_id, inv.c.currency, plan, mask.label("mask"),
-               func.min(inv.c.paid_at).label("first_paid_at"))
-        .where(inv.c.status == "paid", inv.c.paid_at < ts(q.end))
+        select(inv.c.customer_id, inv.c.currency, plan, mask.label("mask"))
+        .where(inv.c.status == "paid", inv.c.paid_at >= ts(q.start), inv.c.paid_at < ts(q.end))
         .group_by(inv.c.customer_id, inv.c.currency, plan)
         .subquery("per_customer")
     )
-    first = select(per, func.min(per.c.first_paid_at).over(partition_by=per.c.customer_id).label("first_ever"))
-    if q.currency:
-        first = first.where(per.c.currency == q.currency)
-    f = first.subquery("with_first")
+    # each customer's first payment ever (any currency, any plan) from the rollup: only the
+    # range's invoices are aggregated. --currency filters the groups afterwards: it never
+    # redefines "new"
+    first = first_paid_rollup
+    f = (select(per, first.c.first_paid_at.label("first_ever"))
+         .select_from(per.join(first, first.c.customer_id == per.c.customer_id)).subquery("with_first"))
     fb = bucket(f.c.first_ever, periods)
     cols: list[Any] = []
     for i in range(n):
         has = f.c.mask.op(">>")(i).op("&")(1)
         cols.append(func.sum(has))
         cols.append(func.sum(case((fb == i, has), else_=0)))
+    stmt = select(f.c.currency, f.c.plan_id, *cols).where(f.c.mask != 0)
+    if q.currency:
+        stmt = stmt.where(f.c.currency == q.currency)
     out = []
-    for r in conn.execute(select(f.c.currency, f.c.plan_id, *cols).where(f.c.mask != 0)
-                          .group_by(f.c.currency, f.c.plan_id)):
+    for r in conn.execute(stmt.group_by(f.c.currency, f.c.plan_id)):
         for i in range(n):
             out.append(((r[0], r[1]), i, int(r[2 + 2 * i] or 0), int(r[3 + 2 * i] or 0)))
     return out
@@ -79,12 +85,7 @@ def _customer_counts_distinct(conn: Any, q: ReportQuery, by_plan: bool) -> list[
     inv = invoices
     periods = q.periods()
     plan = (inv.c.plan_id if by_plan else literal("")).label("plan_id")
-    first = (
-        select(inv.c.customer_id, func.min(inv.c.paid_at).label("first_paid_at"))
-        .where(inv.c.status == "paid", inv.c.paid_at < ts(q.end))
-        .group_by(inv.c.customer_id)
-        .subquery("first_paid")
-    )
+    first = first_paid_rollup
     b = bucket(inv.c.paid_at, periods)
     rows = (
         select(inv.c.currency, plan, b.label("b"), inv.c.customer_id,
@@ -108,6 +109,7 @@ def revenue_report(engine: Engine, q: ReportQuery, *, generated_at: datetime | N
     blank = {"invoices_paid": 0, "gross_minor": 0, "refund_count": 0, "refunds_minor": 0,
              "paying_customers": 0, "new_customers": 0}
     data: dict[GroupKey, list[dict[str, int]]] = defaultdict(lambda: [dict(blank) for _ in range(n)])
+    rollups.refresh(engine)  # report_customer_first_paid, read below
     with engine.connect() as conn:
         tune(conn)
         codes = plan_codes(conn)

@@ -29,13 +29,14 @@ from sqlalchemy import (
 )
 from sqlalchemy.sql.selectable import CTE, Subquery
 
-from billing_engine.models import Invoice, Plan, Refund, Subscription, UTCDateTime
+from billing_engine.models import Invoice, Plan, Refund, ReportOffPrice, Subscription, UTCDateTime
 from billing_engine.reports.params import ReportQuery
 
 invoices: Table = Invoice.__table__  # type: ignore[attr-defined]
 subscriptions: Table = Subscription.__table__  # type: ignore[attr-defined]
 plans: Table = Plan.__table__  # type: ignore[attr-defined]
 refunds: Table = Refund.__table__  # type: ignore[attr-defined]
+off_price_rollup: Table = ReportOffPrice.__table__  # type: ignore[attr-defined]
 
 INVOLUNTARY_GROUPS = ("payment_failed", "hard_decline", "dispute", "card_expired", "other")
 
@@ -80,24 +81,23 @@ def subscription_summary(q: ReportQuery, only: Any = None) -> Subquery:
     ).where(inv.c.status == "paid", inv.c.paid_at < ts(q.end))
     if only is not None:
         stmt = stmt.where(inv.c.subscription_id.in_(only))
-    if q.currency:
-        stmt = stmt.where(inv.c.currency == q.currency)
     return stmt.group_by(inv.c.subscription_id).subquery("sub_summary")
 
 
-def off_price_subscriptions() -> Any:
+def off_price_subscriptions(only: Any = None) -> Any:
     """Subscriptions with a paid invoice NOT billed at their own plan's price (another plan,
     amount or currency): a price change. The engine never bills one today (a plan's price
     cannot change while it has subscribers), but the reports stay exact if it happens: these
     go through the per-invoice path. A filtered scan of the invoices, no aggregation."""
     inv, sub = invoices, subscriptions
-    return (
+    stmt = (
         select(inv.c.subscription_id)
         .select_from(inv.join(sub, sub.c.id == inv.c.subscription_id).join(plans, plans.c.id == sub.c.plan_id))
         .where(inv.c.status == "paid", or_(inv.c.plan_id != sub.c.plan_id, inv.c.amount_minor != plans.c.amount_minor,
                                             inv.c.currency != plans.c.currency))
         .distinct()
     )
+    return stmt if only is None else stmt.where(inv.c.subscription_id.in_(only))
 
 
 def paid_sequence(q: ReportQuery, facts: Any) -> CTE:
@@ -134,12 +134,11 @@ def paid_sequence(q: ReportQuery, facts: Any) -> CTE:
             or_(facts.c.ended_at.is_(None), inv.c.paid_at <= facts.c.ended_at),
         )
     )
-    if q.currency:
-        window = window.where(inv.c.currency == q.currency)
     w = window.subquery("paid_window")
     stmt = (
         select(
             w.c.subscription_id, facts.c.customer_id, facts.c.plan_id, w.c.currency, w.c.paid_at, facts.c.ended_at,
+            facts.c.first_paid_at,
             facts.c.cancellation_kind, facts.c.cancellation_reason, w.c.prev_paid_at, w.c.next_paid_at,
             w.c.inv_plan_id, w.c.amount_minor, w.c.prev_plan_id, w.c.prev_amount,
         )
@@ -171,7 +170,7 @@ def subscriber_events(q: ReportQuery, plan_mrr: dict[str, int]) -> Subquery:
     through :func:`subscription_summary` and the per-invoice window of :func:`paid_sequence`.
     """
     sub = subscriptions
-    off_price = off_price_subscriptions().cte("off_price")
+    off_price = select(off_price_rollup.c.subscription_id).cte("off_price")  # rollups.refresh keeps it
     expected_mrr = case(*[(sub.c.plan_id == pid, literal(m, BigInteger)) for pid, m in sorted(plan_mrr.items())],
                         else_=literal(-1, BigInteger)) if plan_mrr else literal(-1, BigInteger)
     on_price = ~sub.c.id.in_(select(off_price.c.subscription_id))
@@ -184,8 +183,6 @@ def subscriber_events(q: ReportQuery, plan_mrr: dict[str, int]) -> Subquery:
         .select_from(sub.join(plans, plans.c.id == sub.c.plan_id))
         .where(sub.c.activated_at < ts(q.end), sub.c.mrr_minor == expected_mrr, on_price)
     )
-    if q.currency:
-        regular_facts = regular_facts.where(plans.c.currency == q.currency)
     irregular_ids = union_all(
         select(off_price.c.subscription_id),
         select(sub.c.id).where(sub.c.activated_at.is_not(None),
@@ -223,7 +220,7 @@ def subscriber_events(q: ReportQuery, plan_mrr: dict[str, int]) -> Subquery:
             facts.c.currency, facts.c.plan_id, facts.c.first_paid_at.label("at"), activation_kind(facts.c.first_paid_at),
             no_text.label("cancellation_kind"), no_text.label("reason_group"), facts.c.mrr_minor,
             no_text.label("inv_plan_id"), no_int.label("amount_minor"),
-            no_text.label("prev_plan_id"), no_int.label("prev_amount"),
+            no_text.label("prev_plan_id"), no_int.label("prev_amount"), facts.c.first_paid_at.label("activated_at"),
         )
         .select_from(facts.outerjoin(first_churn, first_churn.c.customer_id == facts.c.customer_id))
         .where(is_regular, counts)
@@ -232,7 +229,7 @@ def subscriber_events(q: ReportQuery, plan_mrr: dict[str, int]) -> Subquery:
         facts.c.currency, facts.c.plan_id, facts.c.ended_at.label("at"), literal("churn").label("kind"),
         facts.c.cancellation_kind, reason_group(facts.c.cancellation_reason).label("reason_group"), facts.c.mrr_minor,
         no_text.label("inv_plan_id"), no_int.label("amount_minor"),
-        no_text.label("prev_plan_id"), no_int.label("prev_amount"),
+        no_text.label("prev_plan_id"), no_int.label("prev_amount"), facts.c.first_paid_at.label("activated_at"),
     ).where(is_regular, facts.c.ended_at.is_not(None), facts.c.ended_at < ts(q.end),
             facts.c.first_paid_at <= facts.c.ended_at)
 
@@ -242,6 +239,7 @@ def subscriber_events(q: ReportQuery, plan_mrr: dict[str, int]) -> Subquery:
             seq.c.currency, seq.c.plan_id, seq.c.paid_at.label("at"), activation_kind(seq.c.paid_at),
             no_text.label("cancellation_kind"), no_text.label("reason_group"), no_int.label("mrr_minor"),
             seq.c.inv_plan_id, seq.c.amount_minor, no_text.label("prev_plan_id"), no_int.label("prev_amount"),
+            seq.c.first_paid_at.label("activated_at"),
         )
         .select_from(seq.outerjoin(first_churn, first_churn.c.customer_id == seq.c.customer_id))
         .where(seq.c.prev_paid_at.is_(None))
@@ -250,13 +248,14 @@ def subscriber_events(q: ReportQuery, plan_mrr: dict[str, int]) -> Subquery:
         seq.c.currency, seq.c.plan_id, seq.c.paid_at.label("at"), literal("change").label("kind"),
         no_text.label("cancellation_kind"), no_text.label("reason_group"), no_int.label("mrr_minor"),
         seq.c.inv_plan_id, seq.c.amount_minor, seq.c.prev_plan_id, seq.c.prev_amount,
+        seq.c.first_paid_at.label("activated_at"),
     ).where(seq.c.prev_paid_at.is_not(None), or_(seq.c.amount_minor != seq.c.prev_amount,
                                                   seq.c.inv_plan_id != seq.c.prev_plan_id))
     churns = select(
         seq.c.currency, seq.c.plan_id, seq.c.ended_at.label("at"), literal("churn").label("kind"),
         seq.c.cancellation_kind, reason_group(seq.c.cancellation_reason).label("reason_group"),
         no_int.label("mrr_minor"), seq.c.inv_plan_id, seq.c.amount_minor, no_text.label("prev_plan_id"),
-        no_int.label("prev_amount"),
+        no_int.label("prev_amount"), seq.c.first_paid_at.label("activated_at"),
     ).where(churn_where, seq.c.ended_at < ts(q.end))
     # subscriptions that ended before any payment counted (canceled trials, failed first charges):
     # not churn, reported on their own
@@ -265,25 +264,32 @@ def subscriber_events(q: ReportQuery, plan_mrr: dict[str, int]) -> Subquery:
             plans.c.currency, sub.c.plan_id, sub.c.ended_at.label("at"), literal("ended_unpaid").label("kind"),
             sub.c.cancellation_kind, no_text.label("reason_group"), no_int.label("mrr_minor"),
             no_text.label("inv_plan_id"), no_int.label("amount_minor"), no_text.label("prev_plan_id"),
-            no_int.label("prev_amount"),
+            no_int.label("prev_amount"), sub.c.activated_at,
         )
         .select_from(sub.join(plans, plans.c.id == sub.c.plan_id)
                      .outerjoin(facts, facts.c.subscription_id == sub.c.id))
         .where(sub.c.ended_at >= ts(q.start), sub.c.ended_at < ts(q.end),
                or_(facts.c.subscription_id.is_(None), facts.c.first_paid_at > sub.c.ended_at))
     )
-    if q.currency:
-        ended_unpaid = ended_unpaid.where(plans.c.currency == q.currency)
-    return union_all(regular_activations, regular_churns, activations, changes, churns,
-                     ended_unpaid).subquery("sub_events")
+    events = union_all(regular_activations, regular_churns, activations, changes, churns, ended_unpaid)
+    if not q.currency:
+        return events.subquery("sub_events")
+    # ``--currency`` filters the events; it never changes a definition: whether a customer is
+    # new or returning (first_churn above) looks at every currency
+    every = events.subquery("every_currency")
+    return select(every).where(every.c.currency == q.currency).subquery("sub_events")
 
 
 def subscriber_event_totals(q: ReportQuery, plan_mrr: dict[str, int]) -> Any:
     """Count :func:`subscriber_events` per (currency, plan, period, kind, cancellation kind,
     reason, MRR or billed price) -- a few hundred rows, whatever the number of subscriptions."""
     ev = subscriber_events(q, plan_mrr)
+    periods = q.periods()
+    # ab: the period the subscription was activated in (-1 before the range). A churn or price
+    # change with ab < b is one of a subscriber active at the period start (revenue retention)
+    existing = case((ev.c.kind.in_(("churn", "change")), bucket(ev.c.activated_at, periods)), else_=literal(-1))
     inner = select(
-        ev.c.currency, ev.c.plan_id, bucket(ev.c.at, q.periods()).label("b"), ev.c.kind,
+        ev.c.currency, ev.c.plan_id, bucket(ev.c.at, periods).label("b"), existing.label("ab"), ev.c.kind,
         ev.c.cancellation_kind, ev.c.reason_group, ev.c.mrr_minor, ev.c.inv_plan_id, ev.c.amount_minor,
         ev.c.prev_plan_id, ev.c.prev_amount,
     ).subquery("ev_b")

@@ -30,6 +30,8 @@ class PeriodMoves:
     churn_by_kind: Counter[str] = field(default_factory=Counter)  # voluntary | involuntary | unclassified
     churn_mrr_by_kind: Counter[str] = field(default_factory=Counter)
     involuntary_by_reason: Counter[str] = field(default_factory=Counter)
+    # movements of the subscribers active at the period start only (revenue retention)
+    existing_mrr: Counter[str] = field(default_factory=Counter)  # churn | expansion | contraction
 
     def is_empty(self) -> bool:
         return not (+self.counts or +self.mrr)
@@ -99,6 +101,8 @@ def timelines(conn: Connection, q: ReportQuery) -> dict[GroupKey, Timeline]:
         p = tl.periods[r.b]
         p.counts[kind] += n
         p.mrr[kind] += abs(delta)
+        if kind in ("churn", "expansion", "contraction") and r.ab < r.b:
+            p.existing_mrr[kind] += abs(delta)
         if kind == "churn":
             ckind = r.cancellation_kind or "unclassified"
             p.churn_by_kind[ckind] += n

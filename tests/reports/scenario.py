@@ -61,7 +61,9 @@ def subscribe(w: World, s: Session, label: str, plan: str, now: datetime, *, tok
     w.subs[label] = sub.id
 
 
-def build(engine: Engine, *, days: int = DAYS) -> World:
+def build(engine: Engine, *, days: int = DAYS,
+          on_day: Callable[[World, datetime], None] | None = None) -> World:
+    """``on_day(world, now)`` runs after each day's run-cycle."""
     gw = FakeGateway()
     w = World(engine=engine, gateway=gw)
     settings = load_settings(dunning_schedule_days=[1, 3, 7])
@@ -157,6 +159,8 @@ def build(engine: Engine, *, days: int = DAYS) -> World:
                            now=now)
         summary = run_cycle(engine, gw, now=now, settings=settings)
         assert not summary.errors or all("not charged" in e for e in summary.errors), summary.errors
+        if on_day is not None:
+            on_day(w, now)
     return w
 
 

@@ -12,7 +12,7 @@ from sqlalchemy.engine import Engine
 
 from api.app import create_app
 from billing_engine.gateway.fake import FakeGateway
-from billing_engine.reports import build_query, run_report, to_csv, to_dict
+from billing_engine.reports import REPORTS, build_query, run_report, to_csv, to_dict
 from billing_engine.settings import load_settings
 from tests.reports.small import RANGE, build
 
@@ -40,7 +40,7 @@ def bare_client(sqlite_engine: Engine) -> TestClient:
 
 
 def test_reports_are_the_same_in_json_csv_xlsx_and_the_library(client: TestClient, engine: Engine) -> None:
-    for name in ("churn", "revenue", "mrr", "segments"):
+    for name in REPORTS:
         for by in (None, "plan"):
             params = {"from": RANGE[0], "to": RANGE[1], **({"by": by} if by else {})}
             q = build_query(start=RANGE[0], end=RANGE[1], by=by, now=NOW)
@@ -58,6 +58,13 @@ def test_reports_are_the_same_in_json_csv_xlsx_and_the_library(client: TestClien
     header = [c.value for c in ws[1]]
     gross = [row[header.index("gross")] for row in ws.iter_rows(min_row=2, values_only=True)]
     assert all(isinstance(g, int | float) for g in gross) and sum(gross) > 0
+    # recovery: money, rates and days are typed cells too
+    r = client.get("/v1/reports/recovery", params={"from": RANGE[0], "to": RANGE[1], "format": "xlsx"}, headers=AUTH)
+    ws = load_workbook(io.BytesIO(r.content)).active
+    header = [c.value for c in ws[1]]
+    rec = [row for row in ws.iter_rows(min_row=2, values_only=True) if row[header.index("recovered_invoices")]]
+    assert rec and rec[0][header.index("recovered")] == 17 and rec[0][header.index("recovery_rate")] == 1
+    assert rec[0][header.index("automatic_retry_days")] > 0
 
 
     r = client.get("/v1/reports/revenue", params={"from": RANGE[0], "to": RANGE[1], "currency": "eur"},

@@ -39,3 +39,18 @@ def test_negative_values_draw_below_the_axis() -> None:
     svg = bar_chart(["x"], [Series("net", [-500])], title="Net & refunds", fmt=str)
     ET.fromstring(svg)
     assert "Net &amp; refunds" in svg
+
+
+def test_charts_scale_with_a_viewbox_and_keep_the_legend_between_title_and_plot() -> None:
+    many = [Series(f"plan-{i:02d}", [i, 2 * i]) for i in range(12)]  # a legend wider than a phone
+    for width in (720, 360):
+        root = ET.fromstring(bar_chart(["a", "b"], many, title="Net revenue by plan", width=width))
+        assert root.get("viewBox", "").startswith(f"0 0 {width} ") and root.get("width") is None
+        plot = next(r for r in root.iter(f"{SVG}rect") if r.get("class") == "plot-area")
+        legend = next(g for g in root.iter(f"{SVG}g") if g.get("class") == "legend")
+        texts = legend.findall(f"{SVG}text")
+        assert len(texts) == 12
+        for t in texts:
+            assert 18 < float(t.get("y")) < float(plot.get("y"))  # below the title, above the plot
+            assert float(t.get("x")) + 7 * len(t.text or "") <= width  # wraps instead of running off
+        assert float(plot.get("y")) + float(plot.get("height")) < float(root.get("viewBox").split()[3])

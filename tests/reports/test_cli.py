@@ -13,7 +13,7 @@ from openpyxl import load_workbook
 from sqlalchemy.engine import Engine
 from typer.testing import CliRunner
 
-from billing_engine.reports import build_query, run_report, to_csv, to_dict
+from billing_engine.reports import REPORTS, build_query, run_report, to_csv, to_dict
 from billing_engine.settings import get_settings
 from cli.main import app
 from tests.reports.small import RANGE, build
@@ -33,7 +33,7 @@ def cli_db(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> Iterator[Engine]:
 
 def test_cli_exports_match_the_library(cli_db: Engine, tmp_path: Path) -> None:
     now = datetime.now(UTC)
-    for name in ("churn", "revenue", "mrr", "segments"):
+    for name in REPORTS:
         q = build_query(start=RANGE[0], end=RANGE[1], by="plan", now=now)
         expected = run_report(cli_db, name, q, thresholds=[5000, 20000])
         res = runner.invoke(app, ["report", name, "--from", RANGE[0], "--to", RANGE[1], "--by", "plan",
@@ -67,3 +67,12 @@ def test_bad_options_fail_with_one_line(sqlite_engine: Engine, monkeypatch: pyte
         get_settings.cache_clear()
     assert res.exit_code == 2
     assert needle in res.output and "Traceback" not in res.output
+
+
+def test_report_refresh_builds_then_folds_in(cli_db: Engine) -> None:
+    res = runner.invoke(app, ["report", "refresh"])
+    assert res.exit_code == 0 and "rebuilt" in res.stdout, res.output
+    res = runner.invoke(app, ["report", "refresh"])
+    assert res.exit_code == 0 and "folded in the events after" in res.stdout, res.output
+    res = runner.invoke(app, ["report", "refresh", "--rebuild"])
+    assert res.exit_code == 0 and "rebuilt" in res.stdout, res.output

@@ -41,7 +41,8 @@ def test_dashboard_shows_charts_and_the_report_figures(engine: Engine) -> None:
     assert r.status_code == 200
     assert "no-store" in r.headers["cache-control"] and "frame-ancestors 'none'" in r.headers["content-security-policy"]
     html = r.text
-    assert html.count("<svg") == 3 and "<script" not in html
+    assert html.count("<svg") == 10 and "<script" not in html  # 5 charts, each for desktop and for phones
+    assert "Revenue retention (GRR / NRR)" in html and "Involuntary churn funnel" in html and "Cohorts:" in html
     for chunk in html.split("<svg")[1:]:
         ET.fromstring("<svg" + chunk.split("</svg>")[0] + "</svg>")  # each chart is well-formed SVG
     mrr = mrr_report(engine, build_query(start=RANGE[0], end=RANGE[1], currency="USD", now=NOW))

@@ -62,26 +62,61 @@ def server(sqlite_engine: Engine) -> Iterator[str]:
     thread.join(timeout=10)
 
 
-def test_dashboard_renders_in_chromium(server: str) -> None:
+GEOMETRY = """() => {
+  const overlap = (a, b) => a.left < b.right && b.left < a.right && a.top < b.bottom && b.top < a.bottom;
+  const charts = [...document.querySelectorAll('svg[role=img]')].filter(s => s.getBoundingClientRect().width > 0);
+  return {
+    scrollWidth: document.documentElement.scrollWidth,
+    charts: charts.map(svg => {
+      const box = svg.getBoundingClientRect();
+      const title = svg.querySelector('.chart-title').getBoundingClientRect();
+      const plot = svg.querySelector('.plot-area').getBoundingClientRect();
+      const legend = [...svg.querySelectorAll('.legend > *')].map(e => e.getBoundingClientRect());
+      return {left: box.left, right: box.right, width: box.width, height: box.height,
+              fontPx: svg.querySelector('.chart-title').getBoundingClientRect().height,
+              legendOverTitle: legend.some(l => overlap(l, title)),
+              legendInPlot: legend.some(l => overlap(l, plot)),
+              legendOutside: legend.some(l => l.left < box.left - 0.5 || l.right > box.right + 0.5),
+              legendItems: legend.length};
+    }),
+  };
+}"""
+
+DESKTOP = {"viewport": {"width": 1500, "height": 1100}}
+PHONE = {"viewport": {"width": 390, "height": 844}, "device_scale_factor": 2, "is_mobile": True, "has_touch": True}
+
+
+@pytest.mark.parametrize(("name", "device"), [("desktop", DESKTOP), ("phone", PHONE)])
+def test_dashboard_renders_in_chromium(server: str, name: str, device: dict[str, object]) -> None:
     from playwright.sync_api import sync_playwright
 
     ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / f"dashboard-{name}.png"
+    width = device["viewport"]["width"]  # type: ignore[index]
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
         try:
-            page = browser.new_page(viewport={"width": 1500, "height": 1100})
+            page = browser.new_context(**device).new_page()  # type: ignore[arg-type]
             page.goto(f"{server}/dashboard")
             page.fill("input[name=token]", TOKEN)
             page.click("button[type=submit]")
             page.wait_for_url(f"{server}/dashboard")
             page.goto(f"{server}/dashboard?from={RANGE[0]}&to={RANGE[1]}")
-            assert page.locator("svg[role=img]").count() == 3
-            assert page.locator("svg polyline").count() == 1  # the MRR line
+            assert page.locator("svg polyline:visible").count() == 3  # the MRR line, GRR and NRR
             assert page.locator("svg rect title").count() > 3  # churn + revenue bars
-            box = page.locator("svg[role=img]").first.bounding_box()
-            assert box is not None and box["width"] > 300 and box["height"] > 150
+            geo = page.evaluate(GEOMETRY)
+            # the page fits the screen: no sideways scrolling (the wide table scrolls in its own box)
+            assert geo["scrollWidth"] <= width, geo["scrollWidth"]
+            charts = geo["charts"]
+            assert len(charts) == 5  # one rendering of each chart is shown
+            for c in charts:
+                assert 0 <= c["left"] and c["right"] <= width, c
+                assert c["width"] > (300 if width < 600 else 500) and c["height"] > 150, c
+                assert c["fontPx"] >= 10, c  # the title stays readable after scaling
+                assert not c["legendOverTitle"] and not c["legendInPlot"] and not c["legendOutside"], c
+            assert sum(c["legendItems"] for c in charts) >= 4  # churn (2 entries x 2) + revenue legend
             assert "Sign out" in page.content()
-            page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+            page.screenshot(path=str(shot), full_page=True)
         finally:
             browser.close()
-    assert (ARTIFACTS / "dashboard.png").stat().st_size > 10_000
+    assert shot.stat().st_size > 10_000

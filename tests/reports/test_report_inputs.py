@@ -13,10 +13,10 @@ from fastapi.testclient import TestClient
 from sqlalchemy.engine import Engine
 
 from billing_engine.gateway.fake import FakeGateway
+from billing_engine.reports import REPORTS
 from tests.api.conftest import AUTH, Clock, make_client
 
 ROOT = Path(__file__).resolve().parents[2]
-REPORTS = ("churn", "revenue", "mrr", "segments")
 EDGES = [
     ({"to": "9999-12-31"}, "to"),
     ({"to": "9999-12-31T23:59:59-01:00"}, "to"),

@@ -1,0 +1,158 @@
+"""Report rollups: small tables the reports read instead of scanning every invoice and
+payment attempt, refreshed incrementally -- never written by the charge pipeline.
+
+The source of change is the ``events`` table: append-only (a database trigger refuses
+UPDATE / DELETE), one row per state change written in the same transaction as the change,
+with a growing id and the subscription / invoice it concerns. :func:`refresh` folds in the
+events after the rollup's watermark: every subscription and invoice they name is
+recomputed from the raw tables (delete + insert of just those keys; a refund, a dispute or a
+late answer that changes the past writes an event like anything else, so past days are
+corrected too). Events of ``plan.*`` (a plan's price) rebuild the price rollup.
+
+Ids are given at INSERT, rows become visible at COMMIT, so a transaction still open could
+hold an id below one already seen. The watermark therefore only advances over events
+recorded (wall clock) more than ``lag`` ago -- newer ones are folded in again on every
+refresh, which is harmless (recomputing a key is idempotent). A transaction that writes
+events and stays open longer than ``lag`` (default 2 minutes; a batch settles in well under a second) is
+the one case this misses; ``rebuild`` (``billing report refresh --rebuild``) starts over.
+
+Rollups:
+
+- ``report_off_price``: subscriptions with a paid invoice NOT billed at their own plan's
+  price, plan or currency (:func:`sql.off_price_subscriptions`) -- the only ones the MRR
+  timelines read invoice by invoice;
+- ``report_customer_first_paid``: each customer's first payment ever -- revenue's new
+  customers without aggregating every invoice since the beginning;
+- ``report_failed_invoices``: one row per invoice with a failed attempt
+  (:func:`dunning_facts.failed_invoice_rows`) -- the recovery and funnel reports.
+
+Every report refreshes before it reads (cheap when nothing changed: two index look-ups);
+``billing run-cycle`` does not, so the hot path never waits for it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Table, delete, func, insert, select, union
+from sqlalchemy.engine import Connection, Engine
+
+from billing_engine.models import ReportCustomerFirstPaid, ReportOffPrice, ReportRollupState
+from billing_engine.reports.dunning_facts import events, failed_invoice_rows, failed_table
+from billing_engine.reports.sql import invoices, off_price_subscriptions
+
+
+def first_paid_rows(only: Any = None) -> Any:
+    """customer_id, first_paid_at: the smallest paid_at of each customer's paid invoices."""
+    inv = invoices
+    stmt = select(inv.c.customer_id, func.min(inv.c.paid_at).label("first_paid_at")).where(inv.c.status == "paid")
+    if only is not None:
+        stmt = stmt.where(inv.c.customer_id.in_(only))
+    return stmt.group_by(inv.c.customer_id)
+
+state_table: Table = ReportRollupState.__table__  # type: ignore[attr-defined]
+off_price_table: Table = ReportOffPrice.__table__  # type: ignore[attr-defined]
+first_paid_table: Table = ReportCustomerFirstPaid.__table__  # type: ignore[attr-defined]
+
+NAME = "events"
+LAG = timedelta(minutes=2)
+LOCK_KEY = 0x7265706F7274  # pg_advisory_xact_lock: one refresh at a time
+
+
+@dataclass(frozen=True)
+class Refreshed:
+    rebuilt: bool
+    from_event_id: int
+    to_event_id: int  # the new watermark
+
+
+def _lock(conn: Connection) -> None:
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({LOCK_KEY})")
+
+
+def _rebuild(conn: Connection) -> None:
+    conn.execute(delete(off_price_table))
+    conn.execute(insert(off_price_table).from_select(["subscription_id"], off_price_subscriptions()))
+    conn.execute(delete(first_paid_table))
+    conn.execute(insert(first_paid_table).from_select(["customer_id", "first_paid_at"], first_paid_rows()))
+    rows = failed_invoice_rows(conn)
+    conn.execute(delete(failed_table))
+    conn.execute(insert(failed_table).from_select([c.name for c in rows.selected_columns], rows))
+
+
+def _fold(conn: Connection, after: int) -> None:
+    """Recompute the keys named by the events after ``after``."""
+    ev = events
+    new = ev.c.id > after
+    subs = select(ev.c.subscription_id).where(new, ev.c.subscription_id.is_not(None)).distinct().subquery("subs")
+    invs = select(ev.c.invoice_id).where(new, ev.c.invoice_id.is_not(None)).distinct().subquery("invs")
+    custs = select(ev.c.customer_id).where(new, ev.c.customer_id.is_not(None)).distinct().subquery("custs")
+    sub_ids, inv_ids = select(subs.c.subscription_id), select(invs.c.invoice_id)
+    cust_ids = select(custs.c.customer_id)
+    conn.execute(delete(first_paid_table).where(first_paid_table.c.customer_id.in_(cust_ids)))
+    conn.execute(insert(first_paid_table).from_select(["customer_id", "first_paid_at"], first_paid_rows(cust_ids)))
+    if conn.execute(select(func.count()).where(new, ev.c.type.like("plan.%"))).scalar_one():
+        conn.execute(delete(off_price_table))
+        conn.execute(insert(off_price_table).from_select(["subscription_id"], off_price_subscriptions()))
+    else:
+        conn.execute(delete(off_price_table).where(off_price_table.c.subscription_id.in_(sub_ids)))
+        conn.execute(insert(off_price_table).from_select(["subscription_id"],
+                                                         off_price_subscriptions(only=sub_ids)))
+    conn.execute(delete(failed_table).where(failed_table.c.invoice_id.in_(
+        union(select(failed_table.c.invoice_id).where(failed_table.c.subscription_id.in_(sub_ids)), inv_ids))))
+    rows = failed_invoice_rows(conn, only_invoices=inv_ids, only_subscriptions=sub_ids)
+    conn.execute(insert(failed_table).from_select([c.name for c in rows.selected_columns], rows))
+
+
+def refresh(engine: Engine, *, lag: timedelta = LAG, rebuild: bool = False,
+            wall_clock: datetime | None = None) -> Refreshed:
+    """Bring the rollups up to date with the events table (its own transaction)."""
+    now = wall_clock or datetime.now(UTC)
+    with engine.begin() as conn:
+        _lock(conn)
+        state = conn.execute(select(state_table.c.last_event_id).where(state_table.c.name == NAME)).first()
+        top = conn.execute(select(func.max(events.c.id))).scalar_one() or 0
+        settled = conn.execute(select(func.max(events.c.id)).where(events.c.recorded_at < now - lag)).scalar_one()
+        mark = int(settled or 0)
+        if state is None or rebuild:
+            _rebuild(conn)
+            conn.execute(delete(state_table).where(state_table.c.name == NAME))
+            conn.execute(insert(state_table).values(name=NAME, last_event_id=mark, refreshed_at=now))
+            return Refreshed(rebuilt=True, from_event_id=0, to_event_id=mark)
+        after = int(state[0])
+        if top > after:
+            _fold(conn, after)
+            mark = max(mark, after)
+            conn.execute(state_table.update().where(state_table.c.name == NAME)
+                         .values(last_event_id=mark, refreshed_at=now))
+        return Refreshed(rebuilt=False, from_event_id=after, to_event_id=max(mark, after))
+
+
+def differences(engine: Engine) -> list[str]:
+    """Rows in which the rollups differ from a recomputation over the raw tables ([] = equal)."""
+    out: list[str] = []
+    with engine.connect() as conn:
+        have = {r[0] for r in conn.execute(select(off_price_table.c.subscription_id))}
+        want = {r[0] for r in conn.execute(off_price_subscriptions())}
+        if have != want:
+            out.append(f"report_off_price: missing {sorted(want - have)[:5]}, extra {sorted(have - want)[:5]}")
+        have_first = {r[0]: r[1] for r in conn.execute(select(first_paid_table))}
+        want_first = {r[0]: r[1] for r in conn.execute(first_paid_rows())}
+        if have_first != want_first:
+            diff = sorted(k for k in set(have_first) | set(want_first) if have_first.get(k) != want_first.get(k))
+            out.append(f"report_customer_first_paid differs for {diff[:5]}")
+        cols = [c.name for c in failed_table.c]
+
+        def norm(r: Any) -> tuple[Any, ...]:
+            return tuple(r._mapping[c] for c in cols)
+
+        got = {r.invoice_id: norm(r) for r in conn.execute(select(failed_table))}
+        raw = failed_invoice_rows(conn).subquery("raw")
+        exp = {r.invoice_id: norm(r) for r in conn.execute(select(*[raw.c[c] for c in cols]))}
+        for k in sorted(set(got) | set(exp)):
+            if got.get(k) != exp.get(k):
+                out.append(f"report_failed_invoices[{k}]: rollup {got.get(k)} != raw {exp.get(k)}")
+    return out
