@@ -1,0 +1,82 @@
+"""`billing import csv|stripe|cutover|reconcile`: move in from Stripe Billing or a CSV.
+
+Step by step: docs/migrating-from-stripe.md."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from billing_engine.audit import cli_actor
+from billing_engine.imports import csv_source, service
+from billing_engine.money import format_minor
+from billing_engine.settings import get_settings
+from cli.common import EXIT_INVALID, JsonOpt, console, engine, err_console, fail, handle_errors, parse_at, print_json
+
+import_app = typer.Typer(help="Import customers, consented cards and subscriptions from Stripe or a CSV.",
+                         no_args_is_help=True)
+
+DryRunOpt = typer.Option(False, "--dry-run", help="Print what would be created (and what cannot be); change nothing.")
+ChargeFromOpt = typer.Option(
+    None, "--charge-from",
+    help="The engine charges the imported subscriptions from this ISO instant only (the cut-over).")
+
+
+def _print_report(report: service.Report, json_out: bool) -> None:
+    if json_out:
+        print_json(report.as_dict())
+        return
+    r = report.result
+    verb = "would create" if report.dry_run else "created"
+    counts = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in r.created.items())
+    for p in r.planned:
+        amount = format_minor(p["amount_minor"], p["currency"])
+        hold = f"; charging from {p['charge_from'].isoformat()}" if p.get("charge_from") else ""
+        end = "; ends at period end" if p["cancel_at_period_end"] else ""
+        console.print(f"{verb}: {p['external_id']} {p['customer']} {p['plan']} {amount} {p['currency']} "
+                      f"{p['status']}, next charge {p['next_charge_at'].isoformat()}{end}{hold}", highlight=False)
+    for u in report.unsupported:
+        console.print(f"[yellow]cannot import:[/] {u['object']} {u['id']}: {u['reason']}", highlight=False)
+    console.print(f"{report.source}: {verb} {counts}; {r.already_imported} subscription(s) already imported"
+                  + (f"; {len(report.unsupported)} object(s) cannot be imported" if report.unsupported else "")
+                  + ("; nothing was changed" if report.dry_run else ""), highlight=False)
+
+
+@import_app.command("csv")
+@handle_errors
+def csv_cmd(
+    path: Path = typer.Argument(..., help="CSV file (format: docs/migrating-from-stripe.md), '-' for stdin."),
+    dry_run: bool = DryRunOpt,
+    charge_from: str | None = ChargeFromOpt,
+    at: str | None = typer.Option(None, "--at", help="Act as of this ISO time (default: now)."),
+    json_out: bool = JsonOpt,
+) -> None:
+    """Import subscriptions whose cards are already gateway tokens. Every row is checked
+    first: any bad row is listed (line, column, problem) and nothing is imported (exit 2)."""
+    now = parse_at(at)
+    start = parse_at(charge_from, "--charge-from") if charge_from else None
+    try:
+        text = typer.get_text_stream("stdin").read() if str(path) == "-" else path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        fail(f"{path}: cannot read: {exc}", EXIT_INVALID)
+    try:
+        report = service.import_csv(engine(), text, now=now, default_gateway=get_settings().gateway_name,
+                                    dry_run=dry_run, charge_from=start, actor=cli_actor())
+    except csv_source.ImportInvalid as exc:
+        for p in exc.problems[:csv_source.MAX_PROBLEMS_SHOWN]:
+            err_console.print(f"[bold red]error:[/] {p}", highlight=False, soft_wrap=True)
+        more = len(exc.problems) - csv_source.MAX_PROBLEMS_SHOWN
+        fail(f"{len(exc.problems)} bad row(s)" + (f" ({more} not shown)" if more > 0 else "")
+             + "; nothing was imported", EXIT_INVALID)
+        return
+    _print_report(report, json_out)
+
+
+def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
+    return d
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(import_app, name="import")
