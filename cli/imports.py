@@ -5,12 +5,12 @@ Step by step: docs/migrating-from-stripe.md."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import typer
 
 from billing_engine.audit import cli_actor
 from billing_engine.imports import csv_source, service
+from billing_engine.imports.records import HOLD
 from billing_engine.money import format_minor
 from billing_engine.settings import get_settings
 from cli.common import EXIT_INVALID, JsonOpt, console, engine, err_console, fail, handle_errors, parse_at, print_json
@@ -33,7 +33,8 @@ def _print_report(report: service.Report, json_out: bool) -> None:
     counts = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in r.created.items())
     for p in r.planned:
         amount = format_minor(p["amount_minor"], p["currency"])
-        hold = f"; charging from {p['charge_from'].isoformat()}" if p.get("charge_from") else ""
+        hold = ("; charged by Stripe until `billing import cutover`" if p.get("charge_from") == HOLD else
+                f"; charging from {p['charge_from'].isoformat()}" if p.get("charge_from") else "")
         end = "; ends at period end" if p["cancel_at_period_end"] else ""
         console.print(f"{verb}: {p['external_id']} {p['customer']} {p['plan']} {amount} {p['currency']} "
                       f"{p['status']}, next charge {p['next_charge_at'].isoformat()}{end}{hold}", highlight=False)
@@ -74,8 +75,29 @@ def csv_cmd(
     _print_report(report, json_out)
 
 
-def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
-    return d
+@import_app.command("stripe")
+@handle_errors
+def stripe_cmd(
+    dry_run: bool = DryRunOpt,
+    charge_from: str | None = typer.Option(
+        None, "--charge-from",
+        help="The engine charges the imported subscriptions from this ISO instant (default: not before "
+             "`billing import cutover` hands each one over)."),
+    page_size: int = typer.Option(100, "--page-size", min=1, max=100, help="Subscriptions per Stripe page (and per "
+                                  "committed step)."),
+    at: str | None = typer.Option(None, "--at", help="Act as of this ISO time (default: now)."),
+    json_out: bool = JsonOpt,
+) -> None:
+    """Import customers, default cards, prices and active / trialing / past_due subscriptions
+    from the Stripe account of BILLING_STRIPE_API_KEY (resumes a run that crashed)."""
+    now = parse_at(at)
+    start = parse_at(charge_from, "--charge-from") if charge_from else HOLD
+    settings = get_settings()
+    report = service.import_stripe(engine(), settings, now=now, dry_run=dry_run, charge_from=start,
+                                   actor=cli_actor(), page_size=page_size)
+    if report.resumed_from and not json_out:
+        console.print(f"resumed an interrupted import ({report.resumed_from})", highlight=False)
+    _print_report(report, json_out)
 
 
 def register(app: typer.Typer) -> None:

@@ -7,10 +7,15 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import stripe
 from sqlalchemy.engine import Engine
 
 from billing_engine.db import transaction
-from billing_engine.imports import csv_source, writer
+from billing_engine.errors import ConfigurationError, GatewayUnavailable
+from billing_engine.gateway.rate_limit import SharedTokenBucket, TokenBucket, default_rate
+from billing_engine.imports import csv_source, stripe_source, writer
+from billing_engine.imports.records import HOLD
+from billing_engine.settings import Settings
 
 
 @dataclass
@@ -39,3 +44,31 @@ def import_csv(engine: Engine, text: str, *, now: datetime, default_gateway: str
         if dry_run:
             session.rollback()
     return Report(source="csv", dry_run=dry_run, result=result, charge_from=charge_from)
+
+
+def stripe_limiter(settings: Settings, engine: Engine) -> SharedTokenBucket:
+    """The account's rate limit, the SAME bucket the run-cycle's Stripe calls take from."""
+    key = settings.stripe_api_key.get_secret_value() if settings.stripe_api_key else ""
+    rate = settings.gateway_rate_per_second or settings.stripe_max_ops_per_second or default_rate(key)
+    return SharedTokenBucket(engine, "gateway:stripe", rate)
+
+
+def import_stripe(engine: Engine, settings: Settings, *, now: datetime, dry_run: bool = False,
+                  charge_from: datetime | None = HOLD, actor: str = "admin:import",
+                  http_client: stripe.HTTPClient | None = None, limiter: TokenBucket | SharedTokenBucket | None = None,
+                  page_size: int = stripe_source.PAGE_SIZE) -> Report:
+    """Import the account's live subscriptions (resuming a crashed run). ``charge_from``
+    defaults to "held until ``billing import cutover``"."""
+    client = stripe_source.make_client(settings, limiter=limiter or stripe_limiter(settings, engine),
+                                       http_client=http_client)
+    try:
+        result, unsupported, resumed = stripe_source.run(engine, client, now=now, dry_run=dry_run,
+                                                         charge_from=charge_from, actor=actor, page_size=page_size)
+    except stripe.AuthenticationError as exc:
+        raise ConfigurationError(f"Stripe refused the API key: {exc.user_message or exc}") from None
+    except stripe.APIConnectionError as exc:
+        raise GatewayUnavailable(f"Stripe is unreachable: {exc.user_message or exc}") from None
+    except stripe.StripeError as exc:
+        raise ConfigurationError(f"Stripe refused a request of the import: {exc.user_message or exc}") from None
+    return Report(source="stripe", dry_run=dry_run, result=result, unsupported=[u.as_dict() for u in unsupported],
+                  resumed_from=resumed, charge_from=charge_from)

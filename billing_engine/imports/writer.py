@@ -11,10 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+import sqlite3
+from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 from sqlmodel import select as orm_select
 
@@ -74,11 +77,15 @@ def existing_ids(session: Session, table: Any, external_ids: Iterable[str]) -> d
 
 
 def ensure_plans(session: Session, specs: Iterable[Any], *, now: datetime, dry_run: bool, actor: str,
-                 result: Result) -> dict[str, Any]:
+                 result: Result, known: dict[str, Any] | None = None) -> dict[str, Any]:
     """Plan code -> plan (found by external id, else by code; created when missing).
-    A plan that exists with other terms is refused: the customers agreed to these."""
+    A plan that exists with other terms is refused: the customers agreed to these.
+    ``known``: plans a dry run already counted (several pages of one run)."""
     out: dict[str, Any] = {}
     for spec in {s.code: s for s in specs}.values():
+        if known is not None and spec.code in known:
+            out[spec.code] = known[spec.code]
+            continue
         found = None
         if spec.external_id:
             found = session.exec(orm_select(Plan).where(Plan.external_id == spec.external_id)).first()
@@ -103,15 +110,18 @@ def ensure_plans(session: Session, specs: Iterable[Any], *, now: datetime, dry_r
         session.add(plan)
         session.flush()
         out[spec.code] = plan
+    if known is not None and dry_run:
+        known.update(out)
     return out
 
 
 def write(session: Session, records: Sequence[Record], *, now: datetime, dry_run: bool = False,
-          actor: str = "admin:import", plan_details: bool = False) -> Result:
+          actor: str = "admin:import", plan_details: bool = False, known_plans: dict[str, Any] | None = None
+          ) -> Result:
     """Create what is missing of ``records`` (already validated). Returns the counts."""
     result = Result()
     plan_rows = ensure_plans(session, (r.plan for r in records), now=now, dry_run=dry_run, actor=actor,
-                             result=result)
+                             result=result, known=known_plans)
     for i in range(0, len(records), CHUNK):
         _chunk(session, records[i:i + CHUNK], plan_rows, now=now, dry_run=dry_run, actor=actor,
                result=result, plan_details=plan_details)
@@ -195,8 +205,39 @@ def _chunk(session: Session, records: Sequence[Record], plan_rows: dict[str, Any
         result.created[kind] += len(rows)
     if dry_run:
         return
-    bulk_insert(session, CUSTOMERS, cus_rows)
-    bulk_insert(session, PMS, pm_rows)
-    bulk_insert(session, CONSENTS, cns_rows)
-    bulk_insert(session, SUBS, sub_rows)
-    bulk_insert(session, EVENTS, ev_rows)
+    for table, rows in ((CUSTOMERS, cus_rows), (PMS, pm_rows), (CONSENTS, cns_rows), (SUBS, sub_rows),
+                        (EVENTS, ev_rows)):
+        insert_rows(session, table, rows)
+
+
+def _sqlite_value(v: Any) -> Any:
+    if isinstance(v, datetime):  # what UTCDateTime + SQLAlchemy's SQLite DATETIME store
+        return v.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+    if isinstance(v, StrEnum):
+        return v.value
+    if isinstance(v, bool):
+        return int(v)
+    return v
+
+
+def insert_rows(session: Session, table: Any, rows: list[dict[str, Any]]) -> None:
+    """:func:`charging.bulk_insert` (COPY on PostgreSQL); on SQLite one ``executemany`` of
+    plain values on the driver's cursor, in the session's transaction (SQLAlchemy's
+    per-value type processing costs more than the insert itself at 100k rows)."""
+    if not rows:
+        return
+    conn = session.connection()
+    if conn.dialect.name != "sqlite":
+        bulk_insert(session, table, rows)
+        return
+    cols = list(rows[0])
+    sql = f"INSERT INTO {table.name} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
+    raw = conn.connection.dbapi_connection
+    assert raw is not None
+    cur = raw.cursor()
+    try:
+        cur.executemany(sql, [[_sqlite_value(r[c]) for c in cols] for r in rows])
+    except sqlite3.IntegrityError as exc:
+        raise IntegrityError(sql, None, exc) from exc
+    finally:
+        cur.close()
