@@ -9,11 +9,22 @@ from pathlib import Path
 import typer
 
 from billing_engine.audit import cli_actor
-from billing_engine.imports import csv_source, service
+from billing_engine.imports import csv_source, cutover, service
 from billing_engine.imports.records import HOLD
 from billing_engine.money import format_minor
 from billing_engine.settings import get_settings
-from cli.common import EXIT_INVALID, JsonOpt, console, engine, err_console, fail, handle_errors, parse_at, print_json
+from cli.common import (
+    EXIT_CONFLICT,
+    EXIT_INVALID,
+    JsonOpt,
+    console,
+    engine,
+    err_console,
+    fail,
+    handle_errors,
+    parse_at,
+    print_json,
+)
 
 import_app = typer.Typer(help="Import customers, consented cards and subscriptions from Stripe or a CSV.",
                          no_args_is_help=True)
@@ -98,6 +109,70 @@ def stripe_cmd(
     if report.resumed_from and not json_out:
         console.print(f"resumed an interrupted import ({report.resumed_from})", highlight=False)
     _print_report(report, json_out)
+
+
+@import_app.command("cutover")
+@handle_errors
+def cutover_cmd(
+    yes: bool = typer.Option(False, "--yes", help="Do it (without: print what would be done, change nothing)."),
+    pause: bool = typer.Option(False, "--pause", help="Pause collection in Stripe (void its invoices) instead of "
+                               "cancelling the Stripe subscriptions at their period end."),
+    at: str | None = typer.Option(None, "--at", help="Act as of this ISO time (default: now)."),
+    json_out: bool = JsonOpt,
+) -> None:
+    """Hand the imported Stripe subscriptions over to the engine: Stripe stops renewing
+    each one after its current period, and the engine charges from that period's end."""
+    now = parse_at(at)
+    held = cutover.pending(engine())
+    how = "pause collection (void invoices) of" if pause else "set cancel_at_period_end on"
+    if not yes:
+        if json_out:
+            print_json({"would_hand_over": [vars(h) for h in held], "changed": False})
+            return
+        for h in held:
+            console.print(f"would {how} Stripe {h.stripe_id} ({h.email}, {h.plan_code} "
+                          f"{format_minor(h.amount_minor, h.currency)} {h.currency}); the engine charges {h.id} "
+                          f"from the end of Stripe's current period (now {h.current_period_end.isoformat()})",
+                          highlight=False)
+        console.print(f"{len(held)} subscription(s) to hand over; nothing was changed. Run again with --yes to do it.",
+                      highlight=False)
+        return
+    settings = get_settings()
+    result = cutover.execute(engine(), service.stripe_client(engine(), settings), now=now, pause=pause,
+                             actor=cli_actor())
+    if json_out:
+        print_json(result.as_dict())
+        return
+    for x in result.handed_over:
+        console.print(f"handed over {x['subscription_id']} (Stripe {x['stripe_id']}): the engine charges from "
+                      f"{x['engine_charges_from'].isoformat()}", highlight=False)
+    for x in result.not_handed_over:
+        console.print(f"[yellow]not handed over:[/] {x['subscription_id']} (Stripe {x['stripe_id']}): {x['reason']}",
+                      highlight=False)
+    console.print(f"{len(result.handed_over)} handed over, {len(result.not_handed_over)} left held", highlight=False)
+
+
+@import_app.command("reconcile")
+@handle_errors
+def reconcile_cmd(
+    at: str | None = typer.Option(None, "--at", help="As of this ISO time (default: now)."),
+    json_out: bool = JsonOpt,
+) -> None:
+    """After the cut-over: was every period of every imported subscription charged by
+    exactly one side (Stripe's paid invoices vs the engine's)? Exit 4 when not."""
+    now = parse_at(at)
+    checked, findings = cutover.reconcile(engine(), service.stripe_client(engine(), get_settings()), now=now)
+    if json_out:
+        print_json({"checked": checked, "findings": [vars(f) for f in findings]})
+    else:
+        for f in findings:
+            console.print(f"{f.problem}: {f.subscription_id} (Stripe {f.stripe_id}) period from "
+                          f"{f.period_start.isoformat()}: {f.detail}", highlight=False)
+        console.print(f"{checked} subscription(s) checked: " + (
+            "every period charged by exactly one side" if not findings else f"{len(findings)} finding(s)"),
+            highlight=False)
+    if findings:
+        raise typer.Exit(EXIT_CONFLICT)
 
 
 def register(app: typer.Typer) -> None:

@@ -72,3 +72,9 @@ def import_stripe(engine: Engine, settings: Settings, *, now: datetime, dry_run:
         raise ConfigurationError(f"Stripe refused a request of the import: {exc.user_message or exc}") from None
     return Report(source="stripe", dry_run=dry_run, result=result, unsupported=[u.as_dict() for u in unsupported],
                   resumed_from=resumed, charge_from=charge_from)
+
+
+def stripe_client(engine: Engine, settings: Settings, *, http_client: stripe.HTTPClient | None = None,
+                  limiter: TokenBucket | SharedTokenBucket | None = None) -> stripe.StripeClient:
+    return stripe_source.make_client(settings, limiter=limiter or stripe_limiter(settings, engine),
+                                     http_client=http_client)

@@ -9,9 +9,9 @@ handful of statements per chunk whatever its size. The caller owns the transacti
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-import sqlite3
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
