@@ -96,8 +96,16 @@ class _Plans:
         self.session = session
         self.known: dict[str, PlanSpec | None] = {}
         self.money: dict[tuple[str, str], int] = {}
+        self.seen: dict[tuple[str | None, ...], PlanSpec] = {}  # the same plan cells, checked once
 
     def spec(self, row: dict[str, str]) -> PlanSpec:
+        raw = tuple(row.get(k) for k in ("plan_code", "amount", "currency", "interval", "interval_count", "plan_name"))
+        hit = self.seen.get(raw)
+        if hit is None:
+            hit = self.seen[raw] = self._spec(row)
+        return hit
+
+    def _spec(self, row: dict[str, str]) -> PlanSpec:
         code = validation.code((row.get("plan_code") or "").strip().lower(), "plan_code")
         if code not in self.known:
             p = self.session.exec(select(Plan).where(Plan.code == code)).first()
@@ -199,7 +207,7 @@ def _record(row: dict[str, Any], plans: _Plans, default_gateway: str, charge_fro
     trial_end = _when(row, "trial_end", required=False)
     retry = _when(row, "next_retry_at", required=False)
     created = _when(row, "created_at", required=False) or cps
-    engine_schedule(status=status, billing_anchor=anchor, current_period_start=cps, current_period_end=cpe,
+    schedule = engine_schedule(status=status, billing_anchor=anchor, current_period_start=cps, current_period_end=cpe,
                     trial_end=trial_end, next_retry_at=retry, interval=plan.interval,
                     interval_count=plan.interval_count)
     return Record(
@@ -211,6 +219,6 @@ def _record(row: dict[str, Any], plans: _Plans, default_gateway: str, charge_fro
                       exp_year=_int(row, "card_exp_year", 2000, 2200)),
         plan=plan, status=status, billing_anchor=anchor, current_period_start=cps, current_period_end=cpe,
         trial_end=trial_end, cancel_at_period_end=_bool(row, "cancel_at_period_end"), next_retry_at=retry,
-        created_at=created, charge_from=charge_from,
+        created_at=created, charge_from=charge_from, schedule=schedule,
         source_ids={"subscription": sub_ext, "customer": cus_ext, "payment_method": token},
     )

@@ -55,6 +55,20 @@ class CardSpec:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Schedule:
+    """The engine's columns for an imported subscription."""
+
+    status: str
+    billing_anchor: datetime
+    current_period_start: datetime
+    current_period_end: datetime
+    next_period_index: int
+    trial_end: datetime | None
+    next_retry_at: datetime | None
+    next_charge_at: datetime  # what the source would charge next (equal by construction)
+
+
+@dataclass(frozen=True, kw_only=True)
 class Record:
     """One subscription to import, with its customer, card and plan (by code)."""
 
@@ -73,20 +87,7 @@ class Record:
     created_at: datetime  # the original creation time at the source
     charge_from: datetime | None = None
     source_ids: dict[str, Any] = field(default_factory=dict)  # shown in the consent record
-
-
-@dataclass(frozen=True, kw_only=True)
-class Schedule:
-    """The engine's columns for an imported subscription."""
-
-    status: str
-    billing_anchor: datetime
-    current_period_start: datetime
-    current_period_end: datetime
-    next_period_index: int
-    trial_end: datetime | None
-    next_retry_at: datetime | None
-    next_charge_at: datetime  # what the source would charge next (equal by construction)
+    schedule: Schedule | None = None  # engine_schedule(...) of the above, when already computed
 
 
 def period_index(anchor: datetime, interval: str, count: int, at: datetime) -> int | None:

@@ -9,8 +9,11 @@ handful of statements per chunk whatever its size. The caller owns the transacti
 
 from __future__ import annotations
 
+import base64
+import os
 import sqlite3
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -35,11 +38,20 @@ from billing_engine.models import (
     Plan,
     Subscription,
     SubscriptionStatus,
-    new_id,
 )
 from billing_engine.periods import Interval, monthly_amount
 
 CHUNK = 5_000
+_B32 = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", "0123456789ABCDEFGHJKMNPQRSTVWXYZ")
+
+
+def _ids(prefix: str) -> Callable[[], str]:
+    """:func:`models.new_id` for many rows at once (same format: a ULID of 48 bits of
+    milliseconds + 80 random bits, Crockford base 32), without its per-digit loop."""
+    def make() -> str:
+        value = (int(time.time() * 1000) << 80) | int.from_bytes(os.urandom(10), "big")
+        return f"{prefix}_{base64.b32encode(value.to_bytes(20, 'big')).decode()[-26:].translate(_B32)}"
+    return make
 KINDS = ("plans", "customers", "payment_methods", "consents", "subscriptions")
 CUSTOMERS: Any = Customer.__table__  # type: ignore[attr-defined]
 PMS: Any = PaymentMethod.__table__  # type: ignore[attr-defined]
@@ -137,6 +149,7 @@ def _chunk(session: Session, records: Sequence[Record], plan_rows: dict[str, Any
         return
     customers = existing_ids(session, CUSTOMERS, (r.customer.external_id for r in todo))
     cards = existing_ids(session, PMS, (r.card.external_id for r in todo))
+    cus_id, pm_id, cns_id_, sub_id_ = _ids("cus"), _ids("pm"), _ids("cns"), _ids("sub")
     cus_rows: list[dict[str, Any]] = []
     pm_rows: list[dict[str, Any]] = []
     cns_rows: list[dict[str, Any]] = []
@@ -145,7 +158,7 @@ def _chunk(session: Session, records: Sequence[Record], plan_rows: dict[str, Any
     for r in todo:
         plan = plan_rows[r.plan.code]
         if r.customer.external_id not in customers:
-            cid = customers[r.customer.external_id] = new_id("cus")
+            cid = customers[r.customer.external_id] = cus_id()
             cus_rows.append({"id": cid, "email": r.customer.email, "name": r.customer.name, "external_ref": None,
                              "gateway_customer_id": r.customer.gateway_customer_id,
                              "created_at": r.customer.created_at or r.created_at, "external_id": r.customer.external_id})
@@ -153,19 +166,19 @@ def _chunk(session: Session, records: Sequence[Record], plan_rows: dict[str, Any
                                       payload={"imported_from": r.source, "external_id": r.customer.external_id}))
         cid = customers[r.customer.external_id]
         if r.card.external_id not in cards:
-            pid = cards[r.card.external_id] = new_id("pm")
+            pid = cards[r.card.external_id] = pm_id()
             c = r.card
             pm_rows.append({"id": pid, "customer_id": cid, "gateway": c.gateway, "token": c.token, "brand": c.brand,
                             "last4": c.last4, "exp_month": c.exp_month, "exp_year": c.exp_year,
                             "status": PaymentMethodStatus.ACTIVE.value, "created_at": r.created_at,
                             "detached_at": None, "external_id": c.external_id})
         pid = cards[r.card.external_id]
-        sched = engine_schedule(status=r.status, billing_anchor=r.billing_anchor,
+        sched = r.schedule or engine_schedule(status=r.status, billing_anchor=r.billing_anchor,
                                 current_period_start=r.current_period_start, current_period_end=r.current_period_end,
                                 trial_end=r.trial_end, next_retry_at=r.next_retry_at, interval=plan.interval,
                                 interval_count=plan.interval_count)
         text = consent_text(r)
-        cns_id, sub_id = new_id("cns"), new_id("sub")
+        cns_id, sub_id = cns_id_(), sub_id_()
         cns_rows.append({"id": cns_id, "customer_id": cid, "payment_method_id": pid, "plan_id": plan.id,
                          "accepted_at": r.created_at, "ip_address": "0.0.0.0", "user_agent": f"import:{r.source}",
                          "channel": "import", "terms_version": f"import:{r.source}", "terms_sha256": terms_hash(text),
