@@ -24,7 +24,7 @@ from billing_engine.gateway.fake import FakeGateway
 from billing_engine.gateway.rate_limit import TokenBucket
 from billing_engine.imports import service
 from billing_engine.imports.records import HOLD
-from billing_engine.models import Consent, Customer, ImportProgress, Subscription
+from billing_engine.models import Consent, Customer, ImportProgress, Notification, Subscription
 from billing_engine.settings import Settings, load_settings
 from tests.e2e_stripe.sim_server import serving
 from tests.imports.stripe_account import StripeAccount
@@ -167,8 +167,13 @@ def test_held_until_the_cut_over_by_default(engine: Engine, db_url: str) -> None
     at = d("2026-03-31T10:00")
     skipped = {x["reason"] for x in plan_actions(engine, at) if x["action"] == "skip"}
     assert skipped == {"cut_over"}
+    for day in (14, 25):  # reminders would be due (7 days ahead): Stripe still charges, the engine is silent
+        run_cycle(engine, gw, now=datetime(2026, 3, day, tzinfo=UTC), settings=load_settings())
     summary = run_cycle(engine, gw, now=at, settings=load_settings())
     assert gw.ledger == [] and summary.charged == 0
+    with Session(engine) as s:
+        kinds = {n.kind for n in s.exec(select(Notification))}
+    assert not kinds & {"renewal_reminder", "trial_ending"}
     assert by_stripe_id(engine)[subs["ending"]["id"]].status == "canceled"  # ends as Stripe said, no charge
 
 
