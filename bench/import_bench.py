@@ -9,6 +9,7 @@ same file again (idempotent: creates nothing).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from datetime import UTC, datetime, timedelta
@@ -71,11 +72,12 @@ def main() -> None:
     reset(args.database)
     engine = make_engine(args.database)
     upgrade(engine)
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), time.process_time()
     report = service.import_csv(engine, text, now=NOW, default_gateway="fake")
-    took = time.perf_counter() - t
+    took, cpu = time.perf_counter() - t, time.process_time() - cpu
     print(f"imported {report.result.created['subscriptions']:,} subscriptions "
-          f"({report.result.created}) in {took:.1f}s = {report.result.created['subscriptions'] / took:,.0f}/s")
+          f"({report.result.created}) in {took:.1f}s = {report.result.created['subscriptions'] / took:,.0f}/s; "
+          f"CPU time of this process {cpu:.1f}s; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     t = time.perf_counter()
     again = service.import_csv(engine, text, now=NOW, default_gateway="fake")
     print(f"second run: created {sum(again.result.created.values())} objects, "

@@ -93,3 +93,18 @@ def test_cut_over_hands_each_subscription_over_at_its_stripe_period_end(engine: 
     _checked, findings = cutover.reconcile(engine, client, now=d("2026-04-01T12:00"))
     assert [(f.problem, names[f.subscription_id], f.period_start) for f in findings] == [
         ("double", "monthly", d("2026-03-31T09:00"))]
+
+
+def test_cut_over_with_pause_keeps_the_stripe_subscriptions_but_voids_their_collection(engine: Engine,
+                                                                                        db_url: str) -> None:
+    a, subs = account()
+    stripe_import(engine, db_url, a)
+    client = service.stripe_client(engine, settings(db_url), http_client=a, limiter=FAST)
+    result = cutover.execute(engine, client, now=d("2026-03-10T12:00"), pause=True)
+    assert len(result.handed_over) == 5 and result.not_handed_over == []
+    monthly = a.objects[subs["monthly"]["id"]]
+    assert monthly["pause_collection"] == {"behavior": "void", "resumes_at": None}
+    assert monthly["cancel_at_period_end"] is False
+    assert by_stripe_id(engine)[monthly["id"]].charge_from == d("2026-03-31T09:00")
+    again = cutover.execute(engine, client, now=d("2026-03-10T12:00"), pause=True)  # nothing left to do
+    assert again.handed_over == [] and len([r for r in a.requests if r.method == "post"]) == 5

@@ -9,7 +9,6 @@ handful of statements per chunk whatever its size. The caller owns the transacti
 
 from __future__ import annotations
 
-import base64
 import os
 import sqlite3
 import time
@@ -38,11 +37,14 @@ from billing_engine.models import (
     Plan,
     Subscription,
     SubscriptionStatus,
+    UTCDateTime,
 )
 from billing_engine.periods import Interval, monthly_amount
 
 CHUNK = 5_000
-_B32 = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", "0123456789ABCDEFGHJKMNPQRSTVWXYZ")
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_PAIRS = [a + b for a in _CROCKFORD for b in _CROCKFORD]  # 10 bits -> two digits
+_SHIFTS = tuple(range(120, -10, -10))  # 13 pairs = 130 bits, most significant first
 
 
 def _ids(prefix: str) -> Callable[[], str]:
@@ -50,7 +52,7 @@ def _ids(prefix: str) -> Callable[[], str]:
     milliseconds + 80 random bits, Crockford base 32), without its per-digit loop."""
     def make() -> str:
         value = (int(time.time() * 1000) << 80) | int.from_bytes(os.urandom(10), "big")
-        return f"{prefix}_{base64.b32encode(value.to_bytes(20, 'big')).decode()[-26:].translate(_B32)}"
+        return f"{prefix}_{''.join([_PAIRS[(value >> shift) & 1023] for shift in _SHIFTS])}"
     return make
 KINDS = ("plans", "customers", "payment_methods", "consents", "subscriptions")
 CUSTOMERS: Any = Customer.__table__  # type: ignore[attr-defined]
@@ -223,14 +225,32 @@ def _chunk(session: Session, records: Sequence[Record], plan_rows: dict[str, Any
         insert_rows(session, table, rows)
 
 
-def _sqlite_value(v: Any) -> Any:
-    if isinstance(v, datetime):  # what UTCDateTime + SQLAlchemy's SQLite DATETIME store
-        return v.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
-    if isinstance(v, StrEnum):
-        return v.value
-    if isinstance(v, bool):
-        return int(v)
-    return v
+def _sqlite_converters(table: Any, cols: list[str]) -> list[Callable[[Any], Any] | None]:
+    """Per column: how a value is stored by SQLAlchemy on SQLite (UTCDateTime: naive UTC
+    text; booleans: 0/1; enums: their value), or None when it is stored as is."""
+    cache: dict[datetime, str] = {}
+
+    def when(v: datetime | None) -> str | None:
+        if v is None:
+            return None
+        text = cache.get(v)
+        if text is None:
+            text = cache[v] = v.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+        return text
+
+    def plain(v: Any) -> Any:
+        return v.value if isinstance(v, StrEnum) else int(v) if isinstance(v, bool) else v
+
+    out: list[Callable[[Any], Any] | None] = []
+    for c in cols:
+        python = getattr(table.c[c].type, "python_type", None) if c in table.c else None
+        if isinstance(table.c[c].type, UTCDateTime):
+            out.append(when)
+        elif python in (bool, str) or python is None:
+            out.append(plain)
+        else:
+            out.append(None)
+    return out
 
 
 def insert_rows(session: Session, table: Any, rows: list[dict[str, Any]]) -> None:
@@ -247,9 +267,10 @@ def insert_rows(session: Session, table: Any, rows: list[dict[str, Any]]) -> Non
     sql = f"INSERT INTO {table.name} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
     raw = conn.connection.dbapi_connection
     assert raw is not None
+    convert = list(zip(cols, _sqlite_converters(table, cols), strict=True))
     cur = raw.cursor()
     try:
-        cur.executemany(sql, [[_sqlite_value(r[c]) for c in cols] for r in rows])
+        cur.executemany(sql, [[f(r[c]) if f else r[c] for c, f in convert] for r in rows])
     except sqlite3.IntegrityError as exc:
         raise IntegrityError(sql, None, exc) from exc
     finally:
