@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any
 
 import stripe
+from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
 from billing_engine.db import transaction
@@ -43,7 +44,18 @@ def import_csv(engine: Engine, text: str, *, now: datetime, default_gateway: str
                               plan_details=len(records) <= 200)
         if dry_run:
             session.rollback()
+    if not dry_run:
+        analyze_after(engine, result)
     return Report(source="csv", dry_run=dry_run, result=result, charge_from=charge_from)
+
+
+def analyze_after(engine: Engine, result: writer.Result) -> None:
+    """PostgreSQL plans the next look-ups by external id (and the run-cycle's queries) from
+    the tables' statistics: refresh them after a bulk load, not when autovacuum gets to it."""
+    if engine.dialect.name != "postgresql" or result.created["subscriptions"] < 1000:
+        return
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(text("ANALYZE customers, payment_methods, consents, subscriptions, events"))
 
 
 def stripe_limiter(settings: Settings, engine: Engine) -> SharedTokenBucket:
@@ -70,6 +82,8 @@ def import_stripe(engine: Engine, settings: Settings, *, now: datetime, dry_run:
         raise GatewayUnavailable(f"Stripe is unreachable: {exc.user_message or exc}") from None
     except stripe.StripeError as exc:
         raise ConfigurationError(f"Stripe refused a request of the import: {exc.user_message or exc}") from None
+    if not dry_run:
+        analyze_after(engine, result)
     return Report(source="stripe", dry_run=dry_run, result=result, unsupported=[u.as_dict() for u in unsupported],
                   resumed_from=resumed, charge_from=charge_from)
 
