@@ -18,6 +18,7 @@ from api.routers import (
     dashboard,
     events,
     health,
+    imports,
     invoices,
     notifications,
     payment_methods,
@@ -56,6 +57,6 @@ def create_app(
     install_error_handlers(app)
     app.add_middleware(BodyLimit)
     for module in (health, plans, customers, payment_methods, subscriptions, invoices, refunds, notifications,
-                   cycle, reports, dashboard, cancel_pages, webhooks, events, webhook_endpoints):
+                   cycle, reports, dashboard, cancel_pages, webhooks, events, webhook_endpoints, imports):
         app.include_router(module.router)
     return app

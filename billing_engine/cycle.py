@@ -279,8 +279,8 @@ class _Runner:
 
     def _count_actions(self, prepared: charging.Prepared) -> None:
         for _sid, action in prepared.actions:
-            if action.kind == renewals.ActionKind.NOTHING:
-                continue
+            if action.kind == renewals.ActionKind.NOTHING or action.reason == renewals.CUT_OVER:
+                continue  # (an import before its cut-over: the previous biller charges it)
             self.summary.due += 1
             if action.kind == renewals.ActionKind.END_AT_PERIOD_END:
                 self.summary.cancellations_effective += 1

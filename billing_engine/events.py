@@ -22,6 +22,8 @@ class EventType(StrEnum):
     PAYMENT_METHOD_EXPIRING = "payment_method.expiring"
     CONSENT_RECORDED = "consent.recorded"
     SUBSCRIPTION_CREATED = "subscription.created"
+    SUBSCRIPTION_IMPORTED = "subscription.imported"  # from another biller (billing_engine/imports)
+    SUBSCRIPTION_CUT_OVER = "subscription.cut_over"  # the previous biller stopped; the engine charges from here
     SUBSCRIPTION_ACTIVATED = "subscription.activated"
     SUBSCRIPTION_RENEWED = "subscription.renewed"
     SUBSCRIPTION_PAST_DUE = "subscription.past_due"

@@ -177,6 +177,7 @@ class Customer(SQLModel, table=True):
     # the last change (business time where the change knows it; any other UPDATE stamps
     # the wall clock through onupdate)
     updated_at: datetime = _ts(default_factory=utcnow, index=True, sa_column_kwargs={"onupdate": utcnow})
+    external_id: str | None = Field(default=None, max_length=200, unique=True, index=True)  # import: "stripe:cus_..."
 
 
 class PaymentMethod(SQLModel, table=True):
@@ -200,6 +201,7 @@ class PaymentMethod(SQLModel, table=True):
     status: str = Field(default=PaymentMethodStatus.ACTIVE, max_length=20)
     created_at: datetime = _ts(default_factory=utcnow)
     detached_at: datetime | None = _ts(default=None)
+    external_id: str | None = Field(default=None, max_length=200, unique=True, index=True)  # import: "stripe:cus_..."
 
 
 class Consent(SQLModel, table=True):
@@ -229,6 +231,7 @@ class Consent(SQLModel, table=True):
     gateway_setup_id: str | None = Field(default=None, max_length=100)  # seti_...
     created_at: datetime = _ts(default_factory=utcnow)
     revoked_at: datetime | None = _ts(default=None)
+    external_id: str | None = Field(default=None, max_length=200, unique=True, index=True)  # import: "stripe:cus_..."
 
 
 class Plan(SQLModel, table=True):
@@ -251,6 +254,7 @@ class Plan(SQLModel, table=True):
     reminder_days: int | None = Field(default=None)  # days before renewal; None = default
     tier: str | None = Field(default=None, max_length=30)  # e.g. basic | vip (reporting)
     created_at: datetime = _ts(default_factory=utcnow)
+    external_id: str | None = Field(default=None, max_length=200, unique=True, index=True)  # import: "stripe:cus_..."
 
 
 class Subscription(SQLModel, table=True):
@@ -301,6 +305,10 @@ class Subscription(SQLModel, table=True):
     lease_expires_at: datetime | None = _ts(default=None)
     created_at: datetime = _ts(default_factory=utcnow)
     updated_at: datetime = _ts(default_factory=utcnow)
+    external_id: str | None = Field(default=None, max_length=200, unique=True, index=True)  # import: "stripe:cus_..."
+    # imported subscriptions: the run-cycle charges nothing before this instant (the previous
+    # biller still charges until the cut-over; billing_engine/imports/cutover.py)
+    charge_from: datetime | None = _ts(default=None)
 
 
 class Invoice(SQLModel, table=True):
@@ -578,6 +586,18 @@ class ReportFailedInvoice(SQLModel, table=True):
     paid_minor: int = _money()
     method: str | None = Field(default=None, max_length=30)
     seconds: int | None = Field(default=None, sa_type=BigInteger)
+class ImportProgress(SQLModel, table=True):
+    """Where an import from another biller stopped (``billing import stripe`` resumes here)."""
+
+    __tablename__ = "import_progress"
+
+    key: str = Field(primary_key=True, max_length=200)  # e.g. stripe:subscriptions:active
+    cursor: str | None = Field(default=None, max_length=200)  # the last source id fully imported
+    status: str = Field(default="running", max_length=20)  # running | done
+    created: int = Field(default=0)  # objects created so far by this run
+    started_at: datetime = _ts(default_factory=utcnow)
+    updated_at: datetime = _ts(default_factory=utcnow)
+    finished_at: datetime | None = _ts(default=None)
 
 
 __all__ = [n for n in dir() if not n.startswith("_")]

@@ -38,6 +38,9 @@ def queue(engine: Engine, *, now: datetime, settings: Settings, batch: int = 500
                         .where(col(Subscription.current_period_end) > now)
                         .where(col(Subscription.current_period_end) <= now + lead)
                         .where(col(Subscription.cancel_at_period_end).is_(False))
+                        # an import before its cut-over: the previous biller charges (and reminds)
+                        .where(or_(col(Subscription.charge_from).is_(None),
+                                   col(Subscription.charge_from) <= col(Subscription.current_period_end)))
                         .where(or_(col(Subscription.reminded_period_index).is_(None),
                                    col(Subscription.reminded_period_index) < col(Subscription.next_period_index)))
                         .limit(batch)

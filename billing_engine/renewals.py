@@ -30,6 +30,7 @@ from billing_engine.models import (
 from billing_engine.periods import Interval, period_bounds
 
 CHARGEABLE = (SubscriptionStatus.INCOMPLETE, SubscriptionStatus.TRIALING, SubscriptionStatus.ACTIVE)
+CUT_OVER = "cut_over"  # an imported subscription the previous biller still charges (charge_from)
 
 
 class ActionKind(StrEnum):
@@ -73,7 +74,8 @@ def is_due(sub: Any, now: datetime) -> bool:
 
 def decide(snap: Snapshot, now: datetime) -> Action:
     """The one decision, in this order: reconcile, ended, scheduled end, not due,
-    unusable card (involuntary), no consent (skip), charge."""
+    before the cut-over of an import (skip), unusable card (involuntary), no consent
+    (skip), charge."""
     sub, plan, pm = snap.sub, snap.plan, snap.payment_method
     if snap.unresolved is not None:
         return Action(kind=ActionKind.RECONCILE, amount_minor=snap.unresolved.amount_minor,
@@ -84,6 +86,9 @@ def decide(snap: Snapshot, now: datetime) -> Action:
         return Action(kind=ActionKind.END_AT_PERIOD_END, reason=sub.cancellation_reason)
     if not is_due(sub, now):
         return Action(kind=ActionKind.NOTHING, reason="not due")
+    if sub.charge_from is not None and now < sub.charge_from:
+        return Action(kind=ActionKind.SKIP, reason=CUT_OVER,
+                      message=f"imported: the previous biller charges it until {sub.charge_from.isoformat()}")
     if pm is None or pm.status == PaymentMethodStatus.DETACHED:
         return Action(kind=ActionKind.CANCEL_INVOLUNTARY, reason="hard_decline:payment_method_detached",
                       message="no usable payment method")

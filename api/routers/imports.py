@@ -1,0 +1,54 @@
+"""``POST /v1/imports``: import from Stripe (or a CSV body) — or a dry run of it.
+
+Runs to the end before answering (a Stripe import is paced by the account's rate limit:
+for a large account prefer ``billing import stripe``, which resumes after a crash)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from fastapi import APIRouter, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.responses import JSONResponse
+from pydantic import Field
+
+from api.auth import ADMIN, actor
+from api.deps import EngineDep, NowDep, SettingsDep
+from api.problems import problem
+from api.responses import admin
+from api.schemas import Input, UtcDateTime
+from billing_engine.imports import csv_source, service
+from billing_engine.imports.records import HOLD
+
+router = APIRouter(tags=["imports"], dependencies=ADMIN)
+
+
+class ImportRequest(Input):
+    source: Literal["stripe", "csv"] = Field(description="stripe: the account of BILLING_STRIPE_API_KEY; "
+                                             "csv: the `csv` field (format: docs/migrating-from-stripe.md).")
+    dry_run: bool = Field(False, strict=True, description="Say what would be created and what cannot; change nothing.")
+    charge_from: UtcDateTime | None = Field(
+        None, description="Charge the imported subscriptions from this instant only (Stripe default: not before "
+                          "`billing import cutover`; CSV default: at their next charge date).")
+    csv: str | None = Field(None, max_length=900_000, description="The CSV text (source csv).")
+
+
+@router.post("/v1/imports", responses=admin(), summary="Import customers, cards and subscriptions (Stripe or CSV)")
+def create_import(request: Request, body: ImportRequest, engine: EngineDep, settings: SettingsDep,
+                  now: NowDep) -> JSONResponse:
+    if body.source == "csv":
+        if not body.csv:
+            return problem(422, "csv: give the CSV text for source csv", field="csv")
+        try:
+            report = service.import_csv(engine, body.csv, now=now, default_gateway=settings.gateway_name,
+                                        dry_run=body.dry_run, charge_from=body.charge_from, actor=actor(request))
+        except csv_source.ImportInvalid as exc:
+            errors: list[dict[str, Any]] = [{"line": p.line, "field": p.field, "message": p.message}
+                                            for p in exc.problems[:csv_source.MAX_PROBLEMS_SHOWN]]
+            return problem(422, str(exc), field="csv", errors=errors)
+    else:
+        if body.csv is not None:
+            return problem(422, "csv: only for source csv", field="csv")
+        report = service.import_stripe(engine, settings, now=now, dry_run=body.dry_run,
+                                       charge_from=body.charge_from or HOLD, actor=actor(request))
+    return JSONResponse(jsonable_encoder(report.as_dict()), status_code=200 if body.dry_run else 201)
