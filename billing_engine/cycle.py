@@ -410,6 +410,8 @@ def run_cycle(
     summary.total_due = _db(lambda: claims.count_due(engine, now), what="counting due work")
     if limit:
         summary.total_due = min(summary.total_due, limit)
+    if on_progress:
+        on_progress(0, summary.total_due)  # the total is known before the first batch
     worker = worker or claims.new_worker_id()
     lease = lease or timedelta(seconds=settings.claim_lease_seconds)
     stop = stop or threading.Event()

@@ -78,10 +78,16 @@ def get(session: Session, plan_id_or_code: str) -> Plan:
     return plan
 
 
-def list_plans(session: Session, *, active: bool | None = None) -> list[Plan]:
+def list_plans(session: Session, *, active: bool | None = None, limit: int | None = None,
+               after: str | None = None) -> list[Plan]:
+    """Plans by code; ``after`` (a code) and ``limit`` page through them."""
     q = select(Plan).order_by(col(Plan.code))
     if active is not None:
         q = q.where(Plan.active == active)
+    if after:
+        q = q.where(col(Plan.code) > after)
+    if limit is not None:
+        q = q.limit(limit)
     return list(session.exec(q))
 
 

@@ -16,6 +16,7 @@ from billing_engine.models import Plan
 from billing_engine.money import Money, normalize_currency
 from billing_engine.settings import get_settings
 from cli.common import JsonOpt, console, handle_errors, make_table, parse_at, print_json, print_record, unit_of_work
+from cli.paging import one_page
 
 plan_app = typer.Typer(help="Create and list plans (what is sold, at what price, how often).", no_args_is_help=True)
 customer_app = typer.Typer(help="Create and list customers.", no_args_is_help=True)
@@ -63,11 +64,14 @@ def plan_create(
 @handle_errors
 def plan_list(
     active: bool | None = typer.Option(None, "--active/--inactive", help="Filter by active flag."),
+    limit: int = typer.Option(100, min=1, max=10000, help="At most this many."),
+    after: str | None = typer.Option(None, help="Cursor: plan codes after this one."),
     json_out: bool = JsonOpt,
 ) -> None:
-    """List plans."""
+    """List plans (by code)."""
     with unit_of_work() as s:
-        rows = [plan_dict(p) for p in plans.list_plans(s, active=active)]
+        rows = [plan_dict(p) for p in one_page(
+            plans.list_plans(s, active=active, limit=limit + 1, after=after), limit, cursor_of="code")]
     if json_out:
         print_json(rows)
         return
@@ -105,11 +109,13 @@ def customer_create(
 def customer_list(
     email: str | None = typer.Option(None, help="Only this e-mail address."),
     limit: int = typer.Option(100, min=1, max=10000, help="At most this many."),
+    after: str | None = typer.Option(None, help="Cursor: ids after this one."),
     json_out: bool = JsonOpt,
 ) -> None:
     """List customers."""
     with unit_of_work() as s:
-        rows = [customers.summary(c) for c in customers.list_customers(s, email=email, limit=limit)]
+        rows = [customers.summary(c) for c in one_page(
+            customers.list_customers(s, email=email, limit=limit + 1, after=after), limit)]
     if json_out:
         print_json(rows)
         return

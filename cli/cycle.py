@@ -151,11 +151,12 @@ def register(app: typer.Typer) -> None:
                 with Progress(TextColumn("charging"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
                               TextColumn("{task.fields[rate]}/s"), TimeElapsedColumn(), TimeRemainingColumn(),
                               console=console, transient=True) as progress:
-                    task = progress.add_task("run-cycle", total=None, rate="0")
+                    task = progress.add_task("run-cycle", total=None, rate="0", visible=False)  # shown once counted
 
                     def on_progress(done: int, total: int) -> None:
+                        # total: counted before the run; a late run's catch-up renewals add to it
                         elapsed = progress.tasks[0].elapsed or 0.0
-                        progress.update(task, completed=done, total=total or None,
+                        progress.update(task, completed=done, total=max(total, done) or None, visible=True,
                                         rate=f"{done / elapsed:.0f}" if elapsed > 0 else "0")
                     summary = run_cycle(eng, gateway, now=now, settings=settings, limit=limit, dry_run=False,
                                         deliver=deliver, on_progress=on_progress, stop=stop)

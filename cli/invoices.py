@@ -10,6 +10,7 @@ from billing_engine import invoices
 from billing_engine.models import Invoice
 from billing_engine.money import format_minor
 from cli.common import JsonOpt, console, handle_errors, make_table, print_json, print_record, unit_of_work
+from cli.paging import one_page
 
 invoice_app = typer.Typer(help="Invoices (one per subscription period) and payment attempts.", no_args_is_help=True)
 
@@ -34,8 +35,8 @@ def list_cmd(
 
         raise ValidationError("must be one of open, paid, uncollectible, void", field="status")
     with unit_of_work() as s:
-        rows = [invoice_dict(i) for i in invoices.list_invoices(
-            s, subscription_id=subscription, customer_id=customer, status=status, limit=limit, after=after)]
+        rows = [invoice_dict(i) for i in one_page(invoices.list_invoices(
+            s, subscription_id=subscription, customer_id=customer, status=status, limit=limit + 1, after=after), limit)]
     if json_out:
         print_json(rows)
         return

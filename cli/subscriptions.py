@@ -10,6 +10,7 @@ from billing_engine.audit import cli_actor
 from billing_engine.models import Subscription
 from billing_engine.money import format_minor
 from cli.common import JsonOpt, console, handle_errors, make_table, parse_at, print_json, print_record, unit_of_work
+from cli.paging import one_page
 
 sub_app = typer.Typer(help="Show, list, cancel and reactivate subscriptions.", no_args_is_help=True)
 
@@ -76,8 +77,8 @@ def list_cmd(
 ) -> None:
     """List subscriptions."""
     with unit_of_work() as s:
-        rows = [sub_dict(s, x) for x in subscriptions.list_subscriptions(
-            s, status=status, customer_id=customer, plan_id=plan, limit=limit, after=after)]
+        rows = [sub_dict(s, x) for x in one_page(subscriptions.list_subscriptions(
+            s, status=status, customer_id=customer, plan_id=plan, limit=limit + 1, after=after), limit)]
     if json_out:
         print_json(rows)
         return
