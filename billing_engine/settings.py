@@ -114,6 +114,20 @@ class Settings(BaseSettings):
     )
     fake_latency_ms: float = Field(default=0.0, ge=0, le=60_000, description="Fake gateway only: latency per call.")
 
+    log_level: str | None = Field(
+        default=None,
+        description="critical | error | warning | info | debug. Unset: info when logs go to a pipe or file "
+        "(cron, systemd, containers), warning on a terminal.",
+    )
+    log_format: str = Field(
+        default="auto", description="auto | json | console. auto: JSON unless stderr is a terminal.",
+    )
+    metrics_token: SecretStr | None = Field(
+        default=None,
+        description="Bearer token for GET /metrics (for a Prometheus scraper); admin tokens are accepted too. "
+        "At least 32 bytes in production.",
+    )
+
     segment_thresholds_minor: Annotated[list[int], NoDecode] = Field(
         default_factory=lambda: [10_000, 100_000],
         description="Lifetime-value bucket limits (minor units): small < t0 <= medium < t1 <= large",
@@ -168,6 +182,24 @@ class Settings(BaseSettings):
             v = v.strip().lower() or None
             if v is not None and v not in {m.value for m in Mode}:
                 raise ValueError("must be production, development, demo or test")
+        return v
+
+    @field_validator("log_level")
+    @classmethod
+    def _check_log_level(cls, v: str | None) -> str | None:
+        if v is None or not v.strip():
+            return None
+        v = v.strip().lower()
+        if v not in {"critical", "error", "warning", "info", "debug"}:
+            raise ValueError("must be critical, error, warning, info or debug")
+        return v
+
+    @field_validator("log_format")
+    @classmethod
+    def _check_log_format(cls, v: str) -> str:
+        v = v.strip().lower()
+        if v not in {"auto", "json", "console"}:
+            raise ValueError("must be auto, json or console")
         return v
 
     @field_validator("mail_transport")
@@ -252,6 +284,10 @@ class Settings(BaseSettings):
         if any(len(t.encode()) < MIN_SECRET_BYTES for t in tokens):
             raise ConfigurationError(f"BILLING_ADMIN_TOKENS has a token shorter than {MIN_SECRET_BYTES} bytes "
                                      f"{why}; {GENERATE_HINT}")
+        metrics = self.metrics_token.get_secret_value() if self.metrics_token else ""
+        if metrics and len(metrics.encode()) < MIN_SECRET_BYTES:
+            raise ConfigurationError(f"BILLING_METRICS_TOKEN is shorter than {MIN_SECRET_BYTES} bytes {why}; "
+                                     f"{GENERATE_HINT}")
         if self.gateway is None:
             raise ConfigurationError(UNSET_GATEWAY)
 

@@ -38,6 +38,14 @@ def _root(
                                        help="Print the installed version and exit."),
 ) -> None:
     """Recurring-billing engine: plans, consented cards, renewals, one-click cancel, reports."""
+    from billing_engine import logs
+    from billing_engine.settings import get_settings
+
+    try:
+        settings = get_settings()
+    except ConfigurationError:  # reported as one line by the command itself
+        return
+    logs.configure(level=settings.log_level, fmt=settings.log_format)
 app.add_typer(db_app, name="db")
 app.add_typer(plan_app, name="plan")
 app.add_typer(customer_app, name="customer")
