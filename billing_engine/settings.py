@@ -128,6 +128,17 @@ class Settings(BaseSettings):
         "At least 32 bytes in production.",
     )
 
+    metrics_textfile: str | None = Field(
+        default=None,
+        description="billing run-cycle writes its metrics to this file (node-exporter textfile collector, "
+        "e.g. /var/lib/node_exporter/textfile/billing.prom); same as --metrics-textfile.",
+    )
+    metrics_pushgateway: str | None = Field(
+        default=None,
+        description="billing run-cycle pushes its metrics to this Prometheus Pushgateway (http://host:9091); "
+        "same as --metrics-pushgateway.",
+    )
+
     segment_thresholds_minor: Annotated[list[int], NoDecode] = Field(
         default_factory=lambda: [10_000, 100_000],
         description="Lifetime-value bucket limits (minor units): small < t0 <= medium < t1 <= large",

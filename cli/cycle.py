@@ -29,7 +29,7 @@ from billing_engine.cycle import CycleSummary, run_cycle
 from billing_engine.gateway.factory import build_gateway
 from billing_engine.money import format_minor
 from billing_engine.settings import Mode, get_settings
-from cli.common import JsonOpt, console, engine, fail, handle_errors, parse_at, print_json
+from cli.common import JsonOpt, console, engine, err_console, fail, handle_errors, parse_at, print_json
 
 
 def _deliver() -> Callable[[Engine, datetime], int]:
@@ -91,6 +91,28 @@ def _stop_on_signals() -> Iterator[threading.Event]:
             signal.signal(sig, h)
 
 
+def _export_metrics(eng: Engine, summary: CycleSummary, textfile: str | None, pushgateway: str | None) -> None:
+    """The run's counters and the backlog gauges, to a textfile and/or a Pushgateway. A
+    failure here is a warning: the billing run itself completed."""
+    if summary.dry_run or not (textfile or pushgateway):
+        return
+    from billing_engine import metrics
+
+    registry, run = metrics.registry_for(eng, clock=lambda: summary.at)  # backlog as of the run (--at)
+    run.record(summary)
+    for what, target in (("--metrics-textfile", textfile), ("--metrics-pushgateway", pushgateway)):
+        if not target:
+            continue
+        try:
+            if what == "--metrics-textfile":
+                metrics.write_textfile(target, registry)
+            else:
+                metrics.push(target, registry)
+        except Exception as exc:  # noqa: BLE001 - metrics never fail a billing run
+            err_console.print(f"[yellow]warning:[/] {what}: metrics not written: {type(exc).__name__}: {exc}",
+                              highlight=False)
+
+
 def _print_status(json_out: bool) -> None:
     holders = claims.holders(engine())
     if json_out:
@@ -117,6 +139,13 @@ def register(app: typer.Typer) -> None:
         no_email: bool = typer.Option(False, "--no-email", help="Queue e-mails but do not send them now."),
         json_out: bool = JsonOpt,
         status: bool = typer.Option(False, "--status", help="List the workers holding claims on subscriptions; change nothing."),
+        metrics_textfile: str | None = typer.Option(
+            None, "--metrics-textfile", metavar="PATH",
+            help="Write Prometheus metrics to PATH (node-exporter textfile collector; default "
+            "BILLING_METRICS_TEXTFILE)."),
+        metrics_pushgateway: str | None = typer.Option(
+            None, "--metrics-pushgateway", metavar="URL",
+            help="Push Prometheus metrics to this Pushgateway (default BILLING_METRICS_PUSHGATEWAY)."),
         release_claims: str | None = typer.Option(
             None, "--release-claims", metavar="WORKER|expired",
             help="Release the claims of a worker that died (its id from --status), or every expired claim."),
@@ -161,6 +190,8 @@ def register(app: typer.Typer) -> None:
                     summary = run_cycle(eng, gateway, now=now, settings=settings, limit=limit, dry_run=False,
                                         deliver=deliver, on_progress=on_progress, stop=stop)
         audit.run_cycle_completed(eng, summary, actor=audit.cli_actor(), simulate=simulate)
+        _export_metrics(eng, summary, metrics_textfile or settings.metrics_textfile,
+                        metrics_pushgateway or settings.metrics_pushgateway)
         if json_out:
             print_json(summary.as_dict())
         else:
