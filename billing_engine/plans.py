@@ -91,6 +91,15 @@ def list_plans(session: Session, *, active: bool | None = None, limit: int | Non
     return list(session.exec(q))
 
 
+def subscriber_counts(session: Session, plan_ids: list[str]) -> dict[str, int]:
+    """Subscriptions per plan, for a whole list of plans in ONE query."""
+    if not plan_ids:
+        return {}
+    rows = session.exec(select(Subscription.plan_id, func.count()).where(col(Subscription.plan_id).in_(plan_ids))
+                        .group_by(Subscription.plan_id)).all()
+    return {str(pid): int(n) for pid, n in rows}
+
+
 def subscriber_count(session: Session, plan_id: str) -> int:
     return int(session.exec(select(func.count()).select_from(Subscription).where(Subscription.plan_id == plan_id)).one())
 

@@ -18,6 +18,7 @@ from prometheus_client import generate_latest
 from api.auth import bearer_scheme, check
 from api.responses import problems
 from billing_engine import metrics
+from billing_engine.db import readers
 
 router = APIRouter(tags=["operations"])
 _lock = threading.Lock()
@@ -28,7 +29,7 @@ def app_metrics(app: object) -> tuple[object, metrics.RunMetrics]:
     state = app.state  # type: ignore[attr-defined]
     with _lock:
         if getattr(state, "metrics", None) is None:
-            state.metrics = metrics.registry_for(state.engine, clock=state.clock)
+            state.metrics = metrics.registry_for(readers(state.engine), clock=state.clock)
     return state.metrics  # type: ignore[no-any-return]
 
 
