@@ -15,7 +15,6 @@ from typing import Any
 import pytest
 import typer
 import yaml
-
 from typer._click import Context
 from typer._click.exceptions import UsageError
 
