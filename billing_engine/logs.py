@@ -162,6 +162,8 @@ def configure(*, level: str | None = None, fmt: str = "auto", secrets: Iterable[
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel((level or ("INFO" if json else "WARNING")).upper())
+    # alembic says "Context impl ..." each time a command checks the schema: noise below debug
+    logging.getLogger("alembic").setLevel(logging.DEBUG if root.level <= logging.DEBUG else logging.WARNING)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

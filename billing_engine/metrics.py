@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import func, text
@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from billing_engine.cycle import CycleSummary
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+disable_created_metrics()  # no *_created series: counters here are plain totals
 
 StateGauge = tuple[str, str, Callable[[Session, datetime], float]]
 _extra_gauges: list[StateGauge] = []
@@ -130,6 +131,30 @@ def registry_for(engine: Engine, *, clock: Callable[[], datetime] | None = None)
     registry = CollectorRegistry(auto_describe=True)
     registry.register(StateCollector(engine, clock) if clock else StateCollector(engine))
     return registry, RunMetrics(registry)
+
+
+def carry_over(path: str, run: RunMetrics) -> None:
+    """Add the counters of the textfile a previous run wrote, so that they keep counting up
+    across runs (a counter that restarts at every run would read as a reset each time)."""
+    from pathlib import Path
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        text = Path(path).read_text()
+    except OSError:
+        return
+    counters = {"billing_charges_total": (run.charges, "outcome"), "billing_declines_total": (run.declines, "code"),
+                "billing_collected_minor_total": (run.collected, "currency"),
+                "billing_run_stopped_total": (run.stopped, "reason")}
+    try:
+        samples = [s for fam in text_string_to_metric_families(text) for s in fam.samples]
+    except ValueError:  # not a metrics file: start again
+        return
+    for s in samples:
+        target = counters.get(s.name)
+        if target is not None and target[1] in s.labels and s.value > 0:
+            target[0].labels(s.labels[target[1]]).inc(s.value)
 
 
 def write_textfile(path: str, registry: CollectorRegistry) -> None:

@@ -99,6 +99,8 @@ def _export_metrics(eng: Engine, summary: CycleSummary, textfile: str | None, pu
     from billing_engine import metrics
 
     registry, run = metrics.registry_for(eng, clock=lambda: summary.at)  # backlog as of the run (--at)
+    if textfile:
+        metrics.carry_over(textfile, run)  # counters keep counting up across runs
     run.record(summary)
     for what, target in (("--metrics-textfile", textfile), ("--metrics-pushgateway", pushgateway)):
         if not target:

@@ -88,7 +88,10 @@ def register(app: typer.Typer) -> None:
             "timeout_graceful_shutdown": graceful_timeout, "limit_concurrency": limit_concurrency,
         }
         if workers > 1:
-            cfg = serving.config("api.app:create_app", factory=True, read_timeout=read_timeout, **options)
+            # a worker answers the supervisor's health ping only once it has imported and built the app:
+            # uvicorn's 5 s kills slow starters on a busy machine, over and over
+            cfg = serving.config("api.app:create_app", factory=True, read_timeout=read_timeout,
+                                 timeout_worker_healthcheck=60, **options)
             sock = cfg.bind_socket()
             Multiprocess(cfg, sockets=[sock]).run()
         else:

@@ -109,6 +109,14 @@ _seed(get_engine())
     assert m[("billing_collected_minor_total", (("currency", "USD"),))] == 1700
     assert m[("billing_run_due", ())] == 3 and m[("billing_run_duration_seconds", ())] > 0
     assert m[("billing_due_backlog", ())] == 0
+    again = subprocess.run([sys.executable, "-m", "cli.main", "run-cycle", "--at", "2026-01-10T10:00:00Z", "--json",
+                            "--metrics-textfile", str(prom)], env=env, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and json.loads(again.stdout)["due"] == 0
+    m = samples(prom.read_text())  # counters keep counting across runs; the last run's gauges replace
+    assert m[("billing_charges_total", (("outcome", "succeeded"),))] == 1
+    assert m[("billing_declines_total", (("code", "lost_card"),))] == 1
+    assert m[("billing_run_due", ())] == 0
+    assert not any(name.endswith("_created") for name, _ in m)
     [(method, path, body)] = _Gateway.received
     assert method == "PUT" and path == "/metrics/job/billing_run_cycle"
     assert b'billing_declines_total{code="lost_card"} 1.0' in body
