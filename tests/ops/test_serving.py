@@ -109,3 +109,27 @@ def test_sigterm_drains_in_flight_requests_and_exits_0(server) -> None:  # type:
     t.join(30)
     assert proc.wait(timeout=30) == 0
     assert answers == [200]
+
+
+def test_sigterm_to_a_multi_worker_server_exits_0(tmp_path: Path) -> None:
+    env = {**os.environ, "BILLING_DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite'}", "PYTHONPATH": str(ROOT),
+           "BILLING_ENV": "development", "BILLING_ADMIN_TOKENS": TOKEN}
+    env.pop("BILLING_GATEWAY", None)
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "cli.main", "serve", "--port", str(port), "--workers", "2"],
+                            env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(600):
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        else:
+            pytest.fail("server did not start")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
