@@ -30,7 +30,10 @@ def _capture(level: str = "debug") -> io.StringIO:
 
 
 def _reset() -> None:
-    logs.configure(level="warning", fmt="console", secrets=[])
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if h.get_name() == logs.HANDLER_NAME]:
+        root.removeHandler(handler)
+    root.setLevel(logging.WARNING)
 
 
 def test_run_cycle_logs_json_with_run_worker_subscription_and_attempt_ids(engine) -> None:  # type: ignore[no-untyped-def]
