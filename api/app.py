@@ -8,6 +8,7 @@ from datetime import datetime
 from fastapi import FastAPI
 from sqlalchemy.engine import Engine
 
+from api import openapi_docs
 from api.deps import utc_now
 from api.errors import install_error_handlers
 from api.limits import BodyLimit
@@ -20,6 +21,7 @@ from api.routers import (
     health,
     imports,
     invoices,
+    metrics,
     notifications,
     payment_methods,
     plans,
@@ -49,14 +51,17 @@ def create_app(
         version="1",
         description="Admin API (Bearer token) for plans, customers, consented cards, subscriptions, "
         "invoices, refunds, the run-cycle and reports; plus the customer cancel pages and the Stripe webhook.",
+        docs_url=None, redoc_url=None,  # served offline by api.openapi_docs
     )
     app.state.settings = settings
     app.state.engine = engine if engine is not None else get_engine(settings.database_url)
     app.state.gateway = gateway if gateway is not None else build_gateway(settings)
     app.state.clock = clock or utc_now
     install_error_handlers(app)
+    openapi_docs.install(app)
     app.add_middleware(BodyLimit)
     for module in (health, plans, customers, payment_methods, subscriptions, invoices, refunds, notifications,
-                   cycle, reports, dashboard, cancel_pages, webhooks, events, webhook_endpoints, imports):
+                   cycle, reports, dashboard, cancel_pages, webhooks, events, webhook_endpoints, imports,
+                   metrics):
         app.include_router(module.router)
     return app

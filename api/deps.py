@@ -10,7 +10,7 @@ from fastapi import Depends, Request
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from billing_engine.db import transaction
+from billing_engine.db import readers, transaction
 from billing_engine.gateway.protocol import PaymentGateway
 from billing_engine.settings import Settings
 
@@ -21,7 +21,15 @@ def get_settings_dep(request: Request) -> Settings:
 
 
 def get_engine_dep(request: Request) -> Engine:
+    """The app's engine; for GET/HEAD requests (which change nothing) its reader form, so
+    on SQLite reads do not queue for the write lock (:func:`billing_engine.db.readers`)."""
     engine: Engine = request.app.state.engine
+    if request.method in ("GET", "HEAD"):
+        state = request.app.state
+        reader: Engine | None = getattr(state, "reader_engine", None)
+        if reader is None:
+            reader = state.reader_engine = readers(engine)
+        return reader
     return engine
 
 

@@ -47,6 +47,16 @@ def payment_method(s: Session, pm: PaymentMethod) -> S.PaymentMethodOut:
     return S.PaymentMethodOut(**payment_methods.summary(pm), consents=[consent(c) for c in rows])
 
 
+def payment_methods_of(s: Session, pms: list[PaymentMethod]) -> list[S.PaymentMethodOut]:
+    """A list of cards with their consents: one query for all the consents."""
+    consents: dict[str, list[S.ConsentOut]] = {pm.id: [] for pm in pms}
+    if pms:
+        for c in s.exec(select(Consent).where(col(Consent.payment_method_id).in_(list(consents)))
+                        .order_by(col(Consent.accepted_at))):
+            consents[c.payment_method_id].append(consent(c))
+    return [S.PaymentMethodOut(**payment_methods.summary(pm), consents=consents[pm.id]) for pm in pms]
+
+
 def subscription(s: Session, sub: Subscription) -> S.SubscriptionOut:
     return S.SubscriptionOut(**_sub_fields(s, sub))
 

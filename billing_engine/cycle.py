@@ -37,6 +37,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
+import structlog
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlmodel import Session, col, select
@@ -52,7 +53,7 @@ from billing_engine.gateway.protocol import (
     GatewayUnreachable,
     PaymentGateway,
 )
-from billing_engine.models import Customer, Plan, Refund, RefundStatus, Subscription, SubscriptionStatus
+from billing_engine.models import Customer, Plan, Refund, RefundStatus, Subscription, SubscriptionStatus, new_id
 from billing_engine.money import format_minor
 from billing_engine.settings import Settings, get_settings
 
@@ -72,6 +73,7 @@ DRAIN_SECONDS = 60.0  # on a stop request: how long in-flight gateway calls may 
 class CycleSummary:
     at: datetime
     dry_run: bool = False
+    run_id: str | None = None  # on every log line of the run (and in the metrics' labels-free summary)
     total_due: int = 0  # counted up front (progress bar)
     due: int = 0  # processed this run
     charged: int = 0  # gateway charge calls made for new attempts
@@ -89,6 +91,7 @@ class CycleSummary:
     reminders_queued: int = 0
     notifications_sent: int = 0
     collected: dict[str, int] = field(default_factory=dict)  # currency -> minor units
+    declines_by_code: dict[str, int] = field(default_factory=dict)  # gateway decline code -> count (metrics)
     would_charge: list[dict[str, Any]] = field(default_factory=list)  # dry run: the planned action per subscription
     errors: list[str] = field(default_factory=list)
     stopped: str | None = None  # why the run stopped early (see EXIT_CODES)
@@ -208,6 +211,13 @@ class _Runner:
         self._consecutive_unreachable = 0
         self.plans: dict[str, Plan] = {}
         self.again: list[str] = []  # paid, and the next period is due too (a late run catching up)
+        self.batches = 0
+
+    def ids(self, step: charging.Step) -> dict[str, str]:
+        """The identifiers on every log line about one renewal (pool threads do not see the
+        run's context variables, so they are passed explicitly)."""
+        return {"run_id": self.summary.run_id or "", "worker_id": self.worker,
+                "subscription_id": step.subscription_id, "attempt_id": step.attempt_id}
 
     # -- gateway (runs in the pool's threads) ----------------------------------------
 
@@ -230,7 +240,7 @@ class _Runner:
                 self._halt(STOP_GATEWAY_CONFIGURATION, f"the payment gateway refused a charge request: {exc}")
             return _Answer(step, error=exc)
         except Exception as exc:  # an adapter bug must not settle anything
-            log.exception("run-cycle: gateway call for %s failed", step.subscription_id)
+            log.exception("run-cycle: gateway call failed", extra=self.ids(step))
             return _Answer(step, error=exc)
 
     def _seen(self, answer: _Answer) -> _Answer:
@@ -247,8 +257,12 @@ class _Runner:
 
     def _halt(self, reason: str, message: str) -> None:
         with self._lock:
-            if self.summary.stopped is None:
+            first = self.summary.stopped is None
+            if first:
                 self.summary.stopped, self.summary.stop_message = reason, message
+        if first:
+            log.error("run-cycle: stopping: %s", message, extra={"run_id": self.summary.run_id or "",
+                                                                 "worker_id": self.worker, "reason": reason})
         self.halt.set()
 
     # -- database phases (main thread) -----------------------------------------------
@@ -310,13 +324,21 @@ class _Runner:
         answers = [a for a in batch.answers if a is not None]  # a late one stays pending: reconciled later
         not_done = len(batch.steps) - len(answers)
         definitive = [(a.step, a.result) for a in answers if a.result is not None]
+        debug = log.isEnabledFor(logging.DEBUG)
+        failed = 0
         with self._lock:
             for a in answers:
                 if a.error is not None:
                     self.summary.unresolved += 1
+                    failed += 1
                     if not isinstance(a.error, _NotSent):
                         self.summary.errors.append(
                             f"{a.step.subscription_id}: left unresolved: {type(a.error).__name__}: {a.error}")
+                    if debug:
+                        log.debug("run-cycle: attempt left unresolved: %s", type(a.error).__name__, extra=self.ids(a.step))
+                elif a.result is not None and a.result.decline_code:
+                    code = a.result.decline_code
+                    self.summary.declines_by_code[code] = self.summary.declines_by_code.get(code, 0) + 1
             self.summary.unresolved += not_done
 
         def txn() -> list[charging.Settled]:
@@ -326,11 +348,22 @@ class _Runner:
                                        release=(self.worker, batch.ids))
         settled = _db(txn, what="settling a batch")
         reconciles = {a.step.attempt_id for a in answers if a.step.reconcile}
+        outcomes: dict[str, int] = {}
         with self._lock:
             for st in settled:
                 self._count(st, reconciled=st.attempt_id in reconciles)
+                outcomes[st.outcome.value] = outcomes.get(st.outcome.value, 0) + 1
+                if debug:
+                    log.debug("run-cycle: renewal settled: %s", st.outcome.value, extra={
+                        "run_id": self.summary.run_id or "", "worker_id": self.worker,
+                        "subscription_id": st.subscription_id, "attempt_id": st.attempt_id, "outcome": st.outcome.value})
                 if st.next_due_at is not None and st.next_due_at <= self.now:
                     self.again.append(st.subscription_id)
+            self.batches += 1
+            batch_no = self.batches
+        log.info("run-cycle: batch settled", extra={
+            "batch": batch_no, "calls": len(batch.steps), "outcomes": outcomes,
+            "unresolved": failed + not_done})
 
     def take_again(self, want: int) -> list[str]:
         """Up to ``want`` renewals paid in this run whose next period is due too."""
@@ -489,7 +522,27 @@ def run_cycle(
     summary.total_due = _db(lambda: claims.count_due(engine, now), what="counting due work")
     if limit:
         summary.total_due = min(summary.total_due, limit)
+    if on_progress:
+        on_progress(0, summary.total_due)  # the total is known before the first batch
     worker = worker or claims.new_worker_id()
+    summary.run_id = new_id("run")
+    with structlog.contextvars.bound_contextvars(run_id=summary.run_id, worker_id=worker):
+        log.info("run-cycle: started", extra={"at": now.isoformat(), "total_due": summary.total_due,
+                                              "batch_size": batch_size})
+        _run(engine, gateway, summary, now=now, settings=settings, limit=limit, batch_size=batch_size,
+             worker=worker, lease=lease, concurrency=concurrency, deliver=deliver, on_progress=on_progress,
+             stop=stop, started=started)
+        log.info("run-cycle: finished", extra={
+            "due": summary.due, "succeeded": summary.succeeded, "declined_soft": summary.declined_soft,
+            "declined_hard": summary.declined_hard, "unknown": summary.unknown, "unresolved": summary.unresolved,
+            "collected": summary.collected, "stopped": summary.stopped, "duration_s": summary.timings.get("total_s")})
+    return summary
+
+
+def _run(engine: Engine, gateway: PaymentGateway, summary: CycleSummary, *, now: datetime, settings: Settings,
+         limit: int | None, batch_size: int, worker: str, lease: timedelta | None, concurrency: int | None,
+         deliver: Callable[[Engine, datetime], int] | None, on_progress: Callable[[int, int], None] | None,
+         stop: threading.Event | None, started: float) -> None:
     lease = lease or timedelta(seconds=settings.claim_lease_seconds)
     stop = stop or threading.Event()
     runner = _Runner(engine, gateway, now=now, settings=settings, summary=summary, worker=worker, stop=stop)
@@ -561,4 +614,3 @@ def run_cycle(
             except Exception as exc:  # e-mail trouble never fails a billing run
                 summary.errors.append(f"notifications: {type(exc).__name__}: {exc}")
     summary.timings["total_s"] = round(time.perf_counter() - started, 3)
-    return summary

@@ -68,7 +68,19 @@ def _configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # readers (see `readers`) take no lock up front: in WAL mode they read a snapshot
+        # while one writer writes, instead of queueing for the write lock
+        conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get(READS_OPTION) else "BEGIN IMMEDIATE")
+
+
+READS_OPTION = "billing_reads"
+
+
+def readers(engine: Engine) -> Engine:
+    """``engine`` for reads: on SQLite its transactions begin DEFERRED (no write lock; WAL
+    lets them read while a writer writes -- a write in one would still work, upgrading the
+    lock); on PostgreSQL reads never block anyway. Used by every GET of the API."""
+    return engine.execution_options(**{READS_OPTION: True})
 
 
 def alembic_config(engine: Engine | None = None) -> Config:

@@ -347,10 +347,20 @@ def deliver_pending(
     return sent
 
 
-def list_notifications(session: Session, *, status: str | None = None, limit: int = 50) -> list[Notification]:
+def list_notifications(session: Session, *, status: str | None = None, limit: int = 50,
+                       before: str | None = None) -> list[Notification]:
+    """Newest first; ``before`` (an id from the previous page) continues after that row."""
     q = select(Notification).order_by(col(Notification.created_at).desc(), col(Notification.id).desc()).limit(limit)
     if status:
         q = q.where(Notification.status == status)
+    if before:
+        from billing_engine.errors import NotFound
+
+        edge = session.get(Notification, before)
+        if edge is None:
+            raise NotFound(f"no notification {before!r}", field="before")
+        q = q.where(or_(col(Notification.created_at) < edge.created_at,
+                        and_(col(Notification.created_at) == edge.created_at, col(Notification.id) < edge.id)))
     return list(session.exec(q))
 
 

@@ -78,11 +78,26 @@ def get(session: Session, plan_id_or_code: str) -> Plan:
     return plan
 
 
-def list_plans(session: Session, *, active: bool | None = None) -> list[Plan]:
+def list_plans(session: Session, *, active: bool | None = None, limit: int | None = None,
+               after: str | None = None) -> list[Plan]:
+    """Plans by code; ``after`` (a code) and ``limit`` page through them."""
     q = select(Plan).order_by(col(Plan.code))
     if active is not None:
         q = q.where(Plan.active == active)
+    if after:
+        q = q.where(col(Plan.code) > after)
+    if limit is not None:
+        q = q.limit(limit)
     return list(session.exec(q))
+
+
+def subscriber_counts(session: Session, plan_ids: list[str]) -> dict[str, int]:
+    """Subscriptions per plan, for a whole list of plans in ONE query."""
+    if not plan_ids:
+        return {}
+    rows = session.exec(select(Subscription.plan_id, func.count()).where(col(Subscription.plan_id).in_(plan_ids))
+                        .group_by(Subscription.plan_id)).all()
+    return {str(pid): int(n) for pid, n in rows}
 
 
 def subscriber_count(session: Session, plan_id: str) -> int:

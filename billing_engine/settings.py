@@ -51,7 +51,8 @@ class Settings(BaseSettings):
     )
     secret_key: SecretStr = Field(
         default=SecretStr(DEV_SECRET_KEY),
-        description="Signs customer cancel links. Set a long random value in production.",
+        description="Signs customer cancel links and dashboard sessions; at least 32 bytes in production.",
+        json_schema_extra={"readme_default": "dev value (refused in production)"},
     )
     secret_keys: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list,
@@ -66,32 +67,44 @@ class Settings(BaseSettings):
     gateway: str | None = Field(
         default=None, description="fake | stripe. Unset means fake, but only outside production (see env)."
     )
-    stripe_api_key: SecretStr | None = None
-    stripe_webhook_secret: SecretStr | None = None
-    stripe_api_base: str | None = None
-    stripe_max_ops_per_second: float | None = None
+    stripe_api_key: SecretStr | None = Field(default=None, description="sk_live_... / sk_test_... (or a restricted "
+                                             "rk_ key); see docs/stripe.md.")
+    stripe_webhook_secret: SecretStr | None = Field(default=None, description="whsec_... that signs the events "
+                                                    "sent to POST /webhooks/stripe.")
+    stripe_api_base: str | None = Field(default=None, description="Local Stripe mocks only (e.g. "
+                                        "http://127.0.0.1:12111); never in production.")
+    stripe_max_ops_per_second: float | None = Field(
+        default=None, description="Client-side Stripe calls/s per process (default 25 for test keys, 100 for live "
+        "keys); prefer BILLING_GATEWAY_RATE_PER_SECOND, shared by all workers.")
 
     public_base_url: str = Field(
         default="http://127.0.0.1:8000", description="Base URL used in e-mailed links."
     )
-    cancel_link_max_age_days: int = Field(default=60, ge=1, le=400)
+    cancel_link_max_age_days: int = Field(default=60, ge=1, le=400, description="How long a cancel link works.")
 
-    dunning_schedule_days: Annotated[list[int], NoDecode] = Field(default_factory=lambda: list(DEFAULT_DUNNING_SCHEDULE))
-    reminder_days_before: int = Field(default=7, ge=0, le=60)
+    dunning_schedule_days: Annotated[list[int], NoDecode] = Field(
+        default_factory=lambda: list(DEFAULT_DUNNING_SCHEDULE),
+        description="Retry offsets in days after the first failed charge (strictly increasing, last within 60).")
+    reminder_days_before: int = Field(default=7, ge=0, le=60, description="Renewal reminder lead time in days "
+                                      "(a plan's reminder_days wins).")
 
-    smtp_host: str = "127.0.0.1"
-    smtp_port: int = Field(default=25, ge=1, le=65535)
-    smtp_username: str | None = None
-    smtp_password: SecretStr | None = None
-    smtp_starttls: bool = False
-    smtp_ssl: bool = False
-    smtp_timeout: float = 10.0
+    smtp_host: str = Field(default="127.0.0.1", description="SMTP server for customer e-mails.")
+    smtp_port: int = Field(default=25, ge=1, le=65535, description="SMTP port (587 with STARTTLS, 465 with SSL).")
+    smtp_username: str | None = Field(default=None, description="SMTP login, if the server wants one.")
+    smtp_password: SecretStr | None = Field(default=None, description="SMTP password.")
+    smtp_starttls: bool = Field(default=False, description="Upgrade the SMTP connection with STARTTLS.")
+    smtp_ssl: bool = Field(default=False, description="Connect to SMTP over TLS from the start (port 465).")
+    smtp_timeout: float = Field(default=10.0, description="Seconds to wait for the SMTP server per operation.")
     mail_transport: str = Field(default="smtp", description="smtp | file | none (none keeps e-mails queued)")
     mail_dir: str = Field(default="outbox", description="Directory for the file transport (.eml files)")
-    mail_max_attempts: int = Field(default=8, ge=1, le=50)
-    mail_from: str = "Billing <billing@localhost>"
-    support_email: str = "support@localhost"
-    company_name: str = "Your Newsletter"
+    mail_max_attempts: int = Field(default=8, ge=1, le=50, description="Delivery tries per e-mail before it is "
+                                   "marked failed (with back-off).")
+    mail_from: str = Field(default="Billing <billing@localhost>", description="Branding: the From of every customer "
+                           "e-mail.")
+    support_email: str = Field(default="support@localhost", description="Branding: Reply-To of customer e-mails and "
+                               "the address they name for help.")
+    company_name: str = Field(default="Your Newsletter", description="Branding: the name on every e-mail, cancel "
+                              "page and the dashboard.")
 
     # run-cycle: the batched charge pipeline (see docs/architecture.md)
     claim_lease_seconds: float = Field(
@@ -125,6 +138,31 @@ class Settings(BaseSettings):
     webhook_timeout_seconds: float = Field(default=10.0, gt=0, le=60, description="Timeout of one webhook POST.")
     webhook_secret_grace_hours: float = Field(
         default=24.0, ge=0, le=24 * 30, description="How long a rotated-out webhook secret keeps signing.",
+    )
+
+    log_level: str | None = Field(
+        default=None,
+        description="critical | error | warning | info | debug. Unset: info when logs go to a pipe or file "
+        "(cron, systemd, containers), warning on a terminal.",
+    )
+    log_format: str = Field(
+        default="auto", description="auto | json | console. auto: JSON unless stderr is a terminal.",
+    )
+    metrics_token: SecretStr | None = Field(
+        default=None,
+        description="Bearer token for GET /metrics (for a Prometheus scraper); admin tokens are accepted too. "
+        "At least 32 bytes in production.",
+    )
+
+    metrics_textfile: str | None = Field(
+        default=None,
+        description="billing run-cycle writes its metrics to this file (node-exporter textfile collector, "
+        "e.g. /var/lib/node_exporter/textfile/billing.prom); same as --metrics-textfile.",
+    )
+    metrics_pushgateway: str | None = Field(
+        default=None,
+        description="billing run-cycle pushes its metrics to this Prometheus Pushgateway (http://host:9091); "
+        "same as --metrics-pushgateway.",
     )
 
     segment_thresholds_minor: Annotated[list[int], NoDecode] = Field(
@@ -181,6 +219,24 @@ class Settings(BaseSettings):
             v = v.strip().lower() or None
             if v is not None and v not in {m.value for m in Mode}:
                 raise ValueError("must be production, development, demo or test")
+        return v
+
+    @field_validator("log_level")
+    @classmethod
+    def _check_log_level(cls, v: str | None) -> str | None:
+        if v is None or not v.strip():
+            return None
+        v = v.strip().lower()
+        if v not in {"critical", "error", "warning", "info", "debug"}:
+            raise ValueError("must be critical, error, warning, info or debug")
+        return v
+
+    @field_validator("log_format")
+    @classmethod
+    def _check_log_format(cls, v: str) -> str:
+        v = v.strip().lower()
+        if v not in {"auto", "json", "console"}:
+            raise ValueError("must be auto, json or console")
         return v
 
     @field_validator("mail_transport")
@@ -265,6 +321,10 @@ class Settings(BaseSettings):
         if any(len(t.encode()) < MIN_SECRET_BYTES for t in tokens):
             raise ConfigurationError(f"BILLING_ADMIN_TOKENS has a token shorter than {MIN_SECRET_BYTES} bytes "
                                      f"{why}; {GENERATE_HINT}")
+        metrics = self.metrics_token.get_secret_value() if self.metrics_token else ""
+        if metrics and len(metrics.encode()) < MIN_SECRET_BYTES:
+            raise ConfigurationError(f"BILLING_METRICS_TOKEN is shorter than {MIN_SECRET_BYTES} bytes {why}; "
+                                     f"{GENERATE_HINT}")
         if self.gateway is None:
             raise ConfigurationError(UNSET_GATEWAY)
 

@@ -128,7 +128,22 @@ def list_subscriptions(
         q = q.where(Subscription.plan_id == (plan.id if plan else plan_id))
     if after:
         q = q.where(col(Subscription.id) > after)
-    return list(session.exec(q))
+    rows = list(session.exec(q))
+    load_related(session, rows)
+    return rows
+
+
+def load_related(session: Session, subs: list[Subscription]) -> None:
+    """Load the customers and plans of ``subs`` in ONE query, so that :func:`summary` of a
+    whole page asks the database nothing more (they come from the session's identity map)."""
+    if not subs:
+        return
+    ids = {s.id for s in subs}
+    # the session's identity map holds objects weakly: keep them alive for the session's life
+    session.info.setdefault("related", []).extend(session.exec(select(Customer, Plan).select_from(Subscription)
+                      .join(Customer, col(Customer.id) == col(Subscription.customer_id))
+                      .join(Plan, col(Plan.id) == col(Subscription.plan_id))
+                      .where(col(Subscription.id).in_(ids))))
 
 
 def next_charge(session: Session, sub: Subscription) -> tuple[datetime, int, str] | None:

@@ -17,6 +17,7 @@ from billing_engine.money import Money, normalize_currency
 from billing_engine.settings import get_settings
 from cli import listing
 from cli.common import JsonOpt, console, handle_errors, make_table, parse_at, print_json, print_record, unit_of_work
+from cli.paging import one_page
 
 plan_app = typer.Typer(help="Create and list plans (what is sold, at what price, how often).", no_args_is_help=True)
 customer_app = typer.Typer(help="Create and list customers.", no_args_is_help=True)
@@ -64,11 +65,14 @@ def plan_create(
 @handle_errors
 def plan_list(
     active: bool | None = typer.Option(None, "--active/--inactive", help="Filter by active flag."),
+    limit: int = typer.Option(100, min=1, max=10000, help="At most this many."),
+    after: str | None = typer.Option(None, help="Cursor: plan codes after this one."),
     json_out: bool = JsonOpt,
 ) -> None:
-    """List plans."""
+    """List plans (by code)."""
     with unit_of_work() as s:
-        rows = [plan_dict(p) for p in plans.list_plans(s, active=active)]
+        rows = [plan_dict(p) for p in one_page(
+            plans.list_plans(s, active=active, limit=limit + 1, after=after), limit, cursor_of="code")]
     if json_out:
         print_json(rows)
         return
@@ -117,16 +121,14 @@ def customer_list(
     rng = listing.ranges(created_from, created_to, updated_from, updated_to)
     with unit_of_work() as s:
         found = customers.list_customers(s, email=email, limit=limit + 1, after=after, ranges=rng)
-        rows = [customers.summary(c) for c in found[:limit]]
+        rows = [customers.summary(c) for c in one_page(found, limit)]
     if json_out:
         print_json(rows)
-        listing.say_more(found, limit, what="customers", json_out=True)
         return
     t = make_table("id", "email", "name", "external ref", "created")
     for r in rows:
         t.add_row(str(r["id"]), str(r["email"]), str(r["name"]), str(r["external_ref"] or ""), str(r["created_at"])[:19])
     console.print(t)
-    listing.say_more(found, limit, what="customers", json_out=False)
 
 
 @pm_app.command("add")

@@ -30,7 +30,7 @@ from billing_engine.gateway.factory import build_gateway
 from billing_engine.money import format_minor
 from billing_engine.settings import Mode, get_settings
 from cli import webhooks
-from cli.common import JsonOpt, console, engine, fail, handle_errors, parse_at, print_json
+from cli.common import JsonOpt, console, engine, err_console, fail, handle_errors, parse_at, print_json
 
 
 def _deliver() -> Callable[[Engine, datetime], int]:
@@ -92,6 +92,30 @@ def _stop_on_signals() -> Iterator[threading.Event]:
             signal.signal(sig, h)
 
 
+def _export_metrics(eng: Engine, summary: CycleSummary, textfile: str | None, pushgateway: str | None) -> None:
+    """The run's counters and the backlog gauges, to a textfile and/or a Pushgateway. A
+    failure here is a warning: the billing run itself completed."""
+    if summary.dry_run or not (textfile or pushgateway):
+        return
+    from billing_engine import metrics
+
+    registry, run = metrics.registry_for(eng, clock=lambda: summary.at)  # backlog as of the run (--at)
+    if textfile:
+        metrics.carry_over(textfile, run)  # counters keep counting up across runs
+    run.record(summary)
+    for what, target in (("--metrics-textfile", textfile), ("--metrics-pushgateway", pushgateway)):
+        if not target:
+            continue
+        try:
+            if what == "--metrics-textfile":
+                metrics.write_textfile(target, registry)
+            else:
+                metrics.push(target, registry)
+        except Exception as exc:  # noqa: BLE001 - metrics never fail a billing run
+            err_console.print(f"[yellow]warning:[/] {what}: metrics not written: {type(exc).__name__}: {exc}",
+                              highlight=False)
+
+
 def _print_status(json_out: bool) -> None:
     holders = claims.holders(engine())
     if json_out:
@@ -120,6 +144,13 @@ def register(app: typer.Typer) -> None:
                                          "(billing webhook deliver does)."),
         json_out: bool = JsonOpt,
         status: bool = typer.Option(False, "--status", help="List the workers holding claims on subscriptions; change nothing."),
+        metrics_textfile: str | None = typer.Option(
+            None, "--metrics-textfile", metavar="PATH",
+            help="Write Prometheus metrics to PATH (node-exporter textfile collector; default "
+            "BILLING_METRICS_TEXTFILE)."),
+        metrics_pushgateway: str | None = typer.Option(
+            None, "--metrics-pushgateway", metavar="URL",
+            help="Push Prometheus metrics to this Pushgateway (default BILLING_METRICS_PUSHGATEWAY)."),
         release_claims: str | None = typer.Option(
             None, "--release-claims", metavar="WORKER|expired",
             help="Release the claims of a worker that died (its id from --status), or every expired claim."),
@@ -154,15 +185,18 @@ def register(app: typer.Typer) -> None:
                 with Progress(TextColumn("charging"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
                               TextColumn("{task.fields[rate]}/s"), TimeElapsedColumn(), TimeRemainingColumn(),
                               console=console, transient=True) as progress:
-                    task = progress.add_task("run-cycle", total=None, rate="0")
+                    task = progress.add_task("run-cycle", total=None, rate="0", visible=False)  # shown once counted
 
                     def on_progress(done: int, total: int) -> None:
+                        # total: counted before the run; a late run's catch-up renewals add to it
                         elapsed = progress.tasks[0].elapsed or 0.0
-                        progress.update(task, completed=done, total=total or None,
+                        progress.update(task, completed=done, total=max(total, done) or None, visible=True,
                                         rate=f"{done / elapsed:.0f}" if elapsed > 0 else "0")
                     summary = run_cycle(eng, gateway, now=now, settings=settings, limit=limit, dry_run=False,
                                         deliver=deliver, on_progress=on_progress, stop=stop)
         audit.run_cycle_completed(eng, summary, actor=audit.cli_actor(), simulate=simulate)
+        _export_metrics(eng, summary, metrics_textfile or settings.metrics_textfile,
+                        metrics_pushgateway or settings.metrics_pushgateway)
         hooks = None
         if not dry_run and not no_webhooks and summary.stopped is None:
             try:  # after the run, outside its transactions; webhook trouble never fails a billing run

@@ -13,7 +13,7 @@ from billing_engine.errors import ValidationError
 from billing_engine.money import format_minor
 from billing_engine.periods import parse_datetime
 from billing_engine.settings import load_settings
-from cli.common import console, handle_errors_demo
+from cli.common import JsonOpt, console, handle_errors_demo, print_json
 
 
 def find_fixtures(given: Path | None) -> Path:
@@ -38,6 +38,7 @@ def register(app: typer.Typer) -> None:
         start: str = typer.Option("2026-01-01T09:00:00Z", help="First simulated day (UTC)."),
         months: int = typer.Option(12, min=1, max=60, help="How many months to simulate."),
         verbose: bool = typer.Option(False, "--verbose", "-v", help="Print every notable event."),
+        json_out: bool = JsonOpt,
     ) -> None:
         """Simulate a year of a paid newsletter: sign-ups, renewals, declines, dunning, cancellations."""
         start_at = parse_datetime(start, "--start")
@@ -58,6 +59,13 @@ def register(app: typer.Typer) -> None:
         def deliver(eng, now):  # type: ignore[no-untyped-def]
             return deliver_pending(eng, now, settings)
 
+        if json_out:
+            result = run_demo(engine, start=start_at, months=months, settings=settings, deliver=deliver,
+                              fixtures=fixtures_dir)
+            print_json({"database": url, "mail_dir": str(mail_dir), "months": [{k: dict(v) if isinstance(v, dict) else v for k, v in vars(m).items()}
+                                                                for m in result.months],
+                        "statuses": result.statuses, "notifications": result.notifications})
+            return
         console.print(f"[bold]Demo[/]: {months} months from {start_at.date()} on {database} (fake gateway, fixtures/)")
         with console.status("simulating day by day ...") as status:
             result = run_demo(engine, start=start_at, months=months, settings=settings, deliver=deliver,

@@ -11,6 +11,7 @@ from billing_engine.models import Invoice
 from billing_engine.money import format_minor
 from cli import listing
 from cli.common import JsonOpt, console, handle_errors, make_table, print_json, print_record, unit_of_work
+from cli.paging import one_page
 
 invoice_app = typer.Typer(help="Invoices (one per subscription period) and payment attempts.", no_args_is_help=True)
 
@@ -42,17 +43,15 @@ def list_cmd(
     with unit_of_work() as s:
         found = invoices.list_invoices(s, subscription_id=subscription, customer_id=customer, status=status,
                                        limit=limit + 1, after=after, ranges=rng)
-        rows = [invoice_dict(i) for i in found[:limit]]
+        rows = [invoice_dict(i) for i in one_page(found, limit)]
     if json_out:
         print_json(rows)
-        listing.say_more(found, limit, what="invoices", json_out=True)
         return
     t = make_table("id", "subscription", "period", "amount", "status", "tries", "paid at")
     for r in rows:
         t.add_row(str(r["id"]), str(r["subscription_id"]), f"{str(r['period_start'])[:10]} → {str(r['period_end'])[:10]}",
                   f"{r['amount']} {r['currency']}", str(r["status"]), str(r["attempt_count"]), str(r["paid_at"] or "")[:19])
     console.print(t)
-    listing.say_more(found, limit, what="invoices", json_out=False)
 
 
 @invoice_app.command("show")

@@ -3,14 +3,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import typer
 
 from billing_engine.listing import Ranges
 from billing_engine.periods import parse_datetime
-from cli.common import console, err_console
 
 CreatedFrom = typer.Option(None, "--created-from", help="Created at or after (ISO-8601).")
 CreatedTo = typer.Option(None, "--created-to", help="Created before (ISO-8601).")
@@ -28,15 +26,3 @@ def ranges(created_from: str | None, created_to: str | None, updated_from: str |
                   updated_lt=when(updated_to, "--updated-to")).check(names=("--created-to", "--updated-to"))
 
 
-def say_more(rows: Sequence[Any], limit: int, *, what: str, json_out: bool) -> list[Any]:
-    """``rows`` was fetched with ``limit + 1``: trim it, and say when more exist (on stderr
-    with --json, so stdout stays the documented JSON)."""
-    if len(rows) <= limit:
-        return list(rows)
-    kept = list(rows[:limit])
-    line = f"more {what} exist: rerun with --after {kept[-1].id} (same filters) for the next page"
-    if json_out:
-        err_console.print(f"note: {line}", highlight=False, soft_wrap=True)
-    else:
-        console.print(line, highlight=False, soft_wrap=True)
-    return kept

@@ -17,8 +17,35 @@ app = typer.Typer(
     help="Recurring-billing engine: plans, consented cards, renewals, one-click cancel, reports.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    add_completion=True,  # billing --install-completion / --show-completion (bash, zsh, fish, PowerShell)
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"billing {version('billing-engine')}")
+        except PackageNotFoundError:  # running from a source tree that was never installed
+            typer.echo("billing (not installed)")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    _show_version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the installed version and exit."),
+) -> None:
+    """Recurring-billing engine: plans, consented cards, renewals, one-click cancel, reports."""
+    from billing_engine import logs
+    from billing_engine.settings import get_settings
+
+    try:
+        settings = get_settings()
+    except ConfigurationError:  # reported as one line by the command itself
+        return
+    logs.configure(level=settings.log_level, fmt=settings.log_format)
 app.add_typer(db_app, name="db")
 app.add_typer(plan_app, name="plan")
 app.add_typer(customer_app, name="customer")

@@ -12,6 +12,7 @@ from billing_engine.events import EventType
 from billing_engine.models import NotificationStatus
 from billing_engine.settings import get_settings
 from cli.common import JsonOpt, console, engine, handle_errors, parse_at, print_json
+from cli.paging import one_page
 
 notifications_app = typer.Typer(help="Customer e-mails: send what is queued, list the outbox.", no_args_is_help=True)
 
@@ -44,14 +45,16 @@ def send(
 @handle_errors
 def list_cmd(
     status: str | None = typer.Option(None, "--status", help="pending | sending | sent | failed"),
-    limit: int = typer.Option(50, "--limit", min=1, max=1000),
+    limit: int = typer.Option(50, "--limit", min=1, max=1000, help="At most this many."),
+    before: str | None = typer.Option(None, "--before", help="Cursor: the e-mails older than this id."),
     json_out: bool = JsonOpt,
 ) -> None:
     """The most recent e-mails in the outbox."""
     if status is not None and status not in {s.value for s in NotificationStatus}:
         raise ValidationError(f"must be one of {', '.join(s.value for s in NotificationStatus)}", field="--status")
     with Session(engine()) as s:
-        rows = notifications.list_notifications(s, status=status, limit=limit)
+        rows = one_page(notifications.list_notifications(s, status=status, limit=limit + 1, before=before), limit,
+                        option="--before")
     if json_out:
         print_json([{"id": n.id, "kind": n.kind, "to": n.to_email, "status": n.status, "attempts": n.attempts,
                      "subscription_id": n.subscription_id, "created_at": n.created_at, "sent_at": n.sent_at,

@@ -14,6 +14,7 @@ from billing_engine.models import Refund
 from billing_engine.money import Money, format_minor
 from billing_engine.settings import get_settings
 from cli.common import JsonOpt, console, engine, handle_errors, parse_at, print_json, print_record, unit_of_work
+from cli.paging import one_page
 
 refund_app = typer.Typer(help="Refund paid invoices (fully or partly) and list refunds.", no_args_is_help=True)
 
@@ -88,7 +89,7 @@ def list_cmd(
 ) -> None:
     """List refunds."""
     with unit_of_work() as s:
-        rows = [refund_dict(r) for r in refunds.list_refunds(s, invoice_id=invoice, limit=limit, after=after)]
+        rows = [refund_dict(r) for r in one_page(refunds.list_refunds(s, invoice_id=invoice, limit=limit + 1, after=after), limit)]
     if json_out:
         print_json(rows)
         return

@@ -87,7 +87,12 @@ def _command(name: str, doc: str) -> None:
         currency: str | None = CurrencyOpt,
         fmt: str = FormatOpt,
         output: Path | None = OutputOpt,
+        json_out: bool = typer.Option(False, "--json", help="The same as --format json."),
     ) -> None:
+        if json_out:
+            if fmt.strip().lower() not in ("table", "json"):
+                raise ValidationError(f"--json and --format {fmt} disagree: pass one of them", field="--json")
+            fmt = "json"
         _run(name, start, end, period, by, currency, fmt, output)
 
 

@@ -11,6 +11,7 @@ from billing_engine.models import Subscription
 from billing_engine.money import format_minor
 from cli import listing
 from cli.common import JsonOpt, console, handle_errors, make_table, parse_at, print_json, print_record, unit_of_work
+from cli.paging import one_page
 
 sub_app = typer.Typer(help="Show, list, cancel and reactivate subscriptions.", no_args_is_help=True)
 
@@ -84,10 +85,9 @@ def list_cmd(
     with unit_of_work() as s:
         found = subscriptions.list_subscriptions(s, status=status, customer_id=customer, plan_id=plan,
                                                  limit=limit + 1, after=after, ranges=rng)
-        rows = [sub_dict(s, x) for x in found[:limit]]
+        rows = [sub_dict(s, x) for x in one_page(found, limit)]
     if json_out:
         print_json(rows)
-        listing.say_more(found, limit, what="subscriptions", json_out=True)
         return
     t = make_table("id", "status", "customer", "plan", "period end", "cancel")
     for r in rows:
@@ -100,7 +100,6 @@ def list_cmd(
         t.add_row(str(r["id"]), str(r["status"]), str(r["customer_email"]), str(r["plan_code"]),
                   str(r["current_period_end"])[:19], cancel)
     console.print(t)
-    listing.say_more(found, limit, what="subscriptions", json_out=False)
 
 
 @sub_app.command("cancel")

@@ -14,6 +14,7 @@ from api.auth import ADMIN, actor
 from api.deps import EngineDep, GatewayDep, NowDep, SettingsDep
 from api.idempotency import IdempotencyKey
 from api.responses import admin
+from api.routers.metrics import app_metrics
 from api.schemas import CycleSummaryOut, RunCycleRequest
 from billing_engine import audit
 from billing_engine.clock import check_run_instant
@@ -45,6 +46,7 @@ def trigger_run_cycle(request: Request, engine: EngineDep, gateway: GatewayDep, 
         summary = run_cycle(engine, gateway, now=at, settings=settings, limit=body.limit, dry_run=body.dry_run,
                             deliver=deliver)
         audit.run_cycle_completed(engine, summary, actor=actor(request), simulate=body.simulate)
+        app_metrics(request.app)[1].record(summary)  # GET /metrics
         return CycleSummaryOut.model_validate(summary.as_dict())
 
     return idempotency.after_effect(request, engine, idempotency_key, body, 200, action)

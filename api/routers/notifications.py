@@ -6,10 +6,13 @@ from datetime import datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from api import idempotency
 from api.auth import ADMIN, actor
 from api.deps import EngineDep, NowDep, SettingsDep
+from api.idempotency import IdempotencyKey
 from api.responses import admin
 from billing_engine import audit, notifications
 from billing_engine.db import transaction
@@ -58,7 +61,7 @@ class SendResult(BaseModel):
 def list_notifications(
     engine: EngineDep,
     status: Annotated[Status | None, Query(description="Only e-mails in this status.")] = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+    limit: Annotated[int, Query(ge=1, le=1000, description="At most this many, newest first.")] = 50,
 ) -> NotificationList:
     with transaction(engine) as s:
         rows = notifications.list_notifications(s, status=status, limit=limit)
@@ -74,10 +77,14 @@ def list_notifications(
              summary="Send the e-mails that are due now (retries included); safe to call concurrently")
 def send_notifications(
     request: Request, engine: EngineDep, settings: SettingsDep, now: NowDep,
-    limit: Annotated[int, Query(ge=1, le=5000)] = 500,
-) -> SendResult:
-    sent = notifications.deliver_pending(engine, now, settings, limit=limit)
-    audit.record(engine, EventType.NOTIFICATIONS_SENT, at=now, actor=actor(request),
-                 payload={"sent": sent, "limit": limit, "transport": settings.mail_transport})
-    with transaction(engine) as s:
-        return SendResult(sent=sent, counts=notifications.status_counts(s))
+    limit: Annotated[int, Query(ge=1, le=5000, description="Try at most this many e-mails.")] = 500,
+    idempotency_key: IdempotencyKey = None,
+) -> JSONResponse:
+    def action() -> SendResult:
+        sent = notifications.deliver_pending(engine, now, settings, limit=limit)
+        audit.record(engine, EventType.NOTIFICATIONS_SENT, at=now, actor=actor(request),
+                     payload={"sent": sent, "limit": limit, "transport": settings.mail_transport})
+        with transaction(engine) as s:
+            return SendResult(sent=sent, counts=notifications.status_counts(s))
+
+    return idempotency.after_effect(request, engine, idempotency_key, None, 200, action)

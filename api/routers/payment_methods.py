@@ -78,7 +78,7 @@ def list_payment_methods(customer: CustomerRef, engine: EngineDep) -> ListOf[Pay
     with transaction(engine) as s:
         c = customers.get(s, customer)
         return ListOf[PaymentMethodOut](
-            data=[P.payment_method(s, pm) for pm in payment_methods.list_for_customer(s, c.id)])
+            data=P.payment_methods_of(s, list(payment_methods.list_for_customer(s, c.id))))
 
 
 @router.get("/v1/payment-methods/{payment_method}", response_model=PaymentMethodOut, responses=admin(404),

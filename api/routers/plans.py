@@ -42,7 +42,9 @@ def list_plans(engine: EngineDep,
                active: Annotated[bool | None, Query(description="Only active (true) or inactive (false) plans.")] = None
                ) -> ListOf[PlanOut]:
     with transaction(engine) as s:
-        return ListOf[PlanOut](data=[P.plan_with_count(s, p) for p in plans.list_plans(s, active=active)])
+        rows = plans.list_plans(s, active=active)
+        counts = plans.subscriber_counts(s, [p.id for p in rows])  # one query for the whole list
+        return ListOf[PlanOut](data=[P.plan(p, subscriber_count=counts.get(p.id, 0)) for p in rows])
 
 
 @router.get("/{plan}", response_model=PlanOut, responses=admin(404), summary="Show a plan")

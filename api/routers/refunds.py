@@ -57,5 +57,7 @@ def show_refund(refund: RefundId, engine: EngineDep) -> RefundOut:
 
 @router.post("/{refund}/retry", response_model=RefundOut, responses=admin(404, 409),
              summary="Send a refund left pending (gateway unreachable) again, with its original idempotency key")
-def retry_refund(request: Request, refund: RefundId, engine: EngineDep, gateway: GatewayDep, now: NowDep) -> RefundOut:
-    return P.refund(refunds.send(engine, gateway, refund, now=now, actor=actor(request)))
+def retry_refund(request: Request, refund: RefundId, engine: EngineDep, gateway: GatewayDep, now: NowDep,
+                 idempotency_key: IdempotencyKey = None) -> JSONResponse:
+    return idempotency.after_effect(request, engine, idempotency_key, None, 200, lambda: P.refund(
+        refunds.send(engine, gateway, refund, now=now, actor=actor(request))))

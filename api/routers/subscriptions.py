@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import APIRouter, Header, Path, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import AfterValidator
 from sqlmodel import Session
@@ -39,6 +39,11 @@ from billing_engine.listing import Ranges
 
 router = APIRouter(prefix="/v1/subscriptions", tags=["subscriptions"], dependencies=ADMIN)
 
+MintKey = Annotated[str | None, Header(
+    alias="Idempotency-Key", max_length=255,
+    description="Accepted and not needed: minting is harmless to repeat (a retry mints a second link, "
+    "equally valid; both are in the audit log). The answer is never stored, because the link is a "
+    "capability that cancels the subscription.")]
 SubscriptionId = Annotated[str, Path(min_length=1, max_length=40, description="Subscription id (sub_...)."), AfterValidator(clean_text)]
 
 
@@ -118,7 +123,7 @@ def change_payment_method(request: Request, subscription: SubscriptionId, body: 
 @router.post("/{subscription}/cancel-link", status_code=201, response_model=CancelLinkOut,
              responses=admin(404, 409), summary="Mint the customer's signed one-click cancel link")
 def cancel_link(request: Request, subscription: SubscriptionId, engine: EngineDep, settings: SettingsDep,
-                now: NowDep) -> CancelLinkOut:
+                now: NowDep, idempotency_key: MintKey = None) -> CancelLinkOut:
     with transaction(engine) as s:
         sub = subscriptions.get(s, subscription)
     url = links.make_cancel_url(settings, sub.id, now)

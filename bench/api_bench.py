@@ -1,0 +1,159 @@
+"""API latency under concurrent clients: `billing serve` on 127.0.0.1 only, bounded runs.
+
+Seeds N subscriptions (bench/cycle_data.py), starts `billing serve` as a subprocess and,
+for each client count, sends a fixed number of requests per endpoint with httpx
+(asyncio, one connection per client), then prints requests/s and p50/p95/p99 latency:
+
+- list:   GET /v1/subscriptions?limit=50&after=<random cursor>
+- show:   GET /v1/subscriptions/<random id>            (with its events)
+- cancel: GET /cancel/<signed token of a random subscription>   (the customer's page)
+
+    python bench/api_bench.py --database sqlite:////tmp/api-bench.db
+    python bench/api_bench.py --database postgresql+psycopg://postgres@127.0.0.1:5432/api_bench --workers 2
+
+Bounded: at most --requests requests per (endpoint, clients) and --max-seconds each;
+the server listens on 127.0.0.1 only and is stopped with SIGTERM at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import httpx  # noqa: E402
+from sqlalchemy import text  # noqa: E402
+
+from bench import cycle_data  # noqa: E402
+from billing_engine import links  # noqa: E402
+from billing_engine.db import make_engine  # noqa: E402
+from billing_engine.settings import load_settings  # noqa: E402
+
+TOKEN = "bench-admin-token-" + "x" * 32
+SECRET = "bench-secret-key-" + "y" * 32
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _percentile(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    k = min(len(ordered) - 1, max(0, round(p / 100 * (len(ordered) - 1))))
+    return ordered[k]
+
+
+async def _run(base: str, paths: list[str], clients: int, requests: int, max_seconds: float,
+               headers: dict[str, str]) -> tuple[list[float], int, float]:
+    latencies: list[float] = []
+    errors = 0
+    sent = 0
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    deadline = time.monotonic() + max_seconds
+    async with httpx.AsyncClient(base_url=base, headers=headers, limits=limits, timeout=30) as client:
+        async def worker() -> None:
+            nonlocal sent, errors
+            while sent < requests and time.monotonic() < deadline:
+                sent += 1
+                path = random.choice(paths)
+                t = time.perf_counter()
+                try:
+                    r = await client.get(path)
+                    if r.status_code >= 400:
+                        errors += 1
+                except httpx.HTTPError:
+                    errors += 1
+                latencies.append(time.perf_counter() - t)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(clients)))
+        elapsed = time.perf_counter() - started
+    return latencies, errors, elapsed
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--database", required=True, help="SQLAlchemy URL; the database is RESET and seeded")
+    ap.add_argument("--subscriptions", type=int, default=5000)
+    ap.add_argument("--clients", default="10,50,200")
+    ap.add_argument("--requests", type=int, default=1500, help="per endpoint and client count")
+    ap.add_argument("--max-seconds", type=float, default=60.0, help="per endpoint and client count")
+    ap.add_argument("--workers", type=int, default=1, help="billing serve --workers")
+    ap.add_argument("--endpoints", default="list,show,cancel")
+    args = ap.parse_args()
+
+    cycle_data.reset(args.database)
+    cycle_data.generate(args.database, args.subscriptions)
+    engine = make_engine(args.database)
+    with engine.connect() as c:
+        ids = [r[0] for r in c.execute(text("SELECT id FROM subscriptions ORDER BY id"))]
+    engine.dispose()
+    settings = load_settings(env="development", secret_key=SECRET, public_base_url="http://127.0.0.1")
+    now = datetime.now(UTC)
+    sample = random.sample(ids, min(len(ids), 500))
+    paths = {
+        "list": [f"/v1/subscriptions?limit=50&after={random.choice(ids[:-50])}" for _ in range(200)],
+        "show": [f"/v1/subscriptions/{i}" for i in sample],
+        "cancel": [links.make_cancel_url(settings, i, now).removeprefix("http://127.0.0.1") for i in sample],
+    }
+
+    port = _free_port()
+    env = {**os.environ, "BILLING_DATABASE_URL": args.database, "BILLING_ADMIN_TOKENS": TOKEN,
+           "BILLING_SECRET_KEY": SECRET, "BILLING_ENV": "development", "BILLING_GATEWAY": "fake",
+           "BILLING_MAIL_TRANSPORT": "none", "BILLING_LOG_FORMAT": "json", "PYTHONPATH": str(ROOT)}
+    server = subprocess.Popen([sys.executable, "-m", "cli.main", "serve", "--host", "127.0.0.1", "--port", str(port),
+                               "--workers", str(args.workers), "--log-level", "warning"],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(300):
+            try:
+                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        else:
+            raise SystemExit("server did not start")
+        backend = "postgresql" if args.database.startswith("postgres") else "sqlite"
+        print(f"# {backend}, {len(ids)} subscriptions, billing serve --workers {args.workers}, "
+              f"{os.cpu_count()} CPUs (shared)")
+        print(f"{'endpoint':8} {'clients':>7} {'requests':>8} {'errors':>6} {'rps':>8} "
+              f"{'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8}")
+        headers = {"Authorization": f"Bearer {TOKEN}"}
+        for clients in [int(c) for c in args.clients.split(",")]:
+            for name in args.endpoints.split(","):
+                asyncio.run(_run(base, paths[name], clients, min(clients * 2, 100), 10, headers))  # warm-up
+                lat, errors, elapsed = asyncio.run(_run(base, paths[name], clients, args.requests,
+                                                        args.max_seconds, headers))
+                ms = [x * 1000 for x in lat]
+                print(f"{name:8} {clients:>7} {len(lat):>8} {errors:>6} {len(lat) / elapsed:>8.0f} "
+                      f"{statistics.median(ms):>8.1f} {_percentile(ms, 95):>8.1f} {_percentile(ms, 99):>8.1f}",
+                      flush=True)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            code = server.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            code = server.wait()
+        print(f"# billing serve exited {code} after SIGTERM")
+
+
+if __name__ == "__main__":
+    main()
