@@ -23,6 +23,7 @@ from api.routers import (
     plans,
     refunds,
     reports,
+    self_service,
     subscriptions,
     webhooks,
 )
@@ -54,6 +55,6 @@ def create_app(
     install_error_handlers(app)
     app.add_middleware(BodyLimit)
     for module in (health, plans, customers, payment_methods, subscriptions, invoices, refunds, notifications,
-                   cycle, reports, dashboard, cancel_pages, webhooks):
+                   cycle, reports, dashboard, cancel_pages, webhooks, self_service):
         app.include_router(module.router)
     return app

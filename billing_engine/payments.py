@@ -16,7 +16,7 @@ from sqlalchemy import text
 from sqlmodel import Session, col, select
 from sqlmodel.sql.expression import SelectOfScalar
 
-from billing_engine import cancellations, dunning, events, notifications, refunds
+from billing_engine import cancellations, dunning, events, invoice_numbers, notifications, refunds
 from billing_engine.db import locks_rows
 from billing_engine.gateway.protocol import ChargeRequest, ChargeResult, ChargeStatus, DeclineKind
 from billing_engine.models import (
@@ -275,6 +275,8 @@ def _invoice_paid(
     inv_plan = plan if invoice.plan_id == plan.id else session.get(Plan, invoice.plan_id)
     assert inv_plan is not None
     paid = paid_changes(sub, invoice, attempt, result, invoice_plan=inv_plan, plan_name=plan.name, now=now)
+    if invoice.number is None:
+        paid.invoice["number"] = invoice_numbers.take_one(session)
     for obj, values in ((attempt, paid.attempt), (invoice, paid.invoice), (sub, paid.subscription)):
         for k, v in values.items():
             setattr(obj, k, v)
