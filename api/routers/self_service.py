@@ -102,6 +102,8 @@ def _account(request: Request, token: str, session: Session, customer_id: str, s
     def sub_url(name: str, sub_id: str) -> str:
         return request.url_for(name, token=token, subscription_id=sub_id).path
 
+    if not _banner_is_true(done, view):
+        done = None  # the query string is not trusted: a banner only when it is true
     ctx = {
         **_brand(settings), "view": view, "done": DONE_MESSAGES.get(done or ""), "error": error,
         "cancel_action": {s.id: sub_url("account_cancel", s.id) for s in view.subscriptions},
@@ -113,6 +115,15 @@ def _account(request: Request, token: str, session: Session, customer_id: str, s
                         for i in view.invoices},
     }
     return _page(request, "account.html", ctx, status_code=status_code)
+
+
+def _banner_is_true(done: str | None, view: self_service.Overview) -> bool:
+    states = {s.state for s in view.subscriptions}
+    past_due = any(s.past_due for s in view.subscriptions)
+    return {
+        "canceled": bool(states - {"active"}), "undone": "active" in states, "card_updated": True,
+        "card_paid": not past_due, "card_declined": past_due, "card_pending": True,
+    }.get(done or "", False)
 
 
 # --------------------------------------------------------------------------- the page

@@ -271,3 +271,13 @@ def test_receipt_page_and_pdf(
     assert pdf.content.startswith(b"%PDF-")
     assert re.search(r'attachment; filename="receipt-WM-000001\.pdf"', pdf.headers["content-disposition"])
     assert pdf.headers["X-Content-Type-Options"] == "nosniff"
+
+
+def test_a_crafted_banner_in_the_query_string_is_not_shown(
+    client: TestClient, engine: Engine, settings: Settings, gateway: FakeGateway, now: datetime,
+) -> None:
+    sub = _paid(engine, now, settings, gateway)
+    path = _path(settings, sub.customer_id, now)
+    page = client.get(f"{path}?done=canceled").text
+    assert "Your subscription is canceled" not in page and 'role="status"' not in page
+    assert "went through" in client.get(f"{path}?done=card_paid").text  # true: nothing is due
