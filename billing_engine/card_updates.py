@@ -27,6 +27,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from billing_engine import card_setup, consents, payment_methods, subscriptions
+from billing_engine.db import locks_rows
 from billing_engine.errors import Conflict, NotFound
 from billing_engine.gateway.protocol import CardDetails, PaymentGateway
 from billing_engine.models import (
@@ -116,7 +117,7 @@ def complete(
         consent=_consent(update, accepted_at=min(update.created_at, now), setup_id=setup_id), now=now, actor=actor)
     if (pm.brand, pm.last4) != (card.brand, card.last4) and card.last4:
         payment_methods.update_card(session, pm, card, now=now, actor=actor)
-    sub = session.get(Subscription, update.subscription_id, with_for_update=session.get_bind().dialect.name == "postgresql")
+    sub = session.get(Subscription, update.subscription_id, with_for_update=locks_rows(session))
     assert sub is not None
     retry = False
     if sub.status in LIVE_STATUSES:

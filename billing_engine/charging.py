@@ -272,7 +272,8 @@ def settle(
         if paid is None or paid.refund or "status" not in paid.subscription:
             orm_attempt = session.get(PaymentAttempt, attempt.id)
             assert orm_attempt is not None
-            outcome = payments.settle(session, orm_attempt, result, now=now, schedule_days=schedule_days, actor=actor)
+            outcome = payments.settle(session, orm_attempt, result, now=now, schedule_days=schedule_days, actor=actor,
+                                      number_prefix=number_prefix)
             orm_sub = session.get(Subscription, sub.id)
             if outcome == payments.Outcome.SUCCEEDED and orm_sub is not None and orm_sub.status != SubscriptionStatus.CANCELED:
                 next_due = orm_sub.current_period_end

@@ -84,3 +84,35 @@ def test_concurrent_workers_share_one_gapless_series(engine: Engine, now: dateti
         t.join(120)
     assert sum(results) == 60
     assert _numbers(engine) == [f"2026-{i:06d}" for i in range(1, 61)]
+
+
+def test_the_row_by_row_settle_numbers_from_the_same_series(engine: Engine, now: datetime) -> None:
+    """The path the Stripe webhook and the reconciler use (``payments.settle``)."""
+    from billing_engine import invoices, payments
+    from billing_engine.gateway.protocol import ChargeResult, ChargeStatus
+    from billing_engine.models import PaymentMethod, Plan, Subscription
+
+    with transaction(engine) as s:
+        assert invoice_numbers.take(s, 4, prefix="ROW-")[-1] == "ROW-000004"
+        sub = make_subscription(s, now)
+        plan = s.get(Plan, sub.plan_id)
+        pm = s.get(PaymentMethod, sub.payment_method_id)
+        assert plan is not None and pm is not None
+        invoice = invoices.for_period(s, sub, plan, sub.next_period_index, now=now)
+        attempt = payments.start_attempt(s, sub, invoice, pm, now=now)
+        attempt_id, sub_id = attempt.id, sub.id
+    with transaction(engine) as s:
+        from billing_engine.models import PaymentAttempt
+
+        attempt = s.get(PaymentAttempt, attempt_id)
+        assert attempt is not None
+        outcome = payments.settle(s, attempt, ChargeResult(status=ChargeStatus.SUCCEEDED, gateway_charge_id="ch_1"),
+                                  now=now, number_prefix="ROW-")
+        assert outcome == payments.Outcome.SUCCEEDED
+        again = payments.settle(s, attempt, ChargeResult(status=ChargeStatus.SUCCEEDED), now=now,
+                                number_prefix="ROW-")
+        assert again == payments.Outcome.ALREADY_SETTLED
+    with Session(engine) as s:
+        paid = s.exec(select(Invoice).where(Invoice.subscription_id == sub_id)).one()
+        assert paid.status == InvoiceStatus.PAID and paid.number == "ROW-000005"
+        assert s.get(Subscription, sub_id) is not None
