@@ -12,6 +12,7 @@ from api.deps import utc_now
 from api.errors import install_error_handlers
 from api.limits import BodyLimit
 from api.routers import (
+    account_links,
     cancel_pages,
     customers,
     cycle,
@@ -55,6 +56,6 @@ def create_app(
     install_error_handlers(app)
     app.add_middleware(BodyLimit)
     for module in (health, plans, customers, payment_methods, subscriptions, invoices, refunds, notifications,
-                   cycle, reports, dashboard, cancel_pages, webhooks, self_service):
+                   cycle, reports, dashboard, cancel_pages, webhooks, self_service, account_links):
         app.include_router(module.router)
     return app
