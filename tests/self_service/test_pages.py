@@ -16,7 +16,7 @@ from sqlmodel import Session, col, select
 
 from api.app import create_app
 from api.routers.cancel_pages import SECURITY_HEADERS
-from billing_engine import card_updates, links
+from billing_engine import card_updates, links, receipts
 from billing_engine.cycle import run_cycle
 from billing_engine.db import transaction
 from billing_engine.gateway.fake import FakeGateway
@@ -271,6 +271,23 @@ def test_receipt_page_and_pdf(
     assert pdf.content.startswith(b"%PDF-")
     assert re.search(r'attachment; filename="receipt-WM-000001\.pdf"', pdf.headers["content-disposition"])
     assert pdf.headers["X-Content-Type-Options"] == "nosniff"
+    # what the PDF says (laid out by WeasyPrint from the same receipt)
+    from weasyprint import HTML
+
+    with Session(engine) as s:
+        receipt = receipts.for_invoice(s, invoice.id, customer_id=sub.customer_id, settings=settings)
+    [page] = HTML(string=receipts.render_html(receipt)).render().pages
+    text = " ".join(_texts(page._page_box))
+    for fact in ("Weekly Media GmbH", "Hauptstr. 1", "Tax ID: DE123456789", "WM-000001", "Basic Monthly",
+                 "15 January 2026 to 15 February 2026", "Visa ending 4242", "17.00 USD", "ada@example.com"):
+        assert fact in text, fact
+
+
+def _texts(box: object) -> list[str]:
+    out = [box.text] if isinstance(getattr(box, "text", None), str) else []  # type: ignore[attr-defined]
+    for child in getattr(box, "children", None) or []:
+        out.extend(_texts(child))
+    return out
 
 
 def test_a_crafted_banner_in_the_query_string_is_not_shown(
