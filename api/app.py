@@ -13,6 +13,7 @@ from api.deps import utc_now
 from api.errors import install_error_handlers
 from api.limits import BodyLimit
 from api.routers import (
+    account_links,
     cancel_pages,
     customers,
     cycle,
@@ -27,6 +28,7 @@ from api.routers import (
     plans,
     refunds,
     reports,
+    self_service,
     subscriptions,
     webhook_endpoints,
     webhooks,
@@ -62,6 +64,6 @@ def create_app(
     app.add_middleware(BodyLimit)
     for module in (health, plans, customers, payment_methods, subscriptions, invoices, refunds, notifications,
                    cycle, reports, dashboard, cancel_pages, webhooks, events, webhook_endpoints, imports,
-                   metrics):
+                   metrics, self_service, account_links):
         app.include_router(module.router)
     return app

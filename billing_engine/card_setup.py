@@ -20,7 +20,13 @@ from sqlmodel import Session
 
 from billing_engine import consents, customers, payment_methods
 from billing_engine.errors import Conflict, ValidationError
-from billing_engine.gateway.protocol import GatewayError, GatewayUnreachable, IdempotencyConflict, PaymentGateway
+from billing_engine.gateway.protocol import (
+    GatewayError,
+    GatewayUnreachable,
+    IdempotencyConflict,
+    PaymentGateway,
+    SetupResult,
+)
 from billing_engine.models import Consent, PaymentMethod
 
 
@@ -43,11 +49,27 @@ def add_with_setup(
     token = payment_methods.validate_token(token)
     consents.validate(consent, now=now)
     customer = customers.get(session, customer_id)
+    result = set_up(gateway, token=token, gateway_customer_id=customer.gateway_customer_id,
+                    idempotency_key=setup_key(customer.id, token, consent))
+    assert result.card is not None
+    return payment_methods.add(
+        session,
+        customer_id=customer.id,
+        token=token,
+        gateway=gateway.name,
+        card=result.card,
+        consent=replace(consent, gateway_setup_id=result.gateway_setup_id),
+        now=now,
+        actor=actor,
+    )
+
+
+def set_up(gateway: PaymentGateway, *, token: str, gateway_customer_id: str | None, idempotency_key: str) -> SetupResult:
+    """Ask the gateway to set the card up for off-session charges; anything but success
+    raises (:class:`Conflict` / :class:`ValidationError`, or ``GatewayUnreachable``)."""
     try:
         result = gateway.setup_off_session(
-            payment_method_token=token,
-            gateway_customer_id=customer.gateway_customer_id,
-            idempotency_key=setup_key(customer.id, token, consent),
+            payment_method_token=token, gateway_customer_id=gateway_customer_id, idempotency_key=idempotency_key,
         )
     except GatewayUnreachable:
         raise  # 503 / exit 75: nothing stored, safe to retry
@@ -67,13 +89,4 @@ def add_with_setup(
             "nothing was stored",
             field="token",
         )
-    return payment_methods.add(
-        session,
-        customer_id=customer.id,
-        token=token,
-        gateway=gateway.name,
-        card=result.card,
-        consent=replace(consent, gateway_setup_id=result.gateway_setup_id),
-        now=now,
-        actor=actor,
-    )
+    return result

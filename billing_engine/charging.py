@@ -27,7 +27,7 @@ from sqlalchemy.dialects import sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
-from billing_engine import cancellations, claims, events, notifications, payments, renewals
+from billing_engine import cancellations, claims, events, invoice_numbers, notifications, payments, renewals
 from billing_engine.db import among, locks_rows
 from billing_engine.gateway.protocol import ChargeRequest, ChargeResult, ChargeStatus
 from billing_engine.invoices import for_period
@@ -229,6 +229,7 @@ def settle(
     plans: dict[str, Plan],
     actor: str = "system:cycle",
     release: tuple[str, Sequence[str]] | None = None,
+    number_prefix: str | None = None,
 ) -> list[Settled]:
     """Apply definitive-or-unknown answers of one batch (errors never reach here).
 
@@ -276,7 +277,8 @@ def settle(
         if paid is None or paid.refund or "status" not in paid.subscription:
             orm_attempt = session.get(PaymentAttempt, attempt.id)
             assert orm_attempt is not None
-            outcome = payments.settle(session, orm_attempt, result, now=now, schedule_days=schedule_days, actor=actor)
+            outcome = payments.settle(session, orm_attempt, result, now=now, schedule_days=schedule_days, actor=actor,
+                                      number_prefix=number_prefix)
             orm_sub = session.get(Subscription, sub.id)
             if outcome == payments.Outcome.SUCCEEDED and orm_sub is not None and orm_sub.status != SubscriptionStatus.CANCELED:
                 next_due = orm_sub.current_period_end
@@ -300,6 +302,7 @@ def settle(
         out.append(Settled(subscription_id=sub.id, attempt_id=attempt.id, outcome=outcome,
                            amount_minor=attempt.amount_minor, currency=attempt.currency, next_due_at=next_due))
     _bulk_update(session, PaymentAttempt, att_rows)
+    _number(session, inv_rows, invoices, number_prefix)
     _bulk_update(session, Invoice, inv_rows)
     _bulk_update(session, Subscription, sub_rows)
     bulk_insert(session, Event.__table__, event_rows)  # type: ignore[attr-defined]
@@ -307,6 +310,15 @@ def settle(
     if release is not None:
         claims.release_in(session, [i for i in release[1] if i not in released], release[0])
     return out
+
+
+def _number(session: Session, inv_rows: list[dict[str, Any]], invoices: dict[str, Any], prefix: str | None) -> None:
+    """Gapless numbers for the invoices this batch pays: ONE range from the series' counter
+    row (locked until the settle transaction commits), assigned in batch order."""
+    new = iter(invoice_numbers.take(session, sum(1 for r in inv_rows if invoices[r["_id"]].number is None),
+                                    prefix=prefix))
+    for r in inv_rows:
+        r["number"] = invoices[r["_id"]].number or next(new)
 
 
 def bulk_insert(session: Session, table: Any, rows: list[dict[str, Any]]) -> None:

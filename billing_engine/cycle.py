@@ -345,7 +345,8 @@ class _Runner:
             with transaction(self.engine) as s:
                 return charging.settle(s, definitive, now=self.now, plans=self.plans,
                                        schedule_days=self.settings.dunning_schedule_days,
-                                       release=(self.worker, batch.ids))
+                                       release=(self.worker, batch.ids),
+                                       number_prefix=self.settings.invoice_number_prefix)
         settled = _db(txn, what="settling a batch")
         reconciles = {a.step.attempt_id for a in answers if a.step.reconcile}
         outcomes: dict[str, int] = {}
@@ -614,3 +615,28 @@ def _run(engine: Engine, gateway: PaymentGateway, summary: CycleSummary, *, now:
             except Exception as exc:  # e-mail trouble never fails a billing run
                 summary.errors.append(f"notifications: {type(exc).__name__}: {exc}")
     summary.timings["total_s"] = round(time.perf_counter() - started, 3)
+
+
+def charge_now(
+    engine: Engine, gateway: PaymentGateway, subscription_id: str, *, now: datetime, settings: Settings | None = None,
+) -> CycleSummary:
+    """Run the renewal pipeline for ONE subscription at once (a card just replaced on a
+    subscription in dunning): the same claim -> invoice + pending attempt COMMIT ->
+    gateway call -> settle path as the run-cycle, so the open invoice of the period is
+    retried (never a second one) and the idempotency key is fixed before the call. If
+    another worker holds the subscription, or it is not due, nothing happens."""
+    settings = settings or get_settings()
+    summary = CycleSummary(at=now)
+    worker = claims.new_worker_id()
+    lease = timedelta(seconds=settings.claim_lease_seconds)
+    runner = _Runner(engine, gateway, now=now, settings=settings, summary=summary, worker=worker,
+                     stop=threading.Event())
+    ids, prepared = runner.claim_and_prepare(claims.Cursor(), 1, lease, again=[subscription_id])
+    if not ids:
+        return summary
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="billing-gateway")
+    try:
+        runner.settle(_Batch(prepared.steps, runner.call, pool, 1))
+    finally:
+        pool.shutdown(wait=True)
+    return summary

@@ -26,6 +26,7 @@ from billing_engine.errors import BillingError
 from billing_engine.settings import Settings
 
 SALT = "cancel-link"
+ACCOUNT_SALT = "account-link"  # the self-service page: bound to a customer, not a subscription
 MAX_TOKEN_LENGTH = 400  # a real token is ~110 characters
 MAX_LIFETIME = timedelta(days=400)  # no link verifies for longer than this from "now"
 
@@ -67,12 +68,12 @@ def itsdangerous_keys(settings: Settings) -> list[str]:
     return list(reversed(settings.signing_keys()))
 
 
-def _serializer(settings: Settings, now: datetime) -> URLSafeTimedSerializer:
+def _serializer(settings: Settings, now: datetime, salt: str = SALT) -> URLSafeTimedSerializer:
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
     return URLSafeTimedSerializer(
         itsdangerous_keys(settings),
-        salt=SALT,
+        salt=salt,
         signer=_ClockSigner,
         signer_kwargs={"now": int(now.timestamp()), "digest_method": hashlib.sha256},
     )
@@ -115,10 +116,14 @@ def verify_cancel_token(settings: Settings, token: str, now: datetime | None = N
     Raises :class:`ExpiredCancelLink` (genuine but too old; carries the subscription id)
     or :class:`InvalidCancelLink` (tampered, truncated, signed with another key or for
     another purpose)."""
+    return _verify(settings, token, now, SALT)
+
+
+def _verify(settings: Settings, token: str, now: datetime | None, salt: str) -> str:
     if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_LENGTH:
         raise InvalidCancelLink(field="token")
     now = _now(now)
-    serializer = _serializer(settings, now)
+    serializer = _serializer(settings, now, salt)
     try:
         value, issued = serializer.loads(token, return_timestamp=True)
     except BadData:
@@ -135,7 +140,32 @@ def verify_cancel_token(settings: Settings, token: str, now: datetime | None = N
     return value
 
 
+# --------------------------------------------------------------------------- self-service
+
+
+def make_account_token(settings: Settings, customer_id: str, now: datetime | None = None) -> str:
+    """A signed token for the customer's self-service page (salt ``"account-link"``: a
+    cancel token never opens it, nor the reverse); same keys, rotation and lifetime."""
+    if not customer_id:
+        raise ValueError("customer_id is required")
+    return str(_serializer(settings, _now(now), ACCOUNT_SALT).dumps(customer_id))
+
+
+def make_account_url(settings: Settings, customer_id: str, now: datetime | None = None) -> str:
+    """``settings.public_base_url`` + ``/account/`` + a fresh token."""
+    base = settings.public_base_url.rstrip("/")
+    return f"{base}/account/{make_account_token(settings, customer_id, now)}"
+
+
+def verify_account_token(settings: Settings, token: str, now: datetime | None = None) -> str:
+    """The customer id a self-service token was issued for. Raises :class:`ExpiredCancelLink`
+    (genuine but too old; its ``subscription_id`` holds the customer id) or
+    :class:`InvalidCancelLink`."""
+    return _verify(settings, token, now, ACCOUNT_SALT)
+
+
 __all__ = [
+    "ACCOUNT_SALT",
     "SALT",
     "ExpiredCancelLink",
     "InvalidCancelLink",
@@ -144,6 +174,9 @@ __all__ = [
     "itsdangerous_keys",
     "max_issue_ahead",
     "make_cancel_token",
+    "make_account_token",
+    "make_account_url",
     "make_cancel_url",
+    "verify_account_token",
     "verify_cancel_token",
 ]

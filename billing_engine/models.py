@@ -337,6 +337,44 @@ class Invoice(SQLModel, table=True):
     paid_at: datetime | None = _ts(default=None)
     closed_at: datetime | None = _ts(default=None)
     updated_at: datetime = _ts(default_factory=utcnow, index=True, sa_column_kwargs={"onupdate": utcnow})
+    # gapless per seller series, assigned in the transaction that marks it paid
+    # (billing_engine/invoice_numbers.py); e.g. "INV-000042"
+    number: str | None = Field(default=None, max_length=60, unique=True)
+
+
+class InvoiceNumberSeries(SQLModel, table=True):
+    """One counter row per invoice-number prefix: locked once per batch to take a range."""
+
+    __tablename__ = "invoice_number_series"
+
+    prefix: str = Field(primary_key=True, max_length=40)
+    last_value: int = Field(default=0, sa_type=BigInteger)
+
+
+class CardUpdate(SQLModel, table=True):
+    """A card update started from the customer's self-service page, with the consent the
+    customer gave there (kept until the gateway confirms the new card)."""
+
+    __tablename__ = "card_updates"
+
+    id: str = Field(default_factory=lambda: new_id("cu"), primary_key=True, max_length=40)
+    customer_id: str = Field(foreign_key="customers.id", index=True, max_length=40)
+    subscription_id: str = Field(foreign_key="subscriptions.id", max_length=40)
+    gateway: str = Field(max_length=20)
+    gateway_session_id: str | None = Field(default=None, max_length=255, unique=True)  # cs_... (Stripe Checkout)
+    status: str = Field(default="open", max_length=20)  # open | completed | failed
+    ip_address: str = Field(max_length=64)
+    user_agent: str = Field(max_length=1000)
+    terms_version: str = Field(max_length=50)
+    terms_text: str = Field(sa_type=Text)
+    amount_minor: int = _money()
+    currency: str = Field(max_length=3)
+    interval: str = Field(max_length=10)
+    interval_count: int = Field(default=1)
+    payment_method_id: str | None = Field(default=None, foreign_key="payment_methods.id", max_length=40)
+    message: str | None = Field(default=None, max_length=500)
+    created_at: datetime = _ts(default_factory=utcnow)
+    completed_at: datetime | None = _ts(default=None)
 
 
 class PaymentAttempt(SQLModel, table=True):

@@ -221,6 +221,8 @@ def build_context(session: Session, n: Notification, settings: Settings) -> dict
     plan = session.get(Plan, sub.plan_id) if sub is not None else None
     pm = session.get(PaymentMethod, sub.payment_method_id) if sub is not None and sub.payment_method_id else None
     cancel_url = links.make_cancel_url(settings, sub.id, n.created_at) if sub is not None else None
+    account_url = links.make_account_url(settings, customer.id, n.created_at) if customer is not None else None
+    live = sub is not None and sub.status != "canceled"
     currency = payload.get("currency") or (plan.currency if plan else None)
     amount_minor = payload.get("amount_minor", plan.amount_minor if plan else None)
     reason = str(payload.get("reason") or "")
@@ -239,6 +241,9 @@ def build_context(session: Session, n: Notification, settings: Settings) -> dict
         "amount": _money(amount_minor, currency),
         "card": f"{pm.brand.title()} ending {pm.last4}" if pm is not None and pm.last4 else "your card",
         "cancel_url": cancel_url,
+        # the customer's self-service page (subscriptions, card, receipts) and its card update
+        "account_url": account_url,
+        "card_update_url": f"{account_url}/subscriptions/{sub.id}/card" if account_url and sub and live else None,
         "link_expires": _date(links.expires_at(settings, n.created_at)) if cancel_url else "",
         "charge_date": _date(payload.get("charge_at") or (sub.current_period_end if sub else None)),
         "period_start": _date(payload.get("period_start")),

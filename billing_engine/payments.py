@@ -16,7 +16,7 @@ from sqlalchemy import text
 from sqlmodel import Session, col, select
 from sqlmodel.sql.expression import SelectOfScalar
 
-from billing_engine import cancellations, dunning, events, notifications, refunds
+from billing_engine import cancellations, dunning, events, invoice_numbers, notifications, refunds
 from billing_engine.db import among, locks_rows
 from billing_engine.gateway.protocol import ChargeRequest, ChargeResult, ChargeStatus, DeclineKind
 from billing_engine.models import (
@@ -117,8 +117,11 @@ def settle(
     now: datetime,
     schedule_days: Sequence[int] = DEFAULT_DUNNING_SCHEDULE,
     actor: str = "system",
+    number_prefix: str | None = None,
 ) -> Outcome:
-    """Apply the gateway's answer to the attempt, its invoice and its subscription."""
+    """Apply the gateway's answer to the attempt, its invoice and its subscription
+    (a paid invoice takes the next number of ``number_prefix``'s series; default: the
+    settings' ``invoice_number_prefix``)."""
     # On PostgreSQL the run-cycle and the Stripe webhook may settle the same attempt at
     # once: lock the attempt (re-read after the lock) so the second one sees it settled.
     locking = locks_rows(session)
@@ -133,7 +136,8 @@ def settle(
     assert plan is not None
     attempt.gateway_charge_id = result.gateway_charge_id or attempt.gateway_charge_id
     if result.status == ChargeStatus.SUCCEEDED:
-        return _invoice_paid(session, sub, plan, invoice, attempt, result, now=now, actor=actor)
+        return _invoice_paid(session, sub, plan, invoice, attempt, result, now=now, actor=actor,
+                             number_prefix=number_prefix)
     common = {"attempt_id": attempt.id, "amount_minor": attempt.amount_minor, "currency": attempt.currency,
               "gateway_charge_id": attempt.gateway_charge_id}
 
@@ -273,11 +277,13 @@ def paid_changes(
 
 def _invoice_paid(
     session: Session, sub: Subscription, plan: Plan, invoice: Invoice, attempt: PaymentAttempt,
-    result: ChargeResult, *, now: datetime, actor: str,
+    result: ChargeResult, *, now: datetime, actor: str, number_prefix: str | None = None,
 ) -> Outcome:
     inv_plan = plan if invoice.plan_id == plan.id else session.get(Plan, invoice.plan_id)
     assert inv_plan is not None
     paid = paid_changes(sub, invoice, attempt, result, invoice_plan=inv_plan, plan_name=plan.name, now=now)
+    if invoice.number is None:
+        paid.invoice["number"] = invoice_numbers.take_one(session, prefix=number_prefix)
     for obj, values in ((attempt, paid.attempt), (invoice, paid.invoice), (sub, paid.subscription)):
         for k, v in values.items():
             setattr(obj, k, v)

@@ -105,6 +105,16 @@ class Settings(BaseSettings):
                                "the address they name for help.")
     company_name: str = Field(default="Your Newsletter", description="Branding: the name on every e-mail, cancel "
                               "page and the dashboard.")
+    # the seller on receipts (self-service page and PDF); the name defaults to company_name
+    seller_name: str | None = Field(default=None, max_length=200, description="Seller's legal name on receipts "
+                                    "(default: BILLING_COMPANY_NAME).")
+    seller_address: str = Field(default="", max_length=1000, description="Seller's postal address on receipts "
+                                "(lines separated by newlines or ' | ').")
+    seller_tax_id: str = Field(default="", max_length=100, description="Seller's tax id (VAT / EIN) on receipts.")
+    invoice_number_prefix: str = Field(
+        default="INV-", min_length=1, max_length=40, pattern=r"^[A-Za-z0-9_./-]+$",
+        description="Prefix of the gapless invoice numbers (a new prefix starts a new series at 1).",
+    )
 
     # run-cycle: the batched charge pipeline (see docs/architecture.md)
     claim_lease_seconds: float = Field(

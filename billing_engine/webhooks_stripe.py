@@ -22,6 +22,11 @@ records the event and ignores it:
 * ``charge.dispute.created`` / ``.updated`` / ``.closed``: a :class:`Dispute` row; a
   dispute closed ``lost`` cancels the subscription at once (involuntary, ``dispute``).
 * ``payment_method.automatically_updated``: the card updater's new brand/last4/expiry.
+* ``checkout.session.completed`` (``mode=setup``) / ``setup_intent.succeeded``: the card
+  a customer entered on Stripe's hosted page for a card update started on the
+  self-service page (:mod:`billing_engine.card_updates`) is stored with the consent
+  given there and put on the subscription; whichever event comes first does it. The
+  endpoint then retries a subscription in dunning at once, after commit.
 * ``payment_method.detached``: the card is marked detached. Live subscriptions on it
   are not touched here: the run-cycle cancels them (involuntary,
   ``hard_decline:payment_method_detached``) when their next charge is due, unless a
@@ -39,14 +44,15 @@ from typing import Any
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col, func, select
 
-from billing_engine import cancellations, events, payment_methods, payments, refunds, subscriptions
+from billing_engine import cancellations, card_updates, events, payment_methods, payments, refunds, subscriptions
 from billing_engine.db import locks_rows
 from billing_engine.errors import ValidationError
-from billing_engine.gateway.protocol import CardDetails, ChargeStatus, RefundResult, RefundStatus
+from billing_engine.gateway.protocol import CardDetails, ChargeStatus, PaymentGateway, RefundResult, RefundStatus
 from billing_engine.gateway.stripe import intent_result
 from billing_engine.models import (
     AttemptStatus,
     CancellationReason,
+    CardUpdate,
     Dispute,
     Invoice,
     PaymentAttempt,
@@ -78,7 +84,10 @@ HANDLED_EVENTS = (
     "charge.dispute.closed",
     "payment_method.automatically_updated",
     "payment_method.detached",
+    "checkout.session.completed",
+    "setup_intent.succeeded",
 )
+CARD_UPDATE_EVENTS = frozenset({"checkout.session.completed", "setup_intent.succeeded"})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -96,13 +105,15 @@ def receive(
     payload: str,
     now: datetime,
     schedule_days: Sequence[int] = DEFAULT_DUNNING_SCHEDULE,
+    gateway: PaymentGateway | None = None,
 ) -> Receipt:
-    """Record a verified event once and apply it, in the caller's transaction."""
+    """Record a verified event once and apply it, in the caller's transaction.
+    ``gateway`` reads the card of a completed card update (Stripe)."""
     event_id, event_type = _identity(event)
     if not _insert(session, event_id=event_id, event_type=event_type, payload=payload, now=now):
         row = session.get(WebhookEvent, event_id)
         return Receipt(event_id=event_id, type=event_type, duplicate=True, outcome=row.outcome if row else None)
-    outcome = handle_event(session, event, now, schedule_days=schedule_days)
+    outcome = handle_event(session, event, now, schedule_days=schedule_days, gateway=gateway)
     row = session.get(WebhookEvent, event_id)
     assert row is not None
     row.handled_at = now
@@ -119,6 +130,7 @@ def handle_event(
     now: datetime,
     *,
     schedule_days: Sequence[int] = DEFAULT_DUNNING_SCHEDULE,
+    gateway: PaymentGateway | None = None,
 ) -> str:
     """Apply one event's effect (no deduplication here); returns a one-line outcome."""
     _, event_type = _identity(event)
@@ -127,6 +139,8 @@ def handle_event(
         return "ignored: the event has no data.object"
     if event_type in ("payment_intent.succeeded", "payment_intent.payment_failed"):
         return _payment_intent(session, obj, now=now, schedule_days=schedule_days)
+    if event_type in CARD_UPDATE_EVENTS:
+        return _card_update(session, event_type, obj, now=now, gateway=gateway)
     handler = _HANDLERS.get(event_type)
     if handler is None:
         return f"ignored: {event_type} is not handled"
@@ -385,6 +399,47 @@ def _card_detached(session: Session, obj: dict[str, Any], now: datetime) -> str:
         live += len(subscriptions.live_for_payment_method(session, pm.id))
     return (f"detached {', '.join(pm.id for pm in stored)}; {live} live subscription(s) on it end "
             "at their next charge unless a new card is attached")
+
+
+# --------------------------------------------------------------------------- card updates
+
+
+def _card_update(
+    session: Session, event_type: str, obj: dict[str, Any], *, now: datetime, gateway: PaymentGateway | None,
+) -> str:
+    """The customer saved a card on Stripe's hosted page: store it with the consent they
+    gave on the self-service page, and put their subscription on it."""
+    update = card_updates.find_for_stripe_object(session, obj)
+    if update is None:
+        return f"ignored: {obj.get('id')} is not a card update of ours"
+    locked = session.get(CardUpdate, update.id, with_for_update=locks_rows(session), populate_existing=True)
+    assert locked is not None
+    if locked.status == card_updates.COMPLETED:
+        return f"nothing to do: card update {locked.id} is already completed"
+    if event_type == "checkout.session.completed":
+        if obj.get("mode") != "setup" or obj.get("status") != "complete":
+            return f"ignored: checkout session {obj.get('id')} is not a completed set-up"
+        setup_id = obj.get("setup_intent")
+        pm_token = None
+    else:
+        if obj.get("status") != "succeeded":
+            return f"ignored: SetupIntent {obj.get('id')} is {obj.get('status')}"
+        setup_id = obj.get("id")
+        pm_token = obj.get("payment_method")
+    if not isinstance(setup_id, str):
+        return f"ignored: no SetupIntent on {obj.get('id')}"
+    if gateway is None or not hasattr(gateway, "setup_intent_card"):
+        raise ValidationError("a Stripe gateway is needed to read the new card", field="gateway")
+    found = gateway.setup_intent_card(setup_id)
+    if found is None:
+        return f"ignored: SetupIntent {setup_id} has not succeeded"
+    _, card = found
+    if isinstance(pm_token, str) and pm_token != card.token:
+        return f"ignored: SetupIntent {setup_id} saved {card.token}, the event says {pm_token}"
+    done = card_updates.complete(session, locked, token=card.token, card=card, setup_id=setup_id, gateway=GATEWAY,
+                                 now=now, actor="customer")
+    return (f"card update {done.update_id}: {card.brand} {card.last4} on subscription {done.subscription_id}"
+            + ("; retried at once" if done.retry_now else ""))
 
 
 # --------------------------------------------------------------------------- helpers

@@ -23,17 +23,19 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DataError
+from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import EngineDep, NowDep, SettingsDep
+from api.deps import EngineDep, GatewayDep, NowDep, SettingsDep
 from api.limits import MAX_BODY_BYTES
 from api.problems import problem
 from api.responses import problems
-from billing_engine import webhooks_stripe
+from billing_engine import card_updates, webhooks_stripe
 from billing_engine.db import transaction
 from billing_engine.errors import ValidationError
-from billing_engine.gateway.protocol import GatewayError
+from billing_engine.gateway.protocol import GatewayError, PaymentGateway
 from billing_engine.gateway.webhooks import WebhookSignatureInvalid, construct_event
+from billing_engine.settings import Settings
 from billing_engine.webhook_shape import validate_event
 
 log = logging.getLogger("api")
@@ -62,7 +64,9 @@ class WebhookAck(BaseModel):
             "schema": {"type": "object", "description": "A Stripe Event object, exactly as Stripe sent it"}}}},
     },
 )
-async def stripe_webhook(request: Request, engine: EngineDep, settings: SettingsDep, now: NowDep) -> Any:
+async def stripe_webhook(
+    request: Request, engine: EngineDep, settings: SettingsDep, now: NowDep, gateway: GatewayDep,
+) -> Any:
     secret = settings.stripe_webhook_secret.get_secret_value() if settings.stripe_webhook_secret else ""
     if not secret:
         return problem(503, "webhook secret not configured: set BILLING_STRIPE_WEBHOOK_SECRET (whsec_...)",
@@ -82,7 +86,7 @@ async def stripe_webhook(request: Request, engine: EngineDep, settings: Settings
     try:
         validate_event(event)
         receipt = await run_in_threadpool(_apply, engine, event, payload.decode("utf-8", "replace"), now,
-                                          list(settings.dunning_schedule_days))
+                                          list(settings.dunning_schedule_days), gateway)
     except ValidationError as exc:  # signed, but not an event we can store
         return problem(400, str(exc), code="invalid_event", field="body")
     except (ValueError, TypeError, KeyError, AttributeError, OverflowError, DataError) as exc:
@@ -91,13 +95,33 @@ async def stripe_webhook(request: Request, engine: EngineDep, settings: Settings
         log.exception("malformed Stripe event %s", event.get("id"))
         return problem(400, f"the event could not be applied: {type(exc).__name__}", code="invalid_event",
                        field="body")
+    if receipt.type in webhooks_stripe.CARD_UPDATE_EVENTS:
+        # after commit: a subscription in dunning is charged at once on its new card
+        await run_in_threadpool(_retry_after_card_update, engine, gateway, event, now, settings)
     return WebhookAck(event_id=receipt.event_id, type=receipt.type, duplicate=receipt.duplicate,
                       outcome=receipt.outcome)
 
 
 def _apply(
-    engine: Engine, event: dict[str, Any], payload: str, now: datetime, schedule: list[int]
+    engine: Engine, event: dict[str, Any], payload: str, now: datetime, schedule: list[int],
+    gateway: PaymentGateway,
 ) -> webhooks_stripe.Receipt:
     with transaction(engine) as session:
-        return webhooks_stripe.receive(session, event, payload=payload, now=now, schedule_days=schedule)
+        return webhooks_stripe.receive(session, event, payload=payload, now=now, schedule_days=schedule,
+                                       gateway=gateway)
+
+
+def _retry_after_card_update(
+    engine: Engine, gateway: PaymentGateway, event: dict[str, Any], now: datetime, settings: Settings,
+) -> None:
+    obj = (event.get("data") or {}).get("object") or {}
+    with Session(engine) as session:
+        update = card_updates.find_for_stripe_object(session, obj)
+        sub_id = update.subscription_id if update is not None and update.status == card_updates.COMPLETED else None
+    if sub_id is None:
+        return
+    try:
+        card_updates.retry_now(engine, gateway, sub_id, now=now, settings=settings)
+    except Exception:  # the run-cycle retries it anyway (next_retry_at = now): never fail the webhook
+        log.exception("immediate retry of %s after a card update failed", sub_id)
 

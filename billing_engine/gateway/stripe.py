@@ -273,6 +273,50 @@ class StripeGateway:
             message=error.get("message") or f"SetupIntent {setup_id} is {status}",
         )
 
+    # -- card update (self-service page) ---------------------------------------------
+
+    def create_setup_checkout(
+        self, *, currency: str, success_url: str, cancel_url: str, gateway_customer_id: str | None,
+        metadata: dict[str, str], idempotency_key: str,
+    ) -> tuple[str, str]:
+        """A Checkout Session in ``setup`` mode (Stripe hosts the card form; no card data
+        reaches us). ``metadata`` goes on the session and on its SetupIntent. Returns
+        ``(session id, url)``."""
+        params: dict[str, Any] = {
+            "mode": "setup",
+            "currency": currency.lower(),
+            "payment_method_types": ["card"],
+            "success_url": success_url,
+            "cancel_url": cancel_url,
+            "client_reference_id": metadata.get("card_update_id", ""),
+            "metadata": metadata,
+            "setup_intent_data": {"metadata": metadata},
+        }
+        if gateway_customer_id:
+            params["customer"] = gateway_customer_id
+        options: stripe.RequestOptions = {"idempotency_key": idempotency_key}
+        try:
+            session = self._call(lambda: self.client.v1.checkout.sessions.create(
+                params=params, options=options))  # type: ignore[arg-type]
+        except stripe.IdempotencyError as exc:
+            raise IdempotencyConflict(_reason(exc)) from exc
+        except stripe.StripeError as exc:
+            raise _error("create a card set-up Checkout Session", exc) from exc
+        return str(session["id"]), str(session["url"])
+
+    def setup_intent_card(self, setup_intent_id: str) -> tuple[str, CardDetails] | None:
+        """The card a SetupIntent saved (``None`` unless it succeeded): (status, card)."""
+        try:
+            intent = self._call(lambda: self.client.v1.setup_intents.retrieve(
+                setup_intent_id, params={"expand": ["payment_method"]}))
+        except stripe.StripeError as exc:
+            raise _error(f"read SetupIntent {setup_intent_id!r}", exc) from exc
+        if intent.get("status") != "succeeded":
+            return None
+        pm = intent.get("payment_method")
+        card = _card_details(pm) if isinstance(pm, dict) else self.card_details(str(pm))
+        return str(intent["id"]), card
+
     # -- internals ----------------------------------------------------------------
 
     def _call(self, operation: Callable[[], Any]) -> dict[str, Any]:

@@ -83,6 +83,8 @@ class StripeSim(stripe.HTTPClient):
         self.requests: list[Recorded] = []
         self.payment_intents: dict[str, dict[str, Any]] = {}
         self.refunds: dict[str, dict[str, Any]] = {}
+        self.setup_intents: dict[str, dict[str, Any]] = {}
+        self.checkout_sessions: dict[str, dict[str, Any]] = {}
         self.search_lags = False  # True: the search index has not seen new objects yet
         self._script: deque[Fault | Reply] = deque()
         self._decline_next: deque[str] = deque()
@@ -187,6 +189,10 @@ class StripeSim(stripe.HTTPClient):
             return (200, _payment_method(card)) if card else _missing("payment_method", m.group(1))
         if (method, path) == ("post", "/v1/setup_intents"):
             return self._create_setup(params)
+        if method == "get" and (m := re.fullmatch(r"/v1/setup_intents/([^/]+)", path)):
+            return self._retrieve_setup(m.group(1), params)
+        if (method, path) == ("post", "/v1/checkout/sessions"):
+            return self._create_checkout(params)
         return 404, {
             "error": {
                 "message": f"Unrecognized request URL ({method.upper()}: {path}).",
@@ -321,6 +327,56 @@ class StripeSim(stripe.HTTPClient):
             usage=params.get("usage", "off_session"),
         )
         return 200, si
+
+
+    # -- Checkout in setup mode (the customer types the card on Stripe's page) ---------
+
+    def _create_checkout(self, params: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        if params.get("mode") != "setup":
+            return 400, _invalid("this simulator only knows mode=setup", "mode")
+        for required in ("success_url", "currency"):
+            if not params.get(required):
+                return 400, _invalid(f"Missing required param: {required}.", required)
+        cs = fixture("checkout_session")
+        cs_id = self._next_id("cs_test")
+        si = fixture("setup_intent")
+        si_id = self._next_id("seti")
+        metadata = (params.get("setup_intent_data") or {}).get("metadata", {})
+        si.update(id=si_id, status="requires_payment_method", payment_method=None, metadata=metadata,
+                  customer=params.get("customer"), usage="off_session", last_setup_error=None, next_action=None,
+                  client_secret=f"{si_id}_secret_sim", payment_method_types=["card"],
+                  automatic_payment_methods=None, payment_method_configuration_details=None)
+        self.setup_intents[si_id] = si
+        cs.update(id=cs_id, object="checkout.session", mode="setup", status="open", payment_status="no_payment_required",
+                  url=f"https://checkout.stripe.com/c/pay/{cs_id}", success_url=params["success_url"],
+                  cancel_url=params.get("cancel_url"), currency=params["currency"], customer=params.get("customer"),
+                  client_reference_id=params.get("client_reference_id"), metadata=params.get("metadata", {}),
+                  setup_intent=si_id, payment_intent=None, subscription=None, invoice=None,
+                  amount_subtotal=None, amount_total=None)
+        self.checkout_sessions[cs_id] = cs
+        return 200, copy.deepcopy(cs)
+
+    def _retrieve_setup(self, setup_id: str, params: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        si = self.setup_intents.get(setup_id)
+        if si is None:
+            return 404, _invalid(f"No such setupintent: '{setup_id}'", "intent")
+        out = copy.deepcopy(si)
+        if "payment_method" in (params.get("expand") or []) and isinstance(out.get("payment_method"), str):
+            card = cards.lookup(out["payment_method"])
+            if card is not None:
+                out["payment_method"] = _payment_method(card)
+        return 200, out
+
+    def complete_checkout(self, session_id: str, token: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The customer enters a card on Stripe's hosted page: the session completes and its
+        SetupIntent succeeds with ``token``. Returns the two event objects Stripe would send
+        (``checkout.session.completed``'s session, ``setup_intent.succeeded``'s intent)."""
+        with self._lock:
+            cs = self.checkout_sessions[session_id]
+            si = self.setup_intents[cs["setup_intent"]]
+            si.update(status="succeeded", payment_method=token)
+            cs.update(status="complete")
+            return copy.deepcopy(cs), copy.deepcopy(si)
 
 
 def _automatic(params: dict[str, Any]) -> dict[str, Any] | None:

@@ -1,0 +1,328 @@
+"""The customer's self-service page: a signed link in every e-mail, no login.
+
+- ``GET  /account/{token}``                                 subscriptions (next charge, card),
+                                                           invoices and receipts. Read only.
+- ``POST /account/{token}/subscriptions/{id}/cancel``       the one-click cancel (same service
+                                                           call as the cancel page)
+- ``POST /account/{token}/subscriptions/{id}/undo``         take it back
+- ``GET  /account/{token}/subscriptions/{id}/card``         what adding a card means (the
+                                                           consent text) and the form
+- ``POST /account/{token}/subscriptions/{id}/card``         Stripe: a Checkout Session in setup
+                                                           mode, 303 to Stripe's page; the fake
+                                                           gateway: the test token, at once.
+                                                           A subscription in dunning is charged
+                                                           at once on the new card (after commit).
+- ``GET  /account/{token}/receipts/{invoice}``              the hosted receipt
+- ``GET  /account/{token}/receipts/{invoice}.pdf``          the same as a PDF
+
+The token is bound to the customer (:func:`billing_engine.links.make_account_token`); a
+subscription or invoice of another customer is "not found". Same security headers as
+the cancel page; no JavaScript. Every endpoint owns its transaction and takes "now"
+from the app clock.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Form, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from sqlmodel import Session
+
+from api.deps import EngineDep, GatewayDep, NowDep, SettingsDep
+from api.routers.cancel_pages import SECURITY_HEADERS, templates
+from billing_engine import abuse, cancellations, card_updates, links, receipts, self_service
+from billing_engine.db import transaction
+from billing_engine.errors import BillingError, NotFound
+from billing_engine.gateway.protocol import GatewayError, PaymentGateway
+from billing_engine.models import CancellationKind, CardUpdate, Customer, Plan, SubscriptionStatus
+from billing_engine.settings import Settings
+
+router = APIRouter(include_in_schema=False)
+
+STRIPE_CHECKOUT_ORIGIN = "https://checkout.stripe.com"
+
+DONE_MESSAGES = {
+    "canceled": "Done. Your subscription is canceled. You will not be charged again.",
+    "undone": "Welcome back. Your subscription continues.",
+    "card_updated": "Your new card is saved.",
+    "card_paid": "Your new card is saved and the outstanding payment went through. Thank you!",
+    "card_declined": "Your new card is saved, but the outstanding payment was declined. We will try again.",
+    "card_pending": "Thank you. Your card is being saved; this page shows it within a minute.",
+}
+
+TEST_TOKENS = (
+    ("pm_card_visa", "Visa, succeeds"),
+    ("pm_card_mastercard", "Mastercard, succeeds"),
+    ("pm_card_chargeDeclinedInsufficientFunds", "Declines: insufficient funds"),
+)
+
+
+def _brand(settings: Settings) -> dict[str, str]:
+    return {"company_name": settings.company_name or "", "support_email": settings.support_email or ""}
+
+
+def _page(request: Request, name: str, context: dict[str, Any], status_code: int = 200,
+          headers: dict[str, str] | None = None) -> HTMLResponse:
+    return templates.TemplateResponse(request, name, context, status_code=status_code,
+                                      headers=headers or SECURITY_HEADERS)
+
+
+def _bad_link(request: Request, settings: Settings, exc: links.InvalidCancelLink | None) -> HTMLResponse:
+    expired = isinstance(exc, links.ExpiredCancelLink)
+    ctx = {**_brand(settings), "expired": expired}
+    return _page(request, "account_invalid.html", ctx, status_code=400 if expired else 404)
+
+
+def _customer(request: Request, settings: Settings, token: str, now: datetime) -> str | HTMLResponse:
+    try:
+        return links.verify_account_token(settings, token, now)
+    except links.InvalidCancelLink as exc:
+        return _bad_link(request, settings, exc)
+
+
+def _home(request: Request, token: str, done: str | None = None) -> RedirectResponse:
+    url = request.url_for("account_page", token=token).path + (f"?done={done}" if done else "")
+    return RedirectResponse(url, status_code=303, headers=SECURITY_HEADERS)
+
+
+def _not_found(request: Request, settings: Settings, token: str, what: str) -> HTMLResponse:
+    ctx = {**_brand(settings), "message": f"We could not find this {what} on your account.",
+           "home": request.url_for("account_page", token=token).path}
+    return _page(request, "account_error.html", ctx, status_code=404)
+
+
+def _account(request: Request, token: str, session: Session, customer_id: str, settings: Settings, now: datetime,
+             *, done: str | None = None, error: str | None = None, status_code: int = 200) -> HTMLResponse:
+    view = self_service.overview(session, customer_id, now)
+    if view is None:
+        return _bad_link(request, settings, None)
+
+    def sub_url(name: str, sub_id: str) -> str:
+        return request.url_for(name, token=token, subscription_id=sub_id).path
+
+    if not _banner_is_true(done, view):
+        done = None  # the query string is not trusted: a banner only when it is true
+    ctx = {
+        **_brand(settings), "view": view, "done": DONE_MESSAGES.get(done or ""), "error": error,
+        "cancel_action": {s.id: sub_url("account_cancel", s.id) for s in view.subscriptions},
+        "undo_action": {s.id: sub_url("account_undo", s.id) for s in view.subscriptions},
+        "card_page": {s.id: sub_url("account_card", s.id) for s in view.subscriptions},
+        "receipt_url": {i.id: request.url_for("account_receipt", token=token, invoice_id=i.id).path
+                        for i in view.invoices},
+        "receipt_pdf": {i.id: request.url_for("account_receipt_pdf", token=token, invoice_id=i.id).path
+                        for i in view.invoices},
+    }
+    return _page(request, "account.html", ctx, status_code=status_code)
+
+
+def _banner_is_true(done: str | None, view: self_service.Overview) -> bool:
+    states = {s.state for s in view.subscriptions}
+    past_due = any(s.past_due for s in view.subscriptions)
+    return {
+        "canceled": bool(states - {"active"}), "undone": "active" in states, "card_updated": True,
+        "card_paid": not past_due, "card_declined": past_due, "card_pending": True,
+    }.get(done or "", False)
+
+
+# --------------------------------------------------------------------------- the page
+
+
+@router.api_route("/account/{token}", methods=["GET", "HEAD"], name="account_page", response_class=HTMLResponse)
+def account_page(request: Request, token: str, engine: EngineDep, settings: SettingsDep, now: NowDep,
+                 done: str | None = None) -> Response:
+    """Read only: safe for link scanners and prefetchers."""
+    customer_id = _customer(request, settings, token, now)
+    if isinstance(customer_id, Response):
+        return customer_id
+    with Session(engine) as session:
+        return _account(request, token, session, customer_id, settings, now, done=done)
+
+
+@router.post("/account/{token}/subscriptions/{subscription_id}/cancel", name="account_cancel",
+             response_class=HTMLResponse)
+def account_cancel(request: Request, token: str, subscription_id: str, engine: EngineDep, settings: SettingsDep,
+                   now: NowDep) -> Response:
+    customer_id = _customer(request, settings, token, now)
+    if isinstance(customer_id, Response):
+        return customer_id
+    with transaction(engine) as session:
+        sub = self_service.owned_subscription(session, customer_id, subscription_id, lock=True)
+        if sub is None:
+            return _not_found(request, settings, token, "subscription")
+        if sub.status != SubscriptionStatus.CANCELED and not sub.cancel_at_period_end:
+            with abuse.coalesced_emails(session, sub.id, now=now):  # cancel/undo loops: no e-mail storm
+                cancellations.cancel(session, sub, kind=CancellationKind.VOLUNTARY, now=now, actor="customer")
+    return _home(request, token, "canceled")
+
+
+@router.post("/account/{token}/subscriptions/{subscription_id}/undo", name="account_undo",
+             response_class=HTMLResponse)
+def account_undo(request: Request, token: str, subscription_id: str, engine: EngineDep, settings: SettingsDep,
+                 now: NowDep) -> Response:
+    customer_id = _customer(request, settings, token, now)
+    if isinstance(customer_id, Response):
+        return customer_id
+    with transaction(engine) as session:
+        sub = self_service.owned_subscription(session, customer_id, subscription_id, lock=True)
+        if sub is None:
+            return _not_found(request, settings, token, "subscription")
+        if sub.status != SubscriptionStatus.CANCELED and not sub.cancel_at_period_end:
+            return _home(request, token, "undone")  # already active: a repeated click
+        try:
+            with session.begin_nested(), abuse.coalesced_emails(session, sub.id, now=now):
+                cancellations.undo(session, sub, now=now, actor="customer")
+        except BillingError as exc:
+            session.refresh(sub)
+            return _account(request, token, session, customer_id, settings, now, error=exc.message,
+                            status_code=exc.http_status)
+    return _home(request, token, "undone")
+
+
+# --------------------------------------------------------------------------- card update
+
+
+def _card_headers(gateway: PaymentGateway) -> dict[str, str]:
+    if gateway.name != "stripe":
+        return SECURITY_HEADERS
+    csp = SECURITY_HEADERS["Content-Security-Policy"].replace(
+        "form-action 'self'", f"form-action 'self' {STRIPE_CHECKOUT_ORIGIN}")  # the POST redirects to Stripe
+    return {**SECURITY_HEADERS, "Content-Security-Policy": csp}
+
+
+def _card_page(request: Request, token: str, session: Session, customer_id: str, subscription_id: str,
+               settings: Settings, gateway: PaymentGateway, now: datetime, *, error: str | None = None,
+               status_code: int = 200) -> HTMLResponse:
+    sub = self_service.owned_subscription(session, customer_id, subscription_id)
+    if sub is None:
+        return _not_found(request, settings, token, "subscription")
+    view = self_service.subscription_view(session, sub, now)
+    plan = session.get(Plan, sub.plan_id)
+    assert plan is not None
+    ctx = {
+        **_brand(settings), "sub": view, "error": error, "stripe": gateway.name == "stripe",
+        "consent_text": card_updates.consent_text(settings, plan), "test_tokens": TEST_TOKENS,
+        "action": request.url_for("account_card_submit", token=token, subscription_id=sub.id).path,
+        "home": request.url_for("account_page", token=token).path,
+    }
+    return _page(request, "account_card.html", ctx, status_code=status_code, headers=_card_headers(gateway))
+
+
+@router.get("/account/{token}/subscriptions/{subscription_id}/card", name="account_card",
+            response_class=HTMLResponse)
+def account_card(request: Request, token: str, subscription_id: str, engine: EngineDep, settings: SettingsDep,
+                 gateway: GatewayDep, now: NowDep) -> Response:
+    customer_id = _customer(request, settings, token, now)
+    if isinstance(customer_id, Response):
+        return customer_id
+    with Session(engine) as session:
+        if not (sub := self_service.owned_subscription(session, customer_id, subscription_id)) \
+                or sub.status == SubscriptionStatus.CANCELED:
+            return _not_found(request, settings, token, "subscription")
+        return _card_page(request, token, session, customer_id, subscription_id, settings, gateway, now)
+
+
+@router.post("/account/{token}/subscriptions/{subscription_id}/card", name="account_card_submit",
+             response_class=HTMLResponse)
+def account_card_submit(
+    request: Request, token: str, subscription_id: str, engine: EngineDep, settings: SettingsDep,
+    gateway: GatewayDep, now: NowDep, test_token: Annotated[str | None, Form()] = None,
+) -> Response:
+    customer_id = _customer(request, settings, token, now)
+    if isinstance(customer_id, Response):
+        return customer_id
+    ip = request.client.host if request.client else ""
+    user_agent = request.headers.get("user-agent") or "unknown"
+    error: BillingError | None = None
+    done: card_updates.Completed | None = None
+    with transaction(engine) as session:
+        try:
+            with session.begin_nested():
+                update = card_updates.start(session, customer_id=customer_id, subscription_id=subscription_id,
+                                            gateway=gateway.name, ip_address=ip, user_agent=user_agent,
+                                            settings=settings, now=now)
+                if gateway.name != "stripe":
+                    done = card_updates.complete_with_token(session, gateway, update, token=test_token or "",
+                                                            now=now)
+                update_id = update.id
+        except NotFound:
+            return _not_found(request, settings, token, "subscription")
+        except BillingError as exc:
+            error = exc
+        if error is not None:
+            return _card_page(request, token, session, customer_id, subscription_id, settings, gateway, now,
+                              error=error.message, status_code=error.http_status)
+    if gateway.name == "stripe":
+        return _to_stripe(request, token, engine, gateway, update_id, customer_id, settings, now)
+    assert done is not None
+    if not done.retry_now:
+        return _home(request, token, "card_updated")
+    summary = card_updates.retry_now(engine, gateway, done.subscription_id, now=now, settings=settings)
+    return _home(request, token, "card_paid" if summary.succeeded else "card_declined")
+
+
+def _to_stripe(request: Request, token: str, engine: Any, gateway: PaymentGateway, update_id: str,
+               customer_id: str, settings: Settings, now: datetime) -> Response:
+    """Committed first (the consent is kept whatever Stripe answers), then the Checkout Session."""
+    create = getattr(gateway, "create_setup_checkout", None)
+    assert create is not None
+    home = settings.public_base_url.rstrip("/") + request.url_for("account_page", token=token).path
+    with Session(engine) as session:
+        update = session.get(CardUpdate, update_id)
+        customer = session.get(Customer, customer_id)
+        assert update is not None and customer is not None
+        currency, gateway_customer_id = update.currency, customer.gateway_customer_id
+    try:
+        session_id, url = create(
+            currency=currency, success_url=f"{home}?done=card_pending", cancel_url=home,
+            gateway_customer_id=gateway_customer_id, idempotency_key=f"card_update:{update_id}",
+            metadata={"card_update_id": update_id, "customer_id": customer_id,
+                      "subscription_id": update.subscription_id},
+        )
+    except GatewayError as exc:
+        with Session(engine) as session:
+            return _card_page(request, token, session, customer_id, update.subscription_id, settings, gateway,
+                              now, error=f"The card page could not be opened, please try again ({exc}).",
+                              status_code=503)
+    with transaction(engine) as session:
+        row = session.get(CardUpdate, update_id)
+        assert row is not None
+        row.gateway_session_id = session_id
+        session.add(row)
+    return RedirectResponse(url, status_code=303, headers=_card_headers(gateway))
+
+
+# --------------------------------------------------------------------------- receipts
+
+
+@router.get("/account/{token}/receipts/{invoice_id}.pdf", name="account_receipt_pdf")
+def account_receipt_pdf(request: Request, token: str, invoice_id: str, engine: EngineDep, settings: SettingsDep,
+                        now: NowDep) -> Response:
+    customer_id = _customer(request, settings, token, now)
+    if isinstance(customer_id, Response):
+        return customer_id
+    with Session(engine) as session:
+        try:
+            receipt = receipts.for_invoice(session, invoice_id, customer_id=customer_id, settings=settings)
+        except NotFound:
+            return _not_found(request, settings, token, "receipt")
+    headers = {**SECURITY_HEADERS, "Content-Disposition": f'attachment; filename="{receipts.pdf_filename(receipt)}"'}
+    return Response(receipts.render_pdf(receipt), media_type="application/pdf", headers=headers)
+
+
+@router.get("/account/{token}/receipts/{invoice_id}", name="account_receipt", response_class=HTMLResponse)
+def account_receipt(request: Request, token: str, invoice_id: str, engine: EngineDep, settings: SettingsDep,
+                    now: NowDep) -> Response:
+    customer_id = _customer(request, settings, token, now)
+    if isinstance(customer_id, Response):
+        return customer_id
+    with Session(engine) as session:
+        try:
+            receipt = receipts.for_invoice(session, invoice_id, customer_id=customer_id, settings=settings)
+        except NotFound:
+            return _not_found(request, settings, token, "receipt")
+    ctx = {**_brand(settings), "r": receipt,
+           "pdf_url": request.url_for("account_receipt_pdf", token=token, invoice_id=invoice_id).path,
+           "home": request.url_for("account_page", token=token).path}
+    return _page(request, "account_receipt.html", ctx)
