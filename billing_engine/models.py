@@ -94,6 +94,9 @@ class SubscriptionStatus(StrEnum):
     ACTIVE = "active"
     PAST_DUE = "past_due"  # a renewal failed softly; dunning retries scheduled
     CANCELED = "canceled"  # ended; terminal
+    # the first charge at subscribe time was declined and the caller asked to keep nothing
+    # (payment_behavior=error_if_incomplete): never a subscriber, not churn; terminal
+    INCOMPLETE_EXPIRED = "incomplete_expired"
 
 
 LIVE_STATUSES = (
@@ -135,6 +138,11 @@ class InvoiceStatus(StrEnum):
     VOID = "void"  # canceled before any money was due
 
 
+class InvoiceKind(StrEnum):
+    PERIOD = "period"
+    PRORATION = "proration"
+
+
 class AttemptStatus(StrEnum):
     PENDING = "pending"  # written and committed before the gateway call
     SUCCEEDED = "succeeded"
@@ -168,6 +176,10 @@ class Customer(SQLModel, table=True):
     external_ref: str | None = Field(default=None, max_length=200, unique=True)
     gateway_customer_id: str | None = Field(default=None, max_length=100)
     created_at: datetime = _ts(default_factory=utcnow)
+    # key-value pairs for the merchant's own use (JSON object; limits in billing_engine/metadata.py)
+    metadata_json: str | None = Field(default=None, sa_type=Text)
+    # the card new subscriptions use when none is given (one of the customer's own)
+    default_payment_method_id: str | None = Field(default=None, max_length=40)
 
 
 class PaymentMethod(SQLModel, table=True):
@@ -242,6 +254,9 @@ class Plan(SQLModel, table=True):
     reminder_days: int | None = Field(default=None)  # days before renewal; None = default
     tier: str | None = Field(default=None, max_length=30)  # e.g. basic | vip (reporting)
     created_at: datetime = _ts(default_factory=utcnow)
+    metadata_json: str | None = Field(default=None, sa_type=Text)
+    # money-back guarantee: a full refund on request within this many days of the first payment
+    guarantee_days: int | None = Field(default=None)
 
 
 class Subscription(SQLModel, table=True):
@@ -291,6 +306,11 @@ class Subscription(SQLModel, table=True):
     lease_expires_at: datetime | None = _ts(default=None)
     created_at: datetime = _ts(default_factory=utcnow)
     updated_at: datetime = _ts(default_factory=utcnow)
+    metadata_json: str | None = Field(default=None, sa_type=Text)
+    # a customer's earlier, canceled subscription this one takes up again (MRR reactivation)
+    reactivated_from: str | None = Field(default=None, max_length=40)
+    # a plan change that takes effect when the current period ends (billing_engine/plan_changes.py)
+    scheduled_plan_id: str | None = Field(default=None, max_length=40)
 
 
 class Invoice(SQLModel, table=True):
@@ -318,6 +338,9 @@ class Invoice(SQLModel, table=True):
     created_at: datetime = _ts(default_factory=utcnow)
     paid_at: datetime | None = _ts(default=None)
     closed_at: datetime | None = _ts(default=None)
+    # period: one billing period of the plan; proration: the difference charged for a
+    # plan change within a period (billing_engine/plan_changes.py)
+    kind: str = Field(default=InvoiceKind.PERIOD, max_length=20, sa_column_kwargs={"server_default": "period"})
 
 
 class PaymentAttempt(SQLModel, table=True):
@@ -364,6 +387,8 @@ class Refund(SQLModel, table=True):
     gateway_refund_id: str | None = Field(default=None, max_length=100, unique=True)
     created_at: datetime = _ts(default_factory=utcnow)
     succeeded_at: datetime | None = _ts(default=None, index=True)
+    # granted under the plan's money-back guarantee (reports: "guarantee refunds")
+    guarantee: bool = Field(default=False, sa_column_kwargs={"server_default": text("false")})
 
 
 class Dispute(SQLModel, table=True):
