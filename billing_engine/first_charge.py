@@ -21,6 +21,7 @@ run-cycle makes the first charge, as before.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -137,7 +138,7 @@ def subscribe(
     reactivated_from: str | None = None,
     metadata_: dict[str, Any] | None = None,
     actor: str = "admin",
-    schedule_days: tuple[int, ...] = DEFAULT_DUNNING_SCHEDULE,
+    schedule_days: Sequence[int] = DEFAULT_DUNNING_SCHEDULE,
 ) -> Subscribed:
     """Subscribe ``customer`` to ``plan`` and (unless trial / future start / deferred) charge
     the first period now. Raises nothing for a decline: the result says it (callers turn
@@ -252,7 +253,7 @@ def _retry_of(s: Session, cust: Customer, plan: Plan) -> Subscription | None:
 
 def _settle(
     s: Session, call: _Call, result: ChargeResult | None, *, behavior: PaymentBehavior, now: datetime,
-    actor: str, schedule_days: tuple[int, ...],
+    actor: str, schedule_days: Sequence[int],
 ) -> FirstCharge:
     attempt = s.get(PaymentAttempt, call.attempt_id)
     assert attempt is not None

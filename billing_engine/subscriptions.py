@@ -17,7 +17,7 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
-from billing_engine import consents, events, validation
+from billing_engine import consents, events, metadata, validation
 from billing_engine.errors import Conflict, InvalidTransition, NotFound, ValidationError
 from billing_engine.models import (
     LIVE_STATUSES,
@@ -158,7 +158,8 @@ def summary(session: Session, sub: Subscription) -> dict[str, Any]:
         "cancellation_reason": sub.cancellation_reason, "cancellation_comment": sub.cancellation_comment,
         "canceled_by": sub.canceled_by, "next_retry_at": sub.next_retry_at, "failed_attempts": sub.failed_attempts,
         "next_charge_at": nxt[0] if nxt else None, "next_charge_amount_minor": nxt[1] if nxt else None,
-        "created_at": sub.created_at,
+        "created_at": sub.created_at, "metadata": metadata.load(sub.metadata_json),
+        "reactivated_from": sub.reactivated_from, "scheduled_plan_id": sub.scheduled_plan_id,
     }
 
 
