@@ -24,34 +24,27 @@ depends_on = None
 
 
 def upgrade() -> None:
-    with op.batch_alter_table('customers', schema=None) as batch_op:
-        batch_op.add_column(sa.Column('metadata_json', sa.Text(), nullable=True))
-        batch_op.add_column(sa.Column('default_payment_method_id', sa.String(length=40), nullable=True))
-    with op.batch_alter_table('plans', schema=None) as batch_op:
-        batch_op.add_column(sa.Column('metadata_json', sa.Text(), nullable=True))
-        batch_op.add_column(sa.Column('guarantee_days', sa.Integer(), nullable=True))
-    with op.batch_alter_table('subscriptions', schema=None) as batch_op:
-        batch_op.add_column(sa.Column('metadata_json', sa.Text(), nullable=True))
-        batch_op.add_column(sa.Column('reactivated_from', sa.String(length=40), nullable=True))
-        batch_op.add_column(sa.Column('scheduled_plan_id', sa.String(length=40), nullable=True))
-    with op.batch_alter_table('invoices', schema=None) as batch_op:
-        batch_op.add_column(sa.Column('kind', sa.String(length=20), server_default='period', nullable=False))
-    with op.batch_alter_table('refunds', schema=None) as batch_op:
-        batch_op.add_column(sa.Column('guarantee', sa.Boolean(), server_default=sa.text('false'), nullable=False))
+    # plain ALTER TABLE ... ADD COLUMN on both databases (no table rewrite)
+    op.add_column('customers', sa.Column('metadata_json', sa.Text(), nullable=True))
+    op.add_column('customers', sa.Column('default_payment_method_id', sa.String(length=40), nullable=True))
+    op.add_column('plans', sa.Column('metadata_json', sa.Text(), nullable=True))
+    op.add_column('plans', sa.Column('guarantee_days', sa.Integer(), nullable=True))
+    op.add_column('subscriptions', sa.Column('metadata_json', sa.Text(), nullable=True))
+    op.add_column('subscriptions', sa.Column('reactivated_from', sa.String(length=40), nullable=True))
+    op.add_column('subscriptions', sa.Column('scheduled_plan_id', sa.String(length=40), nullable=True))
+    op.add_column('invoices', sa.Column('kind', sa.String(length=20), server_default='period', nullable=False))
+    op.add_column('refunds', sa.Column('guarantee', sa.Boolean(), server_default=sa.text('false'), nullable=False))
 
 
 def downgrade() -> None:
-    with op.batch_alter_table('refunds', schema=None) as batch_op:
-        batch_op.drop_column('guarantee')
-    with op.batch_alter_table('invoices', schema=None) as batch_op:
-        batch_op.drop_column('kind')
-    with op.batch_alter_table('subscriptions', schema=None) as batch_op:
-        batch_op.drop_column('scheduled_plan_id')
-        batch_op.drop_column('reactivated_from')
-        batch_op.drop_column('metadata_json')
-    with op.batch_alter_table('plans', schema=None) as batch_op:
-        batch_op.drop_column('guarantee_days')
-        batch_op.drop_column('metadata_json')
-    with op.batch_alter_table('customers', schema=None) as batch_op:
-        batch_op.drop_column('default_payment_method_id')
-        batch_op.drop_column('metadata_json')
+    # plain ALTER TABLE ... DROP COLUMN (SQLite >= 3.35): a batch "move and copy" of a table
+    # other tables reference fails with SQLite's foreign keys on
+    op.drop_column('refunds', 'guarantee')
+    op.drop_column('invoices', 'kind')
+    op.drop_column('subscriptions', 'scheduled_plan_id')
+    op.drop_column('subscriptions', 'reactivated_from')
+    op.drop_column('subscriptions', 'metadata_json')
+    op.drop_column('plans', 'guarantee_days')
+    op.drop_column('plans', 'metadata_json')
+    op.drop_column('customers', 'default_payment_method_id')
+    op.drop_column('customers', 'metadata_json')
