@@ -173,6 +173,8 @@ class PlanOut(BaseModel):
     tier: str | None
     subscriber_count: int | None = None
     created_at: datetime
+    metadata: dict[str, str] = Field(default_factory=dict)
+    guarantee_days: int | None = Field(None, description="Money-back guarantee window (days after the first payment).")
 
 
 # --------------------------------------------------------------------------- customers
@@ -201,6 +203,8 @@ class CustomerOut(BaseModel):
     external_ref: str | None
     gateway_customer_id: str | None
     created_at: datetime
+    metadata: dict[str, str] = Field(default_factory=dict)
+    default_payment_method_id: str | None = None
 
 
 # --------------------------------------------------------------------------- payment methods
