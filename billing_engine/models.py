@@ -107,6 +107,10 @@ LIVE_STATUSES = (
 )
 
 
+# nothing more happens to these (no charge, no cancellation): ended, or never started
+ENDED_STATUSES = (SubscriptionStatus.CANCELED, SubscriptionStatus.INCOMPLETE_EXPIRED)
+
+
 class CancellationKind(StrEnum):
     VOLUNTARY = "voluntary"  # the customer (or an admin on their behalf) chose to leave
     INVOLUNTARY = "involuntary"  # dunning exhausted, hard decline, expired card, dispute

@@ -20,6 +20,7 @@ from sqlmodel import Session, col, select
 from billing_engine import consents, events, metadata, validation
 from billing_engine.errors import Conflict, InvalidTransition, NotFound, ValidationError
 from billing_engine.models import (
+    ENDED_STATUSES,
     LIVE_STATUSES,
     Customer,
     PaymentMethod,
@@ -132,10 +133,12 @@ def list_subscriptions(
 
 def next_charge(session: Session, sub: Subscription) -> tuple[datetime, int, str] | None:
     """When the next charge happens and how much (None if no further charge)."""
-    if sub.status == SubscriptionStatus.CANCELED or sub.cancel_at_period_end:
+    if sub.status in ENDED_STATUSES or sub.cancel_at_period_end:
         return None
     plan = session.get(Plan, sub.plan_id)
     assert plan is not None
+    if sub.scheduled_plan_id and sub.status == SubscriptionStatus.ACTIVE:  # a plan change at period end
+        plan = session.get(Plan, sub.scheduled_plan_id) or plan
     if sub.status == SubscriptionStatus.PAST_DUE and sub.next_retry_at is not None:
         return sub.next_retry_at, plan.amount_minor, plan.currency
     return sub.current_period_end, plan.amount_minor, plan.currency
@@ -167,8 +170,8 @@ def change_payment_method(
     session: Session, sub: Subscription, payment_method_id: str, *, now: datetime, actor: str = "admin"
 ) -> Subscription:
     """Switch the card; a subscription in dunning is retried at once on the new card."""
-    if sub.status == SubscriptionStatus.CANCELED:
-        raise InvalidTransition("the subscription is canceled", field="subscription")
+    if sub.status in ENDED_STATUSES:
+        raise InvalidTransition(f"the subscription is {sub.status}", field="subscription")
     plan = session.get(Plan, sub.plan_id)
     assert plan is not None
     pm = _usable_payment_method(session, payment_method_id, sub.customer_id, plan)
