@@ -230,7 +230,7 @@ class LifecycleMachine(RuleBasedStateMachine):
                     cancellations.cancel(s, x, at_period_end=how != "immediately", now=self.now,
                                          actor="admin:api" if how.endswith("by_admin") else cancellations.CUSTOMER)
             except InvalidTransition:
-                assert x.status == SubscriptionStatus.CANCELED
+                assert x.status in (SubscriptionStatus.CANCELED, SubscriptionStatus.INCOMPLETE_EXPIRED)
 
     @rule(sub=subs, actor=st.sampled_from([cancellations.CUSTOMER, "admin:api"]))
     def undo(self, sub: str, actor: str) -> None:
