@@ -15,6 +15,7 @@ from billing_engine.errors import Conflict, ConsentRequired, ValidationError
 from billing_engine.first_charge import PaymentDeclined
 from billing_engine.gateway.fake import FakeGateway
 from billing_engine.models import Invoice, Notification, PaymentMethod, Subscription
+from billing_engine.reports import reconcile
 from billing_engine.reports.mrr import mrr_report
 from billing_engine.reports.params import ReportQuery
 from billing_engine.settings import load_settings
@@ -118,6 +119,7 @@ def test_upgrade_mid_period_charges_the_difference_now_then_renews_at_the_new_pr
     rows = _mrr(engine, MAR1, datetime(2026, 5, 1, tzinfo=UTC))
     assert [(r["new_minor"], r["expansion_minor"], r["contraction_minor"], r["mrr_end_minor"]) for r in rows] == \
         [(1000, 2000, 0, 3000), (0, 0, 0, 3000)]
+    assert reconcile(engine, MAR1, datetime(2026, 5, 1, tzinfo=UTC)) == []  # the reports agree with the oracle
 
 
 def test_an_expired_preview_or_a_declined_upgrade_changes_nothing(engine: Engine) -> None:
@@ -164,6 +166,7 @@ def test_downgrade_waits_for_period_end_and_the_renewal_bills_the_new_plan(engin
     rows = _mrr(engine, MAR1, datetime(2026, 5, 1, tzinfo=UTC))
     assert [(r["new_minor"], r["expansion_minor"], r["contraction_minor"], r["mrr_end_minor"]) for r in rows] == \
         [(1000, 0, 0, 1000), (0, 0, 600, 400)]
+    assert reconcile(engine, MAR1, datetime(2026, 5, 1, tzinfo=UTC)) == []
 
 
 def test_immediate_downgrade_refunds_the_unused_difference(engine: Engine) -> None:
@@ -194,6 +197,7 @@ def test_interval_change_monthly_to_yearly_starts_a_yearly_period_now(engine: En
                                          ("period", "pro-yearly", 30000, "paid")]
     rows = _mrr(engine, MAR1, datetime(2026, 4, 1, tzinfo=UTC))
     assert [(r["new_minor"], r["expansion_minor"], r["mrr_end_minor"]) for r in rows] == [(1000, 1500, 2500)]
+    assert reconcile(engine, MAR1, datetime(2027, 4, 1, tzinfo=UTC)) == []
 
 
 def test_changes_across_currencies_or_without_consent_are_refused_with_the_field(engine: Engine) -> None:
