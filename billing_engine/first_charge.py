@@ -32,7 +32,14 @@ from sqlmodel import Session, col, select
 
 from billing_engine import customers, events, invoices, metadata, payments, subscriptions
 from billing_engine.db import transaction
-from billing_engine.errors import BillingError, Conflict, GatewayUnavailable, NotFound, ValidationError
+from billing_engine.errors import (
+    Conflict,
+    GatewayUnavailable,
+    NotFound,
+    PaymentDeclined,
+    PaymentRequiresAction,
+    ValidationError,
+)
 from billing_engine.gateway.protocol import (
     ChargeRequest,
     ChargeResult,
@@ -59,20 +66,6 @@ LEASE = timedelta(minutes=5)  # the run-cycle leaves a subscription alone while 
 class PaymentBehavior(StrEnum):
     ERROR_IF_INCOMPLETE = "error_if_incomplete"  # a decline fails the subscribe; nothing is kept due
     ALLOW_INCOMPLETE = "allow_incomplete"  # a decline leaves it incomplete, its invoice open, for a retry
-
-
-class PaymentDeclined(BillingError):
-    """The card was declined."""
-
-    http_status = 402
-    exit_code = 5
-    code = "payment_declined"
-
-
-class PaymentRequiresAction(PaymentDeclined):
-    """The card needs the customer's authentication (3-D Secure)."""
-
-    code = "payment_requires_action"
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -33,8 +33,14 @@ from sqlmodel import Session, col, select
 
 from billing_engine import consents, events, payments, proration, refunds
 from billing_engine.db import locks_rows, transaction
-from billing_engine.errors import Conflict, GatewayUnavailable, InvalidTransition, NotFound, ValidationError
-from billing_engine.first_charge import PaymentDeclined
+from billing_engine.errors import (
+    Conflict,
+    GatewayUnavailable,
+    InvalidTransition,
+    NotFound,
+    PaymentDeclined,
+    ValidationError,
+)
 from billing_engine.gateway.protocol import ChargeResult, GatewayUnreachable, PaymentGateway
 from billing_engine.links import itsdangerous_keys
 from billing_engine.models import (

@@ -11,8 +11,7 @@ from sqlmodel import Session, col, select
 from billing_engine import consents, first_charge, plan_changes, proration
 from billing_engine.cycle import run_cycle
 from billing_engine.db import transaction
-from billing_engine.errors import Conflict, ConsentRequired, ValidationError
-from billing_engine.first_charge import PaymentDeclined
+from billing_engine.errors import Conflict, ConsentRequired, PaymentDeclined, ValidationError
 from billing_engine.gateway.fake import FakeGateway
 from billing_engine.models import Invoice, Notification, PaymentMethod, Subscription
 from billing_engine.reports import reconcile

@@ -37,6 +37,7 @@ from api.schemas import (
 )
 from billing_engine import edits, first_charge, guarantees, plan_changes, reactivations, subscriptions
 from billing_engine.db import transaction
+from billing_engine.errors import PaymentDeclined
 
 router = APIRouter(tags=["lifecycle"], dependencies=ADMIN)
 
@@ -145,7 +146,7 @@ def change_plan(request: Request, subscription: SubscriptionId, body: PlanChange
                                       settings=settings, timing=body.when, behavior=body.proration_behavior,
                                       preview_token=body.preview_token, actor=actor(request),
                                       schedule_days=tuple(settings.dunning_schedule_days))
-        except first_charge.PaymentDeclined as exc:  # remembered: a retry with the key gets the same answer
+        except PaymentDeclined as exc:  # remembered: a retry with the key gets the same answer
             return 402, {"type": problem_type(exc.code), "title": "Payment declined", "status": 402,
                          "detail": str(exc), "code": exc.code, "field": exc.field}
         return 200, PlanChangeOut(change=res.status, preview=PreviewOut(**res.preview.as_dict()),
