@@ -161,3 +161,29 @@ def test_a_trial_a_future_start_and_a_deferred_first_charge_charge_nothing_now(e
 def _subs(engine: Engine) -> list[Subscription]:
     with Session(engine) as s:
         return list(s.exec(select(Subscription).order_by(col(Subscription.created_at))))
+
+
+class _Refusing(FakeGateway):
+    """The gateway refuses the request itself (a revoked API key): our configuration, not the card."""
+
+    def charge(self, request):  # type: ignore[no-untyped-def]
+        from billing_engine.gateway.protocol import GatewayAuthError
+
+        raise GatewayAuthError("401: Invalid API Key provided")
+
+
+def test_a_gateway_refusing_our_request_is_no_decline_and_the_next_run_settles_it(engine: Engine) -> None:
+    from billing_engine.gateway.protocol import GatewayAuthError
+
+    cust, (pm,) = _setup(engine, "pm_card_visa")
+    with pytest.raises(GatewayAuthError):
+        _subscribe(engine, _Refusing(), cust, pm)
+    [sub] = _subs(engine)
+    _, invs, atts, mails = _state(engine, sub.id)
+    assert sub.status == SubscriptionStatus.INCOMPLETE and sub.lease_owner is None  # not expired, not declined
+    assert [a.status for a in atts] == [AttemptStatus.PENDING] and mails == []
+    gw = FakeGateway()  # the key fixed: the run-cycle reconciles the same attempt (same key), charged once
+    assert run_cycle(engine, gw, now=T0 + timedelta(minutes=5), settings=SETTINGS).succeeded == 1
+    _, _, atts, _ = _state(engine, sub.id)
+    assert [(a.attempt_number, a.status) for a in atts] == [(1, AttemptStatus.SUCCEEDED)]
+    assert [e.idempotency_key for e in gw.ledger] == [atts[0].idempotency_key]
