@@ -60,7 +60,9 @@ from billing_engine.models import (
 )
 from billing_engine.settings import DEFAULT_DUNNING_SCHEDULE
 
-LEASE = timedelta(minutes=5)  # the run-cycle leaves a subscription alone while its first charge is made
+LEASE = timedelta(minutes=5)
+# the card needs the customer (3-D Secure): the adapters answer an off-session charge with these codes
+AUTHENTICATION_CODES = ("authentication_required",)  # the run-cycle leaves a subscription alone while its first charge is made
 
 
 class PaymentBehavior(StrEnum):
@@ -258,6 +260,8 @@ def _settle(
     s.refresh(attempt)
     status = {AttemptStatus.SUCCEEDED: "succeeded", AttemptStatus.FAILED: "declined",
               AttemptStatus.REQUIRES_ACTION: "requires_action"}.get(AttemptStatus(attempt.status), "unknown")
+    if status == "declined" and attempt.decline_code in AUTHENTICATION_CODES:  # off-session: a decline code
+        status = "requires_action"
     invoice = s.get(Invoice, attempt.invoice_id)
     kept = invoice is not None and invoice.status == InvoiceStatus.OPEN and status in ("declined", "requires_action")
     return FirstCharge(status=status, invoice_id=attempt.invoice_id, attempt_id=attempt.id,

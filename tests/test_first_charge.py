@@ -187,3 +187,13 @@ def test_a_gateway_refusing_our_request_is_no_decline_and_the_next_run_settles_i
     _, _, atts, _ = _state(engine, sub.id)
     assert [(a.attempt_number, a.status) for a in atts] == [(1, AttemptStatus.SUCCEEDED)]
     assert [e.idempotency_key for e in gw.ledger] == [atts[0].idempotency_key]
+
+
+def test_a_card_that_needs_authentication_answers_requires_action(engine: Engine) -> None:
+    cust, (pm,) = _setup(engine, "pm_card_authenticationRequired")
+    gw = FakeGateway()
+    res = _subscribe(engine, gw, cust, pm)
+    assert res.failed and res.first_charge.status == "requires_action"
+    err = first_charge.declined_error(res)
+    assert err.code == "payment_requires_action" and err.http_status == 402 and "authentication" in str(err)
+    assert _state(engine, res.subscription_id)[0].status == SubscriptionStatus.INCOMPLETE_EXPIRED and gw.ledger == []
