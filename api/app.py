@@ -22,6 +22,7 @@ from api.routers import (
     health,
     imports,
     invoices,
+    lifecycle,
     metrics,
     notifications,
     payment_methods,
@@ -64,6 +65,6 @@ def create_app(
     app.add_middleware(BodyLimit)
     for module in (health, plans, customers, payment_methods, subscriptions, invoices, refunds, notifications,
                    cycle, reports, dashboard, cancel_pages, webhooks, events, webhook_endpoints, imports,
-                   metrics, self_service, account_links):
+                   metrics, self_service, account_links, lifecycle):
         app.include_router(module.router)
     return app

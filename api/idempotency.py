@@ -173,3 +173,35 @@ def after_effect(
                     return _replay(rec, digest)
             raise
     return JSONResponse(content, status_code=status_code)
+
+
+def after_effect_answer(
+    request: Request, engine: Engine, key: str | None, payload: BaseModel | None,
+    action: Callable[[], tuple[int, Any]],
+) -> JSONResponse:
+    """As :func:`after_effect`, for actions whose answer may be a business refusal (a
+    declined first charge: 402) that a retry must get back rather than repeat: the
+    (status, body) the action returns is remembered whatever the status."""
+    key = check_key(key)
+    if key is None:
+        status, content = action()
+        return JSONResponse(jsonable_encoder(content), status_code=status)
+    digest = request_digest(request, payload)
+    path = request.url.path[:500]
+    with _held(engine, _lock_id(key, request.method, path)):
+        with transaction(engine) as s:
+            rec = _find(s, key, request.method, path)
+            if rec is not None:
+                return _replay(rec, digest)
+        status, content = action()
+        content = jsonable_encoder(content)
+        try:
+            with transaction(engine) as s:
+                s.add(_record(key, request, digest, status, content))
+        except IntegrityError:
+            with transaction(engine) as s:
+                rec = _find(s, key, request.method, path)
+                if rec is not None:
+                    return _replay(rec, digest)
+            raise
+    return JSONResponse(content, status_code=status)

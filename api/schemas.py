@@ -51,6 +51,7 @@ Str100 = Annotated[str, Field(max_length=100), AfterValidator(_clean_text)]
 Str200 = Annotated[str, Field(max_length=200), AfterValidator(_clean_text)]
 Str255 = Annotated[str, Field(max_length=255), AfterValidator(_clean_text)]
 Str320 = Annotated[str, Field(max_length=320), AfterValidator(_clean_text)]
+Str500 = Annotated[str, Field(max_length=500), AfterValidator(_clean_text)]
 Str1000 = Annotated[str, Field(max_length=1000), AfterValidator(_clean_text)]
 Str2000 = Annotated[str, Field(max_length=2000), AfterValidator(_clean_text)]
 Str100K = Annotated[str, Field(max_length=100000), AfterValidator(_clean_text)]
@@ -172,6 +173,8 @@ class PlanOut(BaseModel):
     tier: str | None
     subscriber_count: int | None = None
     created_at: datetime
+    metadata: dict[str, str] = Field(default_factory=dict)
+    guarantee_days: int | None = Field(None, description="Money-back guarantee window (days after the first payment).")
 
 
 # --------------------------------------------------------------------------- customers
@@ -201,6 +204,8 @@ class CustomerOut(BaseModel):
     gateway_customer_id: str | None
     created_at: datetime
     updated_at: datetime = Field(description="The last change (filter lists with updated_gte / updated_lt).")
+    metadata: dict[str, str] = Field(default_factory=dict)
+    default_payment_method_id: str | None = None
 
 
 # --------------------------------------------------------------------------- payment methods
@@ -274,6 +279,23 @@ class PaymentMethodOut(BaseModel):
 # --------------------------------------------------------------------------- subscriptions
 
 
+Metadata = Annotated[dict[Str40, Str500 | None], Field(
+    max_length=50, description="Key-value pairs: at most 50 keys of at most 40 characters, values of at most "
+    "500 characters (in an update, an empty value or null deletes the key).")]
+
+
+class FirstChargeOut(BaseModel):
+    status: str = Field(description="succeeded | declined | requires_action | unknown | deferred | trialing | scheduled")
+    invoice_id: str | None = None
+    attempt_id: str | None = None
+    amount_minor: int | None = None
+    currency: str | None = None
+    decline_code: str | None = None
+    decline_kind: str | None = None
+    message: str | None = None
+    kept_incomplete: bool = False
+
+
 class SubscriptionCreate(Input):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
         "customer": "cus_01JH8Z7Q2W3E4R5T6Y7U8I9O0P", "plan": "basic-monthly",
@@ -282,9 +304,16 @@ class SubscriptionCreate(Input):
 
     customer: Str200 = Field(description="Customer id (cus_...) or external ref.")
     plan: Str64 = Field(description="Plan code or id.")
-    payment_method: Str40 = Field(description="Payment method id (pm_...) with recorded consent.")
+    payment_method: Str40 | None = Field(
+        None, description="Payment method id (pm_...) with recorded consent (default: the customer's default card).")
     start_at: UtcDateTime | None = Field(None, description="Start time (default: now).")
     trial_days: int | None = Field(None, strict=True, ge=0, le=730, description="Override the plan's trial length.")
+    payment_behavior: Str30 = Field(
+        "error_if_incomplete", description="On a declined first charge: error_if_incomplete (402, nothing kept) | "
+        "allow_incomplete (402, the subscription stays incomplete for a retry).")
+    defer_first_charge: bool = Field(
+        False, strict=True, description="Leave the first charge to the next run-cycle (bulk loads).")
+    metadata: Metadata | None = None
 
 
 class CancelRequest(Input):
@@ -349,6 +378,10 @@ class SubscriptionOut(BaseModel):
     next_charge_amount_minor: int | None
     created_at: datetime
     updated_at: datetime = Field(description="The last change (filter lists with updated_gte / updated_lt).")
+    metadata: dict[str, str] = Field(default_factory=dict)
+    reactivated_from: str | None = None
+    scheduled_plan_id: str | None = Field(None, description="A plan change that takes effect at period end.")
+    first_charge: FirstChargeOut | None = Field(None, description="On subscribe: what happened to the first charge.")
 
 
 class EventOut(BaseModel):

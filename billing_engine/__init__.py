@@ -4,6 +4,8 @@ Public surface (everything else is internal):
 
 - services by domain noun: ``plans``, ``customers``, ``payment_methods``, ``consents``,
   ``subscriptions``, ``invoices``, ``payments``, ``dunning``, ``notifications``
+- the lifecycle: ``first_charge`` (subscribe, charged at once), ``plan_changes`` (+ the pure
+  ``proration``), ``reactivations``, ``edits`` (+ ``metadata``), ``guarantees``
 - the run-cycle: :func:`run_cycle`, :class:`CycleSummary`
 - values: :class:`Money`, :class:`Interval`
 - errors: :class:`BillingError` and subclasses in ``billing_engine.errors``

@@ -25,6 +25,7 @@ from sqlmodel import Session, select
 from billing_engine import events, notifications, validation
 from billing_engine.errors import InvalidTransition, ValidationError
 from billing_engine.models import (
+    ENDED_STATUSES,
     CancellationKind,
     CancellationReason,
     Invoice,
@@ -88,6 +89,8 @@ def cancel(
         comment = validation.text(comment, "comment", max_length=2000) or None
     if sub.status == SubscriptionStatus.CANCELED:
         raise InvalidTransition("the subscription is already canceled", field="subscription")
+    if sub.status in ENDED_STATUSES:
+        raise InvalidTransition(f"the subscription is {sub.status}: it never started", field="subscription")
     plan = session.get(Plan, sub.plan_id)
     assert plan is not None
     if at_period_end is None:
@@ -141,8 +144,8 @@ def end(
 ) -> Subscription:
     """Cancellation takes effect: access ends at ``effective_at``; open invoices are voided
     (or marked uncollectible when a charge was tried)."""
-    if sub.status == SubscriptionStatus.CANCELED:
-        raise InvalidTransition("the subscription is already canceled", field="subscription")
+    if sub.status in ENDED_STATUSES:
+        raise InvalidTransition(f"the subscription is already {sub.status}", field="subscription")
     if not sub.cancel_at_period_end or sub.cancellation_kind is None:
         sub.canceled_at = now
         sub.cancellation_kind = kind
@@ -192,7 +195,7 @@ def end_involuntarily(
 
     An involuntary end overrides a scheduled voluntary one (the customer's card failed
     before their chosen end date). Returns False when the subscription had already ended."""
-    if sub.status == SubscriptionStatus.CANCELED:
+    if sub.status in ENDED_STATUSES:
         return False
     sub.cancel_at_period_end = False
     sub.cancellation_kind = None

@@ -27,7 +27,16 @@ from sqlalchemy.dialects import sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
-from billing_engine import cancellations, claims, events, invoice_numbers, notifications, payments, renewals
+from billing_engine import (
+    cancellations,
+    claims,
+    events,
+    invoice_numbers,
+    notifications,
+    payments,
+    plan_changes,
+    renewals,
+)
 from billing_engine.db import among, locks_rows
 from billing_engine.gateway.protocol import ChargeRequest, ChargeResult, ChargeStatus
 from billing_engine.invoices import for_period
@@ -92,6 +101,9 @@ def prepare(
     session: Session, ids: Sequence[str], *, now: datetime, worker: str, plans: dict[str, Plan],
 ) -> Prepared:
     subs = _load_subs(session, ids, worker=worker)
+    if any(s.scheduled_plan_id is not None for s in subs):  # rare: a plan change due at period end
+        if plan_changes.apply_due(session, subs, now=now):
+            subs = _load_subs(session, ids, worker=worker)
     snaps = renewals.load(session, subs, plans)
     out = Prepared()
     cust_t = Customer.__table__  # type: ignore[attr-defined]

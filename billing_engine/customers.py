@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
-from billing_engine import events, listing, validation
+from billing_engine import events, listing, metadata, validation
 from billing_engine.errors import Conflict, NotFound
 from billing_engine.models import Customer
 
@@ -68,4 +68,5 @@ def list_customers(
 def summary(c: Customer) -> dict[str, Any]:
     """The customer as shown to admins (CLI ``--json`` and the API)."""
     return {"id": c.id, "email": c.email, "name": c.name, "external_ref": c.external_ref,
-            "gateway_customer_id": c.gateway_customer_id, "created_at": c.created_at, "updated_at": c.updated_at}
+            "gateway_customer_id": c.gateway_customer_id, "created_at": c.created_at, "updated_at": c.updated_at,
+            "metadata": metadata.load(c.metadata_json), "default_payment_method_id": c.default_payment_method_id}

@@ -63,6 +63,20 @@ class InvalidTransition(Conflict):
     code = "invalid_transition"
 
 
+class PaymentDeclined(BillingError):
+    """The card was declined."""
+
+    http_status = 402
+    exit_code = 5
+    code = "payment_declined"
+
+
+class PaymentRequiresAction(PaymentDeclined):
+    """The card needs the customer's authentication (3-D Secure)."""
+
+    code = "payment_requires_action"
+
+
 class ConfigurationError(BillingError):
     """Invalid configuration."""
 

@@ -100,6 +100,9 @@ class SubscriptionStatus(StrEnum):
     ACTIVE = "active"
     PAST_DUE = "past_due"  # a renewal failed softly; dunning retries scheduled
     CANCELED = "canceled"  # ended; terminal
+    # the first charge at subscribe time was declined and the caller asked to keep nothing
+    # (payment_behavior=error_if_incomplete): never a subscriber, not churn; terminal
+    INCOMPLETE_EXPIRED = "incomplete_expired"
 
 
 LIVE_STATUSES = (
@@ -108,6 +111,10 @@ LIVE_STATUSES = (
     SubscriptionStatus.ACTIVE,
     SubscriptionStatus.PAST_DUE,
 )
+
+
+# nothing more happens to these (no charge, no cancellation): ended, or never started
+ENDED_STATUSES = (SubscriptionStatus.CANCELED, SubscriptionStatus.INCOMPLETE_EXPIRED)
 
 
 class CancellationKind(StrEnum):
@@ -139,6 +146,11 @@ class InvoiceStatus(StrEnum):
     PAID = "paid"
     UNCOLLECTIBLE = "uncollectible"  # dunning gave up
     VOID = "void"  # canceled before any money was due
+
+
+class InvoiceKind(StrEnum):
+    PERIOD = "period"
+    PRORATION = "proration"
 
 
 class AttemptStatus(StrEnum):
@@ -178,6 +190,10 @@ class Customer(SQLModel, table=True):
     # the wall clock through onupdate)
     updated_at: datetime = _ts(default_factory=utcnow, index=True, sa_column_kwargs={"onupdate": utcnow})
     external_id: str | None = Field(default=None, max_length=200, unique=True, index=True)  # import: "stripe:cus_..."
+    # key-value pairs for the merchant's own use (JSON object; limits in billing_engine/metadata.py)
+    metadata_json: str | None = Field(default=None, sa_type=Text)
+    # the card new subscriptions use when none is given (one of the customer's own)
+    default_payment_method_id: str | None = Field(default=None, max_length=40)
 
 
 class PaymentMethod(SQLModel, table=True):
@@ -255,6 +271,9 @@ class Plan(SQLModel, table=True):
     tier: str | None = Field(default=None, max_length=30)  # e.g. basic | vip (reporting)
     created_at: datetime = _ts(default_factory=utcnow)
     external_id: str | None = Field(default=None, max_length=200, unique=True, index=True)  # import: "stripe:cus_..."
+    metadata_json: str | None = Field(default=None, sa_type=Text)
+    # money-back guarantee: a full refund on request within this many days of the first payment
+    guarantee_days: int | None = Field(default=None)
 
 
 class Subscription(SQLModel, table=True):
@@ -309,6 +328,11 @@ class Subscription(SQLModel, table=True):
     # imported subscriptions: the run-cycle charges nothing before this instant (the previous
     # biller still charges until the cut-over; billing_engine/imports/cutover.py)
     charge_from: datetime | None = _ts(default=None)
+    metadata_json: str | None = Field(default=None, sa_type=Text)
+    # a customer's earlier, canceled subscription this one takes up again (MRR reactivation)
+    reactivated_from: str | None = Field(default=None, max_length=40)
+    # a plan change that takes effect when the current period ends (billing_engine/plan_changes.py)
+    scheduled_plan_id: str | None = Field(default=None, max_length=40)
 
 
 class Invoice(SQLModel, table=True):
@@ -340,6 +364,9 @@ class Invoice(SQLModel, table=True):
     # gapless per seller series, assigned in the transaction that marks it paid
     # (billing_engine/invoice_numbers.py); e.g. "INV-000042"
     number: str | None = Field(default=None, max_length=60, unique=True)
+    # period: one billing period of the plan; proration: the difference charged for a
+    # plan change within a period (billing_engine/plan_changes.py)
+    kind: str = Field(default=InvoiceKind.PERIOD, max_length=20, sa_column_kwargs={"server_default": "period"})
 
 
 class InvoiceNumberSeries(SQLModel, table=True):
@@ -421,6 +448,8 @@ class Refund(SQLModel, table=True):
     gateway_refund_id: str | None = Field(default=None, max_length=100, unique=True)
     created_at: datetime = _ts(default_factory=utcnow)
     succeeded_at: datetime | None = _ts(default=None, index=True)
+    # granted under the plan's money-back guarantee (reports: "guarantee refunds")
+    guarantee: bool = Field(default=False, sa_column_kwargs={"server_default": text("false")})
 
 
 class Dispute(SQLModel, table=True):

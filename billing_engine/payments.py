@@ -16,12 +16,13 @@ from sqlalchemy import text
 from sqlmodel import Session, col, select
 from sqlmodel.sql.expression import SelectOfScalar
 
-from billing_engine import cancellations, dunning, events, invoice_numbers, notifications, refunds
+from billing_engine import cancellations, dunning, events, invoice_numbers, notifications, proration, refunds
 from billing_engine.db import among, locks_rows
 from billing_engine.gateway.protocol import ChargeRequest, ChargeResult, ChargeStatus, DeclineKind
 from billing_engine.models import (
     AttemptStatus,
     Invoice,
+    InvoiceKind,
     InvoiceStatus,
     PaymentAttempt,
     PaymentMethod,
@@ -149,18 +150,10 @@ def settle(
                       customer_id=sub.customer_id, invoice_id=invoice.id, payload=common | {"message": result.message})
         return Outcome.UNKNOWN
 
-    attempt.completed_at = now
-    # declined or requires_action (an off-session charge that needs the customer is a hard decline)
-    code = result.decline_code or ("authentication_required" if result.status == ChargeStatus.REQUIRES_ACTION else "generic_decline")
-    kind = result.decline_kind or (DeclineKind.HARD if result.status == ChargeStatus.REQUIRES_ACTION else DeclineKind.SOFT)
-    attempt.status = AttemptStatus.REQUIRES_ACTION if result.status == ChargeStatus.REQUIRES_ACTION else AttemptStatus.FAILED
-    attempt.decline_code = code
-    attempt.decline_kind = kind.value
-    attempt.message = result.message
-    session.add(attempt)
-    events.record(session, events.EventType.PAYMENT_FAILED, at=now, subscription_id=sub.id,
-                  customer_id=sub.customer_id, invoice_id=invoice.id,
-                  payload=common | {"decline_code": code, "decline_kind": kind.value, "message": result.message})
+    code, kind = mark_declined(session, sub, invoice, attempt, result, now=now)
+    if invoice.kind == InvoiceKind.PRORATION:  # a plan change not paid: it does not happen
+        void_invoice(session, invoice, now=now, why=f"plan change not paid: {code}")
+        return Outcome.DECLINED_HARD if kind == DeclineKind.HARD else Outcome.DECLINED_SOFT
     if sub.status == SubscriptionStatus.CANCELED or invoice.status != InvoiceStatus.OPEN:
         if invoice.status == InvoiceStatus.OPEN:  # ended while this charge was in flight: close it now
             invoice.status = InvoiceStatus.UNCOLLECTIBLE
@@ -206,6 +199,30 @@ def settle(
     return Outcome.DECLINED_SOFT
 
 
+def mark_declined(
+    session: Session, sub: Subscription, invoice: Invoice, attempt: PaymentAttempt, result: ChargeResult,
+    *, now: datetime,
+) -> tuple[str, DeclineKind]:
+    """The attempt was declined (or needs the customer's action): record it and say why.
+    What that means for the subscription is the caller's rule (dunning, or a first charge)."""
+    attempt.gateway_charge_id = result.gateway_charge_id or attempt.gateway_charge_id
+    attempt.completed_at = now
+    # declined or requires_action (an off-session charge that needs the customer is a hard decline)
+    code = result.decline_code or ("authentication_required" if result.status == ChargeStatus.REQUIRES_ACTION else "generic_decline")
+    kind = result.decline_kind or (DeclineKind.HARD if result.status == ChargeStatus.REQUIRES_ACTION else DeclineKind.SOFT)
+    attempt.status = AttemptStatus.REQUIRES_ACTION if result.status == ChargeStatus.REQUIRES_ACTION else AttemptStatus.FAILED
+    attempt.decline_code = code
+    attempt.decline_kind = kind.value
+    attempt.message = result.message
+    session.add(attempt)
+    events.record(session, events.EventType.PAYMENT_FAILED, at=now, subscription_id=sub.id,
+                  customer_id=sub.customer_id, invoice_id=invoice.id,
+                  payload={"attempt_id": attempt.id, "amount_minor": attempt.amount_minor, "currency": attempt.currency,
+                           "gateway_charge_id": attempt.gateway_charge_id, "decline_code": code,
+                           "decline_kind": kind.value, "message": result.message})
+    return code, kind
+
+
 @dataclass(kw_only=True)
 class Paid:
     """What a successful charge changes: the one home of the "invoice paid" rule.
@@ -239,6 +256,8 @@ def paid_changes(
             "attempt_id": attempt.id, "amount_minor": invoice.amount_minor, "currency": invoice.currency,
             "gateway_charge_id": charge_id, "period_start": invoice.period_start,
             "period_end": invoice.period_end, "recovered_by_dunning": invoice.attempt_count > 1}))
+    if invoice.kind == InvoiceKind.PRORATION:
+        return _proration_paid(out, sub, invoice, attempt, invoice_plan, charge_id)
     cancelled_before = sub.status == SubscriptionStatus.CANCELED or (
         sub.cancel_at_period_end and invoice.period_start >= sub.current_period_end)
     if cancelled_before:
@@ -275,6 +294,28 @@ def paid_changes(
     return out
 
 
+def _proration_paid(out: Paid, sub: Subscription, invoice: Invoice, attempt: PaymentAttempt, new_plan: Plan,
+                   charge_id: str | None) -> Paid:
+    """A plan change's proration was paid: the change takes effect (billing_engine/plan_changes.py)."""
+    if sub.status == SubscriptionStatus.CANCELED or sub.plan_id == invoice.plan_id:
+        if sub.status == SubscriptionStatus.CANCELED:  # ended while the upgrade charge was in flight
+            out.refund = True
+            out.events.append((events.EventType.PAYMENT_REFUND_AFTER_CANCEL, {
+                "attempt_id": attempt.id, "amount_minor": attempt.amount_minor, "currency": attempt.currency,
+                "gateway_charge_id": charge_id, "why": "plan change paid after the subscription ended"}))
+        return out
+    out.subscription.update(proration.switch_on_payment(sub, invoice, new_plan))
+    out.subscription["updated_at"] = out.invoice["paid_at"]
+    out.events.append((events.EventType.SUBSCRIPTION_PLAN_CHANGED, {
+        "from_plan_id": sub.plan_id, "to_plan_id": invoice.plan_id, "when": "now",
+        "proration_invoice_id": invoice.id, "amount_minor": invoice.amount_minor, "currency": invoice.currency,
+        "period_start": out.subscription.get("current_period_start", sub.current_period_start),
+        "period_end": out.subscription.get("current_period_end", sub.current_period_end)}))
+    out.receipt = {"invoice_id": invoice.id, "amount_minor": invoice.amount_minor, "currency": invoice.currency,
+                   "period_start": invoice.period_start, "period_end": invoice.period_end, "plan_name": new_plan.name}
+    return out
+
+
 def _invoice_paid(
     session: Session, sub: Subscription, plan: Plan, invoice: Invoice, attempt: PaymentAttempt,
     result: ChargeResult, *, now: datetime, actor: str, number_prefix: str | None = None,
@@ -304,6 +345,18 @@ def _invoice_paid(
             cancellations.end_at_period_end(session, sub, now=now)
         return Outcome.REFUNDING
     return Outcome.SUCCEEDED
+
+
+def void_invoice(session: Session, invoice: Invoice, *, now: datetime, why: str) -> None:
+    """Close an open invoice on which no money is due any more."""
+    if invoice.status != InvoiceStatus.OPEN:
+        return
+    invoice.status = InvoiceStatus.VOID
+    invoice.closed_at = now
+    session.add(invoice)
+    events.record(session, events.EventType.INVOICE_VOIDED, at=now, subscription_id=invoice.subscription_id,
+                  customer_id=invoice.customer_id, invoice_id=invoice.id,
+                  payload={"amount_minor": invoice.amount_minor, "currency": invoice.currency, "why": why})
 
 
 def _give_up(session: Session, sub: Subscription, invoice: Invoice, *, reason: str, now: datetime) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, func, select
 
-from billing_engine import events, validation
+from billing_engine import events, metadata, validation
 from billing_engine.errors import Conflict, NotFound
 from billing_engine.models import Plan, Subscription
 from billing_engine.money import normalize_currency
@@ -150,4 +150,5 @@ def summary(p: Plan) -> dict[str, Any]:
         "interval": p.interval, "interval_count": p.interval_count, "trial_days": p.trial_days,
         "active": p.active, "cancel_immediately": p.cancel_immediately, "reminder_days": p.reminder_days,
         "tier": p.tier, "created_at": p.created_at,
+        "metadata": metadata.load(p.metadata_json), "guarantee_days": p.guarantee_days,
     }

@@ -17,9 +17,10 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
-from billing_engine import consents, events, listing, validation
+from billing_engine import consents, events, listing, metadata, validation
 from billing_engine.errors import Conflict, InvalidTransition, NotFound, ValidationError
 from billing_engine.models import (
+    ENDED_STATUSES,
     LIVE_STATUSES,
     Customer,
     PaymentMethod,
@@ -148,10 +149,12 @@ def load_related(session: Session, subs: list[Subscription]) -> None:
 
 def next_charge(session: Session, sub: Subscription) -> tuple[datetime, int, str] | None:
     """When the next charge happens and how much (None if no further charge)."""
-    if sub.status == SubscriptionStatus.CANCELED or sub.cancel_at_period_end:
+    if sub.status in ENDED_STATUSES or sub.cancel_at_period_end:
         return None
     plan = session.get(Plan, sub.plan_id)
     assert plan is not None
+    if sub.scheduled_plan_id and sub.status == SubscriptionStatus.ACTIVE:  # a plan change at period end
+        plan = session.get(Plan, sub.scheduled_plan_id) or plan
     if sub.status == SubscriptionStatus.PAST_DUE and sub.next_retry_at is not None:
         return sub.next_retry_at, plan.amount_minor, plan.currency
     return sub.current_period_end, plan.amount_minor, plan.currency
@@ -176,6 +179,8 @@ def summary(session: Session, sub: Subscription) -> dict[str, Any]:
         "next_charge_at": nxt[0] if nxt else None, "next_charge_amount_minor": nxt[1] if nxt else None,
         "created_at": sub.created_at,
         "updated_at": sub.updated_at,
+        "metadata": metadata.load(sub.metadata_json),
+        "reactivated_from": sub.reactivated_from, "scheduled_plan_id": sub.scheduled_plan_id,
     }
 
 
@@ -183,8 +188,8 @@ def change_payment_method(
     session: Session, sub: Subscription, payment_method_id: str, *, now: datetime, actor: str = "admin"
 ) -> Subscription:
     """Switch the card; a subscription in dunning is retried at once on the new card."""
-    if sub.status == SubscriptionStatus.CANCELED:
-        raise InvalidTransition("the subscription is canceled", field="subscription")
+    if sub.status in ENDED_STATUSES:
+        raise InvalidTransition(f"the subscription is {sub.status}", field="subscription")
     plan = session.get(Plan, sub.plan_id)
     assert plan is not None
     pm = _usable_payment_method(session, payment_method_id, sub.customer_id, plan)

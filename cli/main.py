@@ -5,7 +5,20 @@ from __future__ import annotations
 import typer
 
 from billing_engine.errors import ConfigurationError
-from cli import account_links, cycle, demo, imports, invoices, links, notifications, refunds, reports, serve, webhooks
+from cli import (
+    account_links,
+    cycle,
+    demo,
+    imports,
+    invoices,
+    lifecycle,
+    links,
+    notifications,
+    refunds,
+    reports,
+    serve,
+    webhooks,
+)
 from cli.catalog import customer_app, plan_app, pm_app
 from cli.common import BillingGroup, describe, fail, handle_errors
 from cli.db import db_app
@@ -54,7 +67,8 @@ app.add_typer(sub_app, name="subscription")
 app.command("subscribe")(handle_errors(subscribe))
 
 # Feature modules each define `register(app: typer.Typer) -> None`.
-for _module in (cycle, demo, invoices, notifications, links, reports, serve, refunds, webhooks, imports, account_links):
+for _module in (cycle, demo, invoices, notifications, links, reports, serve, refunds, webhooks, imports, account_links,
+                lifecycle):
     _module.register(app)
 
 

@@ -23,28 +23,63 @@ def sub_dict(s: Session, sub: Subscription) -> dict[str, object]:
 def subscribe(
     customer: str = typer.Option(..., help="Customer id or external ref."),
     plan: str = typer.Option(..., help="Plan code or id."),
-    payment_method: str = typer.Option(..., help="Payment method id (pm_...) with recorded consent."),
+    payment_method: str | None = typer.Option(
+        None, help="Payment method id (pm_...) with recorded consent (default: the customer's default card)."),
     start: str | None = typer.Option(None, help="Start time (ISO; default now)."),
     trial_days: int | None = typer.Option(None, help="Override the plan's trial length."),
+    payment_behavior: str = typer.Option(
+        "error_if_incomplete", help="On a declined first charge: error_if_incomplete (keep nothing) | "
+        "allow_incomplete (keep it incomplete for a retry)."),
+    defer_first_charge: bool = typer.Option(
+        False, "--defer-first-charge", help="Leave the first charge to the next run-cycle (bulk loads)."),
+    metadata: list[str] = typer.Option([], "--metadata", help="KEY=VALUE (repeatable)."),
     at: str | None = typer.Option(None, "--at", help="Act as of this ISO time (default: now)."),
     json_out: bool = JsonOpt,
 ) -> None:
-    """Subscribe a customer to a plan. The first charge is made by the next run-cycle."""
-    from billing_engine import customers
+    """Subscribe a customer to a plan and charge the first period at once (a trial, a future
+    start or --defer-first-charge leave it to the run-cycle). A declined card exits 5."""
+    from billing_engine import first_charge
+    from billing_engine.gateway.factory import build_gateway
+    from billing_engine.settings import get_settings
+    from cli.common import engine
 
     now = parse_at(at)
     start_at = parse_at(start, "--start") if start else None
+    settings = get_settings()
+    res = first_charge.subscribe(
+        engine(), build_gateway(settings), customer=customer, plan=plan, payment_method=payment_method, now=now,
+        start_at=start_at, trial_days=trial_days, payment_behavior=first_charge.parse_behavior(payment_behavior),
+        defer_first_charge=defer_first_charge, metadata_=parse_pairs(metadata) if metadata else None,
+        actor=cli_actor(), schedule_days=tuple(settings.dunning_schedule_days))
+    if res.failed:
+        raise first_charge.declined_error(res)
     with unit_of_work() as s:
-        c = customers.get(s, customer)
-        sub = subscriptions.create(s, customer_id=c.id, plan_id=plan, payment_method_id=payment_method,
-                                   now=now, start_at=start_at, trial_days=trial_days, actor=cli_actor())
-        data = sub_dict(s, sub)
+        data = sub_dict(s, subscriptions.get(s, res.subscription_id)) | {"first_charge": res.first_charge.as_dict()}
     if json_out:
         print_json(data)
+        return
+    fc = res.first_charge
+    if fc.status == "succeeded":
+        console.print(f"created subscription [bold]{data['id']}[/] ({data['status']}), charged "
+                      f"{format_minor(int(fc.amount_minor or 0), str(fc.currency))} {fc.currency} "
+                      f"(invoice {fc.invoice_id}), renews {str(data['current_period_end'])[:19]}")
     else:
         console.print(f"created subscription [bold]{data['id']}[/] ({data['status']}), first charge "
                       f"{format_minor(int(data['amount_minor']), str(data['currency']))} {data['currency']} "  # type: ignore[call-overload]
                       f"at {str(data['next_charge_at'])[:19]}")
+
+
+def parse_pairs(pairs: list[str]) -> dict[str, str]:
+    """``KEY=VALUE`` options -> a dict (an empty VALUE deletes the key in an update)."""
+    from billing_engine.errors import ValidationError
+
+    out: dict[str, str] = {}
+    for p in pairs:
+        key, sep, value = p.partition("=")
+        if not sep or not key.strip():
+            raise ValidationError(f"expected KEY=VALUE, got {p!r}", field="--metadata")
+        out[key.strip()] = value
+    return out
 
 
 @sub_app.command("show")

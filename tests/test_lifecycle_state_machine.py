@@ -5,7 +5,9 @@ recover, or hard-decline), advance time (a run-cycle hours to 40 days later), le
 pass without a run, make the next charge decline, lose the next answer (money moved or
 not), cancel (voluntary at period end / immediately, involuntary by an admin), undo (as
 the customer and as an admin; a refusal is fine), refund part of a paid invoice, change
-the card to a new consented one.
+the card to a new consented one; subscribe with the first charge at once (either payment
+behaviour); change the plan (now with proration, or at period end; across intervals);
+reactivate an ended subscription; a money-back guarantee refund.
 
 Invariants after every step (the fake gateway's ledger is the independent truth):
 - no (subscription, period) has two paid invoices; no invoice is charged twice in the
@@ -51,10 +53,19 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, SQLModel, select
 
 import billing_engine.models  # noqa: F401  (every table in the metadata)
-from billing_engine import cancellations, refunds, subscriptions
+from billing_engine import (
+    cancellations,
+    consents,
+    first_charge,
+    guarantees,
+    plan_changes,
+    reactivations,
+    refunds,
+    subscriptions,
+)
 from billing_engine.cycle import run_cycle
 from billing_engine.db import make_engine, transaction
-from billing_engine.errors import InvalidTransition
+from billing_engine.errors import BillingError, InvalidTransition
 from billing_engine.gateway.fake import FakeGateway
 from billing_engine.models import (
     AttemptStatus,
@@ -63,6 +74,7 @@ from billing_engine.models import (
     InvoiceStatus,
     Notification,
     PaymentAttempt,
+    PaymentMethod,
     Plan,
     Refund,
     RefundStatus,
@@ -70,9 +82,10 @@ from billing_engine.models import (
     SubscriptionStatus,
 )
 from billing_engine.settings import load_settings
-from tests.factories import make_card, make_customer, make_plan
+from tests.factories import consent_for, make_card, make_customer, make_plan
 
 SETTINGS = load_settings()
+MACHINE_SETTINGS = load_settings(secret_keys=["machine-preview-token-key-0123456789abcdef"])
 T0 = datetime(2026, 1, 31, 9, 0, tzinfo=UTC)  # the 31st: month ends are the interesting ones
 
 def _machine_settings(backend: str) -> settings:
@@ -92,6 +105,7 @@ TRANSITIONS: dict[str, set[str]] = {  # status -> statuses it may become in one 
     "active": {"active", "past_due", "canceled"},
     "past_due": {"past_due", "active", "canceled"},
     "canceled": {"canceled"},
+    "incomplete_expired": {"incomplete_expired"},  # a first charge declined at subscribe: terminal
 }
 
 
@@ -139,7 +153,7 @@ class LifecycleMachine(RuleBasedStateMachine):
         self.seq = itertools.count()
         self.plans: dict[str, str] = {}
         self.prev: dict[str, tuple[str, str | None]] = {}  # sub -> (status, cancellation_kind)
-        self.periods: dict[str, tuple[int, datetime]] = {}  # sub -> (next_period_index, current_period_end)
+        self.periods: dict[str, tuple[datetime, int, datetime]] = {}  # sub -> (anchor, next index, period end)
         self.undone: set[str] = set()  # subscriptions an undo succeeded on in this step
 
     # -- set-up ------------------------------------------------------------------------
@@ -151,8 +165,11 @@ class LifecycleMachine(RuleBasedStateMachine):
                 "monthly": dict(amount_minor=1700, currency="USD", interval="month"),
                 "weekly": dict(amount_minor=500, currency="EUR", interval="week"),
                 "trial-monthly": dict(amount_minor=990, currency="USD", interval="month", trial_days=7),
+                "pro-monthly": dict(amount_minor=3400, currency="USD", interval="month"),
+                "yearly": dict(amount_minor=15000, currency="USD", interval="year"),
             }.items():
                 self.plans[code] = make_plan(s, self.now, code=code, **kw).id  # type: ignore[arg-type]
+            s.get_one(Plan, self.plans["monthly"]).guarantee_days = 30
 
     # -- rules -------------------------------------------------------------------------
 
@@ -213,7 +230,7 @@ class LifecycleMachine(RuleBasedStateMachine):
                     cancellations.cancel(s, x, at_period_end=how != "immediately", now=self.now,
                                          actor="admin:api" if how.endswith("by_admin") else cancellations.CUSTOMER)
             except InvalidTransition:
-                assert x.status == SubscriptionStatus.CANCELED
+                assert x.status in (SubscriptionStatus.CANCELED, SubscriptionStatus.INCOMPLETE_EXPIRED)
 
     @rule(sub=subs, actor=st.sampled_from([cancellations.CUSTOMER, "admin:api"]))
     def undo(self, sub: str, actor: str) -> None:
@@ -257,6 +274,61 @@ class LifecycleMachine(RuleBasedStateMachine):
         except InvalidTransition:
             pass
 
+    @rule(target=subs, plan=st.sampled_from(["monthly", "pro-monthly", "trial-monthly"]),
+          card=st.sampled_from(sorted(CARDS)), allow_incomplete=st.booleans())
+    def subscribe_charged_at_once(self, plan: str, card: str, allow_incomplete: bool) -> str:
+        """Sign-up through first_charge.subscribe: charged before it answers."""
+        n = next(self.seq)
+        token = f"pm_sm_{n}_{card}"
+        if CARDS[card]:
+            self.gw.script(token, CARDS[card])
+        with transaction(self.engine) as s:
+            p = s.get_one(Plan, self.plans[plan])
+            cust = make_customer(s, self.now, email=f"sm{n}@example.com")
+            cust_id, pm_id = cust.id, make_card(s, self.now, cust, p, token=token).id
+        behavior = (first_charge.PaymentBehavior.ALLOW_INCOMPLETE if allow_incomplete
+                    else first_charge.PaymentBehavior.ERROR_IF_INCOMPLETE)
+        try:
+            res = first_charge.subscribe(self.engine, self.gw, customer=cust_id, plan=self.plans[plan],
+                                         payment_method=pm_id, now=self.now, payment_behavior=behavior)
+        except BillingError:  # no answer from the gateway: left incomplete, reconciled by the run-cycle
+            with Session(self.engine) as s:
+                return s.exec(select(Subscription.id).where(Subscription.customer_id == cust_id)).one()
+        _event(f"first charge: {res.first_charge.status}")
+        return res.subscription_id
+
+    @rule(sub=subs, plan=st.sampled_from(["monthly", "pro-monthly", "yearly", "weekly"]),
+          when=st.sampled_from([None, "now", "period_end"]),
+          behavior=st.sampled_from(["create_prorations", "none"]))
+    def change_plan(self, sub: str, plan: str, when: str | None, behavior: str) -> None:
+        with transaction(self.engine) as s:  # the customer accepts the new plan's terms on their card
+            x = s.get_one(Subscription, sub)
+            pm = s.get(PaymentMethod, x.payment_method_id) if x.payment_method_id else None
+            target = s.get_one(Plan, self.plans[plan])
+            if pm is not None and target.currency == s.get_one(Plan, x.plan_id).currency:
+                consents.record(s, customer_id=x.customer_id, payment_method=pm, data=consent_for(target, self.now),
+                                now=self.now)
+        try:
+            res = plan_changes.change(self.engine, self.gw, subscription_id=sub, plan=self.plans[plan], now=self.now,
+                                      settings=MACHINE_SETTINGS, timing=when, behavior=behavior)
+            _event(f"plan change: {res.status} ({res.preview.direction})")
+        except BillingError as exc:  # refused (state, currency, declined, no answer): nothing changes but that
+            _event(f"plan change refused: {exc.code}")
+
+    @rule(sub=subs)
+    def reactivate(self, sub: str) -> None:
+        try:
+            reactivations.reactivate(self.engine, self.gw, subscription_id=sub, now=self.now)
+        except BillingError as exc:
+            _event(f"reactivation refused: {exc.code}")
+
+    @rule(sub=subs)
+    def guarantee_refund(self, sub: str) -> None:
+        try:
+            guarantees.refund(self.engine, self.gw, subscription_id=sub, now=self.now)
+        except BillingError as exc:
+            _event(f"guarantee refund refused: {exc.code}")
+
     def teardown(self) -> None:
         """Drain: without injected faults, one more run settles every attempt in flight, and
         nothing is left open on a subscription that has ended."""
@@ -295,7 +367,8 @@ class LifecycleMachine(RuleBasedStateMachine):
         invoices: list[Invoice] = w["invoices"]
         by_id = {i.id: i for i in invoices}
         paid = [i for i in invoices if i.status == InvoiceStatus.PAID]
-        per_period = Counter((i.subscription_id, i.period_index) for i in paid)
+        # one paid invoice per period (a period is its start: a plan change may re-anchor the schedule)
+        per_period = Counter((i.subscription_id, i.period_start, i.kind) for i in paid)
         assert all(v == 1 for v in per_period.values()), f"two paid invoices for one period: {per_period}"
 
         ledger = self.gw.ledger
@@ -353,9 +426,10 @@ class LifecycleMachine(RuleBasedStateMachine):
             if x.status == SubscriptionStatus.CANCELED:
                 assert x.cancellation_kind in ("voluntary", "involuntary") and x.ended_at is not None
             self.prev[sid] = (x.status, x.cancellation_kind)
-            index, end = self.periods.get(sid, (x.next_period_index, x.current_period_end))
-            assert x.next_period_index >= index and x.current_period_end >= end, f"{sid}: its period went back"
-            self.periods[sid] = (x.next_period_index, x.current_period_end)
+            anchor, index, end = self.periods.get(sid, (x.billing_anchor, x.next_period_index, x.current_period_end))
+            assert x.current_period_end >= end, f"{sid}: its period went back"
+            assert x.next_period_index >= index or x.billing_anchor > anchor, f"{sid}: its period index went back"
+            self.periods[sid] = (x.billing_anchor, x.next_period_index, x.current_period_end)
         self.undone.clear()
 
         mails: Counter[str] = w["mails"]
@@ -372,8 +446,8 @@ class LifecycleMachine(RuleBasedStateMachine):
         pending_refund = {r.invoice_id for r in w["refunds"] if r.status == RefundStatus.PENDING}
         for i in w["invoices"]:
             x = subs[i.subscription_id]
-            if (i.status == InvoiceStatus.PAID and x.status == SubscriptionStatus.CANCELED
-                    and i.period_index >= x.next_period_index):
+            if (i.status == InvoiceStatus.PAID and x.status == SubscriptionStatus.CANCELED and i.kind == "period"
+                    and i.period_start >= x.current_period_end):
                 assert i.amount_refunded_minor == i.amount_paid_minor or i.id in pending_refund, (
                     f"{i.id}: paid for period {i.period_index} ({i.period_start}), never entered by {x.id} "
                     f"(ended at {x.ended_at}), and not refunded")

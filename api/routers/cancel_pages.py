@@ -35,6 +35,7 @@ from billing_engine import abuse, cancellations, links, notifications, subscript
 from billing_engine.db import transaction
 from billing_engine.errors import BillingError
 from billing_engine.models import (
+    ENDED_STATUSES,
     CancellationKind,
     Customer,
     Plan,
@@ -129,7 +130,7 @@ def _view(session: Session, sub: Subscription, settings: Settings, now: datetime
     customer = session.get(Customer, sub.customer_id)
     assert plan is not None and customer is not None
     nxt = subscriptions.next_charge(session, sub)
-    if sub.status == SubscriptionStatus.CANCELED:
+    if sub.status in ENDED_STATUSES:  # ended (or a first charge declined: never started)
         state = "ended"
     elif sub.cancel_at_period_end:
         state = "scheduled"
@@ -236,7 +237,7 @@ def cancel_submit(
             if is_one_click:
                 return PlainTextResponse("This cancel link is not valid.", status_code=404, headers=SECURITY_HEADERS)
             return _bad_link(request, settings, token, None)
-        if sub.status != SubscriptionStatus.CANCELED and not sub.cancel_at_period_end:
+        if sub.status not in ENDED_STATUSES and not sub.cancel_at_period_end:
             with abuse.coalesced_emails(session, sub.id, now=now):  # cancel/undo loops: no e-mail storm
                 cancellations.cancel(session, sub, kind=CancellationKind.VOLUNTARY, now=now, actor="customer")
     if is_one_click:
@@ -288,7 +289,7 @@ def cancel_undo(request: Request, token: str, engine: EngineDep, settings: Setti
         sub = _load(session, sub_id, lock=True)
         if sub is None:
             return _bad_link(request, settings, token, None)
-        if sub.status != SubscriptionStatus.CANCELED and not sub.cancel_at_period_end:
+        if sub.status not in ENDED_STATUSES and not sub.cancel_at_period_end:
             return _back(request, token, "undone")  # already active: a repeated click
         try:
             with session.begin_nested(), abuse.coalesced_emails(session, sub.id, now=now):

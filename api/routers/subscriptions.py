@@ -4,7 +4,7 @@ customer cancel link."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Path, Query, Request
 from fastapi.responses import JSONResponse
@@ -14,9 +14,10 @@ from sqlmodel import Session
 from api import idempotency
 from api import presenters as P
 from api.auth import ADMIN, actor
-from api.deps import EngineDep, NowDep, SettingsDep
+from api.deps import EngineDep, GatewayDep, NowDep, SettingsDep
 from api.idempotency import IdempotencyKey
 from api.pagination import page
+from api.problems import problem_type
 from api.ranges import RangesDep
 from api.responses import admin
 from api.schemas import (
@@ -24,6 +25,7 @@ from api.schemas import (
     CancelOut,
     CancelRequest,
     ChangePaymentMethod,
+    FirstChargeOut,
     Limit,
     Page,
     SubscriptionCreate,
@@ -32,7 +34,7 @@ from api.schemas import (
     clean_optional,
     clean_text,
 )
-from billing_engine import audit, cancellations, customers, links, subscriptions
+from billing_engine import audit, cancellations, first_charge, links, subscriptions
 from billing_engine.db import transaction
 from billing_engine.events import EventType
 from billing_engine.listing import Ranges
@@ -47,17 +49,35 @@ MintKey = Annotated[str | None, Header(
 SubscriptionId = Annotated[str, Path(min_length=1, max_length=40, description="Subscription id (sub_...)."), AfterValidator(clean_text)]
 
 
-@router.post("", status_code=201, response_model=SubscriptionOut, responses=admin(404, 409),
-             summary="Subscribe a customer to a plan (the first charge is made by the next run-cycle)")
-def create_subscription(request: Request, body: SubscriptionCreate, engine: EngineDep, now: NowDep,
-                        idempotency_key: IdempotencyKey = None) -> JSONResponse:
-    def action(s: Session) -> SubscriptionOut:
-        c = customers.get(s, body.customer)
-        sub = subscriptions.create(s, customer_id=c.id, plan_id=body.plan, payment_method_id=body.payment_method,
-                                   now=now, start_at=body.start_at, trial_days=body.trial_days, actor=actor(request))
-        return P.subscription(s, sub)
+@router.post("", status_code=201, response_model=SubscriptionOut, responses=admin(402, 404, 409, 503),
+             summary="Subscribe a customer to a plan and charge the first period at once")
+def create_subscription(request: Request, body: SubscriptionCreate, engine: EngineDep, gateway: GatewayDep,
+                        settings: SettingsDep, now: NowDep, idempotency_key: IdempotencyKey = None) -> JSONResponse:
+    """201 with ``first_charge.status`` succeeded (active), or deferred / trialing / scheduled
+    (the run-cycle charges later). A declined card is a 402 problem naming the subscription and
+    the decline code (``error_if_incomplete``: nothing kept; ``allow_incomplete``: it stays
+    incomplete for a retry). No answer from the gateway is a 503, never a decline. A retry with
+    the same Idempotency-Key replays the first answer; the same request without one pays the
+    incomplete subscription (or is refused: already subscribed) and never charges twice."""
+    behavior = first_charge.parse_behavior(body.payment_behavior)
 
-    return idempotency.in_transaction(request, engine, idempotency_key, body, 201, action)
+    def action() -> tuple[int, Any]:
+        res = first_charge.subscribe(
+            engine, gateway, customer=body.customer, plan=body.plan, payment_method=body.payment_method, now=now,
+            start_at=body.start_at, trial_days=body.trial_days, payment_behavior=behavior,
+            defer_first_charge=body.defer_first_charge, metadata_=body.metadata, actor=actor(request),
+            schedule_days=tuple(settings.dunning_schedule_days))
+        with transaction(engine) as s:
+            out = P.subscription(s, subscriptions.get(s, res.subscription_id))
+        out.first_charge = FirstChargeOut(**res.first_charge.as_dict())
+        if res.failed:
+            err = first_charge.declined_error(res)
+            return 402, {"type": problem_type(err.code), "title": "Payment declined", "status": 402,
+                         "detail": str(err), "code": err.code, "field": err.field,
+                         "subscription": out.model_dump(mode="json")}
+        return 201, out
+
+    return idempotency.after_effect_answer(request, engine, idempotency_key, body, action)
 
 
 @router.get("", response_model=Page[SubscriptionOut], responses=admin(),

@@ -99,7 +99,8 @@ class _Expected:
 
     def mrr_of(self, inv: Any) -> int:
         p = self.raw.plans[inv.plan_id]
-        return monthly_amount(inv.amount_minor, Interval(p.interval), p.interval_count)
+        amount = p.amount_minor if getattr(inv, "kind", "period") == "proration" else inv.amount_minor  # a plan change
+        return monthly_amount(amount, Interval(p.interval), p.interval_count)
 
     def key(self, currency: str, plan_id: str) -> tuple[str, ...]:
         return (currency, self.code[plan_id]) if self.q.by == "plan" else (currency,)
@@ -201,7 +202,7 @@ class _Expected:
                 prev = first_paid.get(inv.customer_id)
                 first_paid[inv.customer_id] = min(prev, inv.paid_at) if prev else inv.paid_at
         cell: dict[tuple[tuple[str, ...], int], dict[str, Any]] = defaultdict(
-            lambda: {"n": 0, "gross": 0, "rn": 0, "ref": 0, "cust": set(), "new": set()})
+            lambda: {"n": 0, "gross": 0, "rn": 0, "ref": 0, "gref": 0, "cust": set(), "new": set()})
         for inv in self.raw.invoices:
             i = _period_of(inv.paid_at, self.periods) if inv.status == "paid" else None
             if i is None:
@@ -219,13 +220,15 @@ class _Expected:
                 c = cell[(self.key(r.currency, by_id[r.invoice_id].plan_id), ri)]
                 c["rn"] += 1
                 c["ref"] += r.amount_minor
+                c["gref"] += r.amount_minor if getattr(r, "guarantee", False) else 0
         out = []
         for key in sorted({k for k, _ in cell}):
             rows = []
             for i in range(len(self.periods)):
                 c = cell[(key, i)]
                 rows.append({**self._base(key, i), "invoices_paid": c["n"], "gross_minor": c["gross"],
-                             "refund_count": c["rn"], "refunds_minor": c["ref"], "net_minor": c["gross"] - c["ref"],
+                             "refund_count": c["rn"], "refunds_minor": c["ref"],
+                             "guarantee_refunds_minor": c["gref"], "net_minor": c["gross"] - c["ref"],
                              "paying_customers": len(c["cust"]), "new_customers": len(c["new"]),
                              "returning_customers": len(c["cust"]) - len(c["new"])})
             out.append(rows)

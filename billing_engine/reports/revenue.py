@@ -27,6 +27,7 @@ def columns(by: str | None) -> tuple[Column, ...]:
         Column("gross_minor", "gross", "money"),
         Column("refund_count", "refunds_count", "count"),
         Column("refunds_minor", "refunds", "money"),
+        Column("guarantee_refunds_minor", "guarantee_refunds", "money"),
         Column("net_minor", "net", "money"),
         Column("paying_customers", "paying_customers", "count"),
         Column("new_customers", "new_customers", "count"),
@@ -106,7 +107,7 @@ def revenue_report(engine: Engine, q: ReportQuery, *, generated_at: datetime | N
     n = len(periods)
     inv, ref = invoices, refunds
     by_plan = q.by == "plan"
-    blank = {"invoices_paid": 0, "gross_minor": 0, "refund_count": 0, "refunds_minor": 0,
+    blank = {"invoices_paid": 0, "gross_minor": 0, "refund_count": 0, "refunds_minor": 0, "guarantee_refunds_minor": 0,
              "paying_customers": 0, "new_customers": 0}
     data: dict[GroupKey, list[dict[str, int]]] = defaultdict(lambda: [dict(blank) for _ in range(n)])
     rollups.refresh(engine)  # report_customer_first_paid, read below
@@ -144,6 +145,7 @@ def revenue_report(engine: Engine, q: ReportQuery, *, generated_at: datetime | N
                 (inv.c.plan_id if by_plan else literal("")).label("plan_id"),
                 bucket(ref.c.succeeded_at, periods).label("b"),
                 ref.c.amount_minor,
+                case((ref.c.guarantee, ref.c.amount_minor), else_=0).label("guarantee_minor"),
             )
             .select_from(ref.join(inv, inv.c.id == ref.c.invoice_id))
             .where(ref.c.status == "succeeded", ref.c.succeeded_at >= ts(q.start), ref.c.succeeded_at < ts(q.end))
@@ -151,11 +153,13 @@ def revenue_report(engine: Engine, q: ReportQuery, *, generated_at: datetime | N
         if q.currency:
             rq = rq.where(ref.c.currency == q.currency)
         rs = rq.subquery("refunded")
-        for r in conn.execute(select(rs.c.currency, rs.c.plan_id, rs.c.b, func.count(), func.sum(rs.c.amount_minor))
+        for r in conn.execute(select(rs.c.currency, rs.c.plan_id, rs.c.b, func.count(), func.sum(rs.c.amount_minor),
+                                     func.sum(rs.c.guarantee_minor))
                               .group_by(rs.c.currency, rs.c.plan_id, rs.c.b)):
             cell = data[group_key(r[0], codes.get(r[1], r[1]), q.by)][r[2]]
             cell["refund_count"] += int(r[3])
             cell["refunds_minor"] += int(r[4] or 0)
+            cell["guarantee_refunds_minor"] += int(r[5] or 0)
 
     cols = columns(q.by)
     rows: list[dict[str, Any]] = []
@@ -168,6 +172,7 @@ def revenue_report(engine: Engine, q: ReportQuery, *, generated_at: datetime | N
                 "gross_minor": cell["gross_minor"],
                 "refund_count": cell["refund_count"],
                 "refunds_minor": cell["refunds_minor"],
+                "guarantee_refunds_minor": cell["guarantee_refunds_minor"],
                 "net_minor": cell["gross_minor"] - cell["refunds_minor"],
                 "paying_customers": cell["paying_customers"],
                 "new_customers": cell["new_customers"],

@@ -113,19 +113,23 @@ def paid_sequence(q: ReportQuery, facts: Any) -> CTE:
     inv = invoices
     order = (inv.c.period_start,)
     part = inv.c.subscription_id
+    # a paid plan change (a proration invoice) moves MRR to the new plan's price when it is paid
+    new_price = plans.alias("new_price")
+    billed = case((inv.c.kind == "proration", new_price.c.amount_minor), else_=inv.c.amount_minor)
     window = (
         select(
             inv.c.subscription_id,
             inv.c.paid_at,
             inv.c.currency,
-            inv.c.amount_minor,
+            billed.label("amount_minor"),
             inv.c.plan_id.label("inv_plan_id"),
-            func.lag(inv.c.amount_minor).over(partition_by=part, order_by=order).label("prev_amount"),
+            func.lag(billed).over(partition_by=part, order_by=order).label("prev_amount"),
             func.lag(inv.c.plan_id).over(partition_by=part, order_by=order).label("prev_plan_id"),
             func.lag(inv.c.paid_at).over(partition_by=part, order_by=order).label("prev_paid_at"),
             func.lead(inv.c.paid_at).over(partition_by=part, order_by=order).label("next_paid_at"),
         )
-        .select_from(inv.join(facts, facts.c.subscription_id == inv.c.subscription_id))
+        .select_from(inv.join(facts, facts.c.subscription_id == inv.c.subscription_id)
+                     .join(new_price, new_price.c.id == inv.c.plan_id))
         .where(
             # the IN lets the planner fetch just these subscriptions' invoices by index
             inv.c.subscription_id.in_(select(facts.c.subscription_id)),

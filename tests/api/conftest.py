@@ -95,6 +95,8 @@ def subscribe(c: TestClient, *, plan: str = "basic-monthly", email: str = "ada@e
               token: str = "pm_card_visa", **kw: Any) -> dict[str, Any]:
     cust = create_customer(c, email)
     pm = add_card(c, cust["id"], token)
-    r = c.post("/v1/subscriptions", json={"customer": cust["id"], "plan": plan, "payment_method": pm["id"]} | kw)
+    # the run-cycle makes the first charge in the tests built on this helper (as before subscribe charged)
+    body = {"customer": cust["id"], "plan": plan, "payment_method": pm["id"], "defer_first_charge": True} | kw
+    r = c.post("/v1/subscriptions", json=body)
     assert r.status_code == 201, r.text
     return r.json()

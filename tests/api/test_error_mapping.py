@@ -27,6 +27,8 @@ ERRORS: list[tuple[Exception, int]] = [
     (errors.Conflict("already canceled", field="subscription"), 409),
     (errors.ConsentRequired(field="payment_method"), 409),
     (errors.InvalidTransition(field="status"), 409),
+    (errors.PaymentDeclined("the card was declined (insufficient_funds)", field="payment_method"), 402),
+    (errors.PaymentRequiresAction(field="payment_method"), 402),
     (errors.ConfigurationError("BILLING_STRIPE_API_KEY is required"), 500),
     (errors.GatewayUnavailable(), 503),
     (GatewayUnreachable("connection reset"), 503),

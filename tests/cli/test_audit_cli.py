@@ -41,7 +41,8 @@ def test_cli_events_name_the_os_user_and_are_never_backdated(tmp_path: Path) -> 
     pm = run("payment-method", "add", cust["id"], "--token", "pm_card_visa", "--consent-ip", "203.0.113.9",
              "--consent-user-agent", "Mozilla/5.0", "--terms-version", "v1", "--terms-file", "terms.txt",
              "--consent-amount", "7.00", "--consent-currency", "USD", "--at", AT)
-    sub = run("subscribe", "--customer", cust["id"], "--plan", "basic", "--payment-method", pm["id"], "--at", AT)
+    sub = run("subscribe", "--customer", cust["id"], "--plan", "basic", "--payment-method", pm["id"], "--at", AT,
+              "--defer-first-charge")
     run("run-cycle", "--at", AT)
     run("cancel-link", sub["id"])
     run("notifications", "send", "--at", AT)

@@ -43,7 +43,7 @@ def test_admin_flow_from_plan_to_first_charge(run, tmp_path: Path) -> None:  # t
                    "--consent-user-agent", "Mozilla/5.0", "--terms-version", "v1", "--terms-file", "terms.txt",
                    "--consent-amount", "7.00", "--consent-currency", "USD", "--at", at, "--json"))
     assert (pm["brand"], pm["last4"]) == ("visa", "4242")
-    sub = _json(run("subscribe", "--customer", cust["id"], "--plan", "basic", "--payment-method", pm["id"],
+    sub = _json(run("subscribe", "--customer", cust["id"], "--plan", "basic", "--payment-method", pm["id"], "--defer-first-charge",
                     "--at", at, "--json"))
     assert sub["status"] == "incomplete"
     dry = _json(run("run-cycle", "--at", at, "--dry-run", "--json"))
