@@ -78,6 +78,10 @@ class Settings(BaseSettings):
 
     dunning_schedule_days: Annotated[list[int], NoDecode] = Field(default_factory=lambda: list(DEFAULT_DUNNING_SCHEDULE))
     reminder_days_before: int = Field(default=7, ge=0, le=60)
+    price_notice_days: int = Field(default=30, ge=7, le=365,
+                                   description="Default notice before a new price applies to existing subscribers.")
+    max_discount_percent: int = Field(default=30, ge=0, le=90,
+                                      description="Largest coupon discount on a plan without its own cap (percent).")
 
     smtp_host: str = "127.0.0.1"
     smtp_port: int = Field(default=25, ge=1, le=65535)
