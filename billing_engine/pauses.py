@@ -29,10 +29,10 @@ from typing import Any
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from billing_engine import events, notifications, payments
+from billing_engine import events, notifications, payments, pricing
 from billing_engine.db import locks_rows, transaction
 from billing_engine.errors import Conflict, InvalidTransition, ValidationError
-from billing_engine.models import Subscription, SubscriptionPause, SubscriptionStatus
+from billing_engine.models import Plan, Subscription, SubscriptionPause, SubscriptionStatus
 from billing_engine.periods import ensure_utc
 
 PAUSABLE = (SubscriptionStatus.ACTIVE, SubscriptionStatus.TRIALING, SubscriptionStatus.INCOMPLETE)
@@ -137,10 +137,6 @@ def resume(session: Session, sub: Subscription, *, now: datetime, at: datetime |
                   customer_id=sub.customer_id,
                   payload={"resumed_at": at, "status": sub.status, "next_charge_at": sub.current_period_end,
                            "reanchored": "billing_anchor" in changes})
-    from billing_engine import pricing
-
-    from billing_engine.models import Plan
-
     plan = session.get(Plan, sub.plan_id)
     assert plan is not None
     q = pricing.quote(session, sub, plan, sub.next_period_index)

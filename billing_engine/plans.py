@@ -107,7 +107,8 @@ def update(
     priced = any(v is not None for v in (amount_minor, currency, interval, interval_count))
     if priced and subscriber_count(session, plan.id):
         raise Conflict(
-            "this plan has subscribers; its price and interval cannot change. Create a new plan instead",
+            "this plan has subscribers; its price and interval cannot change in place. Change the price with "
+            "notice (billing plan reprice) or create a new plan",
             field="amount_minor" if amount_minor is not None else "interval",
         )
     if name is not None:
