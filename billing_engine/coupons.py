@@ -16,6 +16,7 @@ applied again to every invoice (a price change cannot lift a discount over it).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from datetime import datetime
 from enum import StrEnum
@@ -49,6 +50,17 @@ class Duration(StrEnum):
 COUPONS = Coupon.__table__  # type: ignore[attr-defined]
 REDEMPTIONS = CouponRedemption.__table__  # type: ignore[attr-defined]
 INVOICES = Invoice.__table__  # type: ignore[attr-defined]
+
+
+_CODE = re.compile(r"^[A-Z0-9][A-Z0-9_.-]{0,63}$")
+
+
+def normalize_code(value: str, field: str = "code") -> str:
+    """Coupon codes are case-insensitive, kept upper-case: ``welcome20`` is ``WELCOME20``."""
+    v = (value or "").strip().upper()
+    if not _CODE.match(v):
+        raise ValidationError("must be 1-64 characters of letters, digits, '_', '.', '-'", field=field)
+    return v
 
 
 def cap_percent(plan: Any) -> int:
@@ -119,7 +131,7 @@ def create(
     plan_codes: Sequence[str] | None = None, max_redemptions: int | None = None, redeem_by: datetime | None = None,
     once_per_customer: bool = True, name: str = "", actor: str = "admin",
 ) -> Coupon:
-    code = validation.code(code, "code")
+    code = normalize_code(code)
     name = validation.text(name, "name", max_length=200)
     if (percent_off is None) == (amount_off_minor is None):
         raise ValidationError("give exactly one of percent_off and amount_off", field="percent_off")
@@ -171,7 +183,8 @@ def create(
 
 
 def get(session: Session, code_or_id: str) -> Coupon:
-    c = session.get(Coupon, code_or_id) or session.exec(sselect(Coupon).where(Coupon.code == code_or_id)).first()
+    c = session.get(Coupon, code_or_id) or session.exec(
+        sselect(Coupon).where(Coupon.code == (code_or_id or "").strip().upper())).first()
     if c is None:
         raise NotFound(f"no coupon {code_or_id!r}", field="coupon")
     return c
@@ -199,7 +212,7 @@ def redeem(session: Session, sub: Subscription, code_or_id: str, *, now: datetim
     already open). Refused (clear error, nothing changed) when the coupon is inactive,
     expired, used up, not for this plan, over the plan's cap, already used by this customer,
     or the subscription is canceled or already carries a coupon."""
-    c = session.exec(sselect(Coupon).where((Coupon.id == code_or_id) | (Coupon.code == code_or_id))
+    c = session.exec(sselect(Coupon).where((Coupon.id == code_or_id) | (Coupon.code == (code_or_id or "").strip().upper()))
                      .with_for_update()).first()  # serialises redemptions of one coupon (max_redemptions)
     if c is None:
         raise NotFound(f"no coupon {code_or_id!r}", field="coupon")
