@@ -274,3 +274,17 @@ def summary(c: Coupon) -> dict[str, Any]:
             "duration_periods": c.duration_periods, "plans": _codes(c.plan_codes), "max_redemptions": c.max_redemptions,
             "times_redeemed": c.times_redeemed, "redeem_by": c.redeem_by, "once_per_customer": c.once_per_customer,
             "active": c.active, "created_at": c.created_at}
+
+
+def set_plan_cap(session: Session, plan_ref: str, percent: int | None, *, now: datetime, actor: str = "admin") -> Plan:
+    """The largest discount a coupon may give on this plan (percent; None: the setting)."""
+    from billing_engine import plans
+
+    plan = plans.get(session, plan_ref)
+    if percent is not None:
+        validation.int_range(percent, "max_discount_percent", lo=0, hi=90)
+    plan.max_discount_percent = percent
+    session.add(plan)
+    events.record(session, events.EventType.PLAN_UPDATED, at=now, actor=actor,
+                  payload={"plan_id": plan.id, "max_discount_percent": percent})
+    return plan

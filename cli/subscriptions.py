@@ -24,6 +24,9 @@ def subscribe(
     payment_method: str = typer.Option(..., help="Payment method id (pm_...) with recorded consent."),
     start: str | None = typer.Option(None, help="Start time (ISO; default now)."),
     trial_days: int | None = typer.Option(None, help="Override the plan's trial length."),
+    coupon: str | None = typer.Option(None, help="Apply this coupon code."),
+    paused: bool = typer.Option(False, "--paused", help="Start paused (no charge until resumed)."),
+    resume_at: str | None = typer.Option(None, "--resume-at", help="Start paused until this ISO time."),
     at: str | None = typer.Option(None, "--at", help="Act as of this ISO time (default: now)."),
     json_out: bool = JsonOpt,
 ) -> None:
@@ -35,13 +38,17 @@ def subscribe(
     with unit_of_work() as s:
         c = customers.get(s, customer)
         sub = subscriptions.create(s, customer_id=c.id, plan_id=plan, payment_method_id=payment_method,
-                                   now=now, start_at=start_at, trial_days=trial_days, actor=cli_actor())
+                                   now=now, start_at=start_at, trial_days=trial_days, actor=cli_actor(),
+                                   coupon=coupon, paused=paused,
+                                   resumes_at=parse_at(resume_at, "--resume-at") if resume_at else None)
         data = sub_dict(s, sub)
     if json_out:
         print_json(data)
+    elif data["next_charge_at"] is None:
+        console.print(f"created subscription [bold]{data['id']}[/] ({data['status']}), no charge until resumed")
     else:
         console.print(f"created subscription [bold]{data['id']}[/] ({data['status']}), first charge "
-                      f"{format_minor(int(data['amount_minor']), str(data['currency']))} {data['currency']} "  # type: ignore[call-overload]
+                      f"{format_minor(int(data['next_charge_amount_minor']), str(data['currency']))} {data['currency']} "  # type: ignore[call-overload]
                       f"at {str(data['next_charge_at'])[:19]}")
 
 
@@ -67,7 +74,7 @@ def show(subscription: str = typer.Argument(..., help="Subscription id (sub_...)
 @sub_app.command("list")
 @handle_errors
 def list_cmd(
-    status: str | None = typer.Option(None, help="incomplete | trialing | active | past_due | canceled."),
+    status: str | None = typer.Option(None, help="incomplete | trialing | active | past_due | paused | canceled."),
     customer: str | None = typer.Option(None, help="Customer id."),
     plan: str | None = typer.Option(None, help="Plan code or id."),
     limit: int = typer.Option(100, min=1, max=10000, help="At most this many."),
