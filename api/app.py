@@ -18,6 +18,7 @@ from api.routers import (
     dashboard,
     health,
     invoices,
+    lifecycle,
     notifications,
     payment_methods,
     plans,
@@ -54,6 +55,6 @@ def create_app(
     install_error_handlers(app)
     app.add_middleware(BodyLimit)
     for module in (health, plans, customers, payment_methods, subscriptions, invoices, refunds, notifications,
-                   cycle, reports, dashboard, cancel_pages, webhooks):
+                   cycle, reports, dashboard, cancel_pages, webhooks, lifecycle):
         app.include_router(module.router)
     return app

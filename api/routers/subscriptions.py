@@ -47,7 +47,8 @@ def create_subscription(request: Request, body: SubscriptionCreate, engine: Engi
     def action(s: Session) -> SubscriptionOut:
         c = customers.get(s, body.customer)
         sub = subscriptions.create(s, customer_id=c.id, plan_id=body.plan, payment_method_id=body.payment_method,
-                                   now=now, start_at=body.start_at, trial_days=body.trial_days, actor=actor(request))
+                                   now=now, start_at=body.start_at, trial_days=body.trial_days, actor=actor(request),
+                                   coupon=body.coupon, paused=body.paused, resumes_at=body.resumes_at)
         return P.subscription(s, sub)
 
     return idempotency.in_transaction(request, engine, idempotency_key, body, 201, action)
