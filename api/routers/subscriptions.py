@@ -58,7 +58,7 @@ def create_subscription(request: Request, body: SubscriptionCreate, engine: Engi
             summary="List subscriptions (oldest first), filtered, in cursor pages")
 def list_subscriptions(
     engine: EngineDep,
-    status: Annotated[str | None, Query(max_length=20, description="incomplete | trialing | active | past_due | canceled"), AfterValidator(clean_optional)] = None,
+    status: Annotated[str | None, Query(max_length=20, description="incomplete | trialing | active | past_due | paused | canceled"), AfterValidator(clean_optional)] = None,
     customer: Annotated[str | None, Query(max_length=40, description="Customer id."), AfterValidator(clean_optional)] = None,
     plan: Annotated[str | None, Query(max_length=64, description="Plan code or id."), AfterValidator(clean_optional)] = None,
     limit: Annotated[Limit, Query()] = 100,
