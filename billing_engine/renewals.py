@@ -70,9 +70,13 @@ class Snapshot:
 def quote(snap: Snapshot) -> pricing.Quote:
     """What the next period of the snapshot's subscription is billed (price in force, discount)."""
     sub, plan = snap.sub, snap.plan
-    gross = pricing.in_force(plan, snap.price_changes, subscribed_at=sub.created_at,
-                             period_start=next_period(sub, plan)[0])
-    return coupons.apply(gross, snap.redemption, plan)
+    if not snap.price_changes:  # the common case: the plan's price, no period arithmetic
+        gross = int(plan.amount_minor)
+    else:
+        gross = pricing.in_force(plan, snap.price_changes, subscribed_at=sub.created_at,
+                                 period_start=next_period(sub, plan)[0])
+    return coupons.apply(gross, snap.redemption, plan) if snap.redemption is not None \
+        else pricing.Quote(gross_minor=gross)
 
 
 def is_due(sub: Any, now: datetime) -> bool:
