@@ -27,6 +27,7 @@ from api.routers import (
     notifications,
     payment_methods,
     plans,
+    pricing,
     refunds,
     reports,
     self_service,
@@ -65,6 +66,6 @@ def create_app(
     app.add_middleware(BodyLimit)
     for module in (health, plans, customers, payment_methods, subscriptions, invoices, refunds, notifications,
                    cycle, reports, dashboard, cancel_pages, webhooks, events, webhook_endpoints, imports,
-                   metrics, self_service, account_links, lifecycle):
+                   metrics, self_service, account_links, lifecycle, pricing):
         app.include_router(module.router)
     return app

@@ -314,6 +314,9 @@ class SubscriptionCreate(Input):
     defer_first_charge: bool = Field(
         False, strict=True, description="Leave the first charge to the next run-cycle (bulk loads).")
     metadata: Metadata | None = None
+    coupon: Str64 | None = Field(None, description="A coupon code to apply at once.")
+    paused: bool = Field(False, strict=True, description="Start paused: no charge until resumed.")
+    resumes_at: UtcDateTime | None = Field(None, description="Start paused until this instant.")
 
 
 class CancelRequest(Input):
@@ -376,6 +379,9 @@ class SubscriptionOut(BaseModel):
     failed_attempts: int
     next_charge_at: datetime | None
     next_charge_amount_minor: int | None
+    paused_at: datetime | None = None
+    resumes_at: datetime | None = None
+    pause_at_period_end: bool = False
     created_at: datetime
     updated_at: datetime = Field(description="The last change (filter lists with updated_gte / updated_lt).")
     metadata: dict[str, str] = Field(default_factory=dict)
@@ -483,6 +489,9 @@ class InvoiceOut(BaseModel):
     paid_at: datetime | None
     closed_at: datetime | None
     updated_at: datetime = Field(description="The last change (filter lists with updated_gte / updated_lt).")
+    gross_minor: int | None = None  # the price in force; amount_minor = gross - discount
+    discount_minor: int = 0
+    redemption_id: str | None = None
 
 
 class InvoiceDetail(InvoiceOut):
@@ -522,7 +531,7 @@ class WouldCharge(BaseModel):
     subscription_id: str
     customer_email: str
     plan: str
-    action: str = Field(description="charge | reconcile | end_at_period_end | cancel_involuntary | skip")
+    action: str = Field(description="charge | reconcile | end_at_period_end | cancel_involuntary | skip | pause | resume")
     reason: str | None = Field(default=None, description="involuntary reason, or why it is skipped")
     message: str | None = None
     amount_minor: int
@@ -530,6 +539,9 @@ class WouldCharge(BaseModel):
     amount: str
     status: str
     due_at: datetime | None
+    gross_minor: int | None = Field(default=None, description="charge: the price in force for the period")
+    discount_minor: int | None = Field(default=None, description="charge: a coupon's discount (amount = gross - discount)")
+    coupon: str | None = None
 
 
 class CycleSummaryOut(BaseModel):
@@ -561,6 +573,8 @@ class CycleSummaryOut(BaseModel):
     unresolved: int = Field(default=0, description="attempts an error left unresolved (reconciled next run)")
     refunded_after_cancel: int = Field(default=0, description="charges that landed after a cancellation: refunded")
     held_by_other_workers: int = Field(default=0, description="due subscriptions another live worker holds")
+    paused: int = Field(default=0, description="scheduled pauses that took effect (not charged)")
+    resumed: int = Field(default=0, description="paused subscriptions resumed on their resume date")
     stopped: str | None = Field(default=None, description="why the run stopped early: gateway_unreachable | "
                                 "gateway_configuration | database | stop_requested")
     stop_message: str | None = None

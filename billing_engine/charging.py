@@ -33,6 +33,7 @@ from billing_engine import (
     events,
     invoice_numbers,
     notifications,
+    pauses,
     payments,
     plan_changes,
     renewals,
@@ -130,6 +131,8 @@ def prepare(
         out.settled_ids.append(sub.id)
         if action.kind == ActionKind.END_AT_PERIOD_END:
             cancellations.end_at_period_end(session, _orm(session, sub.id), now=now)
+        elif action.kind == ActionKind.PAUSE:
+            pauses.take_effect(session, _orm(session, sub.id), at=sub.current_period_end, now=now)
         elif action.kind == ActionKind.CANCEL_INVOLUNTARY:
             assert action.reason is not None
             cancellations.end_involuntarily(session, _orm(session, sub.id), reason=action.reason, now=now,
@@ -165,11 +168,13 @@ def _start_attempts_bulk(session: Session, charges: list[renewals.Snapshot], *, 
         inv = snap.open_invoice
         if inv is None:
             start, end = renewals.next_period(sub, plan)
-            inv_id, number, amount, currency = new_id("in"), 1, plan.amount_minor, plan.currency
+            q = renewals.quote(snap)  # the price in force for the period, less a coupon's discount
+            inv_id, number, amount, currency = new_id("in"), 1, q.net_minor, plan.currency
             new_invoices.append({
                 "id": inv_id, "subscription_id": sub.id, "customer_id": sub.customer_id, "plan_id": plan.id,
                 "period_index": sub.next_period_index, "period_start": start, "period_end": end,
-                "amount_minor": amount, "currency": currency, "status": InvoiceStatus.OPEN, "attempt_count": 1,
+                "amount_minor": amount, "currency": currency, "discount_minor": q.discount_minor,
+                "redemption_id": q.redemption_id, "status": InvoiceStatus.OPEN, "attempt_count": 1,
                 "amount_paid_minor": 0, "amount_refunded_minor": 0, "created_at": now, "updated_at": now,
             })
         else:
@@ -194,7 +199,7 @@ def _start_attempts_one_by_one(session: Session, charges: list[renewals.Snapshot
         sub = _orm(session, snap.sub.id)
         pm = session.get(PaymentMethod, snap.payment_method.id)
         assert pm is not None
-        invoice = for_period(session, sub, snap.plan, sub.next_period_index, now=now)
+        invoice = for_period(session, sub, snap.plan, sub.next_period_index, now=now, quote=renewals.quote(snap))
         out.append(payments.start_attempt(session, sub, invoice, pm, now=now))
     return out
 

@@ -104,14 +104,16 @@ def record(
     return c
 
 
-def covers(c: Consent, plan: Plan) -> bool:
-    """Does this (unrevoked) consent cover the plan's terms: currency, interval, at most the amount?"""
+def covers(c: Consent, plan: Plan, *, amount_minor: int | None = None) -> bool:
+    """Does this (unrevoked) consent cover the plan's terms: currency, interval, at most the
+    amount (``amount_minor``: the price in force for the subscription, default the plan's)?"""
+    amount = plan.amount_minor if amount_minor is None else amount_minor
     return (
         c.revoked_at is None
         and c.currency == plan.currency
         and c.interval == plan.interval
         and c.interval_count == plan.interval_count
-        and plan.amount_minor <= c.amount_minor
+        and amount <= c.amount_minor
     )
 
 

@@ -42,7 +42,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlmodel import Session, col, select
 
-from billing_engine import charging, claims, payments, reminders, renewals
+from billing_engine import charging, claims, pauses, payments, reminders, renewals
 from billing_engine.db import transaction
 from billing_engine.errors import DatabaseUnavailable
 from billing_engine.gateway.protocol import (
@@ -85,6 +85,8 @@ class CycleSummary:
     reconciled: int = 0
     canceled_involuntary: int = 0
     cancellations_effective: int = 0
+    paused: int = 0  # scheduled pauses that took effect (no charge)
+    resumed: int = 0  # paused subscriptions resumed by their resume date (then charged if due)
     blocked: int = 0  # not charged: no consent / no usable card
     refunded_after_cancel: int = 0  # charges that landed after the customer cancelled
     held_by_other_workers: int = 0  # due, but claimed by another live worker
@@ -125,6 +127,20 @@ def _iter_due(engine: Engine, now: datetime, batch: int) -> Iterator[list[Subscr
 def plan_actions(engine: Engine, now: datetime, *, limit: int | None = None, batch: int = 500) -> list[dict[str, Any]]:
     """What a run at ``now`` will do, per due subscription (the dry run). Changes nothing."""
     out: list[dict[str, Any]] = []
+    with Session(engine) as s:  # what the run's first step (pauses.run_due) will do
+        for sub in pauses.planned(s, now):
+            plan = s.get(Plan, sub.plan_id)
+            cust = s.get(Customer, sub.customer_id)
+            assert plan is not None
+            ending = sub.cancel_at_period_end
+            out.append({
+                "subscription_id": sub.id, "customer_email": cust.email if cust else "", "plan": plan.code,
+                "action": "end_at_period_end" if ending else "resume",
+                "reason": sub.cancellation_reason if ending else "resume_date",
+                "message": None if ending else "resumes, then charged if due (pauses.resume_changes)",
+                "amount_minor": 0, "currency": plan.currency, "amount": format_minor(0, plan.currency),
+                "status": sub.status, "due_at": sub.current_period_end if ending else sub.resumes_at,
+            })
     for subs in _iter_due(engine, now, batch):
         with Session(engine) as s:
             snaps = renewals.load(s, subs)
@@ -141,6 +157,7 @@ def plan_actions(engine: Engine, now: datetime, *, limit: int | None = None, bat
                 "subscription_id": sub.id, "customer_email": emails.get(sub.customer_id, ""), "plan": plan.code,
                 "action": action.kind.value, "reason": action.reason, "message": action.message,
                 "amount_minor": amount, "currency": currency, "amount": format_minor(amount, currency),
+                "gross_minor": action.gross_minor, "discount_minor": action.discount_minor, "coupon": action.coupon,
                 "status": sub.status,
                 "due_at": sub.next_retry_at if sub.status == SubscriptionStatus.PAST_DUE else sub.current_period_end,
             })
@@ -298,6 +315,8 @@ class _Runner:
             self.summary.due += 1
             if action.kind == renewals.ActionKind.END_AT_PERIOD_END:
                 self.summary.cancellations_effective += 1
+            elif action.kind == renewals.ActionKind.PAUSE:
+                self.summary.paused += 1
             elif action.kind == renewals.ActionKind.CANCEL_INVOLUNTARY:
                 self.summary.blocked += 1
                 self.summary.canceled_involuntary += 1
@@ -520,6 +539,10 @@ def run_cycle(
         summary.due = len(summary.would_charge)
         summary.timings["total_s"] = round(time.perf_counter() - started, 3)
         return summary
+    # paused subscriptions whose resume date has come are resumed first (then due like any
+    # other), and scheduled cancellations of paused ones take effect
+    summary.resumed, ended = _db(lambda: pauses.run_due(engine, now), what="resuming paused subscriptions")
+    summary.cancellations_effective += ended
     summary.total_due = _db(lambda: claims.count_due(engine, now), what="counting due work")
     if limit:
         summary.total_due = min(summary.total_due, limit)

@@ -59,6 +59,16 @@ class EventType(StrEnum):
     DISPUTE_CREATED = "dispute.created"
     DISPUTE_CLOSED = "dispute.closed"
     REMINDER_DUE = "subscription.renewal_reminder"
+    # lifecycle pricing (pricing.py, pauses.py, coupons.py)
+    PLAN_REPRICED = "plan.repriced"
+    SUBSCRIPTION_PRICE_CHANGE_NOTICE = "subscription.price_change_notice"
+    SUBSCRIPTION_PAUSE_SCHEDULED = "subscription.pause_scheduled"
+    SUBSCRIPTION_PAUSED = "subscription.paused"
+    SUBSCRIPTION_RESUMED = "subscription.resumed"
+    COUPON_CREATED = "coupon.created"
+    COUPON_UPDATED = "coupon.updated"
+    COUPON_REDEEMED = "coupon.redeemed"
+    COUPON_REMOVED = "coupon.removed"
     # admin actions and access (billing_engine.audit): who did what, with which token / OS user
     RUN_CYCLE_COMPLETED = "run_cycle.completed"
     CANCEL_LINK_MINTED = "cancel_link.minted"

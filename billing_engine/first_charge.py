@@ -134,6 +134,9 @@ def subscribe(
     metadata_: dict[str, Any] | None = None,
     actor: str = "admin",
     schedule_days: Sequence[int] = DEFAULT_DUNNING_SCHEDULE,
+    coupon: str | None = None,
+    paused: bool = False,
+    resumes_at: datetime | None = None,
 ) -> Subscribed:
     """Subscribe ``customer`` to ``plan`` and (unless trial / future start / deferred) charge
     the first period now. Raises nothing for a decline: the result says it (callers turn
@@ -142,7 +145,8 @@ def subscribe(
     with transaction(engine) as s:
         sub, call = _prepare(s, customer=customer, plan=plan, payment_method=payment_method, now=now,
                              start_at=start_at, trial_days=trial_days, defer=defer_first_charge,
-                             reactivated_from=reactivated_from, meta=meta, actor=actor)
+                             reactivated_from=reactivated_from, meta=meta, actor=actor,
+                             coupon=coupon, paused=paused, resumes_at=resumes_at)
         sub_id = sub.id
         if call is None:
             status = ("trialing" if sub.status == SubscriptionStatus.TRIALING else
@@ -191,7 +195,8 @@ def declined_error(res: Subscribed) -> PaymentDeclined:
 def _prepare(
     s: Session, *, customer: str, plan: str, payment_method: str | None, now: datetime,
     start_at: datetime | None, trial_days: int | None, defer: bool, reactivated_from: str | None,
-    meta: dict[str, str] | None, actor: str,
+    meta: dict[str, str] | None, actor: str, coupon: str | None = None, paused: bool = False,
+    resumes_at: datetime | None = None,
 ) -> tuple[Subscription, _Call | None]:
     cust = customers.get(s, customer)
     the_plan = s.get(Plan, plan) or s.exec(select(Plan).where(Plan.code == plan)).first()
@@ -204,7 +209,8 @@ def _prepare(
             subscriptions.change_payment_method(s, sub, pm_id, now=now, actor=actor)
     else:
         sub = subscriptions.create(s, customer_id=cust.id, plan_id=the_plan.id, payment_method_id=pm_id, now=now,
-                                   start_at=start_at, trial_days=trial_days, actor=actor)
+                                   start_at=start_at, trial_days=trial_days, actor=actor, coupon=coupon,
+                                   paused=paused, resumes_at=resumes_at)
         if meta is not None or reactivated_from is not None:
             sub.metadata_json = metadata.dump(meta) if meta else None
             sub.reactivated_from = reactivated_from

@@ -8,24 +8,26 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
-from billing_engine import events, listing
+from billing_engine import events, listing, pricing
 from billing_engine.errors import NotFound
 from billing_engine.models import Invoice, PaymentAttempt, Plan, Subscription
-from billing_engine.periods import Interval, period_bounds
 
 
-def for_period(session: Session, sub: Subscription, plan: Plan, index: int, *, now: datetime) -> Invoice:
-    """The invoice for period ``index`` of ``sub``: the existing one, or a new open one."""
-    start, end = period_bounds(sub.billing_anchor, Interval(plan.interval), plan.interval_count, index)
+def for_period(session: Session, sub: Subscription, plan: Plan, index: int, *, now: datetime,
+               quote: pricing.Quote | None = None) -> Invoice:
+    """The invoice for period ``index`` of ``sub``: the existing one, or a new open one billed
+    at the price in force for the period less a coupon's discount (:func:`pricing.quote`)."""
+    start, end = pricing.bounds(sub, plan, index)
     inv = session.exec(
         select(Invoice).where(Invoice.subscription_id == sub.id, Invoice.period_start == start)
     ).first()
     if inv is not None:
         return inv
+    q = quote if quote is not None else pricing.quote(session, sub, plan, index)
     inv = Invoice(
         subscription_id=sub.id, customer_id=sub.customer_id, plan_id=plan.id, period_index=index,
-        period_start=start, period_end=end, amount_minor=plan.amount_minor, currency=plan.currency,
-        created_at=now, updated_at=now,
+        period_start=start, period_end=end, amount_minor=q.net_minor, currency=plan.currency,
+        discount_minor=q.discount_minor, redemption_id=q.redemption_id, created_at=now, updated_at=now,
     )
     try:
         with session.begin_nested():
@@ -39,7 +41,8 @@ def for_period(session: Session, sub: Subscription, plan: Plan, index: int, *, n
     events.record(session, events.EventType.INVOICE_CREATED, at=now, subscription_id=sub.id,
                   customer_id=sub.customer_id, invoice_id=inv.id,
                   payload={"period_index": index, "period_start": start, "period_end": end,
-                           "amount_minor": inv.amount_minor, "currency": inv.currency})
+                           "amount_minor": inv.amount_minor, "currency": inv.currency,
+                           "discount_minor": inv.discount_minor, "redemption_id": inv.redemption_id})
     return inv
 
 
@@ -79,7 +82,8 @@ def summary(inv: Invoice) -> dict[str, Any]:
         "id": inv.id, "subscription_id": inv.subscription_id, "customer_id": inv.customer_id,
         "plan_id": inv.plan_id, "period_index": inv.period_index, "period_start": inv.period_start,
         "period_end": inv.period_end, "amount_minor": inv.amount_minor, "currency": inv.currency,
-        "status": inv.status, "attempt_count": inv.attempt_count, "amount_paid_minor": inv.amount_paid_minor,
+        "gross_minor": inv.amount_minor + inv.discount_minor, "discount_minor": inv.discount_minor,
+        "redemption_id": inv.redemption_id, "status": inv.status, "attempt_count": inv.attempt_count, "amount_paid_minor": inv.amount_paid_minor,
         "amount_refunded_minor": inv.amount_refunded_minor, "created_at": inv.created_at,
         "paid_at": inv.paid_at, "closed_at": inv.closed_at, "updated_at": inv.updated_at,
     }

@@ -99,6 +99,7 @@ class SubscriptionStatus(StrEnum):
     TRIALING = "trialing"
     ACTIVE = "active"
     PAST_DUE = "past_due"  # a renewal failed softly; dunning retries scheduled
+    PAUSED = "paused"  # collection paused (billing_engine/pauses.py): no charges, no reminders, not churn
     CANCELED = "canceled"  # ended; terminal
     # the first charge at subscribe time was declined and the caller asked to keep nothing
     # (payment_behavior=error_if_incomplete): never a subscriber, not churn; terminal
@@ -110,6 +111,7 @@ LIVE_STATUSES = (
     SubscriptionStatus.TRIALING,
     SubscriptionStatus.ACTIVE,
     SubscriptionStatus.PAST_DUE,
+    SubscriptionStatus.PAUSED,
 )
 
 
@@ -269,6 +271,8 @@ class Plan(SQLModel, table=True):
     cancel_immediately: bool = Field(default=False)  # cancel ends access at once
     reminder_days: int | None = Field(default=None)  # days before renewal; None = default
     tier: str | None = Field(default=None, max_length=30)  # e.g. basic | vip (reporting)
+    # the largest discount a coupon may give on this plan, in percent (None: the setting)
+    max_discount_percent: int | None = Field(default=None)
     created_at: datetime = _ts(default_factory=utcnow)
     external_id: str | None = Field(default=None, max_length=200, unique=True, index=True)  # import: "stripe:cus_..."
     metadata_json: str | None = Field(default=None, sa_type=Text)
@@ -284,6 +288,7 @@ class Subscription(SQLModel, table=True):
         Index("ix_subscriptions_ended", "ended_at"),
         Index("ix_subscriptions_activated", "activated_at", "ended_at"),
         Index("ix_subscriptions_updated", "updated_at"),
+        Index("ix_subscriptions_resume", "status", "resumes_at"),
         CheckConstraint(
             "cancellation_kind IS NULL OR cancellation_kind IN ('voluntary','involuntary')",
             name="ck_subscriptions_cancellation_kind",
@@ -301,6 +306,8 @@ class Subscription(SQLModel, table=True):
     current_period_end: datetime = _ts()
     # index (from the anchor) of the next period to bill; its start == current_period_end
     next_period_index: int = Field(default=0)
+    # the period index that starts at billing_anchor (0; a resume re-anchors: pauses.py)
+    anchor_period_index: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
     trial_end: datetime | None = _ts(default=None)
     cancel_at_period_end: bool = Field(default=False)
     canceled_at: datetime | None = _ts(default=None)  # when the cancellation was decided
@@ -309,6 +316,11 @@ class Subscription(SQLModel, table=True):
     cancellation_reason: str | None = Field(default=None, max_length=80)
     cancellation_comment: str | None = Field(default=None, max_length=2000)
     canceled_by: str | None = Field(default=None, max_length=80)  # customer | admin:<who> | system
+    # pause (billing_engine/pauses.py): when the current pause took effect, when it ends by
+    # itself (None: until resumed), and a pause scheduled for the end of the current period
+    paused_at: datetime | None = _ts(default=None)
+    resumes_at: datetime | None = _ts(default=None)
+    pause_at_period_end: bool = Field(default=False, sa_column_kwargs={"server_default": text("false")})
     # dunning
     next_retry_at: datetime | None = _ts(default=None)
     dunning_started_at: datetime | None = _ts(default=None)
@@ -351,8 +363,10 @@ class Invoice(SQLModel, table=True):
     period_index: int
     period_start: datetime = _ts()
     period_end: datetime = _ts()
-    amount_minor: int = _money()
+    amount_minor: int = _money()  # what is charged: the price in force minus the discount
     currency: str = Field(max_length=3)
+    discount_minor: int = _money(default=0, sa_column_kwargs={"server_default": "0"})  # a coupon's discount (gross = amount + discount)
+    redemption_id: str | None = Field(default=None, max_length=40, index=True)  # coupon_redemptions.id
     status: str = Field(default=InvoiceStatus.OPEN, max_length=20)
     attempt_count: int = Field(default=0)
     amount_paid_minor: int = _money(default=0)
@@ -402,6 +416,87 @@ class CardUpdate(SQLModel, table=True):
     message: str | None = Field(default=None, max_length=500)
     created_at: datetime = _ts(default_factory=utcnow)
     completed_at: datetime | None = _ts(default=None)
+
+
+class PriceChange(SQLModel, table=True):
+    """A plan's new price (billing_engine/pricing.py). Existing subscribers pay it from their
+    first period starting on or after ``effective_at`` (announced + notice); a subscription
+    created on or after ``announced_at`` pays it at once."""
+
+    __tablename__ = "price_changes"
+    __table_args__ = (CheckConstraint("amount_minor >= 0", name="ck_price_changes_amount_nonneg"),)
+
+    id: str = Field(default_factory=lambda: new_id("prc"), primary_key=True, max_length=40)
+    plan_id: str = Field(foreign_key="plans.id", index=True, max_length=40)
+    old_amount_minor: int = _money()
+    amount_minor: int = _money()
+    currency: str = Field(max_length=3)
+    notice_days: int
+    announced_at: datetime = _ts()
+    effective_at: datetime = _ts()
+    subscribers_notified: int = Field(default=0)
+    actor: str = Field(default="admin", max_length=80)
+    created_at: datetime = _ts(default_factory=utcnow)
+
+
+class Coupon(SQLModel, table=True):
+    """A discount (billing_engine/coupons.py): percent or fixed amount, for one period, N
+    periods or forever."""
+
+    __tablename__ = "coupons"
+    __table_args__ = (
+        CheckConstraint("kind IN ('percent','amount')", name="ck_coupons_kind"),
+        CheckConstraint("duration IN ('once','repeating','forever')", name="ck_coupons_duration"),
+    )
+
+    id: str = Field(default_factory=lambda: new_id("cpn"), primary_key=True, max_length=40)
+    code: str = Field(max_length=64, unique=True)
+    name: str = Field(default="", max_length=200)
+    kind: str = Field(max_length=10)  # percent | amount
+    percent_off: int | None = Field(default=None)  # 1..100
+    amount_off_minor: int | None = _money(default=None)
+    currency: str | None = Field(default=None, max_length=3)  # for amount coupons
+    duration: str = Field(max_length=10)  # once | repeating | forever
+    duration_periods: int | None = Field(default=None)  # repeating: how many periods
+    plan_codes: str | None = Field(default=None, max_length=2000)  # comma-separated; None: every plan
+    max_redemptions: int | None = Field(default=None)
+    redeem_by: datetime | None = _ts(default=None)
+    once_per_customer: bool = Field(default=True)
+    active: bool = Field(default=True)
+    times_redeemed: int = Field(default=0)
+    created_at: datetime = _ts(default_factory=utcnow)
+
+
+class CouponRedemption(SQLModel, table=True):
+    """A coupon applied to a subscription; its invoices carry ``redemption_id``."""
+
+    __tablename__ = "coupon_redemptions"
+
+    id: str = Field(default_factory=lambda: new_id("red"), primary_key=True, max_length=40)
+    coupon_id: str = Field(foreign_key="coupons.id", index=True, max_length=40)
+    subscription_id: str = Field(foreign_key="subscriptions.id", index=True, max_length=40)
+    customer_id: str = Field(foreign_key="customers.id", index=True, max_length=40)
+    redeemed_at: datetime = _ts()
+    removed_at: datetime | None = _ts(default=None)
+    actor: str = Field(default="admin", max_length=80)
+    created_at: datetime = _ts(default_factory=utcnow)
+
+
+class SubscriptionPause(SQLModel, table=True):
+    """One pause of a subscription, from when it took effect to when it was resumed
+    (reports: paused subscriptions are counted apart, never as churn)."""
+
+    __tablename__ = "subscription_pauses"
+    __table_args__ = (Index("ix_subscription_pauses_period", "paused_at", "resumed_at"),)
+
+    id: str = Field(default_factory=lambda: new_id("pau"), primary_key=True, max_length=40)
+    subscription_id: str = Field(foreign_key="subscriptions.id", index=True, max_length=40)
+    plan_id: str = Field(foreign_key="plans.id", max_length=40)
+    paused_at: datetime = _ts()
+    resumes_at: datetime | None = _ts(default=None)
+    resumed_at: datetime | None = _ts(default=None)
+    actor: str = Field(default="admin", max_length=80)
+    created_at: datetime = _ts(default_factory=utcnow)
 
 
 class PaymentAttempt(SQLModel, table=True):

@@ -41,6 +41,9 @@ class Kind(StrEnum):
     SUBSCRIPTION_REACTIVATED = "subscription_reactivated"
     REFUND = "refund"
     CANCEL_LINK = "cancel_link"  # a fresh cancel link, asked for from an expired one
+    PRICE_CHANGE = "price_change"  # a new price, with the date it applies and the cancel link
+    SUBSCRIPTION_PAUSED = "subscription_paused"
+    SUBSCRIPTION_RESUMED = "subscription_resumed"
 
 
 ALL_KINDS: tuple[str, ...] = tuple(k.value for k in Kind)

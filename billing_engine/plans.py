@@ -122,7 +122,8 @@ def update(
     priced = any(v is not None for v in (amount_minor, currency, interval, interval_count))
     if priced and subscriber_count(session, plan.id):
         raise Conflict(
-            "this plan has subscribers; its price and interval cannot change. Create a new plan instead",
+            "this plan has subscribers; its price and interval cannot change in place. Create a new plan "
+            "instead, or change the price with notice (billing plan reprice, POST /v1/plans/{plan}/reprice)",
             field="amount_minor" if amount_minor is not None else "interval",
         )
     if name is not None:

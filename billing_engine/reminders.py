@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, or_, select
 
-from billing_engine import events, notifications
+from billing_engine import events, notifications, pricing
 from billing_engine.db import transaction
 from billing_engine.models import PaymentMethod, Plan, Subscription, SubscriptionStatus
 from billing_engine.periods import Interval, boundary, period_bounds
@@ -41,6 +41,7 @@ def queue(engine: Engine, *, now: datetime, settings: Settings, batch: int = 500
                         # an import before its cut-over: the previous biller charges (and reminds)
                         .where(or_(col(Subscription.charge_from).is_(None),
                                    col(Subscription.charge_from) <= col(Subscription.current_period_end)))
+                        .where(col(Subscription.pause_at_period_end).is_(False))  # no charge: no reminder
                         .where(or_(col(Subscription.reminded_period_index).is_(None),
                                    col(Subscription.reminded_period_index) < col(Subscription.next_period_index)))
                         .limit(batch)
@@ -57,10 +58,11 @@ def _remind(s: Session, sub: Subscription, plan: Plan, *, now: datetime) -> int:
     kind = notifications.Kind.TRIAL_ENDING if trial else notifications.Kind.RENEWAL_REMINDER
     sub.reminded_period_index = sub.next_period_index
     s.add(sub)
+    amount = pricing.quote(s, sub, plan, sub.next_period_index).net_minor  # what the renewal will charge
     n = notifications.enqueue(
         s, kind, customer_id=sub.customer_id, subscription_id=sub.id,
         dedupe_key=f"reminder:{sub.id}:{sub.next_period_index}", at=now,
-        payload={"charge_at": sub.current_period_end, "amount_minor": plan.amount_minor,
+        payload={"charge_at": sub.current_period_end, "amount_minor": amount,
                  "currency": plan.currency, "plan_name": plan.name, "trial": trial},
     )
     queued = int(n is not None)

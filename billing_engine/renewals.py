@@ -16,7 +16,7 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
-from billing_engine import consents, payment_methods, payments
+from billing_engine import consents, coupons, payment_methods, payments, pricing
 from billing_engine.db import among
 from billing_engine.models import (
     Consent,
@@ -27,7 +27,6 @@ from billing_engine.models import (
     Plan,
     SubscriptionStatus,
 )
-from billing_engine.periods import Interval, period_bounds
 
 CHARGEABLE = (SubscriptionStatus.INCOMPLETE, SubscriptionStatus.TRIALING, SubscriptionStatus.ACTIVE)
 CUT_OVER = "cut_over"  # an imported subscription the previous biller still charges (charge_from)
@@ -37,6 +36,7 @@ class ActionKind(StrEnum):
     CHARGE = "charge"
     RECONCILE = "reconcile"  # an earlier attempt's outcome is unknown: settle it first
     END_AT_PERIOD_END = "end_at_period_end"  # a scheduled cancellation takes effect
+    PAUSE = "pause"  # a pause scheduled for period end takes effect: no charge
     CANCEL_INVOLUNTARY = "cancel_involuntary"
     SKIP = "skip"  # not charged, not canceled (e.g. no consent): an admin must act
     NOTHING = "nothing"  # not due (any more)
@@ -48,8 +48,11 @@ class Action:
     reason: str | None = None  # involuntary reason, or why skipped
     message: str | None = None
     period_index: int | None = None
-    amount_minor: int | None = None
+    amount_minor: int | None = None  # what is charged (net of a discount)
     currency: str | None = None
+    gross_minor: int | None = None  # the price in force for the period
+    discount_minor: int | None = None
+    coupon: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -62,6 +65,20 @@ class Snapshot:
     consents: tuple[Any, ...]  # unrevoked consents rows of that card
     unresolved: Any | None  # the oldest pending/unknown payment_attempts row
     open_invoice: Any | None  # the open invoice of the next period (a dunning retry)
+    price_changes: tuple[Any, ...] = ()  # the plan's price changes, oldest first (pricing.in_force)
+    redemption: Any | None = None  # the coupon redemption still discounting it (coupons.active_for)
+
+
+def quote(snap: Snapshot) -> pricing.Quote:
+    """What the next period of the snapshot's subscription is billed (price in force, discount)."""
+    sub, plan = snap.sub, snap.plan
+    if not snap.price_changes:  # the common case: the plan's price, no period arithmetic
+        gross = int(plan.amount_minor)
+    else:
+        gross = pricing.in_force(plan, snap.price_changes, subscribed_at=sub.created_at,
+                                 period_start=next_period(sub, plan)[0])
+    return coupons.apply(gross, snap.redemption, plan) if snap.redemption is not None \
+        else pricing.Quote(gross_minor=gross)
 
 
 def is_due(sub: Any, now: datetime) -> bool:
@@ -73,9 +90,9 @@ def is_due(sub: Any, now: datetime) -> bool:
 
 
 def decide(snap: Snapshot, now: datetime) -> Action:
-    """The one decision, in this order: reconcile, ended, scheduled end, not due,
-    before the cut-over of an import (skip), unusable card (involuntary), no consent
-    (skip), charge."""
+    """The one decision, in this order: reconcile, ended, scheduled end, paused / scheduled
+    pause, not due, before the cut-over of an import (skip), unusable card (involuntary),
+    no consent (skip), charge."""
     sub, plan, pm = snap.sub, snap.plan, snap.payment_method
     if snap.unresolved is not None:
         return Action(kind=ActionKind.RECONCILE, amount_minor=snap.unresolved.amount_minor,
@@ -84,6 +101,11 @@ def decide(snap: Snapshot, now: datetime) -> Action:
         return Action(kind=ActionKind.NOTHING, reason="canceled")
     if sub.cancel_at_period_end and sub.current_period_end <= now:
         return Action(kind=ActionKind.END_AT_PERIOD_END, reason=sub.cancellation_reason)
+    if sub.status == SubscriptionStatus.PAUSED:
+        return Action(kind=ActionKind.NOTHING, reason="paused")
+    if sub.pause_at_period_end and sub.current_period_end <= now:
+        return Action(kind=ActionKind.PAUSE, reason="scheduled_pause", amount_minor=0, currency=plan.currency,
+                      message=f"paused until {sub.resumes_at.isoformat() if sub.resumes_at else 'resumed'}")
     if not is_due(sub, now):
         return Action(kind=ActionKind.NOTHING, reason="not due")
     if sub.charge_from is not None and now < sub.charge_from:
@@ -95,16 +117,18 @@ def decide(snap: Snapshot, now: datetime) -> Action:
     if payment_methods.is_expired(pm, now) or pm.status == PaymentMethodStatus.EXPIRED:
         return Action(kind=ActionKind.CANCEL_INVOLUNTARY, reason="card_expired",
                       message=f"card ····{pm.last4} expired {pm.exp_month}/{pm.exp_year}")
-    if not any(consents.covers(c, plan) for c in snap.consents):
-        return Action(kind=ActionKind.SKIP, reason="no_consent", message="no recorded consent covering this plan")
     inv = snap.open_invoice
+    q = pricing.Quote(gross_minor=inv.amount_minor + inv.discount_minor, discount_minor=inv.discount_minor) \
+        if inv else quote(snap)
+    if not any(consents.covers(c, plan, amount_minor=q.gross_minor) for c in snap.consents):
+        return Action(kind=ActionKind.SKIP, reason="no_consent", message="no recorded consent covering this plan")
     return Action(kind=ActionKind.CHARGE, period_index=sub.next_period_index,
-                  amount_minor=inv.amount_minor if inv else plan.amount_minor,
-                  currency=inv.currency if inv else plan.currency)
+                  amount_minor=q.net_minor, currency=inv.currency if inv else plan.currency,
+                  gross_minor=q.gross_minor, discount_minor=q.discount_minor, coupon=q.coupon_code)
 
 
 def next_period(sub: Any, plan: Plan) -> tuple[datetime, datetime]:
-    return period_bounds(sub.billing_anchor, Interval(plan.interval), plan.interval_count, sub.next_period_index)
+    return pricing.bounds(sub, plan, sub.next_period_index)
 
 
 def rows(session: Session, stmt: Any) -> list[Any]:
@@ -135,6 +159,10 @@ def load(session: Session, subs: Sequence[Any], plans: dict[str, Plan] | None = 
         unresolved.setdefault(a.subscription_id, a)
     open_invoices = {(i.subscription_id, i.period_index): i for i in rows(
         session, i_t.select().where(among(i_t.c.subscription_id, ids), i_t.c.status == InvoiceStatus.OPEN))}
+    # what the next period costs: the plans' price changes and the coupons still applying,
+    # one query each for the whole batch
+    price_changes = pricing.changes_for(session, {s.plan_id for s in subs})
+    redemptions = coupons.active_for(session, ids)
     return [
         Snapshot(
             sub=s, plan=plans[s.plan_id],
@@ -142,6 +170,8 @@ def load(session: Session, subs: Sequence[Any], plans: dict[str, Plan] | None = 
             consents=tuple(by_pm.get(s.payment_method_id or "", ())),
             unresolved=unresolved.get(s.id),
             open_invoice=open_invoices.get((s.id, s.next_period_index)),
+            price_changes=tuple(price_changes.get(s.plan_id, ())),
+            redemption=redemptions.get(s.id),
         )
         for s in subs
     ]

@@ -87,6 +87,10 @@ class Settings(BaseSettings):
         description="Retry offsets in days after the first failed charge (strictly increasing, last within 60).")
     reminder_days_before: int = Field(default=7, ge=0, le=60, description="Renewal reminder lead time in days "
                                       "(a plan's reminder_days wins).")
+    price_notice_days: int = Field(default=30, ge=7, le=365,
+                                   description="Default notice before a new price applies to existing subscribers.")
+    max_discount_percent: int = Field(default=30, ge=0, le=90,
+                                      description="Largest coupon discount on a plan without its own cap (percent).")
 
     smtp_host: str = Field(default="127.0.0.1", description="SMTP server for customer e-mails.")
     smtp_port: int = Field(default=25, ge=1, le=65535, description="SMTP port (587 with STARTTLS, 465 with SSL).")

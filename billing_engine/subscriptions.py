@@ -13,6 +13,7 @@ with an empty current period, so its first charge is due at once.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from types import SimpleNamespace
 from typing import Any
 
 from sqlmodel import Session, col, select
@@ -42,7 +43,12 @@ def create(
     start_at: datetime | None = None,
     trial_days: int | None = None,
     actor: str = "admin",
+    coupon: str | None = None,
+    paused: bool = False,
+    resumes_at: datetime | None = None,
 ) -> Subscription:
+    """``coupon``: a coupon code applied at once (coupons.redeem); ``paused``: the
+    subscription starts paused (until ``resumes_at``, or until resumed)."""
     customer = session.get(Customer, customer_id)
     if customer is None:
         raise NotFound(f"no customer {customer_id!r}", field="customer")
@@ -81,6 +87,14 @@ def create(
                   payload={"plan_id": plan.id, "plan_code": plan.code, "status": sub.status,
                            "amount_minor": plan.amount_minor, "currency": plan.currency,
                            "trial_end": sub.trial_end, "billing_anchor": sub.billing_anchor})
+    if coupon:
+        from billing_engine import coupons
+
+        coupons.redeem(session, sub, coupon, now=now, actor=actor)
+    if paused or resumes_at is not None:
+        from billing_engine import pauses
+
+        pauses.pause(session, sub, now=now, resumes_at=resumes_at, actor=actor)
     return sub
 
 
@@ -148,7 +162,11 @@ def load_related(session: Session, subs: list[Subscription]) -> None:
 
 
 def next_charge(session: Session, sub: Subscription) -> tuple[datetime, int, str] | None:
-    """When the next charge happens and how much (None if no further charge)."""
+    """When the next charge happens and how much (None if no further charge, or paused
+    without a resume date): the price in force for that period less a coupon's discount."""
+    from billing_engine import pricing
+    from billing_engine.models import Invoice, InvoiceStatus
+
     if sub.status in ENDED_STATUSES or sub.cancel_at_period_end:
         return None
     plan = session.get(Plan, sub.plan_id)
@@ -156,8 +174,18 @@ def next_charge(session: Session, sub: Subscription) -> tuple[datetime, int, str
     if sub.scheduled_plan_id and sub.status == SubscriptionStatus.ACTIVE:  # a plan change at period end
         plan = session.get(Plan, sub.scheduled_plan_id) or plan
     if sub.status == SubscriptionStatus.PAST_DUE and sub.next_retry_at is not None:
-        return sub.next_retry_at, plan.amount_minor, plan.currency
-    return sub.current_period_end, plan.amount_minor, plan.currency
+        inv = session.exec(select(Invoice).where(Invoice.subscription_id == sub.id, Invoice.status == InvoiceStatus.OPEN,
+                                                 Invoice.period_index == sub.next_period_index)).first()
+        return sub.next_retry_at, inv.amount_minor if inv else plan.amount_minor, plan.currency
+    if sub.status == SubscriptionStatus.PAUSED or sub.pause_at_period_end:
+        if sub.resumes_at is None:
+            return None
+        from billing_engine import pauses
+
+        resumed = SimpleNamespace(**{**sub.model_dump(), **pauses.resume_changes(sub, sub.resumes_at)})
+        return resumed.current_period_end, pricing.quote(session, resumed, plan, resumed.next_period_index).net_minor, \
+            plan.currency
+    return sub.current_period_end, pricing.quote(session, sub, plan, sub.next_period_index).net_minor, plan.currency
 
 
 def summary(session: Session, sub: Subscription) -> dict[str, Any]:
@@ -177,6 +205,7 @@ def summary(session: Session, sub: Subscription) -> dict[str, Any]:
         "cancellation_reason": sub.cancellation_reason, "cancellation_comment": sub.cancellation_comment,
         "canceled_by": sub.canceled_by, "next_retry_at": sub.next_retry_at, "failed_attempts": sub.failed_attempts,
         "next_charge_at": nxt[0] if nxt else None, "next_charge_amount_minor": nxt[1] if nxt else None,
+        "paused_at": sub.paused_at, "resumes_at": sub.resumes_at, "pause_at_period_end": sub.pause_at_period_end,
         "created_at": sub.created_at,
         "updated_at": sub.updated_at,
         "metadata": metadata.load(sub.metadata_json),

@@ -14,6 +14,7 @@ from cli import (
     lifecycle,
     links,
     notifications,
+    pricing,
     refunds,
     reports,
     serve,
@@ -68,7 +69,7 @@ app.command("subscribe")(handle_errors(subscribe))
 
 # Feature modules each define `register(app: typer.Typer) -> None`.
 for _module in (cycle, demo, invoices, notifications, links, reports, serve, refunds, webhooks, imports, account_links,
-                lifecycle):
+                lifecycle, pricing):
     _module.register(app)
 
 

@@ -33,6 +33,9 @@ def subscribe(
     defer_first_charge: bool = typer.Option(
         False, "--defer-first-charge", help="Leave the first charge to the next run-cycle (bulk loads)."),
     metadata: list[str] = typer.Option([], "--metadata", help="KEY=VALUE (repeatable)."),
+    coupon: str | None = typer.Option(None, help="Apply this coupon code."),
+    paused: bool = typer.Option(False, "--paused", help="Start paused (no charge until resumed)."),
+    resume_at: str | None = typer.Option(None, "--resume-at", help="Start paused until this ISO time."),
     at: str | None = typer.Option(None, "--at", help="Act as of this ISO time (default: now)."),
     json_out: bool = JsonOpt,
 ) -> None:
@@ -50,7 +53,8 @@ def subscribe(
         engine(), build_gateway(settings), customer=customer, plan=plan, payment_method=payment_method, now=now,
         start_at=start_at, trial_days=trial_days, payment_behavior=first_charge.parse_behavior(payment_behavior),
         defer_first_charge=defer_first_charge, metadata_=parse_pairs(metadata) if metadata else None,
-        actor=cli_actor(), schedule_days=tuple(settings.dunning_schedule_days))
+        actor=cli_actor(), schedule_days=tuple(settings.dunning_schedule_days), coupon=coupon, paused=paused,
+        resumes_at=parse_at(resume_at, "--resume-at") if resume_at else None)
     if res.failed:
         raise first_charge.declined_error(res)
     with unit_of_work() as s:
@@ -63,9 +67,11 @@ def subscribe(
         console.print(f"created subscription [bold]{data['id']}[/] ({data['status']}), charged "
                       f"{format_minor(int(fc.amount_minor or 0), str(fc.currency))} {fc.currency} "
                       f"(invoice {fc.invoice_id}), renews {str(data['current_period_end'])[:19]}")
+    elif data["next_charge_at"] is None:
+        console.print(f"created subscription [bold]{data['id']}[/] ({data['status']}), no charge until resumed")
     else:
         console.print(f"created subscription [bold]{data['id']}[/] ({data['status']}), first charge "
-                      f"{format_minor(int(data['amount_minor']), str(data['currency']))} {data['currency']} "  # type: ignore[call-overload]
+                      f"{format_minor(int(data['next_charge_amount_minor']), str(data['currency']))} {data['currency']} "  # type: ignore[call-overload]
                       f"at {str(data['next_charge_at'])[:19]}")
 
 
@@ -104,7 +110,7 @@ def show(subscription: str = typer.Argument(..., help="Subscription id (sub_...)
 @sub_app.command("list")
 @handle_errors
 def list_cmd(
-    status: str | None = typer.Option(None, help="incomplete | trialing | active | past_due | canceled."),
+    status: str | None = typer.Option(None, help="incomplete | trialing | active | past_due | paused | canceled."),
     customer: str | None = typer.Option(None, help="Customer id."),
     plan: str | None = typer.Option(None, help="Plan code or id."),
     limit: int = typer.Option(100, min=1, max=10000, help="At most this many."),

@@ -7,7 +7,8 @@ not), cancel (voluntary at period end / immediately, involuntary by an admin), u
 the customer and as an admin; a refusal is fine), refund part of a paid invoice, change
 the card to a new consented one; subscribe with the first charge at once (either payment
 behaviour); change the plan (now with proration, or at period end; across intervals);
-reactivate an ended subscription; a money-back guarantee refund.
+reactivate an ended subscription; a money-back guarantee refund,
+pause (now / at period end, with or without a resume date; a refusal is fine) and resume.
 
 Invariants after every step (the fake gateway's ledger is the independent truth):
 - no (subscription, period) has two paid invoices; no invoice is charged twice in the
@@ -23,7 +24,9 @@ Invariants after every step (the fake gateway's ledger is the independent truth)
 - at the end of each example (teardown), one more run without injected faults settles
   every attempt in flight, and no invoice stays open on an ended subscription;
 - every subscription canceled as involuntary has exactly one ``canceled_involuntary``
-  e-mail row, admin cancellations included.
+  e-mail row, admin cancellations included;
+- nothing is charged while a subscription is paused: no payment attempt is created inside
+  a pause (``subscription_pauses``), and a paused subscription has no attempt in flight.
 
 Shrunk counterexamples are the point: a failure prints the minimal sequence of steps.
 """
@@ -58,6 +61,7 @@ from billing_engine import (
     consents,
     first_charge,
     guarantees,
+    pauses,
     plan_changes,
     reactivations,
     refunds,
@@ -65,7 +69,7 @@ from billing_engine import (
 )
 from billing_engine.cycle import run_cycle
 from billing_engine.db import make_engine, transaction
-from billing_engine.errors import BillingError, InvalidTransition
+from billing_engine.errors import BillingError, Conflict, InvalidTransition
 from billing_engine.gateway.fake import FakeGateway
 from billing_engine.models import (
     AttemptStatus,
@@ -79,6 +83,7 @@ from billing_engine.models import (
     Refund,
     RefundStatus,
     Subscription,
+    SubscriptionPause,
     SubscriptionStatus,
 )
 from billing_engine.settings import load_settings
@@ -100,10 +105,12 @@ CARDS = {  # behaviour -> script of outcomes for the card's first charges (then 
 }
 UNRESOLVED = (AttemptStatus.PENDING, AttemptStatus.UNKNOWN)
 TRANSITIONS: dict[str, set[str]] = {  # status -> statuses it may become in one step (undo aside)
-    "incomplete": {"incomplete", "active", "past_due", "canceled"},
-    "trialing": {"trialing", "active", "past_due", "canceled"},
-    "active": {"active", "past_due", "canceled"},
+    "incomplete": {"incomplete", "active", "past_due", "canceled", "paused"},
+    "trialing": {"trialing", "active", "past_due", "canceled", "paused"},
+    "active": {"active", "past_due", "canceled", "paused"},
     "past_due": {"past_due", "active", "canceled"},
+    # a resume (and the first charge after it, in the same run) or a cancellation
+    "paused": {"paused", "incomplete", "trialing", "active", "past_due", "canceled"},
     "canceled": {"canceled"},
     "incomplete_expired": {"incomplete_expired"},  # a first charge declined at subscribe: terminal
 }
@@ -329,6 +336,28 @@ class LifecycleMachine(RuleBasedStateMachine):
         except BillingError as exc:
             _event(f"guarantee refund refused: {exc.code}")
 
+    @rule(sub=subs, at_period_end=st.booleans(), until_days=st.none() | st.integers(1, 70))
+    def pause(self, sub: str, at_period_end: bool, until_days: int | None) -> None:
+        try:
+            with transaction(self.engine) as s:
+                x = s.get(Subscription, sub)
+                assert x is not None
+                start = max(self.now, x.current_period_end) if at_period_end else self.now
+                pauses.pause(s, x, now=self.now, at_period_end=at_period_end, actor="customer",
+                             resumes_at=start + timedelta(days=until_days) if until_days else None)
+        except (InvalidTransition, Conflict):
+            pass
+
+    @rule(sub=subs)
+    def resume(self, sub: str) -> None:
+        try:
+            with transaction(self.engine) as s:
+                x = s.get(Subscription, sub)
+                assert x is not None
+                pauses.resume(s, x, now=self.now, actor="customer")
+        except InvalidTransition:
+            pass
+
     def teardown(self) -> None:
         """Drain: without injected faults, one more run settles every attempt in flight, and
         nothing is left open on a subscription that has ended."""
@@ -440,6 +469,17 @@ class LifecycleMachine(RuleBasedStateMachine):
                 if by_admin and not self.admin_involuntary_emails:
                     continue
                 assert mails[sid] == 1, f"{sid}: canceled as involuntary by {x.canceled_by} without the e-mail"
+
+        # nothing charged while paused
+        with Session(self.engine) as s:
+            spans = [(p.subscription_id, p.paused_at, p.resumed_at) for p in s.exec(select(SubscriptionPause))]
+        for sid, start, end in spans:
+            inside = [a.id for a in w["attempts"] if a.subscription_id == sid and a.created_at >= start
+                      and (end is None or a.created_at < end)]
+            assert not inside, f"{sid}: attempts {inside} made while paused ({start} to {end})"
+        for sid, x in subs.items():
+            if x.status == SubscriptionStatus.PAUSED:
+                assert not [a.id for a in w["attempts"] if a.subscription_id == sid and a.status in UNRESOLVED]
 
         # no money kept for a period an ended subscription never entered (a charge that landed
         # after the cancellation is refunded in full)

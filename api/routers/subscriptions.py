@@ -66,7 +66,8 @@ def create_subscription(request: Request, body: SubscriptionCreate, engine: Engi
             engine, gateway, customer=body.customer, plan=body.plan, payment_method=body.payment_method, now=now,
             start_at=body.start_at, trial_days=body.trial_days, payment_behavior=behavior,
             defer_first_charge=body.defer_first_charge, metadata_=body.metadata, actor=actor(request),
-            schedule_days=tuple(settings.dunning_schedule_days))
+            schedule_days=tuple(settings.dunning_schedule_days), coupon=body.coupon, paused=body.paused,
+            resumes_at=body.resumes_at)
         with transaction(engine) as s:
             out = P.subscription(s, subscriptions.get(s, res.subscription_id))
         out.first_charge = FirstChargeOut(**res.first_charge.as_dict())
@@ -84,7 +85,7 @@ def create_subscription(request: Request, body: SubscriptionCreate, engine: Engi
             summary="List subscriptions (oldest first), filtered, in cursor pages")
 def list_subscriptions(
     engine: EngineDep,
-    status: Annotated[str | None, Query(max_length=20, description="incomplete | trialing | active | past_due | canceled"), AfterValidator(clean_optional)] = None,
+    status: Annotated[str | None, Query(max_length=20, description="incomplete | trialing | active | past_due | paused | canceled"), AfterValidator(clean_optional)] = None,
     customer: Annotated[str | None, Query(max_length=40, description="Customer id."), AfterValidator(clean_optional)] = None,
     plan: Annotated[str | None, Query(max_length=64, description="Plan code or id."), AfterValidator(clean_optional)] = None,
     limit: Annotated[Limit, Query()] = 100,

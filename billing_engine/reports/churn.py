@@ -9,9 +9,10 @@ from collections import Counter, defaultdict
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import and_, case, func, or_, select
 from sqlalchemy.engine import Engine
 
+from billing_engine.models import Subscription, SubscriptionPause
 from billing_engine.reports import rollups
 from billing_engine.reports.model import Column, Report, group_columns, is_blank, period_columns, rate
 from billing_engine.reports.params import ReportQuery
@@ -30,6 +31,8 @@ def columns(by: str | None) -> tuple[Column, ...]:
         Column("involuntary", "involuntary", "count"),
         *(Column(f"involuntary_{r}", f"involuntary_{r}", "count") for r in REASON_COLUMNS),
         Column("active_end", "active_end", "count"),
+        Column("paused_start", "paused_start", "count"),
+        Column("paused_end", "paused_end", "count"),
         Column("churn_rate", "churn_rate", "rate"),
         Column("voluntary_rate", "voluntary_rate", "rate"),
         Column("involuntary_rate", "involuntary_rate", "rate"),
@@ -68,10 +71,11 @@ def churn_report(engine: Engine, q: ReportQuery, *, generated_at: datetime | Non
             c0, a0 = cells[r[2]]
             cells[r[2]] = (c0 + int(r[3]), a0 + int(r[4] or 0))
             recovered[key] = cells
+        paused = _paused_counts(conn, q, codes)
 
     cols = columns(q.by)
     rows: list[dict[str, Any]] = []
-    for key in sorted_groups(tls, recovered):
+    for key in sorted_groups(tls, recovered, paused):
         group_rows: list[dict[str, Any]] = []
         tl = tls.get(key)
         balances = tl.balances() if tl else [(0, 0, 0, 0)] * n
@@ -81,7 +85,9 @@ def churn_report(engine: Engine, q: ReportQuery, *, generated_at: datetime | Non
             by_kind = moves.churn_by_kind if moves else Counter()
             mrr_by_kind = moves.churn_mrr_by_kind if moves else Counter()
             reasons = moves.involuntary_by_reason if moves else Counter()
-            active_start, active_end = balances[i][0], balances[i][1]
+            subs_start = balances[i][0]
+            p0, p1 = paused[key][i], paused[key][i + 1]
+            active_start, active_end = subs_start - p0, balances[i][1] - p1  # paused: counted apart
             churned = counts["churn"]
             rec_n, rec_amount = recovered[key][i] if key in recovered else (0, 0)
             row: dict[str, Any] = {"period_start": start, "period_end": end, **key_fields(key, q.by)}
@@ -93,9 +99,12 @@ def churn_report(engine: Engine, q: ReportQuery, *, generated_at: datetime | Non
                 "involuntary": by_kind["involuntary"],
                 **{f"involuntary_{r}": reasons[r] for r in REASON_COLUMNS},
                 "active_end": active_end,
-                "churn_rate": rate(churned, active_start),
-                "voluntary_rate": rate(by_kind["voluntary"], active_start),
-                "involuntary_rate": rate(by_kind["involuntary"], active_start),
+                "paused_start": p0,
+                "paused_end": p1,
+                # rates over every subscriber at the start, paused ones included (they can churn)
+                "churn_rate": rate(churned, subs_start),
+                "voluntary_rate": rate(by_kind["voluntary"], subs_start),
+                "involuntary_rate": rate(by_kind["involuntary"], subs_start),
                 "mrr_lost_voluntary_minor": mrr_by_kind["voluntary"],
                 "mrr_lost_involuntary_minor": mrr_by_kind["involuntary"],
                 "recovered_invoices": rec_n,
@@ -106,3 +115,33 @@ def churn_report(engine: Engine, q: ReportQuery, *, generated_at: datetime | Non
         if not is_blank(group_rows, cols):
             rows.extend(group_rows)
     return Report("churn", "Churn", q, cols, rows, generated_at)
+
+
+def _paused_counts(conn: Any, q: ReportQuery, codes: dict[str, str]) -> dict[GroupKey, list[int]]:
+    """Subscribers paused at each period boundary (n + 1 instants), per group: a pause row
+    open at the instant, of a subscription that had paid (a subscriber) and not ended. One
+    GROUP BY over the pauses, whatever the number of subscriptions."""
+    from billing_engine.reports.sql import plans
+
+    p = SubscriptionPause.__table__  # type: ignore[attr-defined]
+    s = Subscription.__table__  # type: ignore[attr-defined]
+    periods = q.periods()
+    instants = [start for start, _ in periods] + [periods[-1][1]] if periods else []
+    cols = [func.sum(case((and_(p.c.paused_at <= ts(t), or_(p.c.resumed_at.is_(None), p.c.resumed_at > ts(t)),
+                                s.c.activated_at < ts(t), or_(s.c.ended_at.is_(None), s.c.ended_at >= ts(t))), 1),
+                          else_=0)) for t in instants]
+    out: dict[GroupKey, list[int]] = defaultdict(lambda: [0] * (len(instants) or 1))
+    if not instants:
+        return out
+    stmt = (select(plans.c.currency, s.c.plan_id, *cols)
+            .select_from(p.join(s, s.c.id == p.c.subscription_id).join(plans, plans.c.id == s.c.plan_id))
+            .where(p.c.paused_at < ts(q.end))
+            .group_by(plans.c.currency, s.c.plan_id))
+    if q.currency:
+        stmt = stmt.where(plans.c.currency == q.currency)
+    for r in conn.execute(stmt):
+        key = group_key(r[0], codes.get(r[1], r[1]), q.by)
+        cells = out[key]
+        for i in range(len(instants)):
+            cells[i] += int(r[2 + i] or 0)
+    return out

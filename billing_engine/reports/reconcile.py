@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
-from billing_engine.models import Event, PaymentAttempt
+from billing_engine.models import Event, PaymentAttempt, SubscriptionPause
 from billing_engine.periods import Interval, monthly_amount
 from billing_engine.reports.churn import REASON_COLUMNS, churn_report
 from billing_engine.reports.model import Report, is_blank, rate
@@ -43,6 +43,7 @@ class _Raw:
     refunds: list[Any]
     attempts: list[Any]
     events: list[Any]
+    pauses: list[Any]
 
 
 def _load(engine: Engine) -> _Raw:
@@ -55,6 +56,7 @@ def _load(engine: Engine) -> _Raw:
             attempts=list(c.execute(select(attempts))),
             events=list(c.execute(select(events).where(events.c.type.in_(
                 ("subscription.payment_method_changed", "payment_method.updated"))))),
+            pauses=list(c.execute(select(SubscriptionPause.__table__))),  # type: ignore[attr-defined]
         )
 
 
@@ -116,6 +118,9 @@ class _Expected:
         n = len(self.periods)
         groups: set[tuple[str, ...]] = set()
         cell: dict[tuple[tuple[str, ...], int], Counter[str]] = defaultdict(Counter)
+        pauses_of: dict[str, list[Any]] = defaultdict(list)
+        for p in self.raw.pauses:
+            pauses_of[p.subscription_id].append(p)
         for s in self.raw.subs:
             rows = self.counted.get(s.id)
             if not rows:
@@ -128,6 +133,8 @@ class _Expected:
                     if m is not None:
                         cell[(key, i)][f"subs_{tag}"] += 1
                         cell[(key, i)][f"mrr_{tag}"] += m
+                        if any(p.paused_at <= t and (p.resumed_at is None or p.resumed_at > t) for p in pauses_of[s.id]):
+                            cell[(key, i)][f"paused_{tag}"] += 1
             act = _period_of(rows[0].paid_at, self.periods)
             if act is not None:
                 fc = self.first_churn.get(s.customer_id)
@@ -171,11 +178,12 @@ class _Expected:
             for i in range(n):
                 c = cell[(key, i)]
                 base = self._base(key, i)
-                crow.append({**base, "active_start": c["subs_start"], "new": c["activations"],
+                crow.append({**base, "active_start": c["subs_start"] - c["paused_start"], "new": c["activations"],
                              "churned": c["churned"], "voluntary": c["n_voluntary"],
                              "involuntary": c["n_involuntary"],
                              **{f"involuntary_{r}": c[f"involuntary_{r}"] for r in REASON_COLUMNS},
-                             "active_end": c["subs_end"], "churn_rate": rate(c["churned"], c["subs_start"]),
+                             "active_end": c["subs_end"] - c["paused_end"], "paused_start": c["paused_start"],
+                             "paused_end": c["paused_end"], "churn_rate": rate(c["churned"], c["subs_start"]),
                              "voluntary_rate": rate(c["n_voluntary"], c["subs_start"]),
                              "involuntary_rate": rate(c["n_involuntary"], c["subs_start"]),
                              "mrr_lost_voluntary_minor": c["lost_voluntary"],
@@ -202,7 +210,7 @@ class _Expected:
                 prev = first_paid.get(inv.customer_id)
                 first_paid[inv.customer_id] = min(prev, inv.paid_at) if prev else inv.paid_at
         cell: dict[tuple[tuple[str, ...], int], dict[str, Any]] = defaultdict(
-            lambda: {"n": 0, "gross": 0, "rn": 0, "ref": 0, "gref": 0, "cust": set(), "new": set()})
+            lambda: {"n": 0, "gross": 0, "disc": 0, "rn": 0, "ref": 0, "gref": 0, "cust": set(), "new": set()})
         for inv in self.raw.invoices:
             i = _period_of(inv.paid_at, self.periods) if inv.status == "paid" else None
             if i is None:
@@ -210,6 +218,7 @@ class _Expected:
             c = cell[(self.key(inv.currency, inv.plan_id), i)]
             c["n"] += 1
             c["gross"] += inv.amount_paid_minor
+            c["disc"] += inv.discount_minor
             c["cust"].add(inv.customer_id)
             if _period_of(first_paid[inv.customer_id], self.periods) == i:
                 c["new"].add(inv.customer_id)
@@ -227,6 +236,7 @@ class _Expected:
             for i in range(len(self.periods)):
                 c = cell[(key, i)]
                 rows.append({**self._base(key, i), "invoices_paid": c["n"], "gross_minor": c["gross"],
+                             "discounts_minor": c["disc"],
                              "refund_count": c["rn"], "refunds_minor": c["ref"],
                              "guarantee_refunds_minor": c["gref"], "net_minor": c["gross"] - c["ref"],
                              "paying_customers": len(c["cust"]), "new_customers": len(c["new"]),
@@ -316,7 +326,7 @@ def _identities(churn: Report, mrr: Report, label: str) -> list[str]:
         if moved != r["mrr_end_minor"]:
             out.append(f"{label} mrr identity broken at {_row_key(r)}: {moved} != {r['mrr_end_minor']}")
     for r in churn.rows:
-        if r["active_start"] + r["new"] - r["churned"] != r["active_end"]:
+        if r["active_start"] + r["paused_start"] + r["new"] - r["churned"] != r["active_end"] + r["paused_end"]:
             out.append(f"{label} churn identity broken at {_row_key(r)}")
         if sum(r[f"involuntary_{x}"] for x in REASON_COLUMNS) != r["involuntary"]:
             out.append(f"{label} involuntary reasons do not add up at {_row_key(r)}")

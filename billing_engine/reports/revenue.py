@@ -1,5 +1,6 @@
 """Revenue report: per period, currency (and plan) -- gross collected (paid invoices by
-``paid_at``), refunds (succeeded refunds by ``succeeded_at``), net, paying customers and
+``paid_at``; after coupon discounts, which are shown beside it: gross + discounts = the
+price in force), refunds (succeeded refunds by ``succeeded_at``), net, paying customers and
 how many of them are new (first payment ever in this period) or returning.
 Definitions: docs/reports.md.
 """
@@ -25,6 +26,7 @@ def columns(by: str | None) -> tuple[Column, ...]:
     return period_columns() + group_columns(by) + (
         Column("invoices_paid", "invoices_paid", "count"),
         Column("gross_minor", "gross", "money"),
+        Column("discounts_minor", "discounts", "money"),
         Column("refund_count", "refunds_count", "count"),
         Column("refunds_minor", "refunds", "money"),
         Column("guarantee_refunds_minor", "guarantee_refunds", "money"),
@@ -107,7 +109,8 @@ def revenue_report(engine: Engine, q: ReportQuery, *, generated_at: datetime | N
     n = len(periods)
     inv, ref = invoices, refunds
     by_plan = q.by == "plan"
-    blank = {"invoices_paid": 0, "gross_minor": 0, "refund_count": 0, "refunds_minor": 0, "guarantee_refunds_minor": 0,
+    blank = {"invoices_paid": 0, "gross_minor": 0, "discounts_minor": 0, "refund_count": 0, "refunds_minor": 0,
+             "guarantee_refunds_minor": 0,
              "paying_customers": 0, "new_customers": 0}
     data: dict[GroupKey, list[dict[str, int]]] = defaultdict(lambda: [dict(blank) for _ in range(n)])
     rollups.refresh(engine)  # report_customer_first_paid, read below
@@ -122,18 +125,20 @@ def revenue_report(engine: Engine, q: ReportQuery, *, generated_at: datetime | N
                 b.label("b"),
                 inv.c.customer_id,
                 inv.c.amount_paid_minor,
+                inv.c.discount_minor,
             )
             .where(inv.c.status == "paid", inv.c.paid_at >= ts(q.start), inv.c.paid_at < ts(q.end))
         )
         if q.currency:
             paid = paid.where(inv.c.currency == q.currency)
         s = paid.subquery("paid")
-        stmt = select(s.c.currency, s.c.plan_id, s.c.b, func.count(), func.sum(s.c.amount_paid_minor)).group_by(
-            s.c.currency, s.c.plan_id, s.c.b)
+        stmt = select(s.c.currency, s.c.plan_id, s.c.b, func.count(), func.sum(s.c.amount_paid_minor),
+                      func.sum(s.c.discount_minor)).group_by(s.c.currency, s.c.plan_id, s.c.b)
         for r in conn.execute(stmt):
             cell = data[group_key(r[0], codes.get(r[1], r[1]), q.by)][r[2]]
             cell["invoices_paid"] += int(r[3])
             cell["gross_minor"] += int(r[4] or 0)
+            cell["discounts_minor"] += int(r[5] or 0)
         for (cur, plan_id), i, paying, new in _customer_counts(conn, q, by_plan):
             cell = data[group_key(cur, codes.get(plan_id, plan_id), q.by)][i]
             cell["paying_customers"] += paying
@@ -170,6 +175,7 @@ def revenue_report(engine: Engine, q: ReportQuery, *, generated_at: datetime | N
             row.update({
                 "invoices_paid": cell["invoices_paid"],
                 "gross_minor": cell["gross_minor"],
+                "discounts_minor": cell["discounts_minor"],
                 "refund_count": cell["refund_count"],
                 "refunds_minor": cell["refunds_minor"],
                 "guarantee_refunds_minor": cell["guarantee_refunds_minor"],

@@ -41,6 +41,11 @@ def _payloads(now: datetime) -> dict[str, dict[str, Any]]:
         K.SUBSCRIPTION_REACTIVATED: {"current_period_end": now + timedelta(days=20)},
         K.REFUND: {"amount_minor": 500, "currency": "USD", "invoice_id": "in_1", "reason": "requested_by_customer"},
         K.CANCEL_LINK: {"plan_name": "Gold"},
+        K.PRICE_CHANGE: {"old_amount_minor": 1700, "amount_minor": 2900, "currency": "USD", "old_amount": "17.00 USD",
+                         "new_amount": "29.00 USD", "effective_at": now + timedelta(days=31), "plan_name": "Gold"},
+        K.SUBSCRIPTION_PAUSED: {"paused_from": "15 January 2026", "resumes_on": "15 March 2026",
+                                "amount_minor": 1700, "currency": "USD"},
+        K.SUBSCRIPTION_RESUMED: {"charge_at": now, "amount_minor": 1700, "currency": "USD"},
     }
 
 
@@ -55,6 +60,9 @@ EXPECTED = {
     K.SUBSCRIPTION_REACTIVATED: ["continues", "Next charge"],
     K.REFUND: ["refunded 5.00 USD", "5 to 10 business days"],
     K.CANCEL_LINK: ["new link", "works until 16 March 2026"],
+    K.PRICE_CHANGE: ["17.00 USD", "29.00 USD", "15 February 2026", "never be charged the new price"],
+    K.SUBSCRIPTION_PAUSED: ["paused from 15 January 2026", "resumes by itself on 15 March 2026", "17.00 USD"],
+    K.SUBSCRIPTION_RESUMED: ["has resumed", "15 January 2026", "17.00 USD"],
 }
 
 

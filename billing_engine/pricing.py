@@ -1,0 +1,234 @@
+"""What a period costs: the plan's price in force for that period, minus a coupon's discount.
+
+Price changes (``billing plan reprice``): the plan's list price changes at once for new
+subscribers; an existing subscriber pays the new price from their first period that
+starts on or after ``effective_at`` (= the announcement + the notice, at least
+:data:`MIN_NOTICE_DAYS`). The one rule, :func:`in_force`, is a pure function of the
+plan's price changes, the subscription's creation time and the period's start, so the
+run-cycle (a batch of snapshots, :func:`changes_for` = one query per batch), the dry run,
+a catch-up of several missed periods and a reminder all bill each period at the same
+price.
+
+Consent: a price increase is consented by the notice. :func:`reprice` records, for every
+subscriber with a card, a consent row (channel ``price_notice``, the notice text, the new
+amount): a customer who does not cancel before the new price applies agrees to it; one
+who cancels is never charged it (the cancellation ends the subscription at the end of a
+period billed at the old price). A price decrease needs no new consent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select
+from sqlmodel import Session
+
+from billing_engine import events, notifications, plans, validation
+from billing_engine.errors import Conflict
+from billing_engine.models import (
+    LIVE_STATUSES,
+    Consent,
+    Customer,
+    Event,
+    Notification,
+    Plan,
+    PriceChange,
+    Subscription,
+    new_id,
+)
+from billing_engine.money import format_minor
+from billing_engine.periods import Interval, period_bounds
+
+MIN_NOTICE_DAYS = 7
+MAX_NOTICE_DAYS = 365
+PRICE_CHANGES = PriceChange.__table__  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Quote:
+    """What one period is billed: gross (the price in force), the discount, the net charged."""
+
+    gross_minor: int
+    discount_minor: int = 0
+    redemption_id: str | None = None
+    coupon_code: str | None = None
+
+    @property
+    def net_minor(self) -> int:
+        return self.gross_minor - self.discount_minor
+
+
+def in_force(plan: Any, changes: Sequence[Any], *, subscribed_at: datetime, period_start: datetime) -> int:
+    """THE price of a period starting at ``period_start`` of a subscription created at
+    ``subscribed_at``: the newest change (by announcement) that applies to it -- announced
+    no later than it subscribed, or effective no later than the period starts -- else the
+    price before the first change (``changes`` in announcement order)."""
+    if not changes:
+        return int(plan.amount_minor)
+    amount = int(changes[0].old_amount_minor)
+    for c in changes:
+        if c.announced_at <= subscribed_at or c.effective_at <= period_start:
+            amount = int(c.amount_minor)
+    return amount
+
+
+def changes_for(session: Session, plan_ids: Iterable[str]) -> dict[str, list[Any]]:
+    """The price changes of these plans, oldest announcement first: ONE query for a batch."""
+    ids = sorted(set(plan_ids))
+    out: dict[str, list[Any]] = {pid: [] for pid in ids}
+    if not ids:
+        return out
+    q = PRICE_CHANGES.select().where(PRICE_CHANGES.c.plan_id.in_(ids)).order_by(
+        PRICE_CHANGES.c.announced_at, PRICE_CHANGES.c.id)
+    for r in session.connection().execute(q):
+        out[r.plan_id].append(r)
+    return out
+
+
+def period_start(sub: Any, plan: Any, index: int) -> datetime:
+    return bounds(sub, plan, index)[0]
+
+
+def bounds(sub: Any, plan: Any, index: int) -> tuple[datetime, datetime]:
+    """Period ``index`` of ``sub``: counted from its anchor (``anchor_period_index`` is the
+    period that starts at ``billing_anchor``; 0 unless a resume re-anchored it)."""
+    return period_bounds(sub.billing_anchor, Interval(plan.interval), plan.interval_count,
+                         index - int(sub.anchor_period_index or 0))
+
+
+def quote(session: Session, sub: Any, plan: Any, index: int) -> Quote:
+    """The quote of period ``index`` of one subscription (outside the batch pipeline)."""
+    from billing_engine import coupons
+
+    start = period_start(sub, plan, index)
+    gross = in_force(plan, changes_for(session, [plan.id])[plan.id], subscribed_at=sub.created_at, period_start=start)
+    red = coupons.active_for(session, [sub.id]).get(sub.id)
+    return coupons.apply(gross, red, plan)
+
+
+def first_period_from(sub: Any, plan: Any, at: datetime, *, limit: int = 2000) -> datetime:
+    """The start of the first period to bill (``next_period_index`` on) starting at or after ``at``."""
+    i = int(sub.next_period_index)
+    for _ in range(limit):
+        start = period_start(sub, plan, i)
+        if start >= at:
+            return start
+        i += 1
+    return at  # pragma: no cover - a notice longer than 2,000 periods
+
+
+@dataclass(frozen=True, kw_only=True)
+class RepriceResult:
+    change: PriceChange
+    plan: Plan
+    notified: int
+
+
+def reprice(
+    session: Session, plan_ref: str, *, amount_minor: int, now: datetime, notice_days: int | None = None,
+    default_notice_days: int = 30, actor: str = "admin", chunk: int = 2000,
+) -> RepriceResult:
+    """Change a plan's price: new subscribers at once, existing ones from their first period
+    starting after the notice. Every live subscriber gets an e-mail (old and new price, the
+    date, the cancel link) and, for an increase, a consent row recorded by the notice."""
+    plan = plans.get(session, plan_ref)
+    validation.int_range(amount_minor, "amount_minor", lo=0, hi=10**12)
+    days = default_notice_days if notice_days is None else notice_days
+    validation.int_range(days, "notice_days", lo=MIN_NOTICE_DAYS, hi=MAX_NOTICE_DAYS)
+    if amount_minor == plan.amount_minor:
+        raise Conflict(f"plan {plan.code!r} already costs {format_minor(amount_minor, plan.currency)} "
+                       f"{plan.currency}", field="amount_minor")
+    effective = now + timedelta(days=days)
+    old = plan.amount_minor
+    change = PriceChange(plan_id=plan.id, old_amount_minor=old, amount_minor=amount_minor, currency=plan.currency,
+                         notice_days=days, announced_at=now, effective_at=effective, actor=actor, created_at=now)
+    plan.amount_minor = amount_minor
+    session.add(plan)
+    session.add(change)
+    session.flush()
+    notified = _notify_subscribers(session, plan, change, now=now, actor=actor, chunk=chunk)
+    change.subscribers_notified = notified
+    session.add(change)
+    events.record(session, events.EventType.PLAN_REPRICED, at=now, actor=actor, payload={
+        "plan_id": plan.id, "code": plan.code, "price_change_id": change.id, "old_amount_minor": old,
+        "amount_minor": amount_minor, "currency": plan.currency, "notice_days": days, "effective_at": effective,
+        "subscribers_notified": notified})
+    return RepriceResult(change=change, plan=plan, notified=notified)
+
+
+def notice_text(plan: Plan, change: PriceChange, first_at: datetime) -> str:
+    every = plan.interval if plan.interval_count == 1 else f"{plan.interval_count} {plan.interval}s"
+    return (f"The price of {plan.name} changes from {format_minor(change.old_amount_minor, plan.currency)} to "
+            f"{format_minor(change.amount_minor, plan.currency)} {plan.currency} every {every}, from the first "
+            f"renewal on or after {first_at.date().isoformat()}. Not cancelling before then is agreement to the "
+            f"new price; cancelling means the new price is never charged. (price change {change.id})")
+
+
+def _notify_subscribers(session: Session, plan: Plan, change: PriceChange, *, now: datetime, actor: str,
+                        chunk: int) -> int:
+    """Set-based: per chunk of live subscribers, one read, then bulk inserts of the notice
+    e-mails, the per-subscription events and (for an increase) the consents."""
+    from billing_engine.charging import bulk_insert
+
+    subs_t, cust_t = Subscription.__table__, Customer.__table__  # type: ignore[attr-defined]
+    increase = change.amount_minor > change.old_amount_minor
+    old_s, new_s = (f"{format_minor(a, plan.currency)} {plan.currency}" for a in (change.old_amount_minor, change.amount_minor))
+    notified, after = 0, ""
+    while True:
+        page = list(session.connection().execute(
+            select(subs_t, cust_t.c.email).join(cust_t, cust_t.c.id == subs_t.c.customer_id)
+            .where(subs_t.c.plan_id == plan.id, subs_t.c.status.in_([str(s) for s in LIVE_STATUSES]),
+                   subs_t.c.created_at < change.announced_at, subs_t.c.id > after)
+            .order_by(subs_t.c.id).limit(chunk)))
+        if not page:
+            return notified
+        after = page[-1].id
+        mails, evs, cons = [], [], []
+        for sub in page:
+            first_at = first_period_from(sub, plan, change.effective_at)
+            payload = {"price_change_id": change.id, "old_amount_minor": change.old_amount_minor,
+                       "amount_minor": change.amount_minor, "currency": plan.currency, "old_amount": old_s,
+                       "new_amount": new_s, "effective_at": first_at, "plan_name": plan.name}
+            mails.append(notifications.row(notifications.Kind.PRICE_CHANGE, customer_id=sub.customer_id,
+                                           to_email=sub.email, dedupe_key=f"price_change:{change.id}:{sub.id}",
+                                           at=now, subscription_id=sub.id, payload=payload))
+            evs.append(events.row(events.EventType.SUBSCRIPTION_PRICE_CHANGE_NOTICE, at=now, actor=actor,
+                                  subscription_id=sub.id, customer_id=sub.customer_id, payload=payload))
+            if increase and sub.payment_method_id:
+                text = notice_text(plan, change, first_at)
+                cons.append({
+                    "id": new_id("cns"), "customer_id": sub.customer_id, "payment_method_id": sub.payment_method_id,
+                    "plan_id": plan.id, "accepted_at": now, "ip_address": "", "user_agent": "price notice e-mail",
+                    "channel": "price_notice", "terms_version": f"price-change:{change.id}",
+                    "terms_sha256": _sha256(text), "terms_text": text, "amount_minor": change.amount_minor,
+                    "currency": plan.currency, "interval": plan.interval, "interval_count": plan.interval_count,
+                    "gateway_setup_id": None, "created_at": now, "revoked_at": None,
+                })
+        bulk_insert(session, Notification.__table__, mails)  # type: ignore[attr-defined]
+        bulk_insert(session, Event.__table__, evs)  # type: ignore[attr-defined]
+        bulk_insert(session, Consent.__table__, cons)  # type: ignore[attr-defined]
+        notified += len(page)
+
+
+def _sha256(text: str) -> str:
+    from billing_engine.consents import terms_hash
+
+    return terms_hash(text)
+
+
+def history(session: Session, plan_ref: str) -> list[PriceChange]:
+    plan = plans.get(session, plan_ref)
+    from sqlmodel import col
+    from sqlmodel import select as sselect
+
+    return list(session.exec(sselect(PriceChange).where(PriceChange.plan_id == plan.id)
+                             .order_by(col(PriceChange.announced_at), col(PriceChange.id))))
+
+
+def summary(c: PriceChange) -> dict[str, Any]:
+    return {"id": c.id, "plan_id": c.plan_id, "old_amount_minor": c.old_amount_minor, "amount_minor": c.amount_minor,
+            "currency": c.currency, "notice_days": c.notice_days, "announced_at": c.announced_at,
+            "effective_at": c.effective_at, "subscribers_notified": c.subscribers_notified, "actor": c.actor}
