@@ -3,13 +3,13 @@ in ``invoice_number_series``) and ``card_updates`` (a card update started from t
 customer's self-service page, with the consent given there).
 
 Revision ID: 0007_self_service
-Revises: 0005_rate_buckets
+Revises: 0006_webhooks
 """
 import sqlalchemy as sa
 from alembic import op
 
 revision = '0007_self_service'
-down_revision = '0005_rate_buckets'
+down_revision = '0006_webhooks'
 branch_labels = None
 depends_on = None
 

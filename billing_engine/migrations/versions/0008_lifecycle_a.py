@@ -12,13 +12,13 @@
 Only added columns (nullable, or with a server default): no rewrite of existing rows.
 
 Revision ID: 0008_lifecycle_a
-Revises: 0005_rate_buckets
+Revises: 0007_self_service
 """
 import sqlalchemy as sa
 from alembic import op
 
 revision = '0008_lifecycle_a'
-down_revision = '0005_rate_buckets'
+down_revision = '0007_self_service'
 branch_labels = None
 depends_on = None
 

@@ -8,13 +8,13 @@
   ``pause_at_period_end`` / ``anchor_period_index`` (pauses.py; status ``paused``).
 
 Revision ID: 0009_lifecycle_b
-Revises: 0005_rate_buckets
+Revises: 0008_lifecycle_a
 """
 import sqlalchemy as sa
 from alembic import op
 
 revision = '0009_lifecycle_b'
-down_revision = '0005_rate_buckets'
+down_revision = '0008_lifecycle_a'
 branch_labels = None
 depends_on = None
 

@@ -12,13 +12,13 @@ Consents are append-only (0004 triggers): columns are added with ADD COLUMN, nev
 recreating the table, so the triggers stay.
 
 Revision ID: 0012_imports
-Revises: 0005_rate_buckets
+Revises: 0011_report_rollups
 """
 import sqlalchemy as sa
 from alembic import op
 
 revision = '0012_imports'
-down_revision = '0005_rate_buckets'
+down_revision = '0011_report_rollups'
 branch_labels = None
 depends_on = None
 
