@@ -11,6 +11,7 @@ from api.app import create_app
 from billing_engine import errors, links
 from billing_engine.gateway.fake import FakeGateway
 from billing_engine.gateway.protocol import GatewayAuthError, GatewayError, GatewayUnreachable, IdempotencyConflict
+from billing_engine.imports.csv_source import ImportInvalid
 from billing_engine.settings import load_settings
 
 
@@ -38,6 +39,7 @@ ERRORS: list[tuple[Exception, int]] = [
     (IdempotencyConflict("key reused with other parameters"), 502),
     (GatewayAuthError("401: Invalid API Key provided"), 502),
     (errors.DatabaseUnavailable("database error while settling a batch"), 503),
+    (ImportInvalid([]), 422),
 ]
 
 
