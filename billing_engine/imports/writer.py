@@ -163,7 +163,8 @@ def _chunk(session: Session, records: Sequence[Record], plan_rows: dict[str, Any
             cid = customers[r.customer.external_id] = cus_id()
             cus_rows.append({"id": cid, "email": r.customer.email, "name": r.customer.name, "external_ref": None,
                              "gateway_customer_id": r.customer.gateway_customer_id,
-                             "created_at": r.customer.created_at or r.created_at, "external_id": r.customer.external_id})
+                             "created_at": r.customer.created_at or r.created_at, "updated_at": now,
+                             "external_id": r.customer.external_id})
             ev_rows.append(events.row(events.EventType.CUSTOMER_CREATED, at=now, actor=actor, customer_id=cid,
                                       payload={"imported_from": r.source, "external_id": r.customer.external_id}))
         cid = customers[r.customer.external_id]
