@@ -5,12 +5,13 @@ for a large account prefer ``billing import stripe``, which resumes after a cras
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any, Literal
 
 from fastapi import APIRouter, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse
-from pydantic import Field
+from pydantic import BaseModel, Field
 
 from api.auth import ADMIN, actor
 from api.deps import EngineDep, NowDep, SettingsDep
@@ -33,7 +34,21 @@ class ImportRequest(Input):
     csv: str | None = Field(None, max_length=900_000, description="The CSV text (source csv).")
 
 
-@router.post("/v1/imports", responses=admin(), summary="Import customers, cards and subscriptions (Stripe or CSV)")
+class ImportOut(BaseModel):
+    source: str
+    dry_run: bool
+    created: dict[str, int] = Field(description="Objects created (dry run: that would be created), by kind.")
+    already_imported: int = Field(description="Subscriptions found by their external id: nothing created.")
+    unsupported: list[dict[str, str]] = Field(description="Objects that cannot be imported, with the reason.")
+    resumed_from: str | None = None
+    charge_from: datetime | None = None
+    would_create: list[dict[str, Any]] | None = None
+    subscriptions_created: list[dict[str, Any]] | None = None
+
+
+@router.post("/v1/imports", status_code=201, response_model=ImportOut,
+             responses={**admin(409), 200: {"model": ImportOut, "description": "Dry run: nothing was changed."}},
+             summary="Import customers, cards and subscriptions (Stripe or CSV)")
 def create_import(request: Request, body: ImportRequest, engine: EngineDep, settings: SettingsDep,
                   now: NowDep) -> JSONResponse:
     if body.source == "csv":
@@ -43,12 +58,16 @@ def create_import(request: Request, body: ImportRequest, engine: EngineDep, sett
             report = service.import_csv(engine, body.csv, now=now, default_gateway=settings.gateway_name,
                                         dry_run=body.dry_run, charge_from=body.charge_from, actor=actor(request))
         except csv_source.ImportInvalid as exc:
-            errors: list[dict[str, Any]] = [{"line": p.line, "field": p.field, "message": p.message}
+            errors: list[dict[str, Any]] = [{"field": f"csv.{p.field}", "location": "body", "line": p.line,
+                                             "message": f"line {p.line}: {p.message}"}
                                             for p in exc.problems[:csv_source.MAX_PROBLEMS_SHOWN]]
             return problem(422, str(exc), field="csv", errors=errors)
     else:
         if body.csv is not None:
             return problem(422, "csv: only for source csv", field="csv")
+        if settings.stripe_api_key is None:
+            return problem(409, "source: the server has no BILLING_STRIPE_API_KEY to read the Stripe account with",
+                           field="source", code="conflict")
         report = service.import_stripe(engine, settings, now=now, dry_run=body.dry_run,
                                        charge_from=body.charge_from or HOLD, actor=actor(request))
     return JSONResponse(jsonable_encoder(report.as_dict()), status_code=200 if body.dry_run else 201)

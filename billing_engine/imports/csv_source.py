@@ -146,6 +146,14 @@ class _Plans:
 def parse(session: Session, text: str | Iterable[str], *, default_gateway: str,
           charge_from: datetime | None = None) -> list[Record]:
     """Every row as a :class:`Record`, or :class:`ImportInvalid` listing every bad row."""
+    try:
+        return _parse(session, text, default_gateway=default_gateway, charge_from=charge_from)
+    except csv.Error as exc:  # NUL bytes, an unclosed quote at the end, a cell over the size limit
+        raise ImportInvalid([Problem(line=0, field="file", message=f"not readable as CSV: {exc}")]) from None
+
+
+def _parse(session: Session, text: str | Iterable[str], *, default_gateway: str,
+           charge_from: datetime | None) -> list[Record]:
     reader = csv.DictReader(io.StringIO(text) if isinstance(text, str) else text)
     header = [h.strip() for h in (reader.fieldnames or [])]
     missing = [c for c in REQUIRED if c not in header]

@@ -40,7 +40,7 @@ def test_bad_rows_are_a_422_naming_each_line_and_nothing_changes(client: TestCli
     bad = "\n".join([HEADER, ROWS[0], ROWS[1].replace("2026-06-15T00:00:00Z", "2026-06-16T00:00:00Z")])
     r = client.post("/v1/imports", json={"source": "csv", "csv": bad})
     assert r.status_code == 422 and r.json()["field"] == "csv"
-    assert [(e["line"], e["field"]) for e in r.json()["errors"]] == [(3, "current_period_end")]
+    assert [(e["line"], e["field"]) for e in r.json()["errors"]] == [(3, "csv.current_period_end")]
     assert client.post("/v1/imports", json={"source": "csv"}).status_code == 422
     assert client.post("/v1/imports", json={"source": "paypal"}).status_code == 422
     assert _subs(engine) == 0
