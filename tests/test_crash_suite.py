@@ -113,7 +113,8 @@ def test_sigterm_settles_in_flight_charges_releases_claims_and_exits_143(db_url:
     p.send_signal(signal.SIGTERM)
     _out, err = p.communicate(timeout=90)
     assert p.returncode == 143, err
-    assert "stopped" in err and len(err.strip().splitlines()) == 1  # one line, no traceback
+    human = [ln for ln in err.strip().splitlines() if not ln.startswith("{")]  # the JSON log lines aside
+    assert "stopped" in human[0] and len(human) == 1 and "Traceback" not in err  # one line, no traceback
     charges = [e for e in FakeGateway(ledger_path=str(ledger)).ledger if e.kind == "charge"]
     with Session(engine) as s:
         pending = s.exec(select(func.count()).select_from(PaymentAttempt).where(
