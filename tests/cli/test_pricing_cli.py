@@ -38,7 +38,7 @@ def test_reprice_coupon_pause_resume_from_the_cli(tmp_path: Path) -> None:
     assert (coupon["code"], coupon["plans"]) == ("WELCOME20", ["basic"])
     assert "percent_off" in run("coupon", "create", "huge", "--percent-off", "101", "--at", at, code=2)
     sub = run("subscribe", "--customer", cust["id"], "--plan", "basic", "--payment-method", pm["id"],
-              "--coupon", "WELCOME20", "--at", at, "--json")
+              "--coupon", "WELCOME20", "--defer-first-charge", "--at", at, "--json")
     assert sub["next_charge_amount_minor"] == 1360
     dry = run("run-cycle", "--at", at, "--dry-run", "--json")
     assert [(w["amount_minor"], w["discount_minor"]) for w in dry["would_charge"]] == [(1360, 340)]
