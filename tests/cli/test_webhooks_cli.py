@@ -140,7 +140,7 @@ def test_bad_urls_are_one_line_errors(run: Any) -> None:
 def test_lists_say_when_more_exist_and_filter_by_time(run: Any) -> None:
     ids = _customers(run, 3)
     p = run("customer", "list", "--limit", "2")
-    assert f"--after {ids[1]}" in p.stdout
+    assert f"--after {ids[1]}" in p.stderr  # the next-page hint goes to stderr (cli.paging.one_page)
     p = run("customer", "list", "--limit", "2", "--json")
     assert [c["id"] for c in json.loads(p.stdout)] == ids[:2] and f"--after {ids[1]}" in p.stderr
     rest = run("customer", "list", "--limit", "2", "--after", ids[1], "--json")
