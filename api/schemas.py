@@ -516,6 +516,7 @@ class CycleSummaryOut(BaseModel):
     cancellations_effective: int
     blocked: int
     reminders_queued: int
+    waiting_for_reminder: int = 0
     notifications_sent: int
     collected: dict[str, int]
     collected_display: dict[str, str]

@@ -46,6 +46,7 @@ from billing_engine.models import (
     new_id,
 )
 from billing_engine.renewals import ActionKind
+from billing_engine.settings import Settings
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -90,9 +91,10 @@ def _orm(session: Session, sub_id: str) -> Subscription:
 
 def prepare(
     session: Session, ids: Sequence[str], *, now: datetime, worker: str, plans: dict[str, Plan],
+    settings: Settings | None = None,
 ) -> Prepared:
     subs = _load_subs(session, ids, worker=worker)
-    snaps = renewals.load(session, subs, plans)
+    snaps = renewals.load(session, subs, plans, settings)
     out = Prepared()
     cust_t = Customer.__table__  # type: ignore[attr-defined]
     customers = dict(session.connection().execute(
@@ -224,6 +226,7 @@ def settle(
     plans: dict[str, Plan],
     actor: str = "system:cycle",
     release: tuple[str, Sequence[str]] | None = None,
+    settings: Settings | None = None,
 ) -> list[Settled]:
     """Apply definitive-or-unknown answers of one batch (errors never reach here).
 
@@ -266,12 +269,14 @@ def settle(
         paid = None
         if result.status == ChargeStatus.SUCCEEDED:
             paid = payments.paid_changes(sub, invoice, attempt, result, invoice_plan=plans[invoice.plan_id],
-                                         plan_name=plans[sub.plan_id].name, now=now)
+                                         plan_name=plans[sub.plan_id].name, now=now, plan=plans[sub.plan_id],
+                                         settings=settings)
         next_due: datetime | None = None
         if paid is None or paid.refund or "status" not in paid.subscription:
             orm_attempt = session.get(PaymentAttempt, attempt.id)
             assert orm_attempt is not None
-            outcome = payments.settle(session, orm_attempt, result, now=now, schedule_days=schedule_days, actor=actor)
+            outcome = payments.settle(session, orm_attempt, result, now=now, schedule_days=schedule_days, actor=actor,
+                                      settings=settings)
             orm_sub = session.get(Subscription, sub.id)
             if outcome == payments.Outcome.SUCCEEDED and orm_sub is not None and orm_sub.status != SubscriptionStatus.CANCELED:
                 next_due = orm_sub.current_period_end

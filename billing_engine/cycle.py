@@ -86,6 +86,7 @@ class CycleSummary:
     refunded_after_cancel: int = 0  # charges that landed after the customer cancelled
     held_by_other_workers: int = 0  # due, but claimed by another live worker
     reminders_queued: int = 0
+    waiting_for_reminder: int = 0  # due, but the period's reminder is not the lead time old yet
     notifications_sent: int = 0
     collected: dict[str, int] = field(default_factory=dict)  # currency -> minor units
     would_charge: list[dict[str, Any]] = field(default_factory=list)  # dry run: the planned action per subscription
@@ -118,12 +119,13 @@ def _iter_due(engine: Engine, now: datetime, batch: int) -> Iterator[list[Subscr
             yield subs
 
 
-def plan_actions(engine: Engine, now: datetime, *, limit: int | None = None, batch: int = 500) -> list[dict[str, Any]]:
+def plan_actions(engine: Engine, now: datetime, *, limit: int | None = None, batch: int = 500,
+                 settings: Settings | None = None) -> list[dict[str, Any]]:
     """What a run at ``now`` will do, per due subscription (the dry run). Changes nothing."""
     out: list[dict[str, Any]] = []
     for subs in _iter_due(engine, now, batch):
         with Session(engine) as s:
-            snaps = renewals.load(s, subs)
+            snaps = renewals.load(s, subs, settings=settings)
             emails: dict[str, str] = {c.id: c.email for c in s.exec(
                 select(Customer).where(col(Customer.id).in_({x.customer_id for x in subs})))}
         for snap in snaps:
@@ -250,7 +252,8 @@ class _Runner:
                                           cursor=cursor)
                 if not ids:
                     return ids, charging.Prepared()
-                prepared = charging.prepare(s, ids, now=self.now, worker=self.worker, plans=self.plans)
+                prepared = charging.prepare(s, ids, now=self.now, worker=self.worker, plans=self.plans,
+                                            settings=self.settings)
                 claims.release_in(s, prepared.settled_ids, self.worker)  # decided without the gateway
                 return ids, prepared
         ids, prepared = _db(txn, what="preparing a batch")
@@ -270,6 +273,8 @@ class _Runner:
             elif action.kind == renewals.ActionKind.SKIP:
                 self.summary.blocked += 1
                 self.summary.errors.append(f"{_sid}: not charged: {action.message}")
+            elif action.kind == renewals.ActionKind.WAIT:
+                self.summary.waiting_for_reminder += 1
             elif action.kind == renewals.ActionKind.CHARGE:
                 self.summary.charged += 1
 
@@ -297,7 +302,7 @@ class _Runner:
             with transaction(self.engine) as s:
                 return charging.settle(s, definitive, now=self.now, plans=self.plans,
                                        schedule_days=self.settings.dunning_schedule_days,
-                                       release=(self.worker, batch.ids))
+                                       release=(self.worker, batch.ids), settings=self.settings)
         settled = _db(txn, what="settling a batch")
         reconciles = {a.step.attempt_id for a in answers if a.step.reconcile}
         for st in settled:
@@ -403,7 +408,7 @@ def run_cycle(
     batch_size = batch_size or settings.cycle_batch_size
     started = time.perf_counter()
     if dry_run:
-        summary.would_charge = plan_actions(engine, now, limit=limit, batch=batch_size)
+        summary.would_charge = plan_actions(engine, now, limit=limit, batch=batch_size, settings=settings)
         summary.due = len(summary.would_charge)
         summary.timings["total_s"] = round(time.perf_counter() - started, 3)
         return summary

@@ -167,6 +167,9 @@ class Customer(SQLModel, table=True):
     name: str = Field(default="", max_length=200)
     external_ref: str | None = Field(default=None, max_length=200, unique=True)
     gateway_customer_id: str | None = Field(default=None, max_length=100)
+    # the language of the customer's e-mails and pages (e.g. "en", "ru", "he", "hu");
+    # None: the default from settings (BILLING_DEFAULT_LOCALE)
+    locale: str | None = Field(default=None, max_length=20)
     created_at: datetime = _ts(default_factory=utcnow)
 
 
@@ -241,6 +244,8 @@ class Plan(SQLModel, table=True):
     cancel_immediately: bool = Field(default=False)  # cancel ends access at once
     reminder_days: int | None = Field(default=None)  # days before renewal; None = default
     tier: str | None = Field(default=None, max_length=30)  # e.g. basic | vip (reporting)
+    # receipts per charge: each | off | monthly (one digest a month; see docs/customer-communications.md)
+    receipts: str = Field(default="each", max_length=10)
     created_at: datetime = _ts(default_factory=utcnow)
 
 
@@ -286,6 +291,9 @@ class Subscription(SQLModel, table=True):
     mrr_minor: int | None = _money(default=None)
     # the period index whose renewal reminder has been queued (reminders go out once)
     reminded_period_index: int | None = Field(default=None)
+    # when that reminder (or a receipt / confirmation that counts as it) was queued:
+    # the period is charged only once it is at least the plan's reminder lead old
+    reminded_at: datetime | None = _ts(default=None)
     # run-cycle lease (wall-clock): a worker owns the row while it charges it
     lease_owner: str | None = Field(default=None, max_length=100)
     lease_expires_at: datetime | None = _ts(default=None)

@@ -16,7 +16,7 @@ from sqlalchemy import text
 from sqlmodel import Session, col, select
 from sqlmodel.sql.expression import SelectOfScalar
 
-from billing_engine import cancellations, dunning, events, notifications, refunds
+from billing_engine import cancellations, dunning, events, notifications, refunds, reminders
 from billing_engine.db import locks_rows
 from billing_engine.gateway.protocol import ChargeRequest, ChargeResult, ChargeStatus, DeclineKind
 from billing_engine.models import (
@@ -30,7 +30,7 @@ from billing_engine.models import (
     SubscriptionStatus,
 )
 from billing_engine.periods import Interval, monthly_amount
-from billing_engine.settings import DEFAULT_DUNNING_SCHEDULE
+from billing_engine.settings import DEFAULT_DUNNING_SCHEDULE, Settings
 
 
 class Outcome(StrEnum):
@@ -116,6 +116,7 @@ def settle(
     now: datetime,
     schedule_days: Sequence[int] = DEFAULT_DUNNING_SCHEDULE,
     actor: str = "system",
+    settings: Settings | None = None,
 ) -> Outcome:
     """Apply the gateway's answer to the attempt, its invoice and its subscription."""
     # On PostgreSQL the run-cycle and the Stripe webhook may settle the same attempt at
@@ -132,7 +133,7 @@ def settle(
     assert plan is not None
     attempt.gateway_charge_id = result.gateway_charge_id or attempt.gateway_charge_id
     if result.status == ChargeStatus.SUCCEEDED:
-        return _invoice_paid(session, sub, plan, invoice, attempt, result, now=now, actor=actor)
+        return _invoice_paid(session, sub, plan, invoice, attempt, result, now=now, actor=actor, settings=settings)
     common = {"attempt_id": attempt.id, "amount_minor": attempt.amount_minor, "currency": attempt.currency,
               "gateway_charge_id": attempt.gateway_charge_id}
 
@@ -218,7 +219,8 @@ class Paid:
 
 def paid_changes(
     sub: Subscription, invoice: Invoice, attempt: PaymentAttempt, result: ChargeResult, *,
-    invoice_plan: Plan, plan_name: str, now: datetime,
+    invoice_plan: Plan, plan_name: str, now: datetime, plan: Plan | None = None,
+    settings: Settings | None = None,
 ) -> Paid:
     already_paid = invoice.status == InvoiceStatus.PAID
     paid_at = invoice.paid_at or now
@@ -263,18 +265,32 @@ def paid_changes(
     }.get(SubscriptionStatus(sub.status), events.EventType.SUBSCRIPTION_RENEWED)
     out.events.append((etype, {"previous_status": sub.status, "period_start": invoice.period_start,
                                "period_end": invoice.period_end}))
+    # The receipt states the next charge; sent inside the reminder window it is that
+    # charge's reminder (reminders.counts_as_reminder). Per plan receipts can be off or
+    # a monthly digest: then the reminder pass sends the reminder.
+    plan = plan or invoice_plan
+    out.subscription.update({"reminded_period_index": sub.reminded_period_index, "reminded_at": sub.reminded_at})
+    if (plan.receipts or "each") != "each":
+        return out
     out.receipt = {"invoice_id": invoice.id, "amount_minor": invoice.amount_minor, "currency": invoice.currency,
-                   "period_start": invoice.period_start, "period_end": invoice.period_end, "plan_name": plan_name}
+                   "period_start": invoice.period_start, "period_end": invoice.period_end, "plan_name": plan_name,
+                   "period_index": invoice.period_index, "next_charge_at": invoice.period_end,
+                   "next_amount_minor": plan.amount_minor}
+    lead = reminders.reminder_lead(plan, trial=False, settings=settings)
+    if not sub.cancel_at_period_end and reminders.counts_as_reminder(now, invoice.period_end, lead):
+        out.subscription.update({"reminded_period_index": invoice.period_index + 1, "reminded_at": now})
+        out.receipt["reminds_period_index"] = invoice.period_index + 1
     return out
 
 
 def _invoice_paid(
     session: Session, sub: Subscription, plan: Plan, invoice: Invoice, attempt: PaymentAttempt,
-    result: ChargeResult, *, now: datetime, actor: str,
+    result: ChargeResult, *, now: datetime, actor: str, settings: Settings | None = None,
 ) -> Outcome:
     inv_plan = plan if invoice.plan_id == plan.id else session.get(Plan, invoice.plan_id)
     assert inv_plan is not None
-    paid = paid_changes(sub, invoice, attempt, result, invoice_plan=inv_plan, plan_name=plan.name, now=now)
+    paid = paid_changes(sub, invoice, attempt, result, invoice_plan=inv_plan, plan_name=plan.name, now=now,
+                        plan=plan, settings=settings)
     for obj, values in ((attempt, paid.attempt), (invoice, paid.invoice), (sub, paid.subscription)):
         for k, v in values.items():
             setattr(obj, k, v)

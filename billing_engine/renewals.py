@@ -2,7 +2,9 @@
 
 The dry run and the real run both call :func:`decide` on the same snapshot, so a dry
 run says exactly what the real run at the same instant will do: charge, reconcile,
-end at period end, cancel as involuntary (with its reason) or skip (with its reason).
+end at period end, cancel as involuntary (with its reason), wait for the period's
+reminder (``wait reminder_pending``: the run sends it, the charge follows once it is
+the plan's reminder lead old) or skip (with its reason).
 :func:`load` builds the snapshots of a whole batch in a handful of queries.
 """
 
@@ -10,13 +12,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
 from sqlmodel import Session, col, select
 
-from billing_engine import consents, payment_methods, payments
+from billing_engine import consents, payment_methods, payments, reminders
 from billing_engine.models import (
     Consent,
     Invoice,
@@ -27,6 +29,7 @@ from billing_engine.models import (
     SubscriptionStatus,
 )
 from billing_engine.periods import Interval, period_bounds
+from billing_engine.settings import Settings, get_settings
 
 CHARGEABLE = (SubscriptionStatus.INCOMPLETE, SubscriptionStatus.TRIALING, SubscriptionStatus.ACTIVE)
 
@@ -36,6 +39,7 @@ class ActionKind(StrEnum):
     RECONCILE = "reconcile"  # an earlier attempt's outcome is unknown: settle it first
     END_AT_PERIOD_END = "end_at_period_end"  # a scheduled cancellation takes effect
     CANCEL_INVOLUNTARY = "cancel_involuntary"
+    WAIT = "wait"  # the period's reminder is not (long enough) out yet: the charge waits
     SKIP = "skip"  # not charged, not canceled (e.g. no consent): an admin must act
     NOTHING = "nothing"  # not due (any more)
 
@@ -60,6 +64,7 @@ class Snapshot:
     consents: tuple[Any, ...]  # unrevoked consents rows of that card
     unresolved: Any | None  # the oldest pending/unknown payment_attempts row
     open_invoice: Any | None  # the open invoice of the next period (a dunning retry)
+    reminder_lead: timedelta = reminders.MIN_LEAD  # how long before the charge its reminder must go out
 
 
 def is_due(sub: Any, now: datetime) -> bool:
@@ -70,9 +75,24 @@ def is_due(sub: Any, now: datetime) -> bool:
     return False
 
 
+def needs_reminder(snap: Snapshot) -> bool:
+    """A renewal or a trial's first charge waits for its reminder; the first charge at
+    sign-up (``incomplete``) and a retry of a period already attempted do not."""
+    return snap.sub.status in (SubscriptionStatus.ACTIVE, SubscriptionStatus.TRIALING) and snap.open_invoice is None
+
+
+def charge_ready_at(snap: Snapshot, now: datetime) -> datetime | None:
+    """When the period's reminder is old enough for the charge (None: not sent yet)."""
+    sub = snap.sub
+    if sub.reminded_at is None or sub.reminded_period_index is None or sub.reminded_period_index < sub.next_period_index:
+        return None
+    return sub.reminded_at + snap.reminder_lead  # type: ignore[no-any-return]
+
+
 def decide(snap: Snapshot, now: datetime) -> Action:
     """The one decision, in this order: reconcile, ended, scheduled end, not due,
-    unusable card (involuntary), no consent (skip), charge."""
+    unusable card (involuntary), no consent (skip), reminder not out long enough
+    (wait), charge."""
     sub, plan, pm = snap.sub, snap.plan, snap.payment_method
     if snap.unresolved is not None:
         return Action(kind=ActionKind.RECONCILE, amount_minor=snap.unresolved.amount_minor,
@@ -91,10 +111,21 @@ def decide(snap: Snapshot, now: datetime) -> Action:
                       message=f"card ····{pm.last4} expired {pm.exp_month}/{pm.exp_year}")
     if not any(consents.covers(c, plan) for c in snap.consents):
         return Action(kind=ActionKind.SKIP, reason="no_consent", message="no recorded consent covering this plan")
+    if needs_reminder(snap) and not reminders.reminded(sub, snap.reminder_lead, now):
+        ready = charge_ready_at(snap, now)
+        message = (f"reminder sent {_iso(sub.reminded_at)}: charged from {_iso(ready)}" if ready is not None else
+                   f"no reminder for this period yet: the run sends it now, the charge waits until "
+                   f"{_iso(now + snap.reminder_lead)}")
+        return Action(kind=ActionKind.WAIT, reason="reminder_pending", message=message,
+                      period_index=sub.next_period_index, amount_minor=plan.amount_minor, currency=plan.currency)
     inv = snap.open_invoice
     return Action(kind=ActionKind.CHARGE, period_index=sub.next_period_index,
                   amount_minor=inv.amount_minor if inv else plan.amount_minor,
                   currency=inv.currency if inv else plan.currency)
+
+
+def _iso(at: datetime) -> str:
+    return at.strftime("%Y-%m-%d %H:%MZ")
 
 
 def next_period(sub: Any, plan: Plan) -> tuple[datetime, datetime]:
@@ -107,9 +138,12 @@ def rows(session: Session, stmt: Any) -> list[Any]:
     return list(session.connection().execute(stmt).all())
 
 
-def load(session: Session, subs: Sequence[Any], plans: dict[str, Plan] | None = None) -> list[Snapshot]:
+def load(session: Session, subs: Sequence[Any], plans: dict[str, Plan] | None = None,
+         settings: Settings | None = None) -> list[Snapshot]:
     """Snapshots of ``subs`` (ORM objects or rows, in their order) in a handful of
-    queries, whatever their number. The snapshot holds rows, read-only."""
+    queries, whatever their number. The snapshot holds rows, read-only. The period's
+    reminder (``reminded_period_index`` / ``reminded_at``) is on the subscription row
+    itself: no query of its own."""
     if not subs:
         return []
     ids = [s.id for s in subs]
@@ -129,6 +163,12 @@ def load(session: Session, subs: Sequence[Any], plans: dict[str, Plan] | None = 
         unresolved.setdefault(a.subscription_id, a)
     open_invoices = {(i.subscription_id, i.period_index): i for i in rows(
         session, i_t.select().where(i_t.c.subscription_id.in_(ids), i_t.c.status == InvoiceStatus.OPEN))}
+    settings = settings or get_settings()
+    leads: dict[tuple[str, bool], timedelta] = {}
+    for s in subs:
+        key = (s.plan_id, s.status == SubscriptionStatus.TRIALING)
+        if key not in leads:
+            leads[key] = reminders.reminder_lead(plans[s.plan_id], trial=key[1], settings=settings)
     return [
         Snapshot(
             sub=s, plan=plans[s.plan_id],
@@ -136,6 +176,7 @@ def load(session: Session, subs: Sequence[Any], plans: dict[str, Plan] | None = 
             consents=tuple(by_pm.get(s.payment_method_id or "", ())),
             unresolved=unresolved.get(s.id),
             open_invoice=open_invoices.get((s.id, s.next_period_index)),
+            reminder_lead=leads[(s.plan_id, s.status == SubscriptionStatus.TRIALING)],
         )
         for s in subs
     ]

@@ -141,7 +141,7 @@ def next_charge(session: Session, sub: Subscription) -> tuple[datetime, int, str
     return sub.current_period_end, plan.amount_minor, plan.currency
 
 
-def summary(session: Session, sub: Subscription) -> dict[str, Any]:
+def summary(session: Session, sub: Subscription, now: datetime | None = None) -> dict[str, Any]:
     """The subscription as shown to admins (CLI ``--json`` and the API): its fields plus
     the customer's e-mail, the plan's code and price, and the next charge."""
     plan = session.get(Plan, sub.plan_id)
@@ -158,8 +158,24 @@ def summary(session: Session, sub: Subscription) -> dict[str, Any]:
         "cancellation_reason": sub.cancellation_reason, "cancellation_comment": sub.cancellation_comment,
         "canceled_by": sub.canceled_by, "next_retry_at": sub.next_retry_at, "failed_attempts": sub.failed_attempts,
         "next_charge_at": nxt[0] if nxt else None, "next_charge_amount_minor": nxt[1] if nxt else None,
+        **reminder_status(sub, plan, now),
         "created_at": sub.created_at,
     }
+
+
+def reminder_status(sub: Subscription, plan: Plan, now: datetime | None = None) -> dict[str, Any]:
+    """The next charge's reminder: sent when, the charge not before when, and whether the
+    charge at period end waits for it (``renewals.decide`` says ``wait reminder_pending``):
+    sent too late for it, or (as of ``now``) not sent although its latest day has passed."""
+    from billing_engine import reminders
+
+    lead = reminders.reminder_lead(plan, trial=sub.status == SubscriptionStatus.TRIALING, settings=None)
+    sent = sub.reminded_at if (sub.reminded_period_index or -1) >= sub.next_period_index else None
+    late = sent + lead > sub.current_period_end if sent is not None else (
+        now is not None and sub.current_period_end - lead < now)
+    waits = sub.status in (SubscriptionStatus.ACTIVE, SubscriptionStatus.TRIALING) and not sub.cancel_at_period_end and late
+    return {"reminder_sent_at": sent, "charge_not_before": sent + lead if sent is not None else None,
+            "waits_for_reminder": waits}
 
 
 def change_payment_method(

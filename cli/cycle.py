@@ -61,7 +61,8 @@ def print_summary(summary: CycleSummary) -> None:
         ("held by other workers (not processed here)", summary.held_by_other_workers),
         ("canceled involuntary", summary.canceled_involuntary),
         ("cancellations effective", summary.cancellations_effective), ("not charged (blocked)", summary.blocked),
-        ("reminders queued", summary.reminders_queued), ("e-mails sent", summary.notifications_sent),
+        ("reminders queued", summary.reminders_queued),
+        ("waiting for their reminder", summary.waiting_for_reminder), ("e-mails sent", summary.notifications_sent),
     ]
     for k, v in rows:
         t.add_row(k, str(v))

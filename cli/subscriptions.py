@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import typer
 from sqlmodel import Session
 
@@ -51,7 +53,7 @@ def show(subscription: str = typer.Argument(..., help="Subscription id (sub_...)
     """Show one subscription with its history."""
     with unit_of_work() as s:
         sub = subscriptions.get(s, subscription)
-        data = sub_dict(s, sub)
+        data = subscriptions.summary(s, sub, now=datetime.now(UTC))
         data["events"] = [{"id": e.id, "type": e.type, "at": e.occurred_at, "actor": e.actor,
                            "payload": events.payload_of(e)} for e in events.for_subscription(s, sub.id)]
     if json_out:
