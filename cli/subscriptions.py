@@ -61,7 +61,7 @@ def show(subscription: str = typer.Argument(..., help="Subscription id (sub_...)
         return
     print_record(data, skip=("events",))
     ev = make_table("at", "event", "actor")
-    for e in data["events"]:  # type: ignore[attr-defined]
+    for e in data["events"]:
         ev.add_row(str(e["at"])[:19], e["type"], e["actor"])
     console.print(ev)
 
