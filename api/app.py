@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from datetime import datetime
 
@@ -29,7 +30,7 @@ from api.routers import (
 from billing_engine.db import get_engine
 from billing_engine.gateway.factory import build_gateway
 from billing_engine.gateway.protocol import PaymentGateway
-from billing_engine.settings import Settings, get_settings
+from billing_engine.settings import Settings, branding_warnings, get_settings
 
 
 def create_app(
@@ -41,6 +42,8 @@ def create_app(
 ) -> FastAPI:
     settings = settings or get_settings()
     settings.check_production_safety(serving_api=True)  # exit 78 / refuse to start when unsafe
+    for warning in branding_warnings(settings):  # placeholders would reach customers
+        logging.getLogger("billing.api").warning("%s", warning)
     app = FastAPI(
         title="Billing engine API",
         version="1",

@@ -90,8 +90,14 @@ class Settings(BaseSettings):
     mail_dir: str = Field(default="outbox", description="Directory for the file transport (.eml files)")
     mail_max_attempts: int = Field(default=8, ge=1, le=50)
     mail_from: str = "Billing <billing@localhost>"
+    # the seller, as every e-mail and page names it (docs/customer-communications.md);
+    # a production start without them warns (``branding_warnings``)
     support_email: str = "support@localhost"
     company_name: str = "Your Newsletter"
+    company_address: str = Field(default="", description="The seller's postal address (e-mail footers, receipts).")
+    company_tax_id: str = Field(default="", description="The seller's tax id (VAT / EIN) on receipts.")
+    signup_url: str = Field(default="", description="Where a customer subscribes again (involuntary-end e-mail).")
+    default_locale: str = Field(default="en", description="Language of customers without their own locale.")
 
     # run-cycle: the batched charge pipeline (see docs/architecture.md)
     claim_lease_seconds: float = Field(
@@ -169,6 +175,16 @@ class Settings(BaseSettings):
             if v is not None and v not in {m.value for m in Mode}:
                 raise ValueError("must be production, development, demo or test")
         return v
+
+    @field_validator("default_locale")
+    @classmethod
+    def _check_locale(cls, v: str) -> str:
+        from billing_engine.i18n import normalize
+
+        norm = normalize(v)
+        if norm is None:
+            raise ValueError("must be a locale such as en, ru, he or hu")
+        return norm
 
     @field_validator("mail_transport")
     @classmethod
@@ -254,6 +270,26 @@ class Settings(BaseSettings):
                                      f"{why}; {GENERATE_HINT}")
         if self.gateway is None:
             raise ConfigurationError(UNSET_GATEWAY)
+
+
+PLACEHOLDER_BRANDING = {"company_name": "Your Newsletter", "support_email": "support@localhost"}
+
+
+def branding_warnings(settings: Settings) -> list[str]:
+    """What a production start prints when the seller is not named: the placeholders
+    would reach customers. Empty outside production or when everything is set."""
+    if settings.mode is not Mode.PRODUCTION:
+        return []
+    out = []
+    for name, placeholder in PLACEHOLDER_BRANDING.items():
+        if not getattr(settings, name) or getattr(settings, name) == placeholder:
+            out.append(f"BILLING_{name.upper()} is not set: customers would see {placeholder!r}")
+    for name in ("company_address", "company_tax_id"):
+        if not getattr(settings, name):
+            out.append(f"BILLING_{name.upper()} is not set: receipts and e-mails will not show it")
+    if "localhost" in settings.mail_from:
+        out.append(f"BILLING_MAIL_FROM is a placeholder ({settings.mail_from!r})")
+    return out
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -25,7 +25,7 @@ from billing_engine.db import get_engine, transaction
 from billing_engine.errors import BillingError, ConfigurationError
 from billing_engine.gateway.protocol import GatewayError
 from billing_engine.periods import parse_datetime
-from billing_engine.settings import Settings, get_settings
+from billing_engine.settings import Settings, branding_warnings, get_settings
 
 console = Console(width=None if sys.stdout.isatty() else 140)
 err_console = Console(stderr=True)
@@ -59,6 +59,8 @@ def checked_settings(*, serving_api: bool = False) -> Settings:
     production: see :meth:`Settings.check_production_safety`."""
     settings = get_settings()
     settings.check_production_safety(serving_api=serving_api)
+    for warning in branding_warnings(settings):  # placeholders would reach customers
+        err_console.print(f"[bold yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
     return settings
 
 

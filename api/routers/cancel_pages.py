@@ -31,7 +31,7 @@ from fastapi.templating import Jinja2Templates
 from sqlmodel import Session
 
 from api.deps import EngineDep, NowDep, SettingsDep
-from billing_engine import abuse, cancellations, links, notifications, subscriptions
+from billing_engine import abuse, cancellations, i18n, links, notifications, terms
 from billing_engine.db import transaction
 from billing_engine.errors import BillingError
 from billing_engine.models import (
@@ -41,7 +41,6 @@ from billing_engine.models import (
     Subscription,
     SubscriptionStatus,
 )
-from billing_engine.money import format_minor
 from billing_engine.settings import Settings
 
 router = APIRouter(include_in_schema=False)
@@ -90,29 +89,16 @@ OneClick = Annotated[str | None, Form(alias="List-Unsubscribe")]
 # --------------------------------------------------------------------------- helpers
 
 
-def _date(dt: datetime | None) -> str:
-    return f"{dt.day} {dt:%B %Y}" if dt else ""
-
-
-def _money(amount_minor: int, currency: str) -> str:
-    return f"{format_minor(amount_minor, currency)} {currency}"
-
-
-def _mask(email: str) -> str:
+def _mask(email: str, tr: i18n.Translator) -> str:
     local, _, domain = email.partition("@")
     if not domain:
-        return "your e-mail address"
+        return tr.gettext("your e-mail address")
     return f"{local[:1]}***@{domain}"
 
 
-def _every(plan: Plan) -> str:
-    n = plan.interval_count or 1
-    return f"every {plan.interval}" if n == 1 else f"every {n} {plan.interval}s"
-
-
-def _ends_now_if_canceled(sub: Subscription, plan: Plan, now: datetime) -> bool:
-    unpaid = sub.status in (SubscriptionStatus.INCOMPLETE, SubscriptionStatus.PAST_DUE)
-    return plan.cancel_immediately or unpaid or sub.current_period_end <= now
+def _translator(session: Session, sub: Subscription | None, settings: Settings) -> i18n.Translator:
+    customer = session.get(Customer, sub.customer_id) if sub is not None else None
+    return notifications.translator_for(customer, settings)
 
 
 def _load(session: Session, sub_id: str, *, lock: bool = False) -> Subscription | None:
@@ -120,15 +106,18 @@ def _load(session: Session, sub_id: str, *, lock: bool = False) -> Subscription 
     return session.get(Subscription, sub_id, with_for_update=lock and pg)
 
 
-def _brand(settings: Settings) -> dict[str, str]:
-    return {"company_name": settings.company_name or "", "support_email": settings.support_email or ""}
+def _brand(settings: Settings, tr: i18n.Translator) -> dict[str, Any]:
+    """The seller and the page's language: ``_`` translates, ``lang`` / ``dir`` for <html>."""
+    return {**notifications.brand(settings), "_": tr.gettext, "lang": tr.tag, "dir": tr.dir}
 
 
 def _view(session: Session, sub: Subscription, settings: Settings, now: datetime) -> dict[str, Any]:
     plan = session.get(Plan, sub.plan_id)
     customer = session.get(Customer, sub.customer_id)
     assert plan is not None and customer is not None
-    nxt = subscriptions.next_charge(session, sub)
+    tr = notifications.translator_for(customer, settings)
+    facts = terms.of(sub, plan, now)
+    said = terms.sentences(facts, tr)  # the same sentences as the e-mails
     if sub.status == SubscriptionStatus.CANCELED:
         state = "ended"
     elif sub.cancel_at_period_end:
@@ -138,23 +127,25 @@ def _view(session: Session, sub: Subscription, settings: Settings, now: datetime
     voluntary = sub.cancellation_kind == CancellationKind.VOLUNTARY
     return {
         "state": state,
-        **_brand(settings),
+        **_brand(settings, tr),
+        "access": said,
         "customer_name": customer.name or "",
-        "masked_email": _mask(customer.email),
+        "masked_email": _mask(customer.email, tr),
         "plan_name": plan.name,
-        "price": f"{_money(plan.amount_minor, plan.currency)} {_every(plan)}",
-        "next_charge": f"{_date(nxt[0])}: {_money(nxt[1], nxt[2])}" if nxt else "",
+        "price": said["price"],
+        "next_charge": said["next_charge"],
         "trialing": sub.status == SubscriptionStatus.TRIALING,
         "past_due": sub.status == SubscriptionStatus.PAST_DUE,
-        "access_until": _date(sub.current_period_end),
-        "ends_now": _ends_now_if_canceled(sub, plan, now),
-        "ended_on": _date(sub.ended_at),
-        "canceled_on": _date(sub.canceled_at),
+        "access_until": tr.date(sub.current_period_end),
+        "ends_now": facts.cancel_ends_now,
+        "ended_on": tr.date(sub.ended_at),
+        "canceled_on": tr.date(sub.canceled_at),
         "voluntary": voluntary,
         "can_undo": cancellations.can_undo(sub, now),
         "feedback_open": voluntary and not sub.cancellation_reason,
-        "given_reason": REASON_LABELS.get(sub.cancellation_reason or "", sub.cancellation_reason or ""),
-        "reasons": list(REASON_LABELS.items()),
+        "given_reason": tr.gettext(REASON_LABELS[sub.cancellation_reason]) if sub.cancellation_reason in REASON_LABELS
+        else (sub.cancellation_reason or ""),
+        "reasons": [(code, tr.gettext(label)) for code, label in REASON_LABELS.items()],
     }
 
 
@@ -165,7 +156,7 @@ def _page(request: Request, name: str, context: dict[str, Any], status_code: int
 def _bad_link(request: Request, settings: Settings, token: str, exc: links.InvalidCancelLink | None) -> HTMLResponse:
     expired = isinstance(exc, links.ExpiredCancelLink)
     ctx = {
-        **_brand(settings),
+        **_brand(settings, i18n.translator(settings.default_locale)),
         "expired": expired,
         "resend_action": request.url_for("cancel_resend", token=token).path if expired else None,
     }
@@ -179,9 +170,10 @@ def _subscription_page(
     ctx = _view(session, sub, settings, now)
     if (done == "undone") != (ctx["state"] == "active"):
         done = None  # a banner only when it is true (the query string is not trusted)
+    _ = ctx["_"]
     ctx.update(
-        done=DONE_MESSAGES.get(done or ""),
-        error=error,
+        done=_(DONE_MESSAGES[done]) if done in DONE_MESSAGES else None,
+        error=_(error) if error else None,
         cancel_action=request.url_for("cancel_submit", token=token).path,
         undo_action=request.url_for("cancel_undo", token=token).path,
         feedback_action=request.url_for("cancel_feedback", token=token).path,
@@ -320,8 +312,9 @@ def cancel_resend(request: Request, token: str, engine: EngineDep, settings: Set
             dedupe_key=f"cancel_link:{sub.id}:{now:%Y-%m-%dT%H}", at=now,  # at most one an hour
             payload={"plan_name": plan.name if plan else None},
         )
+        tr = notifications.translator_for(customer, settings)
         ctx = {
-            **_brand(settings),
-            "masked_email": _mask(customer.email if customer else ""),
+            **_brand(settings, tr),
+            "masked_email": _mask(customer.email if customer else "", tr),
         }
     return _page(request, "cancel_resent.html", ctx)

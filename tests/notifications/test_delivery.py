@@ -56,10 +56,10 @@ def test_receipt_arrives_after_the_first_charge(engine: Engine, now: datetime, s
     assert summary.succeeded == 1 and summary.notifications_sent == 1
     [msg] = smtp.inbox.of_kind("receipt")
     assert msg["To"] == "ada@example.com"
-    assert msg["Subject"] == "Receipt: 17.00 USD for Basic Monthly"
+    assert msg["Subject"] == "Receipt: $17.00 for Basic Monthly"
     body = text_of(msg)
-    assert "We charged 17.00 USD to Visa ending 4242" in body
-    assert "15 January 2026 to 15 February 2026" in body
+    assert "We charged $17.00 to Visa ending 4242" in body
+    assert "January 15, 2026 to February 15, 2026" in body
     assert smtp.inbox.envelopes[0] == ("billing@news.example", ["ada@example.com"])
     [row] = _rows(engine)
     assert row.status == NotificationStatus.SENT and row.sent_at == now and row.attempts == 1
@@ -78,10 +78,10 @@ def test_renewal_reminder_arrives_before_the_charge_with_amount_date_and_cancel_
     summary = run_cycle(engine, gw, now=at, settings=settings, deliver=_deliver(settings))
     assert summary.charged == 0 and summary.reminders_queued == 1
     [msg] = smtp.inbox.of_kind("renewal_reminder")
-    assert msg["Subject"] == "Your Basic Monthly subscription renews on 15 February 2026 for 17.00 USD"
+    assert msg["Subject"] == "Your Basic Monthly subscription renews on February 15, 2026 for $17.00"
     body = text_of(msg)
-    assert "We will charge 17.00 USD to Visa ending 4242" in body
-    assert "Cancel before 15 February 2026" in body
+    assert "We will charge $17.00 to Visa ending 4242" in body
+    assert "Cancel before February 15, 2026" in body
     url = next(line for line in body.splitlines() if line.startswith("https://news.example/cancel/"))
     assert links.verify_cancel_token(settings, url.rsplit("/", 1)[1], at) == sub_id
     assert url in html_of(msg)

@@ -45,16 +45,16 @@ def _payloads(now: datetime) -> dict[str, dict[str, Any]]:
 
 
 EXPECTED = {
-    K.RENEWAL_REMINDER: ["renews automatically on 22 January 2026", "17.00 USD", "Visa ending 4242"],
-    K.TRIAL_ENDING: ["trial of Gold ends on 22 January 2026", "17.00 USD"],
-    K.RECEIPT: ["We charged 17.00 USD", "15 January 2026 to 15 February 2026", "in_1"],
-    K.PAYMENT_FAILED: ["insufficient funds", "try again on 16 January 2026", "What to do"],
-    K.CARD_EXPIRING: ["ending 4242", "02/2026", "22 January 2026"],
-    K.CANCELLATION_CONFIRMED: ["canceled", "Access until:  4 February 2026", "not be charged again", "undo"],
+    K.RENEWAL_REMINDER: ["renews automatically on January 22, 2026", "$17.00", "Visa ending 4242"],
+    K.TRIAL_ENDING: ["trial of Gold ends on January 22, 2026", "$17.00"],
+    K.RECEIPT: ["We charged $17.00", "January 15, 2026 to February 15, 2026", "in_1"],
+    K.PAYMENT_FAILED: ["insufficient funds", "try again on January 16, 2026", "What to do"],
+    K.CARD_EXPIRING: ["ending 4242", "02/2026", "January 22, 2026"],
+    K.CANCELLATION_CONFIRMED: ["canceled", "Access until:  February 4, 2026", "not be charged again", "undo"],
     K.CANCELED_INVOLUNTARY: ["could not collect the payment", "Nothing more will be charged"],
     K.SUBSCRIPTION_REACTIVATED: ["continues", "Next charge"],
-    K.REFUND: ["refunded 5.00 USD", "5 to 10 business days"],
-    K.CANCEL_LINK: ["new link", "works until 16 March 2026"],
+    K.REFUND: ["refunded $5.00", "5 to 10 business days"],
+    K.CANCEL_LINK: ["new link", "works until March 16, 2026"],
 }
 
 
