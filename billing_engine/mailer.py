@@ -22,11 +22,11 @@ import smtplib
 import ssl
 import tempfile
 from dataclasses import dataclass
-from functools import lru_cache
 from datetime import datetime
 from email import policy
 from email.message import EmailMessage
 from email.utils import format_datetime, parseaddr
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Protocol
 
