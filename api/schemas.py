@@ -9,7 +9,7 @@ unpaired surrogates, which no database column can store.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any, Generic, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field
 
@@ -136,6 +136,8 @@ class PlanCreate(Input):
     cancel_immediately: bool = Field(False, strict=True, description="A cancel ends access at once instead of at period end.")
     reminder_days: int | None = Field(None, strict=True, ge=0, le=60, description="Renewal reminder N days before each charge.")
     tier: Str30 | None = None
+    receipts: Literal["each", "off", "monthly"] = Field(
+        "each", description="each (one receipt per charge) | off | monthly (one digest a month).")
 
 
 class PlanUpdate(Input):
@@ -170,6 +172,7 @@ class PlanOut(BaseModel):
     cancel_immediately: bool
     reminder_days: int | None
     tier: str | None
+    receipts: str = "each"
     subscriber_count: int | None = None
     created_at: datetime
 
@@ -517,6 +520,7 @@ class CycleSummaryOut(BaseModel):
     blocked: int
     reminders_queued: int
     waiting_for_reminder: int = 0
+    digests_queued: int = 0
     notifications_sent: int
     collected: dict[str, int]
     collected_display: dict[str, str]

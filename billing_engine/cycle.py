@@ -40,7 +40,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlmodel import Session, col, select
 
-from billing_engine import charging, claims, payments, reminders, renewals
+from billing_engine import charging, claims, digests, payments, reminders, renewals
 from billing_engine.db import transaction
 from billing_engine.errors import DatabaseUnavailable
 from billing_engine.gateway.protocol import (
@@ -86,6 +86,7 @@ class CycleSummary:
     refunded_after_cancel: int = 0  # charges that landed after the customer cancelled
     held_by_other_workers: int = 0  # due, but claimed by another live worker
     reminders_queued: int = 0
+    digests_queued: int = 0  # monthly digests and yearly summaries offered to the outbox
     waiting_for_reminder: int = 0  # due, but the period's reminder is not the lead time old yet
     notifications_sent: int = 0
     collected: dict[str, int] = field(default_factory=dict)  # currency -> minor units
@@ -479,6 +480,7 @@ def run_cycle(
     if summary.stopped is None:
         t = time.perf_counter()
         summary.reminders_queued = reminders.queue(engine, now=now, settings=settings)
+        summary.digests_queued = digests.queue_monthly(engine, now=now) + digests.queue_yearly(engine, now=now)
         summary.timings["reminders_s"] = round(time.perf_counter() - t, 3)
         if deliver is not None:
             try:

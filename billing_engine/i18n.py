@@ -112,6 +112,10 @@ class Translator:
     def date(self, at: datetime | None) -> str:
         return str(format_date(at, format="long", locale=self.locale)) if at is not None else ""
 
+    def month(self, at: datetime | None) -> str:
+        """"January 2026" (the stand-alone month name)."""
+        return str(format_date(at, format="LLLL y", locale=self.locale)) if at is not None else ""
+
     def datetime(self, at: datetime | None) -> str:
         return str(format_datetime(at, format="medium", tzinfo=None, locale=self.locale)) if at is not None else ""
 

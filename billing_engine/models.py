@@ -256,6 +256,7 @@ class Subscription(SQLModel, table=True):
         Index("ix_subscriptions_retry", "status", "next_retry_at"),
         Index("ix_subscriptions_ended", "ended_at"),
         Index("ix_subscriptions_activated", "activated_at", "ended_at"),
+        Index("ix_subscriptions_created", "created_at"),  # yearly summaries: sign-up anniversaries
         CheckConstraint(
             "cancellation_kind IS NULL OR cancellation_kind IN ('voluntary','involuntary')",
             name="ck_subscriptions_cancellation_kind",

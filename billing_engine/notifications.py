@@ -41,6 +41,9 @@ class Kind(StrEnum):
     SUBSCRIPTION_REACTIVATED = "subscription_reactivated"
     REFUND = "refund"
     CANCEL_LINK = "cancel_link"  # a fresh cancel link, asked for from an expired one
+    SUBSCRIPTION_CONFIRMED = "subscription_confirmed"  # the terms at sign-up (and a short trial's reminder)
+    MONTHLY_DIGEST = "monthly_digest"  # the month's charges, for plans with receipts = monthly
+    YEARLY_SUMMARY = "yearly_summary"  # once a year: what you pay for, the last 12 months, the next charge
 
 
 ALL_KINDS: tuple[str, ...] = tuple(k.value for k in Kind)
@@ -259,8 +262,15 @@ def build_context(session: Session, n: Notification, settings: Settings) -> dict
         "last4": payload.get("last4") or (pm.last4 if pm else ""),
         "brand": str(payload.get("brand") or (pm.brand if pm else "card")).title(),
         "refund_reason": payload.get("reason") or "",
-        "trial": bool(payload.get("trial")),
-        "charges": int(payload.get("charges") or 1),
+        "trial": bool(payload.get("trial") or payload.get("trial_end")),
+        "trial_end": date(payload.get("trial_end")),
+        "charges": int(payload.get("charges") or 1) if not isinstance(payload.get("charges"), list) else len(payload["charges"]),
+        "charge_lines": [(date(c.get("period_start")), date(c.get("period_end")), money(c.get("amount_minor"), c.get("currency")))
+                         for c in payload.get("charges") or [] if isinstance(c, dict)],
+        "month": tr.month(_parse_dt(payload.get("month"))),
+        "year_total": money(payload.get("year_total_minor"), currency),
+        "year_charges": int(payload.get("year_charges") or 0),
+        "since": date(payload.get("since")),
     }
     return ctx
 

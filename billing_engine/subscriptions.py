@@ -80,7 +80,30 @@ def create(
                   payload={"plan_id": plan.id, "plan_code": plan.code, "status": sub.status,
                            "amount_minor": plan.amount_minor, "currency": plan.currency,
                            "trial_end": sub.trial_end, "billing_anchor": sub.billing_anchor})
+    _confirm(session, sub, plan, now=now)
     return sub
+
+
+def _confirm(session: Session, sub: Subscription, plan: Plan, *, now: datetime) -> None:
+    """The sign-up confirmation: the terms (amount, interval, first charge, trial end)
+    and the cancel link — the record the customer keeps. For a trial it is also the
+    first charge's reminder when it goes out inside the reminder window."""
+    from billing_engine import notifications, reminders
+
+    payload: dict[str, Any] = {
+        "plan_name": plan.name, "amount_minor": plan.amount_minor, "currency": plan.currency,
+        "interval": plan.interval, "interval_count": plan.interval_count, "charge_at": sub.current_period_end,
+        "trial_end": sub.trial_end, "period_index": 0,
+    }
+    if sub.trial_end is not None:
+        lead = reminders.reminder_lead(plan, trial=True, settings=None)
+        if reminders.counts_as_reminder(now, sub.trial_end, lead):
+            sub.reminded_period_index, sub.reminded_at = 0, now
+            session.add(sub)
+            payload["reminds_period_index"] = 0
+    notifications.enqueue(session, notifications.Kind.SUBSCRIPTION_CONFIRMED, customer_id=sub.customer_id,
+                          subscription_id=sub.id, dedupe_key=f"subscription_confirmed:{sub.id}", at=now,
+                          payload=payload)
 
 
 def _usable_payment_method(session: Session, pm_id: str | None, customer_id: str, plan: Plan) -> PaymentMethod:

@@ -39,6 +39,7 @@ def plan_create(
     cancel_immediately: bool = typer.Option(False, help="A cancel ends access at once instead of at period end."),
     reminder_days: int | None = typer.Option(None, help="Renewal reminder N days before each charge."),
     tier: str | None = typer.Option(None, help="Tier label for reports (e.g. basic, vip)."),
+    receipts: str = typer.Option("each", help="each (a receipt per charge) | off | monthly (one digest a month)."),
     at: str | None = typer.Option(None, "--at", help="Act as of this ISO time (default: now)."),
     json_out: bool = JsonOpt,
 ) -> None:
@@ -50,7 +51,7 @@ def plan_create(
         p = plans.create(s, code=code, name=name, amount_minor=money.amount, currency=cur, interval=interval,
                          interval_count=interval_count, trial_days=trial_days,
                          cancel_immediately=cancel_immediately, reminder_days=reminder_days, tier=tier,
-                         now=now, actor=cli_actor())
+                         receipts=receipts, now=now, actor=cli_actor())
         data = plan_dict(p)
     if json_out:
         print_json(data)

@@ -41,6 +41,15 @@ def _payloads(now: datetime) -> dict[str, dict[str, Any]]:
         K.SUBSCRIPTION_REACTIVATED: {"current_period_end": now + timedelta(days=20)},
         K.REFUND: {"amount_minor": 500, "currency": "USD", "invoice_id": "in_1", "reason": "requested_by_customer"},
         K.CANCEL_LINK: {"plan_name": "Gold"},
+        K.SUBSCRIPTION_CONFIRMED: {"plan_name": "Gold", "amount_minor": 1700, "currency": "USD", "interval": "month",
+                                   "interval_count": 1, "charge_at": renew, "trial_end": renew, "period_index": 0},
+        K.MONTHLY_DIGEST: {"month": now, "plan_name": "Gold", "currency": "USD", "amount_minor": 3400, "charges": [
+            {"invoice_id": "in_1", "period_start": now, "period_end": renew, "amount_minor": 1700, "currency": "USD"},
+            {"invoice_id": "in_2", "period_start": renew, "period_end": renew + timedelta(days=7),
+             "amount_minor": 1700, "currency": "USD"}]},
+        K.YEARLY_SUMMARY: {"plan_name": "Gold", "currency": "USD", "years": 1, "year_total_minor": 20400,
+                           "year_charges": 12, "charge_at": renew, "amount_minor": 1700,
+                           "since": now - timedelta(days=365)},
     }
 
 
@@ -55,6 +64,13 @@ EXPECTED = {
     K.SUBSCRIPTION_REACTIVATED: ["continues", "Next charge"],
     K.REFUND: ["refunded $5.00", "5 to 10 business days"],
     K.CANCEL_LINK: ["new link", "works until March 16, 2026"],
+    K.SUBSCRIPTION_CONFIRMED: ["Thank you for subscribing to Gold", "$17.00 every month", "Free trial until:",
+                               "January 22, 2026 ($17.00)", "Cancel before January 22, 2026",
+                               "keep this e-mail as your record"],
+    K.MONTHLY_DIGEST: ["receipts for January 2026", "January 15, 2026 – January 22, 2026:  $17.00", "Total: $34.00"],
+    K.YEARLY_SUMMARY: ["Once a year", "Paid in the last 12 months: $204.00 (12 charges)",
+                       "Next charge: $17.00 on January 22, 2026, then $17.00 every month until you cancel.",
+                       "Subscriber since:  January 15, 2025"],
 }
 
 
@@ -91,7 +107,7 @@ def test_each_email_renders_text_and_html_with_its_facts(kind: str, sqlite_engin
         assert "Hi Ada" in body
     for fact in EXPECTED[kind]:
         assert fact in text, (kind, fact)
-    assert '<html lang="en">' in html
+    assert '<html lang="en" dir="ltr">' in html
     assert msg["List-Unsubscribe"] and msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
     cancel_url = str(msg["List-Unsubscribe"])[1:-1]
     if kind != K.CANCELED_INVOLUNTARY:

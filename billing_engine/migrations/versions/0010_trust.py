@@ -3,7 +3,8 @@
 ``subscriptions.reminded_at`` is when the reminder for ``reminded_period_index`` was queued
 (a renewal is charged only once it is at least the plan's reminder lead old); backfilled
 from the reminder notifications already queued. ``plans.receipts`` (each | off | monthly)
-and ``customers.locale`` (None: the default from settings).
+and ``customers.locale`` (None: the default from settings); an index on
+``subscriptions.created_at`` (yearly summaries on sign-up anniversaries).
 
 Revision ID: 0010_trust
 Revises: 0005_rate_buckets
@@ -20,6 +21,7 @@ depends_on = None
 def upgrade() -> None:
     with op.batch_alter_table('subscriptions', schema=None) as batch_op:
         batch_op.add_column(sa.Column('reminded_at', sa.DateTime(timezone=True), nullable=True))
+        batch_op.create_index('ix_subscriptions_created', ['created_at'], unique=False)
     with op.batch_alter_table('plans', schema=None) as batch_op:
         batch_op.add_column(sa.Column('receipts', sa.String(length=10), nullable=False, server_default='each'))
     with op.batch_alter_table('customers', schema=None) as batch_op:
@@ -37,4 +39,5 @@ def downgrade() -> None:
     with op.batch_alter_table('plans', schema=None) as batch_op:
         batch_op.drop_column('receipts')
     with op.batch_alter_table('subscriptions', schema=None) as batch_op:
+        batch_op.drop_index('ix_subscriptions_created')
         batch_op.drop_column('reminded_at')
