@@ -14,6 +14,7 @@ from api.errors import install_error_handlers
 from api.limits import BodyLimit
 from api.routers import (
     cancel_pages,
+    consents,
     customers,
     cycle,
     dashboard,
@@ -57,6 +58,6 @@ def create_app(
     install_error_handlers(app)
     app.add_middleware(BodyLimit)
     for module in (health, plans, customers, payment_methods, subscriptions, invoices, refunds, notifications,
-                   cycle, reports, dashboard, cancel_pages, webhooks):
+                   cycle, reports, dashboard, cancel_pages, webhooks, consents):
         app.include_router(module.router)
     return app

@@ -266,7 +266,8 @@ def build_context(session: Session, n: Notification, settings: Settings) -> dict
         "trial_end": date(payload.get("trial_end")),
         "charges": int(payload.get("charges") or 1) if not isinstance(payload.get("charges"), list) else len(payload["charges"]),
         "charge_lines": [(date(c.get("period_start")), date(c.get("period_end")), money(c.get("amount_minor"), c.get("currency")))
-                         for c in payload.get("charges") or [] if isinstance(c, dict)],
+                         for c in (payload["charges"] if isinstance(payload.get("charges"), list) else [])
+                         if isinstance(c, dict)],
         "month": tr.month(_parse_dt(payload.get("month"))),
         "year_total": money(payload.get("year_total_minor"), currency),
         "year_charges": int(payload.get("year_charges") or 0),

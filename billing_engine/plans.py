@@ -15,7 +15,6 @@ from billing_engine.models import Plan, Subscription
 from billing_engine.money import normalize_currency
 from billing_engine.periods import validate_interval
 
-
 # Receipts per charge (docs/customer-communications.md): one e-mail per charge (it is the
 # next charge's reminder when it goes out inside the reminder window), none, or one
 # digest a month for short intervals.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from billing_engine.errors import ConfigurationError
-from cli import cycle, demo, invoices, links, notifications, refunds, reports, serve
+from cli import consents, cycle, demo, invoices, links, notifications, refunds, reports, serve
 from cli.catalog import customer_app, plan_app, pm_app
 from cli.common import BillingGroup, describe, fail, handle_errors
 from cli.db import db_app
@@ -27,7 +27,7 @@ app.add_typer(sub_app, name="subscription")
 app.command("subscribe")(handle_errors(subscribe))
 
 # Feature modules each define `register(app: typer.Typer) -> None`.
-for _module in (cycle, demo, invoices, notifications, links, reports, serve, refunds):
+for _module in (cycle, demo, invoices, notifications, links, reports, serve, refunds, consents):
     _module.register(app)
 
 
