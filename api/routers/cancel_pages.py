@@ -28,6 +28,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import FileResponse, HTMLResponse, PlainTextResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
+from markupsafe import Markup
 from sqlmodel import Session
 
 from api.deps import EngineDep, NowDep, SettingsDep
@@ -47,6 +48,7 @@ router = APIRouter(include_in_schema=False)
 
 API_DIR = Path(__file__).resolve().parent.parent
 templates = Jinja2Templates(directory=str(API_DIR / "templates"))
+templates.env.filters["mailto"] = lambda email: Markup('<a href="mailto:{0}">{0}</a>').format(email)
 CSS_PATH = API_DIR / "static" / "cancel.css"
 
 REASON_LABELS: dict[str, str] = {
@@ -107,8 +109,12 @@ def _load(session: Session, sub_id: str, *, lock: bool = False) -> Subscription 
 
 
 def _brand(settings: Settings, tr: i18n.Translator) -> dict[str, Any]:
-    """The seller and the page's language: ``_`` translates, ``lang`` / ``dir`` for <html>."""
-    return {**notifications.brand(settings), "_": tr.gettext, "lang": tr.tag, "dir": tr.dir}
+    """The seller and the page's language: ``_`` translates (values escaped, the
+    catalog's text trusted), ``lang`` / ``dir`` for <html>."""
+    def gettext(message: str, **values: Any) -> Markup:
+        return Markup(tr.gettext(message)) % values if values else Markup(tr.gettext(message))
+
+    return {**notifications.brand(settings), "_": gettext, "lang": tr.tag, "dir": tr.dir}
 
 
 def _view(session: Session, sub: Subscription, settings: Settings, now: datetime) -> dict[str, Any]:
@@ -129,6 +135,7 @@ def _view(session: Session, sub: Subscription, settings: Settings, now: datetime
         "state": state,
         **_brand(settings, tr),
         "access": said,
+        "tr": tr,
         "customer_name": customer.name or "",
         "masked_email": _mask(customer.email, tr),
         "plan_name": plan.name,
@@ -170,10 +177,10 @@ def _subscription_page(
     ctx = _view(session, sub, settings, now)
     if (done == "undone") != (ctx["state"] == "active"):
         done = None  # a banner only when it is true (the query string is not trusted)
-    _ = ctx["_"]
+    tr: i18n.Translator = ctx["tr"]  # plain text: an error message is escaped like any value
     ctx.update(
-        done=_(DONE_MESSAGES[done]) if done in DONE_MESSAGES else None,
-        error=_(error) if error else None,
+        done=tr.gettext(DONE_MESSAGES[done]) if done in DONE_MESSAGES else None,
+        error=tr.gettext(error) if error else None,
         cancel_action=request.url_for("cancel_submit", token=token).path,
         undo_action=request.url_for("cancel_undo", token=token).path,
         feedback_action=request.url_for("cancel_feedback", token=token).path,
