@@ -189,6 +189,14 @@ class CustomerCreate(Input):
     name: Str200 = ""
     external_ref: Str200 | None = Field(None, description="Your own id for this customer (unique).")
     gateway_customer_id: Str100 | None = Field(None, description="Stripe customer id (cus_...).")
+    locale: Str30 | None = Field(None, description="Language of e-mails and pages (en, ru, he, hu ...); "
+                                 "unset: BILLING_DEFAULT_LOCALE.")
+
+
+class CustomerLocale(Input):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"locale": "hu"}]})
+
+    locale: Str30 | None = Field(description="en, ru, he, hu ... (null: the default from settings).")
 
 
 class CustomerOut(BaseModel):
@@ -202,6 +210,7 @@ class CustomerOut(BaseModel):
     name: str
     external_ref: str | None
     gateway_customer_id: str | None
+    locale: str | None = None
     created_at: datetime
 
 

@@ -14,6 +14,7 @@ from billing_engine.models import Event
 
 class EventType(StrEnum):
     CUSTOMER_CREATED = "customer.created"
+    CUSTOMER_UPDATED = "customer.updated"
     PLAN_CREATED = "plan.created"
     PLAN_UPDATED = "plan.updated"
     PAYMENT_METHOD_ADDED = "payment_method.added"

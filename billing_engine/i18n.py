@@ -36,6 +36,11 @@ SUPPORTED: tuple[str, ...] = ("en", "ru", "he", "hu")
 DEFAULT = "en"
 
 
+def N_(message: str) -> str:
+    """Mark a text for the catalogs where it is defined; it is translated where shown."""
+    return message
+
+
 def available() -> tuple[str, ...]:
     """The languages with a catalog (English is the source language)."""
     found = {p.parent.parent.name for p in LOCALE_DIR.glob(f"*/LC_MESSAGES/{DOMAIN}.po")}

@@ -185,9 +185,9 @@ def _parse_dt(value: Any) -> datetime | None:
 
 
 _INVOLUNTARY_WHY = {
-    "payment_failed": "we could not collect the payment after several tries",
-    "dispute": "the payment was disputed with your bank",
-    "card_expired": "the card on file has expired",
+    "payment_failed": i18n.N_("we could not collect the payment after several tries"),
+    "dispute": i18n.N_("the payment was disputed with your bank"),
+    "card_expired": i18n.N_("the card on file has expired"),
 }
 
 
@@ -225,7 +225,7 @@ def build_context(session: Session, n: Notification, settings: Settings) -> dict
     currency = payload.get("currency") or (plan.currency if plan else None)
     amount_minor = payload.get("amount_minor", plan.amount_minor if plan else None)
     reason = str(payload.get("reason") or "")
-    why = _INVOLUNTARY_WHY.get(reason) or ("your card was declined" if reason.startswith("hard_decline") else "")
+    why = _INVOLUNTARY_WHY.get(reason) or (i18n.N_("your card was declined") if reason.startswith("hard_decline") else "")
     charge_at = _parse_dt(payload.get("charge_at") or payload.get("next_charge_at"))
     facts = terms.of(sub, plan, n.created_at, next_charge_at=charge_at) if sub is not None and plan is not None else None
     access = terms.sentences(facts, tr) if facts is not None else {}

@@ -64,14 +64,13 @@ def of(sub: Any, plan: Any, at: datetime, *, next_charge_at: datetime | None = N
 
 def every(tr: Translator, interval: str, count: int) -> str:
     """"every week", "every 3 months" in the customer's language."""
-    forms = {
-        "day": ("every day", "every %(num)d days"),
-        "week": ("every week", "every %(num)d weeks"),
-        "month": ("every month", "every %(num)d months"),
-        "year": ("every year", "every %(num)d years"),
-    }
-    one, many = forms.get(interval, forms["month"])
-    return tr.ngettext(one, many, count)
+    if interval == "day":
+        return tr.ngettext("every day", "every %(num)d days", count)
+    if interval == "week":
+        return tr.ngettext("every week", "every %(num)d weeks", count)
+    if interval == "year":
+        return tr.ngettext("every year", "every %(num)d years", count)
+    return tr.ngettext("every month", "every %(num)d months", count)
 
 
 def sentences(t: Terms, tr: Translator) -> dict[str, Any]:

@@ -86,6 +86,8 @@ def customer_create(
     name: str = typer.Option("", help="Full name."),
     external_ref: str | None = typer.Option(None, help="Your own id for this customer (unique)."),
     gateway_customer_id: str | None = typer.Option(None, help="Stripe customer id (cus_...)."),
+    locale: str | None = typer.Option(None, help="Language of e-mails and pages: en, ru, he, hu ... "
+                                                 "(default: BILLING_DEFAULT_LOCALE)."),
     at: str | None = typer.Option(None, "--at", help="Act as of this ISO time (default: now)."),
     json_out: bool = JsonOpt,
 ) -> None:
@@ -93,12 +95,29 @@ def customer_create(
     now = parse_at(at)
     with unit_of_work() as s:
         c = customers.create(s, email=email, name=name, external_ref=external_ref,
-                             gateway_customer_id=gateway_customer_id, now=now, actor=cli_actor())
+                             gateway_customer_id=gateway_customer_id, locale=locale, now=now, actor=cli_actor())
         data = customers.summary(c)
     if json_out:
         print_json(data)
     else:
         console.print(f"created customer [bold]{data['id']}[/] <{data['email']}>")
+
+
+@customer_app.command("set-locale")
+@handle_errors
+def customer_set_locale(
+    customer: str = typer.Argument(..., help="Customer id or external ref."),
+    locale: str = typer.Argument(..., help="en, ru, he, hu ... ('' for the default from settings)."),
+    json_out: bool = JsonOpt,
+) -> None:
+    """Set the language of the customer's e-mails and pages."""
+    with unit_of_work() as s:
+        c = customers.set_locale(s, customers.get(s, customer), locale, now=parse_at(None), actor=cli_actor())
+        data = customers.summary(c)
+    if json_out:
+        print_json(data)
+    else:
+        console.print(f"customer {data['id']}: locale {data['locale'] or 'default'}")
 
 
 @customer_app.command("list")

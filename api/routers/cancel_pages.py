@@ -34,6 +34,7 @@ from sqlmodel import Session
 from api.deps import EngineDep, NowDep, SettingsDep
 from billing_engine import abuse, cancellations, i18n, links, notifications, terms
 from billing_engine.db import transaction
+from billing_engine.i18n import N_
 from billing_engine.errors import BillingError
 from billing_engine.models import (
     CancellationKind,
@@ -52,14 +53,14 @@ templates.env.filters["mailto"] = lambda email: Markup('<a href="mailto:{0}">{0}
 CSS_PATH = API_DIR / "static" / "cancel.css"
 
 REASON_LABELS: dict[str, str] = {
-    "too_expensive": "It costs too much",
-    "missing_features": "It is missing something I need",
-    "switched_service": "I switched to another service",
-    "unused": "I don't use it enough",
-    "customer_service": "I was unhappy with customer service",
-    "too_complex": "It is too complicated",
-    "low_quality": "The quality was lower than I expected",
-    "other": "Another reason",
+    "too_expensive": N_("It costs too much"),
+    "missing_features": N_("It is missing something I need"),
+    "switched_service": N_("I switched to another service"),
+    "unused": N_("I don't use it enough"),
+    "customer_service": N_("I was unhappy with customer service"),
+    "too_complex": N_("It is too complicated"),
+    "low_quality": N_("The quality was lower than I expected"),
+    "other": N_("Another reason"),
 }
 assert tuple(REASON_LABELS) == cancellations.VOLUNTARY_REASONS
 
@@ -78,12 +79,12 @@ SECURITY_HEADERS = {
 }
 
 DONE_MESSAGES = {
-    "canceled": "Done. Your subscription is canceled.",
-    "undone": "Welcome back. Your subscription continues.",
-    "feedback": "Thank you for telling us.",
+    "canceled": N_("Done. Your subscription is canceled."),
+    "undone": N_("Welcome back. Your subscription continues."),
+    "feedback": N_("Thank you for telling us."),
 }
 
-FEEDBACK_ALREADY_RECORDED = "Your answer was already recorded. Nothing was changed."
+FEEDBACK_ALREADY_RECORDED = N_("Your answer was already recorded. Nothing was changed.")
 
 OneClick = Annotated[str | None, Form(alias="List-Unsubscribe")]
 
@@ -263,7 +264,7 @@ def cancel_feedback(
                                       error=FEEDBACK_ALREADY_RECORDED)
         if not reason:
             return _subscription_page(request, token, session, sub, settings, now,
-                                      error="Please choose a reason, or just close this page.", status_code=422)
+                                      error=N_("Please choose a reason, or just close this page."), status_code=422)
         try:
             with session.begin_nested():
                 cancellations.record_feedback(session, sub, reason=reason, comment=comment, now=now,
