@@ -79,6 +79,7 @@ def queue_monthly(engine: Engine, *, now: datetime) -> int:
                          "amount_minor": totals[first.currency], "charges": [
                              {"invoice_id": i.id, "period_start": i.period_start, "period_end": i.period_end,
                               "amount_minor": int(i.amount_paid_minor or 0), "currency": i.currency} for i in invs]}))
+        out.sort(key=lambda r: str(r["dedupe_key"]))  # workers insert in one order: no deadlock
         _insert_ignoring_duplicates(s, out)
     return len(out)
 
@@ -125,6 +126,7 @@ def queue_yearly(engine: Engine, *, now: datetime) -> int:
                          "year_charges": totals.get((x.id, x.currency + ":n"), 0),
                          "charge_at": nxt, "amount_minor": x.amount_minor,
                          "since": x.created_at}))
+        out.sort(key=lambda r: str(r["dedupe_key"]))  # workers insert in one order: no deadlock
         _insert_ignoring_duplicates(s, out)
     return len(out)
 

@@ -23,7 +23,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, or_, select
 
 from billing_engine import notifications
-from billing_engine.db import transaction
+from billing_engine.db import locks_rows, transaction
 from billing_engine.models import PaymentMethod, Plan, Subscription, SubscriptionStatus
 from billing_engine.periods import Interval, boundary, period_bounds
 from billing_engine.settings import Settings, get_settings
@@ -39,7 +39,7 @@ def queue(engine: Engine, *, now: datetime, settings: Settings, batch: int = 500
             lead = reminder_lead(plan, trial=status == SubscriptionStatus.TRIALING, settings=settings)
             while True:
                 with transaction(engine) as s:
-                    subs = list(s.exec(
+                    q = (
                         select(Subscription)
                         .where(Subscription.plan_id == plan.id, Subscription.status == status)
                         .where(col(Subscription.current_period_end) <= now + lead)
@@ -47,8 +47,12 @@ def queue(engine: Engine, *, now: datetime, settings: Settings, batch: int = 500
                         .where(or_(col(Subscription.reminded_period_index).is_(None),
                                    col(Subscription.reminded_at).is_(None),
                                    col(Subscription.reminded_period_index) < col(Subscription.next_period_index)))
+                        .order_by(col(Subscription.id))
                         .limit(batch)
-                    ))
+                    )
+                    if locks_rows(s):  # several workers: each reminds the rows it could lock, in id order
+                        q = q.with_for_update(skip_locked=True)
+                    subs = list(s.exec(q))
                     for sub in subs:
                         queued += _remind(s, sub, plan, now=now, lead=lead)
                 if len(subs) < batch:
