@@ -5,8 +5,9 @@ from __future__ import annotations
 import threading
 from datetime import datetime, timedelta
 
+from sqlalchemy import delete
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from billing_engine import links, mailer, notifications
 from billing_engine.cycle import run_cycle
@@ -18,9 +19,17 @@ from tests.factories import make_subscription
 from tests.notifications.smtp_server import SmtpServer, free_port, html_of, text_of
 
 
+def _without_sign_up_confirmations(s: Session) -> None:
+    """These tests count the e-mails they cause; the sign-up confirmation (tested in
+    tests/test_customer_emails.py) is taken out of the outbox."""
+    s.execute(delete(Notification).where(col(Notification.kind) == "subscription_confirmed"))
+
+
 def _subscribe(engine: Engine, now: datetime, email: str = "ada@example.com") -> str:
     with transaction(engine) as s:
-        return make_subscription(s, now, email=email).id
+        sub_id = make_subscription(s, now, email=email).id
+        _without_sign_up_confirmations(s)
+        return sub_id
 
 
 def _deliver(settings: Settings) -> object:
@@ -42,6 +51,7 @@ def _queue(engine: Engine, now: datetime, n: int) -> list[str]:
         for i in range(n):
             subs.append(make_subscription(s, now, plan=plan, email=f"c{i}@example.com"))
         ids = [sub.id for sub in subs]
+        _without_sign_up_confirmations(s)
         for sub in subs:
             notifications.enqueue(s, notifications.Kind.RECEIPT, customer_id=sub.customer_id, subscription_id=sub.id,
                                   dedupe_key=f"receipt:test:{sub.id}", at=now,
