@@ -34,10 +34,9 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table('customers', schema=None) as batch_op:
-        batch_op.drop_column('locale')
-    with op.batch_alter_table('plans', schema=None) as batch_op:
-        batch_op.drop_column('receipts')
-    with op.batch_alter_table('subscriptions', schema=None) as batch_op:
-        batch_op.drop_index('ix_subscriptions_created')
-        batch_op.drop_column('reminded_at')
+    # plain ALTER TABLE ... DROP COLUMN (SQLite >= 3.35): a batch copy of these tables
+    # would drop tables other rows still reference
+    op.drop_column('customers', 'locale')
+    op.drop_column('plans', 'receipts')
+    op.drop_index('ix_subscriptions_created', table_name='subscriptions')
+    op.drop_column('subscriptions', 'reminded_at')
