@@ -59,9 +59,14 @@ def checked_settings(*, serving_api: bool = False) -> Settings:
     production: see :meth:`Settings.check_production_safety`."""
     settings = get_settings()
     settings.check_production_safety(serving_api=serving_api)
-    for warning in branding_warnings(settings):  # placeholders would reach customers
-        err_console.print(f"[bold yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
     return settings
+
+
+def warn_branding(settings: Settings) -> None:
+    """Production only: one line per seller setting still a placeholder (customers would
+    see it). Printed by the commands that e-mail or serve customers, after their checks."""
+    for warning in branding_warnings(settings):
+        err_console.print(f"[bold yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
 
 
 def _one_line(message: str) -> str:

@@ -29,7 +29,7 @@ from billing_engine.cycle import CycleSummary, run_cycle
 from billing_engine.gateway.factory import build_gateway
 from billing_engine.money import format_minor
 from billing_engine.settings import Mode, get_settings
-from cli.common import JsonOpt, console, engine, fail, handle_errors, parse_at, print_json
+from cli.common import JsonOpt, console, engine, fail, handle_errors, parse_at, print_json, warn_branding
 
 
 def _deliver() -> Callable[[Engine, datetime], int]:
@@ -143,6 +143,7 @@ def register(app: typer.Typer) -> None:
         gateway = build_gateway(settings, engine=eng)  # paced by the limit all workers share
         check_run_instant(now, datetime.now(UTC), gateway_name=gateway.name, simulate=simulate,
                           production=settings.mode is Mode.PRODUCTION, field="--at")
+        warn_branding(settings)
         deliver = None if (no_email or dry_run) else _deliver()
         with _stop_on_signals() as stop:
             if json_out or dry_run or not sys.stderr.isatty():

@@ -7,7 +7,7 @@ from typing import Any
 
 import typer
 
-from cli.common import checked_settings, err_console, handle_errors
+from cli.common import checked_settings, err_console, handle_errors, warn_branding
 
 
 def log_config(log_level: str, secrets: list[str]) -> dict[str, Any]:
@@ -43,6 +43,7 @@ def register(app: typer.Typer) -> None:
             from billing_engine.errors import ValidationError
 
             raise ValidationError("must be critical, error, warning, info or debug", field="--log-level")
+        warn_branding(settings)
         if not settings.admin_secrets():
             err_console.print("[yellow]warning:[/] BILLING_ADMIN_TOKENS is not set: the admin API answers 503 "
                               "until it is (cancel pages and webhooks still work).", highlight=False)
