@@ -34,8 +34,8 @@ from sqlmodel import Session
 from api.deps import EngineDep, NowDep, SettingsDep
 from billing_engine import abuse, cancellations, i18n, links, notifications, terms
 from billing_engine.db import transaction
-from billing_engine.i18n import N_
 from billing_engine.errors import BillingError
+from billing_engine.i18n import N_
 from billing_engine.models import (
     CancellationKind,
     Customer,
