@@ -50,8 +50,8 @@ def queue(engine: Engine, *, now: datetime, settings: Settings, batch: int = 500
                         .order_by(col(Subscription.id))
                         .limit(batch)
                     )
-                    if locks_rows(s):  # several workers: each reminds the rows it could lock, in id order
-                        q = q.with_for_update(skip_locked=True)
+                    if locks_rows(s):  # several workers: rows locked in id order (no deadlock), re-checked
+                        q = q.with_for_update()
                     subs = list(s.exec(q))
                     for sub in subs:
                         queued += _remind(s, sub, plan, now=now, lead=lead)
