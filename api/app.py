@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from datetime import datetime
 
@@ -15,6 +16,7 @@ from api.limits import BodyLimit
 from api.routers import (
     account_links,
     cancel_pages,
+    consents,
     customers,
     cycle,
     dashboard,
@@ -38,7 +40,7 @@ from api.routers import (
 from billing_engine.db import get_engine
 from billing_engine.gateway.factory import build_gateway
 from billing_engine.gateway.protocol import PaymentGateway
-from billing_engine.settings import Settings, get_settings
+from billing_engine.settings import Settings, branding_warnings, get_settings
 
 
 def create_app(
@@ -50,6 +52,8 @@ def create_app(
 ) -> FastAPI:
     settings = settings or get_settings()
     settings.check_production_safety(serving_api=True)  # exit 78 / refuse to start when unsafe
+    for warning in branding_warnings(settings):  # placeholders would reach customers
+        logging.getLogger("billing.api").warning("%s", warning)
     app = FastAPI(
         title="Billing engine API",
         version="1",
@@ -66,6 +70,6 @@ def create_app(
     app.add_middleware(BodyLimit)
     for module in (health, plans, customers, payment_methods, subscriptions, invoices, refunds, notifications,
                    cycle, reports, dashboard, cancel_pages, webhooks, events, webhook_endpoints, imports,
-                   metrics, self_service, account_links, lifecycle, pricing):
+                   metrics, self_service, account_links, lifecycle, pricing, consents):
         app.include_router(module.router)
     return app

@@ -9,7 +9,7 @@ unpaired surrogates, which no database column can store.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any, Generic, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field
 
@@ -137,6 +137,8 @@ class PlanCreate(Input):
     cancel_immediately: bool = Field(False, strict=True, description="A cancel ends access at once instead of at period end.")
     reminder_days: int | None = Field(None, strict=True, ge=0, le=60, description="Renewal reminder N days before each charge.")
     tier: Str30 | None = None
+    receipts: Literal["each", "off", "monthly"] = Field(
+        "each", description="each (one receipt per charge) | off | monthly (one digest a month).")
 
 
 class PlanUpdate(Input):
@@ -171,6 +173,7 @@ class PlanOut(BaseModel):
     cancel_immediately: bool
     reminder_days: int | None
     tier: str | None
+    receipts: str = "each"
     subscriber_count: int | None = None
     created_at: datetime
     metadata: dict[str, str] = Field(default_factory=dict)
@@ -189,6 +192,14 @@ class CustomerCreate(Input):
     name: Str200 = ""
     external_ref: Str200 | None = Field(None, description="Your own id for this customer (unique).")
     gateway_customer_id: Str100 | None = Field(None, description="Stripe customer id (cus_...).")
+    locale: Str30 | None = Field(None, description="Language of e-mails and pages (en, ru, he, hu ...); "
+                                 "unset: BILLING_DEFAULT_LOCALE.")
+
+
+class CustomerLocale(Input):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"locale": "hu"}]})
+
+    locale: Str30 | None = Field(description="en, ru, he, hu ... (null: the default from settings).")
 
 
 class CustomerOut(BaseModel):
@@ -202,6 +213,7 @@ class CustomerOut(BaseModel):
     name: str
     external_ref: str | None
     gateway_customer_id: str | None
+    locale: str | None = None
     created_at: datetime
     updated_at: datetime = Field(description="The last change (filter lists with updated_gte / updated_lt).")
     metadata: dict[str, str] = Field(default_factory=dict)
@@ -564,6 +576,8 @@ class CycleSummaryOut(BaseModel):
     cancellations_effective: int
     blocked: int
     reminders_queued: int
+    waiting_for_reminder: int = 0
+    digests_queued: int = 0
     notifications_sent: int
     collected: dict[str, int]
     collected_display: dict[str, str]

@@ -56,6 +56,7 @@ from billing_engine.models import (
     new_id,
 )
 from billing_engine.renewals import ActionKind
+from billing_engine.settings import Settings
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -100,12 +101,13 @@ def _orm(session: Session, sub_id: str) -> Subscription:
 
 def prepare(
     session: Session, ids: Sequence[str], *, now: datetime, worker: str, plans: dict[str, Plan],
+    settings: Settings | None = None,
 ) -> Prepared:
     subs = _load_subs(session, ids, worker=worker)
     if any(s.scheduled_plan_id is not None for s in subs):  # rare: a plan change due at period end
         if plan_changes.apply_due(session, subs, now=now):
             subs = _load_subs(session, ids, worker=worker)
-    snaps = renewals.load(session, subs, plans)
+    snaps = renewals.load(session, subs, plans, settings)
     out = Prepared()
     cust_t = Customer.__table__  # type: ignore[attr-defined]
     customers = dict(session.connection().execute(
@@ -247,6 +249,7 @@ def settle(
     actor: str = "system:cycle",
     release: tuple[str, Sequence[str]] | None = None,
     number_prefix: str | None = None,
+    settings: Settings | None = None,
 ) -> list[Settled]:
     """Apply definitive-or-unknown answers of one batch (errors never reach here).
 
@@ -289,13 +292,14 @@ def settle(
         paid = None
         if result.status == ChargeStatus.SUCCEEDED:
             paid = payments.paid_changes(sub, invoice, attempt, result, invoice_plan=plans[invoice.plan_id],
-                                         plan_name=plans[sub.plan_id].name, now=now)
+                                         plan_name=plans[sub.plan_id].name, now=now, plan=plans[sub.plan_id],
+                                         settings=settings)
         next_due: datetime | None = None
         if paid is None or paid.refund or "status" not in paid.subscription:
             orm_attempt = session.get(PaymentAttempt, attempt.id)
             assert orm_attempt is not None
             outcome = payments.settle(session, orm_attempt, result, now=now, schedule_days=schedule_days, actor=actor,
-                                      number_prefix=number_prefix)
+                                      number_prefix=number_prefix, settings=settings)
             orm_sub = session.get(Subscription, sub.id)
             if outcome == payments.Outcome.SUCCEEDED and orm_sub is not None and orm_sub.status != SubscriptionStatus.CANCELED:
                 next_due = orm_sub.current_period_end

@@ -42,7 +42,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlmodel import Session, col, select
 
-from billing_engine import charging, claims, pauses, payments, reminders, renewals
+from billing_engine import charging, claims, digests, pauses, payments, reminders, renewals
 from billing_engine.db import transaction
 from billing_engine.errors import DatabaseUnavailable
 from billing_engine.gateway.protocol import (
@@ -91,6 +91,8 @@ class CycleSummary:
     refunded_after_cancel: int = 0  # charges that landed after the customer cancelled
     held_by_other_workers: int = 0  # due, but claimed by another live worker
     reminders_queued: int = 0
+    digests_queued: int = 0  # monthly digests and yearly summaries offered to the outbox
+    waiting_for_reminder: int = 0  # due, but the period's reminder is not the lead time old yet
     notifications_sent: int = 0
     collected: dict[str, int] = field(default_factory=dict)  # currency -> minor units
     declines_by_code: dict[str, int] = field(default_factory=dict)  # gateway decline code -> count (metrics)
@@ -124,7 +126,8 @@ def _iter_due(engine: Engine, now: datetime, batch: int) -> Iterator[list[Subscr
             yield subs
 
 
-def plan_actions(engine: Engine, now: datetime, *, limit: int | None = None, batch: int = 500) -> list[dict[str, Any]]:
+def plan_actions(engine: Engine, now: datetime, *, limit: int | None = None, batch: int = 500,
+                 settings: Settings | None = None) -> list[dict[str, Any]]:
     """What a run at ``now`` will do, per due subscription (the dry run). Changes nothing."""
     out: list[dict[str, Any]] = []
     with Session(engine) as s:  # what the run's first step (pauses.run_due) will do
@@ -143,7 +146,7 @@ def plan_actions(engine: Engine, now: datetime, *, limit: int | None = None, bat
             })
     for subs in _iter_due(engine, now, batch):
         with Session(engine) as s:
-            snaps = renewals.load(s, subs)
+            snaps = renewals.load(s, subs, settings=settings)
             emails: dict[str, str] = {c.id: c.email for c in s.exec(
                 select(Customer).where(col(Customer.id).in_({x.customer_id for x in subs})))}
         for snap in snaps:
@@ -300,7 +303,8 @@ class _Runner:
                                           cursor=cursor)
                 if not ids:
                     return ids, charging.Prepared()
-                prepared = charging.prepare(s, ids, now=self.now, worker=self.worker, plans=self.plans)
+                prepared = charging.prepare(s, ids, now=self.now, worker=self.worker, plans=self.plans,
+                                            settings=self.settings)
                 claims.release_in(s, prepared.settled_ids, self.worker)  # decided without the gateway
                 return ids, prepared
         ids, prepared = _db(txn, what="preparing a batch")
@@ -323,6 +327,8 @@ class _Runner:
             elif action.kind == renewals.ActionKind.SKIP:
                 self.summary.blocked += 1
                 self.summary.errors.append(f"{_sid}: not charged: {action.message}")
+            elif action.kind == renewals.ActionKind.WAIT:
+                self.summary.waiting_for_reminder += 1
             elif action.kind == renewals.ActionKind.CHARGE:
                 self.summary.charged += 1
 
@@ -365,7 +371,7 @@ class _Runner:
                 return charging.settle(s, definitive, now=self.now, plans=self.plans,
                                        schedule_days=self.settings.dunning_schedule_days,
                                        release=(self.worker, batch.ids),
-                                       number_prefix=self.settings.invoice_number_prefix)
+                                       number_prefix=self.settings.invoice_number_prefix, settings=self.settings)
         settled = _db(txn, what="settling a batch")
         reconciles = {a.step.attempt_id for a in answers if a.step.reconcile}
         outcomes: dict[str, int] = {}
@@ -535,7 +541,7 @@ def run_cycle(
     batch_size = batch_size or settings.cycle_batch_size
     started = time.perf_counter()
     if dry_run:
-        summary.would_charge = plan_actions(engine, now, limit=limit, batch=batch_size)
+        summary.would_charge = plan_actions(engine, now, limit=limit, batch=batch_size, settings=settings)
         summary.due = len(summary.would_charge)
         summary.timings["total_s"] = round(time.perf_counter() - started, 3)
         return summary
@@ -631,6 +637,7 @@ def _run(engine: Engine, gateway: PaymentGateway, summary: CycleSummary, *, now:
     if summary.stopped is None:
         t = time.perf_counter()
         summary.reminders_queued = reminders.queue(engine, now=now, settings=settings)
+        summary.digests_queued = digests.queue_monthly(engine, now=now) + digests.queue_yearly(engine, now=now)
         summary.timings["reminders_s"] = round(time.perf_counter() - t, 3)
         if deliver is not None:
             try:

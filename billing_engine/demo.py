@@ -31,6 +31,15 @@ from billing_engine.reports import build_query, churn_report
 from billing_engine.settings import Settings
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+# The demo's seller, the same in every e-mail and page (plan names say "The Ledger" too).
+DEMO_SELLER: dict[str, str] = {
+    "company_name": "The Ledger",
+    "mail_from": "The Ledger <billing@ledger.example>",
+    "support_email": "help@ledger.example",
+    "company_address": "The Ledger Ltd, 1 Example Street, Springfield 12345, USA",
+    "company_tax_id": "EIN 00-0000000 (demo)",
+    "signup_url": "https://ledger.example/subscribe",
+}
 
 
 @dataclass

@@ -14,6 +14,7 @@ from billing_engine.models import Event
 
 class EventType(StrEnum):
     CUSTOMER_CREATED = "customer.created"
+    CUSTOMER_UPDATED = "customer.updated"
     PLAN_CREATED = "plan.created"
     PLAN_UPDATED = "plan.updated"
     PAYMENT_METHOD_ADDED = "payment_method.added"
@@ -41,7 +42,6 @@ class EventType(StrEnum):
     SUBSCRIPTION_PLAN_CHANGE_SCHEDULED = "subscription.plan_change_scheduled"
     SUBSCRIPTION_PLAN_CHANGE_UNSCHEDULED = "subscription.plan_change_unscheduled"
     SUBSCRIPTION_UPDATED = "subscription.updated"
-    CUSTOMER_UPDATED = "customer.updated"
     INVOICE_CREATED = "invoice.created"
     INVOICE_PAID = "invoice.paid"
     INVOICE_UNCOLLECTIBLE = "invoice.uncollectible"

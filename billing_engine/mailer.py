@@ -26,11 +26,13 @@ from datetime import datetime
 from email import policy
 from email.message import EmailMessage
 from email.utils import format_datetime, parseaddr
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Protocol
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
+from billing_engine import i18n
 from billing_engine.errors import ConfigurationError
 from billing_engine.settings import Settings
 
@@ -66,19 +68,31 @@ class Rendered:
     html: str
 
 
-_env = Environment(
-    loader=FileSystemLoader(str(TEMPLATE_DIR)),
-    autoescape=select_autoescape(enabled_extensions=("html",), default_for_string=False),
-    trim_blocks=True,
-    lstrip_blocks=True,
-    keep_trailing_newline=True,
-)
+@lru_cache(maxsize=32)
+def environment(lang: str = "en") -> Environment:
+    """The template environment of one language: ``{% trans %}`` / ``_()`` in the
+    templates come from that language's gettext catalog (:mod:`billing_engine.i18n`)."""
+    env = Environment(
+        loader=FileSystemLoader(str(TEMPLATE_DIR)),
+        autoescape=select_autoescape(enabled_extensions=("html",), default_for_string=False),
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        extensions=["jinja2.ext.i18n"],
+    )
+    env.install_gettext_translations(i18n.catalog(lang), newstyle=True)  # type: ignore[attr-defined]
+    return env
 
 
-def render(kind: str, context: dict[str, Any]) -> Rendered:
-    """Render ``<kind>.txt`` (its ``subject`` block is the subject) and ``<kind>.html``."""
-    text_t = _env.get_template(f"{kind}.txt")
-    html_t = _env.get_template(f"{kind}.html")
+_env = environment("en")
+
+
+def render(kind: str, context: dict[str, Any], lang: str = "en") -> Rendered:
+    """Render ``<kind>.txt`` (its ``subject`` block is the subject) and ``<kind>.html``
+    in ``lang``."""
+    env = environment(lang)
+    text_t = env.get_template(f"{kind}.txt")
+    html_t = env.get_template(f"{kind}.html")
     subject = "".join(text_t.blocks["subject"](text_t.new_context(dict(context))))
     subject = re.sub(r"\s+", " ", subject).strip()
     context = {**context, "subject": subject}

@@ -187,6 +187,9 @@ class Customer(SQLModel, table=True):
     name: str = Field(default="", max_length=200)
     external_ref: str | None = Field(default=None, max_length=200, unique=True)
     gateway_customer_id: str | None = Field(default=None, max_length=100)
+    # the language of the customer's e-mails and pages (e.g. "en", "ru", "he", "hu");
+    # None: the default from settings (BILLING_DEFAULT_LOCALE)
+    locale: str | None = Field(default=None, max_length=20)
     created_at: datetime = _ts(default_factory=utcnow)
     # the last change (business time where the change knows it; any other UPDATE stamps
     # the wall clock through onupdate)
@@ -273,6 +276,8 @@ class Plan(SQLModel, table=True):
     tier: str | None = Field(default=None, max_length=30)  # e.g. basic | vip (reporting)
     # the largest discount a coupon may give on this plan, in percent (None: the setting)
     max_discount_percent: int | None = Field(default=None)
+    # receipts per charge: each | off | monthly (one digest a month; see docs/customer-communications.md)
+    receipts: str = Field(default="each", max_length=10)
     created_at: datetime = _ts(default_factory=utcnow)
     external_id: str | None = Field(default=None, max_length=200, unique=True, index=True)  # import: "stripe:cus_..."
     metadata_json: str | None = Field(default=None, sa_type=Text)
@@ -289,6 +294,7 @@ class Subscription(SQLModel, table=True):
         Index("ix_subscriptions_activated", "activated_at", "ended_at"),
         Index("ix_subscriptions_updated", "updated_at"),
         Index("ix_subscriptions_resume", "status", "resumes_at"),
+        Index("ix_subscriptions_created", "created_at"),  # yearly summaries: sign-up anniversaries
         CheckConstraint(
             "cancellation_kind IS NULL OR cancellation_kind IN ('voluntary','involuntary')",
             name="ck_subscriptions_cancellation_kind",
@@ -331,6 +337,9 @@ class Subscription(SQLModel, table=True):
     mrr_minor: int | None = _money(default=None)
     # the period index whose renewal reminder has been queued (reminders go out once)
     reminded_period_index: int | None = Field(default=None)
+    # when that reminder (or a receipt / confirmation that counts as it) was queued:
+    # the period is charged only once it is at least the plan's reminder lead old
+    reminded_at: datetime | None = _ts(default=None)
     # run-cycle lease (wall-clock): a worker owns the row while it charges it
     lease_owner: str | None = Field(default=None, max_length=100)
     lease_expires_at: datetime | None = _ts(default=None)

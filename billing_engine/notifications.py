@@ -24,7 +24,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
-from billing_engine import links, mailer
+from billing_engine import i18n, links, mailer, terms
 from billing_engine.db import transaction
 from billing_engine.models import Customer, Notification, NotificationStatus, new_id
 from billing_engine.settings import Settings, get_settings
@@ -44,6 +44,9 @@ class Kind(StrEnum):
     PRICE_CHANGE = "price_change"  # a new price, with the date it applies and the cancel link
     SUBSCRIPTION_PAUSED = "subscription_paused"
     SUBSCRIPTION_RESUMED = "subscription_resumed"
+    SUBSCRIPTION_CONFIRMED = "subscription_confirmed"  # the terms at sign-up (and a short trial's reminder)
+    MONTHLY_DIGEST = "monthly_digest"  # the month's charges, for plans with receipts = monthly
+    YEARLY_SUMMARY = "yearly_summary"  # once a year: what you pay for, the last 12 months, the next charge
 
 
 ALL_KINDS: tuple[str, ...] = tuple(k.value for k in Kind)
@@ -187,35 +190,27 @@ def _parse_dt(value: Any) -> datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
-def _date(value: Any) -> str:
-    dt = _parse_dt(value)
-    return f"{dt.day} {dt:%B %Y}" if dt else ""
-
-
-def _money(amount_minor: Any, currency: Any) -> str:
-    from billing_engine.money import format_minor
-
-    if amount_minor is None or not currency:
-        return ""
-    return f"{format_minor(int(amount_minor), str(currency))} {currency}"
-
-
-def _every(plan: Any) -> str:
-    if plan is None:
-        return ""
-    n = int(plan.interval_count or 1)
-    return plan.interval if n == 1 else f"{n} {plan.interval}s"
-
-
 _INVOLUNTARY_WHY = {
-    "payment_failed": "we could not collect the payment after several tries",
-    "dispute": "the payment was disputed with your bank",
-    "card_expired": "the card on file has expired",
+    "payment_failed": i18n.N_("we could not collect the payment after several tries"),
+    "dispute": i18n.N_("the payment was disputed with your bank"),
+    "card_expired": i18n.N_("the card on file has expired"),
 }
 
 
+def translator_for(customer: Customer | None, settings: Settings) -> i18n.Translator:
+    return i18n.for_customer(customer.locale if customer is not None else None, settings.default_locale)
+
+
+def brand(settings: Settings) -> dict[str, str]:
+    """The seller as e-mails and pages name it (settings; see README "Branding")."""
+    return {"company_name": settings.company_name or "Billing", "support_email": settings.support_email,
+            "company_address": settings.company_address, "company_tax_id": settings.company_tax_id}
+
+
 def build_context(session: Session, n: Notification, settings: Settings) -> dict[str, Any]:
-    """Everything a template may use: the row's payload plus customer, plan, card, links."""
+    """Everything a template may use: the row's payload plus customer, plan, card, links,
+    the customer's language (``tr``, ``lang``, ``dir``) and the one set of sentences
+    about access and charges (``access``, :func:`billing_engine.terms.sentences`)."""
     from billing_engine.models import PaymentMethod, Plan, Subscription
 
     payload: dict[str, Any] = json.loads(n.payload or "{}")
@@ -226,44 +221,68 @@ def build_context(session: Session, n: Notification, settings: Settings) -> dict
     cancel_url = links.make_cancel_url(settings, sub.id, n.created_at) if sub is not None else None
     account_url = links.make_account_url(settings, customer.id, n.created_at) if customer is not None else None
     live = sub is not None and sub.status != "canceled"
+    tr = translator_for(customer, settings)
+    _ = tr.gettext
+
+    def date(value: Any) -> str:
+        return tr.date(_parse_dt(value))
+
+    def money(amount_minor: Any, currency: Any) -> str:
+        return tr.money(int(amount_minor), str(currency)) if amount_minor is not None and currency else ""
+
     currency = payload.get("currency") or (plan.currency if plan else None)
     amount_minor = payload.get("amount_minor", plan.amount_minor if plan else None)
     reason = str(payload.get("reason") or "")
-    why = _INVOLUNTARY_WHY.get(reason) or ("your card was declined" if reason.startswith("hard_decline") else "")
+    why = _INVOLUNTARY_WHY.get(reason) or (i18n.N_("your card was declined") if reason.startswith("hard_decline") else "")
+    charge_at = _parse_dt(payload.get("charge_at") or payload.get("next_charge_at"))
+    facts = terms.of(sub, plan, n.created_at, next_charge_at=charge_at) if sub is not None and plan is not None else None
+    access = terms.sentences(facts, tr) if facts is not None else {}
     ctx: dict[str, Any] = {
         "kind": n.kind,
         "payload": payload,
-        "company_name": settings.company_name or "Billing",
-        "support_email": settings.support_email,
-        "name": (customer.name if customer and customer.name else "") or "there",
+        **brand(settings),
+        "tr": tr, "lang": tr.tag, "dir": tr.dir,
+        "access": access,
+        "name": (customer.name if customer and customer.name else "") or _("there"),
         "email": n.to_email,
         "subscription_id": sub.id if sub else None,
-        "plan_name": payload.get("plan_name") or (plan.name if plan else "your plan"),
-        "every": _every(plan),
-        "plan_amount": _money(plan.amount_minor, plan.currency) if plan else "",
-        "amount": _money(amount_minor, currency),
-        "card": f"{pm.brand.title()} ending {pm.last4}" if pm is not None and pm.last4 else "your card",
+        "plan_name": payload.get("plan_name") or (plan.name if plan else _("your plan")),
+        "every": terms.every(tr, plan.interval, int(plan.interval_count or 1)) if plan is not None else "",
+        "plan_amount": money(plan.amount_minor, plan.currency) if plan else "",
+        "amount": money(amount_minor, currency),
+        "card": (_("%(brand)s ending %(last4)s", brand=pm.brand.title(), last4=pm.last4)
+                 if pm is not None and pm.last4 else _("your card")),
         "cancel_url": cancel_url,
         # the customer's self-service page (subscriptions, card, receipts) and its card update
         "account_url": account_url,
         "card_update_url": f"{account_url}/subscriptions/{sub.id}/card" if account_url and sub and live else None,
-        "link_expires": _date(links.expires_at(settings, n.created_at)) if cancel_url else "",
-        "charge_date": _date(payload.get("charge_at") or (sub.current_period_end if sub else None)),
-        "period_start": _date(payload.get("period_start")),
-        "period_end": _date(payload.get("period_end")),
-        "next_retry": _date(payload.get("next_retry_at")),
-        "effective_date": _date(payload.get("effective_at")),
-        "canceled_date": _date(payload.get("canceled_at") or n.created_at),
+        "resubscribe_url": settings.signup_url or cancel_url,
+        "link_expires": date(links.expires_at(settings, n.created_at)) if cancel_url else "",
+        "charge_date": date(payload.get("charge_at") or (sub.current_period_end if sub else None)),
+        "period_start": date(payload.get("period_start")),
+        "period_end": date(payload.get("period_end")),
+        "next_retry": date(payload.get("next_retry_at")),
+        "effective_date": date(payload.get("effective_at")),
+        "canceled_date": date(payload.get("canceled_at") or n.created_at),
         "ends_now": bool(payload.get("effective_at")) and _parse_dt(payload.get("effective_at")) == _parse_dt(payload.get("canceled_at")),
-        "next_charge_date": _date(sub.current_period_end) if sub is not None else "",
+        "next_charge_date": date(sub.current_period_end) if sub is not None else "",
         "invoice_id": payload.get("invoice_id"),
         "decline_message": payload.get("message") or "",
-        "involuntary_why": why or "we could not charge your card",
+        "involuntary_why": _(why) if why else _("we could not charge your card"),
         "exp": f"{int(payload['exp_month']):02d}/{payload['exp_year']}" if payload.get("exp_month") else "",
         "last4": payload.get("last4") or (pm.last4 if pm else ""),
         "brand": str(payload.get("brand") or (pm.brand if pm else "card")).title(),
         "refund_reason": payload.get("reason") or "",
-        "trial": bool(payload.get("trial")),
+        "trial": bool(payload.get("trial") or payload.get("trial_end")),
+        "trial_end": date(payload.get("trial_end")),
+        "charges": int(payload.get("charges") or 1) if not isinstance(payload.get("charges"), list) else len(payload["charges"]),
+        "charge_lines": [(date(c.get("period_start")), date(c.get("period_end")), money(c.get("amount_minor"), c.get("currency")))
+                         for c in (payload["charges"] if isinstance(payload.get("charges"), list) else [])
+                         if isinstance(c, dict)],
+        "month": tr.month(_parse_dt(payload.get("month"))),
+        "year_total": money(payload.get("year_total_minor"), currency),
+        "year_charges": int(payload.get("year_charges") or 0),
+        "since": date(payload.get("since")),
     }
     return ctx
 
@@ -271,7 +290,7 @@ def build_context(session: Session, n: Notification, settings: Settings) -> dict
 def compose(session: Session, n: Notification, settings: Settings, now: datetime) -> EmailMessage:
     """The e-mail for outbox row ``n`` (plain text + HTML, List-Unsubscribe headers)."""
     ctx = build_context(session, n, settings)
-    rendered = mailer.render(n.kind, ctx)
+    rendered = mailer.render(n.kind, ctx, lang=ctx["tr"].lang)
     return mailer.build_message(notification_id=n.id, kind=n.kind, to=n.to_email, rendered=rendered,
                                 settings=settings, now=now, cancel_url=ctx["cancel_url"])
 

@@ -16,7 +16,7 @@ from sqlalchemy import text
 from sqlmodel import Session, col, select
 from sqlmodel.sql.expression import SelectOfScalar
 
-from billing_engine import cancellations, dunning, events, invoice_numbers, notifications, proration, refunds
+from billing_engine import cancellations, dunning, events, invoice_numbers, notifications, proration, refunds, reminders
 from billing_engine.db import among, locks_rows
 from billing_engine.gateway.protocol import ChargeRequest, ChargeResult, ChargeStatus, DeclineKind
 from billing_engine.models import (
@@ -31,7 +31,7 @@ from billing_engine.models import (
     SubscriptionStatus,
 )
 from billing_engine.periods import Interval, monthly_amount
-from billing_engine.settings import DEFAULT_DUNNING_SCHEDULE
+from billing_engine.settings import DEFAULT_DUNNING_SCHEDULE, Settings
 
 
 class Outcome(StrEnum):
@@ -119,6 +119,7 @@ def settle(
     schedule_days: Sequence[int] = DEFAULT_DUNNING_SCHEDULE,
     actor: str = "system",
     number_prefix: str | None = None,
+    settings: Settings | None = None,
 ) -> Outcome:
     """Apply the gateway's answer to the attempt, its invoice and its subscription
     (a paid invoice takes the next number of ``number_prefix``'s series; default: the
@@ -138,7 +139,7 @@ def settle(
     attempt.gateway_charge_id = result.gateway_charge_id or attempt.gateway_charge_id
     if result.status == ChargeStatus.SUCCEEDED:
         return _invoice_paid(session, sub, plan, invoice, attempt, result, now=now, actor=actor,
-                             number_prefix=number_prefix)
+                             number_prefix=number_prefix, settings=settings)
     common = {"attempt_id": attempt.id, "amount_minor": attempt.amount_minor, "currency": attempt.currency,
               "gateway_charge_id": attempt.gateway_charge_id}
 
@@ -241,7 +242,8 @@ class Paid:
 
 def paid_changes(
     sub: Subscription, invoice: Invoice, attempt: PaymentAttempt, result: ChargeResult, *,
-    invoice_plan: Plan, plan_name: str, now: datetime,
+    invoice_plan: Plan, plan_name: str, now: datetime, plan: Plan | None = None,
+    settings: Settings | None = None,
 ) -> Paid:
     already_paid = invoice.status == InvoiceStatus.PAID
     paid_at = invoice.paid_at or now
@@ -289,8 +291,21 @@ def paid_changes(
     }.get(SubscriptionStatus(sub.status), events.EventType.SUBSCRIPTION_RENEWED)
     out.events.append((etype, {"previous_status": sub.status, "period_start": invoice.period_start,
                                "period_end": invoice.period_end}))
+    # The receipt states the next charge; sent inside the reminder window it is that
+    # charge's reminder (reminders.counts_as_reminder). Per plan receipts can be off or
+    # a monthly digest: then the reminder pass sends the reminder.
+    plan = plan or invoice_plan
+    out.subscription.update({"reminded_period_index": sub.reminded_period_index, "reminded_at": sub.reminded_at})
+    if (plan.receipts or "each") != "each":
+        return out
     out.receipt = {"invoice_id": invoice.id, "amount_minor": invoice.amount_minor, "currency": invoice.currency,
-                   "period_start": invoice.period_start, "period_end": invoice.period_end, "plan_name": plan_name}
+                   "period_start": invoice.period_start, "period_end": invoice.period_end, "plan_name": plan_name,
+                   "period_index": invoice.period_index, "next_charge_at": invoice.period_end,
+                   "next_amount_minor": plan.amount_minor}
+    lead = reminders.reminder_lead(plan, trial=False, settings=settings)
+    if not sub.cancel_at_period_end and reminders.counts_as_reminder(now, invoice.period_end, lead):
+        out.subscription.update({"reminded_period_index": invoice.period_index + 1, "reminded_at": now})
+        out.receipt["reminds_period_index"] = invoice.period_index + 1
     return out
 
 
@@ -319,10 +334,12 @@ def _proration_paid(out: Paid, sub: Subscription, invoice: Invoice, attempt: Pay
 def _invoice_paid(
     session: Session, sub: Subscription, plan: Plan, invoice: Invoice, attempt: PaymentAttempt,
     result: ChargeResult, *, now: datetime, actor: str, number_prefix: str | None = None,
+    settings: Settings | None = None,
 ) -> Outcome:
     inv_plan = plan if invoice.plan_id == plan.id else session.get(Plan, invoice.plan_id)
     assert inv_plan is not None
-    paid = paid_changes(sub, invoice, attempt, result, invoice_plan=inv_plan, plan_name=plan.name, now=now)
+    paid = paid_changes(sub, invoice, attempt, result, invoice_plan=inv_plan, plan_name=plan.name, now=now,
+                        plan=plan, settings=settings)
     if invoice.number is None:
         paid.invoice["number"] = invoice_numbers.take_one(session, prefix=number_prefix)
     for obj, values in ((attempt, paid.attempt), (invoice, paid.invoice), (sub, paid.subscription)):

@@ -10,10 +10,15 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, func, select
 
 from billing_engine import events, metadata, validation
-from billing_engine.errors import Conflict, NotFound
+from billing_engine.errors import Conflict, NotFound, ValidationError
 from billing_engine.models import Plan, Subscription
 from billing_engine.money import normalize_currency
 from billing_engine.periods import validate_interval
+
+# Receipts per charge (docs/customer-communications.md): one e-mail per charge (it is the
+# next charge's reminder when it goes out inside the reminder window), none, or one
+# digest a month for short intervals.
+RECEIPTS = ("each", "off", "monthly")
 
 
 def create(
@@ -29,6 +34,7 @@ def create(
     cancel_immediately: bool = False,
     reminder_days: int | None = None,
     tier: str | None = None,
+    receipts: str = "each",
     now: datetime,
     actor: str = "admin",
 ) -> Plan:
@@ -42,6 +48,8 @@ def create(
         validation.int_range(reminder_days, "reminder_days", lo=0, hi=60)
     if tier is not None:
         tier = validation.text(tier, "tier", max_length=30) or None
+    if receipts not in RECEIPTS:
+        raise ValidationError(f"must be one of {', '.join(RECEIPTS)}", field="receipts")
     if session.exec(select(Plan).where(Plan.code == code)).first() is not None:
         raise Conflict(f"a plan with code {code!r} already exists", field="code")
     plan = Plan(
@@ -55,6 +63,7 @@ def create(
         cancel_immediately=cancel_immediately,
         reminder_days=reminder_days,
         tier=tier,
+        receipts=receipts,
         created_at=now,
     )
     session.add(plan)
@@ -150,6 +159,7 @@ def summary(p: Plan) -> dict[str, Any]:
         "id": p.id, "code": p.code, "name": p.name, "amount_minor": p.amount_minor, "currency": p.currency,
         "interval": p.interval, "interval_count": p.interval_count, "trial_days": p.trial_days,
         "active": p.active, "cancel_immediately": p.cancel_immediately, "reminder_days": p.reminder_days,
+        "receipts": p.receipts,
         "tier": p.tier, "created_at": p.created_at,
         "metadata": metadata.load(p.metadata_json), "guarantee_days": p.guarantee_days,
     }

@@ -76,7 +76,8 @@ def for_invoice(session: Session, invoice_id: str, *, customer_id: str, settings
     pm = session.get(PaymentMethod, paid.payment_method_id) if paid and paid.payment_method_id else None
     return Receipt(
         invoice_id=inv.id, number=inv.number, seller_name=settings.seller_name or settings.company_name,
-        seller_address=address_lines(settings.seller_address), seller_tax_id=settings.seller_tax_id,
+        seller_address=address_lines(settings.seller_address or settings.company_address),
+        seller_tax_id=settings.seller_tax_id or settings.company_tax_id,
         customer_name=customer.name, customer_email=customer.email, description=plan.name,
         period=f"{_date(inv.period_start)} to {_date(inv.period_end)}",
         amount=_money(inv.amount_paid_minor or inv.amount_minor, inv.currency),

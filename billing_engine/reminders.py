@@ -1,23 +1,32 @@
 """Reminders: a notice before every renewal, before a trial ends, and before a card
-expires — each queued once per period (``reminded_period_index``).
+expires — each queued once per period (``reminded_period_index``, ``reminded_at``).
+
+The rule (issue #16): a renewal is charged only after a reminder for that period went
+out at least the plan's lead (:func:`reminder_lead`, never less than 24 hours) before.
+:func:`renewals.decide` checks it (``wait reminder_pending``); this pass sends the
+reminders, including the overdue ones a waiting charge needs. An e-mail that states
+the next charge and goes out inside the reminder window (:func:`counts_as_reminder`:
+a receipt, the sign-up confirmation) is that period's reminder, so a weekly customer
+gets one e-mail per charge rather than two.
 
 The pass reads, per plan, only subscriptions whose next charge falls within the
-plan's reminder lead and that were not yet reminded for that period (an indexed
-range on ``(status, current_period_end)``), so a daily run stays cheap at any size.
+plan's reminder lead (or is overdue) and that were not yet reminded for that period
+(an indexed range on ``(status, current_period_end)``), so a daily run stays cheap.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, or_, select
 
 from billing_engine import events, notifications, pricing
-from billing_engine.db import transaction
+from billing_engine.db import locks_rows, transaction
 from billing_engine.models import PaymentMethod, Plan, Subscription, SubscriptionStatus
 from billing_engine.periods import Interval, boundary, period_bounds
-from billing_engine.settings import Settings
+from billing_engine.settings import Settings, get_settings
 
 
 def queue(engine: Engine, *, now: datetime, settings: Settings, batch: int = 500) -> int:
@@ -28,14 +37,11 @@ def queue(engine: Engine, *, now: datetime, settings: Settings, batch: int = 500
     for plan in all_plans:
         for status in (SubscriptionStatus.ACTIVE, SubscriptionStatus.TRIALING):
             lead = reminder_lead(plan, trial=status == SubscriptionStatus.TRIALING, settings=settings)
-            if lead is None:
-                continue
             while True:
                 with transaction(engine) as s:
-                    subs = list(s.exec(
+                    q = (
                         select(Subscription)
                         .where(Subscription.plan_id == plan.id, Subscription.status == status)
-                        .where(col(Subscription.current_period_end) > now)
                         .where(col(Subscription.current_period_end) <= now + lead)
                         .where(col(Subscription.cancel_at_period_end).is_(False))
                         # an import before its cut-over: the previous biller charges (and reminds)
@@ -43,26 +49,41 @@ def queue(engine: Engine, *, now: datetime, settings: Settings, batch: int = 500
                                    col(Subscription.charge_from) <= col(Subscription.current_period_end)))
                         .where(col(Subscription.pause_at_period_end).is_(False))  # no charge: no reminder
                         .where(or_(col(Subscription.reminded_period_index).is_(None),
+                                   col(Subscription.reminded_at).is_(None),
                                    col(Subscription.reminded_period_index) < col(Subscription.next_period_index)))
+                        .order_by(col(Subscription.id))
                         .limit(batch)
-                    ))
+                    )
+                    if locks_rows(s):  # several workers: rows locked in id order (no deadlock), re-checked
+                        q = q.with_for_update()
+                    subs = list(s.exec(q))
                     for sub in subs:
-                        queued += _remind(s, sub, plan, now=now)
+                        queued += _remind(s, sub, plan, now=now, lead=lead)
                 if len(subs) < batch:
                     break
     return queued
 
 
-def _remind(s: Session, sub: Subscription, plan: Plan, *, now: datetime) -> int:
+def _remind(s: Session, sub: Subscription, plan: Plan, *, now: datetime, lead: timedelta) -> int:
     trial = sub.status == SubscriptionStatus.TRIALING
     kind = notifications.Kind.TRIAL_ENDING if trial else notifications.Kind.RENEWAL_REMINDER
-    sub.reminded_period_index = sub.next_period_index
+    # Overdue (a catch-up after missed runs): one reminder covers every period that
+    # will be due when the charge may go, so the catch-up charges them together.
+    last = sub.next_period_index
+    if not trial:
+        iv = Interval(plan.interval)
+        while boundary(sub.billing_anchor, iv, plan.interval_count, last + 1) <= now + lead:
+            last += 1
+    sub.reminded_period_index = last
+    sub.reminded_at = now
     s.add(sub)
     amount = pricing.quote(s, sub, plan, sub.next_period_index).net_minor  # what the renewal will charge
     n = notifications.enqueue(
         s, kind, customer_id=sub.customer_id, subscription_id=sub.id,
         dedupe_key=f"reminder:{sub.id}:{sub.next_period_index}", at=now,
-        payload={"charge_at": sub.current_period_end, "amount_minor": amount,
+        payload={"charge_at": max(sub.current_period_end, now + lead), "charges": last - sub.next_period_index + 1,
+                 "amount_minor": amount, "period_index": sub.next_period_index,
+                 "through_period_index": last,
                  "currency": plan.currency, "plan_name": plan.name, "trial": trial},
     )
     queued = int(n is not None)
@@ -91,21 +112,42 @@ def _remind(s: Session, sub: Subscription, plan: Plan, *, now: datetime) -> int:
     return queued
 
 
-def reminder_lead(plan: Plan, *, trial: bool, settings: Settings) -> timedelta | None:
-    """How long before the charge the reminder goes out (None: no reminder).
+MIN_LEAD = timedelta(hours=24)
+COUNTS_WITHIN = timedelta(days=8)
 
-    Per plan (``reminder_days``) or the default; never off for yearly plans and trial
-    ends; at most half a period, so a weekly plan is reminded 3.5 days ahead and a
-    daily plan 12 hours ahead."""
+
+def reminder_lead(plan: Plan, *, trial: bool, settings: Settings | None) -> timedelta:
+    """How long before the charge its reminder goes out: at least that long before,
+    the charge waits otherwise.
+
+    Per plan (``reminder_days``) or the default (``BILLING_REMINDER_DAYS_BEFORE``); at
+    most half a period (a weekly plan is reminded 3.5 days ahead), never less than 24
+    hours (a daily plan: the receipt of one charge is the reminder of the next). Every
+    plan is reminded: ``reminder_days = 0`` means the 24-hour minimum (yearly plans and
+    trial ends: the default lead)."""
+    if settings is None:
+        settings = get_settings()
     days = plan.reminder_days if plan.reminder_days is not None else settings.reminder_days_before
-    if days <= 0:
-        if not (plan.interval == "year" or trial):
-            return None
-        days = max(settings.reminder_days_before, 1)
-    lead = timedelta(days=days)
+    if days <= 0 and (plan.interval == "year" or trial):  # never just the minimum for these
+        days = settings.reminder_days_before
+    lead = timedelta(days=max(days, 1))
     if trial:
         period = timedelta(days=plan.trial_days) if plan.trial_days > 0 else lead * 2
     else:
         start = datetime(2001, 1, 1, tzinfo=UTC)  # a non-leap reference for the shortest period
         period = boundary(start, Interval(plan.interval), plan.interval_count, 1) - start
-    return min(lead, period / 2)
+    return max(min(lead, period / 2), MIN_LEAD)
+
+
+def counts_as_reminder(sent_at: datetime, charge_at: datetime, lead: timedelta) -> bool:
+    """Does an e-mail stating the charge at ``charge_at``, sent at ``sent_at``, count as
+    its reminder? Yes when it goes out at least ``lead`` and at most ``max(lead, 8 days)``
+    before (a receipt a month ahead is no reminder: the monthly plan gets its own)."""
+    gap = charge_at - sent_at
+    return lead <= gap <= max(lead, COUNTS_WITHIN)
+
+
+def reminded(sub: Any, lead: timedelta, now: datetime) -> bool:
+    """Was the period ``sub.next_period_index`` reminded at least ``lead`` before ``now``?"""
+    return (sub.reminded_period_index is not None and sub.reminded_period_index >= sub.next_period_index
+            and sub.reminded_at is not None and sub.reminded_at + lead <= now)

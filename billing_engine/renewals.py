@@ -2,7 +2,9 @@
 
 The dry run and the real run both call :func:`decide` on the same snapshot, so a dry
 run says exactly what the real run at the same instant will do: charge, reconcile,
-end at period end, cancel as involuntary (with its reason) or skip (with its reason).
+end at period end, cancel as involuntary (with its reason), wait for the period's
+reminder (``wait reminder_pending``: the run sends it, the charge follows once it is
+the plan's reminder lead old) or skip (with its reason).
 :func:`load` builds the snapshots of a whole batch in a handful of queries.
 """
 
@@ -10,13 +12,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
 from sqlmodel import Session, col, select
 
-from billing_engine import consents, coupons, payment_methods, payments, pricing
+from billing_engine import consents, coupons, payment_methods, payments, pricing, reminders
 from billing_engine.db import among
 from billing_engine.models import (
     Consent,
@@ -27,6 +29,7 @@ from billing_engine.models import (
     Plan,
     SubscriptionStatus,
 )
+from billing_engine.settings import Settings, get_settings
 
 CHARGEABLE = (SubscriptionStatus.INCOMPLETE, SubscriptionStatus.TRIALING, SubscriptionStatus.ACTIVE)
 CUT_OVER = "cut_over"  # an imported subscription the previous biller still charges (charge_from)
@@ -38,6 +41,7 @@ class ActionKind(StrEnum):
     END_AT_PERIOD_END = "end_at_period_end"  # a scheduled cancellation takes effect
     PAUSE = "pause"  # a pause scheduled for period end takes effect: no charge
     CANCEL_INVOLUNTARY = "cancel_involuntary"
+    WAIT = "wait"  # the period's reminder is not (long enough) out yet: the charge waits
     SKIP = "skip"  # not charged, not canceled (e.g. no consent): an admin must act
     NOTHING = "nothing"  # not due (any more)
 
@@ -67,6 +71,7 @@ class Snapshot:
     open_invoice: Any | None  # the open invoice of the next period (a dunning retry)
     price_changes: tuple[Any, ...] = ()  # the plan's price changes, oldest first (pricing.in_force)
     redemption: Any | None = None  # the coupon redemption still discounting it (coupons.active_for)
+    reminder_lead: timedelta = reminders.MIN_LEAD  # how long before the charge its reminder must go out
 
 
 def quote(snap: Snapshot) -> pricing.Quote:
@@ -89,10 +94,24 @@ def is_due(sub: Any, now: datetime) -> bool:
     return False
 
 
+def needs_reminder(snap: Snapshot) -> bool:
+    """A renewal or a trial's first charge waits for its reminder; the first charge at
+    sign-up (``incomplete``) and a retry of a period already attempted do not."""
+    return snap.sub.status in (SubscriptionStatus.ACTIVE, SubscriptionStatus.TRIALING) and snap.open_invoice is None
+
+
+def charge_ready_at(snap: Snapshot, now: datetime) -> datetime | None:
+    """When the period's reminder is old enough for the charge (None: not sent yet)."""
+    sub = snap.sub
+    if sub.reminded_at is None or sub.reminded_period_index is None or sub.reminded_period_index < sub.next_period_index:
+        return None
+    return sub.reminded_at + snap.reminder_lead  # type: ignore[no-any-return]
+
+
 def decide(snap: Snapshot, now: datetime) -> Action:
     """The one decision, in this order: reconcile, ended, scheduled end, paused / scheduled
     pause, not due, before the cut-over of an import (skip), unusable card (involuntary),
-    no consent (skip), charge."""
+    no consent (skip), reminder not out long enough (wait), charge."""
     sub, plan, pm = snap.sub, snap.plan, snap.payment_method
     if snap.unresolved is not None:
         return Action(kind=ActionKind.RECONCILE, amount_minor=snap.unresolved.amount_minor,
@@ -122,9 +141,21 @@ def decide(snap: Snapshot, now: datetime) -> Action:
         if inv else quote(snap)
     if not any(consents.covers(c, plan, amount_minor=q.gross_minor) for c in snap.consents):
         return Action(kind=ActionKind.SKIP, reason="no_consent", message="no recorded consent covering this plan")
+    if needs_reminder(snap) and not reminders.reminded(sub, snap.reminder_lead, now):
+        ready = charge_ready_at(snap, now)
+        message = (f"reminder sent {_iso(sub.reminded_at)}: charged from {_iso(ready)}" if ready is not None else
+                   f"no reminder for this period yet: the run sends it now, the charge waits until "
+                   f"{_iso(now + snap.reminder_lead)}")
+        return Action(kind=ActionKind.WAIT, reason="reminder_pending", message=message,
+                      period_index=sub.next_period_index, amount_minor=q.net_minor,
+                      currency=inv.currency if inv else plan.currency)
     return Action(kind=ActionKind.CHARGE, period_index=sub.next_period_index,
                   amount_minor=q.net_minor, currency=inv.currency if inv else plan.currency,
                   gross_minor=q.gross_minor, discount_minor=q.discount_minor, coupon=q.coupon_code)
+
+
+def _iso(at: datetime) -> str:
+    return at.strftime("%Y-%m-%d %H:%MZ")
 
 
 def next_period(sub: Any, plan: Plan) -> tuple[datetime, datetime]:
@@ -137,9 +168,12 @@ def rows(session: Session, stmt: Any) -> list[Any]:
     return list(session.connection().execute(stmt).all())
 
 
-def load(session: Session, subs: Sequence[Any], plans: dict[str, Plan] | None = None) -> list[Snapshot]:
+def load(session: Session, subs: Sequence[Any], plans: dict[str, Plan] | None = None,
+         settings: Settings | None = None) -> list[Snapshot]:
     """Snapshots of ``subs`` (ORM objects or rows, in their order) in a handful of
-    queries, whatever their number. The snapshot holds rows, read-only."""
+    queries, whatever their number. The snapshot holds rows, read-only. The period's
+    reminder (``reminded_period_index`` / ``reminded_at``) is on the subscription row
+    itself: no query of its own."""
     if not subs:
         return []
     ids = [s.id for s in subs]
@@ -163,6 +197,12 @@ def load(session: Session, subs: Sequence[Any], plans: dict[str, Plan] | None = 
     # one query each for the whole batch
     price_changes = pricing.changes_for(session, {s.plan_id for s in subs})
     redemptions = coupons.active_for(session, ids)
+    settings = settings or get_settings()
+    leads: dict[tuple[str, bool], timedelta] = {}
+    for s in subs:
+        key = (s.plan_id, s.status == SubscriptionStatus.TRIALING)
+        if key not in leads:
+            leads[key] = reminders.reminder_lead(plans[s.plan_id], trial=key[1], settings=settings)
     return [
         Snapshot(
             sub=s, plan=plans[s.plan_id],
@@ -172,6 +212,7 @@ def load(session: Session, subs: Sequence[Any], plans: dict[str, Plan] | None = 
             open_invoice=open_invoices.get((s.id, s.next_period_index)),
             price_changes=tuple(price_changes.get(s.plan_id, ())),
             redemption=redemptions.get(s.id),
+            reminder_lead=leads[(s.plan_id, s.status == SubscriptionStatus.TRIALING)],
         )
         for s in subs
     ]

@@ -112,13 +112,17 @@ class Settings(BaseSettings):
     # the seller on receipts (self-service page and PDF); the name defaults to company_name
     seller_name: str | None = Field(default=None, max_length=200, description="Seller's legal name on receipts "
                                     "(default: BILLING_COMPANY_NAME).")
-    seller_address: str = Field(default="", max_length=1000, description="Seller's postal address on receipts "
-                                "(lines separated by newlines or ' | ').")
-    seller_tax_id: str = Field(default="", max_length=100, description="Seller's tax id (VAT / EIN) on receipts.")
+    seller_address: str = Field(default="", max_length=1000, description="Seller's postal address on receipts, if it differs from "
+                                "BILLING_COMPANY_ADDRESS (lines separated by newlines or ' | ').")
+    seller_tax_id: str = Field(default="", max_length=100, description="Seller's tax id on receipts, if it differs from BILLING_COMPANY_TAX_ID.")
     invoice_number_prefix: str = Field(
         default="INV-", min_length=1, max_length=40, pattern=r"^[A-Za-z0-9_./-]+$",
         description="Prefix of the gapless invoice numbers (a new prefix starts a new series at 1).",
     )
+    company_address: str = Field(default="", description="The seller's postal address (e-mail footers, receipts).")
+    company_tax_id: str = Field(default="", description="The seller's tax id (VAT / EIN) on receipts.")
+    signup_url: str = Field(default="", description="Where a customer subscribes again (involuntary-end e-mail).")
+    default_locale: str = Field(default="en", description="Language of customers without their own locale.")
 
     # run-cycle: the batched charge pipeline (see docs/architecture.md)
     claim_lease_seconds: float = Field(
@@ -253,6 +257,16 @@ class Settings(BaseSettings):
             raise ValueError("must be auto, json or console")
         return v
 
+    @field_validator("default_locale")
+    @classmethod
+    def _check_locale(cls, v: str) -> str:
+        from billing_engine.i18n import normalize
+
+        norm = normalize(v)
+        if norm is None:
+            raise ValueError("must be a locale such as en, ru, he or hu")
+        return norm
+
     @field_validator("mail_transport")
     @classmethod
     def _check_transport(cls, v: str) -> str:
@@ -341,6 +355,26 @@ class Settings(BaseSettings):
                                      f"{GENERATE_HINT}")
         if self.gateway is None:
             raise ConfigurationError(UNSET_GATEWAY)
+
+
+PLACEHOLDER_BRANDING = {"company_name": "Your Newsletter", "support_email": "support@localhost"}
+
+
+def branding_warnings(settings: Settings) -> list[str]:
+    """What a production start prints when the seller is not named: the placeholders
+    would reach customers. Empty outside production or when everything is set."""
+    if settings.mode is not Mode.PRODUCTION:
+        return []
+    out = []
+    for name, placeholder in PLACEHOLDER_BRANDING.items():
+        if not getattr(settings, name) or getattr(settings, name) == placeholder:
+            out.append(f"BILLING_{name.upper()} is not set: customers would see {placeholder!r}")
+    for name in ("company_address", "company_tax_id"):
+        if not getattr(settings, name):
+            out.append(f"BILLING_{name.upper()} is not set: receipts and e-mails will not show it")
+    if "localhost" in settings.mail_from:
+        out.append(f"BILLING_MAIL_FROM is a placeholder ({settings.mail_from!r})")
+    return out
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -95,7 +95,30 @@ def create(
         from billing_engine import pauses
 
         pauses.pause(session, sub, now=now, resumes_at=resumes_at, actor=actor)
+    _confirm(session, sub, plan, now=now)
     return sub
+
+
+def _confirm(session: Session, sub: Subscription, plan: Plan, *, now: datetime) -> None:
+    """The sign-up confirmation: the terms (amount, interval, first charge, trial end)
+    and the cancel link — the record the customer keeps. For a trial it is also the
+    first charge's reminder when it goes out inside the reminder window."""
+    from billing_engine import notifications, reminders
+
+    payload: dict[str, Any] = {
+        "plan_name": plan.name, "amount_minor": plan.amount_minor, "currency": plan.currency,
+        "interval": plan.interval, "interval_count": plan.interval_count, "charge_at": sub.current_period_end,
+        "trial_end": sub.trial_end, "period_index": 0,
+    }
+    if sub.trial_end is not None:
+        lead = reminders.reminder_lead(plan, trial=True, settings=None)
+        if reminders.counts_as_reminder(now, sub.trial_end, lead):
+            sub.reminded_period_index, sub.reminded_at = 0, now
+            session.add(sub)
+            payload["reminds_period_index"] = 0
+    notifications.enqueue(session, notifications.Kind.SUBSCRIPTION_CONFIRMED, customer_id=sub.customer_id,
+                          subscription_id=sub.id, dedupe_key=f"subscription_confirmed:{sub.id}", at=now,
+                          payload=payload)
 
 
 def _usable_payment_method(session: Session, pm_id: str | None, customer_id: str, plan: Plan) -> PaymentMethod:
@@ -188,7 +211,7 @@ def next_charge(session: Session, sub: Subscription) -> tuple[datetime, int, str
     return sub.current_period_end, pricing.quote(session, sub, plan, sub.next_period_index).net_minor, plan.currency
 
 
-def summary(session: Session, sub: Subscription) -> dict[str, Any]:
+def summary(session: Session, sub: Subscription, now: datetime | None = None) -> dict[str, Any]:
     """The subscription as shown to admins (CLI ``--json`` and the API): its fields plus
     the customer's e-mail, the plan's code and price, and the next charge."""
     plan = session.get(Plan, sub.plan_id)
@@ -206,11 +229,27 @@ def summary(session: Session, sub: Subscription) -> dict[str, Any]:
         "canceled_by": sub.canceled_by, "next_retry_at": sub.next_retry_at, "failed_attempts": sub.failed_attempts,
         "next_charge_at": nxt[0] if nxt else None, "next_charge_amount_minor": nxt[1] if nxt else None,
         "paused_at": sub.paused_at, "resumes_at": sub.resumes_at, "pause_at_period_end": sub.pause_at_period_end,
+        **reminder_status(sub, plan, now),
         "created_at": sub.created_at,
         "updated_at": sub.updated_at,
         "metadata": metadata.load(sub.metadata_json),
         "reactivated_from": sub.reactivated_from, "scheduled_plan_id": sub.scheduled_plan_id,
     }
+
+
+def reminder_status(sub: Subscription, plan: Plan, now: datetime | None = None) -> dict[str, Any]:
+    """The next charge's reminder: sent when, the charge not before when, and whether the
+    charge at period end waits for it (``renewals.decide`` says ``wait reminder_pending``):
+    sent too late for it, or (as of ``now``) not sent although its latest day has passed."""
+    from billing_engine import reminders
+
+    lead = reminders.reminder_lead(plan, trial=sub.status == SubscriptionStatus.TRIALING, settings=None)
+    sent = sub.reminded_at if (sub.reminded_period_index or -1) >= sub.next_period_index else None
+    late = sent + lead > sub.current_period_end if sent is not None else (
+        now is not None and sub.current_period_end - lead < now)
+    waits = sub.status in (SubscriptionStatus.ACTIVE, SubscriptionStatus.TRIALING) and not sub.cancel_at_period_end and late
+    return {"reminder_sent_at": sent, "charge_not_before": sent + lead if sent is not None else None,
+            "waits_for_reminder": waits}
 
 
 def change_payment_method(

@@ -41,6 +41,7 @@ def plan_create(
     cancel_immediately: bool = typer.Option(False, help="A cancel ends access at once instead of at period end."),
     reminder_days: int | None = typer.Option(None, help="Renewal reminder N days before each charge."),
     tier: str | None = typer.Option(None, help="Tier label for reports (e.g. basic, vip)."),
+    receipts: str = typer.Option("each", help="each (a receipt per charge) | off | monthly (one digest a month)."),
     at: str | None = typer.Option(None, "--at", help="Act as of this ISO time (default: now)."),
     json_out: bool = JsonOpt,
 ) -> None:
@@ -52,7 +53,7 @@ def plan_create(
         p = plans.create(s, code=code, name=name, amount_minor=money.amount, currency=cur, interval=interval,
                          interval_count=interval_count, trial_days=trial_days,
                          cancel_immediately=cancel_immediately, reminder_days=reminder_days, tier=tier,
-                         now=now, actor=cli_actor())
+                         receipts=receipts, now=now, actor=cli_actor())
         data = plan_dict(p)
     if json_out:
         print_json(data)
@@ -90,6 +91,8 @@ def customer_create(
     name: str = typer.Option("", help="Full name."),
     external_ref: str | None = typer.Option(None, help="Your own id for this customer (unique)."),
     gateway_customer_id: str | None = typer.Option(None, help="Stripe customer id (cus_...)."),
+    locale: str | None = typer.Option(None, help="Language of e-mails and pages: en, ru, he, hu ... "
+                                                 "(default: BILLING_DEFAULT_LOCALE)."),
     at: str | None = typer.Option(None, "--at", help="Act as of this ISO time (default: now)."),
     json_out: bool = JsonOpt,
 ) -> None:
@@ -97,12 +100,29 @@ def customer_create(
     now = parse_at(at)
     with unit_of_work() as s:
         c = customers.create(s, email=email, name=name, external_ref=external_ref,
-                             gateway_customer_id=gateway_customer_id, now=now, actor=cli_actor())
+                             gateway_customer_id=gateway_customer_id, locale=locale, now=now, actor=cli_actor())
         data = customers.summary(c)
     if json_out:
         print_json(data)
     else:
         console.print(f"created customer [bold]{data['id']}[/] <{data['email']}>")
+
+
+@customer_app.command("set-locale")
+@handle_errors
+def customer_set_locale(
+    customer: str = typer.Argument(..., help="Customer id or external ref."),
+    locale: str = typer.Argument(..., help="en, ru, he, hu ... ('' for the default from settings)."),
+    json_out: bool = JsonOpt,
+) -> None:
+    """Set the language of the customer's e-mails and pages."""
+    with unit_of_work() as s:
+        c = customers.set_locale(s, customers.get(s, customer), locale, now=parse_at(None), actor=cli_actor())
+        data = customers.summary(c)
+    if json_out:
+        print_json(data)
+    else:
+        console.print(f"customer {data['id']}: locale {data['locale'] or 'default'}")
 
 
 @customer_app.command("list")

@@ -25,7 +25,7 @@ from billing_engine.db import get_engine, transaction
 from billing_engine.errors import BillingError, ConfigurationError
 from billing_engine.gateway.protocol import GatewayError
 from billing_engine.periods import parse_datetime
-from billing_engine.settings import Settings, get_settings
+from billing_engine.settings import Settings, branding_warnings, get_settings
 
 console = Console(width=None if sys.stdout.isatty() else 140)
 err_console = Console(stderr=True)
@@ -60,6 +60,13 @@ def checked_settings(*, serving_api: bool = False) -> Settings:
     settings = get_settings()
     settings.check_production_safety(serving_api=serving_api)
     return settings
+
+
+def warn_branding(settings: Settings) -> None:
+    """Production only: one line per seller setting still a placeholder (customers would
+    see it). Printed by the commands that e-mail or serve customers, after their checks."""
+    for warning in branding_warnings(settings):
+        err_console.print(f"[bold yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
 
 
 def _one_line(message: str) -> str:

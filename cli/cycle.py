@@ -30,7 +30,7 @@ from billing_engine.gateway.factory import build_gateway
 from billing_engine.money import format_minor
 from billing_engine.settings import Mode, get_settings
 from cli import webhooks
-from cli.common import JsonOpt, console, engine, err_console, fail, handle_errors, parse_at, print_json
+from cli.common import JsonOpt, console, engine, err_console, fail, handle_errors, parse_at, print_json, warn_branding
 
 
 def _deliver() -> Callable[[Engine, datetime], int]:
@@ -62,7 +62,8 @@ def print_summary(summary: CycleSummary) -> None:
         ("held by other workers (not processed here)", summary.held_by_other_workers),
         ("canceled involuntary", summary.canceled_involuntary),
         ("cancellations effective", summary.cancellations_effective), ("not charged (blocked)", summary.blocked),
-        ("reminders queued", summary.reminders_queued), ("e-mails sent", summary.notifications_sent),
+        ("reminders queued", summary.reminders_queued),
+        ("waiting for their reminder", summary.waiting_for_reminder), ("e-mails sent", summary.notifications_sent),
     ]
     for k, v in rows:
         t.add_row(k, str(v))
@@ -176,6 +177,7 @@ def register(app: typer.Typer) -> None:
         gateway = build_gateway(settings, engine=eng)  # paced by the limit all workers share
         check_run_instant(now, datetime.now(UTC), gateway_name=gateway.name, simulate=simulate,
                           production=settings.mode is Mode.PRODUCTION, field="--at")
+        warn_branding(settings)
         deliver = None if (no_email or dry_run) else _deliver()
         with _stop_on_signals() as stop:
             if json_out or dry_run or not sys.stderr.isatty():

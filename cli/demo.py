@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from billing_engine.db import make_engine, upgrade
-from billing_engine.demo import FIXTURES, MONTH_COLUMNS, month_by_month, report_range, run_demo
+from billing_engine.demo import DEMO_SELLER, FIXTURES, MONTH_COLUMNS, month_by_month, report_range, run_demo
 from billing_engine.errors import ValidationError
 from billing_engine.money import format_minor
 from billing_engine.periods import parse_datetime
@@ -50,8 +50,7 @@ def register(app: typer.Typer) -> None:
             for old in mail_dir.glob("*.eml"):
                 old.unlink()
         settings = load_settings(env="demo", gateway="fake", database_url=url, mail_transport="file", mail_dir=str(mail_dir),
-                                 company_name="The Ledger", mail_from="The Ledger <billing@ledger.example>",
-                                 support_email="help@ledger.example")
+                                 **DEMO_SELLER)
         engine = make_engine(url)
         upgrade(engine)
         from billing_engine.notifications import deliver_pending

@@ -7,6 +7,7 @@ import typer
 from billing_engine.errors import ConfigurationError
 from cli import (
     account_links,
+    consents,
     cycle,
     demo,
     imports,
@@ -69,7 +70,7 @@ app.command("subscribe")(handle_errors(subscribe))
 
 # Feature modules each define `register(app: typer.Typer) -> None`.
 for _module in (cycle, demo, invoices, notifications, links, reports, serve, refunds, webhooks, imports, account_links,
-                lifecycle, pricing):
+                lifecycle, pricing, consents):
     _module.register(app)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import typer
 from sqlmodel import Session
 
@@ -94,7 +96,7 @@ def show(subscription: str = typer.Argument(..., help="Subscription id (sub_...)
     """Show one subscription with its history."""
     with unit_of_work() as s:
         sub = subscriptions.get(s, subscription)
-        data = sub_dict(s, sub)
+        data = subscriptions.summary(s, sub, now=datetime.now(UTC))
         data["events"] = [{"id": e.id, "type": e.type, "at": e.occurred_at, "actor": e.actor,
                            "payload": events.payload_of(e)} for e in events.for_subscription(s, sub.id)]
     if json_out:
@@ -102,7 +104,7 @@ def show(subscription: str = typer.Argument(..., help="Subscription id (sub_...)
         return
     print_record(data, skip=("events",))
     ev = make_table("at", "event", "actor")
-    for e in data["events"]:  # type: ignore[attr-defined]
+    for e in data["events"]:
         ev.add_row(str(e["at"])[:19], e["type"], e["actor"])
     console.print(ev)
 

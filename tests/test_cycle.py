@@ -79,8 +79,12 @@ def test_late_run_catches_up_every_missed_period_exactly_once(engine) -> None:  
     sub_id = _sub(engine, JAN31)
     gw = FakeGateway()
     run_cycle(engine, gw, now=JAN31, settings=SETTINGS)
-    summary = run_cycle(engine, gw, now=JAN31 + timedelta(days=95), settings=SETTINGS)  # cron down 3 months
-    assert summary.succeeded == 3
+    late = JAN31 + timedelta(days=95)  # cron down 3 months: no reminders went out either
+    summary = run_cycle(engine, gw, now=late, settings=SETTINGS)
+    assert (summary.succeeded, summary.waiting_for_reminder, summary.reminders_queued) == (0, 1, 1)
+    assert gw.total_collected("USD") == 1700  # no charge without a reminder the lead time before
+    summary = run_cycle(engine, gw, now=late + timedelta(days=7), settings=SETTINGS)
+    assert summary.succeeded == 3  # one reminder covered the three overdue periods
     assert [i.period_start.month for i in _invoices(engine, sub_id)] == [1, 2, 3, 4]
     assert gw.total_collected("USD") == 4 * 1700
 
@@ -278,6 +282,9 @@ def test_parallel_workers_charge_each_period_once(engine, now) -> None:  # type:
         try:
             for step in range(3):
                 summary = run_cycle(eng, gw, now=now + timedelta(days=31 * step), settings=SETTINGS, batch_size=5)
+                errors.extend(summary.errors)
+                # the next renewal's reminder (7 days ahead): nothing due, reminders queued
+                summary = run_cycle(eng, gw, now=now + timedelta(days=31 * step + 24), settings=SETTINGS, batch_size=5)
                 errors.extend(summary.errors)
         finally:
             eng.dispose()

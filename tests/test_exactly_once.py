@@ -233,6 +233,7 @@ def test_a_cancel_at_period_end_during_the_renewal_ends_when_promised_and_refund
     fake = FakeGateway()
     run_cycle(engine, fake, now=T0, settings=SETTINGS)  # first period paid: Mar 1 - Apr 1
     renewal = datetime(2026, 4, 1, 9, 0, tzinfo=UTC)
+    run_cycle(engine, fake, now=renewal - timedelta(days=7), settings=SETTINGS)  # the renewal's reminder
     gw = _CancelDuringCharge(fake, engine, sub_id, at_period_end=True, when=renewal - timedelta(seconds=1))
     summary = run_cycle(engine, gw, now=renewal, settings=SETTINGS)  # type: ignore[arg-type]
     assert summary.refunded_after_cancel == 1

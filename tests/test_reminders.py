@@ -24,15 +24,15 @@ def _plan(interval: str, *, count: int = 1, reminder_days: int | None = None, tr
     ("year", 1, timedelta(days=7)),
     ("week", 1, timedelta(days=3, hours=12)),  # at most half a period
     ("week", 4, timedelta(days=7)),
-    ("day", 1, timedelta(hours=12)),
+    ("day", 1, timedelta(hours=24)),  # never less than 24 hours: the receipt of one charge reminds of the next
 ])
 def test_a_renewal_reminder_comes_at_most_half_a_period_ahead(interval: str, count: int, lead: timedelta) -> None:
     assert reminder_lead(_plan(interval, count=count), trial=False, settings=SETTINGS) == lead
 
 
-def test_a_plan_may_choose_its_own_lead_or_no_reminder() -> None:
+def test_a_plan_may_choose_its_own_lead_but_never_no_reminder() -> None:
     assert reminder_lead(_plan("month", reminder_days=3), trial=False, settings=SETTINGS) == timedelta(days=3)
-    assert reminder_lead(_plan("month", reminder_days=0), trial=False, settings=SETTINGS) is None
+    assert reminder_lead(_plan("month", reminder_days=0), trial=False, settings=SETTINGS) == timedelta(hours=24)
 
 
 def test_yearly_renewals_and_trial_ends_are_always_announced() -> None:

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from billing_engine import cancellations, payment_methods
+from billing_engine import cancellations, payment_methods, reminders
 from billing_engine.cycle import run_cycle
 from billing_engine.db import transaction
 from billing_engine.gateway.fake import FakeGateway
@@ -56,6 +56,8 @@ def _world(engine: Engine, gw: FakeGateway) -> dict[str, str]:
         assert x is not None
         x.current_period_end = T0 - timedelta(days=1)  # first in line for the limit=1 run
         s.add(x)
+    reminders.queue(engine, now=AT - timedelta(days=8), settings=SETTINGS)  # "lost": its reminder 7 days before
+    reminders.queue(engine, now=AT - timedelta(days=7), settings=SETTINGS)  # everyone's renewal reminder
     run_cycle(engine, gw, now=AT - timedelta(days=1), settings=SETTINGS, limit=1)
     return ids
 
@@ -88,9 +90,11 @@ def test_the_dry_run_plans_exactly_what_the_run_then_does(engine: Engine) -> Non
         assert st("no_consent").status == "active" and st("no_consent").current_period_end <= AT  # not charged
         assert st("not_due").current_period_end > AT
     assert summary.reconciled == 1  # the lost answer was settled, not charged again
-    # the two planned charges (due, retry), then retry's next period, already due too (catch-up)
-    assert len([c for c in gw.calls if c[0] == "charge"]) - before == 3
-    assert summary.succeeded == 4 and summary.blocked == 3  # + the reconciled one and summary.cancellations_effective == 1
+    # the two planned charges (due, retry); retry's next period, already due too, waits:
+    # its reminder goes out now (it was past due when the others were reminded)
+    assert len([c for c in gw.calls if c[0] == "charge"]) - before == 2
+    assert summary.succeeded == 3 and summary.blocked == 3  # + the reconciled one
+    assert summary.waiting_for_reminder == 1 and summary.cancellations_effective == 1
 
 
 def _involuntary_mails(engine: Engine, sub_id: str) -> list[Notification]:

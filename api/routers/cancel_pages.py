@@ -28,12 +28,14 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import FileResponse, HTMLResponse, PlainTextResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
+from markupsafe import Markup
 from sqlmodel import Session
 
 from api.deps import EngineDep, NowDep, SettingsDep
-from billing_engine import abuse, cancellations, links, notifications, subscriptions
+from billing_engine import abuse, cancellations, i18n, links, notifications, subscriptions, terms
 from billing_engine.db import transaction
 from billing_engine.errors import BillingError
+from billing_engine.i18n import N_
 from billing_engine.models import (
     ENDED_STATUSES,
     CancellationKind,
@@ -42,24 +44,24 @@ from billing_engine.models import (
     Subscription,
     SubscriptionStatus,
 )
-from billing_engine.money import format_minor
 from billing_engine.settings import Settings
 
 router = APIRouter(include_in_schema=False)
 
 API_DIR = Path(__file__).resolve().parent.parent
 templates = Jinja2Templates(directory=str(API_DIR / "templates"))
+templates.env.filters["mailto"] = lambda email: Markup('<a href="mailto:{0}">{0}</a>').format(email)
 CSS_PATH = API_DIR / "static" / "cancel.css"
 
 REASON_LABELS: dict[str, str] = {
-    "too_expensive": "It costs too much",
-    "missing_features": "It is missing something I need",
-    "switched_service": "I switched to another service",
-    "unused": "I don't use it enough",
-    "customer_service": "I was unhappy with customer service",
-    "too_complex": "It is too complicated",
-    "low_quality": "The quality was lower than I expected",
-    "other": "Another reason",
+    "too_expensive": N_("It costs too much"),
+    "missing_features": N_("It is missing something I need"),
+    "switched_service": N_("I switched to another service"),
+    "unused": N_("I don't use it enough"),
+    "customer_service": N_("I was unhappy with customer service"),
+    "too_complex": N_("It is too complicated"),
+    "low_quality": N_("The quality was lower than I expected"),
+    "other": N_("Another reason"),
 }
 assert tuple(REASON_LABELS) == cancellations.VOLUNTARY_REASONS
 
@@ -78,12 +80,12 @@ SECURITY_HEADERS = {
 }
 
 DONE_MESSAGES = {
-    "canceled": "Done. Your subscription is canceled.",
-    "undone": "Welcome back. Your subscription continues.",
-    "feedback": "Thank you for telling us.",
+    "canceled": N_("Done. Your subscription is canceled."),
+    "undone": N_("Welcome back. Your subscription continues."),
+    "feedback": N_("Thank you for telling us."),
 }
 
-FEEDBACK_ALREADY_RECORDED = "Your answer was already recorded. Nothing was changed."
+FEEDBACK_ALREADY_RECORDED = N_("Your answer was already recorded. Nothing was changed.")
 
 OneClick = Annotated[str | None, Form(alias="List-Unsubscribe")]
 
@@ -91,29 +93,16 @@ OneClick = Annotated[str | None, Form(alias="List-Unsubscribe")]
 # --------------------------------------------------------------------------- helpers
 
 
-def _date(dt: datetime | None) -> str:
-    return f"{dt.day} {dt:%B %Y}" if dt else ""
-
-
-def _money(amount_minor: int, currency: str) -> str:
-    return f"{format_minor(amount_minor, currency)} {currency}"
-
-
-def _mask(email: str) -> str:
+def _mask(email: str, tr: i18n.Translator) -> str:
     local, _, domain = email.partition("@")
     if not domain:
-        return "your e-mail address"
+        return tr.gettext("your e-mail address")
     return f"{local[:1]}***@{domain}"
 
 
-def _every(plan: Plan) -> str:
-    n = plan.interval_count or 1
-    return f"every {plan.interval}" if n == 1 else f"every {n} {plan.interval}s"
-
-
-def _ends_now_if_canceled(sub: Subscription, plan: Plan, now: datetime) -> bool:
-    unpaid = sub.status in (SubscriptionStatus.INCOMPLETE, SubscriptionStatus.PAST_DUE)
-    return plan.cancel_immediately or unpaid or sub.current_period_end <= now
+def _translator(session: Session, sub: Subscription | None, settings: Settings) -> i18n.Translator:
+    customer = session.get(Customer, sub.customer_id) if sub is not None else None
+    return notifications.translator_for(customer, settings)
 
 
 def _load(session: Session, sub_id: str, *, lock: bool = False) -> Subscription | None:
@@ -121,15 +110,24 @@ def _load(session: Session, sub_id: str, *, lock: bool = False) -> Subscription 
     return session.get(Subscription, sub_id, with_for_update=lock and pg)
 
 
-def _brand(settings: Settings) -> dict[str, str]:
-    return {"company_name": settings.company_name or "", "support_email": settings.support_email or ""}
+def _brand(settings: Settings, tr: i18n.Translator) -> dict[str, Any]:
+    """The seller and the page's language: ``_`` translates (values escaped, the
+    catalog's text trusted), ``lang`` / ``dir`` for <html>."""
+    def gettext(message: str, **values: Any) -> Markup:
+        return Markup(tr.gettext(message)) % values if values else Markup(tr.gettext(message))
+
+    return {**notifications.brand(settings), "_": gettext, "lang": tr.tag, "dir": tr.dir}
 
 
 def _view(session: Session, sub: Subscription, settings: Settings, now: datetime) -> dict[str, Any]:
     plan = session.get(Plan, sub.plan_id)
     customer = session.get(Customer, sub.customer_id)
     assert plan is not None and customer is not None
-    nxt = subscriptions.next_charge(session, sub)
+    tr = notifications.translator_for(customer, settings)
+    nxt = subscriptions.next_charge(session, sub)  # coupons, price changes, pauses, a scheduled plan
+    facts = terms.of(sub, plan, now, next_charge_at=nxt[0] if nxt else None,
+                     next_amount_minor=nxt[1] if nxt else None)
+    said = terms.sentences(facts, tr)  # the same sentences as the e-mails
     if sub.status in ENDED_STATUSES:  # ended (or a first charge declined: never started)
         state = "ended"
     elif sub.cancel_at_period_end:
@@ -139,23 +137,26 @@ def _view(session: Session, sub: Subscription, settings: Settings, now: datetime
     voluntary = sub.cancellation_kind == CancellationKind.VOLUNTARY
     return {
         "state": state,
-        **_brand(settings),
+        **_brand(settings, tr),
+        "access": said,
+        "tr": tr,
         "customer_name": customer.name or "",
-        "masked_email": _mask(customer.email),
+        "masked_email": _mask(customer.email, tr),
         "plan_name": plan.name,
-        "price": f"{_money(plan.amount_minor, plan.currency)} {_every(plan)}",
-        "next_charge": f"{_date(nxt[0])}: {_money(nxt[1], nxt[2])}" if nxt else "",
+        "price": said["price"],
+        "next_charge": said["next_charge"],
         "trialing": sub.status == SubscriptionStatus.TRIALING,
         "past_due": sub.status == SubscriptionStatus.PAST_DUE,
-        "access_until": _date(sub.current_period_end),
-        "ends_now": _ends_now_if_canceled(sub, plan, now),
-        "ended_on": _date(sub.ended_at),
-        "canceled_on": _date(sub.canceled_at),
+        "access_until": tr.date(sub.current_period_end),
+        "ends_now": facts.cancel_ends_now,
+        "ended_on": tr.date(sub.ended_at),
+        "canceled_on": tr.date(sub.canceled_at),
         "voluntary": voluntary,
         "can_undo": cancellations.can_undo(sub, now),
         "feedback_open": voluntary and not sub.cancellation_reason,
-        "given_reason": REASON_LABELS.get(sub.cancellation_reason or "", sub.cancellation_reason or ""),
-        "reasons": list(REASON_LABELS.items()),
+        "given_reason": tr.gettext(REASON_LABELS[sub.cancellation_reason]) if sub.cancellation_reason in REASON_LABELS
+        else (sub.cancellation_reason or ""),
+        "reasons": [(code, tr.gettext(label)) for code, label in REASON_LABELS.items()],
     }
 
 
@@ -166,7 +167,7 @@ def _page(request: Request, name: str, context: dict[str, Any], status_code: int
 def _bad_link(request: Request, settings: Settings, token: str, exc: links.InvalidCancelLink | None) -> HTMLResponse:
     expired = isinstance(exc, links.ExpiredCancelLink)
     ctx = {
-        **_brand(settings),
+        **_brand(settings, i18n.translator(settings.default_locale)),
         "expired": expired,
         "resend_action": request.url_for("cancel_resend", token=token).path if expired else None,
     }
@@ -180,9 +181,10 @@ def _subscription_page(
     ctx = _view(session, sub, settings, now)
     if (done == "undone") != (ctx["state"] == "active"):
         done = None  # a banner only when it is true (the query string is not trusted)
+    tr: i18n.Translator = ctx["tr"]  # plain text: an error message is escaped like any value
     ctx.update(
-        done=DONE_MESSAGES.get(done or ""),
-        error=error,
+        done=tr.gettext(DONE_MESSAGES[done]) if done in DONE_MESSAGES else None,
+        error=tr.gettext(error) if error else None,
         cancel_action=request.url_for("cancel_submit", token=token).path,
         undo_action=request.url_for("cancel_undo", token=token).path,
         feedback_action=request.url_for("cancel_feedback", token=token).path,
@@ -265,7 +267,7 @@ def cancel_feedback(
                                       error=FEEDBACK_ALREADY_RECORDED)
         if not reason:
             return _subscription_page(request, token, session, sub, settings, now,
-                                      error="Please choose a reason, or just close this page.", status_code=422)
+                                      error=N_("Please choose a reason, or just close this page."), status_code=422)
         try:
             with session.begin_nested():
                 cancellations.record_feedback(session, sub, reason=reason, comment=comment, now=now,
@@ -321,8 +323,9 @@ def cancel_resend(request: Request, token: str, engine: EngineDep, settings: Set
             dedupe_key=f"cancel_link:{sub.id}:{now:%Y-%m-%dT%H}", at=now,  # at most one an hour
             payload={"plan_name": plan.name if plan else None},
         )
+        tr = notifications.translator_for(customer, settings)
         ctx = {
-            **_brand(settings),
-            "masked_email": _mask(customer.email if customer else ""),
+            **_brand(settings, tr),
+            "masked_email": _mask(customer.email if customer else "", tr),
         }
     return _page(request, "cancel_resent.html", ctx)

@@ -17,7 +17,7 @@ from api.idempotency import IdempotencyKey
 from api.pagination import page
 from api.ranges import RangesDep
 from api.responses import admin
-from api.schemas import CustomerCreate, CustomerOut, Limit, Page, clean_optional, clean_text
+from api.schemas import CustomerCreate, CustomerLocale, CustomerOut, Limit, Page, clean_optional, clean_text
 from billing_engine import customers
 from billing_engine.db import transaction
 from billing_engine.listing import Ranges
@@ -32,7 +32,8 @@ def create_customer(request: Request, body: CustomerCreate, engine: EngineDep, n
                     idempotency_key: IdempotencyKey = None) -> JSONResponse:
     def action(s: Session) -> CustomerOut:
         c = customers.create(s, email=body.email, name=body.name, external_ref=body.external_ref,
-                             gateway_customer_id=body.gateway_customer_id, now=now, actor=actor(request))
+                             gateway_customer_id=body.gateway_customer_id, locale=body.locale, now=now,
+                             actor=actor(request))
         return P.customer(c)
 
     return idempotency.in_transaction(request, engine, idempotency_key, body, 201, action)
@@ -55,3 +56,12 @@ def list_customers(
 def show_customer(customer: CustomerRef, engine: EngineDep) -> CustomerOut:
     with transaction(engine) as s:
         return P.customer(customers.get(s, customer))
+
+
+@router.put("/{customer}/locale", response_model=CustomerOut, responses=admin(404),
+            summary="Set the language of the customer's e-mails and pages")
+def set_customer_locale(request: Request, customer: CustomerRef, body: CustomerLocale, engine: EngineDep,
+                        now: NowDep) -> CustomerOut:
+    with transaction(engine) as s:
+        c = customers.set_locale(s, customers.get(s, customer), body.locale, now=now, actor=actor(request))
+        return P.customer(c)

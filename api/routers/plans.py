@@ -31,7 +31,7 @@ def create_plan(request: Request, body: PlanCreate, engine: EngineDep, now: NowD
         p = plans.create(s, code=body.code, name=body.name, amount_minor=body.amount_minor, currency=body.currency,
                          interval=body.interval, interval_count=body.interval_count, trial_days=body.trial_days,
                          cancel_immediately=body.cancel_immediately, reminder_days=body.reminder_days,
-                         tier=body.tier, now=now, actor=actor(request))
+                         tier=body.tier, receipts=body.receipts, now=now, actor=actor(request))
         return P.plan(p, subscriber_count=0)
 
     return idempotency.in_transaction(request, engine, idempotency_key, body, 201, action)

@@ -38,6 +38,8 @@ def test_run_cycle_at_a_later_time_renews(client: TestClient, gateway: FakeGatew
     create_plan(client)
     sub = subscribe(client)
     client.post("/v1/run-cycle", json={"send_emails": False})
+    early = client.post("/v1/run-cycle", json={"at": "2026-02-08T09:00:00+00:00", "send_emails": False})
+    assert early.json()["reminders_queued"] == 1 and early.json()["succeeded"] == 0  # the reminder, 7 days ahead
     r = client.post("/v1/run-cycle", json={"at": "2026-02-15T09:00:00+00:00", "send_emails": False})
     assert r.json()["succeeded"] == 1 and r.json()["at"] == "2026-02-15T09:00:00Z"
     assert gateway.total_collected("USD") == 3400

@@ -67,6 +67,8 @@ def test_an_explicit_simulation_may_run_ahead_with_a_real_gateway(
     create_plan(client)
     subscribe(client)
     client.post("/v1/run-cycle", json={"send_emails": False})
+    client.post("/v1/run-cycle", json={"at": _iso(clock, timedelta(days=24)), "simulate": True,
+                                       "send_emails": False})  # the renewal's reminder, 7 days ahead
     r = client.post("/v1/run-cycle", json={"at": _iso(clock, timedelta(days=32)), "simulate": True,
                                            "send_emails": False})
     assert r.status_code == 200, r.text

@@ -144,7 +144,7 @@ def test_one_click_from_the_reminder_email_cancels_and_the_next_cycle_charges_no
     assert summary.reminders_queued == 1 and summary.charged == 0
     [reminder] = smtp.inbox.of_kind("renewal_reminder")
     body = text_of(reminder)
-    assert "We will charge 17.00 USD" in body and "15 February 2026" in body
+    assert "We will charge $17.00" in body and "February 15, 2026" in body
 
     # the link, taken from the received e-mail
     match = re.search(rf"{re.escape(base)}/cancel/[A-Za-z0-9_.\-]+", body)
@@ -187,7 +187,7 @@ def test_one_click_from_the_reminder_email_cancels_and_the_next_cycle_charges_no
                 page.goto(link)
                 assert page.evaluate("document.documentElement.lang") == "en"
                 expect(page.get_by_role("heading", level=1)).to_have_text("Cancel your subscription")
-                expect(page.get_by_text("15 February 2026: 17.00 USD")).to_be_visible()
+                expect(page.get_by_text("February 15, 2026: $17.00")).to_be_visible()
                 expect(page.get_by_role("button")).to_have_count(1)
                 page.screenshot(path=str(artifacts / "cancel-page.png"), full_page=True)
                 page.get_by_role("button", name="Cancel subscription").click()
@@ -220,7 +220,7 @@ def test_one_click_from_the_reminder_email_cancels_and_the_next_cycle_charges_no
     assert deliver(engine, clock.at) >= 1
     [confirmation] = smtp.inbox.of_kind("cancellation_confirmed")
     text = text_of(confirmation)
-    assert "Access until:  15 February 2026" in text and "You will not be charged again." in text
+    assert "Access until:  February 15, 2026" in text and "You will not be charged again." in text
 
     # after the period ends, the run-cycle ends the subscription and charges nothing
     after_end = datetime(2026, 2, 15, 10, 0, tzinfo=now.tzinfo)

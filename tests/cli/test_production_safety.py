@@ -114,7 +114,11 @@ def test_explicit_fake_gateway_on_postgresql_runs_with_one_warning(
 ) -> None:
     if _pg_database is None:
         pytest.skip("PostgreSQL tests need BILLING_TEST_DATABASE_URL")
-    env.update(BILLING_DATABASE_URL=_pg_database, BILLING_SECRET_KEY=STRONG, BILLING_GATEWAY="fake")
+    env.update(BILLING_DATABASE_URL=_pg_database, BILLING_SECRET_KEY=STRONG, BILLING_GATEWAY="fake",
+               # the seller is named (else the placeholder warnings of tests/test_branding.py add lines)
+               BILLING_COMPANY_NAME="The Ledger", BILLING_COMPANY_ADDRESS="1 Example Street",
+               BILLING_COMPANY_TAX_ID="EIN 00-0000000", BILLING_SUPPORT_EMAIL="help@ledger.example",
+               BILLING_MAIL_FROM="The Ledger <billing@ledger.example>")
     p = billing(env, tmp_path, "run-cycle", "--json", "--no-email")
     assert p.returncode == 0, p.stderr
     # stderr is not a terminal: the logs are JSON lines (the run's own at info); the warning is one of them

@@ -67,6 +67,8 @@ def test_renewals_over_several_periods_make_one_payment_intent_each(
     months = [now, datetime(2026, 2, 15, 9, tzinfo=UTC), datetime(2026, 3, 15, 9, tzinfo=UTC),
               datetime(2026, 4, 15, 9, tzinfo=UTC)]
     for at in months:
+        if at != now:  # the renewal's reminder, 7 days ahead (no charge without it)
+            assert cycle(engine, stripe_gateway, settings, at - timedelta(days=7)).charged == 0
         summary = cycle(engine, stripe_gateway, settings, at)
         assert (summary.charged, summary.succeeded) == (3, 3)
         assert cycle(engine, stripe_gateway, settings, at).charged == 0  # a rerun charges nothing

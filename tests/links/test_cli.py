@@ -64,13 +64,14 @@ def test_notifications_send_flushes_the_outbox(cli_env: Path, sqlite_engine: Eng
     result = CliRunner().invoke(_app(), ["notifications", "send", "--at", "2026-01-15T09:00:00Z", "--json"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
-    assert data["sent"] == 1 and data["outbox"]["sent"] == 1 and data["outbox"]["pending"] == 0
-    assert len(list(cli_env.glob("*.eml"))) == 1
+    # the receipt and the sign-up confirmation
+    assert data["sent"] == 2 and data["outbox"]["sent"] == 2 and data["outbox"]["pending"] == 0
+    assert len(list(cli_env.glob("*.eml"))) == 2
     again = CliRunner().invoke(_app(), ["notifications", "send", "--json"])
     assert json.loads(again.stdout)["sent"] == 0
 
     listed = CliRunner().invoke(_app(), ["notifications", "list", "--json", "--status", "sent"])
-    assert [n["kind"] for n in json.loads(listed.stdout)] == ["receipt"]
+    assert sorted(n["kind"] for n in json.loads(listed.stdout)) == ["receipt", "subscription_confirmed"]
     bad = CliRunner().invoke(_app(), ["notifications", "list", "--status", "lost"])
     assert bad.exit_code == 2
 

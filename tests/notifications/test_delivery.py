@@ -5,8 +5,9 @@ from __future__ import annotations
 import threading
 from datetime import datetime, timedelta
 
+from sqlalchemy import delete
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from billing_engine import links, mailer, notifications
 from billing_engine.cycle import run_cycle
@@ -18,9 +19,17 @@ from tests.factories import make_subscription
 from tests.notifications.smtp_server import SmtpServer, free_port, html_of, text_of
 
 
+def _without_sign_up_confirmations(s: Session) -> None:
+    """These tests count the e-mails they cause; the sign-up confirmation (tested in
+    tests/test_customer_emails.py) is taken out of the outbox."""
+    s.execute(delete(Notification).where(col(Notification.kind) == "subscription_confirmed"))
+
+
 def _subscribe(engine: Engine, now: datetime, email: str = "ada@example.com") -> str:
     with transaction(engine) as s:
-        return make_subscription(s, now, email=email).id
+        sub_id = make_subscription(s, now, email=email).id
+        _without_sign_up_confirmations(s)
+        return sub_id
 
 
 def _deliver(settings: Settings) -> object:
@@ -42,6 +51,7 @@ def _queue(engine: Engine, now: datetime, n: int) -> list[str]:
         for i in range(n):
             subs.append(make_subscription(s, now, plan=plan, email=f"c{i}@example.com"))
         ids = [sub.id for sub in subs]
+        _without_sign_up_confirmations(s)
         for sub in subs:
             notifications.enqueue(s, notifications.Kind.RECEIPT, customer_id=sub.customer_id, subscription_id=sub.id,
                                   dedupe_key=f"receipt:test:{sub.id}", at=now,
@@ -56,10 +66,10 @@ def test_receipt_arrives_after_the_first_charge(engine: Engine, now: datetime, s
     assert summary.succeeded == 1 and summary.notifications_sent == 1
     [msg] = smtp.inbox.of_kind("receipt")
     assert msg["To"] == "ada@example.com"
-    assert msg["Subject"] == "Receipt: 17.00 USD for Basic Monthly"
+    assert msg["Subject"] == "Receipt: $17.00 for Basic Monthly"
     body = text_of(msg)
-    assert "We charged 17.00 USD to Visa ending 4242" in body
-    assert "15 January 2026 to 15 February 2026" in body
+    assert "We charged $17.00 to Visa ending 4242" in body
+    assert "January 15, 2026 to February 15, 2026" in body
     assert smtp.inbox.envelopes[0] == ("billing@news.example", ["ada@example.com"])
     [row] = _rows(engine)
     assert row.status == NotificationStatus.SENT and row.sent_at == now and row.attempts == 1
@@ -78,10 +88,10 @@ def test_renewal_reminder_arrives_before_the_charge_with_amount_date_and_cancel_
     summary = run_cycle(engine, gw, now=at, settings=settings, deliver=_deliver(settings))
     assert summary.charged == 0 and summary.reminders_queued == 1
     [msg] = smtp.inbox.of_kind("renewal_reminder")
-    assert msg["Subject"] == "Your Basic Monthly subscription renews on 15 February 2026 for 17.00 USD"
+    assert msg["Subject"] == "Your Basic Monthly subscription renews on February 15, 2026 for $17.00"
     body = text_of(msg)
-    assert "We will charge 17.00 USD to Visa ending 4242" in body
-    assert "Cancel before 15 February 2026" in body
+    assert "We will charge $17.00 to Visa ending 4242" in body
+    assert "Cancel before February 15, 2026" in body
     url = next(line for line in body.splitlines() if line.startswith("https://news.example/cancel/"))
     assert links.verify_cancel_token(settings, url.rsplit("/", 1)[1], at) == sub_id
     assert url in html_of(msg)

@@ -46,16 +46,25 @@ def _payloads(now: datetime) -> dict[str, dict[str, Any]]:
         K.SUBSCRIPTION_PAUSED: {"paused_from": "15 January 2026", "resumes_on": "15 March 2026",
                                 "amount_minor": 1700, "currency": "USD"},
         K.SUBSCRIPTION_RESUMED: {"charge_at": now, "amount_minor": 1700, "currency": "USD"},
+        K.SUBSCRIPTION_CONFIRMED: {"plan_name": "Gold", "amount_minor": 1700, "currency": "USD", "interval": "month",
+                                   "interval_count": 1, "charge_at": renew, "trial_end": renew, "period_index": 0},
+        K.MONTHLY_DIGEST: {"month": now, "plan_name": "Gold", "currency": "USD", "amount_minor": 3400, "charges": [
+            {"invoice_id": "in_1", "period_start": now, "period_end": renew, "amount_minor": 1700, "currency": "USD"},
+            {"invoice_id": "in_2", "period_start": renew, "period_end": renew + timedelta(days=7),
+             "amount_minor": 1700, "currency": "USD"}]},
+        K.YEARLY_SUMMARY: {"plan_name": "Gold", "currency": "USD", "years": 1, "year_total_minor": 20400,
+                           "year_charges": 12, "charge_at": renew, "amount_minor": 1700,
+                           "since": now - timedelta(days=365)},
     }
 
 
 EXPECTED = {
-    K.RENEWAL_REMINDER: ["renews automatically on 22 January 2026", "17.00 USD", "Visa ending 4242"],
-    K.TRIAL_ENDING: ["trial of Gold ends on 22 January 2026", "17.00 USD"],
-    K.RECEIPT: ["We charged 17.00 USD", "15 January 2026 to 15 February 2026", "in_1"],
-    K.PAYMENT_FAILED: ["insufficient funds", "try again on 16 January 2026", "What to do"],
-    K.CARD_EXPIRING: ["ending 4242", "02/2026", "22 January 2026"],
-    K.CANCELLATION_CONFIRMED: ["canceled", "Access until:  4 February 2026", "not be charged again", "undo"],
+    K.RENEWAL_REMINDER: ["renews automatically on January 22, 2026", "$17.00", "Visa ending 4242"],
+    K.TRIAL_ENDING: ["trial of Gold ends on January 22, 2026", "$17.00"],
+    K.RECEIPT: ["We charged $17.00", "January 15, 2026 to February 15, 2026", "in_1"],
+    K.PAYMENT_FAILED: ["insufficient funds", "try again on January 16, 2026", "What to do"],
+    K.CARD_EXPIRING: ["ending 4242", "02/2026", "January 22, 2026"],
+    K.CANCELLATION_CONFIRMED: ["canceled", "Access until:  February 4, 2026", "not be charged again", "undo"],
     K.CANCELED_INVOLUNTARY: ["could not collect the payment", "Nothing more will be charged"],
     K.SUBSCRIPTION_REACTIVATED: ["continues", "Next charge"],
     K.REFUND: ["refunded 5.00 USD", "5 to 10 business days"],
@@ -63,6 +72,15 @@ EXPECTED = {
     K.PRICE_CHANGE: ["17.00 USD", "29.00 USD", "15 February 2026", "never be charged the new price"],
     K.SUBSCRIPTION_PAUSED: ["paused from 15 January 2026", "resumes by itself on 15 March 2026", "17.00 USD"],
     K.SUBSCRIPTION_RESUMED: ["has resumed", "15 January 2026", "17.00 USD"],
+    K.REFUND: ["refunded $5.00", "5 to 10 business days"],
+    K.CANCEL_LINK: ["new link", "works until March 16, 2026"],
+    K.SUBSCRIPTION_CONFIRMED: ["Thank you for subscribing to Gold", "$17.00 every month", "Free trial until:",
+                               "January 22, 2026 ($17.00)", "Cancel before January 22, 2026",
+                               "keep this e-mail as your record"],
+    K.MONTHLY_DIGEST: ["receipts for January 2026", "January 15, 2026 – January 22, 2026:  $17.00", "Total: $34.00"],
+    K.YEARLY_SUMMARY: ["Once a year", "Paid in the last 12 months: $204.00 (12 charges)",
+                       "Next charge: $17.00 on January 22, 2026, then $17.00 every month until you cancel.",
+                       "Subscriber since:  January 15, 2025"],
 }
 
 
@@ -99,7 +117,7 @@ def test_each_email_renders_text_and_html_with_its_facts(kind: str, sqlite_engin
         assert "Hi Ada" in body
     for fact in EXPECTED[kind]:
         assert fact in text, (kind, fact)
-    assert '<html lang="en">' in html
+    assert '<html lang="en" dir="ltr">' in html
     assert msg["List-Unsubscribe"] and msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
     cancel_url = str(msg["List-Unsubscribe"])[1:-1]
     if kind != K.CANCELED_INVOLUNTARY:

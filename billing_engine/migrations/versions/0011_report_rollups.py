@@ -11,13 +11,13 @@ table (docs/reports.md, "Rollups"). Nothing in the charge pipeline writes them.
   decline code, status, payment and what recovered it (recovery / funnel reports).
 
 Revision ID: 0011_report_rollups
-Revises: 0009_lifecycle_b
+Revises: 0010_trust
 """
 import sqlalchemy as sa
 from alembic import op
 
 revision = '0011_report_rollups'
-down_revision = '0009_lifecycle_b'
+down_revision = '0010_trust'
 branch_labels = None
 depends_on = None
 

@@ -1,0 +1,127 @@
+"""Languages (issue #16): every customer text is in every catalog (en, ru, he, hu), the
+catalogs are compiled from the .po sources at first use (no build step), money and dates
+follow the customer's locale, Hebrew is laid out right to left."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from babel.messages.extract import extract_from_dir
+from babel.messages.pofile import read_po
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, select
+
+from billing_engine import customers, i18n, notifications
+from billing_engine.cycle import run_cycle
+from billing_engine.db import transaction
+from billing_engine.errors import ValidationError
+from billing_engine.gateway.fake import FakeGateway
+from billing_engine.models import Notification
+from billing_engine.settings import load_settings
+from tests.factories import make_card, make_plan
+
+ROOT = Path(__file__).resolve().parents[1]
+LANGS = ("ru", "he", "hu")
+PLACEHOLDER = re.compile(r"%\((\w+)\)[sd]")
+
+
+def _source_ids() -> set[object]:
+    """Every message id in the sources now (the same extraction as scripts/i18n.sh)."""
+    method_map = [
+        ("billing_engine/terms.py", "python"), ("billing_engine/notifications.py", "python"),
+        ("api/routers/cancel_pages.py", "python"),
+        ("billing_engine/templates/email/**.txt", "jinja2"), ("billing_engine/templates/email/**.html", "jinja2"),
+        ("api/templates/cancel*.html", "jinja2"), ("api/templates/cancel.html", "jinja2"),
+    ]
+    options = {"billing_engine/templates/email/**.txt": {"trim_blocks": "True", "lstrip_blocks": "True",
+                                                           "extensions": "jinja2.ext.i18n"},
+               "**.html": {"extensions": "jinja2.ext.i18n"}}
+    keywords = {"_": None, "gettext": None, "ngettext": (1, 2), "N_": None}
+    ids: set[object] = set()
+    for _file, _line, msg, _comments, _ctx in extract_from_dir(str(ROOT), method_map, options, keywords=keywords):
+        ids.add(msg)
+    return ids
+
+
+def _catalog(lang: str):  # type: ignore[no-untyped-def]
+    with (i18n.LOCALE_DIR / lang / "LC_MESSAGES" / "messages.po").open("rb") as fh:
+        return read_po(fh, locale=lang)
+
+
+@pytest.mark.parametrize("lang", LANGS)
+def test_every_message_id_has_a_translation_in_every_catalog(lang: str) -> None:
+    source = _source_ids()
+    assert len(source) > 150
+    cat = _catalog(lang)
+    translated = {m.id if isinstance(m.id, str) else tuple(m.id): m for m in cat if m.id}
+    missing = [m for m in source if m not in translated]
+    assert missing == [], f"{lang}: not in the catalog (run scripts/i18n.sh and translate): {missing[:5]}"
+    for key, m in translated.items():
+        strings = [m.string] if isinstance(m.string, str) else list(m.string)
+        assert all(s.strip() for s in strings), f"{lang}: empty translation of {key!r}"
+        assert not m.fuzzy, f"{lang}: fuzzy translation of {key!r}"
+        allowed = set(PLACEHOLDER.findall(key if isinstance(key, str) else " ".join(key))) | {"num"}
+        for s in strings:
+            assert set(PLACEHOLDER.findall(s)) <= allowed, f"{lang}: unknown placeholder in {s!r}"
+        if isinstance(key, str):
+            assert set(PLACEHOLDER.findall(key)) == set(PLACEHOLDER.findall(strings[0])), \
+                f"{lang}: placeholders of {key!r} differ in {strings[0]!r}"
+
+
+def test_the_catalogs_compile_from_the_po_sources_without_a_build_step() -> None:
+    assert not list(i18n.LOCALE_DIR.rglob("*.mo"))  # nothing compiled in the tree
+    i18n.catalog.cache_clear()
+    assert i18n.translator("ru").gettext("Cancel my subscription") == "Отменить подписку"
+    assert i18n.translator("hu-HU").gettext("Cancel my subscription") == "Előfizetés lemondása"
+    assert i18n.translator("xx").gettext("Cancel my subscription") == "Cancel my subscription"  # unknown: English
+
+
+def test_money_and_dates_follow_the_locale() -> None:
+    at = datetime(2026, 1, 15, tzinfo=UTC)
+    assert i18n.translator("en").money(2500, "USD") == "$25.00"
+    assert i18n.translator("de").money(2500, "EUR") == "25,00\xa0€"
+    assert i18n.translator("ru").money(2500, "EUR") == "25,00\xa0€"
+    assert i18n.translator("hu").money(98000, "HUF") == "980\xa0Ft"
+    assert i18n.translator("en").money(980, "JPY") == "¥980"
+    assert i18n.translator("en").date(at) == "January 15, 2026"
+    assert i18n.translator("ru").date(at).startswith("15 января 2026")
+    assert i18n.translator("hu").date(at) == "2026. január 15."
+    assert i18n.translator("he").rtl and not i18n.translator("ru").rtl
+
+
+def test_a_customer_s_locale_is_validated_and_defaults_from_settings(sqlite_engine: Engine, now: datetime) -> None:
+    with transaction(sqlite_engine) as s:
+        c = customers.create(s, email="m@example.com", locale="he-IL", now=now)
+        assert c.locale == "he_IL"
+        with pytest.raises(ValidationError) as exc:
+            customers.create(s, email="x@example.com", locale="klingon!", now=now)
+        assert exc.value.field == "locale"
+        assert customers.set_locale(s, c, "", now=now).locale is None
+
+
+@pytest.mark.parametrize("lang,hello,price", [
+    ("ru", "Здравствуйте, Мария!", "17,00\xa0$ каждый месяц"),
+    ("he", "שלום Мария,", "כל חודש"),
+    ("hu", "Kedves Мария!", "havonta"),
+])
+def test_the_sign_up_e_mail_is_in_the_customer_s_language(sqlite_engine: Engine, now: datetime, lang: str,
+                                                            hello: str, price: str) -> None:
+    settings = load_settings(mail_transport="none", default_locale="en")
+    with transaction(sqlite_engine) as s:
+        plan = make_plan(s, now)
+        c = customers.create(s, email="m@example.com", name="Мария", locale=lang, now=now)
+        pm = make_card(s, now, c, plan)
+        from billing_engine import subscriptions
+
+        subscriptions.create(s, customer_id=c.id, plan_id=plan.id, payment_method_id=pm.id, now=now)
+    run_cycle(sqlite_engine, FakeGateway(), now=now + timedelta(minutes=1), settings=settings)
+    with Session(sqlite_engine) as s:
+        row = s.exec(select(Notification).where(Notification.kind == "receipt")).one()
+        msg = notifications.compose(s, row, settings, now)
+    text = str(msg.get_body(("plain",)).get_content())  # type: ignore[union-attr]
+    html = str(msg.get_body(("html",)).get_content())  # type: ignore[union-attr]
+    assert hello in text and price in text
+    assert f'lang="{lang}"' in html and (f'dir="{"rtl" if lang == "he" else "ltr"}"' in html)
