@@ -110,7 +110,7 @@ def _load(session: Session, sub_id: str, *, lock: bool = False) -> Subscription 
     return session.get(Subscription, sub_id, with_for_update=lock and pg)
 
 
-def _brand(settings: Settings, tr: i18n.Translator) -> dict[str, Any]:
+def page_brand(settings: Settings, tr: i18n.Translator) -> dict[str, Any]:
     """The seller and the page's language: ``_`` translates (values escaped, the
     catalog's text trusted), ``lang`` / ``dir`` for <html>."""
     def gettext(message: str, **values: Any) -> Markup:
@@ -137,7 +137,7 @@ def _view(session: Session, sub: Subscription, settings: Settings, now: datetime
     voluntary = sub.cancellation_kind == CancellationKind.VOLUNTARY
     return {
         "state": state,
-        **_brand(settings, tr),
+        **page_brand(settings, tr),
         "access": said,
         "tr": tr,
         "customer_name": customer.name or "",
@@ -167,7 +167,7 @@ def _page(request: Request, name: str, context: dict[str, Any], status_code: int
 def _bad_link(request: Request, settings: Settings, token: str, exc: links.InvalidCancelLink | None) -> HTMLResponse:
     expired = isinstance(exc, links.ExpiredCancelLink)
     ctx = {
-        **_brand(settings, i18n.translator(settings.default_locale)),
+        **page_brand(settings, i18n.translator(settings.default_locale)),
         "expired": expired,
         "resend_action": request.url_for("cancel_resend", token=token).path if expired else None,
     }
@@ -325,7 +325,7 @@ def cancel_resend(request: Request, token: str, engine: EngineDep, settings: Set
         )
         tr = notifications.translator_for(customer, settings)
         ctx = {
-            **_brand(settings, tr),
+            **page_brand(settings, tr),
             "masked_email": _mask(customer.email if customer else "", tr),
         }
     return _page(request, "cancel_resent.html", ctx)

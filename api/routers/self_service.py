@@ -32,7 +32,7 @@ from sqlmodel import Session
 
 from api.deps import EngineDep, GatewayDep, NowDep, SettingsDep
 from api.routers.cancel_pages import SECURITY_HEADERS, templates
-from billing_engine import abuse, cancellations, card_updates, links, receipts, self_service
+from billing_engine import abuse, cancellations, card_updates, links, notifications, receipts, self_service
 from billing_engine.db import transaction
 from billing_engine.errors import BillingError, NotFound
 from billing_engine.gateway.protocol import GatewayError, PaymentGateway
@@ -59,8 +59,12 @@ TEST_TOKENS = (
 )
 
 
-def _brand(settings: Settings) -> dict[str, str]:
-    return {"company_name": settings.company_name or "", "support_email": settings.support_email or ""}
+def _brand(settings: Settings) -> dict[str, Any]:
+    """The seller and the page's language: the account pages share the cancel pages' base
+    template (translated texts, ``lang`` / ``dir``); the default locale's."""
+    from api.routers.cancel_pages import page_brand
+
+    return page_brand(settings, notifications.translator_for(None, settings))
 
 
 def _page(request: Request, name: str, context: dict[str, Any], status_code: int = 200,
