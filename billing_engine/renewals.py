@@ -96,8 +96,14 @@ def is_due(sub: Any, now: datetime) -> bool:
 
 def needs_reminder(snap: Snapshot) -> bool:
     """A renewal or a trial's first charge waits for its reminder; the first charge at
-    sign-up (``incomplete``) and a retry of a period already attempted do not."""
-    return snap.sub.status in (SubscriptionStatus.ACTIVE, SubscriptionStatus.TRIALING) and snap.open_invoice is None
+    sign-up (``incomplete``), a retry of a period already attempted, and the first charge
+    of a schedule restarted by a resume (the customer's own request, or the date the
+    pause e-mail named with its amount; docs/lifecycle-pricing.md) do not."""
+    sub = snap.sub
+    restarted = (getattr(sub, "anchor_period_index", 0) == sub.next_period_index > 0
+                 and sub.billing_anchor == sub.current_period_end)
+    return sub.status in (SubscriptionStatus.ACTIVE, SubscriptionStatus.TRIALING) and snap.open_invoice is None \
+        and not restarted
 
 
 def charge_ready_at(snap: Snapshot, now: datetime) -> datetime | None:

@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from billing_engine import cancellations, coupons, pauses, pricing, subscriptions
+from billing_engine import cancellations, coupons, pauses, pricing, reminders, subscriptions
 from billing_engine.cycle import run_cycle
 from billing_engine.db import transaction
 from billing_engine.events import EventType
@@ -27,9 +27,16 @@ JAN1 = datetime(2026, 1, 1, 10, 0, tzinfo=UTC)
 YEAR = ReportQuery(start=datetime(2026, 1, 1, tzinfo=UTC), end=datetime(2026, 7, 1, tzinfo=UTC))
 
 
+def _cycle(engine: Engine, gw: FakeGateway, *, now: datetime, **kw: Any) -> Any:
+    """A run-cycle at ``now``, after the reminder pass of a week before (every renewal is
+    announced a lead time ahead: the trust rule of billing_engine.reminders)."""
+    reminders.queue(engine, now=now - timedelta(days=7), settings=SETTINGS)
+    return run_cycle(engine, gw, now=now, settings=SETTINGS, **kw)
+
+
 def _run(engine: Engine, gw: FakeGateway, *days: datetime, **kw: Any) -> None:
     for d in days:
-        run_cycle(engine, gw, now=d, settings=SETTINGS, **kw)
+        _cycle(engine, gw, now=d, **kw)
 
 
 def _invoices(engine: Engine, sub_id: str) -> list[tuple[str, int, int, str]]:
@@ -99,10 +106,10 @@ def test_price_change_with_notice_then_renewal_at_the_new_price(engine: Engine) 
     assert EventType.SUBSCRIPTION_PRICE_CHANGE_NOTICE in _events(engine, sub_id)
 
     # the dry run on Mar 1 shows the new price
-    dry = run_cycle(engine, gw, now=datetime(2026, 2, 1, 10, tzinfo=UTC), settings=SETTINGS, dry_run=True)
+    dry = _cycle(engine, gw, now=datetime(2026, 2, 1, 10, tzinfo=UTC), dry_run=True)
     assert [(a["action"], a["amount_minor"]) for a in dry.would_charge] == [("charge", 1700)]
     _run(engine, gw, datetime(2026, 2, 1, 10, tzinfo=UTC))
-    dry = run_cycle(engine, gw, now=datetime(2026, 3, 1, 10, tzinfo=UTC), settings=SETTINGS, dry_run=True)
+    dry = _cycle(engine, gw, now=datetime(2026, 3, 1, 10, tzinfo=UTC), dry_run=True)
     assert [(a["action"], a["amount_minor"]) for a in dry.would_charge] == [("charge", 2900)]
     _run(engine, gw, datetime(2026, 3, 1, 10, tzinfo=UTC), datetime(2026, 4, 1, 10, tzinfo=UTC))
 
@@ -202,7 +209,7 @@ def test_pause_across_two_renewals_then_resume(engine: Engine) -> None:
     while day < datetime(2026, 3, 20, tzinfo=UTC):
         _run(engine, gw, day)
         day += timedelta(days=2)
-    assert run_cycle(engine, gw, now=day, settings=SETTINGS, dry_run=True).would_charge == []
+    assert _cycle(engine, gw, now=day, dry_run=True).would_charge == []
     assert _charges(gw) == [1700]
     assert _sub(engine, sub_id).status == "paused"
     assert _mails(engine, sub_id, "renewal_reminder") == []
@@ -241,14 +248,14 @@ def test_pause_at_period_end_with_a_resume_date_resumes_by_itself(engine: Engine
         pauses.pause(s, subscriptions.get(s, sub_id), now=datetime(2026, 1, 10, tzinfo=UTC), at_period_end=True,
                      resumes_at=resumes)
     assert _sub(engine, sub_id).status == "active"  # until the paid period ends
-    dry = run_cycle(engine, gw, now=datetime(2026, 2, 1, 10, tzinfo=UTC), settings=SETTINGS, dry_run=True)
+    dry = _cycle(engine, gw, now=datetime(2026, 2, 1, 10, tzinfo=UTC), dry_run=True)
     assert [(a["action"], a["amount_minor"]) for a in dry.would_charge] == [("pause", 0)]
-    summary = run_cycle(engine, gw, now=datetime(2026, 2, 1, 10, tzinfo=UTC), settings=SETTINGS)
+    summary = _cycle(engine, gw, now=datetime(2026, 2, 1, 10, tzinfo=UTC))
     assert (summary.paused, summary.charged) == (1, 0)
     assert _sub(engine, sub_id).paused_at == datetime(2026, 2, 1, 10, tzinfo=UTC)
-    dry = run_cycle(engine, gw, now=datetime(2026, 3, 11, tzinfo=UTC), settings=SETTINGS, dry_run=True)
+    dry = _cycle(engine, gw, now=datetime(2026, 3, 11, tzinfo=UTC), dry_run=True)
     assert [a["action"] for a in dry.would_charge] == ["resume"]
-    summary = run_cycle(engine, gw, now=datetime(2026, 3, 11, tzinfo=UTC), settings=SETTINGS)  # a day late
+    summary = _cycle(engine, gw, now=datetime(2026, 3, 11, tzinfo=UTC))  # a day late
     assert (summary.resumed, summary.succeeded) == (1, 1)
     assert _invoices(engine, sub_id) == [("2026-01-01", 1700, 0, "paid"), ("2026-03-10", 1700, 0, "paid")]
     assert _sub(engine, sub_id).current_period_end == datetime(2026, 4, 10, 12, tzinfo=UTC)
@@ -315,7 +322,7 @@ def test_coupon_for_three_periods(engine: Engine) -> None:
         pm = make_card(s, JAN1, cust, plan)
         sub_id = subscriptions.create(s, customer_id=cust.id, plan_id=plan.id, payment_method_id=pm.id, now=JAN1,
                                       coupon="WELCOME20").id
-    dry = run_cycle(engine, gw, now=JAN1, settings=SETTINGS, dry_run=True)
+    dry = _cycle(engine, gw, now=JAN1, dry_run=True)
     assert [(a["amount_minor"], a["gross_minor"], a["discount_minor"], a["coupon"]) for a in dry.would_charge] == [
         (1360, 1700, 340, "WELCOME20")]
     for m in range(1, 6):

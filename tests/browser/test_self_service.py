@@ -90,6 +90,7 @@ def test_card_update_then_the_past_due_subscription_is_paid_at_once(
 
     sub = site.subscription(now)
     renewal = sub.current_period_end + timedelta(hours=1)
+    run_cycle(site.engine, site.gateway, now=renewal - timedelta(days=7), settings=site.settings)  # its reminder
     site.gateway.fail_next("insufficient_funds")
     assert run_cycle(site.engine, site.gateway, now=renewal, settings=site.settings).declined_soft == 1
     assert site.sub(sub.id).status == SubscriptionStatus.PAST_DUE

@@ -106,6 +106,7 @@ def test_stripe_checkout_setup_then_webhook_attaches_the_card_and_recovers_at_on
         customer_id = cust.id
     assert run_cycle(engine, gateway, now=now, settings=settings).succeeded == 1
     renewal = now + timedelta(days=31, hours=1)
+    run_cycle(engine, gateway, now=renewal - timedelta(days=7), settings=settings)  # the renewal's reminder
     sim.decline_next("insufficient_funds")
     assert run_cycle(engine, gateway, now=renewal, settings=settings).declined_soft == 1
     with Session(engine) as s:
