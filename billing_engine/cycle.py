@@ -25,6 +25,7 @@ lapse within the lease.
 
 from __future__ import annotations
 
+import contextvars
 import itertools
 import logging
 import threading
@@ -191,7 +192,7 @@ class _Batch:
         self.answers: list[_Answer | None] = [None] * len(steps)
         self._next = itertools.count()
         self._call = call
-        self.futures = [pool.submit(self._lane) for _ in range(min(lanes, len(steps)))]
+        self.futures = [pool.submit(contextvars.copy_context().run, self._lane) for _ in range(min(lanes, len(steps)))]
 
     def _lane(self) -> None:
         for i in self._next:  # itertools.count is atomic under the GIL
@@ -465,7 +466,9 @@ class _Settler:
             finally:
                 self.inline = None
             return
-        self.pending.append((batch, self.pool.submit(self.runner.settle, batch, timeout=timeout)))
+        # in a copy of this thread's context: the run's log fields (run id, worker id) go along
+        self.pending.append((batch, self.pool.submit(contextvars.copy_context().run, self.runner.settle, batch,
+                                                     timeout=timeout)))
         while len(self.pending) > 1:
             self.wait_one()
 

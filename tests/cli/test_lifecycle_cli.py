@@ -73,6 +73,7 @@ def test_subscribe_charges_at_once_and_a_decline_is_one_line_exit_5(run, tmp_pat
     assert _charges(tmp_path) == [("charge", 1000), ("charge", 1032)]
     down = _json(run("subscription", "change-plan", sub["id"], "--plan", "basic", "--at", mid, "--json"))
     assert down["change"] == "scheduled" and down["plan_code"] == "pro"
+    run("run-cycle", "--at", "2026-03-25T00:00:00Z", "--json")  # the renewal's reminder, a week ahead
     summary = _json(run("run-cycle", "--at", "2026-04-01T00:00:00Z", "--json"))
     assert summary["collected"] == {"USD": 1000}  # the downgrade took effect at the renewal
     euro = run("plan", "create", "--code", "eu", "--name", "EU", "--amount", "9.00", "--currency", "EUR", "--at", AT)

@@ -123,7 +123,8 @@ def test_no_secret_or_capability_token_in_the_logs_of_a_real_cli_session(tmp_pat
     pm = billing("payment-method", "add", cust["id"], "--token", secrets["card"], "--consent-ip", "203.0.113.9",
                  "--consent-user-agent", "Mozilla/5.0", "--terms-version", "v1", "--terms-file", "terms.txt",
                  "--consent-amount", "7.00", "--consent-currency", "USD", "--at", at)
-    sub = billing("subscribe", "--customer", cust["id"], "--plan", "basic", "--payment-method", pm["id"], "--at", at)
+    sub = billing("subscribe", "--customer", cust["id"], "--plan", "basic", "--payment-method", pm["id"],
+                  "--defer-first-charge", "--at", at)
     summary = billing("run-cycle", "--at", at)
     link = billing("cancel-link", sub["id"], "--at", at)
     assert summary["succeeded"] == 1
