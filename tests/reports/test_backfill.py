@@ -3,11 +3,10 @@ what payments._invoice_paid maintains, and the reports use them."""
 
 from __future__ import annotations
 
-from alembic import command
 from sqlalchemy import select, text
 from sqlalchemy.engine import Engine
 
-from billing_engine.db import alembic_config, upgrade
+from billing_engine.db import downgrade, upgrade
 from billing_engine.reports import reconcile
 from billing_engine.reports.sql import subscriptions
 from tests.reports.scenario import RANGE, build
@@ -25,10 +24,7 @@ def test_backfill_matches_what_the_engine_maintains(engine: Engine) -> None:
     assert sum(1 for a, m in maintained.values() if a is not None and m is not None) >= 15
     with engine.begin() as c:
         c.execute(text("UPDATE subscriptions SET activated_at = NULL, mrr_minor = NULL"))
-    cfg = alembic_config(engine)
-    with engine.begin() as c:
-        cfg.attributes["connection"] = c
-        command.downgrade(cfg, "0001")
+    downgrade(engine, "0001")
     upgrade(engine)
     assert _facts(engine) == maintained
     assert reconcile(engine, *RANGE) == []

@@ -70,11 +70,11 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table('subscriptions', schema=None) as batch_op:
-        batch_op.drop_index('ix_subscriptions_updated')
+    # plain DROP INDEX / DROP COLUMN (SQLite >= 3.35 too): a batch copy of invoices or
+    # customers trips the foreign keys that point at them
+    op.drop_index('ix_subscriptions_updated', table_name='subscriptions')
     for table in ('invoices', 'customers'):
-        with op.batch_alter_table(table, schema=None) as batch_op:
-            batch_op.drop_index(f'ix_{table}_updated_at')
-            batch_op.drop_column('updated_at')
+        op.drop_index(f'ix_{table}_updated_at', table_name=table)
+        op.drop_column(table, 'updated_at')
     op.drop_table('webhook_deliveries')
     op.drop_table('webhook_endpoints')
