@@ -27,10 +27,11 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
+from sqlalchemy import delete
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from billing_engine import customers, events, invoices, metadata, payments, subscriptions
+from billing_engine import customers, events, invoices, metadata, notifications, payments, subscriptions
 from billing_engine.db import transaction
 from billing_engine.errors import (
     Conflict,
@@ -52,6 +53,8 @@ from billing_engine.models import (
     Customer,
     Invoice,
     InvoiceStatus,
+    Notification,
+    NotificationStatus,
     PaymentAttempt,
     PaymentMethod,
     Plan,
@@ -292,6 +295,11 @@ def _declined(s: Session, attempt: PaymentAttempt, result: ChargeResult, *, beha
     events.record(s, events.EventType.SUBSCRIPTION_INCOMPLETE_EXPIRED, at=now, actor=actor, subscription_id=sub.id,
                   customer_id=sub.customer_id, invoice_id=invoice.id,
                   payload={"decline_code": code, "attempt_id": attempt.id, "payment_behavior": behavior.value})
+    # it never started: the sign-up confirmation queued with it is not sent (the caller
+    # tells the customer at once that the card was declined)
+    s.execute(delete(Notification).where(
+        col(Notification.subscription_id) == sub.id, col(Notification.status) == NotificationStatus.PENDING,
+        col(Notification.kind) == notifications.Kind.SUBSCRIPTION_CONFIRMED))
 
 
 def _unlease(s: Session, sub_id: str) -> None:

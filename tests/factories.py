@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlmodel import Session
 
@@ -53,3 +54,13 @@ def make_subscription(s: Session, now: datetime, *, plan: Plan | None = None, to
     pm = make_card(s, now, cust, plan, token=token)
     return subscriptions.create(s, customer_id=cust.id, plan_id=plan.id, payment_method_id=pm.id,
                                 now=now, start_at=start_at, trial_days=trial_days)
+
+
+def remind_ahead(engine: Any, at: datetime, settings: Any = None) -> None:
+    """The reminder passes ahead of a renewal at ``at`` (30 and 7 days before): a renewal is
+    charged only once its reminder is the plan's lead time old (billing_engine.reminders)."""
+    from billing_engine import reminders
+    from billing_engine.settings import load_settings
+
+    for days in (30, 7):
+        reminders.queue(engine, now=at - timedelta(days=days), settings=settings or load_settings())

@@ -24,7 +24,7 @@ from billing_engine.models import (
     SubscriptionStatus,
 )
 from billing_engine.settings import load_settings
-from tests.factories import make_card, make_customer, make_plan
+from tests.factories import make_card, make_customer, make_plan, remind_ahead
 
 SETTINGS = load_settings()
 T0 = datetime(2026, 3, 10, 9, 30, tzinfo=UTC)
@@ -67,10 +67,11 @@ def test_a_good_card_is_charged_at_once_and_the_subscription_is_active(engine: E
     assert [(i.status, i.amount_minor) for i in invs] == [(InvoiceStatus.PAID, 1700)]
     assert [a.idempotency_key for a in atts] == [f"billing:{invs[0].id}:attempt:1"]
     assert [(e.kind, e.amount_minor, e.idempotency_key) for e in gw.ledger] == [("charge", 1700, atts[0].idempotency_key)]
-    assert mails == ["receipt"]
+    assert mails == ["subscription_confirmed", "receipt"]  # the terms, then the receipt
     assert sub.lease_owner is None  # the run-cycle may take it from here
     # the run-cycle at the same instant has nothing to do; a month later it renews once
     assert run_cycle(engine, gw, now=T0, settings=SETTINGS).charged == 0
+    remind_ahead(engine, T0 + timedelta(days=31), SETTINGS)  # the renewal's reminder
     assert run_cycle(engine, gw, now=T0 + timedelta(days=31), settings=SETTINGS).succeeded == 1
     assert [e.amount_minor for e in gw.ledger] == [1700, 1700]
 
@@ -123,7 +124,7 @@ def test_allow_incomplete_keeps_it_for_a_retry_that_charges_once(engine: Engine)
     assert sub.status == SubscriptionStatus.ACTIVE and sub.payment_method_id == good
     assert [i.status for i in invs] == [InvoiceStatus.PAID]
     assert [(a.attempt_number, a.status) for a in atts] == [(1, AttemptStatus.FAILED), (2, AttemptStatus.SUCCEEDED)]
-    assert [(e.kind, e.amount_minor) for e in gw.ledger] == [("charge", 1700)] and mails == ["receipt"]
+    assert [(e.kind, e.amount_minor) for e in gw.ledger] == [("charge", 1700)] and mails == ["subscription_confirmed", "receipt"]
 
 
 def test_no_answer_is_not_a_decline_and_the_retry_reconciles_without_charging_twice(engine: Engine) -> None:
@@ -181,7 +182,7 @@ def test_a_gateway_refusing_our_request_is_no_decline_and_the_next_run_settles_i
     [sub] = _subs(engine)
     _, invs, atts, mails = _state(engine, sub.id)
     assert sub.status == SubscriptionStatus.INCOMPLETE and sub.lease_owner is None  # not expired, not declined
-    assert [a.status for a in atts] == [AttemptStatus.PENDING] and mails == []
+    assert [a.status for a in atts] == [AttemptStatus.PENDING] and mails == ["subscription_confirmed"]  # the terms; no receipt
     gw = FakeGateway()  # the key fixed: the run-cycle reconciles the same attempt (same key), charged once
     assert run_cycle(engine, gw, now=T0 + timedelta(minutes=5), settings=SETTINGS).succeeded == 1
     _, _, atts, _ = _state(engine, sub.id)

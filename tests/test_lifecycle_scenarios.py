@@ -19,7 +19,7 @@ from billing_engine.reports.mrr import mrr_report
 from billing_engine.reports.params import ReportQuery
 from billing_engine.reports.revenue import revenue_report
 from billing_engine.settings import load_settings
-from tests.factories import make_card, make_customer, make_plan
+from tests.factories import make_card, make_customer, make_plan, remind_ahead
 
 SETTINGS = load_settings()
 JAN5 = datetime(2026, 1, 5, 12, tzinfo=UTC)
@@ -46,6 +46,7 @@ def _mails(engine: Engine) -> list[str]:
 def test_a_refund_within_the_guarantee_window_returns_everything_and_ends_it(engine: Engine) -> None:
     sub_id, _, gw = _world(engine)
     feb5 = datetime(2026, 2, 5, 12, tzinfo=UTC)
+    remind_ahead(engine, feb5, SETTINGS)  # the renewal's reminder
     assert run_cycle(engine, gw, now=feb5, settings=SETTINGS).succeeded == 1  # second payment, day 31
     with pytest.raises(Conflict) as late:  # 30 days from the first payment (Jan 5) ended on Feb 4
         guarantees.refund(engine, gw, subscription_id=sub_id, now=feb5)
@@ -63,7 +64,7 @@ def test_guarantee_refund_inside_the_window_and_the_revenue_line(engine: Engine)
         sub = s.get_one(Subscription, sub_id)
         assert (sub.status, sub.cancellation_kind, sub.ended_at) == ("canceled", "voluntary", day20)
         assert [r.guarantee for r in s.exec(select(Refund))] == [True]
-    assert _mails(engine) == ["receipt", "cancellation_confirmed", "refund"]
+    assert _mails(engine) == ["subscription_confirmed", "receipt", "cancellation_confirmed", "refund"]
     with pytest.raises(Conflict, match="already refunded"):
         guarantees.refund(engine, gw, subscription_id=sub_id, now=day20)
     assert len(gw.ledger) == 2
@@ -104,7 +105,8 @@ def test_reactivation_links_the_new_subscription_and_reports_reactivation(engine
     rows = mrr_report(engine, ReportQuery(start=datetime(2026, 1, 1, tzinfo=UTC), end=datetime(2026, 4, 1, tzinfo=UTC))).rows
     assert [(r["new_minor"], r["churn_minor"], r["reactivation_minor"], r["mrr_end_minor"]) for r in rows] == \
         [(2500, 0, 0, 2500), (0, 2500, 0, 0), (0, 0, 2500, 2500)]
-    assert _mails(engine) == ["receipt", "cancellation_confirmed", "receipt"]
+    assert _mails(engine) == ["subscription_confirmed", "receipt", "cancellation_confirmed",
+                              "subscription_confirmed", "receipt"]
 
 
 def test_customer_edits_are_audited_and_metadata_limits_name_the_field(engine: Engine) -> None:
@@ -137,4 +139,4 @@ def test_customer_edits_are_audited_and_metadata_limits_name_the_field(engine: E
     with Session(engine) as s:
         sub = s.get_one(Subscription, res.subscription_id)
         assert (sub.payment_method_id, json.loads(sub.metadata_json or "{}")) == (pm.id, {"source": "import"})
-        assert s.exec(select(Notification.to_email)).all() == ["ada@new.example.com"]
+        assert s.exec(select(Notification.to_email)).all() == ["ada@new.example.com"] * 2  # the sign-up terms and the receipt

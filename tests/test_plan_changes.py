@@ -18,7 +18,7 @@ from billing_engine.reports import reconcile
 from billing_engine.reports.mrr import mrr_report
 from billing_engine.reports.params import ReportQuery
 from billing_engine.settings import load_settings
-from tests.factories import consent_for, make_card, make_customer, make_plan
+from tests.factories import consent_for, make_card, make_customer, make_plan, remind_ahead
 
 SETTINGS = load_settings(secret_keys=["plan-change-test-key-0123456789abcdef"])
 MAR1 = datetime(2026, 3, 1, tzinfo=UTC)  # March has 31 days: 2,678,400 seconds
@@ -111,10 +111,11 @@ def test_upgrade_mid_period_charges_the_difference_now_then_renews_at_the_new_pr
     with pytest.raises(Conflict, match="already made"):
         plan_changes.change(engine, gw, subscription_id=sub_id, plan=None, preview_token=pv.token,
                             now=MAR16 + timedelta(minutes=6), settings=SETTINGS)
+    remind_ahead(engine, APR1, SETTINGS)  # the renewal's reminder
     assert run_cycle(engine, gw, now=APR1, settings=SETTINGS).succeeded == 1
     assert _invoices(engine, sub_id)[-1] == ("period", "pro", 3000, "paid")
     assert [e.amount_minor for e in gw.ledger] == [1000, 1032, 3000]
-    assert _mails(engine) == ["receipt", "receipt", "receipt"]
+    assert _mails(engine) == ["subscription_confirmed", "receipt", "receipt", "renewal_reminder", "receipt"]
     rows = _mrr(engine, MAR1, datetime(2026, 5, 1, tzinfo=UTC))
     assert [(r["new_minor"], r["expansion_minor"], r["contraction_minor"], r["mrr_end_minor"]) for r in rows] == \
         [(1000, 2000, 0, 3000), (0, 0, 0, 3000)]
@@ -140,6 +141,7 @@ def test_an_expired_preview_or_a_declined_upgrade_changes_nothing(engine: Engine
     assert _code_of(engine, sub.plan_id) == "basic" and sub.status == "active"
     assert _invoices(engine, sub_id) == [("period", "basic", 1000, "paid"), ("proration", "pro", 1032, "void")]
     assert [e.amount_minor for e in gw.ledger] == [1000]
+    remind_ahead(engine, APR1, SETTINGS)  # the renewal's reminder
     assert run_cycle(engine, gw, now=APR1, settings=SETTINGS).succeeded == 1  # renews on basic
     assert [e.amount_minor for e in gw.ledger] == [1000, 1000]
 
@@ -156,12 +158,13 @@ def test_downgrade_waits_for_period_end_and_the_renewal_bills_the_new_plan(engin
     sub = _sub(engine, sub_id)
     assert _code_of(engine, sub.plan_id) == "basic" and sub.scheduled_plan_id is not None
     assert run_cycle(engine, gw, now=MAR16 + timedelta(days=1), settings=SETTINGS).charged == 0
+    remind_ahead(engine, APR1, SETTINGS)  # the renewal's reminder
     assert run_cycle(engine, gw, now=APR1, settings=SETTINGS).succeeded == 1
     sub = _sub(engine, sub_id)
     assert _code_of(engine, sub.plan_id) == "lite" and sub.scheduled_plan_id is None and sub.mrr_minor == 400
     assert _invoices(engine, sub_id) == [("period", "basic", 1000, "paid"), ("period", "lite", 400, "paid")]
     assert [e.amount_minor for e in gw.ledger] == [1000, 400]
-    assert _mails(engine) == ["receipt", "receipt"]
+    assert _mails(engine) == ["subscription_confirmed", "receipt", "renewal_reminder", "receipt"]
     rows = _mrr(engine, MAR1, datetime(2026, 5, 1, tzinfo=UTC))
     assert [(r["new_minor"], r["expansion_minor"], r["contraction_minor"], r["mrr_end_minor"]) for r in rows] == \
         [(1000, 0, 0, 1000), (0, 0, 600, 400)]
@@ -177,7 +180,7 @@ def test_immediate_downgrade_refunds_the_unused_difference(engine: Engine) -> No
     assert (res.preview.quote.credit_minor, res.preview.quote.charge_minor) == (516, 206)  # type: ignore[union-attr]
     assert [(e.kind, e.amount_minor) for e in gw.ledger] == [("charge", 1000), ("refund", 310)]
     assert _invoices(engine, sub_id) == [("period", "basic", 1000, "paid"), ("proration", "lite", 0, "paid")]
-    assert _mails(engine) == ["receipt", "refund"]
+    assert _mails(engine) == ["subscription_confirmed", "receipt", "refund"]
 
 
 def test_interval_change_monthly_to_yearly_starts_a_yearly_period_now(engine: Engine) -> None:
@@ -190,6 +193,7 @@ def test_interval_change_monthly_to_yearly_starts_a_yearly_period_now(engine: En
     # 300.00 for the year from now, minus the unused 16/31 of March's 10.00 (5.16)
     assert [e.amount_minor for e in gw.ledger] == [1000, 29484]
     assert run_cycle(engine, gw, now=APR1 + timedelta(days=60), settings=SETTINGS).charged == 0
+    remind_ahead(engine, datetime(2027, 3, 16, tzinfo=UTC), SETTINGS)  # the renewal's reminder
     assert run_cycle(engine, gw, now=datetime(2027, 3, 16, tzinfo=UTC), settings=SETTINGS).succeeded == 1
     assert [e.amount_minor for e in gw.ledger] == [1000, 29484, 30000]
     assert _invoices(engine, sub_id) == [("period", "basic", 1000, "paid"), ("proration", "pro-yearly", 29484, "paid"),

@@ -61,7 +61,8 @@ class Recompute:
 
     def mrr_of(self, inv: Any) -> int:
         p = self.raw.plans[inv.plan_id]
-        return monthly_amount(inv.amount_minor, Interval(p.interval), p.interval_count)
+        amount = p.amount_minor if getattr(inv, "kind", "period") == "proration" else inv.amount_minor  # a plan change
+        return monthly_amount(amount, Interval(p.interval), p.interval_count)
 
     # -- cohorts ---------------------------------------------------------------------------
     def cohorts(self) -> list[dict[str, Any]]:

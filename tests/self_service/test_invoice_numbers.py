@@ -17,7 +17,7 @@ from billing_engine.db import transaction
 from billing_engine.gateway.fake import FakeGateway
 from billing_engine.models import Invoice, InvoiceStatus
 from billing_engine.settings import Settings, load_settings
-from tests.factories import make_plan, make_subscription
+from tests.factories import make_plan, make_subscription, remind_ahead
 
 
 @pytest.fixture
@@ -43,6 +43,7 @@ def test_batched_run_numbers_every_paid_invoice_without_gaps(engine: Engine, now
     assert _numbers(engine) == [f"2026-{i:06d}" for i in range(1, 11)]
     # a month later, declines get no number; the paid ones continue the series
     gateway.fail_next("insufficient_funds", times=3)
+    remind_ahead(engine, now + timedelta(days=31, hours=1), settings)  # the renewal's reminder
     summary = run_cycle(engine, gateway, now=now + timedelta(days=31, hours=1), settings=settings)
     assert summary.succeeded == 7 and summary.declined_soft == 3
     assert _numbers(engine) == [f"2026-{i:06d}" for i in range(1, 18)]

@@ -32,7 +32,7 @@ from billing_engine.models import (
     SubscriptionStatus,
 )
 from billing_engine.settings import Settings, load_settings
-from tests.factories import make_plan, make_subscription
+from tests.factories import make_plan, make_subscription, remind_ahead
 
 BASE = "https://news.example"
 
@@ -82,6 +82,7 @@ def _past_due(engine: Engine, now: datetime, settings: Settings, gateway: FakeGa
     sub = _paid(engine, now, settings, gateway)
     renewal = sub.current_period_end + timedelta(hours=1)
     gateway.fail_next("insufficient_funds")
+    remind_ahead(engine, renewal, settings)  # the renewal's reminder
     summary = run_cycle(engine, gateway, now=renewal, settings=settings)
     assert summary.declined_soft == 1
     sub = _sub(engine, sub.id)
