@@ -198,6 +198,12 @@ PROBLEM_EXAMPLES: dict[int, dict[str, Any]] = {
           "detail": "the request could not be read"},
     401: {"type": "about:blank", "title": "Unauthorized", "status": 401, "code": "unauthorized",
           "detail": "missing admin token: send 'Authorization: Bearer <token>'"},
+    402: {"type": "urn:billing:problem:payment_declined", "title": "Payment declined", "status": 402,
+          "code": "payment_declined", "field": "payment_method",
+          "detail": "the card was declined (insufficient_funds): Your card has insufficient funds; "
+                    f"subscription {SUB} was not started and nothing was charged",
+          "subscription": {"id": SUB, "status": "incomplete", "customer_id": CUS, "plan_code": "basic-monthly",
+                           "amount_minor": 1700, "currency": "USD", "amount": "17.00"}},
     403: {"type": "about:blank", "title": "Forbidden", "status": 403, "code": "forbidden",
           "detail": "the token 'finance' is read-only: it may read reports and the dashboard only"},
     404: {"type": "about:blank", "title": "Not Found", "status": 404, "code": "not_found",

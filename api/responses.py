@@ -8,6 +8,9 @@ from api.schemas import Problem
 
 _DESCRIPTIONS = {
     401: "Missing or invalid admin token.",
+    402: ("Payment declined: the card refused the charge. `code` is payment_declined (or payment_requires_action: "
+          "the customer must authenticate, 3-D Secure), `detail` names the decline code and the subscription, and "
+          "`subscription` is the subscription as it now stands (kept incomplete only with allow_incomplete)."),
     404: "Unknown id.",
     409: "Conflicts with the current state.",
     422: "Invalid input; `field` names the offending field.",

@@ -173,10 +173,11 @@ class PlanOut(BaseModel):
     cancel_immediately: bool
     reminder_days: int | None
     tier: str | None
-    receipts: str = "each"
+    receipts: str = Field("each", description="Receipt e-mails: each (one per charge) | off | monthly (a digest).")
     subscriber_count: int | None = None
     created_at: datetime
-    metadata: dict[str, str] = Field(default_factory=dict)
+    metadata: dict[str, str] = Field(default_factory=dict, description="Your own key-value pairs stored with the "
+                                     "plan (strings; at most 50 keys).")
     guarantee_days: int | None = Field(None, description="Money-back guarantee window (days after the first payment).")
 
 
@@ -213,11 +214,14 @@ class CustomerOut(BaseModel):
     name: str
     external_ref: str | None
     gateway_customer_id: str | None
-    locale: str | None = None
+    locale: str | None = Field(None, description="Language of the customer's e-mails and pages (en, ru, he, hu ...); "
+                               "null: BILLING_DEFAULT_LOCALE.")
     created_at: datetime
     updated_at: datetime = Field(description="The last change (filter lists with updated_gte / updated_lt).")
-    metadata: dict[str, str] = Field(default_factory=dict)
-    default_payment_method_id: str | None = None
+    metadata: dict[str, str] = Field(default_factory=dict, description="Your own key-value pairs stored with the "
+                                     "customer (strings; at most 50 keys).")
+    default_payment_method_id: str | None = Field(None, description="The card (pm_...) new subscriptions use when "
+                                                  "none is given; null: none set.")
 
 
 # --------------------------------------------------------------------------- payment methods
@@ -297,15 +301,25 @@ Metadata = Annotated[dict[Str40, Str500 | None], Field(
 
 
 class FirstChargeOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "status": "succeeded", "invoice_id": "in_01JH8Z7Q2W3E4R5T6Y7U8I9O0P",
+        "attempt_id": "pay_01JH8Z7Q2W3E4R5T6Y7U8I9O0P", "amount_minor": 1700, "currency": "USD",
+        "decline_code": None, "decline_kind": None, "message": None, "kept_incomplete": False,
+    }]})
+
     status: str = Field(description="succeeded | declined | requires_action | unknown | deferred | trialing | scheduled")
-    invoice_id: str | None = None
-    attempt_id: str | None = None
-    amount_minor: int | None = None
-    currency: str | None = None
-    decline_code: str | None = None
-    decline_kind: str | None = None
-    message: str | None = None
-    kept_incomplete: bool = False
+    invoice_id: str | None = Field(None, description="The first invoice (in_...); null when nothing was billed yet "
+                                   "(trialing, deferred, scheduled).")
+    attempt_id: str | None = Field(None, description="The charge attempt of the first invoice (pay_...); null when "
+                                   "no charge was made.")
+    amount_minor: int | None = Field(None, description="Amount of the first charge in minor units (with currency).")
+    currency: str | None = Field(None, description="ISO-4217 currency of the first charge, upper case.")
+    decline_code: str | None = Field(None, description="declined: the gateway's decline code (insufficient_funds, "
+                                     "lost_card ...).")
+    decline_kind: str | None = Field(None, description="declined: soft (may succeed on retry) | hard (will not).")
+    message: str | None = Field(None, description="The processor's human-readable reason, if any.")
+    kept_incomplete: bool = Field(False, description="True: the first charge failed and the subscription stays "
+                                  "incomplete for a retry (payment_behavior allow_incomplete).")
 
 
 class SubscriptionCreate(Input):
@@ -325,7 +339,8 @@ class SubscriptionCreate(Input):
         "allow_incomplete (402, the subscription stays incomplete for a retry).")
     defer_first_charge: bool = Field(
         False, strict=True, description="Leave the first charge to the next run-cycle (bulk loads).")
-    metadata: Metadata | None = None
+    metadata: Metadata | None = Field(None, description="Your own key-value pairs to store with the subscription: at "
+                                      "most 50 keys of at most 40 characters, values of at most 500 characters.")
     coupon: Str64 | None = Field(None, description="A coupon code to apply at once.")
     paused: bool = Field(False, strict=True, description="Start paused: no charge until resumed.")
     resumes_at: UtcDateTime | None = Field(None, description="Start paused until this instant.")
@@ -391,13 +406,17 @@ class SubscriptionOut(BaseModel):
     failed_attempts: int
     next_charge_at: datetime | None
     next_charge_amount_minor: int | None
-    paused_at: datetime | None = None
-    resumes_at: datetime | None = None
-    pause_at_period_end: bool = False
+    paused_at: datetime | None = Field(None, description="When the subscription was paused (UTC, ISO-8601); null "
+                                       "while not paused. No charge is made while paused.")
+    resumes_at: datetime | None = Field(None, description="When a paused subscription resumes by itself (UTC, "
+                                        "ISO-8601); null: paused until resumed by hand, or not paused.")
+    pause_at_period_end: bool = Field(False, description="True: a pause is scheduled for current_period_end (the "
+                                      "paid period runs out first).")
     created_at: datetime
     updated_at: datetime = Field(description="The last change (filter lists with updated_gte / updated_lt).")
-    metadata: dict[str, str] = Field(default_factory=dict)
-    reactivated_from: str | None = None
+    metadata: dict[str, str] = Field(default_factory=dict, description="Your own key-value pairs stored with the subscription (strings; at most 50 keys).")
+    reactivated_from: str | None = Field(None, description="The ended subscription (sub_...) this one reactivated; "
+                                         "null for a new subscription.")
     scheduled_plan_id: str | None = Field(None, description="A plan change that takes effect at period end.")
     first_charge: FirstChargeOut | None = Field(None, description="On subscribe: what happened to the first charge.")
 
@@ -501,9 +520,11 @@ class InvoiceOut(BaseModel):
     paid_at: datetime | None
     closed_at: datetime | None
     updated_at: datetime = Field(description="The last change (filter lists with updated_gte / updated_lt).")
-    gross_minor: int | None = None  # the price in force; amount_minor = gross - discount
-    discount_minor: int = 0
-    redemption_id: str | None = None
+    gross_minor: int | None = Field(None, description="The plan price in force for the period, in minor units "
+                                    "(amount_minor = gross_minor - discount_minor); null on invoices from before "
+                                    "discounts existed.")
+    discount_minor: int = Field(0, description="A coupon's discount on this invoice, in minor units (0: none).")
+    redemption_id: str | None = Field(None, description="The coupon redemption that gave the discount; null: none.")
 
 
 class InvoiceDetail(InvoiceOut):
@@ -551,9 +572,12 @@ class WouldCharge(BaseModel):
     amount: str
     status: str
     due_at: datetime | None
-    gross_minor: int | None = Field(default=None, description="charge: the price in force for the period")
-    discount_minor: int | None = Field(default=None, description="charge: a coupon's discount (amount = gross - discount)")
-    coupon: str | None = None
+    gross_minor: int | None = Field(default=None, description="charge: the price in force for the period",
+                                    examples=[1700])
+    discount_minor: int | None = Field(default=None, description="charge: a coupon's discount (amount = gross - "
+                                       "discount)", examples=[340])
+    coupon: str | None = Field(default=None, description="charge: the code of the coupon that discounts it; null: "
+                               "none.", examples=["WELCOME20"])
 
 
 class CycleSummaryOut(BaseModel):
@@ -576,8 +600,10 @@ class CycleSummaryOut(BaseModel):
     cancellations_effective: int
     blocked: int
     reminders_queued: int
-    waiting_for_reminder: int = 0
-    digests_queued: int = 0
+    waiting_for_reminder: int = Field(0, description="Due subscriptions not charged yet because their renewal "
+                                      "reminder has not gone out long enough before (charged in a later run).")
+    digests_queued: int = Field(0, description="Monthly receipt digests queued by this run (plans with receipts "
+                                "monthly).")
     notifications_sent: int
     collected: dict[str, int]
     collected_display: dict[str, str]

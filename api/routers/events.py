@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query
-from pydantic import AfterValidator, BaseModel, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from sqlmodel import Session
 
 from api.auth import ADMIN
@@ -31,7 +31,7 @@ class EventOut(BaseModel):
 
     id: str = Field(examples=["evt_1042"])
     type: str = Field(examples=["subscription.canceled"])
-    timestamp: str = Field(description="When it happened (UTC, ISO-8601).")
+    timestamp: str = Field(description="When it happened (UTC, ISO-8601).", examples=["2026-02-15T09:00:00Z"])
     data: dict[str, Any]
 
 
@@ -42,6 +42,10 @@ class EventPage(BaseModel):
 
 
 class ResendRequest(Input):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"created_gte": "2026-02-15T00:00:00Z", "created_lt": "2026-02-16T00:00:00Z",
+         "endpoint": "we_01JH8Z7Q2W3E4R5T6Y7U8I9O0P", "types": ["subscription.canceled", "invoice.paid"]}]})
+
     created_gte: UtcDateTime | None = Field(default=None, description="Resend every event created at or after ...")
     created_lt: UtcDateTime | None = Field(default=None, description="... and before this instant (default: no end).")
     endpoint: Str40 | None = Field(default=None, description="Only to this endpoint (default: every enabled "
@@ -50,7 +54,8 @@ class ResendRequest(Input):
 
 
 class ResendOut(BaseModel):
-    queued: int = Field(description="Deliveries queued; the delivery worker sends them (billing webhook deliver).")
+    queued: int = Field(description="Deliveries queued; the delivery worker sends them (billing webhook deliver).",
+                        examples=[3])
 
 
 def _when(v: str | None, field: str) -> datetime | None:
@@ -67,8 +72,10 @@ def list_events(
                                       "(subscription.* matches a family)."), AfterValidator(clean_optional)] = None,
     created_gte: When = None,
     created_lt: When = None,
-    subscription: Annotated[str | None, Query(max_length=40), AfterValidator(clean_optional)] = None,
-    customer: Annotated[str | None, Query(max_length=40), AfterValidator(clean_optional)] = None,
+    subscription: Annotated[str | None, Query(max_length=40, description="Only events about this subscription "
+                                              "(sub_...)."), AfterValidator(clean_optional)] = None,
+    customer: Annotated[str | None, Query(max_length=40, description="Only events about this customer (cus_...) "
+                                          "or their subscriptions."), AfterValidator(clean_optional)] = None,
     limit: Annotated[Limit, Query()] = 100,
 ) -> EventPage:
     types = event_feed.parse_types(type, field="type")
@@ -92,7 +99,8 @@ def show_event(event: EventId, engine: EngineDep) -> EventOut:
 @router.post("/{event}/resend", response_model=ResendOut, status_code=202, responses=admin(404),
              summary="Send an event again (any age) to its endpoints, or to one")
 def resend_event(event: EventId, engine: EngineDep, now: NowDep,
-                 endpoint: Annotated[str | None, Query(max_length=40), AfterValidator(clean_optional)] = None,
+                 endpoint: Annotated[str | None, Query(max_length=40, description="Send only to this endpoint (we_...); default: every enabled endpoint subscribed to the event's type."),
+                                     AfterValidator(clean_optional)] = None,
                  ) -> ResendOut:
     eid = event_feed.parse_event_id(event)
     if endpoint is not None:

@@ -11,7 +11,7 @@ from typing import Any, Literal
 from fastapi import APIRouter, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from api.auth import ADMIN, actor
 from api.deps import EngineDep, NowDep, SettingsDep
@@ -25,6 +25,15 @@ router = APIRouter(tags=["imports"], dependencies=ADMIN)
 
 
 class ImportRequest(Input):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"source": "stripe", "dry_run": True},
+        {"source": "csv", "dry_run": False, "charge_from": "2026-03-01T00:00:00Z",
+         "csv": "subscription_id,customer_id,email,payment_token,plan_code,status,billing_anchor,"
+                "current_period_start,current_period_end\n"
+                "old-sub-17,old-cus-4,ada@example.com,pm_1Nabc,basic-monthly,active,2026-01-15T09:00:00Z,"
+                "2026-02-15T09:00:00Z,2026-03-15T09:00:00Z\n"},
+    ]})
+
     source: Literal["stripe", "csv"] = Field(description="stripe: the account of BILLING_STRIPE_API_KEY; "
                                              "csv: the `csv` field (format: docs/migrating-from-stripe.md).")
     dry_run: bool = Field(False, strict=True, description="Say what would be created and what cannot; change nothing.")
@@ -35,15 +44,32 @@ class ImportRequest(Input):
 
 
 class ImportOut(BaseModel):
-    source: str
-    dry_run: bool
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "source": "stripe", "dry_run": False, "created": {"customers": 2, "payment_methods": 2, "consents": 2, "subscriptions": 2},
+        "already_imported": 0, "unsupported": [{"object": "subscription", "id": "sub_1Nxyz", "reason": "unsupported currency 'xau'"}],
+        "resumed_from": None, "charge_from": "2026-03-01T00:00:00Z", "would_create": None,
+        "subscriptions_created": [{"external_id": "sub_1Nabc", "customer": "ada@example.com", "plan": "basic-monthly",
+                                   "status": "active", "amount_minor": 1700, "currency": "USD",
+                                   "next_charge_at": "2026-03-15T09:00:00Z", "cancel_at_period_end": False,
+                                   "charge_from": "2026-03-01T00:00:00Z"}],
+    }]})
+
+    source: str = Field(description="stripe | csv: where the objects came from.")
+    dry_run: bool = Field(description="True: nothing was changed; the counts say what would be created.")
     created: dict[str, int] = Field(description="Objects created (dry run: that would be created), by kind.")
     already_imported: int = Field(description="Subscriptions found by their external id: nothing created.")
     unsupported: list[dict[str, str]] = Field(description="Objects that cannot be imported, with the reason.")
-    resumed_from: str | None = None
-    charge_from: datetime | None = None
-    would_create: list[dict[str, Any]] | None = None
-    subscriptions_created: list[dict[str, Any]] | None = None
+    resumed_from: str | None = Field(None, description="stripe: where an interrupted earlier import had stopped and "
+                                     "this one continued (\"<status> after <Stripe subscription id>\"); null: "
+                                     "started from the beginning.")
+    charge_from: datetime | None = Field(None, description="The imported subscriptions are charged from this "
+                                         "instant only (UTC, ISO-8601); null: at their next charge date.")
+    would_create: list[dict[str, Any]] | None = Field(None, description="Dry run: the subscriptions that would be "
+                                                      "created, one object each; null otherwise.")
+    subscriptions_created: list[dict[str, Any]] | None = Field(None, description="The subscriptions created, one "
+                                                               "object each (external_id, customer, plan, status, "
+                                                               "amount_minor, currency, next_charge_at ...); null on "
+                                                               "a dry run.")
 
 
 @router.post("/v1/imports", status_code=201, response_model=ImportOut,

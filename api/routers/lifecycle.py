@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Request
 from fastapi.responses import JSONResponse
-from pydantic import AfterValidator, BaseModel, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from sqlmodel import Session
 
 from api import idempotency
@@ -46,7 +46,25 @@ CustomerId = Annotated[str, Path(min_length=1, max_length=200, description="Cust
 PlanRef = Annotated[str, Path(min_length=1, max_length=64, description="Plan code or id."), AfterValidator(clean_text)]
 
 
+PREVIEW_EXAMPLE: dict[str, Any] = {
+    "subscription_id": "sub_01JH8Z7Q2W3E4R5T6Y7U8I9O0P", "from_plan": "basic-monthly", "to_plan": "pro-monthly",
+    "timing": "now", "proration_behavior": "create_prorations", "direction": "upgrade",
+    "effective_at": "2026-02-01T09:00:00Z", "currency": "USD", "credit_minor": 850, "charge_minor": 2450,
+    "net_minor": 1600, "amount_due_now_minor": 1600, "refund_now_minor": 0,
+    "new_period_start": "2026-02-01T09:00:00Z", "new_period_end": "2026-02-15T09:00:00Z",
+    "unused_seconds": 1209600, "period_seconds": 2678400, "preview_token": "eyJzIjoic3ViXzAxSkg4WjdRMlcz.Z6s2kA.x7QkN2p...",
+    "preview_expires_at": "2026-02-01T09:15:00Z",
+}
+METADATA_UPDATE = ("Key-value pairs to merge into the stored ones: at most 50 keys of at most 40 characters, values of "
+                   "at most 500 characters; an empty value or null deletes the key.")
+
+
 class PlanChangeRequest(Input):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"plan": "pro-monthly", "when": "now", "proration_behavior": "create_prorations"},
+        {"preview_token": "eyJzIjoic3ViXzAxSkg4WjdRMlcz.Z6s2kA.x7QkN2p..."},
+    ]})
+
     plan: Str64 | None = Field(None, description="The new plan (code or id); optional with preview_token.")
     when: Str20 | None = Field(None, description="now | period_end (default: now for an upgrade, period end otherwise).")
     proration_behavior: Str30 | None = Field(None, description="create_prorations (default) | always_invoice | none.")
@@ -54,70 +72,114 @@ class PlanChangeRequest(Input):
 
 
 class PlanChangePreview(Input):
-    plan: Str64
-    when: Str20 | None = None
-    proration_behavior: Str30 | None = None
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"plan": "pro-monthly", "when": "now", "proration_behavior": "create_prorations"}]})
+
+    plan: Str64 = Field(description="The plan to preview a change to (code or id).")
+    when: Str20 | None = Field(None, description="now | period_end (default: now for an upgrade, period end "
+                               "otherwise).")
+    proration_behavior: Str30 | None = Field(None, description="create_prorations (default) | always_invoice | none "
+                                             "(no credit or charge for the rest of the period).")
 
 
 class PreviewOut(BaseModel):
-    subscription_id: str
-    from_plan: str
-    to_plan: str
-    timing: str
-    proration_behavior: str
+    model_config = ConfigDict(json_schema_extra={"examples": [PREVIEW_EXAMPLE]})
+
+    subscription_id: str = Field(description="The subscription (sub_...) the change is for.")
+    from_plan: str = Field(description="Code of the current plan.")
+    to_plan: str = Field(description="Code of the new plan.")
+    timing: str = Field(description="now | period_end: when the change takes effect.")
+    proration_behavior: str = Field(description="create_prorations | always_invoice | none.")
     direction: str = Field(description="upgrade | downgrade | same_price (monthly-normalised price).")
-    effective_at: datetime
-    currency: str
+    effective_at: datetime = Field(description="When the new plan takes effect (UTC, ISO-8601).")
+    currency: str = Field(description="ISO-4217 currency of every *_minor amount here (the new plan's).")
     credit_minor: int = Field(description="Unused part of the current period (rounded once, half to even).")
     charge_minor: int = Field(description="The new plan for the rest of the period (or its whole new period).")
-    net_minor: int
-    amount_due_now_minor: int
-    refund_now_minor: int
-    new_period_start: datetime | None
-    new_period_end: datetime | None
-    unused_seconds: int | None
-    period_seconds: int | None
-    preview_token: str
-    preview_expires_at: datetime
+    net_minor: int = Field(description="charge_minor - credit_minor in minor units: positive is owed by the customer, "
+                           "negative is owed to them; 0 at period end.")
+    amount_due_now_minor: int = Field(description="What is charged at once, in minor units (a positive net; else 0).")
+    refund_now_minor: int = Field(description="What is refunded at once, in minor units (a negative net unless "
+                                  "proration_behavior is none; else 0).")
+    new_period_start: datetime | None = Field(description="Start of the prorated period (UTC, ISO-8601); null at "
+                                              "period end.")
+    new_period_end: datetime | None = Field(description="End of the prorated period (UTC, ISO-8601); null at period "
+                                            "end.")
+    unused_seconds: int | None = Field(description="Seconds left in the current period, the proration numerator; "
+                                       "null at period end.")
+    period_seconds: int | None = Field(description="Length of the current period in seconds, the proration "
+                                       "denominator; null at period end.")
+    preview_token: str = Field(description="Pass as preview_token to make exactly this change at these amounts.")
+    preview_expires_at: datetime = Field(description="When preview_token stops working (UTC, ISO-8601; 15 minutes).")
 
 
 class PlanChangeOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "change": "changed", "preview": PREVIEW_EXAMPLE, "invoice_id": "in_01JH8Z7Q2W3E4R5T6Y7U8I9O0P",
+        "refund_id": None, "subscription": {"id": "sub_01JH8Z7Q2W3E4R5T6Y7U8I9O0P", "status": "active",
+                                            "plan_code": "pro-monthly", "amount_minor": 4900, "currency": "USD"},
+    }]})
+
     change: str = Field(description="changed | scheduled")
-    preview: PreviewOut
-    invoice_id: str | None
-    refund_id: str | None
-    subscription: SubscriptionOut
+    preview: PreviewOut = Field(description="The amounts and timing the change was made at.")
+    invoice_id: str | None = Field(description="The proration invoice (in_...) charged now; null when nothing was "
+                                   "charged.")
+    refund_id: str | None = Field(description="The refund (re_...) of a negative net; null when nothing was "
+                                  "refunded.")
+    subscription: SubscriptionOut = Field(description="The subscription after the change.")
 
 
 class ReactivateRequest(Input):
-    plan: Str64 | None = None
-    payment_method: Str40 | None = None
-    payment_behavior: Str30 = "error_if_incomplete"
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"plan": "basic-monthly", "payment_method": "pm_01JH8Z7Q2W3E4R5T6Y7U8I9O0P",
+         "payment_behavior": "error_if_incomplete"}]})
+
+    plan: Str64 | None = Field(None, description="Plan code or id of the new subscription (default: the ended "
+                               "one's plan).")
+    payment_method: Str40 | None = Field(None, description="Payment method id (pm_...) with recorded consent "
+                                         "(default: the ended subscription's card, if still active).")
+    payment_behavior: Str30 = Field("error_if_incomplete", description="On a declined first charge: "
+                                    "error_if_incomplete (402, nothing kept) | allow_incomplete (402, the new "
+                                    "subscription stays incomplete for a retry).")
 
 
 class SubscriptionUpdate(Input):
-    metadata: Metadata | None = None
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"metadata": {"crm_deal": "D-4711", "obsolete_key": None}}]})
+
+    metadata: Metadata | None = Field(None, description=METADATA_UPDATE)
 
 
 class CustomerUpdate(Input):
-    email: Str320 | None = None
-    name: Str200 | None = None
-    metadata: Metadata | None = None
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"email": "ada@example.com", "name": "Ada King", "metadata": {"segment": "smb"},
+         "default_payment_method": "pm_01JH8Z7Q2W3E4R5T6Y7U8I9O0P"}]})
+
+    email: Str320 | None = Field(None, description="New e-mail address for receipts, reminders and links.")
+    name: Str200 | None = Field(None, description="The customer's new full name.")
+    metadata: Metadata | None = Field(None, description=METADATA_UPDATE)
     default_payment_method: Str40 | None = Field(None, description="pm_...; an empty string clears it.")
 
 
 class PlanTermsUpdate(Input):
-    metadata: Metadata | None = None
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"metadata": {"feature_set": "basic"}, "guarantee_days": 30}]})
+
+    metadata: Metadata | None = Field(None, description=METADATA_UPDATE)
     guarantee_days: int | None = Field(None, strict=True, ge=0, le=365,
                                        description="Money-back guarantee window in days (0: none).")
 
 
 class GuaranteeRefundOut(BaseModel):
-    subscription_id: str
-    refund_ids: list[str]
-    amount_minor: int
-    currency: str
-    deadline: datetime
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "subscription_id": "sub_01JH8Z7Q2W3E4R5T6Y7U8I9O0P", "refund_ids": ["re_01JH8Z7Q2W3E4R5T6Y7U8I9O0P"],
+        "amount_minor": 1700, "currency": "USD", "deadline": "2026-02-14T09:00:00Z"}]})
+
+    subscription_id: str = Field(description="The refunded subscription (sub_...).")
+    refund_ids: list[str] = Field(description="The refunds (re_...) made, one per paid charge.")
+    amount_minor: int = Field(description="Total refunded, in minor units of currency.")
+    currency: str = Field(description="ISO-4217 currency of amount_minor.")
+    deadline: datetime = Field(description="End of the money-back guarantee window: the first payment plus the "
+                               "plan's guarantee_days (UTC, ISO-8601).")
 
 
 def _sub_out(engine: Any, sub_id: str) -> SubscriptionOut:

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import JSONResponse
-from pydantic import AfterValidator, BaseModel, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from sqlmodel import Session
 
 from api import idempotency
@@ -33,72 +33,108 @@ SubscriptionId = Annotated[str, Path(min_length=1, max_length=40, description="S
 class RepriceIn(Input):
     amount_minor: int = Field(strict=True, ge=0, le=10**12, description="The new price in minor units.")
     notice_days: int | None = Field(None, strict=True, description="Notice before existing subscribers pay it "
-                                    "(default BILLING_PRICE_NOTICE_DAYS; at least 7, at most 365).")
+                                    "(default BILLING_PRICE_NOTICE_DAYS; at least 7, at most 365).", examples=[30])
 
 
 class PriceChangeOut(BaseModel):
-    id: str
-    plan_id: str
-    old_amount_minor: int
-    amount_minor: int
-    currency: str
-    notice_days: int
-    announced_at: datetime
-    effective_at: datetime
-    subscribers_notified: int
-    actor: str
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "id": "pc_01JH8Z7Q2W3E4R5T6Y7U8I9O0P", "plan_id": "plan_01JH8Z7Q2W3E4R5T6Y7U8I9O0P",
+        "old_amount_minor": 1700, "amount_minor": 1900, "currency": "USD", "notice_days": 30,
+        "announced_at": "2026-02-15T09:00:00Z", "effective_at": "2026-03-17T09:00:00Z",
+        "subscribers_notified": 120, "actor": "admin:api:ops",
+    }]})
+
+    id: str = Field(description="The price change's id.")
+    plan_id: str = Field(description="The repriced plan's id (plan_...).")
+    old_amount_minor: int = Field(description="The price before the change, in minor units of currency.")
+    amount_minor: int = Field(description="The new price, in minor units of currency.")
+    currency: str = Field(description="ISO-4217 currency of both prices, upper case.")
+    notice_days: int = Field(description="Days of notice existing subscribers were given.")
+    announced_at: datetime = Field(description="When the change was announced (UTC, ISO-8601).")
+    effective_at: datetime = Field(description="From this instant (UTC, ISO-8601) existing subscribers pay the new "
+                                   "price, at their first renewal after it; new subscribers pay it at once.")
+    subscribers_notified: int = Field(description="Subscribers e-mailed about the new price.")
+    actor: str = Field(description="Who made the change: admin:api:<token name>, admin:cli:<user> ...")
 
 
 class DiscountCapIn(Input):
-    max_discount_percent: int | None = Field(strict=True, description="Percent (0-90); null: the default setting.")
+    max_discount_percent: int | None = Field(strict=True, description="Percent (0-90); null: the default setting.",
+                                             examples=[50])
 
 
 class DiscountCapOut(BaseModel):
-    plan: str
-    max_discount_percent: int
-    own_cap: int | None
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"plan": "basic-monthly", "max_discount_percent": 50, "own_cap": 50}]})
+
+    plan: str = Field(description="The plan's code.")
+    max_discount_percent: int = Field(description="The largest discount (percent of the price, 0-90) a coupon may "
+                                      "give on this plan: its own cap, else the default setting.")
+    own_cap: int | None = Field(description="The cap set on this plan itself (percent); null: it uses the default "
+                                "setting.")
 
 
 class CouponIn(Input):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"code": "WELCOME20", "name": "20% off the first 3 months", "percent_off": 20, "duration": "repeating",
+         "duration_periods": 3, "plans": ["basic-monthly"], "max_redemptions": 500,
+         "redeem_by": "2026-06-30T23:59:59Z", "once_per_customer": True},
+        {"code": "FIVEOFF", "amount_off_minor": 500, "currency": "USD", "duration": "once"},
+    ]})
+
     code: Str64 = Field(description="Code customers type (case-insensitive, stored upper-case).")
-    name: Str200 = ""
+    name: Str200 = Field("", description="Display name shown to customers (e.g. on receipts).")
     percent_off: int | None = Field(None, strict=True, description="1-100 (or amount_off_minor).")
     amount_off_minor: int | None = Field(None, strict=True, description="Fixed amount off, with currency.")
-    currency: Annotated[str, Field(max_length=3)] | None = None
+    currency: Annotated[str, Field(max_length=3)] | None = Field(
+        None, description="ISO-4217 currency of amount_off_minor (required with it; coupons in a currency apply "
+        "only to plans in that currency).")
     duration: Annotated[str, Field(max_length=10)] = Field("once", description="once | repeating | forever.")
     duration_periods: int | None = Field(None, strict=True, description="repeating: how many periods.")
     plans: list[Str64] = Field(default_factory=list, max_length=100, description="Only these plan codes (empty: all).")
-    max_redemptions: int | None = Field(None, strict=True)
-    redeem_by: UtcDateTime | None = None
-    once_per_customer: bool = Field(True, strict=True)
+    max_redemptions: int | None = Field(None, strict=True, description="How many times the coupon can be redeemed "
+                                        "in all (null: no limit).")
+    redeem_by: UtcDateTime | None = Field(None, description="Last instant the coupon can be redeemed (UTC, "
+                                          "ISO-8601 with an offset); null: no end.")
+    once_per_customer: bool = Field(True, strict=True, description="True: each customer can redeem it only once.")
 
 
 class CouponOut(BaseModel):
-    id: str
-    code: str
-    name: str
-    kind: str
-    percent_off: int | None
-    amount_off_minor: int | None
-    currency: str | None
-    duration: str
-    duration_periods: int | None
-    plans: list[str]
-    max_redemptions: int | None
-    times_redeemed: int
-    redeem_by: datetime | None
-    once_per_customer: bool
-    active: bool
-    created_at: datetime
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "id": "cpn_01JH8Z7Q2W3E4R5T6Y7U8I9O0P", "code": "WELCOME20", "name": "20% off the first 3 months",
+        "kind": "percent", "percent_off": 20, "amount_off_minor": None, "currency": None, "duration": "repeating",
+        "duration_periods": 3, "plans": ["basic-monthly"], "max_redemptions": 500, "times_redeemed": 42,
+        "redeem_by": "2026-06-30T23:59:59Z", "once_per_customer": True, "active": True,
+        "created_at": "2026-01-15T09:00:00Z",
+    }]})
+
+    id: str = Field(description="The coupon's id.")
+    code: str = Field(description="The code customers type (stored upper-case, matched case-insensitively).")
+    name: str = Field(description="Display name shown to customers.")
+    kind: str = Field(description="percent (percent_off) | amount (amount_off_minor in currency).")
+    percent_off: int | None = Field(description="Percent off the price (1-100); null for an amount coupon.")
+    amount_off_minor: int | None = Field(description="Fixed amount off each discounted charge, in minor units of "
+                                         "currency; null for a percent coupon.")
+    currency: str | None = Field(description="ISO-4217 currency of amount_off_minor; null for a percent coupon.")
+    duration: str = Field(description="once (first charge only) | repeating (duration_periods charges) | forever.")
+    duration_periods: int | None = Field(description="repeating: how many periods it discounts; null otherwise.")
+    plans: list[str] = Field(description="Plan codes it applies to (empty: every plan).")
+    max_redemptions: int | None = Field(description="How many times it can be redeemed in all (null: no limit).")
+    times_redeemed: int = Field(description="How many times it has been redeemed so far.")
+    redeem_by: datetime | None = Field(description="Last instant it can be redeemed (UTC, ISO-8601); null: no end.")
+    once_per_customer: bool = Field(description="True: each customer can redeem it only once.")
+    active: bool = Field(description="False once archived: no new redemptions (existing discounts run on).")
+    created_at: datetime = Field(description="When the coupon was created (UTC, ISO-8601).")
 
 
 class PauseIn(Input):
     at_period_end: bool = Field(False, strict=True, description="Pause when the paid period ends (default: now).")
-    resumes_at: UtcDateTime | None = Field(None, description="Resume by itself at this instant.")
+    resumes_at: UtcDateTime | None = Field(None, description="Resume by itself at this instant (UTC, ISO-8601 with "
+                                           "an offset); null: paused until resumed.",
+                                           examples=["2026-04-01T00:00:00Z"])
 
 
 class ApplyCouponIn(Input):
-    coupon: Str64 = Field(description="Coupon code or id.")
+    coupon: Str64 = Field(description="Coupon code or id.", examples=["WELCOME20"])
 
 
 def _write(request: Request, engine: Any, key: str | None, body: BaseModel | None, status: int,

@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request
-from pydantic import AfterValidator, BaseModel, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from sqlmodel import Session
 
 from api.auth import ADMIN, actor
@@ -28,48 +28,77 @@ class EndpointCreate(Input):
     events: list[Annotated[str, Field(max_length=60)]] = Field(
         default_factory=lambda: ["*"], max_length=50,
         description="Public event types (subscription.* for a family), or [\"*\"] for all.")
-    description: Str200 = ""
+    description: Str200 = Field("", description="Your own note on what the endpoint is for (at most 200 "
+                                "characters).", examples=["Production CRM sync"])
 
 
 class EndpointUpdate(Input):
-    url: Str2000 | None = None
-    events: list[Annotated[str, Field(max_length=60)]] | None = Field(default=None, max_length=50)
-    description: Str200 | None = None
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"url": "https://app.example.com/hooks/v2", "events": ["subscription.*", "invoice.paid"],
+         "description": "Production CRM sync"}]})
+
+    url: Str2000 | None = Field(None, description="New https:// URL that receives the POSTs.")
+    events: list[Annotated[str, Field(max_length=60)]] | None = Field(
+        default=None, max_length=50, description="New public event types (subscription.* for a family), or [\"*\"] "
+        "for all; replaces the list.")
+    description: Str200 | None = Field(None, description="New note on what the endpoint is for.")
 
 
 class RotateRequest(Input):
     grace_hours: float | None = Field(default=None, ge=0, le=24 * 30, description="How long the old secret keeps "
-                                      "signing (default BILLING_WEBHOOK_SECRET_GRACE_HOURS); 0 after a leak.")
+                                      "signing (default BILLING_WEBHOOK_SECRET_GRACE_HOURS); 0 after a leak.",
+                                      examples=[24])
 
 
 class DeliveryOut(BaseModel):
-    id: str
-    endpoint_id: str
-    event_id: str
-    replay: bool
-    status: str
-    attempts: int
-    next_attempt_at: datetime | None
-    last_status_code: int | None
-    last_error: str | None
-    created_at: datetime
-    delivered_at: datetime | None
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "id": "whd_01JH8Z7Q2W3E4R5T6Y7U8I9O0P", "endpoint_id": "we_01JH8Z7Q2W3E4R5T6Y7U8I9O0P",
+        "event_id": "evt_1042", "replay": False, "status": "succeeded", "attempts": 1, "next_attempt_at": None,
+        "last_status_code": 200, "last_error": None, "created_at": "2026-02-15T09:00:00Z",
+        "delivered_at": "2026-02-15T09:00:01Z"}]})
+
+    id: str = Field(description="The delivery's id.")
+    endpoint_id: str = Field(description="The endpoint (we_...) it is sent to.")
+    event_id: str = Field(description="The event (evt_...) it carries.")
+    replay: bool = Field(description="True: queued by a resend, not when the event happened.")
+    status: str = Field(description="pending (due at next_attempt_at) | sending | succeeded | failed (retries "
+                        "exhausted, or the endpoint was disabled).")
+    attempts: int = Field(description="POSTs tried so far.")
+    next_attempt_at: datetime | None = Field(description="When the next try is due (UTC, ISO-8601); null once "
+                                             "succeeded or failed.")
+    last_status_code: int | None = Field(description="HTTP status the endpoint answered the last try with; null: "
+                                         "no answer (timeout, connection refused) or not tried yet.")
+    last_error: str | None = Field(description="Why the last try failed, if it did.")
+    created_at: datetime = Field(description="When the delivery was queued (UTC, ISO-8601).")
+    delivered_at: datetime | None = Field(description="When the endpoint accepted it with a 2xx (UTC, ISO-8601); "
+                                          "null until then.")
 
 
 class EndpointOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "id": "we_01JH8Z7Q2W3E4R5T6Y7U8I9O0P", "url": "https://app.example.com/hooks",
+        "description": "Production CRM sync", "events": ["subscription.*", "invoice.paid"], "status": "enabled",
+        "failing_since": None, "disabled_at": None, "disabled_reason": None, "previous_secret_expires_at": None,
+        "created_at": "2026-01-15T09:00:00Z", "updated_at": "2026-01-15T09:00:00Z",
+        "secret": "whsec_5f1c2a9e0b7d4c3f8a6e", "recent_deliveries": None}]})
+
     id: str = Field(examples=["we_01JH..."])
     url: str
-    description: str
+    description: str = Field(description="Your own note on what the endpoint is for.")
     events: list[str]
     status: str = Field(description="enabled | disabled")
-    failing_since: datetime | None
-    disabled_at: datetime | None
-    disabled_reason: str | None
+    failing_since: datetime | None = Field(description="Since when every delivery try has failed (UTC, ISO-8601); "
+                                           "null after a success. Failing for days disables the endpoint.")
+    disabled_at: datetime | None = Field(description="When the endpoint was disabled (UTC, ISO-8601); null while "
+                                         "enabled.")
+    disabled_reason: str | None = Field(description="Why it was disabled (\"disabled by an admin\", or every "
+                                        "delivery failing for days, with the last error); null while enabled.")
     previous_secret_expires_at: datetime | None = Field(description="Until then the previous secret signs too.")
     created_at: datetime
-    updated_at: datetime
+    updated_at: datetime = Field(description="The last change (UTC, ISO-8601).")
     secret: str | None = Field(default=None, description="whsec_...: only in the answers to create and rotate-secret.")
-    recent_deliveries: list[DeliveryOut] | None = None
+    recent_deliveries: list[DeliveryOut] | None = Field(None, description="Show only: the latest deliveries, newest "
+                                                        "first; null in lists.")
 
 
 def _out(ep: Any, *, secret: bool = False) -> EndpointOut:
@@ -91,7 +120,8 @@ def list_endpoints(
     status: Annotated[str | None, Query(max_length=20, description="enabled | disabled"),
                       AfterValidator(clean_optional)] = None,
     limit: Annotated[Limit, Query()] = 100,
-    after: Annotated[str | None, Query(max_length=40), AfterValidator(clean_optional)] = None,
+    after: Annotated[str | None, Query(max_length=40, description="Cursor: the next_cursor (an endpoint id, we_...) "
+                                       "of the previous page."), AfterValidator(clean_optional)] = None,
 ) -> Page[EndpointOut]:
     with Session(engine) as s:
         rows = webhook_endpoints.list_endpoints(s, status=status, limit=limit + 1, after=after)
