@@ -148,7 +148,7 @@ def test_imported_subscriptions_renew_on_stripes_dates_exactly_once(engine: Engi
     stripe_import(engine, db_url, a, charge_from=None)
     gw = FakeGateway()
     for day in range(10, 31):
-        for hour in (0, 12):
+        for hour in (0, 9, 12):  # 09:00: the monthly renewal's reminder goes out exactly its lead time ahead
             run_cycle(engine, gw, now=datetime(2026, 3, day, hour, tzinfo=UTC), settings=load_settings())
     run_cycle(engine, gw, now=d("2026-03-31T08:59:59"), settings=load_settings())
     mine = {v.id: k for k, v in by_stripe_id(engine).items()}
