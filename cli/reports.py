@@ -13,7 +13,7 @@ import typer
 from billing_engine.errors import ValidationError
 from billing_engine.reports import FORMATS, build_query, run_report, to_csv, to_json, to_rich_tables, to_xlsx
 from billing_engine.settings import get_settings
-from cli.common import console, engine, fail, handle_errors
+from cli.common import JsonOpt, console, engine, fail, handle_errors, print_json
 
 report_app = typer.Typer(
     help="Finance reports: churn, revenue, MRR, segments, cohorts, retention, recovery, funnel "
@@ -111,10 +111,15 @@ _command("funnel", "Involuntary churn funnel per decline code: failed -> recover
 @report_app.command("refresh", help="Bring the report rollups up to date now (reports also do it themselves); "
                                    "--rebuild recomputes them from the raw tables.")
 @handle_errors
-def refresh_cmd(rebuild: bool = typer.Option(False, "--rebuild", help="Recompute every rollup from scratch.")) -> None:
+def refresh_cmd(rebuild: bool = typer.Option(False, "--rebuild", help="Recompute every rollup from scratch."),
+                json_out: bool = JsonOpt) -> None:
     from billing_engine.reports import rollups
 
     r = rollups.refresh(engine(), rebuild=rebuild)
+    if json_out:
+        print_json({"rebuilt": r.rebuilt, "from_event_id": r.from_event_id,
+                    "to_event_id": r.to_event_id})
+        return
     what = ("rebuilt" if r.rebuilt else
             f"folded in the events after #{r.from_event_id} (watermark now #{r.to_event_id})")
     console.print(f"report rollups {what}")

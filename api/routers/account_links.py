@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Header, Request
 from pydantic import BaseModel, ConfigDict
 
 from api.auth import ADMIN, actor
@@ -16,6 +17,12 @@ from billing_engine.db import transaction
 from billing_engine.events import EventType
 
 router = APIRouter(prefix="/v1/customers", tags=["customers"], dependencies=ADMIN)
+
+MintKey = Annotated[str | None, Header(
+    alias="Idempotency-Key", max_length=255,
+    description="Accepted and not needed: minting is harmless to repeat (a retry mints a second link, "
+    "equally valid; both are in the audit log). The answer is never stored, because the link is a "
+    "capability that acts for the customer (it can cancel and change the card).")]
 
 
 class AccountLinkOut(BaseModel):
@@ -31,7 +38,7 @@ class AccountLinkOut(BaseModel):
 @router.post("/{customer}/account-link", status_code=201, response_model=AccountLinkOut, responses=admin(404),
              summary="Mint the customer's signed self-service link (subscriptions, card, receipts)")
 def account_link(request: Request, customer: CustomerRef, engine: EngineDep, settings: SettingsDep,
-                 now: NowDep) -> AccountLinkOut:
+                 now: NowDep, idempotency_key: MintKey = None) -> AccountLinkOut:
     with transaction(engine) as s:
         customer_id = customers.get(s, customer).id
     url = links.make_account_url(settings, customer_id, now)

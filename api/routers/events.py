@@ -6,12 +6,15 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Path, Query, Request
+from fastapi.responses import JSONResponse
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from sqlmodel import Session
 
+from api import idempotency
 from api.auth import ADMIN
 from api.deps import EngineDep, NowDep
+from api.idempotency import IdempotencyKey
 from api.responses import admin
 from api.schemas import Input, Limit, Str40, UtcDateTime, clean_optional, clean_text
 from billing_engine import event_feed, webhook_delivery, webhook_endpoints
@@ -98,27 +101,40 @@ def show_event(event: EventId, engine: EngineDep) -> EventOut:
 
 @router.post("/{event}/resend", response_model=ResendOut, status_code=202, responses=admin(404),
              summary="Send an event again (any age) to its endpoints, or to one")
-def resend_event(event: EventId, engine: EngineDep, now: NowDep,
+def resend_event(request: Request, event: EventId, engine: EngineDep, now: NowDep,
                  endpoint: Annotated[str | None, Query(max_length=40, description="Send only to this endpoint (we_...); default: every enabled endpoint subscribed to the event's type."),
                                      AfterValidator(clean_optional)] = None,
-                 ) -> ResendOut:
+                 idempotency_key: IdempotencyKey = None) -> JSONResponse:
+    """A retry with the same Idempotency-Key replays the first answer and queues nothing again."""
     eid = event_feed.parse_event_id(event)
     if endpoint is not None:
         with transaction(engine) as s:
             webhook_endpoints.get(s, endpoint)
-    return ResendOut(queued=webhook_delivery.resend(engine, now=now, event_id=eid, endpoint_id=endpoint))
+
+    def action() -> ResendOut:
+        return ResendOut(queued=webhook_delivery.resend(engine, now=now, event_id=eid, endpoint_id=endpoint))
+
+    return idempotency.after_effect(request, engine, idempotency_key, None, 202, action)
 
 
 @router.post("/resend", response_model=ResendOut, status_code=202, responses=admin(404),
              summary="Send every event of a time range again")
-def resend_range(body: ResendRequest, engine: EngineDep, now: NowDep) -> ResendOut:
-    if body.created_gte is None:
+def resend_range(request: Request, body: ResendRequest, engine: EngineDep, now: NowDep,
+                 idempotency_key: IdempotencyKey = None) -> JSONResponse:
+    """A retry with the same Idempotency-Key replays the first answer and queues nothing again."""
+    created_gte = body.created_gte
+    if created_gte is None:
         raise ValidationError("is required (the start of the range)", field="created_gte")
-    if body.created_lt is not None and body.created_lt <= body.created_gte:
+    if body.created_lt is not None and body.created_lt <= created_gte:
         raise ValidationError("must be after created_gte", field="created_lt")
     if body.endpoint is not None:
         with Session(engine) as s:
             webhook_endpoints.get(s, body.endpoint)
-    return ResendOut(queued=webhook_delivery.resend(
-        engine, now=now, created_gte=body.created_gte, created_lt=body.created_lt, endpoint_id=body.endpoint,
-        types=event_feed.parse_types(body.types, field="types") if body.types else None))
+    types = event_feed.parse_types(body.types, field="types") if body.types else None
+
+    def action() -> ResendOut:
+        return ResendOut(queued=webhook_delivery.resend(
+            engine, now=now, created_gte=created_gte, created_lt=body.created_lt, endpoint_id=body.endpoint,
+            types=types))
+
+    return idempotency.after_effect(request, engine, idempotency_key, body, 202, action)

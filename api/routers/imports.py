@@ -13,8 +13,10 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from api import idempotency
 from api.auth import ADMIN, actor
 from api.deps import EngineDep, NowDep, SettingsDep
+from api.idempotency import IdempotencyKey
 from api.problems import problem
 from api.responses import admin
 from api.schemas import Input, UtcDateTime
@@ -72,28 +74,49 @@ class ImportOut(BaseModel):
                                                                "a dry run.")
 
 
+class _Refused(Exception):
+    """A refusal (a problem response) that is not remembered: a retry runs again."""
+
+    def __init__(self, response: JSONResponse) -> None:
+        super().__init__()
+        self.response = response
+
+
 @router.post("/v1/imports", status_code=201, response_model=ImportOut,
              responses={**admin(409), 200: {"model": ImportOut, "description": "Dry run: nothing was changed."}},
              summary="Import customers, cards and subscriptions (Stripe or CSV)")
 def create_import(request: Request, body: ImportRequest, engine: EngineDep, settings: SettingsDep,
-                  now: NowDep) -> JSONResponse:
+                  now: NowDep, idempotency_key: IdempotencyKey = None) -> JSONResponse:
+    """A retry with the same Idempotency-Key replays the first answer without importing again
+    (an import is safe to repeat anyway: objects already imported are found by their external id)."""
     if body.source == "csv":
         if not body.csv:
             return problem(422, "csv: give the CSV text for source csv", field="csv")
-        try:
-            report = service.import_csv(engine, body.csv, now=now, default_gateway=settings.gateway_name,
-                                        dry_run=body.dry_run, charge_from=body.charge_from, actor=actor(request))
-        except csv_source.ImportInvalid as exc:
-            errors: list[dict[str, Any]] = [{"field": f"csv.{p.field}", "location": "body", "line": p.line,
-                                             "message": f"line {p.line}: {p.message}"}
-                                            for p in exc.problems[:csv_source.MAX_PROBLEMS_SHOWN]]
-            return problem(422, str(exc), field="csv", errors=errors)
     else:
         if body.csv is not None:
             return problem(422, "csv: only for source csv", field="csv")
         if settings.stripe_api_key is None:
             return problem(409, "source: the server has no BILLING_STRIPE_API_KEY to read the Stripe account with",
                            field="source", code="conflict")
-        report = service.import_stripe(engine, settings, now=now, dry_run=body.dry_run,
-                                       charge_from=body.charge_from or HOLD, actor=actor(request))
-    return JSONResponse(jsonable_encoder(report.as_dict()), status_code=200 if body.dry_run else 201)
+
+    csv_text = body.csv or ""
+
+    def action() -> tuple[int, Any]:
+        if body.source == "csv":
+            try:
+                report = service.import_csv(engine, csv_text, now=now, default_gateway=settings.gateway_name,
+                                            dry_run=body.dry_run, charge_from=body.charge_from, actor=actor(request))
+            except csv_source.ImportInvalid as exc:
+                errors: list[dict[str, Any]] = [{"field": f"csv.{p.field}", "location": "body", "line": p.line,
+                                                 "message": f"line {p.line}: {p.message}"}
+                                                for p in exc.problems[:csv_source.MAX_PROBLEMS_SHOWN]]
+                raise _Refused(problem(422, str(exc), field="csv", errors=errors)) from exc
+        else:
+            report = service.import_stripe(engine, settings, now=now, dry_run=body.dry_run,
+                                           charge_from=body.charge_from or HOLD, actor=actor(request))
+        return (200 if body.dry_run else 201), jsonable_encoder(report.as_dict())
+
+    try:
+        return idempotency.after_effect_answer(request, engine, idempotency_key, body, action)
+    except _Refused as refused:
+        return refused.response

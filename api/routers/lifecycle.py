@@ -189,12 +189,15 @@ def _sub_out(engine: Any, sub_id: str) -> SubscriptionOut:
 
 @router.post("/v1/subscriptions/{subscription}/plan-change/preview", response_model=PreviewOut,
              responses=admin(404, 409), summary="Exact amounts of a plan change, with a token that holds them")
-def preview_plan_change(subscription: SubscriptionId, body: PlanChangePreview, engine: EngineDep,
-                        settings: SettingsDep, now: NowDep) -> PreviewOut:
-    with transaction(engine) as s:
+def preview_plan_change(request: Request, subscription: SubscriptionId, body: PlanChangePreview, engine: EngineDep,
+                        settings: SettingsDep, now: NowDep, idempotency_key: IdempotencyKey = None) -> JSONResponse:
+    """Changes nothing; with an Idempotency-Key a retry gets the first answer (the same token) back."""
+    def action(s: Session) -> PreviewOut:
         pv = plan_changes.preview(s, subscriptions.get(s, subscription), body.plan, now=now, settings=settings,
                                   timing=body.when, behavior=body.proration_behavior)
-    return PreviewOut(**pv.as_dict())
+        return PreviewOut(**pv.as_dict())
+
+    return idempotency.in_transaction(request, engine, idempotency_key, body, 200, action)
 
 
 @router.post("/v1/subscriptions/{subscription}/plan-change", response_model=PlanChangeOut,

@@ -7,11 +7,14 @@ from datetime import datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request
+from fastapi.responses import JSONResponse
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from sqlmodel import Session
 
+from api import idempotency
 from api.auth import ADMIN, actor
 from api.deps import EngineDep, NowDep, SettingsDep
+from api.idempotency import IdempotencyKey
 from api.responses import admin
 from api.schemas import Input, Limit, Page, Str200, Str2000, clean_optional, clean_text
 from billing_engine import webhook_delivery, webhook_endpoints
@@ -107,11 +110,16 @@ def _out(ep: Any, *, secret: bool = False) -> EndpointOut:
 
 @router.post("", status_code=201, response_model=EndpointOut, responses=admin(),
              summary="Register an endpoint (the answer carries its signing secret)")
-def create_endpoint(request: Request, body: EndpointCreate, engine: EngineDep, settings: SettingsDep, now: NowDep) -> EndpointOut:
-    with transaction(engine) as s:
+def create_endpoint(request: Request, body: EndpointCreate, engine: EngineDep, settings: SettingsDep, now: NowDep,
+                    idempotency_key: IdempotencyKey = None) -> JSONResponse:
+    """A retry with the same Idempotency-Key replays the first answer (the same endpoint and
+    secret) instead of registering the URL a second time."""
+    def action(s: Session) -> EndpointOut:
         ep = webhook_endpoints.create(s, url=body.url, event_types=body.events, settings=settings, now=now,
                                       description=body.description, actor=actor(request))
         return _out(ep, secret=True)
+
+    return idempotency.in_transaction(request, engine, idempotency_key, body, 201, action)
 
 
 @router.get("", response_model=Page[EndpointOut], responses=admin(), summary="List endpoints")
@@ -152,24 +160,35 @@ def update_endpoint(request: Request, endpoint: EndpointId, body: EndpointUpdate
 
 
 @router.post("/{endpoint}/disable", response_model=EndpointOut, responses=admin(404), summary="Stop deliveries")
-def disable_endpoint(request: Request, endpoint: EndpointId, engine: EngineDep, now: NowDep) -> EndpointOut:
-    with transaction(engine) as s:
+def disable_endpoint(request: Request, endpoint: EndpointId, engine: EngineDep, now: NowDep,
+                     idempotency_key: IdempotencyKey = None) -> JSONResponse:
+    def action(s: Session) -> EndpointOut:
         return _out(webhook_endpoints.disable(s, webhook_endpoints.get(s, endpoint), now=now, actor=actor(request)))
+
+    return idempotency.in_transaction(request, engine, idempotency_key, None, 200, action)
 
 
 @router.post("/{endpoint}/enable", response_model=EndpointOut, responses=admin(404),
              summary="Resume deliveries (what queued meanwhile goes out)")
-def enable_endpoint(request: Request, endpoint: EndpointId, engine: EngineDep, now: NowDep) -> EndpointOut:
-    with transaction(engine) as s:
+def enable_endpoint(request: Request, endpoint: EndpointId, engine: EngineDep, now: NowDep,
+                    idempotency_key: IdempotencyKey = None) -> JSONResponse:
+    def action(s: Session) -> EndpointOut:
         return _out(webhook_endpoints.enable(s, webhook_endpoints.get(s, endpoint), now=now, actor=actor(request)))
+
+    return idempotency.in_transaction(request, engine, idempotency_key, None, 200, action)
 
 
 @router.post("/{endpoint}/rotate-secret", response_model=EndpointOut, responses=admin(404),
              summary="New signing secret; the old one keeps signing for the grace period")
 def rotate_secret(request: Request, endpoint: EndpointId, engine: EngineDep, settings: SettingsDep, now: NowDep,
-                  body: RotateRequest | None = None) -> EndpointOut:
+                  body: RotateRequest | None = None, idempotency_key: IdempotencyKey = None) -> JSONResponse:
+    """A retry with the same Idempotency-Key replays the first answer (its secret) instead of
+    rotating again, which would retire the secret the first attempt made."""
     hours = body.grace_hours if body and body.grace_hours is not None else settings.webhook_secret_grace_hours
-    with transaction(engine) as s:
+
+    def action(s: Session) -> EndpointOut:
         ep = webhook_endpoints.rotate_secret(s, webhook_endpoints.get(s, endpoint), now=now,
                                              grace=timedelta(hours=hours), actor=actor(request))
         return _out(ep, secret=True)
+
+    return idempotency.in_transaction(request, engine, idempotency_key, body, 200, action)
