@@ -99,13 +99,30 @@ def bounds(sub: Any, plan: Any, index: int) -> tuple[datetime, datetime]:
                          index - int(sub.anchor_period_index or 0))
 
 
+PRELOAD = "pricing_preload"
+
+
+def preload(session: Session, subs: Sequence[Any]) -> None:
+    """Load the price changes of ``subs``' plans and their active coupons in two queries,
+    for :func:`quote` of each of them in this session (a page of a list)."""
+    from billing_engine import coupons
+
+    if subs:
+        session.info[PRELOAD] = (changes_for(session, {s.plan_id for s in subs}),
+                                 {s.id for s in subs}, coupons.active_for(session, [s.id for s in subs]))
+
+
 def quote(session: Session, sub: Any, plan: Any, index: int) -> Quote:
     """The quote of period ``index`` of one subscription (outside the batch pipeline)."""
     from billing_engine import coupons
 
     start = period_start(sub, plan, index)
-    gross = in_force(plan, changes_for(session, [plan.id])[plan.id], subscribed_at=sub.created_at, period_start=start)
-    red = coupons.active_for(session, [sub.id]).get(sub.id)
+    loaded = session.info.get(PRELOAD)
+    if loaded is not None and plan.id in loaded[0] and sub.id in loaded[1]:
+        changes, red = loaded[0][plan.id], loaded[2].get(sub.id)
+    else:
+        changes, red = changes_for(session, [plan.id])[plan.id], coupons.active_for(session, [sub.id]).get(sub.id)
+    gross = in_force(plan, changes, subscribed_at=sub.created_at, period_start=start)
     return coupons.apply(gross, red, plan)
 
 
