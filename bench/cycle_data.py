@@ -72,8 +72,9 @@ def generate_postgres(engine: Engine, n: int) -> None:
                    CAST(:now AS timestamptz) - make_interval(secs => (g % 86400)) AS due_at
             FROM (SELECT g, (g::bigint * 2654435761 % 1000) AS h FROM generate_series(1, :n) g) x
         """), {"n": n, "now": NOW})
-        c.execute(text("""INSERT INTO customers (id, email, name, created_at)
-            SELECT 'cus_' || k, 'c' || g || '@bench.example', 'Customer ' || g, CAST(:t AS timestamptz) FROM gen"""),
+        c.execute(text("""INSERT INTO customers (id, email, name, created_at, updated_at)
+            SELECT 'cus_' || k, 'c' || g || '@bench.example', 'Customer ' || g, CAST(:t AS timestamptz),
+                   CAST(:t AS timestamptz) FROM gen"""),
                   {"t": NOW - timedelta(days=400)})
         c.execute(text("""INSERT INTO payment_methods (id, customer_id, gateway, token, brand, last4, exp_month,
                 exp_year, status, created_at)
@@ -88,9 +89,10 @@ def generate_postgres(engine: Engine, n: int) -> None:
         step = "CASE p.interval " + " ".join(f"WHEN '{iv}' THEN interval '{s}'" for iv, s in _STEP.items()) + " END"
         c.execute(text(f"""INSERT INTO subscriptions (id, customer_id, plan_id, payment_method_id, status,
                 billing_anchor, current_period_start, current_period_end, next_period_index, cancel_at_period_end,
-                failed_attempts, created_at, updated_at, activated_at, mrr_minor)
+                failed_attempts, created_at, updated_at, activated_at, mrr_minor, reminded_period_index, reminded_at)
             SELECT 'sub_' || k, 'cus_' || k, p.id, 'pm_' || k, 'active', due_at - {step}, due_at - {step}, due_at,
-                   1, false, 0, due_at - {step}, due_at - {step}, due_at - {step}, p.amount_minor
+                   1, false, 0, due_at - {step}, due_at - {step}, due_at - {step}, p.amount_minor,
+                   1, due_at - interval '8 days' 
             FROM gen JOIN plans p ON p.id = gen.plan_id"""))
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as c:
         c.execute(text("VACUUM ANALYZE"))
@@ -119,7 +121,8 @@ def generate_sqlite(engine: Engine, n: int) -> None:
                 pid, _code, amount, cur, iv, _w = plan
                 due = NOW - timedelta(seconds=g % 86400)
                 anchor = due - (boundary(due, Interval(iv), 1, 1) - due)
-                cus.append({"id": f"cus_{k}", "email": f"c{g}@bench.example", "name": f"Customer {g}", "created_at": t0})
+                cus.append({"id": f"cus_{k}", "email": f"c{g}@bench.example", "name": f"Customer {g}", "created_at": t0,
+                            "updated_at": t0})
                 pms.append({"id": f"pm_{k}", "customer_id": f"cus_{k}", "gateway": "fake", "token": "pm_card_visa",
                             "brand": "visa", "last4": "4242", "exp_month": 12, "exp_year": 2034, "status": "active",
                             "created_at": t0})
@@ -131,7 +134,8 @@ def generate_sqlite(engine: Engine, n: int) -> None:
                              "status": "active", "billing_anchor": anchor, "current_period_start": anchor,
                              "current_period_end": due, "next_period_index": 1, "cancel_at_period_end": False,
                              "failed_attempts": 0, "created_at": anchor, "updated_at": anchor, "activated_at": anchor,
-                             "mrr_minor": amount})
+                             "mrr_minor": amount, "reminded_period_index": 1,  # reminded a week ahead
+                             "reminded_at": due - timedelta(days=8)})
             for model, rows in ((Customer, cus), (PaymentMethod, pms), (Consent, cns), (Subscription, subs)):
                 c.execute(insert(model.__table__), rows)  # type: ignore[attr-defined]
 
