@@ -5,7 +5,9 @@ gives its numbers back; concurrent workers never share or skip one."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from datetime import datetime, timedelta
+from pathlib import Path
 
 import pytest
 from sqlalchemy.engine import Engine
@@ -13,10 +15,11 @@ from sqlmodel import Session, col, select
 
 from billing_engine import invoice_numbers
 from billing_engine.cycle import run_cycle
-from billing_engine.db import transaction
+from billing_engine.db import make_engine, transaction
 from billing_engine.gateway.fake import FakeGateway
 from billing_engine.models import Invoice, InvoiceStatus
 from billing_engine.settings import Settings, load_settings
+from tests.conftest import fresh_database_url
 from tests.factories import make_plan, make_subscription, remind_ahead
 
 
@@ -68,9 +71,16 @@ def test_a_rolled_back_transaction_gives_its_numbers_back(engine: Engine) -> Non
         assert invoice_numbers.take_one(s, prefix="OTHER-") == "OTHER-000001"  # one series per prefix
 
 
-def test_concurrent_workers_share_one_gapless_series(engine: Engine, now: datetime, settings: Settings) -> None:
-    if engine.dialect.name != "postgresql":
-        pytest.skip("parallel workers: PostgreSQL")
+@pytest.fixture
+def pg_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    """PostgreSQL only (parallel workers): skips locally without it, fails under CI."""
+    eng = make_engine(fresh_database_url(request, "postgresql", tmp_path))
+    yield eng
+    eng.dispose()
+
+
+def test_concurrent_workers_share_one_gapless_series(pg_engine: Engine, now: datetime, settings: Settings) -> None:
+    engine = pg_engine
     _subscribe(engine, now, 60)
     gateway = FakeGateway()
     results: list[int] = []
