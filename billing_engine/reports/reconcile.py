@@ -21,12 +21,13 @@ from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
 from billing_engine.models import Event, PaymentAttempt, SubscriptionPause
-from billing_engine.periods import Interval, monthly_amount
 from billing_engine.reports.churn import REASON_COLUMNS, churn_report
 from billing_engine.reports.model import Report, is_blank, rate
 from billing_engine.reports.mrr import MOVEMENTS, mrr_report
 from billing_engine.reports.params import ReportQuery, build_query
-from billing_engine.reports.reconcile_more import Recompute, compare
+from billing_engine.reports.reconcile_more import Recompute, compare, invoice_mrr
+from billing_engine.reports.reconcile_more import _period as _period_of
+from billing_engine.reports.reconcile_more import _reason as _reason_group
 from billing_engine.reports.revenue import revenue_report
 from billing_engine.reports.segments import Thresholds, normalize_thresholds, segment_names, segments_report
 from billing_engine.reports.sql import invoices, plans, refunds, subscriptions
@@ -60,23 +61,6 @@ def _load(engine: Engine) -> _Raw:
         )
 
 
-def _period_of(at: datetime | None, periods: list[tuple[datetime, datetime]]) -> int | None:
-    if at is None:
-        return None
-    for i, (s, e) in enumerate(periods):
-        if s <= at < e:
-            return i
-    return None
-
-
-def _reason_group(reason: str | None) -> str:
-    if reason in ("payment_failed", "dispute", "card_expired"):
-        return reason
-    if reason and reason.startswith("hard_decline:"):
-        return "hard_decline"
-    return "other"
-
-
 class _Expected:
     """The reports' figures, computed the slow, obvious way."""
 
@@ -100,9 +84,7 @@ class _Expected:
                 self.first_churn[s.customer_id] = min(prev, s.ended_at) if prev else s.ended_at
 
     def mrr_of(self, inv: Any) -> int:
-        p = self.raw.plans[inv.plan_id]
-        amount = p.amount_minor if getattr(inv, "kind", "period") == "proration" else inv.amount_minor  # a plan change
-        return monthly_amount(amount, Interval(p.interval), p.interval_count)
+        return invoice_mrr(self.raw.plans, inv)
 
     def key(self, currency: str, plan_id: str) -> tuple[str, ...]:
         return (currency, self.code[plan_id]) if self.q.by == "plan" else (currency,)

@@ -20,6 +20,13 @@ METHODS = ("automatic_retry", "customer_card_update", "card_updater", "admin")
 LOST_REASONS = ("payment_failed", "hard_decline", "card_expired", "dispute", "other")
 
 
+def invoice_mrr(plans: dict[str, Any], inv: Any) -> int:
+    """An invoice's monthly amount; a proration invoice (a plan change) counts at its plan's price."""
+    p = plans[inv.plan_id]
+    amount = p.amount_minor if getattr(inv, "kind", "period") == "proration" else inv.amount_minor
+    return monthly_amount(amount, Interval(p.interval), p.interval_count)
+
+
 def _period(at: datetime | None, periods: Periods) -> int | None:
     if at is None:
         return None
@@ -60,9 +67,7 @@ class Recompute:
         return d
 
     def mrr_of(self, inv: Any) -> int:
-        p = self.raw.plans[inv.plan_id]
-        amount = p.amount_minor if getattr(inv, "kind", "period") == "proration" else inv.amount_minor  # a plan change
-        return monthly_amount(amount, Interval(p.interval), p.interval_count)
+        return invoice_mrr(self.raw.plans, inv)
 
     # -- cohorts ---------------------------------------------------------------------------
     def cohorts(self) -> list[dict[str, Any]]:
