@@ -5,7 +5,8 @@
         --database postgresql+psycopg://postgres@127.0.0.1:5432/billing_bench_chaos
 
 Creates (or resets) the database and subscribes N customers (monthly plan, a card that
-always succeeds; the seeding of bench/cycle_bench.py). Then, for each renewal date, keeps
+always succeeds; the seeding of bench/cycle_bench.py). Then, for each renewal date (after a clean run a week ahead: the renewal
+reminders, without which nothing is charged), keeps
 ``--workers`` real ``billing run-cycle --at DATE`` processes alive at once, each with a
 random lifetime after which it is SIGKILLed if still running (at start-up, while claiming,
 between a gateway call and the settle commit, ...); a process that ends is replaced at
@@ -37,7 +38,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -222,8 +223,15 @@ def main() -> None:
     totals = Counter[str]()
     finals: list[dict[str, Any]] = []
     t0 = time.perf_counter()
-    for at, wanted in zip(dates, per_date, strict=True):
+    for k, (at, wanted) in enumerate(zip(dates, per_date, strict=True)):
         t_date = time.perf_counter()
+        if k > 0:  # the renewal's reminder, a week ahead: a renewal waits for it (reminder rule)
+            ahead = iso(at - timedelta(days=7))
+            reminded = subprocess.run(run_cycle_cmd(ahead), env=env, cwd=ROOT, capture_output=True, text=True,
+                                      timeout=900)
+            if reminded.returncode != 0:
+                sys.exit(f"the reminder run at {ahead} failed (exit {reminded.returncode}): "
+                         f"{reminded.stderr.strip()[-2000:]}")
         stats = chaos_at(args, env, at, wanted, rng, engine)
         totals.update(stats)
         time.sleep(args.lease + 0.5)  # the killed workers' claims lapse
