@@ -475,7 +475,9 @@ class LifecycleMachine(RuleBasedStateMachine):
         with Session(self.engine) as s:
             spans = [(p.subscription_id, p.paused_at, p.resumed_at) for p in s.exec(select(SubscriptionPause))]
         for sid, start, end in spans:
-            inside = [a.id for a in w["attempts"] if a.subscription_id == sid and a.created_at >= start
+            # strictly after the pause began: the machine's clock stands still, so a charge made just
+            # before a pause "now" (a sign-up's first charge, then pause) carries the pause's instant
+            inside = [a.id for a in w["attempts"] if a.subscription_id == sid and a.created_at > start
                       and (end is None or a.created_at < end)]
             assert not inside, f"{sid}: attempts {inside} made while paused ({start} to {end})"
         for sid, x in subs.items():
