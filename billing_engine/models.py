@@ -66,11 +66,26 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value
 
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
+        if value is None or value.tzinfo is UTC:
+            return value
         if value.tzinfo is None:
             return value.replace(tzinfo=UTC)
         return value.astimezone(UTC)
+
+    def result_processor(self, dialect: Dialect, coltype: Any) -> Any:
+        """One small function per value instead of TypeDecorator's generic wrapper (the
+        batch paths read tens of thousands of timestamps): PostgreSQL sessions run in
+        UTC (db.make_engine), so the common value goes back untouched."""
+        if self.impl_instance.result_processor(dialect, coltype) is not None:  # SQLite: text in, parsed first
+            return super().result_processor(dialect, coltype)
+        convert = self.process_result_value
+
+        def process(value: Any) -> Any:
+            if value is None or value.tzinfo is UTC:
+                return value
+            return convert(value, dialect)
+
+        return process
 
 
 def utcnow() -> datetime:
