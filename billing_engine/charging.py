@@ -383,12 +383,13 @@ def _bulk_update(session: Session, model: Any, rows: list[dict[str, Any]]) -> No
         stmt = update(table).where(table.c.id == bindparam("b__id")).values({k: bindparam(f"b_{k}") for k in keys})
         session.connection().execute(stmt, [{f"b_{k}": v for k, v in r.items()} for r in rows])
         return
-    source, params = _unnest(session, table, [{"id": r["_id"], **r} for r in rows], ["id", *keys])
+    source, params = _unnest(session, table, rows, keys, key="_id")
     sets = ", ".join(f"{k} = v.{k}" for k in keys)
-    session.connection().execute(text(f"UPDATE {table.name} AS t SET {sets} FROM {source} WHERE t.id = v.id"), params)
+    session.connection().execute(text(f"UPDATE {table.name} AS t SET {sets} FROM {source} WHERE t.id = v._id"), params)
 
 
-def _unnest(session: Session, table: Any, rows: list[dict[str, Any]], keys: list[str]) -> tuple[str, dict[str, Any]]:
+def _unnest(session: Session, table: Any, rows: list[dict[str, Any]], keys: list[str],
+            key: str | None = None) -> tuple[str, dict[str, Any]]:
     """PostgreSQL: ``rows`` as a derived table ``v(keys...)``: ONE JSON document (the C
     encoder; timestamps as ISO text) read back with ``json_to_recordset`` typed as the
     table's columns. (Was one array parameter per column: psycopg dumps a list element
@@ -396,7 +397,14 @@ def _unnest(session: Session, table: Any, rows: list[dict[str, Any]], keys: list
     assert session.bind is not None
     dialect = session.bind.dialect
     cols = ", ".join(f"{k} {table.c[k].type.compile(dialect=dialect)}" for k in keys)
-    doc = _ROWS_JSON.encode([{k: r[k] for k in keys} for r in rows])
+    if key is not None:  # the row's id under another name (``_id``: UPDATE ... WHERE t.id = v._id)
+        cols = f"{key} {table.c.id.type.compile(dialect=dialect)}, {cols}"
+    # the rows as they are (a key not in the column list is ignored by json_to_recordset;
+    # a key missing from a row would silently be NULL: every row has the first one's keys)
+    shape = rows[0].keys()
+    if any(r.keys() != shape for r in rows):
+        raise ValueError(f"bulk rows for {table.name} differ in their columns")
+    doc = _ROWS_JSON.encode(rows)
     return f"json_to_recordset(CAST(:rows AS json)) AS v({cols})", {"rows": doc}
 
 
