@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -37,6 +37,7 @@ from billing_engine import (
     pauses,
     payments,
     plan_changes,
+    reminders,
     renewals,
 )
 from billing_engine.db import among, locks_rows
@@ -283,6 +284,7 @@ def settle(
     sub_rows: list[dict[str, Any]] = []
     event_rows: list[dict[str, Any]] = []
     receipts: list[dict[str, Any]] = []
+    leads: dict[str, timedelta] = {}  # plan id -> its reminder lead
     for step, result in answers:
         attempt, sub = attempts[step.attempt_id], subs[step.subscription_id]
         invoice = invoices[attempt.invoice_id]
@@ -292,9 +294,12 @@ def settle(
             continue
         paid = None
         if result.status == ChargeStatus.SUCCEEDED:
+            lead = leads.get(sub.plan_id)
+            if lead is None:
+                lead = leads[sub.plan_id] = reminders.reminder_lead(plans[sub.plan_id], trial=False, settings=settings)
             paid = payments.paid_changes(sub, invoice, attempt, result, invoice_plan=plans[invoice.plan_id],
                                          plan_name=plans[sub.plan_id].name, now=now, plan=plans[sub.plan_id],
-                                         settings=settings)
+                                         settings=settings, lead=lead)
         next_due: datetime | None = None
         if paid is None or paid.refund or "status" not in paid.subscription:
             orm_attempt = session.get(PaymentAttempt, attempt.id)
