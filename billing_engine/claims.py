@@ -161,18 +161,23 @@ def claim_ids_in(session: Session, ids: Sequence[str], *, now: datetime, worker:
     return got
 
 
+_SUBS = Subscription.__table__  # type: ignore[attr-defined]
+
+
 def _stamp(session: Session, ids: Sequence[str], worker: str, expires: datetime) -> None:
+    # Core, not an ORM bulk update: no objects in this session to synchronise, and the
+    # ORM's bulk-update bookkeeping cost more than the statement itself
     if ids:
-        session.execute(update(Subscription).where(among(col(Subscription.id), ids))
-                        .values(lease_owner=worker, lease_expires_at=expires))
+        session.connection().execute(update(_SUBS).where(among(_SUBS.c.id, ids))
+                                     .values(lease_owner=worker, lease_expires_at=expires))
 
 
 def release_in(session: Session, ids: Sequence[str], worker: str) -> None:
     """Give up ``worker``'s claims on ``ids`` in the caller's transaction."""
     if ids:
-        session.execute(
-            update(Subscription)
-            .where(among(col(Subscription.id), ids), col(Subscription.lease_owner) == worker)
+        session.connection().execute(
+            update(_SUBS)
+            .where(among(_SUBS.c.id, ids), _SUBS.c.lease_owner == worker)
             .values(lease_owner=None, lease_expires_at=None)
         )
 

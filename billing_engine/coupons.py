@@ -28,6 +28,7 @@ from sqlmodel import Session, col
 from sqlmodel import select as sselect
 
 from billing_engine import events, validation
+from billing_engine.db import among
 from billing_engine.errors import Conflict, InvalidTransition, NotFound, ValidationError
 from billing_engine.models import Coupon, CouponRedemption, Invoice, Plan, Subscription, SubscriptionStatus
 from billing_engine.money import normalize_currency
@@ -112,7 +113,7 @@ def active_for(session: Session, subscription_ids: Sequence[str]) -> dict[str, A
     q = (select(r.c.id, r.c.subscription_id, c.c.code, c.c.kind, c.c.percent_off, c.c.amount_off_minor,
                 c.c.currency, c.c.duration, c.c.duration_periods, c.c.plan_codes, used.label("used"))
          .join(c, c.c.id == r.c.coupon_id)
-         .where(r.c.subscription_id.in_(list(subscription_ids)), r.c.removed_at.is_(None))
+         .where(among(r.c.subscription_id, subscription_ids), r.c.removed_at.is_(None))
          .order_by(r.c.redeemed_at, r.c.id))
     out: dict[str, Any] = {}
     for row in session.connection().execute(q):

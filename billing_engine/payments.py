@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -243,8 +243,10 @@ class Paid:
 def paid_changes(
     sub: Subscription, invoice: Invoice, attempt: PaymentAttempt, result: ChargeResult, *,
     invoice_plan: Plan, plan_name: str, now: datetime, plan: Plan | None = None,
-    settings: Settings | None = None,
+    settings: Settings | None = None, lead: timedelta | None = None,
 ) -> Paid:
+    """``lead``: the plan's reminder lead (:func:`reminders.reminder_lead`), when the
+    caller already knows it (a batch settle computes it once per plan)."""
     already_paid = invoice.status == InvoiceStatus.PAID
     paid_at = invoice.paid_at or now
     charge_id = result.gateway_charge_id or attempt.gateway_charge_id
@@ -302,7 +304,8 @@ def paid_changes(
                    "period_start": invoice.period_start, "period_end": invoice.period_end, "plan_name": plan_name,
                    "period_index": invoice.period_index, "next_charge_at": invoice.period_end,
                    "next_amount_minor": plan.amount_minor}
-    lead = reminders.reminder_lead(plan, trial=False, settings=settings)
+    if lead is None:
+        lead = reminders.reminder_lead(plan, trial=False, settings=settings)
     if not sub.cancel_at_period_end and reminders.counts_as_reminder(now, invoice.period_end, lead):
         out.subscription.update({"reminded_period_index": invoice.period_index + 1, "reminded_at": now})
         out.receipt["reminds_period_index"] = invoice.period_index + 1

@@ -75,6 +75,8 @@ def validate_interval(interval: str, count: int) -> tuple[Interval, int]:
 
 def ensure_utc(dt: datetime, field: str = "at") -> datetime:
     """Return an aware datetime converted to UTC; reject naive ones (and non-datetimes)."""
+    if type(dt) is datetime and dt.tzinfo is UTC:  # the common case (every period boundary)
+        return dt
     if not isinstance(dt, datetime):
         raise ValidationError(
             f"must be a timezone-aware datetime, not {type(dt).__name__}", field=field

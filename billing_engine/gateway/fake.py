@@ -58,6 +58,7 @@ Money
 from __future__ import annotations
 
 import contextlib
+import functools
 import pickle
 import random
 import re
@@ -242,7 +243,7 @@ class FakeGateway:
         self._fail_next: deque[str] = deque()
         self._unknown_next: deque[bool] = deque()
         self._scripts: dict[str, deque[str]] = {}
-        self._attempts: Counter[str] = Counter()  # token -> charges that reached us
+        self._attempts: Counter[str] = Counter()  # token -> charges that reached us (_counts_attempts)
         self._seq = 0
         self._store = _Store(ledger_path) if ledger_path else None
         self._sent = threading.local()  # when this thread's current request was sent
@@ -523,10 +524,19 @@ class FakeGateway:
         elif script:
             outcome = script.popleft()
         else:
-            outcome = _own_behaviour(token, card, self._attempts[token])
-        if outcome != UNREACHABLE:
+            outcome = _own_behaviour(token, card, self._attempts[token] if _counts_attempts(token) else 0)
+        if outcome != UNREACHABLE and _counts_attempts(token):
+            # only tokens whose answer depends on it keep a count (a durable count costs the
+            # ledger file two statements per charge)
             self._attempts[token] += 1
         return outcome
+
+
+@functools.lru_cache(maxsize=1024)
+def _counts_attempts(token: str) -> bool:
+    """Whether the token's own behaviour depends on how many charges reached it."""
+    m = _DECLINE.match(token)
+    return bool(_RECOVER.match(token) or (m and m.group(2) is not None))
 
 
 def _own_behaviour(token: str, card: cards.TestCard, attempts_so_far: int) -> str:

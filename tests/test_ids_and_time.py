@@ -1,0 +1,61 @@
+"""Ids (ULIDs) and timestamps as the batch paths produce and read them."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.engine import Engine, make_url
+from sqlmodel import Session
+
+from billing_engine.db import make_engine
+from billing_engine.models import Event, new_id
+
+CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+def test_an_id_is_the_prefix_and_a_ulid_of_its_creation_time() -> None:
+    before = int(time.time() * 1000)
+    value = new_id("pay")
+    after = int(time.time() * 1000)
+    prefix, ulid = value.split("_")
+    assert prefix == "pay" and len(ulid) == 26 and set(ulid) <= set(CROCKFORD)
+    n = 0
+    for ch in ulid:
+        n = n * 32 + CROCKFORD.index(ch)
+    assert n < 2**128
+    assert before <= n >> 80 <= after  # the first 48 bits are the milliseconds
+
+
+def test_ids_made_later_sort_later_and_never_repeat() -> None:
+    first = [new_id("in") for _ in range(2000)]
+    time.sleep(0.002)
+    later = new_id("in")
+    assert len(set(first)) == 2000
+    assert later > max(first)
+
+
+def test_timestamps_come_back_in_utc_whatever_the_backend(engine: Engine) -> None:
+    at = datetime(2026, 3, 15, 9, 0, 0, 123456, tzinfo=UTC)
+    with Session(engine) as s:
+        s.add(Event(type="test", actor="test", payload="{}", occurred_at=at, created_at=at,
+                    recorded_at=at + timedelta(hours=1)))
+        s.commit()
+    with Session(engine) as s:
+        got = s.connection().execute(Event.__table__.select()).one()  # type: ignore[attr-defined]
+    assert got.occurred_at == at and got.occurred_at.tzinfo is UTC
+    assert got.recorded_at.isoformat() == "2026-03-15T10:00:00.123456+00:00"
+
+
+def test_postgresql_sessions_keep_the_urls_own_options(db_url: str) -> None:
+    if make_url(db_url).get_backend_name() != "postgresql":
+        pytest.skip("connection options are PostgreSQL's")
+    eng = make_engine(f"{db_url}?options=-c%20application_name%3Dbilling-test")
+    try:
+        with eng.connect() as c:
+            assert c.execute(text("SHOW TimeZone")).scalar() == "UTC"
+            assert c.execute(text("SHOW application_name")).scalar() == "billing-test"
+    finally:
+        eng.dispose()
