@@ -179,6 +179,8 @@ class PlanOut(BaseModel):
     metadata: dict[str, str] = Field(default_factory=dict, description="Your own key-value pairs stored with the "
                                      "plan (strings; at most 50 keys).")
     guarantee_days: int | None = Field(None, description="Money-back guarantee window (days after the first payment).")
+    customer_can_pause: bool = Field(False, description="The customer may pause and resume from the self-service "
+                                     "page (admins always may).")
 
 
 # --------------------------------------------------------------------------- customers

@@ -80,9 +80,10 @@ def update_subscription(
 
 def update_plan(
     session: Session, plan: str, *, now: datetime, metadata_: dict[str, Any] | None = None,
-    guarantee_days: Any = _UNSET, actor: str = "admin",
+    guarantee_days: Any = _UNSET, customer_can_pause: bool | None = None, actor: str = "admin",
 ) -> Plan:
-    """Metadata, and the money-back guarantee window (days after the first payment; None: none)."""
+    """Metadata, the money-back guarantee window (days after the first payment; None: none)
+    and whether the customer may pause from the self-service page."""
     p = plans.get(session, plan)
     before: dict[str, Any] = {}
     after: dict[str, Any] = {}
@@ -96,6 +97,9 @@ def update_plan(
         if days != p.guarantee_days:
             before["guarantee_days"], after["guarantee_days"] = p.guarantee_days, days
             p.guarantee_days = days
+    if customer_can_pause is not None and bool(customer_can_pause) != p.customer_can_pause:
+        before["customer_can_pause"], after["customer_can_pause"] = p.customer_can_pause, bool(customer_can_pause)
+        p.customer_can_pause = bool(customer_can_pause)
     if after:
         session.add(p)
         events.record(session, events.EventType.PLAN_UPDATED, at=now, actor=actor,

@@ -62,6 +62,7 @@ class EventType(StrEnum):
     # lifecycle pricing (pricing.py, pauses.py, coupons.py)
     PLAN_REPRICED = "plan.repriced"
     SUBSCRIPTION_PRICE_CHANGE_NOTICE = "subscription.price_change_notice"
+    SUBSCRIPTION_PRICE_CHANGE_ACCEPTED = "subscription.price_change_accepted"  # the customer's click (consent)
     SUBSCRIPTION_PAUSE_SCHEDULED = "subscription.pause_scheduled"
     SUBSCRIPTION_PAUSED = "subscription.paused"
     SUBSCRIPTION_RESUMED = "subscription.resumed"

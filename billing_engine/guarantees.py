@@ -32,6 +32,36 @@ class GuaranteeRefund:
     deadline: datetime
 
 
+@dataclass(frozen=True, kw_only=True)
+class Window:
+    """The guarantee as the customer sees it (the self-service page): ``eligible`` exactly
+    when :func:`refund` would grant it at ``now``."""
+
+    days: int
+    deadline: datetime | None  # None: nothing paid yet (the window starts with the first payment)
+    open: bool  # now <= deadline
+    refundable_minor: int  # still refundable on the paid invoices
+    currency: str
+
+    @property
+    def eligible(self) -> bool:
+        return self.open and self.refundable_minor > 0
+
+
+def window(session: Session, sub: Subscription, *, now: datetime) -> Window | None:
+    """The plan's guarantee window for ``sub`` (None: the plan has no guarantee)."""
+    plan = session.get(Plan, sub.plan_id)
+    if plan is None or not plan.guarantee_days:
+        return None
+    end = deadline(sub, plan)
+    left = 0
+    if end is not None and now <= end:
+        left = sum(refunds.refundable(session, inv) for inv in session.exec(select(Invoice).where(
+            Invoice.subscription_id == sub.id, Invoice.status == InvoiceStatus.PAID)))
+    return Window(days=plan.guarantee_days, deadline=end, open=end is not None and now <= end,
+                  refundable_minor=left, currency=plan.currency)
+
+
 def deadline(sub: Subscription, plan: Plan) -> datetime | None:
     if not plan.guarantee_days or sub.activated_at is None:
         return None

@@ -301,6 +301,8 @@ class Plan(SQLModel, table=True):
     metadata_json: str | None = Field(default=None, sa_type=Text)
     # money-back guarantee: a full refund on request within this many days of the first payment
     guarantee_days: int | None = Field(default=None)
+    # the customer may pause (and resume) from the self-service page (pauses.py); admins always may
+    customer_can_pause: bool = Field(default=False, sa_column_kwargs={"server_default": text("false")})
 
 
 class Subscription(SQLModel, table=True):

@@ -31,28 +31,51 @@ from sqlmodel import Session, col, select
 
 from billing_engine import events, notifications, payments, pricing
 from billing_engine.db import locks_rows, transaction
-from billing_engine.errors import Conflict, InvalidTransition, ValidationError
+from billing_engine.errors import BillingError, Conflict, InvalidTransition, ValidationError
 from billing_engine.models import Plan, Subscription, SubscriptionPause, SubscriptionStatus
 from billing_engine.periods import ensure_utc
 
 PAUSABLE = (SubscriptionStatus.ACTIVE, SubscriptionStatus.TRIALING, SubscriptionStatus.INCOMPLETE)
 
 
+CUSTOMER = "customer"  # the actor of the self-service page
+
+
+def refusal(session: Session, sub: Subscription, *, actor: str = "admin") -> BillingError | None:
+    """Why ``sub`` cannot be paused now by ``actor`` (None: it can): THE rules of :func:`pause`,
+    also asked by the self-service page before it offers the button. The customer
+    (``actor="customer"``) may pause only a subscription whose plan has
+    ``customer_can_pause``; an admin always may."""
+    if actor == CUSTOMER:
+        plan = session.get(Plan, sub.plan_id)
+        if plan is None or not plan.customer_can_pause:
+            return Conflict("this plan cannot be paused from the account page", field="subscription")
+    if sub.status == SubscriptionStatus.PAUSED or sub.pause_at_period_end:
+        return InvalidTransition("the subscription is already paused (or its pause is scheduled)", field="subscription")
+    if sub.status not in PAUSABLE:
+        why = "settle its open invoice first" if sub.status == SubscriptionStatus.PAST_DUE else "it has ended"
+        return InvalidTransition(f"a {sub.status} subscription cannot be paused: {why}", field="subscription")
+    if sub.cancel_at_period_end:
+        return InvalidTransition("the subscription is canceled at period end; undo the cancellation first",
+                                 field="subscription")
+    if session.exec(payments.unresolved_query(subscription_ids=[sub.id])).first() is not None:
+        return Conflict("a charge of this subscription is in flight; try again after the run-cycle",
+                        field="subscription")
+    return None
+
+
+def can_resume(sub: Subscription) -> bool:
+    """Paused, or a pause scheduled for the period end (then :func:`resume` takes it back)."""
+    return sub.status == SubscriptionStatus.PAUSED or (
+        sub.pause_at_period_end and sub.status != SubscriptionStatus.CANCELED)
+
+
 def pause(
     session: Session, sub: Subscription, *, now: datetime, at_period_end: bool = False,
     resumes_at: datetime | None = None, actor: str = "admin",
 ) -> Subscription:
-    if sub.status == SubscriptionStatus.PAUSED or sub.pause_at_period_end:
-        raise InvalidTransition("the subscription is already paused (or its pause is scheduled)", field="subscription")
-    if sub.status not in PAUSABLE:
-        why = "settle its open invoice first" if sub.status == SubscriptionStatus.PAST_DUE else "it has ended"
-        raise InvalidTransition(f"a {sub.status} subscription cannot be paused: {why}", field="subscription")
-    if sub.cancel_at_period_end:
-        raise InvalidTransition("the subscription is canceled at period end; undo the cancellation first",
-                                field="subscription")
-    if session.exec(payments.unresolved_query(subscription_ids=[sub.id])).first() is not None:
-        raise Conflict("a charge of this subscription is in flight; try again after the run-cycle",
-                       field="subscription")
+    if (err := refusal(session, sub, actor=actor)) is not None:
+        raise err
     starts = sub.current_period_end if at_period_end and sub.current_period_end > now else now
     if resumes_at is not None:
         resumes_at = ensure_utc(resumes_at, "resumes_at")

@@ -460,6 +460,7 @@ def apply_due(session: Session, subs: Sequence[Any], *, now: datetime) -> list[s
         if not proration.same_schedule(old, new):  # a new interval: its periods start where this one ends
             sub.billing_anchor = sub.current_period_end
             sub.next_period_index = 0
+            sub.anchor_period_index = 0  # a new schedule (a resume may have re-anchored the old one)
         sub.plan_id = new.id
         sub.scheduled_plan_id = None
         sub.updated_at = now

@@ -162,4 +162,5 @@ def summary(p: Plan) -> dict[str, Any]:
         "receipts": p.receipts,
         "tier": p.tier, "created_at": p.created_at,
         "metadata": metadata.load(p.metadata_json), "guarantee_days": p.guarantee_days,
+        "customer_can_pause": p.customer_can_pause,
     }

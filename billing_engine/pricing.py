@@ -230,6 +230,85 @@ def _notify_subscribers(session: Session, plan: Plan, change: PriceChange, *, no
         notified += len(page)
 
 
+# --------------------------------------------------------------------------- acceptance
+
+
+@dataclass(frozen=True, kw_only=True)
+class Pending:
+    """A price change announced to a subscriber that its next charge does not pay yet."""
+
+    change: Any  # price_changes row
+    first_at: datetime  # the first renewal at the new price
+    accepted_at: datetime | None  # the customer's explicit acceptance (None: the notice stands)
+
+
+def acceptance_version(change: Any) -> str:
+    return f"price-change:{change.id}"
+
+
+def pending(session: Session, sub: Any, plan: Any) -> Pending | None:
+    """The newest price change of ``plan`` announced after ``sub`` subscribed whose new
+    price no period billed so far paid (None: nothing pending): the current period started
+    before it took effect."""
+    if sub.status not in LIVE_STATUSES:
+        return None
+    changes = [c for c in changes_for(session, [plan.id])[plan.id] if c.announced_at > sub.created_at]
+    if not changes:
+        return None
+    c = changes[-1]
+    if c.effective_at <= sub.current_period_start:
+        return None
+    from sqlmodel import col
+    from sqlmodel import select as sselect
+
+    accepted = session.exec(sselect(Consent.accepted_at).where(
+        Consent.customer_id == sub.customer_id, Consent.channel == "web",
+        Consent.terms_version == acceptance_version(c)).order_by(col(Consent.accepted_at))).first()
+    return Pending(change=c, first_at=first_period_from(sub, plan, c.effective_at), accepted_at=accepted)
+
+
+def acceptance_text(plan: Any, change: Any, first_at: datetime) -> str:
+    """The words next to the customer's "Accept the new price" button, stored as the consent."""
+    every = plan.interval if plan.interval_count == 1 else f"{plan.interval_count} {plan.interval}s"
+    return (f"I accept the new price of {plan.name}: {format_minor(change.amount_minor, plan.currency)} "
+            f"{plan.currency} every {every} (instead of {format_minor(change.old_amount_minor, plan.currency)}), "
+            f"from the first renewal on or after {first_at.date().isoformat()}, until I cancel.")
+
+
+def accept(session: Session, sub: Any, *, ip_address: str, user_agent: str, now: datetime,
+           actor: str = "customer") -> Any:
+    """The customer accepts the pending price change explicitly (the self-service page):
+    a consent row (channel ``web``, their IP / user agent, the exact text shown, the new
+    amount) and a ``subscription.price_change_accepted`` event. Accepting twice records
+    nothing new. Returns the consent (None when it was already accepted)."""
+    from billing_engine import consents
+    from billing_engine.models import PaymentMethod
+
+    plan = session.get(Plan, sub.plan_id)
+    assert plan is not None
+    p = pending(session, sub, plan)
+    if p is None:
+        raise Conflict("there is no price change waiting for your answer", field="subscription")
+    if p.accepted_at is not None:
+        return None
+    pm = session.get(PaymentMethod, sub.payment_method_id) if sub.payment_method_id else None
+    if pm is None:
+        raise Conflict("there is no card on file for this subscription", field="payment_method")
+    text = acceptance_text(plan, p.change, p.first_at)
+    c = consents.record(session, customer_id=sub.customer_id, payment_method=pm, now=now, actor=actor,
+                        data=consents.ConsentInput(
+                            accepted_at=now, ip_address=ip_address, user_agent=user_agent or "unknown",
+                            terms_version=acceptance_version(p.change), terms_text=text,
+                            amount_minor=p.change.amount_minor, currency=plan.currency, interval=plan.interval,
+                            interval_count=plan.interval_count, channel="web", plan_id=plan.id))
+    events.record(session, events.EventType.SUBSCRIPTION_PRICE_CHANGE_ACCEPTED, at=now, actor=actor,
+                  subscription_id=sub.id, customer_id=sub.customer_id,
+                  payload={"price_change_id": p.change.id, "consent_id": c.id, "amount_minor": p.change.amount_minor,
+                           "old_amount_minor": p.change.old_amount_minor, "currency": plan.currency,
+                           "effective_at": p.first_at})
+    return c
+
+
 def _sha256(text: str) -> str:
     from billing_engine.consents import terms_hash
 

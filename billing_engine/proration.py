@@ -105,5 +105,6 @@ def switch_on_payment(sub: Any, invoice: Any, new_plan: Any) -> dict[str, Any]:
     }
     if invoice.period_end != sub.current_period_end:  # re-anchored: period 0 of the new plan is this invoice
         out.update({"billing_anchor": invoice.period_start, "current_period_start": invoice.period_start,
-                    "current_period_end": invoice.period_end, "next_period_index": 1})
+                    "current_period_end": invoice.period_end, "next_period_index": 1,
+                    "anchor_period_index": 0})  # a new schedule: period 0 starts at the anchor
     return out

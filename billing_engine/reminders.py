@@ -70,9 +70,8 @@ def _remind(s: Session, sub: Subscription, plan: Plan, *, now: datetime, lead: t
     # Overdue (a catch-up after missed runs): one reminder covers every period that
     # will be due when the charge may go, so the catch-up charges them together.
     last = sub.next_period_index
-    if not trial:
-        iv = Interval(plan.interval)
-        while boundary(sub.billing_anchor, iv, plan.interval_count, last + 1) <= now + lead:
+    if not trial:  # the schedule of pricing.bounds: re-anchored by a resume (anchor_period_index)
+        while pricing.period_start(sub, plan, last + 1) <= now + lead:
             last += 1
     sub.reminded_period_index = last
     sub.reminded_at = now

@@ -3,18 +3,23 @@ to the customer: :func:`billing_engine.links.make_account_url`).
 
 :func:`overview` reads the customer's subscriptions (plan, status, next charge date and
 amount, card, cancellation state), and their invoices with the receipts of the paid
-ones. Read only; the actions (cancel, undo, update the card) are the same service
-functions the cancel page and the admin API call.
+ones. Read only; the actions (cancel, undo, update the card, pause / resume, the
+money-back guarantee, subscribe again, accept a new price) are the same service functions
+the cancel page and the admin API call, and what the page offers is asked of them
+(:func:`pauses.refusal`, :func:`guarantees.window`, :func:`reactivations.check`,
+:func:`pricing.pending`), so it never shows a button that would be refused.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlmodel import Session, col, select
 
-from billing_engine import cancellations, subscriptions
+from billing_engine import cancellations, guarantees, pauses, pricing, reactivations, subscriptions
+from billing_engine.errors import BillingError
 from billing_engine.models import (
     Customer,
     Invoice,
@@ -25,6 +30,7 @@ from billing_engine.models import (
     SubscriptionStatus,
 )
 from billing_engine.money import format_minor
+from billing_engine.settings import Settings
 
 MAX_INVOICES = 36
 
@@ -58,6 +64,24 @@ class SubscriptionView:
     can_cancel: bool
     can_undo: bool
     can_update_card: bool
+    # pause / resume (the plan's customer_can_pause; pauses.py)
+    paused: bool = False
+    pause_note: str = ""  # "Paused until 1 March 2026" / "Pauses on ..., until ..."
+    can_pause: bool = False
+    can_pause_at_period_end: bool = False
+    can_resume: bool = False
+    # money-back guarantee (guarantees.py)
+    guarantee_note: str = ""
+    can_request_guarantee: bool = False
+    # subscribe again (reactivations.py): the consent text shown next to the button
+    can_reactivate: bool = False
+    reactivate_terms: str = ""
+    reactivate_card: str = ""
+    # a price change announced (pricing.py)
+    price_change_note: str = ""
+    can_accept_price: bool = False
+    price_accepted: bool = False
+    accept_price_terms: str = ""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -88,7 +112,8 @@ def _card(pm: PaymentMethod | None) -> str:
     return f"{pm.brand.title()} ending {pm.last4}{exp}"
 
 
-def subscription_view(session: Session, sub: Subscription, now: datetime) -> SubscriptionView:
+def subscription_view(session: Session, sub: Subscription, now: datetime, *, settings: Settings | None = None,
+                      offer_reactivation: bool = False) -> SubscriptionView:
     plan = session.get(Plan, sub.plan_id)
     assert plan is not None
     pm = session.get(PaymentMethod, sub.payment_method_id) if sub.payment_method_id else None
@@ -110,10 +135,68 @@ def subscription_view(session: Session, sub: Subscription, now: datetime) -> Sub
         access_until=_date(sub.current_period_end), ended_on=_date(sub.ended_at), card=_card(pm),
         past_due=past_due, amount_due=due, can_cancel=state == "active",
         can_undo=cancellations.can_undo(sub, now), can_update_card=not ended,
+        **_pause(session, sub, plan, now), **_guarantee(session, sub, now),
+        **(_reactivation(session, sub, settings) if offer_reactivation and settings is not None else {}),
+        **_price(session, sub, plan),
     )
 
 
-def overview(session: Session, customer_id: str, now: datetime) -> Overview | None:
+def _pause(session: Session, sub: Subscription, plan: Plan, now: datetime) -> dict[str, Any]:
+    paused = sub.status == SubscriptionStatus.PAUSED
+    note = ""
+    if paused:
+        note = f"Paused until {_date(sub.resumes_at)}" if sub.resumes_at else "Paused until you resume it"
+    elif sub.pause_at_period_end and sub.status != SubscriptionStatus.CANCELED:
+        note = f"Pauses on {_date(sub.current_period_end)}" + (
+            f", until {_date(sub.resumes_at)}" if sub.resumes_at else "")
+    can = pauses.refusal(session, sub, actor=pauses.CUSTOMER) is None
+    return {"paused": paused, "pause_note": note, "can_pause": can,
+            "can_pause_at_period_end": can and sub.current_period_end > now,
+            "can_resume": pauses.can_resume(sub)}
+
+
+def _guarantee(session: Session, sub: Subscription, now: datetime) -> dict[str, Any]:
+    w = guarantees.window(session, sub, now=now)
+    if w is None or w.deadline is None:
+        return {}
+    if w.eligible:
+        note = (f"{w.days}-day money-back guarantee: until {_date(w.deadline)} you can ask for a full refund of "
+                f"{_money(w.refundable_minor, w.currency)}. Your subscription then ends at once.")
+    elif w.open:
+        note = "Everything you paid on this subscription has been refunded."
+    else:
+        note = (f"The {w.days}-day money-back guarantee ended on {_date(w.deadline)}, so a refund is no longer "
+                "available here. Please contact us if something went wrong.")
+    return {"guarantee_note": note, "can_request_guarantee": w.eligible}
+
+
+def _reactivation(session: Session, sub: Subscription, settings: Settings) -> dict[str, Any]:
+    try:
+        ok = reactivations.check(session, sub)
+    except BillingError:
+        return {}
+    pm = reactivations.customer_card(session, ok)
+    if pm is None or not ok.plan.active:
+        return {}
+    card = _card(pm)
+    return {"can_reactivate": True, "reactivate_card": card,
+            "reactivate_terms": reactivations.consent_text(settings, ok.plan, card)}
+
+
+def _price(session: Session, sub: Subscription, plan: Plan) -> dict[str, Any]:
+    p = pricing.pending(session, sub, plan)
+    if p is None:
+        return {}
+    note = (f"The price changes from {_money(p.change.old_amount_minor, plan.currency)} to "
+            f"{_money(p.change.amount_minor, plan.currency)} {_every(plan)} from {_date(p.first_at)}.")
+    if p.accepted_at is not None:
+        note += f" You accepted it on {_date(p.accepted_at)}."
+    return {"price_change_note": note, "price_accepted": p.accepted_at is not None,
+            "can_accept_price": p.accepted_at is None and sub.payment_method_id is not None,
+            "accept_price_terms": pricing.acceptance_text(plan, p.change, p.first_at)}
+
+
+def overview(session: Session, customer_id: str, now: datetime, settings: Settings | None = None) -> Overview | None:
     """Everything the page shows for this customer (None: no such customer)."""
     customer = session.get(Customer, customer_id)
     if customer is None:
@@ -130,9 +213,11 @@ def overview(session: Session, customer_id: str, now: datetime) -> Overview | No
             if p is not None:
                 plans[p.id] = p
     live_first = sorted(subs, key=lambda s: s.status == SubscriptionStatus.CANCELED)
+    newest_ended = next((s.id for s in live_first if s.status == SubscriptionStatus.CANCELED), None)
     return Overview(
         customer_id=customer.id, customer_name=customer.name, email=customer.email,
-        subscriptions=[subscription_view(session, s, now) for s in live_first],
+        subscriptions=[subscription_view(session, s, now, settings=settings, offer_reactivation=s.id == newest_ended)
+                       for s in live_first],
         invoices=[InvoiceView(
             id=i.id, number=i.number or "", plan_name=plans[i.plan_id].name if i.plan_id in plans else "",
             period=f"{_date(i.period_start)} to {_date(i.period_end)}",

@@ -182,14 +182,19 @@ def edit_plan(
     metadata: list[str] = typer.Option([], "--metadata", help="KEY=VALUE (repeatable; KEY= deletes)."),
     guarantee_days: str | None = typer.Option(
         None, help="Money-back guarantee: full refund on request within N days of the first payment ('none')."),
+    customer_pause: bool | None = typer.Option(
+        None, "--customer-pause/--no-customer-pause",
+        help="Let customers pause and resume from the self-service page (default: off)."),
     at: str | None = typer.Option(None, "--at", help="Act as of this ISO time (default: now)."),
     json_out: bool = JsonOpt,
 ) -> None:
-    """Set a plan's metadata and money-back guarantee window."""
+    """Set a plan's metadata, money-back guarantee window and customer pause."""
     now = parse_at(at)
     kw: dict[str, Any] = {}
     if guarantee_days is not None:
         kw["guarantee_days"] = edits.parse_guarantee(guarantee_days)
+    if customer_pause is not None:
+        kw["customer_can_pause"] = customer_pause
     with unit_of_work() as s:
         p = edits.update_plan(s, plan, now=now, metadata_=parse_pairs(metadata) if metadata else None,
                               actor=cli_actor(), **kw)

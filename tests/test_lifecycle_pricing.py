@@ -239,6 +239,63 @@ def test_pause_across_two_renewals_then_resume(engine: Engine) -> None:
     assert reconcile(engine, YEAR.start, YEAR.end) == []
 
 
+def _daily(engine: Engine, gw: FakeGateway, start: datetime, end: datetime) -> None:
+    """A daily cron: one plain run-cycle a day (it queues the reminders itself)."""
+    day = start
+    while day <= end:
+        run_cycle(engine, gw, now=day, settings=SETTINGS)
+        day += timedelta(days=1)
+
+
+def test_after_a_restart_the_renewal_is_reminded_a_week_before_its_own_date_and_charged_on_it(engine: Engine) -> None:
+    """The schedule after a resume is the re-anchored one (pricing.bounds with
+    anchor_period_index), for the reminder pass and the charge alike: a daily cron."""
+    sub_id = _subscribe(engine, JAN1)
+    gw = FakeGateway()
+    _run(engine, gw, JAN1)
+    with transaction(engine) as s:
+        pauses.pause(s, subscriptions.get(s, sub_id), now=datetime(2026, 1, 15, 9, tzinfo=UTC))
+    resume_at = datetime(2026, 3, 20, 9, tzinfo=UTC)
+    with transaction(engine) as s:
+        pauses.resume(s, subscriptions.get(s, sub_id), now=resume_at)
+    _daily(engine, gw, resume_at, datetime(2026, 5, 21, 9, tzinfo=UTC))
+    assert _invoices(engine, sub_id) == [("2026-01-01", 1700, 0, "paid"), ("2026-03-20", 1700, 0, "paid"),
+                                         ("2026-04-20", 1700, 0, "paid"), ("2026-05-20", 1700, 0, "paid")]
+    reminded = _mails(engine, sub_id, "renewal_reminder")
+    assert [(n.created_at, json.loads(n.payload)["charge_at"]) for n in reminded] == [
+        (datetime(2026, 4, 13, 9, tzinfo=UTC), "2026-04-20 09:00:00+00:00"),
+        (datetime(2026, 5, 13, 9, tzinfo=UTC), "2026-05-20 09:00:00+00:00")]
+    with Session(engine) as s:
+        paid = [i.paid_at for i in s.exec(select(Invoice).where(Invoice.subscription_id == sub_id)
+                                          .order_by(col(Invoice.period_start)))]
+    assert paid[2:] == [datetime(2026, 4, 20, 9, tzinfo=UTC), datetime(2026, 5, 20, 9, tzinfo=UTC)]
+    assert _charges(gw) == [1700] * 4
+
+
+def test_a_late_run_after_a_restart_reminds_every_missed_period_of_the_new_schedule_at_once(engine: Engine) -> None:
+    """Runs missed after a resume: ONE reminder covers every period of the re-anchored
+    schedule due by the charge (Apr 20 and May 20), and the catch-up charges both a
+    lead time later -- not one period per week."""
+    sub_id = _subscribe(engine, JAN1)
+    gw = FakeGateway()
+    _run(engine, gw, JAN1)
+    with transaction(engine) as s:
+        pauses.pause(s, subscriptions.get(s, sub_id), now=datetime(2026, 1, 15, 9, tzinfo=UTC))
+    resume_at = datetime(2026, 3, 20, 9, tzinfo=UTC)
+    with transaction(engine) as s:
+        pauses.resume(s, subscriptions.get(s, sub_id), now=resume_at)
+    run_cycle(engine, gw, now=resume_at, settings=SETTINGS)  # the restart's own charge, no reminder needed
+    late = datetime(2026, 5, 25, 9, tzinfo=UTC)  # no run for two months
+    run_cycle(engine, gw, now=late, settings=SETTINGS)  # sends the reminder; the charges wait a week
+    [mail] = _mails(engine, sub_id, "renewal_reminder")
+    payload = json.loads(mail.payload)
+    assert (payload["charges"], payload["charge_at"]) == (2, "2026-06-01 09:00:00+00:00")
+    run_cycle(engine, gw, now=late + timedelta(days=7), settings=SETTINGS)
+    assert _invoices(engine, sub_id) == [("2026-01-01", 1700, 0, "paid"), ("2026-03-20", 1700, 0, "paid"),
+                                         ("2026-04-20", 1700, 0, "paid"), ("2026-05-20", 1700, 0, "paid")]
+    assert _charges(gw) == [1700] * 4
+
+
 def test_pause_at_period_end_with_a_resume_date_resumes_by_itself(engine: Engine) -> None:
     sub_id = _subscribe(engine, JAN1)
     gw = FakeGateway()

@@ -1,4 +1,5 @@
-"""Money-back guarantee, reactivation and edits, as time-travel scenarios."""
+"""Subscribe (good and declining card), money-back guarantee (inside and outside the window),
+reactivation and edits, as time-travel scenarios."""
 
 from __future__ import annotations
 
@@ -140,3 +141,56 @@ def test_customer_edits_are_audited_and_metadata_limits_name_the_field(engine: E
         sub = s.get_one(Subscription, res.subscription_id)
         assert (sub.payment_method_id, json.loads(sub.metadata_json or "{}")) == (pm.id, {"source": "import"})
         assert s.exec(select(Notification.to_email)).all() == ["ada@new.example.com"] * 2  # the sign-up terms and the receipt
+
+
+def test_subscribe_with_a_good_card_and_with_a_declining_card_invoices_mails_and_report_lines(engine: Engine) -> None:
+    """Done-when: the good card is charged at once (active); the declining one gets a clear
+    error, keeps nothing, is not churn, and its retry charges nothing twice."""
+    with transaction(engine) as s:
+        plan = make_plan(s, JAN5, code="pro", amount_minor=2500)
+        ada, bob = make_customer(s, JAN5), make_customer(s, JAN5, email="bob@example.com", name="Bob")
+        good, bad = make_card(s, JAN5, ada, plan), make_card(s, JAN5, bob, plan,
+                                                             token="pm_card_chargeDeclinedInsufficientFunds")
+        ids = (ada.id, good.id, bob.id, bad.id)
+    gw = FakeGateway()
+    ok = first_charge.subscribe(engine, gw, customer=ids[0], plan="pro", payment_method=ids[1], now=JAN5)
+    no = first_charge.subscribe(engine, gw, customer=ids[2], plan="pro", payment_method=ids[3], now=JAN5)
+    again = first_charge.subscribe(engine, gw, customer=ids[2], plan="pro", payment_method=ids[3], now=JAN5)
+    assert (ok.first_charge.status, no.first_charge.status, again.first_charge.status) == \
+        ("succeeded", "declined", "declined")
+    assert "insufficient_funds" in str(first_charge.declined_error(no))
+    with Session(engine) as s:
+        rows = s.exec(select(Invoice.subscription_id, Invoice.amount_minor, Invoice.status)
+                      .order_by(col(Invoice.created_at), col(Invoice.id))).all()
+        assert sorted((sid == ok.subscription_id, amount, status) for sid, amount, status in rows) == \
+            [(False, 2500, "void"), (False, 2500, "void"), (True, 2500, "paid")]
+        statuses = {s.get_one(Subscription, i).status for i in (no.subscription_id, again.subscription_id)}
+        assert statuses == {"incomplete_expired"}
+    assert [(e.kind, e.amount_minor) for e in gw.ledger] == [("charge", 2500)]
+    assert _mails(engine) == ["subscription_confirmed", "receipt"]  # Bob gets nothing: nothing was started
+    q = ReportQuery(start=datetime(2026, 1, 1, tzinfo=UTC), end=datetime(2026, 2, 1, tzinfo=UTC))
+    [mrr] = mrr_report(engine, q).rows
+    assert (mrr["new_minor"], mrr["churn_minor"], mrr["mrr_end_minor"]) == (2500, 0, 2500)
+    [rev] = revenue_report(engine, q).rows
+    assert (rev["gross_minor"], rev["refunds_minor"], rev["net_minor"]) == (2500, 0, 2500)
+
+
+def test_a_guarantee_request_outside_the_window_moves_no_money_mails_nothing_and_reports_no_refund(
+    engine: Engine,
+) -> None:
+    sub_id, _, gw = _world(engine)
+    day31 = JAN5 + timedelta(days=31)
+    with pytest.raises(Conflict) as late:
+        guarantees.refund(engine, gw, subscription_id=sub_id, now=day31)
+    assert "guarantee ended at 2026-02-04T12:00:00+00:00" in str(late.value)
+    with Session(engine) as s:
+        sub = s.get_one(Subscription, sub_id)
+        assert (sub.status, sub.ended_at) == ("active", None)
+        assert s.exec(select(Refund)).first() is None
+        assert s.exec(select(Event).where(Event.type == "refund.guarantee_granted")).first() is None
+    assert [e.kind for e in gw.ledger] == ["charge"]
+    assert _mails(engine) == ["subscription_confirmed", "receipt"]
+    rep = revenue_report(engine, ReportQuery(start=datetime(2026, 1, 1, tzinfo=UTC), end=datetime(2026, 2, 1, tzinfo=UTC)))
+    [row] = rep.rows
+    assert (row["gross_minor"], row["refunds_minor"], row["guarantee_refunds_minor"], row["net_minor"]) == \
+        (2500, 0, 0, 2500)

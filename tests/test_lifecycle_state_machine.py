@@ -177,6 +177,8 @@ class LifecycleMachine(RuleBasedStateMachine):
             }.items():
                 self.plans[code] = make_plan(s, self.now, code=code, **kw).id  # type: ignore[arg-type]
             s.get_one(Plan, self.plans["monthly"]).guarantee_days = 30
+            for code in ("monthly", "weekly", "yearly"):  # pro-monthly and trial-monthly: customers may not pause
+                s.get_one(Plan, self.plans[code]).customer_can_pause = True
 
     # -- rules -------------------------------------------------------------------------
 

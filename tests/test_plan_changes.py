@@ -213,3 +213,34 @@ def test_changes_across_currencies_or_without_consent_are_refused_with_the_field
     with pytest.raises(ConsentRequired):
         plan_changes.change(engine, gw, subscription_id=sub_id, plan="max", now=MAR16, settings=SETTINGS)
     assert [e.amount_minor for e in gw.ledger] == [1000]
+
+
+def test_an_interval_change_after_a_pause_restart_starts_its_own_schedule(engine: Engine) -> None:
+    """A resume re-anchors the schedule (anchor_period_index = the period it restarted at);
+    a later change to a yearly plan starts a new schedule whose period 1 is a year after the
+    change, not a period counted from the old restart."""
+    from billing_engine import pauses, subscriptions
+
+    sub_id, gw = _world(engine)
+    with transaction(engine) as s:
+        pauses.pause(s, subscriptions.get(s, sub_id), now=MAR16)
+    may10 = datetime(2026, 5, 10, tzinfo=UTC)
+    with transaction(engine) as s:
+        pauses.resume(s, subscriptions.get(s, sub_id), now=may10)
+    assert run_cycle(engine, gw, now=may10, settings=SETTINGS).succeeded == 1  # the restart: [May 10, Jun 10)
+    may20 = datetime(2026, 5, 20, tzinfo=UTC)
+    res = plan_changes.change(engine, gw, subscription_id=sub_id, plan="pro-yearly", now=may20, settings=SETTINGS)
+    assert res.status == "changed"
+    sub = _sub(engine, sub_id)
+    assert (sub.billing_anchor, sub.current_period_end, sub.next_period_index, sub.anchor_period_index) == \
+        (may20, datetime(2027, 5, 20, tzinfo=UTC), 1, 0)
+    assert run_cycle(engine, gw, now=datetime(2026, 8, 1, tzinfo=UTC), settings=SETTINGS).charged == 0
+    remind_ahead(engine, datetime(2027, 5, 20, tzinfo=UTC), SETTINGS)
+    assert run_cycle(engine, gw, now=datetime(2027, 5, 20, tzinfo=UTC), settings=SETTINGS).succeeded == 1
+    with Session(engine) as s:
+        last = s.exec(select(Invoice).where(Invoice.subscription_id == sub_id)
+                      .order_by(col(Invoice.period_start).desc())).first()
+        assert last is not None
+        assert (last.period_start, last.period_end, last.amount_minor) == \
+            (datetime(2027, 5, 20, tzinfo=UTC), datetime(2028, 5, 20, tzinfo=UTC), 30000)
+    assert [e.amount_minor for e in gw.ledger][-1] == 30000 and len(gw.ledger) == 4

@@ -162,11 +162,13 @@ class CustomerUpdate(Input):
 
 class PlanTermsUpdate(Input):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
-        {"metadata": {"feature_set": "basic"}, "guarantee_days": 30}]})
+        {"metadata": {"feature_set": "basic"}, "guarantee_days": 30, "customer_can_pause": True}]})
 
     metadata: Metadata | None = Field(None, description=METADATA_UPDATE)
     guarantee_days: int | None = Field(None, strict=True, ge=0, le=365,
                                        description="Money-back guarantee window in days (0: none).")
+    customer_can_pause: bool | None = Field(None, strict=True, description="Let the customer pause and resume "
+                                            "from the self-service page.")
 
 
 class GuaranteeRefundOut(BaseModel):
@@ -278,12 +280,14 @@ def update_customer(request: Request, customer: CustomerId, body: CustomerUpdate
 
 
 @router.patch("/v1/plans/{plan}/terms", response_model=PlanOut, responses=admin(404),
-              summary="Set a plan's metadata and money-back guarantee window")
+              summary="Set a plan's metadata, money-back guarantee window and customer pause")
 def update_plan_terms(request: Request, plan: PlanRef, body: PlanTermsUpdate, engine: EngineDep,
                       now: NowDep) -> PlanOut:
     kw: dict[str, Any] = {}
     if "guarantee_days" in body.model_fields_set:
         kw["guarantee_days"] = body.guarantee_days or None
+    if body.customer_can_pause is not None:
+        kw["customer_can_pause"] = body.customer_can_pause
     with transaction(engine) as s:
         p = edits.update_plan(s, plan, now=now, metadata_=body.metadata, actor=actor(request), **kw)
         return P.plan_with_count(s, p)

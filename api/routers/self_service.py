@@ -12,6 +12,17 @@
                                                            gateway: the test token, at once.
                                                            A subscription in dunning is charged
                                                            at once on the new card (after commit).
+- ``POST /account/{token}/subscriptions/{id}/pause``        pause now or at period end, optionally
+                                                           until a date (``when``, ``until``): only
+                                                           on a plan with ``customer_can_pause``
+- ``POST /account/{token}/subscriptions/{id}/resume``       resume (or take back a scheduled pause)
+- ``POST /account/{token}/subscriptions/{id}/guarantee``    the money-back guarantee refund (inside
+                                                           the plan's window: guarantees.py)
+- ``POST /account/{token}/subscriptions/{id}/reactivate``   subscribe again after it ended: the
+                                                           consent shown is recorded, then charged
+                                                           at once like an admin's reactivation
+- ``POST /account/{token}/subscriptions/{id}/accept-price`` accept an announced price change (a
+                                                           consent row with the text shown)
 - ``GET  /account/{token}/receipts/{invoice}``              the hosted receipt
 - ``GET  /account/{token}/receipts/{invoice}.pdf``          the same as a PDF
 
@@ -23,20 +34,40 @@ from the app clock.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, date, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
-from sqlmodel import Session
+from sqlmodel import Session, col, select
 
 from api.deps import EngineDep, GatewayDep, NowDep, SettingsDep
 from api.routers.cancel_pages import SECURITY_HEADERS, templates
-from billing_engine import abuse, cancellations, card_updates, links, notifications, receipts, self_service
+from billing_engine import (
+    abuse,
+    cancellations,
+    card_updates,
+    guarantees,
+    links,
+    notifications,
+    pauses,
+    pricing,
+    reactivations,
+    receipts,
+    self_service,
+)
 from billing_engine.db import transaction
-from billing_engine.errors import BillingError, NotFound
+from billing_engine.errors import BillingError, Conflict, NotFound, ValidationError
 from billing_engine.gateway.protocol import GatewayError, PaymentGateway
-from billing_engine.models import CancellationKind, CardUpdate, Customer, Plan, SubscriptionStatus
+from billing_engine.models import (
+    LIVE_STATUSES,
+    CancellationKind,
+    CardUpdate,
+    Customer,
+    Plan,
+    Subscription,
+    SubscriptionStatus,
+)
 from billing_engine.settings import Settings
 
 router = APIRouter(include_in_schema=False)
@@ -50,6 +81,13 @@ DONE_MESSAGES = {
     "card_paid": "Your new card is saved and the outstanding payment went through. Thank you!",
     "card_declined": "Your new card is saved, but the outstanding payment was declined. We will try again.",
     "card_pending": "Thank you. Your card is being saved; this page shows it within a minute.",
+    "paused": "Your subscription is paused. Nothing is charged while it is paused.",
+    "pause_scheduled": "Done. Your subscription pauses at the end of the period you paid for.",
+    "resumed": "Your subscription continues. The next charge is shown below.",
+    "refunded": "Your refund is on its way and your subscription has ended. It can take a few days to show on "
+                "your statement.",
+    "reactivated": "Welcome back! Your subscription is active again and the first payment went through.",
+    "price_accepted": "Thank you. You accepted the new price.",
 }
 
 TEST_TOKENS = (
@@ -99,7 +137,7 @@ def _not_found(request: Request, settings: Settings, token: str, what: str) -> H
 
 def _account(request: Request, token: str, session: Session, customer_id: str, settings: Settings, now: datetime,
              *, done: str | None = None, error: str | None = None, status_code: int = 200) -> HTMLResponse:
-    view = self_service.overview(session, customer_id, now)
+    view = self_service.overview(session, customer_id, now, settings)
     if view is None:
         return _bad_link(request, settings, None)
 
@@ -113,6 +151,11 @@ def _account(request: Request, token: str, session: Session, customer_id: str, s
         "cancel_action": {s.id: sub_url("account_cancel", s.id) for s in view.subscriptions},
         "undo_action": {s.id: sub_url("account_undo", s.id) for s in view.subscriptions},
         "card_page": {s.id: sub_url("account_card", s.id) for s in view.subscriptions},
+        "pause_action": {s.id: sub_url("account_pause", s.id) for s in view.subscriptions},
+        "resume_action": {s.id: sub_url("account_resume", s.id) for s in view.subscriptions},
+        "guarantee_action": {s.id: sub_url("account_guarantee", s.id) for s in view.subscriptions},
+        "reactivate_action": {s.id: sub_url("account_reactivate", s.id) for s in view.subscriptions},
+        "accept_price_action": {s.id: sub_url("account_accept_price", s.id) for s in view.subscriptions},
         "receipt_url": {i.id: request.url_for("account_receipt", token=token, invoice_id=i.id).path
                         for i in view.invoices},
         "receipt_pdf": {i.id: request.url_for("account_receipt_pdf", token=token, invoice_id=i.id).path
@@ -127,6 +170,11 @@ def _banner_is_true(done: str | None, view: self_service.Overview) -> bool:
     return {
         "canceled": bool(states - {"active"}), "undone": "active" in states, "card_updated": True,
         "card_paid": not past_due, "card_declined": past_due, "card_pending": True,
+        "paused": any(s.paused for s in view.subscriptions),
+        "pause_scheduled": any(s.pause_note and not s.paused for s in view.subscriptions),
+        "resumed": any(s.state == "active" and not s.paused for s in view.subscriptions),
+        "refunded": "ended" in states, "reactivated": "active" in states,
+        "price_accepted": any(s.price_accepted for s in view.subscriptions),
     }.get(done or "", False)
 
 
@@ -182,6 +230,154 @@ def account_undo(request: Request, token: str, subscription_id: str, engine: Eng
             return _account(request, token, session, customer_id, settings, now, error=exc.message,
                             status_code=exc.http_status)
     return _home(request, token, "undone")
+
+
+# --------------------------------------------------------------------------- lifecycle actions
+
+
+def _client(request: Request) -> tuple[str, str]:
+    """Where the customer's click came from (consent evidence)."""
+    return (request.client.host if request.client else ""), (request.headers.get("user-agent") or "unknown")
+
+
+def _refused(request: Request, token: str, engine: Any, customer_id: str, settings: Settings, now: datetime,
+             exc: BillingError) -> HTMLResponse:
+    with Session(engine) as session:
+        return _account(request, token, session, customer_id, settings, now, error=exc.message,
+                        status_code=exc.http_status)
+
+
+def _parse_until(value: str | None) -> datetime | None:
+    """The pause form's "until" date (YYYY-MM-DD): the pause ends at the start of that day (UTC)."""
+    raw = (value or "").strip()
+    if not raw:
+        return None
+    try:
+        day = date.fromisoformat(raw)
+    except ValueError:
+        raise ValidationError("enter a date like 2026-03-01", field="until") from None
+    return datetime(day.year, day.month, day.day, tzinfo=UTC)
+
+
+@router.post("/account/{token}/subscriptions/{subscription_id}/pause", name="account_pause",
+             response_class=HTMLResponse)
+def account_pause(request: Request, token: str, subscription_id: str, engine: EngineDep, settings: SettingsDep,
+                  now: NowDep, when: Annotated[str | None, Form()] = None,
+                  until: Annotated[str | None, Form()] = None) -> Response:
+    customer_id = _customer(request, settings, token, now)
+    if isinstance(customer_id, Response):
+        return customer_id
+    try:
+        if (when or "now") not in ("now", "period_end"):
+            raise ValidationError("choose now or at the end of the period", field="when")
+        resumes_at = _parse_until(until)
+        with transaction(engine) as session:
+            sub = self_service.owned_subscription(session, customer_id, subscription_id, lock=True)
+            if sub is None:
+                return _not_found(request, settings, token, "subscription")
+            if sub.status == SubscriptionStatus.PAUSED or sub.pause_at_period_end:  # a repeated click
+                return _home(request, token, "paused" if sub.status == SubscriptionStatus.PAUSED else "pause_scheduled")
+            pauses.pause(session, sub, now=now, at_period_end=when == "period_end", resumes_at=resumes_at,
+                         actor=pauses.CUSTOMER)
+            done = "paused" if sub.status == SubscriptionStatus.PAUSED else "pause_scheduled"
+    except BillingError as exc:
+        return _refused(request, token, engine, customer_id, settings, now, exc)
+    return _home(request, token, done)
+
+
+@router.post("/account/{token}/subscriptions/{subscription_id}/resume", name="account_resume",
+             response_class=HTMLResponse)
+def account_resume(request: Request, token: str, subscription_id: str, engine: EngineDep, settings: SettingsDep,
+                   now: NowDep) -> Response:
+    customer_id = _customer(request, settings, token, now)
+    if isinstance(customer_id, Response):
+        return customer_id
+    try:
+        with transaction(engine) as session:
+            sub = self_service.owned_subscription(session, customer_id, subscription_id, lock=True)
+            if sub is None:
+                return _not_found(request, settings, token, "subscription")
+            if pauses.can_resume(sub):  # a repeated click finds it resumed: harmless
+                pauses.resume(session, sub, now=now, actor=pauses.CUSTOMER)
+    except BillingError as exc:
+        return _refused(request, token, engine, customer_id, settings, now, exc)
+    return _home(request, token, "resumed")
+
+
+@router.post("/account/{token}/subscriptions/{subscription_id}/guarantee", name="account_guarantee",
+             response_class=HTMLResponse)
+def account_guarantee(request: Request, token: str, subscription_id: str, engine: EngineDep, settings: SettingsDep,
+                      gateway: GatewayDep, now: NowDep) -> Response:
+    customer_id = _customer(request, settings, token, now)
+    if isinstance(customer_id, Response):
+        return customer_id
+    with Session(engine) as session:
+        if self_service.owned_subscription(session, customer_id, subscription_id) is None:
+            return _not_found(request, settings, token, "subscription")
+    try:
+        guarantees.refund(engine, gateway, subscription_id=subscription_id, now=now, actor=pauses.CUSTOMER)
+    except BillingError as exc:
+        return _refused(request, token, engine, customer_id, settings, now, exc)
+    return _home(request, token, "refunded")
+
+
+@router.post("/account/{token}/subscriptions/{subscription_id}/reactivate", name="account_reactivate",
+             response_class=HTMLResponse)
+def account_reactivate(request: Request, token: str, subscription_id: str, engine: EngineDep, settings: SettingsDep,
+                       gateway: GatewayDep, now: NowDep) -> Response:
+    customer_id = _customer(request, settings, token, now)
+    if isinstance(customer_id, Response):
+        return customer_id
+    with Session(engine) as session:
+        old = self_service.owned_subscription(session, customer_id, subscription_id)
+        if old is None:
+            return _not_found(request, settings, token, "subscription")
+        again = session.exec(select(Subscription).where(  # a repeated click: already back
+            Subscription.reactivated_from == old.id,
+            col(Subscription.status).in_(list(LIVE_STATUSES)))).first()
+        if again is not None:
+            return _home(request, token, "reactivated")
+        view = self_service.subscription_view(session, old, now, settings=settings, offer_reactivation=True)
+    if not view.can_reactivate:
+        return _refused(request, token, engine, customer_id, settings, now,
+                        Conflict("this subscription cannot be restarted from here", field="subscription"))
+    ip, user_agent = _client(request)
+    try:
+        res = reactivations.by_customer(engine, gateway, customer_id=customer_id, subscription_id=subscription_id,
+                                        card_label=view.reactivate_card, ip_address=ip, user_agent=user_agent,
+                                        settings=settings, now=now)
+    except BillingError as exc:
+        return _refused(request, token, engine, customer_id, settings, now, exc)
+    fc = res.first_charge
+    if res.failed:
+        why = "needs your bank's confirmation" if fc.status == "requires_action" else "was declined"
+        return _refused(request, token, engine, customer_id, settings, now, Conflict(
+            f"The payment {why}{f' ({fc.message})' if fc.message else ''}. Your subscription was not restarted "
+            "and nothing was charged.", field="payment_method"))
+    if fc.status != "succeeded":  # no answer from the gateway yet: the run-cycle settles it
+        return _refused(request, token, engine, customer_id, settings, now, Conflict(
+            "We could not confirm the payment yet. Your subscription starts as soon as it is confirmed; "
+            "please do not click again.", field="payment_method"))
+    return _home(request, token, "reactivated")
+
+
+@router.post("/account/{token}/subscriptions/{subscription_id}/accept-price", name="account_accept_price",
+             response_class=HTMLResponse)
+def account_accept_price(request: Request, token: str, subscription_id: str, engine: EngineDep,
+                         settings: SettingsDep, now: NowDep) -> Response:
+    customer_id = _customer(request, settings, token, now)
+    if isinstance(customer_id, Response):
+        return customer_id
+    ip, user_agent = _client(request)
+    try:
+        with transaction(engine) as session:
+            sub = self_service.owned_subscription(session, customer_id, subscription_id, lock=True)
+            if sub is None:
+                return _not_found(request, settings, token, "subscription")
+            pricing.accept(session, sub, ip_address=ip, user_agent=user_agent, now=now, actor=pauses.CUSTOMER)
+    except BillingError as exc:
+        return _refused(request, token, engine, customer_id, settings, now, exc)
+    return _home(request, token, "price_accepted")
 
 
 # --------------------------------------------------------------------------- card update

@@ -133,6 +133,11 @@ def test_edits_over_the_api(client: TestClient) -> None:
     assert bad.status_code == 422 and bad.json()["field"] == "email"
     plan = client.patch("/v1/plans/basic-monthly/terms", json={"guarantee_days": 30, "metadata": {"tier": "b"}})
     assert plan.status_code == 200 and plan.json()["guarantee_days"] == 30
+    assert plan.json()["customer_can_pause"] is False  # the default: customers may not pause
+    plan = client.patch("/v1/plans/basic-monthly/terms", json={"customer_can_pause": True})
+    assert plan.status_code == 200 and plan.json()["customer_can_pause"] is True
+    bad = client.patch("/v1/plans/basic-monthly/terms", json={"customer_can_pause": "yes"})
+    assert bad.status_code == 422 and bad.json()["field"] == "customer_can_pause"
     sub = client.post("/v1/subscriptions", json={"customer": cust["id"], "plan": "basic-monthly",
                                                  "metadata": {"src": "web"}})  # the default card
     assert sub.status_code == 201 and sub.json()["metadata"] == {"src": "web"}

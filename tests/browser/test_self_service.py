@@ -198,3 +198,55 @@ def test_cancel_and_undo_from_the_self_service_page(site: Site, now: datetime, a
     after = site.sub(sub.id)
     assert not after.cancel_at_period_end and after.cancellation_kind is None
     assert after.status == SubscriptionStatus.ACTIVE
+
+
+@pytest.mark.parametrize("name", VIEWPORTS)
+def test_pause_resume_and_subscribe_again_by_clicking(site: Site, now: datetime, artifacts: Path, name: str) -> None:
+    """On a plan that lets customers pause: pause now, resume, cancel; after the end,
+    "Subscribe again" charges once and links the new subscription to the old one."""
+    _require_chromium()
+    from playwright.sync_api import expect, sync_playwright
+
+    from billing_engine import edits
+
+    sub = site.subscription(now)
+    with transaction(site.engine) as s:
+        edits.update_plan(s, "basic-monthly", now=now, customer_can_pause=True)
+    site.clock.at = now + timedelta(days=2)
+    app = create_app(settings=site.settings, engine=site.engine, gateway=site.gateway, clock=site.clock)
+    with ServerThread(app, site.port), sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            context = browser.new_context(java_script_enabled=False, **VIEWPORTS[name])
+            page = context.new_page()
+            page.goto(site.link(sub.customer_id))
+            page.get_by_label("Pause now").check()
+            _no_horizontal_scroll(page, name)
+            page.screenshot(path=str(artifacts / f"self-service-pause-form-{name}.png"), full_page=True)
+            page.get_by_role("button", name="Pause subscription").click()
+            expect(page.get_by_role("status")).to_have_text(re.compile("Your subscription is paused"))
+            expect(page.get_by_text("Paused until you resume it")).to_be_visible()
+            assert site.sub(sub.id).status == SubscriptionStatus.PAUSED
+
+            page.get_by_role("button", name="Resume my subscription").click()
+            expect(page.get_by_role("status")).to_have_text(re.compile("Your subscription continues"))
+            assert site.sub(sub.id).status == SubscriptionStatus.ACTIVE
+
+            page.get_by_role("button", name="Cancel subscription").click()
+            expect(page.get_by_role("status")).to_have_text(re.compile("canceled"))
+            assert run_cycle(site.engine, site.gateway, now=sub.current_period_end + timedelta(hours=1),
+                             settings=site.settings).cancellations_effective == 1
+            site.clock.at = sub.current_period_end + timedelta(days=10)
+            page.goto(site.link(sub.customer_id))
+            expect(page.get_by_text("I subscribe again to Basic Monthly")).to_be_visible()
+            _no_horizontal_scroll(page, name)
+            page.screenshot(path=str(artifacts / f"self-service-reactivate-{name}.png"), full_page=True)
+            page.get_by_role("button", name="Subscribe again").click()
+            expect(page.get_by_role("status")).to_have_text(re.compile("Welcome back!"))
+            expect(page.get_by_role("button", name="Subscribe again")).to_have_count(0)
+        finally:
+            browser.close()
+    with Session(site.engine) as s:
+        new = s.exec(select(Subscription).where(Subscription.reactivated_from == sub.id)).one()
+        assert new.status == SubscriptionStatus.ACTIVE
+    assert [e.amount_minor for e in site.gateway.ledger] == [1700, 1700]

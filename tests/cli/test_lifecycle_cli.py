@@ -86,6 +86,9 @@ def test_edits_guarantee_and_reactivation_from_the_cli(run, tmp_path: Path) -> N
     run("plan", "create", "--code", "basic", "--name", "Basic", "--amount", "10.00", "--currency", "USD", "--at", AT)
     plan = _json(run("plan", "edit", "basic", "--guarantee-days", "14", "--metadata", "tier=entry", "--json"))
     assert (plan["guarantee_days"], plan["metadata"]) == (14, {"tier": "entry"})
+    assert plan["customer_can_pause"] is False
+    assert _json(run("plan", "edit", "basic", "--customer-pause", "--json"))["customer_can_pause"] is True
+    assert _json(run("plan", "edit", "basic", "--no-customer-pause", "--json"))["customer_can_pause"] is False
     cust = _json(run("customer", "create", "--email", "ada@example.com", "--at", AT, "--json"))["id"]
     pm = _card(run, cust, "pm_card_visa")
     c = _json(run("customer", "update", cust, "--email", "ada@new.example.com", "--default-payment-method", pm,
