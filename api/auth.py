@@ -261,7 +261,7 @@ def _query_names(dependant: Any) -> set[str]:
     return names
 
 
-def strict_query(request: Request) -> None:
+async def strict_query(request: Request) -> None:
     """Refuse query parameters the endpoint does not know, or scalars given twice: a typo
     such as ``?staus=active`` must not silently return everything."""
     from billing_engine.errors import ValidationError

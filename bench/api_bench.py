@@ -13,6 +13,11 @@ for each client count, sends a fixed number of requests per endpoint with httpx
 
 Bounded: at most --requests requests per (endpoint, clients) and --max-seconds each;
 the server listens on 127.0.0.1 only and is stopped with SIGTERM at the end.
+
+Besides latency it prints the CPU time per request of the server (all its worker processes,
+from /proc: a load-independent figure) and of the client (this process), the load average
+before each row, and at the end the verdict on the target (p99 < --target-ms at 50 clients
+for list and show).
 """
 
 from __future__ import annotations
@@ -49,6 +54,43 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def _cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of ``pid`` and its descendants (Linux /proc), else None."""
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    try:
+        stats: dict[int, tuple[int, float]] = {}
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rpartition(")")[2].split()
+            except OSError:
+                continue
+            stats[int(entry)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / tick)
+    except OSError:
+        return None
+    if pid not in stats:
+        return None
+    family, total, grew = {pid}, 0.0, True
+    while grew:
+        grew = False
+        for p, (ppid, _) in stats.items():
+            if ppid in family and p not in family:
+                family.add(p)
+                grew = True
+    for p in family:
+        total += stats[p][1]
+    return total
+
+
+def _load() -> str:
+    try:
+        return f"{os.getloadavg()[0]:.1f}"
+    except OSError:
+        return "?"
 
 
 def _percentile(values: list[float], p: float) -> float:
@@ -96,6 +138,7 @@ def main() -> None:
     ap.add_argument("--max-seconds", type=float, default=60.0, help="per endpoint and client count")
     ap.add_argument("--workers", type=int, default=1, help="billing serve --workers")
     ap.add_argument("--endpoints", default="list,show,cancel")
+    ap.add_argument("--target-ms", type=float, default=250.0, help="the p99 target at 50 clients (list, show)")
     args = ap.parse_args()
 
     cycle_data.reset(args.database)
@@ -134,17 +177,31 @@ def main() -> None:
         print(f"# {backend}, {len(ids)} subscriptions, billing serve --workers {args.workers}, "
               f"{os.cpu_count()} CPUs (shared)")
         print(f"{'endpoint':8} {'clients':>7} {'requests':>8} {'errors':>6} {'rps':>8} "
-              f"{'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8}")
+              f"{'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'srv cpu ms/req':>14} {'client ms/req':>13} {'load':>5}")
+        p99s: dict[tuple[str, int], float] = {}
         headers = {"Authorization": f"Bearer {TOKEN}"}
         for clients in [int(c) for c in args.clients.split(",")]:
             for name in args.endpoints.split(","):
                 asyncio.run(_run(base, paths[name], clients, min(clients * 2, 100), 10, headers))  # warm-up
+                load = _load()
+                cpu0, client0 = _cpu_seconds(server.pid), time.process_time()
                 lat, errors, elapsed = asyncio.run(_run(base, paths[name], clients, args.requests,
                                                         args.max_seconds, headers))
+                cpu1, client1 = _cpu_seconds(server.pid), time.process_time()
                 ms = [x * 1000 for x in lat]
+                n = max(1, len(lat))
+                srv = f"{(cpu1 - cpu0) * 1000 / n:.2f}" if cpu0 is not None and cpu1 is not None else "n/a"
+                p99s[(name, clients)] = _percentile(ms, 99) + (1e9 if errors else 0)
                 print(f"{name:8} {clients:>7} {len(lat):>8} {errors:>6} {len(lat) / elapsed:>8.0f} "
-                      f"{statistics.median(ms):>8.1f} {_percentile(ms, 95):>8.1f} {_percentile(ms, 99):>8.1f}",
-                      flush=True)
+                      f"{statistics.median(ms):>8.1f} {_percentile(ms, 95):>8.1f} {_percentile(ms, 99):>8.1f} "
+                      f"{srv:>14} {(client1 - client0) * 1000 / n:>13.2f} {load:>5}", flush=True)
+        judged = {k: v for k, v in p99s.items() if k[1] == 50 and k[0] in ("list", "show")}
+        if judged:
+            met = all(v < args.target_ms for v in judged.values())
+            print(f"# target p99 < {args.target_ms:.0f} ms at 50 clients (list, show): "
+                  f"{'MET' if met else 'NOT MET'} ("
+                  + ", ".join(f"{k[0]} {v:.0f} ms" if v < 1e9 else f"{k[0]} had errors" for k, v in judged.items())
+                  + f"); load average now {_load()}")
     finally:
         server.send_signal(signal.SIGTERM)
         try:
