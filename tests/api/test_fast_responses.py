@@ -25,7 +25,7 @@ from sqlmodel import Session
 from api import presenters as P
 from api.schemas import Page, SubscriptionDetail, SubscriptionOut
 from billing_engine import subscriptions
-from tests.api.conftest import Clock, add_card, create_customer, create_plan, subscribe
+from tests.api.conftest import Clock, add_card, create_plan, subscribe
 
 DECLINES = "pm_card_chargeDeclinedInsufficientFunds"
 
