@@ -189,8 +189,11 @@ _ROW_SELECT: Any = sa_select(*_ROW_COLUMNS, col(Customer.email).label("customer_
 
 
 def _rows(session: Session, q: Any) -> list[Any]:
-    return list(session.connection().execute(
-        q.join(Customer, col(Customer.id) == col(Subscription.customer_id))))
+    """The rows of ``q`` (over :data:`_ROW_SELECT`) as plain namespaces: attribute reads on
+    them cost a twentieth of a SQLAlchemy ``Row``'s, and the summary makes ~50 per row."""
+    result = session.connection().execute(q.join(Customer, col(Customer.id) == col(Subscription.customer_id)))
+    keys = tuple(result.keys())
+    return [SimpleNamespace(**dict(zip(keys, row, strict=True))) for row in result]
 
 
 def list_summaries(
@@ -231,8 +234,10 @@ def summaries(session: Session, rows: list[Any], now: datetime | None = None) ->
         return []
     plan_ids = {r.plan_id for r in rows} | {r.scheduled_plan_id for r in rows if r.scheduled_plan_id}
     plan_table = Plan.__table__  # type: ignore[attr-defined]
-    plans: dict[str, Any] = {p.id: p for p in session.connection().execute(  # plain rows, read only
-        sa_select(*[c.label(c.key) for c in plan_table.columns]).where(plan_table.c.id.in_(sorted(plan_ids))))}
+    result = session.connection().execute(  # plain rows, read only
+        sa_select(*[c.label(c.key) for c in plan_table.columns]).where(plan_table.c.id.in_(sorted(plan_ids))))
+    keys = tuple(result.keys())
+    plans: dict[str, Any] = {p.id: p for p in (SimpleNamespace(**dict(zip(keys, r, strict=True))) for r in result)}
     pricing.preload(session, rows)
     retrying = [r.id for r in rows if r.status == SubscriptionStatus.PAST_DUE and r.next_retry_at is not None]
     open_amounts: dict[tuple[str, int], int] = {}
@@ -306,7 +311,7 @@ def _next_charge(session: Session, sub: Any, plan: Plan, scheduled: Plan | None,
             return None
         from billing_engine import pauses
 
-        fields = sub._asdict() if hasattr(sub, "_asdict") else sub.model_dump()
+        fields = dict(vars(sub)) if isinstance(sub, SimpleNamespace) else sub.model_dump()
         resumed = SimpleNamespace(**{**fields, **pauses.resume_changes(sub, sub.resumes_at)})
         return resumed.current_period_end, pricing.quote(session, resumed, plan, resumed.next_period_index).net_minor, \
             plan.currency
