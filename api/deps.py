@@ -1,4 +1,9 @@
-"""Request-scoped dependencies: engine, session (unit of work), settings, gateway, clock."""
+"""Request-scoped dependencies: engine, session (unit of work), settings, gateway, clock.
+
+The ones that only read ``app.state`` are ``async def``: FastAPI runs a plain ``def``
+dependency in the thread pool, a hop (and a GIL hand-over) per dependency per request that
+cost more than the work itself. Only :func:`get_session`, which talks to the database,
+stays a plain ``def``."""
 
 from __future__ import annotations
 
@@ -15,12 +20,12 @@ from billing_engine.gateway.protocol import PaymentGateway
 from billing_engine.settings import Settings
 
 
-def get_settings_dep(request: Request) -> Settings:
+async def get_settings_dep(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_engine_dep(request: Request) -> Engine:
+async def get_engine_dep(request: Request) -> Engine:
     """The app's engine; for GET/HEAD requests (which change nothing) its reader form, so
     on SQLite reads do not queue for the write lock (:func:`billing_engine.db.readers`)."""
     engine: Engine = request.app.state.engine
@@ -33,12 +38,12 @@ def get_engine_dep(request: Request) -> Engine:
     return engine
 
 
-def get_gateway(request: Request) -> PaymentGateway:
+async def get_gateway(request: Request) -> PaymentGateway:
     gw: PaymentGateway = request.app.state.gateway
     return gw
 
 
-def get_now(request: Request) -> datetime:
+async def get_now(request: Request) -> datetime:
     """The request's "now" (the app's injectable clock; tests freeze it)."""
     clock: Callable[[], datetime] = request.app.state.clock
     return clock()

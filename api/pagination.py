@@ -11,9 +11,16 @@ R = TypeVar("R")
 T = TypeVar("T")
 
 
-def page(rows: Sequence[Any], limit: int, present: Callable[[Any], T]) -> Page[T]:
-    """``rows`` was fetched with ``limit + 1`` to learn whether more follow."""
+def _id(row: Any) -> str:
+    return str(row.id)
+
+
+def page(rows: Sequence[Any], limit: int, present: Callable[[Any], T], *,
+         cursor: Callable[[Any], str] = _id, model: type[Page[Any]] = Page[Any]) -> Page[T]:
+    """``rows`` was fetched with ``limit + 1`` to learn whether more follow; ``cursor`` gives
+    a row's id (default: its ``id`` attribute); ``model``: the page class to build (e.g.
+    ``Page[SubscriptionOut]`` for :func:`api.fastjson.json_response`)."""
     has_more = len(rows) > limit
     items = list(rows[:limit])
     data = [present(r) for r in items]
-    return Page[Any](data=data, has_more=has_more, next_cursor=items[-1].id if has_more and items else None)
+    return model(data=data, has_more=has_more, next_cursor=cursor(items[-1]) if has_more and items else None)

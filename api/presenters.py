@@ -66,10 +66,24 @@ def _sub_fields(s: Session, sub: Subscription) -> dict[str, Any]:
     return fields | {"amount": S.display(fields["amount_minor"], fields["currency"])}
 
 
+def subscription_of(fields: dict[str, Any]) -> S.SubscriptionOut:
+    """From :func:`billing_engine.subscriptions.summaries` (the list's batched path)."""
+    return S.SubscriptionOut(**fields, amount=S.display(fields["amount_minor"], fields["currency"]))
+
+
 def subscription_detail(s: Session, sub: Subscription) -> S.SubscriptionDetail:
+    return _detail(s, _sub_fields(s, sub))
+
+
+def subscription_detail_of(s: Session, fields: dict[str, Any]) -> S.SubscriptionDetail:
+    """From :func:`billing_engine.subscriptions.show_summary`."""
+    return _detail(s, fields | {"amount": S.display(fields["amount_minor"], fields["currency"])})
+
+
+def _detail(s: Session, fields: dict[str, Any]) -> S.SubscriptionDetail:
     evs = [S.EventOut(id=e.id or 0, type=e.type, at=e.occurred_at, actor=e.actor, payload=events.payload_of(e))
-           for e in events.for_subscription(s, sub.id)]
-    return S.SubscriptionDetail(**_sub_fields(s, sub), events=evs)
+           for e in events.for_subscription(s, fields["id"])]
+    return S.SubscriptionDetail(**fields, events=evs)
 
 
 def cancel_result(s: Session, res: cancellations.CancelResult) -> S.CancelOut:

@@ -16,7 +16,7 @@ _When = Annotated[str | None, Query(max_length=40, description="ISO-8601 instant
                   AfterValidator(clean_optional)]
 
 
-def ranges(created_gte: _When = None, created_lt: _When = None, updated_gte: _When = None,
+async def ranges(created_gte: _When = None, created_lt: _When = None, updated_gte: _When = None,
            updated_lt: _When = None) -> Ranges:
     def when(v: str | None, field: str) -> datetime | None:
         return None if v is None else parse_datetime(v, field)

@@ -40,7 +40,7 @@ from billing_engine.models import (
     new_id,
 )
 from billing_engine.money import format_minor
-from billing_engine.periods import Interval, period_bounds
+from billing_engine.periods import Interval, boundary, period_bounds
 
 MIN_NOTICE_DAYS = 7
 MAX_NOTICE_DAYS = 365
@@ -89,7 +89,9 @@ def changes_for(session: Session, plan_ids: Iterable[str]) -> dict[str, list[Any
 
 
 def period_start(sub: Any, plan: Any, index: int) -> datetime:
-    return bounds(sub, plan, index)[0]
+    """``bounds(sub, plan, index)[0]``, without computing the end."""
+    return boundary(sub.billing_anchor, Interval(plan.interval), plan.interval_count,
+                    index - int(sub.anchor_period_index or 0))
 
 
 def bounds(sub: Any, plan: Any, index: int) -> tuple[datetime, datetime]:

@@ -47,8 +47,10 @@ def register(app: typer.Typer) -> None:
     def serve(
         host: str = typer.Option("127.0.0.1", help="Interface to listen on (0.0.0.0 for all; put TLS in front)."),
         port: int = typer.Option(8000, min=1, max=65535, help="TCP port."),
-        workers: int = typer.Option(1, min=1, max=64, help="Worker processes (default 1; about 2 per CPU core "
-                                    "on PostgreSQL; keep 1 on SQLite, whose writes serialise anyway)."),
+        workers: int = typer.Option(
+            1, min=1, max=64, help="Worker processes (default 1). Use one per CPU core (2 on a 2-core machine) on "
+            "PostgreSQL and on a SQLite file (WAL: reads run in parallel, writes serialise whatever the count); "
+            "never more than 1 for an in-memory SQLite database."),
         log_level: str = typer.Option("info", help="critical | error | warning | info | debug."),
         proxy_headers: bool = typer.Option(False, help="Trust X-Forwarded-* from the reverse proxy."),
         read_timeout: float = typer.Option(
@@ -91,7 +93,7 @@ def register(app: typer.Typer) -> None:
         if workers > 1:
             # a worker answers the supervisor's health ping only once it has imported and built the app:
             # uvicorn's 5 s kills slow starters on a busy machine, over and over
-            cfg = serving.config("api.app:create_app", factory=True, read_timeout=read_timeout,
+            cfg = serving.config("api.serving:worker_app", factory=True, read_timeout=read_timeout,
                                  timeout_worker_healthcheck=60, **options)
             sock = cfg.bind_socket()
             Multiprocess(cfg, sockets=[sock]).run()

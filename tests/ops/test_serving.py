@@ -133,3 +133,37 @@ def test_sigterm_to_a_multi_worker_server_exits_0(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
         proc.communicate()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux-only")
+def test_workers_stop_when_their_supervisor_is_killed(tmp_path: Path) -> None:
+    """`kill -9` of a `--workers 2` server: its workers go too, instead of holding the port."""
+    env = {**os.environ, "BILLING_DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite'}", "PYTHONPATH": str(ROOT),
+           "BILLING_ENV": "development", "BILLING_ADMIN_TOKENS": TOKEN}
+    env.pop("BILLING_GATEWAY", None)
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "cli.main", "serve", "--port", str(port), "--workers", "2"],
+                            env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(600):
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        else:
+            pytest.fail("server did not start")
+        proc.kill()
+        proc.wait(timeout=10)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
+            except httpx.TransportError:
+                break  # nobody listens any more
+            time.sleep(0.2)
+        else:
+            pytest.fail("the workers still answer 30 s after their supervisor was killed")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
