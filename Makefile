@@ -24,7 +24,7 @@ demo: $(VENV)/.installed
 
 test: lint
 	bash scripts/install-test-deps.sh
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n auto --dist worksteal $(PYTEST_ARGS)
 
 lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check billing_engine api cli tests bench
