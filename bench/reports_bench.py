@@ -77,8 +77,9 @@ def generate(engine: Engine, n: int) -> None:
                 {"id": pid, "code": code, "a": amount, "cur": cur, "iv": iv, "cnt": cnt, "tier": tier,
                  "at": datetime(2023, 12, 1, tzinfo=UTC)})
         c.execute(text(
-            "INSERT INTO customers (id, email, name, created_at) SELECT 'cus_' || lpad(g::text, 10, '0'),"
-            " 'c' || g || '@bench.example', 'Customer ' || g, CAST(:s AS timestamptz) FROM generate_series(1, :c) g"),
+            "INSERT INTO customers (id, email, name, created_at, updated_at) SELECT 'cus_' || lpad(g::text, 10, '0'),"
+            " 'c' || g || '@bench.example', 'Customer ' || g, CAST(:s AS timestamptz), CAST(:s AS timestamptz)"
+            " FROM generate_series(1, :c) g"),
             {"s": START, "c": customers})
         t = step(f"customers ({customers:,})", t)
         c.execute(text(f"""
@@ -142,10 +143,11 @@ def generate(engine: Engine, n: int) -> None:
         c.execute(text("""
             INSERT INTO invoices (id, subscription_id, customer_id, plan_id, period_index, period_start, period_end,
                 amount_minor, currency, status, attempt_count, amount_paid_minor, amount_refunded_minor,
-                created_at, paid_at, closed_at)
+                created_at, updated_at, paid_at, closed_at)
             SELECT id, subscription_id, customer_id, plan_id, period_index, period_start, period_end, amount_minor,
                    currency, status, attempt_count, CASE WHEN status = 'paid' THEN amount_minor ELSE 0 END, 0,
-                   period_start,
+                   period_start, coalesce(CASE WHEN status = 'paid' THEN period_start + make_interval(hours => 1,
+                   days => attempt_count - 1) ELSE ended END, period_start),
                    CASE WHEN status = 'paid' THEN period_start + make_interval(hours => 1, days => attempt_count - 1)
                    END,
                    CASE WHEN status = 'paid' THEN period_start + make_interval(hours => 1, days => attempt_count - 1)
