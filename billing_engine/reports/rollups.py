@@ -32,14 +32,16 @@ Every report refreshes before it reads (cheap when nothing changed: two index lo
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Table, delete, func, insert, select, union
+from sqlalchemy import Table, delete, func, insert, or_, select, union
 from sqlalchemy.engine import Connection, Engine
 
 from billing_engine.models import ReportCustomerFirstPaid, ReportOffPrice, ReportRollupState
+from billing_engine.reports import day_rollups
 from billing_engine.reports.dunning_facts import events, failed_invoice_rows, failed_table
 from billing_engine.reports.sql import invoices, off_price_subscriptions
 
@@ -81,6 +83,9 @@ def _rebuild(conn: Connection) -> None:
     rows = failed_invoice_rows(conn)
     conn.execute(delete(failed_table))
     conn.execute(insert(failed_table).from_select([c.name for c in rows.selected_columns], rows))
+    day_rollups.rebuild_sub_events(conn)
+    day_rollups.rebuild_paid_days(conn)
+    day_rollups.rebuild_failed_days(conn, failed_table)
 
 
 def _fold(conn: Connection, after: int) -> None:
@@ -97,14 +102,26 @@ def _fold(conn: Connection, after: int) -> None:
     if conn.execute(select(func.count()).where(new, ev.c.type.like("plan.%"))).scalar_one():
         conn.execute(delete(off_price_table))
         conn.execute(insert(off_price_table).from_select(["subscription_id"], off_price_subscriptions()))
+        day_rollups.rebuild_sub_events(conn)  # a plan's price: every "billed at its plan's price" test
     else:
         conn.execute(delete(off_price_table).where(off_price_table.c.subscription_id.in_(sub_ids)))
         conn.execute(insert(off_price_table).from_select(["subscription_id"],
                                                          off_price_subscriptions(only=sub_ids)))
+        day_rollups.fold_sub_events(conn, sub_ids, cust_ids)
+    named = or_(failed_table.c.subscription_id.in_(sub_ids), failed_table.c.invoice_id.in_(inv_ids))
+    days = day_rollups.failed_days_of(conn, failed_table, named)
     conn.execute(delete(failed_table).where(failed_table.c.invoice_id.in_(
         union(select(failed_table.c.invoice_id).where(failed_table.c.subscription_id.in_(sub_ids)), inv_ids))))
     rows = failed_invoice_rows(conn, only_invoices=inv_ids, only_subscriptions=sub_ids)
     conn.execute(insert(failed_table).from_select([c.name for c in rows.selected_columns], rows))
+    days |= day_rollups.failed_days_of(conn, failed_table, named)
+    day_rollups.fold_failed_days(conn, failed_table, days)
+    day_rollups.fold_paid_days(conn, inv_ids)
+
+
+def ready(conn: Connection) -> bool:
+    """True once the rollups were built (the per-day rollups are then complete)."""
+    return conn.execute(select(state_table.c.last_event_id).where(state_table.c.name == NAME)).first() is not None
 
 
 def refresh(engine: Engine, *, lag: timedelta = LAG, rebuild: bool = False,
@@ -155,4 +172,37 @@ def differences(engine: Engine) -> list[str]:
         for k in sorted(set(got) | set(exp)):
             if got.get(k) != exp.get(k):
                 out.append(f"report_failed_invoices[{k}]: rollup {got.get(k)} != raw {exp.get(k)}")
+    out += _day_differences(engine)
+    return out
+
+
+def _snapshot(conn: Connection) -> dict[str, Counter[tuple[Any, ...]]]:
+    """Every row of the per-day rollups (and the per-subscription events, without their
+    ordinal) as a multiset of tuples, surrogate ids left out."""
+    snap: dict[str, Counter[tuple[Any, ...]]] = {}
+    for t in (day_rollups.sub_events_table, day_rollups.sub_event_days_table, day_rollups.paid_days_table,
+              day_rollups.failed_days_table):
+        cols = [c for c in t.c if c.name not in ("id", "seq")]
+        snap[t.name] = Counter(tuple(r) for r in conn.execute(select(*cols)))
+    return snap
+
+
+def _day_differences(engine: Engine) -> list[str]:
+    """The per-day rollups as maintained vs. as rebuilt from the raw tables now (the rebuild
+    runs in a transaction that is rolled back)."""
+    out: list[str] = []
+    with engine.connect() as conn:
+        trans = conn.begin()
+        try:
+            have = _snapshot(conn)
+            day_rollups.rebuild_sub_events(conn)
+            day_rollups.rebuild_paid_days(conn)
+            day_rollups.rebuild_failed_days(conn, failed_table)
+            want = _snapshot(conn)
+        finally:
+            trans.rollback()
+    for name in have:
+        if have[name] != want[name]:
+            extra, missing = have[name] - want[name], want[name] - have[name]
+            out.append(f"{name}: extra {sorted(extra, key=repr)[:3]}, missing {sorted(missing, key=repr)[:3]}")
     return out

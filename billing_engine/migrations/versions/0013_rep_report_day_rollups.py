@@ -1,0 +1,112 @@
+"""report day rollups: the report rollups summed per UTC day, so that a report over a
+day-aligned range reads a few thousand rows instead of every subscription, invoice or
+failed payment (docs/reports.md, "Rollups"). Folded from the same events watermark as
+0011's rollups; nothing in the charge pipeline writes them.
+
+- report_sub_events: every subscriber event (activation, price change, churn, ended
+  unpaid) of each subscription, with its day and whether the subscription was activated
+  in the same calendar day / week / month / quarter / year (bit mask ``act_same``);
+- report_sub_event_days: those events counted per day and every other column (churn, MRR,
+  retention);
+- report_paid_days: paid invoices per day of payment, currency and plan: count, amount
+  paid, discounts, paid after a failed attempt (revenue, churn's "recovered");
+- report_failed_days: report_failed_invoices summed per day of the first failure and the
+  facts recovery / funnel group by.
+
+The tables start empty; the first report (or ``billing report refresh``) rebuilds every
+rollup (the 0011 watermark is reset here so that it does).
+
+Revision ID: 0013_rep
+Revises: 0012_imports
+"""
+import sqlalchemy as sa
+from alembic import op
+
+revision = '0013_rep'
+down_revision = '0012_imports'
+branch_labels = None
+depends_on = None
+
+_BIGINT_ID = sa.BigInteger().with_variant(sa.Integer(), 'sqlite')
+
+
+def _event_columns() -> list[sa.Column]:  # type: ignore[type-arg]
+    return [
+        sa.Column('kind', sa.String(length=20), nullable=False),
+        sa.Column('currency', sa.String(length=3), nullable=False),
+        sa.Column('plan_id', sa.String(length=40), nullable=False),
+        sa.Column('cancellation_kind', sa.String(length=20), nullable=True),
+        sa.Column('reason_group', sa.String(length=20), nullable=True),
+        sa.Column('mrr_minor', sa.BigInteger(), nullable=True),
+        sa.Column('inv_plan_id', sa.String(length=40), nullable=True),
+        sa.Column('amount_minor', sa.BigInteger(), nullable=True),
+        sa.Column('prev_plan_id', sa.String(length=40), nullable=True),
+        sa.Column('prev_amount', sa.BigInteger(), nullable=True),
+        sa.Column('act_same', sa.Integer(), nullable=False),
+    ]
+
+
+def upgrade() -> None:
+    op.create_table(
+        'report_sub_events',
+        sa.Column('subscription_id', sa.String(length=40), nullable=False),
+        sa.Column('seq', sa.Integer(), nullable=False),
+        sa.Column('day', sa.DateTime(timezone=True), nullable=False),
+        *_event_columns(),
+        sa.PrimaryKeyConstraint('subscription_id', 'seq'),
+    )
+    op.create_index('ix_report_sub_events_day', 'report_sub_events', ['day'], unique=False)
+    op.create_table(
+        'report_sub_event_days',
+        sa.Column('id', _BIGINT_ID, nullable=False),
+        sa.Column('day', sa.DateTime(timezone=True), nullable=False),
+        *_event_columns(),
+        sa.Column('n', sa.BigInteger(), nullable=False),
+        sa.PrimaryKeyConstraint('id'),
+    )
+    op.create_index('ix_report_sub_event_days_day', 'report_sub_event_days', ['day'], unique=False)
+    op.create_table(
+        'report_paid_days',
+        sa.Column('day', sa.DateTime(timezone=True), nullable=False),
+        sa.Column('currency', sa.String(length=3), nullable=False),
+        sa.Column('plan_id', sa.String(length=40), nullable=False),
+        sa.Column('invoices_paid', sa.BigInteger(), nullable=False),
+        sa.Column('gross_minor', sa.BigInteger(), nullable=False),
+        sa.Column('discounts_minor', sa.BigInteger(), nullable=False),
+        sa.Column('recovered_invoices', sa.BigInteger(), nullable=False),
+        sa.Column('recovered_minor', sa.BigInteger(), nullable=False),
+        sa.PrimaryKeyConstraint('day', 'currency', 'plan_id'),
+    )
+    op.create_table(
+        'report_failed_days',
+        sa.Column('id', _BIGINT_ID, nullable=False),
+        sa.Column('day', sa.DateTime(timezone=True), nullable=False),
+        sa.Column('currency', sa.String(length=3), nullable=False),
+        sa.Column('plan_id', sa.String(length=40), nullable=False),
+        sa.Column('decline_code', sa.String(length=80), nullable=True),
+        sa.Column('decline_kind', sa.String(length=10), nullable=True),
+        sa.Column('status', sa.String(length=20), nullable=False),
+        sa.Column('method', sa.String(length=30), nullable=True),
+        sa.Column('paid_day', sa.DateTime(timezone=True), nullable=True),
+        sa.Column('closed_day', sa.DateTime(timezone=True), nullable=True),
+        sa.Column('cancellation_kind', sa.String(length=20), nullable=True),
+        sa.Column('reason_group', sa.String(length=20), nullable=True),
+        sa.Column('n', sa.BigInteger(), nullable=False),
+        sa.Column('amount_minor', sa.BigInteger(), nullable=False),
+        sa.Column('paid_minor', sa.BigInteger(), nullable=False),
+        sa.Column('seconds', sa.BigInteger(), nullable=False),
+        sa.PrimaryKeyConstraint('id'),
+    )
+    op.create_index('ix_report_failed_days_day', 'report_failed_days', ['day'], unique=False)
+    # the new rollups start empty: make the next refresh rebuild every rollup
+    op.execute("DELETE FROM report_rollup_state")
+
+
+def downgrade() -> None:
+    op.drop_index('ix_report_failed_days_day', table_name='report_failed_days')
+    op.drop_table('report_failed_days')
+    op.drop_table('report_paid_days')
+    op.drop_index('ix_report_sub_event_days_day', table_name='report_sub_event_days')
+    op.drop_table('report_sub_event_days')
+    op.drop_index('ix_report_sub_events_day', table_name='report_sub_events')
+    op.drop_table('report_sub_events')

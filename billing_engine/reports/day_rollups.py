@@ -1,0 +1,219 @@
+"""The per-day rollups (migration 0013): the report facts summed per UTC day, so that a
+report over a day-aligned range reads a few thousand rows whatever the number of
+subscriptions, invoices or failed payments. Maintained by :mod:`rollups` (rebuild, and the
+incremental fold from the events watermark): the keys a fold recomputes name the days that
+changed, and each such day is summed again from its per-key rows.
+
+- ``report_sub_events`` (per subscription) / ``report_sub_event_days``: the subscriber events
+  of :func:`sql.subscriber_events` (computed over all time: an event never depends on the
+  report's range), with ``act_same``, bit ``i`` set when the subscription was activated in the
+  same calendar ``GRAINS[i]`` as the event -- for a range whose first period is a whole
+  calendar period, "activated before this period" (revenue retention) is ``not act_same & bit``;
+- ``report_paid_days``: paid invoices per day of ``paid_at``, currency and plan (revenue,
+  churn's recovered invoices) -- summed straight from ``invoices`` (index on ``paid_at``);
+- ``report_failed_days``: ``report_failed_invoices`` per day of the first failure, with the
+  days of payment / closing, so that "as of the range end" is exact at a midnight end.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Table, and_, case, delete, func, insert, literal, or_, select
+from sqlalchemy.engine import Connection
+
+from billing_engine.models import ReportFailedDay, ReportPaidDay, ReportSubEvent, ReportSubEventDay
+from billing_engine.periods import Interval, monthly_amount
+from billing_engine.reports.params import ReportQuery, calendar_start
+from billing_engine.reports.sql import invoices, plans, reason_group, subscriber_events, subscriptions, ts
+
+sub_events_table: Table = ReportSubEvent.__table__  # type: ignore[attr-defined]
+sub_event_days_table: Table = ReportSubEventDay.__table__  # type: ignore[attr-defined]
+paid_days_table: Table = ReportPaidDay.__table__  # type: ignore[attr-defined]
+failed_days_table: Table = ReportFailedDay.__table__  # type: ignore[attr-defined]
+
+GRAINS = ("day", "week", "month", "quarter", "year")  # act_same bit i <-> GRAINS[i]
+ALL_TIME = ReportQuery(start=datetime(1970, 1, 1, tzinfo=UTC), end=datetime(9999, 12, 31, tzinfo=UTC),
+                       period="all")
+EVENT_COLUMNS = ("kind", "currency", "plan_id", "cancellation_kind", "reason_group", "mrr_minor", "inv_plan_id",
+                 "amount_minor", "prev_plan_id", "prev_amount", "act_same")
+BATCH = 20_000
+ONE_DAY = timedelta(days=1)
+
+
+def day_of(conn: Connection, column: Any) -> Any:
+    """Midnight UTC of ``column``, stored the way a UTC timestamp column stores it."""
+    if conn.dialect.name == "postgresql":
+        return func.date_trunc("day", column, "UTC")
+    return func.substr(column, 1, 10).concat(literal(" 00:00:00.000000"))
+
+
+def act_same(at: datetime, activated: datetime | None) -> int:
+    if activated is None:
+        return 0
+    return sum(1 << i for i, g in enumerate(GRAINS) if calendar_start(at, g) == calendar_start(activated, g))
+
+
+def plan_mrr(conn: Connection) -> dict[str, int]:
+    return {p.id: monthly_amount(int(p.amount_minor), Interval(p.interval), int(p.interval_count))
+            for p in conn.execute(select(plans.c.id, plans.c.amount_minor, plans.c.interval, plans.c.interval_count))}
+
+
+def day_ranges(days: Iterable[datetime]) -> list[tuple[datetime, datetime]]:
+    """Sorted days as few [start, end) ranges (consecutive days merged)."""
+    out: list[tuple[datetime, datetime]] = []
+    for d in sorted(set(days)):
+        if out and out[-1][1] == d:
+            out[-1] = (out[-1][0], d + ONE_DAY)
+        else:
+            out.append((d, d + ONE_DAY))
+    return out
+
+
+def _in_days(column: Any, days: Iterable[datetime]) -> Any:
+    return or_(*[and_(column >= ts(a), column < ts(b)) for a, b in day_ranges(days)])
+
+
+def _chunks(days: set[datetime]) -> list[list[datetime]]:
+    ordered = sorted(days)
+    return [ordered[i:i + 200] for i in range(0, len(ordered), 200)]
+
+
+# --------------------------------------------------------------------------- subscriber events
+
+def _insert_sub_events(conn: Connection, only: Any = None) -> set[datetime]:
+    """Compute and insert the events of every subscription (or of ``only``); returns their days."""
+    ev = subscriber_events(ALL_TIME, plan_mrr(conn), only=only)
+    days: set[datetime] = set()
+    seqs: dict[str, int] = {}
+    batch: list[dict[str, Any]] = []
+    result = conn.execute(select(ev).order_by(ev.c.subscription_id, ev.c.at, ev.c.kind))
+    for r in result.yield_per(BATCH):
+        day = calendar_start(r.at, "day")
+        days.add(day)
+        seq = seqs[r.subscription_id] = seqs.get(r.subscription_id, 0) + 1
+        batch.append({
+            "subscription_id": r.subscription_id, "seq": seq, "day": day, "kind": r.kind, "currency": r.currency,
+            "plan_id": r.plan_id, "cancellation_kind": r.cancellation_kind, "reason_group": r.reason_group,
+            "mrr_minor": r.mrr_minor, "inv_plan_id": r.inv_plan_id, "amount_minor": r.amount_minor,
+            "prev_plan_id": r.prev_plan_id, "prev_amount": r.prev_amount,
+            "act_same": act_same(r.at, r.activated_at) if r.kind in ("churn", "change") else 0,
+        })
+        if len(batch) >= BATCH:
+            conn.execute(insert(sub_events_table), batch)
+            batch = []
+    if batch:
+        conn.execute(insert(sub_events_table), batch)
+    return days
+
+
+def _sum_sub_event_days(conn: Connection, days: set[datetime] | None = None) -> None:
+    """(Re)count ``report_sub_event_days`` for these days (None: every day)."""
+    e, d = sub_events_table, sub_event_days_table
+    cols = [e.c.day, *[e.c[c] for c in EVENT_COLUMNS]]
+    if days is None:
+        conn.execute(delete(d))
+        conn.execute(insert(d).from_select([c.name for c in cols] + ["n"],
+                                           select(*cols, func.count()).group_by(*cols)))
+        return
+    for chunk in _chunks(days):
+        conn.execute(delete(d).where(_in_days(d.c.day, chunk)))
+        conn.execute(insert(d).from_select([c.name for c in cols] + ["n"],
+                                           select(*cols, func.count()).where(_in_days(e.c.day, chunk))
+                                           .group_by(*cols)))
+
+
+def rebuild_sub_events(conn: Connection) -> None:
+    conn.execute(delete(sub_events_table))
+    _insert_sub_events(conn)
+    _sum_sub_event_days(conn)
+
+
+def fold_sub_events(conn: Connection, sub_ids: Any, cust_ids: Any) -> None:
+    """Recompute the events of every subscription of the customers these ids name (whether a
+    customer's activation is new or a reactivation depends on their other subscriptions)."""
+    s = subscriptions
+    custs = select(s.c.customer_id).where(s.c.id.in_(sub_ids)).union(cust_ids).subquery("fold_custs")
+    only = select(s.c.id).where(s.c.customer_id.in_(select(custs.c.customer_id)))
+    e = sub_events_table
+    days = {calendar_start(r[0], "day") for r in conn.execute(
+        select(e.c.day).where(e.c.subscription_id.in_(only)).distinct())}
+    conn.execute(delete(e).where(e.c.subscription_id.in_(only)))
+    days |= _insert_sub_events(conn, only=only)
+    if days:
+        _sum_sub_event_days(conn, days)
+
+
+# --------------------------------------------------------------------------- paid invoices
+
+def _sum_paid_days(conn: Connection, days: set[datetime] | None = None) -> None:
+    inv, p = invoices, paid_days_table
+    day = day_of(conn, inv.c.paid_at)
+    late = inv.c.attempt_count > 1
+    stmt_cols = [day.label("day"), inv.c.currency, inv.c.plan_id, func.count(), func.sum(inv.c.amount_paid_minor),
+                 func.sum(inv.c.discount_minor), func.sum(case((late, 1), else_=0)),
+                 func.sum(case((late, inv.c.amount_paid_minor), else_=0))]
+    names = ["day", "currency", "plan_id", "invoices_paid", "gross_minor", "discounts_minor", "recovered_invoices",
+             "recovered_minor"]
+    paid = and_(inv.c.status == "paid", inv.c.paid_at.is_not(None))
+    if days is None:
+        conn.execute(delete(p))
+        conn.execute(insert(p).from_select(names, select(*stmt_cols).where(paid)
+                                           .group_by(day, inv.c.currency, inv.c.plan_id)))
+        return
+    for chunk in _chunks(days):
+        conn.execute(delete(p).where(_in_days(p.c.day, chunk)))
+        conn.execute(insert(p).from_select(names, select(*stmt_cols).where(paid, _in_days(inv.c.paid_at, chunk))
+                                           .group_by(day, inv.c.currency, inv.c.plan_id)))
+
+
+def rebuild_paid_days(conn: Connection) -> None:
+    _sum_paid_days(conn)
+
+
+def fold_paid_days(conn: Connection, inv_ids: Any) -> None:
+    """Re-sum the days on which the invoices these events name were paid. (A paid invoice
+    keeps its ``paid_at`` and stays paid -- refunds are their own rows -- so these are the
+    only days that can change.)"""
+    inv = invoices
+    days = {calendar_start(r[0], "day") for r in conn.execute(
+        select(inv.c.paid_at).where(inv.c.id.in_(inv_ids), inv.c.status == "paid", inv.c.paid_at.is_not(None)))}
+    if days:
+        _sum_paid_days(conn, days)
+
+
+# --------------------------------------------------------------------------- failed invoices
+
+def _sum_failed_days(conn: Connection, failed: Table, days: set[datetime] | None = None) -> None:
+    f, s, d = failed, subscriptions, failed_days_table
+    keys = [day_of(conn, f.c.first_failed_at).label("day"), f.c.currency, f.c.plan_id, f.c.decline_code,
+            f.c.decline_kind, f.c.status, f.c.method,
+            case((f.c.status == "paid", day_of(conn, f.c.paid_at))).label("paid_day"),
+            case((f.c.status != "paid", day_of(conn, f.c.closed_at))).label("closed_day"),
+            s.c.cancellation_kind, reason_group(s.c.cancellation_reason).label("reason_group")]
+    stmt = (select(*keys, func.count(), func.sum(f.c.amount_minor), func.sum(f.c.paid_minor),
+                   func.coalesce(func.sum(f.c.seconds), 0))
+            .select_from(f.join(s, s.c.id == f.c.subscription_id)))
+    names = [k.name for k in keys] + ["n", "amount_minor", "paid_minor", "seconds"]
+    if days is None:
+        conn.execute(delete(d))
+        conn.execute(insert(d).from_select(names, stmt.group_by(*keys)))
+        return
+    for chunk in _chunks(days):
+        conn.execute(delete(d).where(_in_days(d.c.day, chunk)))
+        conn.execute(insert(d).from_select(names, stmt.where(_in_days(f.c.first_failed_at, chunk)).group_by(*keys)))
+
+
+def rebuild_failed_days(conn: Connection, failed: Table) -> None:
+    _sum_failed_days(conn, failed)
+
+
+def failed_days_of(conn: Connection, failed: Table, where: Any) -> set[datetime]:
+    return {calendar_start(r[0], "day") for r in conn.execute(select(failed.c.first_failed_at).where(where))}
+
+
+def fold_failed_days(conn: Connection, failed: Table, days: set[datetime]) -> None:
+    if days:
+        _sum_failed_days(conn, failed, days)
