@@ -821,6 +821,36 @@ class ReportPaidDay(SQLModel, table=True):
     recovered_minor: int = _money()
 
 
+class ReportPayingRun(SQLModel, table=True):
+    """A run of consecutive calendar months (UTC; ``year * 12 + month - 1``) in each of which a
+    customer paid an invoice in this currency and plan (``plan_id`` ``''``: any plan), and
+    whether its first month is the customer's first payment ever (rollup)."""
+
+    __tablename__ = "report_paying_runs"
+
+    customer_id: str = Field(primary_key=True, max_length=40)
+    currency: str = Field(primary_key=True, max_length=3)
+    plan_id: str = Field(primary_key=True, max_length=40)
+    first_month: int = Field(primary_key=True, index=True)
+    last_month: int = Field(index=True)
+    is_new: int = Field(default=0)
+
+
+class ReportPayingMonth(SQLModel, table=True):
+    """``report_paying_runs`` per month, currency and plan: runs starting (and of those, new
+    customers) and ending in the month (rollup). Paying customers in month ``j`` = starts up
+    to ``j`` - ends before ``j``."""
+
+    __tablename__ = "report_paying_months"
+
+    month: int = Field(primary_key=True)
+    currency: str = Field(primary_key=True, max_length=3)
+    plan_id: str = Field(primary_key=True, max_length=40)
+    starts: int = Field(sa_type=BigInteger)
+    ends: int = Field(sa_type=BigInteger)
+    new: int = Field(sa_type=BigInteger)
+
+
 class ReportFailedDay(SQLModel, table=True):
     """``report_failed_invoices`` summed per UTC day of the first failure and every fact the
     recovery / funnel reports group by, with the days of payment / closing (rollup)."""

@@ -21,10 +21,17 @@ from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Table, and_, case, delete, func, insert, literal, or_, select
+from sqlalchemy import Integer, Table, and_, case, cast, delete, func, insert, literal, or_, select, union
 from sqlalchemy.engine import Connection
 
-from billing_engine.models import ReportFailedDay, ReportPaidDay, ReportSubEvent, ReportSubEventDay
+from billing_engine.models import (
+    ReportFailedDay,
+    ReportPaidDay,
+    ReportPayingMonth,
+    ReportPayingRun,
+    ReportSubEvent,
+    ReportSubEventDay,
+)
 from billing_engine.periods import Interval, monthly_amount
 from billing_engine.reports.params import ReportQuery, calendar_start
 from billing_engine.reports.sql import invoices, plans, reason_group, subscriber_events, subscriptions, ts
@@ -33,6 +40,8 @@ sub_events_table: Table = ReportSubEvent.__table__  # type: ignore[attr-defined]
 sub_event_days_table: Table = ReportSubEventDay.__table__  # type: ignore[attr-defined]
 paid_days_table: Table = ReportPaidDay.__table__  # type: ignore[attr-defined]
 failed_days_table: Table = ReportFailedDay.__table__  # type: ignore[attr-defined]
+paying_runs_table: Table = ReportPayingRun.__table__  # type: ignore[attr-defined]
+paying_months_table: Table = ReportPayingMonth.__table__  # type: ignore[attr-defined]
 
 GRAINS = ("day", "week", "month", "quarter", "year")  # act_same bit i <-> GRAINS[i]
 ALL_TIME = ReportQuery(start=datetime(1970, 1, 1, tzinfo=UTC), end=datetime(9999, 12, 31, tzinfo=UTC),
@@ -217,3 +226,120 @@ def failed_days_of(conn: Connection, failed: Table, where: Any) -> set[datetime]
 def fold_failed_days(conn: Connection, failed: Table, days: set[datetime]) -> None:
     if days:
         _sum_failed_days(conn, failed, days)
+
+
+# --------------------------------------------------------------------------- paying customers
+
+def month_index(conn: Connection, column: Any) -> Any:
+    """``year * 12 + month - 1`` of a UTC timestamp column."""
+    if conn.dialect.name == "postgresql":
+        utc = func.timezone("UTC", column)
+        return cast(func.extract("year", utc), Integer) * 12 + cast(func.extract("month", utc), Integer) - 1
+    return (cast(func.substr(column, 1, 4), Integer) * 12 + cast(func.substr(column, 6, 2), Integer) - 1)
+
+
+def month_of(dt: datetime) -> int:
+    return dt.year * 12 + dt.month - 1
+
+
+def _paying_runs(conn: Connection, only: Any = None) -> Any:
+    """Gaps and islands: each customer's months with a paid invoice, per (currency, plan) and per
+    currency (plan ``''``), as runs of consecutive months."""
+    inv = invoices
+    mi = month_index(conn, inv.c.paid_at).label("mi")
+    where = [inv.c.status == "paid", inv.c.paid_at.is_not(None)]
+    if only is not None:
+        where.append(inv.c.customer_id.in_(only))
+    base = select(inv.c.customer_id, inv.c.currency, inv.c.plan_id, mi).where(*where).distinct().subquery("pm")
+    both = union(select(base.c.customer_id, base.c.currency, base.c.plan_id, base.c.mi),
+                 select(base.c.customer_id, base.c.currency, literal("").label("plan_id"), base.c.mi)).subquery("pm2")
+    part = (both.c.customer_id, both.c.currency, both.c.plan_id)
+    isl = select(*part, both.c.mi,
+                 (both.c.mi - func.row_number().over(partition_by=part, order_by=both.c.mi)).label("grp"),
+                 func.min(both.c.mi).over(partition_by=both.c.customer_id).label("first_ever")).subquery("isl")
+    first = func.min(isl.c.mi)
+    return (select(isl.c.customer_id, isl.c.currency, isl.c.plan_id, first.label("first_month"),
+                   func.max(isl.c.mi).label("last_month"),
+                   case((first == func.min(isl.c.first_ever), 1), else_=0).label("is_new"))
+            .group_by(isl.c.customer_id, isl.c.currency, isl.c.plan_id, isl.c.grp))
+
+
+RUN_COLUMNS = ["customer_id", "currency", "plan_id", "first_month", "last_month", "is_new"]
+
+
+def _sum_paying_months(conn: Connection, months: set[int] | None = None) -> None:
+    r, p = paying_runs_table, paying_months_table
+    cells: dict[tuple[int, str, str], list[int]] = {}
+    starts = select(r.c.first_month, r.c.currency, r.c.plan_id, func.count(), func.sum(r.c.is_new))
+    ends = select(r.c.last_month, r.c.currency, r.c.plan_id, func.count())
+    if months is None:
+        conn.execute(delete(p))
+        chunks: list[list[int] | None] = [None]
+    else:
+        ordered = sorted(months)
+        chunks = [ordered[i:i + 500] for i in range(0, len(ordered), 500)]
+    for chunk in chunks:
+        s_q, e_q = starts, ends
+        if chunk is not None:
+            conn.execute(delete(p).where(p.c.month.in_(chunk)))
+            s_q, e_q = starts.where(r.c.first_month.in_(chunk)), ends.where(r.c.last_month.in_(chunk))
+        for m, cur, plan, n, new in conn.execute(s_q.group_by(r.c.first_month, r.c.currency, r.c.plan_id)):
+            c = cells.setdefault((int(m), cur, plan), [0, 0, 0])
+            c[0], c[2] = int(n), int(new or 0)
+        for m, cur, plan, n in conn.execute(e_q.group_by(r.c.last_month, r.c.currency, r.c.plan_id)):
+            cells.setdefault((int(m), cur, plan), [0, 0, 0])[1] = int(n)
+    rows = [{"month": m, "currency": cur, "plan_id": plan, "starts": c[0], "ends": c[1], "new": c[2]}
+            for (m, cur, plan), c in cells.items()]
+    for i in range(0, len(rows), BATCH):
+        conn.execute(insert(p), rows[i:i + BATCH])
+
+
+def rebuild_paying(conn: Connection) -> None:
+    conn.execute(delete(paying_runs_table))
+    conn.execute(insert(paying_runs_table).from_select(RUN_COLUMNS, _paying_runs(conn)))
+    _sum_paying_months(conn)
+
+
+def fold_paying(conn: Connection, sub_ids: Any, inv_ids: Any, cust_ids: Any) -> None:
+    """Recompute the runs of the customers of these invoices / subscriptions / customer ids."""
+    inv, s, r = invoices, subscriptions, paying_runs_table
+    custs = union(select(inv.c.customer_id).where(inv.c.id.in_(inv_ids)),
+                  select(s.c.customer_id).where(s.c.id.in_(sub_ids)), cust_ids).subquery("paying_custs")
+    only = select(custs.c.customer_id)
+    months: set[int] = set()
+
+    def touched() -> None:
+        for a, b in conn.execute(select(r.c.first_month, r.c.last_month).where(r.c.customer_id.in_(only))):
+            months.update((int(a), int(b)))
+
+    touched()
+    conn.execute(delete(r).where(r.c.customer_id.in_(only)))
+    conn.execute(insert(r).from_select(RUN_COLUMNS, _paying_runs(conn, only=only)))
+    touched()
+    if months:
+        _sum_paying_months(conn, months)
+
+
+def paying_month_counts(q: ReportQuery, by_plan: bool) -> Any:
+    """Per (currency, plan): for each month of a month-aligned range, paying customers (runs
+    started up to it minus runs ended before it) and new customers (runs that start a
+    customer's first payment ever in it). Columns: currency, plan_id, paying_0, new_0, ..."""
+    p = paying_months_table
+    j0 = month_of(q.start)
+    n = len(q.periods())
+    cols: list[Any] = []
+    for i in range(n):
+        j = j0 + i
+        cols.append(func.sum(case((p.c.month <= j, p.c.starts), else_=0))
+                    - func.sum(case((p.c.month < j, p.c.ends), else_=0)))
+        cols.append(func.sum(case((p.c.month == j, p.c.new), else_=0)))
+    stmt = select(p.c.currency, p.c.plan_id, *cols).where(p.c.month < j0 + n)
+    stmt = stmt.where(p.c.plan_id != "") if by_plan else stmt.where(p.c.plan_id == "")
+    if q.currency:
+        stmt = stmt.where(p.c.currency == q.currency)
+    return stmt.group_by(p.c.currency, p.c.plan_id)
+
+
+def month_aligned(q: ReportQuery) -> bool:
+    """Monthly periods over whole calendar months (start and end on the 1st, midnight UTC)."""
+    return q.period == "month" and all(t.astimezone(UTC) == calendar_start(t, "month") for t in (q.start, q.end))

@@ -17,7 +17,7 @@ from sqlalchemy.engine import Engine
 from billing_engine.models import ReportCustomerFirstPaid
 from billing_engine.reports import rollups
 from billing_engine.reports.model import Column, Report, group_columns, is_blank, period_columns
-from billing_engine.reports.day_rollups import paid_days_table
+from billing_engine.reports.day_rollups import month_aligned, paid_days_table, paying_month_counts
 from billing_engine.reports.params import ReportQuery, day_aligned
 from billing_engine.reports.sql import bucket, invoices, plan_codes, refunds, ts, tune
 from billing_engine.reports.subscribers import GroupKey, group_key, key_fields, sorted_groups
@@ -50,6 +50,12 @@ def _customer_counts(conn: Any, q: ReportQuery, by_plan: bool) -> list[tuple[tup
     inv = invoices
     periods = q.periods()
     n = len(periods)
+    if month_aligned(q) and rollups.ready(conn):
+        out = []
+        for r in conn.execute(paying_month_counts(q, by_plan)):
+            for i in range(n):
+                out.append(((r[0], r[1]), i, int(r[2 + 2 * i] or 0), int(r[3 + 2 * i] or 0)))
+        return out
     if n > MASK_PERIODS:
         return _customer_counts_distinct(conn, q, by_plan)
     b = bucket(inv.c.paid_at, periods)

@@ -86,6 +86,7 @@ def _rebuild(conn: Connection) -> None:
     day_rollups.rebuild_sub_events(conn)
     day_rollups.rebuild_paid_days(conn)
     day_rollups.rebuild_failed_days(conn, failed_table)
+    day_rollups.rebuild_paying(conn)
 
 
 def _fold(conn: Connection, after: int) -> None:
@@ -117,6 +118,7 @@ def _fold(conn: Connection, after: int) -> None:
     days |= day_rollups.failed_days_of(conn, failed_table, named)
     day_rollups.fold_failed_days(conn, failed_table, days)
     day_rollups.fold_paid_days(conn, inv_ids)
+    day_rollups.fold_paying(conn, sub_ids, inv_ids, cust_ids)
 
 
 def ready(conn: Connection) -> bool:
@@ -181,7 +183,7 @@ def _snapshot(conn: Connection) -> dict[str, Counter[tuple[Any, ...]]]:
     ordinal) as a multiset of tuples, surrogate ids left out."""
     snap: dict[str, Counter[tuple[Any, ...]]] = {}
     for t in (day_rollups.sub_events_table, day_rollups.sub_event_days_table, day_rollups.paid_days_table,
-              day_rollups.failed_days_table):
+              day_rollups.failed_days_table, day_rollups.paying_runs_table, day_rollups.paying_months_table):
         cols = [c for c in t.c if c.name not in ("id", "seq")]
         snap[t.name] = Counter(tuple(r) for r in conn.execute(select(*cols)))
     return snap
@@ -198,6 +200,7 @@ def _day_differences(engine: Engine) -> list[str]:
             day_rollups.rebuild_sub_events(conn)
             day_rollups.rebuild_paid_days(conn)
             day_rollups.rebuild_failed_days(conn, failed_table)
+            day_rollups.rebuild_paying(conn)
             want = _snapshot(conn)
         finally:
             trans.rollback()

@@ -10,6 +10,9 @@ failed payment (docs/reports.md, "Rollups"). Folded from the same events waterma
   retention);
 - report_paid_days: paid invoices per day of payment, currency and plan: count, amount
   paid, discounts, paid after a failed attempt (revenue, churn's "recovered");
+- report_paying_runs / report_paying_months: runs of consecutive months in which a customer
+  paid (per currency and plan, and per currency), counted per month (revenue's paying and
+  new customers for month-aligned ranges);
 - report_failed_days: report_failed_invoices summed per day of the first failure and the
   facts recovery / funnel group by.
 
@@ -98,11 +101,37 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint('id'),
     )
     op.create_index('ix_report_failed_days_day', 'report_failed_days', ['day'], unique=False)
+    op.create_table(
+        'report_paying_runs',
+        sa.Column('customer_id', sa.String(length=40), nullable=False),
+        sa.Column('currency', sa.String(length=3), nullable=False),
+        sa.Column('plan_id', sa.String(length=40), nullable=False),
+        sa.Column('first_month', sa.Integer(), nullable=False),
+        sa.Column('last_month', sa.Integer(), nullable=False),
+        sa.Column('is_new', sa.Integer(), nullable=False),
+        sa.PrimaryKeyConstraint('customer_id', 'currency', 'plan_id', 'first_month'),
+    )
+    op.create_index('ix_report_paying_runs_first_month', 'report_paying_runs', ['first_month'], unique=False)
+    op.create_index('ix_report_paying_runs_last_month', 'report_paying_runs', ['last_month'], unique=False)
+    op.create_table(
+        'report_paying_months',
+        sa.Column('month', sa.Integer(), nullable=False),
+        sa.Column('currency', sa.String(length=3), nullable=False),
+        sa.Column('plan_id', sa.String(length=40), nullable=False),
+        sa.Column('starts', sa.BigInteger(), nullable=False),
+        sa.Column('ends', sa.BigInteger(), nullable=False),
+        sa.Column('new', sa.BigInteger(), nullable=False),
+        sa.PrimaryKeyConstraint('month', 'currency', 'plan_id'),
+    )
     # the new rollups start empty: make the next refresh rebuild every rollup
     op.execute("DELETE FROM report_rollup_state")
 
 
 def downgrade() -> None:
+    op.drop_table('report_paying_months')
+    op.drop_index('ix_report_paying_runs_last_month', table_name='report_paying_runs')
+    op.drop_index('ix_report_paying_runs_first_month', table_name='report_paying_runs')
+    op.drop_table('report_paying_runs')
     op.drop_index('ix_report_failed_days_day', table_name='report_failed_days')
     op.drop_table('report_failed_days')
     op.drop_table('report_paid_days')
