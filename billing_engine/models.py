@@ -851,6 +851,46 @@ class ReportPayingMonth(SQLModel, table=True):
     new: int = Field(sa_type=BigInteger)
 
 
+class ReportCustomerCohort(SQLModel, table=True):
+    """Each customer's cohort (rollup): the month (``year * 12 + month - 1``) their first paid
+    subscription was activated in (ties: the lower id), its currency and plan."""
+
+    __tablename__ = "report_customer_cohorts"
+
+    customer_id: str = Field(primary_key=True, max_length=40)
+    cohort_month: int = Field(index=True)
+    currency: str = Field(max_length=3)
+    plan_id: str = Field(max_length=40)
+
+
+class ReportActiveRun(SQLModel, table=True):
+    """A run of consecutive months in which a customer was a subscriber (the union of their
+    subscriptions' months from activation to end; ``last_month`` NULL: still one). Rollup."""
+
+    __tablename__ = "report_active_runs"
+
+    customer_id: str = Field(primary_key=True, max_length=40)
+    first_month: int = Field(primary_key=True, index=True)
+    last_month: int | None = Field(default=None, index=True)
+
+
+class ReportCohortCell(SQLModel, table=True):
+    """Per cohort (month, currency, plan) and month: customers of the cohort (``month`` =
+    the cohort month, ``kind`` 'size'), active runs starting / ending ('starts' / 'ends'),
+    and, per day, money the cohort paid in its currency ('revenue', ``day`` set). Rollup."""
+
+    __tablename__ = "report_cohort_cells"
+
+    id: int | None = Field(default=None, sa_type=BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    cohort_month: int = Field(index=True)
+    currency: str = Field(max_length=3)
+    plan_id: str = Field(max_length=40)
+    kind: str = Field(max_length=10)
+    month: int = Field(index=True)
+    day: datetime | None = _ts(default=None, index=True)
+    value: int = Field(sa_type=BigInteger)
+
+
 class ReportFailedDay(SQLModel, table=True):
     """``report_failed_invoices`` summed per UTC day of the first failure and every fact the
     recovery / funnel reports group by, with the days of payment / closing (rollup)."""

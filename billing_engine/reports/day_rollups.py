@@ -25,12 +25,16 @@ from sqlalchemy import Integer, Table, and_, case, cast, delete, func, insert, l
 from sqlalchemy.engine import Connection
 
 from billing_engine.models import (
+    ReportActiveRun,
+    ReportCohortCell,
+    ReportCustomerCohort,
     ReportFailedDay,
     ReportPaidDay,
     ReportPayingMonth,
     ReportPayingRun,
     ReportSubEvent,
     ReportSubEventDay,
+    UTCDateTime,
 )
 from billing_engine.periods import Interval, monthly_amount
 from billing_engine.reports.params import ReportQuery, calendar_start
@@ -42,6 +46,9 @@ paid_days_table: Table = ReportPaidDay.__table__  # type: ignore[attr-defined]
 failed_days_table: Table = ReportFailedDay.__table__  # type: ignore[attr-defined]
 paying_runs_table: Table = ReportPayingRun.__table__  # type: ignore[attr-defined]
 paying_months_table: Table = ReportPayingMonth.__table__  # type: ignore[attr-defined]
+cohorts_table: Table = ReportCustomerCohort.__table__  # type: ignore[attr-defined]
+active_runs_table: Table = ReportActiveRun.__table__  # type: ignore[attr-defined]
+cohort_cells_table: Table = ReportCohortCell.__table__  # type: ignore[attr-defined]
 
 GRAINS = ("day", "week", "month", "quarter", "year")  # act_same bit i <-> GRAINS[i]
 ALL_TIME = ReportQuery(start=datetime(1970, 1, 1, tzinfo=UTC), end=datetime(9999, 12, 31, tzinfo=UTC),
@@ -343,3 +350,167 @@ def paying_month_counts(q: ReportQuery, by_plan: bool) -> Any:
 def month_aligned(q: ReportQuery) -> bool:
     """Monthly periods over whole calendar months (start and end on the 1st, midnight UTC)."""
     return q.period == "month" and all(t.astimezone(UTC) == calendar_start(t, "month") for t in (q.start, q.end))
+
+
+# --------------------------------------------------------------------------- cohorts
+
+OPEN = 10_000_000  # a month index past any real one: "not ended"
+
+
+def _cohort_rows(conn: Connection, only: Any = None) -> Any:
+    """customer_id, cohort_month, currency, plan_id: each customer's first paid subscription."""
+    s = subscriptions
+    where = [s.c.activated_at.is_not(None)]
+    if only is not None:
+        where.append(s.c.customer_id.in_(only))
+    ranked = (select(s.c.customer_id, s.c.activated_at, plans.c.currency, s.c.plan_id,
+                     func.row_number().over(partition_by=s.c.customer_id,
+                                            order_by=(s.c.activated_at, s.c.id)).label("rn"))
+              .select_from(s.join(plans, plans.c.id == s.c.plan_id)).where(*where).subquery("ranked"))
+    return select(ranked.c.customer_id, month_index(conn, ranked.c.activated_at).label("cohort_month"),
+                  ranked.c.currency, ranked.c.plan_id).where(ranked.c.rn == 1)
+
+
+def _active_runs(conn: Connection, only: Any = None) -> Any:
+    """customer_id, first_month, last_month (NULL: open): the union of each customer's
+    subscriptions' months, activation to end (those whose first payment came no later than
+    their end), as runs of consecutive months."""
+    s = subscriptions
+    where = [s.c.activated_at.is_not(None), or_(s.c.ended_at.is_(None), s.c.activated_at <= s.c.ended_at)]
+    if only is not None:
+        where.append(s.c.customer_id.in_(only))
+    spans = select(s.c.customer_id, month_index(conn, s.c.activated_at).label("a"),
+                   func.coalesce(month_index(conn, s.c.ended_at), OPEN).label("e")).where(*where).subquery("spans")
+    order = (spans.c.a, spans.c.e)
+    w = select(spans.c.customer_id, spans.c.a, spans.c.e,
+               func.max(spans.c.e).over(partition_by=spans.c.customer_id, order_by=order, rows=(None, -1))
+               .label("prev_end")).subquery("w")
+    starts_island = case((or_(w.c.prev_end.is_(None), w.c.a > w.c.prev_end + 1), 1), else_=0)
+    g = select(w.c.customer_id, w.c.a, w.c.e,
+               func.sum(starts_island).over(partition_by=w.c.customer_id, order_by=(w.c.a, w.c.e), rows=(None, 0))
+               .label("island")).subquery("g")
+    last = func.max(g.c.e)
+    return (select(g.c.customer_id, func.min(g.c.a).label("first_month"),
+                   case((last >= OPEN, None), else_=last).label("last_month"))
+            .group_by(g.c.customer_id, g.c.island))
+
+
+def _sum_cohort_cells(conn: Connection, *, sizes: set[int] | None, runs: set[int] | None,
+                      days: set[datetime] | None, everything: bool = False) -> None:
+    """(Re)compute the cohort cells: sizes of these cohort months, run starts / ends in these
+    months, money paid on these days (``everything``: all of them)."""
+    c, r, cc, inv = cohorts_table, active_runs_table, cohort_cells_table, invoices
+    names = ["cohort_month", "currency", "plan_id", "kind", "month", "day", "value"]
+    grp = [c.c.cohort_month, c.c.currency, c.c.plan_id]
+    no_day = literal(None, UTCDateTime()).label("day")
+    if everything:
+        conn.execute(delete(cc))
+    if everything or sizes:
+        stmt = select(*grp, literal("size"), c.c.cohort_month, no_day, func.count())
+        if not everything:
+            conn.execute(delete(cc).where(cc.c.kind == "size", cc.c.cohort_month.in_(sorted(sizes or ()))))
+            stmt = stmt.where(c.c.cohort_month.in_(sorted(sizes or ())))
+        conn.execute(insert(cc).from_select(names, stmt.group_by(*grp)))
+    if everything or runs:
+        joined = r.join(c, c.c.customer_id == r.c.customer_id)
+        starts = select(*grp, literal("starts"), r.c.first_month, no_day, func.count()).select_from(joined)
+        ends = (select(*grp, literal("ends"), r.c.last_month, no_day, func.count()).select_from(joined)
+                .where(r.c.last_month.is_not(None)))
+        if not everything:
+            ms = sorted(runs or ())
+            conn.execute(delete(cc).where(cc.c.kind.in_(("starts", "ends")), cc.c.month.in_(ms)))
+            starts, ends = starts.where(r.c.first_month.in_(ms)), ends.where(r.c.last_month.in_(ms))
+        conn.execute(insert(cc).from_select(names, starts.group_by(*grp, r.c.first_month)))
+        conn.execute(insert(cc).from_select(names, ends.group_by(*grp, r.c.last_month)))
+    if everything or days:
+        day = day_of(conn, inv.c.paid_at)
+        month = month_index(conn, inv.c.paid_at)
+        rev = (select(*grp, literal("revenue"), month, day, func.sum(inv.c.amount_paid_minor))
+               .select_from(inv.join(c, and_(c.c.customer_id == inv.c.customer_id, c.c.currency == inv.c.currency)))
+               .where(inv.c.status == "paid", inv.c.paid_at.is_not(None)))
+        if everything:
+            conn.execute(insert(cc).from_select(names, rev.group_by(*grp, month, day)))
+        else:
+            for chunk in _chunks(days or set()):
+                conn.execute(delete(cc).where(cc.c.kind == "revenue", _in_days(cc.c.day, chunk)))
+                conn.execute(insert(cc).from_select(names, rev.where(_in_days(inv.c.paid_at, chunk))
+                                                    .group_by(*grp, month, day)))
+
+
+def rebuild_cohorts(conn: Connection) -> None:
+    conn.execute(delete(cohorts_table))
+    conn.execute(insert(cohorts_table).from_select(["customer_id", "cohort_month", "currency", "plan_id"],
+                                                   _cohort_rows(conn)))
+    conn.execute(delete(active_runs_table))
+    conn.execute(insert(active_runs_table).from_select(["customer_id", "first_month", "last_month"],
+                                                       _active_runs(conn)))
+    _sum_cohort_cells(conn, sizes=None, runs=None, days=None, everything=True)
+
+
+def fold_cohorts(conn: Connection, sub_ids: Any, inv_ids: Any, cust_ids: Any) -> None:
+    """Recompute the cohort and active runs of the customers named (directly, or through a
+    subscription or an invoice), then the cells they touch: the cohort months and run months
+    before and after, and the days of the invoices named -- and of every invoice of a customer
+    whose cohort changed."""
+    inv, s, c, r = invoices, subscriptions, cohorts_table, active_runs_table
+    custs = union(select(inv.c.customer_id).where(inv.c.id.in_(inv_ids)),
+                  select(s.c.customer_id).where(s.c.id.in_(sub_ids)), cust_ids).subquery("cohort_custs")
+    only = select(custs.c.customer_id)
+    cohort_cols = [c.c.customer_id, c.c.cohort_month, c.c.currency, c.c.plan_id]
+    before = {row[0]: tuple(row) for row in conn.execute(select(*cohort_cols).where(c.c.customer_id.in_(only)))}
+    run_months: set[int] = set()
+
+    def touched() -> None:
+        for a, b in conn.execute(select(r.c.first_month, r.c.last_month).where(r.c.customer_id.in_(only))):
+            run_months.add(int(a))
+            if b is not None:
+                run_months.add(int(b))
+
+    touched()
+    conn.execute(delete(c).where(c.c.customer_id.in_(only)))
+    conn.execute(insert(c).from_select(["customer_id", "cohort_month", "currency", "plan_id"],
+                                       _cohort_rows(conn, only=only)))
+    conn.execute(delete(r).where(r.c.customer_id.in_(only)))
+    conn.execute(insert(r).from_select(["customer_id", "first_month", "last_month"], _active_runs(conn, only=only)))
+    touched()
+    after = {row[0]: tuple(row) for row in conn.execute(select(*cohort_cols).where(c.c.customer_id.in_(only)))}
+    changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
+    sizes = {int(v[1]) for v in before.values()} | {int(v[1]) for v in after.values()}
+    if changed:  # every run month of a customer whose cohort changed moves to another cell
+        for i in range(0, len(changed), 1000):
+            for a, b in conn.execute(select(r.c.first_month, r.c.last_month)
+                                     .where(r.c.customer_id.in_(changed[i:i + 1000]))):
+                run_months.add(int(a))
+                if b is not None:
+                    run_months.add(int(b))
+    days = {calendar_start(row[0], "day") for row in conn.execute(
+        select(inv.c.paid_at).where(inv.c.id.in_(inv_ids), inv.c.status == "paid", inv.c.paid_at.is_not(None)))}
+    for i in range(0, len(changed), 1000):
+        days |= {calendar_start(row[0], "day") for row in conn.execute(
+            select(inv.c.paid_at).where(inv.c.customer_id.in_(changed[i:i + 1000]), inv.c.status == "paid",
+                                        inv.c.paid_at.is_not(None)))}
+    _sum_cohort_cells(conn, sizes={m for m in sizes if m is not None}, runs=run_months, days=days)
+
+
+def cohort_cells(q: ReportQuery, by_plan: bool) -> tuple[Any, Any, Any]:
+    """For a month-aligned range: (sizes, retained, revenue) statements over the cohort cells.
+    sizes: currency, plan_id, cohort_month, customers; retained: currency, plan_id,
+    cohort_month, then one column per month of the range (runs covering it); revenue:
+    currency, plan_id, cohort_month, month, money."""
+    cc = cohort_cells_table
+    j0, n = month_of(q.start), len(q.periods())
+    plan = (cc.c.plan_id if by_plan else literal("")).label("plan_id")
+    in_range = [cc.c.cohort_month >= j0, cc.c.cohort_month < j0 + n]
+    if q.currency:
+        in_range.append(cc.c.currency == q.currency)
+    grp = [cc.c.currency, plan, cc.c.cohort_month]
+    sizes = select(*grp, func.sum(cc.c.value)).where(cc.c.kind == "size", *in_range).group_by(*grp)
+    cols = [func.sum(case((and_(cc.c.kind == "starts", cc.c.month <= j0 + j), cc.c.value), else_=0))
+            - func.sum(case((and_(cc.c.kind == "ends", cc.c.month < j0 + j), cc.c.value), else_=0))
+            for j in range(n)]
+    retained = (select(*grp, *cols).where(cc.c.kind.in_(("starts", "ends")), cc.c.month < j0 + n, *in_range)
+                .group_by(*grp))
+    revenue = (select(*grp, cc.c.month, func.sum(cc.c.value))
+               .where(cc.c.kind == "revenue", cc.c.month >= j0, cc.c.month < j0 + n, *in_range)
+               .group_by(*grp, cc.c.month))
+    return sizes, retained, revenue

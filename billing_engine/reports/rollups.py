@@ -87,6 +87,7 @@ def _rebuild(conn: Connection) -> None:
     day_rollups.rebuild_paid_days(conn)
     day_rollups.rebuild_failed_days(conn, failed_table)
     day_rollups.rebuild_paying(conn)
+    day_rollups.rebuild_cohorts(conn)
 
 
 def _fold(conn: Connection, after: int) -> None:
@@ -119,6 +120,7 @@ def _fold(conn: Connection, after: int) -> None:
     day_rollups.fold_failed_days(conn, failed_table, days)
     day_rollups.fold_paid_days(conn, inv_ids)
     day_rollups.fold_paying(conn, sub_ids, inv_ids, cust_ids)
+    day_rollups.fold_cohorts(conn, sub_ids, inv_ids, cust_ids)
 
 
 def ready(conn: Connection) -> bool:
@@ -183,7 +185,8 @@ def _snapshot(conn: Connection) -> dict[str, Counter[tuple[Any, ...]]]:
     ordinal) as a multiset of tuples, surrogate ids left out."""
     snap: dict[str, Counter[tuple[Any, ...]]] = {}
     for t in (day_rollups.sub_events_table, day_rollups.sub_event_days_table, day_rollups.paid_days_table,
-              day_rollups.failed_days_table, day_rollups.paying_runs_table, day_rollups.paying_months_table):
+              day_rollups.failed_days_table, day_rollups.paying_runs_table, day_rollups.paying_months_table,
+              day_rollups.cohorts_table, day_rollups.active_runs_table, day_rollups.cohort_cells_table):
         cols = [c for c in t.c if c.name not in ("id", "seq")]
         snap[t.name] = Counter(tuple(r) for r in conn.execute(select(*cols)))
     return snap
@@ -201,6 +204,7 @@ def _day_differences(engine: Engine) -> list[str]:
             day_rollups.rebuild_paid_days(conn)
             day_rollups.rebuild_failed_days(conn, failed_table)
             day_rollups.rebuild_paying(conn)
+            day_rollups.rebuild_cohorts(conn)
             want = _snapshot(conn)
         finally:
             trans.rollback()

@@ -13,6 +13,9 @@ failed payment (docs/reports.md, "Rollups"). Folded from the same events waterma
 - report_paying_runs / report_paying_months: runs of consecutive months in which a customer
   paid (per currency and plan, and per currency), counted per month (revenue's paying and
   new customers for month-aligned ranges);
+- report_customer_cohorts / report_active_runs / report_cohort_cells: each customer's cohort,
+  the runs of months they were a subscriber, and per cohort the customers, the runs starting /
+  ending per month and the money paid per day (cohorts, for month-aligned ranges);
 - report_failed_days: report_failed_invoices summed per day of the first failure and the
   facts recovery / funnel group by.
 
@@ -123,11 +126,48 @@ def upgrade() -> None:
         sa.Column('new', sa.BigInteger(), nullable=False),
         sa.PrimaryKeyConstraint('month', 'currency', 'plan_id'),
     )
+    op.create_table(
+        'report_customer_cohorts',
+        sa.Column('customer_id', sa.String(length=40), nullable=False),
+        sa.Column('cohort_month', sa.Integer(), nullable=False),
+        sa.Column('currency', sa.String(length=3), nullable=False),
+        sa.Column('plan_id', sa.String(length=40), nullable=False),
+        sa.PrimaryKeyConstraint('customer_id'),
+    )
+    op.create_index('ix_report_customer_cohorts_cohort_month', 'report_customer_cohorts', ['cohort_month'],
+                    unique=False)
+    op.create_table(
+        'report_active_runs',
+        sa.Column('customer_id', sa.String(length=40), nullable=False),
+        sa.Column('first_month', sa.Integer(), nullable=False),
+        sa.Column('last_month', sa.Integer(), nullable=True),
+        sa.PrimaryKeyConstraint('customer_id', 'first_month'),
+    )
+    op.create_index('ix_report_active_runs_first_month', 'report_active_runs', ['first_month'], unique=False)
+    op.create_index('ix_report_active_runs_last_month', 'report_active_runs', ['last_month'], unique=False)
+    op.create_table(
+        'report_cohort_cells',
+        sa.Column('id', _BIGINT_ID, nullable=False),
+        sa.Column('cohort_month', sa.Integer(), nullable=False),
+        sa.Column('currency', sa.String(length=3), nullable=False),
+        sa.Column('plan_id', sa.String(length=40), nullable=False),
+        sa.Column('kind', sa.String(length=10), nullable=False),
+        sa.Column('month', sa.Integer(), nullable=False),
+        sa.Column('day', sa.DateTime(timezone=True), nullable=True),
+        sa.Column('value', sa.BigInteger(), nullable=False),
+        sa.PrimaryKeyConstraint('id'),
+    )
+    op.create_index('ix_report_cohort_cells_cohort_month', 'report_cohort_cells', ['cohort_month'], unique=False)
+    op.create_index('ix_report_cohort_cells_month', 'report_cohort_cells', ['month'], unique=False)
+    op.create_index('ix_report_cohort_cells_day', 'report_cohort_cells', ['day'], unique=False)
     # the new rollups start empty: make the next refresh rebuild every rollup
     op.execute("DELETE FROM report_rollup_state")
 
 
 def downgrade() -> None:
+    op.drop_table('report_cohort_cells')
+    op.drop_table('report_active_runs')
+    op.drop_table('report_customer_cohorts')
     op.drop_table('report_paying_months')
     op.drop_index('ix_report_paying_runs_last_month', table_name='report_paying_runs')
     op.drop_index('ix_report_paying_runs_first_month', table_name='report_paying_runs')
