@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Integer, Table, and_, case, cast, delete, func, insert, literal, or_, select, union
+from sqlalchemy import Integer, String, Table, and_, case, cast, delete, func, insert, literal, or_, select, union
 from sqlalchemy.engine import Connection
 
 from billing_engine.models import (
@@ -99,30 +99,33 @@ def _chunks(days: set[datetime]) -> list[list[datetime]]:
 
 # --------------------------------------------------------------------------- subscriber events
 
-def _insert_sub_events(conn: Connection, only: Any = None) -> set[datetime]:
-    """Compute and insert the events of every subscription (or of ``only``); returns their days."""
+def calendar_key(conn: Connection, column: Any, grain: str) -> Any:
+    """A value equal for two timestamps exactly when they fall in the same calendar ``grain``
+    (UTC; weeks start on Monday, as :func:`params.calendar_start`)."""
+    if conn.dialect.name == "postgresql":
+        return func.date_trunc(grain, column, "UTC")
+    day = func.substr(column, 1, 10)
+    if grain == "day":
+        return day
+    if grain == "week":
+        return func.date(day, "-6 days", "weekday 1")
+    if grain == "month":
+        return func.substr(column, 1, 7)
+    if grain == "quarter":
+        return func.substr(column, 1, 4).concat(
+            cast((cast(func.substr(column, 6, 2), Integer) + 2) // 3, String))
+    return func.substr(column, 1, 4)
+
+
+def _insert_sub_events(conn: Connection, only: Any = None) -> None:
+    """Compute and insert the events of every subscription (or of ``only``), set-based."""
     ev = subscriber_events(ALL_TIME, plan_mrr(conn), only=only)
-    days: set[datetime] = set()
-    seqs: dict[str, int] = {}
-    batch: list[dict[str, Any]] = []
-    result = conn.execute(select(ev).order_by(ev.c.subscription_id, ev.c.at, ev.c.kind))
-    for r in result.yield_per(BATCH):
-        day = calendar_start(r.at, "day")
-        days.add(day)
-        seq = seqs[r.subscription_id] = seqs.get(r.subscription_id, 0) + 1
-        batch.append({
-            "subscription_id": r.subscription_id, "seq": seq, "day": day, "kind": r.kind, "currency": r.currency,
-            "plan_id": r.plan_id, "cancellation_kind": r.cancellation_kind, "reason_group": r.reason_group,
-            "mrr_minor": r.mrr_minor, "inv_plan_id": r.inv_plan_id, "amount_minor": r.amount_minor,
-            "prev_plan_id": r.prev_plan_id, "prev_amount": r.prev_amount,
-            "act_same": act_same(r.at, r.activated_at) if r.kind in ("churn", "change") else 0,
-        })
-        if len(batch) >= BATCH:
-            conn.execute(insert(sub_events_table), batch)
-            batch = []
-    if batch:
-        conn.execute(insert(sub_events_table), batch)
-    return days
+    moves = ev.c.kind.in_(("churn", "change"))
+    same = sum((case((and_(moves, calendar_key(conn, ev.c.at, g) == calendar_key(conn, ev.c.activated_at, g)),
+                      1 << i), else_=0) for i, g in enumerate(GRAINS)), literal(0))
+    seq = func.row_number().over(partition_by=ev.c.subscription_id, order_by=(ev.c.at, ev.c.kind))
+    rows = select(ev.c.subscription_id, seq, day_of(conn, ev.c.at), *[ev.c[c] for c in EVENT_COLUMNS[:-1]], same)
+    conn.execute(insert(sub_events_table).from_select(["subscription_id", "seq", "day", *EVENT_COLUMNS], rows))
 
 
 def _sum_sub_event_days(conn: Connection, days: set[datetime] | None = None) -> None:
@@ -157,7 +160,9 @@ def fold_sub_events(conn: Connection, sub_ids: Any, cust_ids: Any) -> None:
     days = {calendar_start(r[0], "day") for r in conn.execute(
         select(e.c.day).where(e.c.subscription_id.in_(only)).distinct())}
     conn.execute(delete(e).where(e.c.subscription_id.in_(only)))
-    days |= _insert_sub_events(conn, only=only)
+    _insert_sub_events(conn, only=only)
+    days |= {calendar_start(r[0], "day") for r in conn.execute(
+        select(e.c.day).where(e.c.subscription_id.in_(only)).distinct())}
     if days:
         _sum_sub_event_days(conn, days)
 

@@ -23,11 +23,10 @@ from sqlalchemy import and_, case, func, literal, select
 from sqlalchemy.engine import Engine
 
 from billing_engine.reports import rollups
+from billing_engine.reports.day_rollups import failed_days_table
 from billing_engine.reports.dunning_facts import METHODS, failed_invoices
 from billing_engine.reports.model import Column, Report, group_columns, is_blank, period_columns, rate
-from billing_engine.reports.params import ReportQuery
-from billing_engine.reports.day_rollups import failed_days_table
-from billing_engine.reports.params import day_aligned
+from billing_engine.reports.params import ReportQuery, day_aligned
 from billing_engine.reports.sql import bucket, plan_codes, ts, tune
 from billing_engine.reports.subscribers import GroupKey, group_key, key_fields, sorted_groups
 

@@ -16,8 +16,8 @@ from sqlalchemy.engine import Engine
 
 from billing_engine.models import ReportCustomerFirstPaid
 from billing_engine.reports import rollups
-from billing_engine.reports.model import Column, Report, group_columns, is_blank, period_columns
 from billing_engine.reports.day_rollups import month_aligned, paid_days_table, paying_month_counts
+from billing_engine.reports.model import Column, Report, group_columns, is_blank, period_columns
 from billing_engine.reports.params import ReportQuery, day_aligned
 from billing_engine.reports.sql import bucket, invoices, plan_codes, refunds, ts, tune
 from billing_engine.reports.subscribers import GroupKey, group_key, key_fields, sorted_groups
