@@ -33,6 +33,7 @@ from billing_engine.reports import REPORTS, build_query, run_report  # noqa: E40
 START = "2024-01-01"  # subscriptions start between START and END
 END = "2026-01-01"
 REPORT_FROM, REPORT_TO = "2025-01-01", "2025-12-31"
+TARGET_S = 2.0  # issue 17: every report, 12 months by plan, at 1 M subscriptions
 
 PLANS = [
     # id, code, amount, currency, interval, count, tier, weight (per mille)
@@ -261,7 +262,9 @@ def main() -> None:
                 t0 = time.perf_counter()
                 rows = len(run_report(engine, name, q).rows)
                 times.append(time.perf_counter() - t0)
-            print(f"  {name:<9} by={by or '-':<5} {times[0]:7.2f} / {min(times):7.2f}   ({rows} rows)", flush=True)
+            verdict = "< 2 s" if min(times) < TARGET_S else "OVER 2 s"
+            print(f"  {name:<9} by={by or '-':<5} {times[0]:7.2f} / {min(times):7.2f}   ({rows} rows)  {verdict}"
+                  f"   load {os.getloadavg()[0]:.1f}", flush=True)
     if args.explain:
         from billing_engine.reports.sql import subscriber_event_totals
 

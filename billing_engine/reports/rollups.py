@@ -43,7 +43,7 @@ from sqlalchemy.engine import Connection, Engine
 from billing_engine.models import ReportCustomerFirstPaid, ReportOffPrice, ReportRollupState
 from billing_engine.reports import day_rollups
 from billing_engine.reports.dunning_facts import events, failed_invoice_rows, failed_table
-from billing_engine.reports.sql import invoices, off_price_subscriptions
+from billing_engine.reports.sql import invoices, off_price_subscriptions, tune
 
 
 def first_paid_rows(only: Any = None) -> Any:
@@ -58,6 +58,9 @@ state_table: Table = ReportRollupState.__table__  # type: ignore[attr-defined]
 off_price_table: Table = ReportOffPrice.__table__  # type: ignore[attr-defined]
 first_paid_table: Table = ReportCustomerFirstPaid.__table__  # type: ignore[attr-defined]
 
+ROLLUP_TABLES = ("report_off_price", "report_customer_first_paid", "report_failed_invoices", "report_sub_events",
+                 "report_sub_event_days", "report_paid_days", "report_failed_days", "report_paying_runs",
+                 "report_paying_months", "report_customer_cohorts", "report_active_runs", "report_cohort_cells")
 NAME = "events"
 LAG = timedelta(minutes=2)
 LOCK_KEY = 0x7265706F7274  # pg_advisory_xact_lock: one refresh at a time
@@ -88,6 +91,9 @@ def _rebuild(conn: Connection) -> None:
     day_rollups.rebuild_failed_days(conn, failed_table)
     day_rollups.rebuild_paying(conn)
     day_rollups.rebuild_cohorts(conn)
+    if conn.dialect.name == "postgresql":  # fresh statistics for the fold's and the reports' plans
+        for t in ROLLUP_TABLES:
+            conn.exec_driver_sql(f"ANALYZE {t}")
 
 
 def _fold(conn: Connection, after: int) -> None:
@@ -134,6 +140,7 @@ def refresh(engine: Engine, *, lag: timedelta = LAG, rebuild: bool = False,
     now = wall_clock or datetime.now(UTC)
     with engine.begin() as conn:
         _lock(conn)
+        tune(conn)  # a rebuild sorts and hashes millions of rows
         state = conn.execute(select(state_table.c.last_event_id).where(state_table.c.name == NAME)).first()
         top = conn.execute(select(func.max(events.c.id))).scalar_one() or 0
         settled = conn.execute(select(func.max(events.c.id)).where(events.c.recorded_at < now - lag)).scalar_one()
