@@ -26,6 +26,10 @@ Rollups:
 - ``report_failed_invoices``: one row per invoice with a failed attempt
   (:func:`dunning_facts.failed_invoice_rows`) -- the recovery and funnel reports.
 
+- the per-day / per-month rollups of :mod:`day_rollups` (migration 0013): subscriber events,
+  paid and failed invoices per day, paying-month runs and cohort cells, folded here too; the
+  reports read them for aligned ranges (docs/reports.md, "Per-day rollups").
+
 Every report refreshes before it reads (cheap when nothing changed: two index look-ups);
 ``billing run-cycle`` does not, so the hot path never waits for it.
 """
