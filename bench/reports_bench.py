@@ -33,6 +33,7 @@ from billing_engine.reports import REPORTS, build_query, run_report  # noqa: E40
 START = "2024-01-01"  # subscriptions start between START and END
 END = "2026-01-01"
 REPORT_FROM, REPORT_TO = "2025-01-01", "2025-12-31"
+TARGET_S = 2.0  # issue 17: every report, 12 months by plan, at 1 M subscriptions
 
 PLANS = [
     # id, code, amount, currency, interval, count, tier, weight (per mille)
@@ -77,8 +78,9 @@ def generate(engine: Engine, n: int) -> None:
                 {"id": pid, "code": code, "a": amount, "cur": cur, "iv": iv, "cnt": cnt, "tier": tier,
                  "at": datetime(2023, 12, 1, tzinfo=UTC)})
         c.execute(text(
-            "INSERT INTO customers (id, email, name, created_at) SELECT 'cus_' || lpad(g::text, 10, '0'),"
-            " 'c' || g || '@bench.example', 'Customer ' || g, CAST(:s AS timestamptz) FROM generate_series(1, :c) g"),
+            "INSERT INTO customers (id, email, name, created_at, updated_at) SELECT 'cus_' || lpad(g::text, 10, '0'),"
+            " 'c' || g || '@bench.example', 'Customer ' || g, CAST(:s AS timestamptz), CAST(:s AS timestamptz)"
+            " FROM generate_series(1, :c) g"),
             {"s": START, "c": customers})
         t = step(f"customers ({customers:,})", t)
         c.execute(text(f"""
@@ -142,10 +144,11 @@ def generate(engine: Engine, n: int) -> None:
         c.execute(text("""
             INSERT INTO invoices (id, subscription_id, customer_id, plan_id, period_index, period_start, period_end,
                 amount_minor, currency, status, attempt_count, amount_paid_minor, amount_refunded_minor,
-                created_at, paid_at, closed_at)
+                created_at, updated_at, paid_at, closed_at)
             SELECT id, subscription_id, customer_id, plan_id, period_index, period_start, period_end, amount_minor,
                    currency, status, attempt_count, CASE WHEN status = 'paid' THEN amount_minor ELSE 0 END, 0,
-                   period_start,
+                   period_start, coalesce(CASE WHEN status = 'paid' THEN period_start + make_interval(hours => 1,
+                   days => attempt_count - 1) ELSE ended END, period_start),
                    CASE WHEN status = 'paid' THEN period_start + make_interval(hours => 1, days => attempt_count - 1)
                    END,
                    CASE WHEN status = 'paid' THEN period_start + make_interval(hours => 1, days => attempt_count - 1)
@@ -259,7 +262,9 @@ def main() -> None:
                 t0 = time.perf_counter()
                 rows = len(run_report(engine, name, q).rows)
                 times.append(time.perf_counter() - t0)
-            print(f"  {name:<9} by={by or '-':<5} {times[0]:7.2f} / {min(times):7.2f}   ({rows} rows)", flush=True)
+            verdict = "< 2 s" if min(times) < TARGET_S else "OVER 2 s"
+            print(f"  {name:<9} by={by or '-':<5} {times[0]:7.2f} / {min(times):7.2f}   ({rows} rows)  {verdict}"
+                  f"   load {os.getloadavg()[0]:.1f}", flush=True)
     if args.explain:
         from billing_engine.reports.sql import subscriber_event_totals
 

@@ -777,6 +777,163 @@ class ReportFailedInvoice(SQLModel, table=True):
     paid_minor: int = _money()
     method: str | None = Field(default=None, max_length=30)
     seconds: int | None = Field(default=None, sa_type=BigInteger)
+
+
+class ReportSubEvent(SQLModel, table=True):
+    """Every subscriber event of one subscription (``sql.subscriber_events`` over all time):
+    activation, price change, churn, ended unpaid -- with its UTC day and whether the
+    subscription was activated in the same calendar day / week / month / quarter / year
+    (``act_same``, a bit mask: see ``reports/rollups.py``). Rollup, per subscription."""
+
+    __tablename__ = "report_sub_events"
+
+    subscription_id: str = Field(primary_key=True, max_length=40)
+    seq: int = Field(primary_key=True)
+    day: datetime = _ts(index=True)
+    kind: str = Field(max_length=20)
+    currency: str = Field(max_length=3)
+    plan_id: str = Field(max_length=40)
+    cancellation_kind: str | None = Field(default=None, max_length=20)
+    reason_group: str | None = Field(default=None, max_length=20)
+    mrr_minor: int | None = Field(default=None, sa_type=BigInteger)
+    inv_plan_id: str | None = Field(default=None, max_length=40)
+    amount_minor: int | None = Field(default=None, sa_type=BigInteger)
+    prev_plan_id: str | None = Field(default=None, max_length=40)
+    prev_amount: int | None = Field(default=None, sa_type=BigInteger)
+    act_same: int = Field(default=0)
+
+
+class ReportSubEventDay(SQLModel, table=True):
+    """``report_sub_events`` counted per UTC day and every other column (rollup): what the
+    churn, MRR and retention timelines read for day-aligned ranges."""
+
+    __tablename__ = "report_sub_event_days"
+
+    id: int | None = Field(default=None, sa_type=BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    day: datetime = _ts(index=True)
+    kind: str = Field(max_length=20)
+    currency: str = Field(max_length=3)
+    plan_id: str = Field(max_length=40)
+    cancellation_kind: str | None = Field(default=None, max_length=20)
+    reason_group: str | None = Field(default=None, max_length=20)
+    mrr_minor: int | None = Field(default=None, sa_type=BigInteger)
+    inv_plan_id: str | None = Field(default=None, max_length=40)
+    amount_minor: int | None = Field(default=None, sa_type=BigInteger)
+    prev_plan_id: str | None = Field(default=None, max_length=40)
+    prev_amount: int | None = Field(default=None, sa_type=BigInteger)
+    act_same: int = Field(default=0)
+    n: int = Field(sa_type=BigInteger)
+
+
+class ReportPaidDay(SQLModel, table=True):
+    """Paid invoices per UTC day of ``paid_at``, currency and plan (rollup): count, amount
+    paid, discounts, and those paid after a failed attempt (``attempt_count > 1``)."""
+
+    __tablename__ = "report_paid_days"
+
+    day: datetime = _ts(primary_key=True)
+    currency: str = Field(primary_key=True, max_length=3)
+    plan_id: str = Field(primary_key=True, max_length=40)
+    invoices_paid: int = Field(sa_type=BigInteger)
+    gross_minor: int = _money()
+    discounts_minor: int = _money()
+    recovered_invoices: int = Field(sa_type=BigInteger)
+    recovered_minor: int = _money()
+
+
+class ReportPayingRun(SQLModel, table=True):
+    """A run of consecutive calendar months (UTC; ``year * 12 + month - 1``) in each of which a
+    customer paid an invoice in this currency and plan (``plan_id`` ``''``: any plan), and
+    whether its first month is the customer's first payment ever (rollup)."""
+
+    __tablename__ = "report_paying_runs"
+
+    customer_id: str = Field(primary_key=True, max_length=40)
+    currency: str = Field(primary_key=True, max_length=3)
+    plan_id: str = Field(primary_key=True, max_length=40)
+    first_month: int = Field(primary_key=True, index=True)
+    last_month: int = Field(index=True)
+    is_new: int = Field(default=0)
+
+
+class ReportPayingMonth(SQLModel, table=True):
+    """``report_paying_runs`` per month, currency and plan: runs starting (and of those, new
+    customers) and ending in the month (rollup). Paying customers in month ``j`` = starts up
+    to ``j`` - ends before ``j``."""
+
+    __tablename__ = "report_paying_months"
+
+    month: int = Field(primary_key=True)
+    currency: str = Field(primary_key=True, max_length=3)
+    plan_id: str = Field(primary_key=True, max_length=40)
+    starts: int = Field(sa_type=BigInteger)
+    ends: int = Field(sa_type=BigInteger)
+    new: int = Field(sa_type=BigInteger)
+
+
+class ReportCustomerCohort(SQLModel, table=True):
+    """Each customer's cohort (rollup): the month (``year * 12 + month - 1``) their first paid
+    subscription was activated in (ties: the lower id), its currency and plan."""
+
+    __tablename__ = "report_customer_cohorts"
+
+    customer_id: str = Field(primary_key=True, max_length=40)
+    cohort_month: int = Field(index=True)
+    currency: str = Field(max_length=3)
+    plan_id: str = Field(max_length=40)
+
+
+class ReportActiveRun(SQLModel, table=True):
+    """A run of consecutive months in which a customer was a subscriber (the union of their
+    subscriptions' months from activation to end; ``last_month`` NULL: still one). Rollup."""
+
+    __tablename__ = "report_active_runs"
+
+    customer_id: str = Field(primary_key=True, max_length=40)
+    first_month: int = Field(primary_key=True, index=True)
+    last_month: int | None = Field(default=None, index=True)
+
+
+class ReportCohortCell(SQLModel, table=True):
+    """Per cohort (month, currency, plan) and month: customers of the cohort (``month`` =
+    the cohort month, ``kind`` 'size'), active runs starting / ending ('starts' / 'ends'),
+    and, per day, money the cohort paid in its currency ('revenue', ``day`` set). Rollup."""
+
+    __tablename__ = "report_cohort_cells"
+
+    id: int | None = Field(default=None, sa_type=BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    cohort_month: int = Field(index=True)
+    currency: str = Field(max_length=3)
+    plan_id: str = Field(max_length=40)
+    kind: str = Field(max_length=10)
+    month: int = Field(index=True)
+    day: datetime | None = _ts(default=None, index=True)
+    value: int = Field(sa_type=BigInteger)
+
+
+class ReportFailedDay(SQLModel, table=True):
+    """``report_failed_invoices`` summed per UTC day of the first failure and every fact the
+    recovery / funnel reports group by, with the days of payment / closing (rollup)."""
+
+    __tablename__ = "report_failed_days"
+
+    id: int | None = Field(default=None, sa_type=BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    day: datetime = _ts(index=True)
+    currency: str = Field(max_length=3)
+    plan_id: str = Field(max_length=40)
+    decline_code: str | None = Field(default=None, max_length=80)
+    decline_kind: str | None = Field(default=None, max_length=10)
+    status: str = Field(max_length=20)
+    method: str | None = Field(default=None, max_length=30)
+    paid_day: datetime | None = _ts(default=None)
+    closed_day: datetime | None = _ts(default=None)
+    cancellation_kind: str | None = Field(default=None, max_length=20)
+    reason_group: str | None = Field(default=None, max_length=20)
+    n: int = Field(sa_type=BigInteger)
+    amount_minor: int = _money()
+    paid_minor: int = _money()
+    seconds: int = Field(sa_type=BigInteger)
+
 class ImportProgress(SQLModel, table=True):
     """Where an import from another biller stopped (``billing import stripe`` resumes here)."""
 

@@ -15,7 +15,8 @@ from sqlalchemy.engine import Engine
 from billing_engine.models import Subscription, SubscriptionPause
 from billing_engine.reports import rollups
 from billing_engine.reports.model import Column, Report, group_columns, is_blank, period_columns, rate
-from billing_engine.reports.params import ReportQuery
+from billing_engine.reports.params import ReportQuery, day_aligned
+from billing_engine.reports.revenue import paid_day_totals
 from billing_engine.reports.sql import bucket, invoices, plan_codes, ts, tune
 from billing_engine.reports.subscribers import GroupKey, group_key, key_fields, sorted_groups, timelines
 
@@ -63,9 +64,10 @@ def churn_report(engine: Engine, q: ReportQuery, *, generated_at: datetime | Non
         if q.currency:
             rin = rin.where(inv.c.currency == q.currency)
         rs = rin.subquery()
-        for r in conn.execute(select(rs.c.currency, rs.c.plan_id, rs.c.b, func.count(),
-                                     func.sum(rs.c.amount_paid_minor))
-                              .group_by(rs.c.currency, rs.c.plan_id, rs.c.b)):
+        stmt = (paid_day_totals(q, True, recovered=True) if day_aligned(q) and rollups.ready(conn) else
+                select(rs.c.currency, rs.c.plan_id, rs.c.b, func.count(), func.sum(rs.c.amount_paid_minor))
+                .group_by(rs.c.currency, rs.c.plan_id, rs.c.b))
+        for r in conn.execute(stmt):
             key = group_key(r[0], codes.get(r[1], r[1]), q.by)
             cells = list(recovered[key])
             c0, a0 = cells[r[2]]

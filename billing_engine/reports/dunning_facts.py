@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Table, and_, case, cast, func, literal, or_, select
+from sqlalchemy import Table, and_, case, cast, func, literal, or_, select, union
 from sqlalchemy.sql.selectable import Subquery
 from sqlalchemy.types import BigInteger
 
@@ -53,7 +53,12 @@ def failed_invoice_rows(conn: Any, only_invoices: Any = None, only_subscriptions
     att, inv, ev = attempts, invoices, events
     scope = []
     if only_invoices is not None and only_subscriptions is not None:
-        scope = [or_(att.c.invoice_id.in_(only_invoices), att.c.subscription_id.in_(only_subscriptions))]
+        # one IN over a union, not an OR of two: each side is an index probe (an OR of two
+        # subqueries made PostgreSQL scan every attempt, 15 s per fold at 13 M attempts)
+        by_sub = attempts.alias("by_sub")
+        scope = [att.c.invoice_id.in_(union(select(by_sub.c.invoice_id)
+                                            .where(by_sub.c.subscription_id.in_(only_subscriptions)),
+                                            select(only_invoices.subquery().c[0])))]
     elif only_invoices is not None:
         scope = [att.c.invoice_id.in_(only_invoices)]
     elif only_subscriptions is not None:

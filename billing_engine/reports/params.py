@@ -92,6 +92,33 @@ def period_list(start: datetime, end: datetime, period: str) -> list[tuple[datet
     return out
 
 
+def calendar_start(dt: datetime, period: str) -> datetime:
+    """The start of the calendar ``period`` (day, week, month, quarter, year; UTC) holding ``dt``."""
+    day = datetime(dt.year, dt.month, dt.day, tzinfo=UTC)
+    if period == "day":
+        return day
+    if period == "week":
+        return day - timedelta(days=day.weekday())
+    if period == "month":
+        return day.replace(day=1)
+    if period == "quarter":
+        return datetime(dt.year, (dt.month - 1) // 3 * 3 + 1, 1, tzinfo=UTC)
+    if period == "year":
+        return datetime(dt.year, 1, 1, tzinfo=UTC)
+    raise ValidationError(f"must be one of {', '.join(PERIODS)}", field="period")
+
+
+def day_aligned(q: ReportQuery) -> bool:
+    """True when the range starts and ends at midnight UTC: every period boundary is then a
+    day boundary, and the per-day rollups answer the report exactly."""
+    return all(t.astimezone(UTC) == calendar_start(t, "day") for t in (q.start, q.end))
+
+
+def period_aligned(q: ReportQuery) -> bool:
+    """Day-aligned, and the first period is a whole calendar period (not clipped)."""
+    return day_aligned(q) and q.period != "all" and calendar_start(q.start, q.period) == q.start.astimezone(UTC)
+
+
 MIN_YEAR, MAX_YEAR = 1971, 9998
 
 

@@ -19,14 +19,15 @@ from datetime import datetime
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
-from sqlalchemy import func, literal, select
+from sqlalchemy import and_, case, func, literal, select
 from sqlalchemy.engine import Engine
 
 from billing_engine.reports import rollups
+from billing_engine.reports.day_rollups import failed_days_table
 from billing_engine.reports.dunning_facts import METHODS, failed_invoices
 from billing_engine.reports.model import Column, Report, group_columns, is_blank, period_columns, rate
-from billing_engine.reports.params import ReportQuery
-from billing_engine.reports.sql import bucket, plan_codes, tune
+from billing_engine.reports.params import ReportQuery, day_aligned
+from billing_engine.reports.sql import bucket, plan_codes, ts, tune
 from billing_engine.reports.subscribers import GroupKey, group_key, key_fields, sorted_groups
 
 DAY = Decimal(86400)
@@ -79,18 +80,44 @@ def funnel_columns(by: str | None) -> tuple[Column, ...]:
     )
 
 
+def failed_days(q: ReportQuery) -> Any:
+    """:func:`dunning_facts.failed_invoices` summed per day off ``report_failed_days`` (a
+    day-aligned range: "paid / closed before the range end" is exact per day at a midnight end)."""
+    d = failed_days_table
+    recovered = and_(d.c.status == "paid", d.c.paid_day < ts(q.end))
+    outcome = case((recovered, "recovered"),
+                   (and_(d.c.status.in_(("uncollectible", "void")), d.c.closed_day < ts(q.end)), "lost"),
+                   else_="in_dunning")
+    return (
+        select(d.c.day, d.c.currency, d.c.plan_id, d.c.decline_code, d.c.decline_kind, outcome.label("outcome"),
+               case((recovered, d.c.method)).label("method"), d.c.cancellation_kind, d.c.reason_group, d.c.n,
+               d.c.amount_minor, case((recovered, d.c.paid_minor), else_=0).label("paid_minor"),
+               case((recovered, d.c.seconds), else_=0).label("seconds"))
+        .where(d.c.day >= ts(q.start), d.c.day < ts(q.end))
+        .subquery("failed_days")
+    )
+
+
 def _totals(engine: Engine, q: ReportQuery, extra: Callable[[Any], list[Any]]) -> tuple[list[Any], dict[str, str]]:
     """The failed invoices counted per (currency, plan, period, outcome, method, ...extra)."""
     rollups.refresh(engine)  # the rollups read below are brought up to date first
     with engine.connect() as conn:
         tune(conn)
         codes = plan_codes(conn)
-        f = failed_invoices(conn, q)
-        keys = [f.c.currency, (f.c.plan_id if q.by == "plan" else literal("")).label("plan_id"),
-                bucket(f.c.first_failed_at, q.periods()).label("b"), f.c.outcome, f.c.method, *extra(f)]
-        inner = select(*keys, f.c.amount_minor, f.c.paid_minor, f.c.seconds).subquery("fi")
+        if day_aligned(q) and rollups.ready(conn):
+            f = failed_days(q)
+            keys = [f.c.currency, (f.c.plan_id if q.by == "plan" else literal("")).label("plan_id"),
+                    bucket(f.c.day, q.periods()).label("b"), f.c.outcome, f.c.method, *extra(f)]
+            inner = select(*keys, f.c.n, f.c.amount_minor, f.c.paid_minor, f.c.seconds).subquery("fi")
+            count: Any = func.sum(inner.c.n)
+        else:
+            f = failed_invoices(conn, q)
+            keys = [f.c.currency, (f.c.plan_id if q.by == "plan" else literal("")).label("plan_id"),
+                    bucket(f.c.first_failed_at, q.periods()).label("b"), f.c.outcome, f.c.method, *extra(f)]
+            inner = select(*keys, f.c.amount_minor, f.c.paid_minor, f.c.seconds).subquery("fi")
+            count = func.count()
         gk = [inner.c[k.name] for k in keys]
-        stmt = select(*gk, func.count().label("n"), func.sum(inner.c.amount_minor).label("amount"),
+        stmt = select(*gk, count.label("n"), func.sum(inner.c.amount_minor).label("amount"),
                       func.sum(inner.c.paid_minor).label("paid"),
                       func.coalesce(func.sum(inner.c.seconds), 0).label("seconds")).group_by(*gk)
         if q.currency:

@@ -16,8 +16,9 @@ from sqlalchemy.engine import Engine
 
 from billing_engine.models import ReportCustomerFirstPaid
 from billing_engine.reports import rollups
+from billing_engine.reports.day_rollups import month_aligned, paid_days_table, paying_month_counts
 from billing_engine.reports.model import Column, Report, group_columns, is_blank, period_columns
-from billing_engine.reports.params import ReportQuery
+from billing_engine.reports.params import ReportQuery, day_aligned
 from billing_engine.reports.sql import bucket, invoices, plan_codes, refunds, ts, tune
 from billing_engine.reports.subscribers import GroupKey, group_key, key_fields, sorted_groups
 
@@ -49,6 +50,12 @@ def _customer_counts(conn: Any, q: ReportQuery, by_plan: bool) -> list[tuple[tup
     inv = invoices
     periods = q.periods()
     n = len(periods)
+    if month_aligned(q) and rollups.ready(conn):
+        out = []
+        for r in conn.execute(paying_month_counts(q, by_plan)):
+            for i in range(n):
+                out.append(((r[0], r[1]), i, int(r[2 + 2 * i] or 0), int(r[3 + 2 * i] or 0)))
+        return out
     if n > MASK_PERIODS:
         return _customer_counts_distinct(conn, q, by_plan)
     b = bucket(inv.c.paid_at, periods)
@@ -104,6 +111,21 @@ def _customer_counts_distinct(conn: Any, q: ReportQuery, by_plan: bool) -> list[
     return [((r[0], r[1]), int(r[2]), int(r[3]), int(r[4])) for r in conn.execute(stmt)]
 
 
+def paid_day_totals(q: ReportQuery, by_plan: bool, recovered: bool = False) -> Any:
+    """Paid invoices per (currency, plan, period) off ``report_paid_days`` (a day-aligned range):
+    count, amount paid, discounts -- or, with ``recovered``, those paid after a failed attempt."""
+    d = paid_days_table
+    plan = (d.c.plan_id if by_plan else literal("")).label("plan_id")
+    b = bucket(d.c.day, q.periods()).label("b")
+    sums = ([func.sum(d.c.recovered_invoices), func.sum(d.c.recovered_minor)] if recovered else
+            [func.sum(d.c.invoices_paid), func.sum(d.c.gross_minor), func.sum(d.c.discounts_minor)])
+    stmt = select(d.c.currency, plan, b, *sums).where(d.c.day >= ts(q.start), d.c.day < ts(q.end))
+    if q.currency:
+        stmt = stmt.where(d.c.currency == q.currency)
+    stmt = stmt.group_by(d.c.currency, plan, b)
+    return stmt.having(func.sum(d.c.recovered_invoices) > 0) if recovered else stmt
+
+
 def revenue_report(engine: Engine, q: ReportQuery, *, generated_at: datetime | None = None) -> Report:
     periods = q.periods()
     n = len(periods)
@@ -117,23 +139,26 @@ def revenue_report(engine: Engine, q: ReportQuery, *, generated_at: datetime | N
     with engine.connect() as conn:
         tune(conn)
         codes = plan_codes(conn)
-        b = bucket(inv.c.paid_at, periods)
-        paid = (
-            select(
-                inv.c.currency,
-                (inv.c.plan_id if by_plan else literal("")).label("plan_id"),
-                b.label("b"),
-                inv.c.customer_id,
-                inv.c.amount_paid_minor,
-                inv.c.discount_minor,
+        if day_aligned(q) and rollups.ready(conn):
+            stmt = paid_day_totals(q, by_plan)
+        else:
+            b = bucket(inv.c.paid_at, periods)
+            paid = (
+                select(
+                    inv.c.currency,
+                    (inv.c.plan_id if by_plan else literal("")).label("plan_id"),
+                    b.label("b"),
+                    inv.c.customer_id,
+                    inv.c.amount_paid_minor,
+                    inv.c.discount_minor,
+                )
+                .where(inv.c.status == "paid", inv.c.paid_at >= ts(q.start), inv.c.paid_at < ts(q.end))
             )
-            .where(inv.c.status == "paid", inv.c.paid_at >= ts(q.start), inv.c.paid_at < ts(q.end))
-        )
-        if q.currency:
-            paid = paid.where(inv.c.currency == q.currency)
-        s = paid.subquery("paid")
-        stmt = select(s.c.currency, s.c.plan_id, s.c.b, func.count(), func.sum(s.c.amount_paid_minor),
-                      func.sum(s.c.discount_minor)).group_by(s.c.currency, s.c.plan_id, s.c.b)
+            if q.currency:
+                paid = paid.where(inv.c.currency == q.currency)
+            s = paid.subquery("paid")
+            stmt = select(s.c.currency, s.c.plan_id, s.c.b, func.count(), func.sum(s.c.amount_paid_minor),
+                          func.sum(s.c.discount_minor)).group_by(s.c.currency, s.c.plan_id, s.c.b)
         for r in conn.execute(stmt):
             cell = data[group_key(r[0], codes.get(r[1], r[1]), q.by)][r[2]]
             cell["invoices_paid"] += int(r[3])

@@ -26,22 +26,28 @@ Rollups:
 - ``report_failed_invoices``: one row per invoice with a failed attempt
   (:func:`dunning_facts.failed_invoice_rows`) -- the recovery and funnel reports.
 
+- the per-day / per-month rollups of :mod:`day_rollups` (migration 0013): subscriber events,
+  paid and failed invoices per day, paying-month runs and cohort cells, folded here too; the
+  reports read them for aligned ranges (docs/reports.md, "Per-day rollups").
+
 Every report refreshes before it reads (cheap when nothing changed: two index look-ups);
 ``billing run-cycle`` does not, so the hot path never waits for it.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Table, delete, func, insert, select, union
+from sqlalchemy import Table, delete, func, insert, or_, select, union
 from sqlalchemy.engine import Connection, Engine
 
 from billing_engine.models import ReportCustomerFirstPaid, ReportOffPrice, ReportRollupState
+from billing_engine.reports import day_rollups
 from billing_engine.reports.dunning_facts import events, failed_invoice_rows, failed_table
-from billing_engine.reports.sql import invoices, off_price_subscriptions
+from billing_engine.reports.sql import invoices, off_price_subscriptions, tune
 
 
 def first_paid_rows(only: Any = None) -> Any:
@@ -56,6 +62,9 @@ state_table: Table = ReportRollupState.__table__  # type: ignore[attr-defined]
 off_price_table: Table = ReportOffPrice.__table__  # type: ignore[attr-defined]
 first_paid_table: Table = ReportCustomerFirstPaid.__table__  # type: ignore[attr-defined]
 
+ROLLUP_TABLES = ("report_off_price", "report_customer_first_paid", "report_failed_invoices", "report_sub_events",
+                 "report_sub_event_days", "report_paid_days", "report_failed_days", "report_paying_runs",
+                 "report_paying_months", "report_customer_cohorts", "report_active_runs", "report_cohort_cells")
 NAME = "events"
 LAG = timedelta(minutes=2)
 LOCK_KEY = 0x7265706F7274  # pg_advisory_xact_lock: one refresh at a time
@@ -81,6 +90,14 @@ def _rebuild(conn: Connection) -> None:
     rows = failed_invoice_rows(conn)
     conn.execute(delete(failed_table))
     conn.execute(insert(failed_table).from_select([c.name for c in rows.selected_columns], rows))
+    day_rollups.rebuild_sub_events(conn)
+    day_rollups.rebuild_paid_days(conn)
+    day_rollups.rebuild_failed_days(conn, failed_table)
+    day_rollups.rebuild_paying(conn)
+    day_rollups.rebuild_cohorts(conn)
+    if conn.dialect.name == "postgresql":  # fresh statistics for the fold's and the reports' plans
+        for t in ROLLUP_TABLES:
+            conn.exec_driver_sql(f"ANALYZE {t}")
 
 
 def _fold(conn: Connection, after: int) -> None:
@@ -97,14 +114,28 @@ def _fold(conn: Connection, after: int) -> None:
     if conn.execute(select(func.count()).where(new, ev.c.type.like("plan.%"))).scalar_one():
         conn.execute(delete(off_price_table))
         conn.execute(insert(off_price_table).from_select(["subscription_id"], off_price_subscriptions()))
+        day_rollups.rebuild_sub_events(conn)  # a plan's price: every "billed at its plan's price" test
     else:
         conn.execute(delete(off_price_table).where(off_price_table.c.subscription_id.in_(sub_ids)))
         conn.execute(insert(off_price_table).from_select(["subscription_id"],
                                                          off_price_subscriptions(only=sub_ids)))
+        day_rollups.fold_sub_events(conn, sub_ids, cust_ids)
+    named = or_(failed_table.c.subscription_id.in_(sub_ids), failed_table.c.invoice_id.in_(inv_ids))
+    days = day_rollups.failed_days_of(conn, failed_table, named)
     conn.execute(delete(failed_table).where(failed_table.c.invoice_id.in_(
         union(select(failed_table.c.invoice_id).where(failed_table.c.subscription_id.in_(sub_ids)), inv_ids))))
     rows = failed_invoice_rows(conn, only_invoices=inv_ids, only_subscriptions=sub_ids)
     conn.execute(insert(failed_table).from_select([c.name for c in rows.selected_columns], rows))
+    days |= day_rollups.failed_days_of(conn, failed_table, named)
+    day_rollups.fold_failed_days(conn, failed_table, days)
+    day_rollups.fold_paid_days(conn, inv_ids)
+    day_rollups.fold_paying(conn, sub_ids, inv_ids, cust_ids)
+    day_rollups.fold_cohorts(conn, sub_ids, inv_ids, cust_ids)
+
+
+def ready(conn: Connection) -> bool:
+    """True once the rollups were built (the per-day rollups are then complete)."""
+    return conn.execute(select(state_table.c.last_event_id).where(state_table.c.name == NAME)).first() is not None
 
 
 def refresh(engine: Engine, *, lag: timedelta = LAG, rebuild: bool = False,
@@ -113,6 +144,7 @@ def refresh(engine: Engine, *, lag: timedelta = LAG, rebuild: bool = False,
     now = wall_clock or datetime.now(UTC)
     with engine.begin() as conn:
         _lock(conn)
+        tune(conn)  # a rebuild sorts and hashes millions of rows
         state = conn.execute(select(state_table.c.last_event_id).where(state_table.c.name == NAME)).first()
         top = conn.execute(select(func.max(events.c.id))).scalar_one() or 0
         settled = conn.execute(select(func.max(events.c.id)).where(events.c.recorded_at < now - lag)).scalar_one()
@@ -155,4 +187,40 @@ def differences(engine: Engine) -> list[str]:
         for k in sorted(set(got) | set(exp)):
             if got.get(k) != exp.get(k):
                 out.append(f"report_failed_invoices[{k}]: rollup {got.get(k)} != raw {exp.get(k)}")
+    out += _day_differences(engine)
+    return out
+
+
+def _snapshot(conn: Connection) -> dict[str, Counter[tuple[Any, ...]]]:
+    """Every row of the per-day rollups (and the per-subscription events, without their
+    ordinal) as a multiset of tuples, surrogate ids left out."""
+    snap: dict[str, Counter[tuple[Any, ...]]] = {}
+    for t in (day_rollups.sub_events_table, day_rollups.sub_event_days_table, day_rollups.paid_days_table,
+              day_rollups.failed_days_table, day_rollups.paying_runs_table, day_rollups.paying_months_table,
+              day_rollups.cohorts_table, day_rollups.active_runs_table, day_rollups.cohort_cells_table):
+        cols = [c for c in t.c if c.name not in ("id", "seq")]
+        snap[t.name] = Counter(tuple(r) for r in conn.execute(select(*cols)))
+    return snap
+
+
+def _day_differences(engine: Engine) -> list[str]:
+    """The per-day rollups as maintained vs. as rebuilt from the raw tables now (the rebuild
+    runs in a transaction that is rolled back)."""
+    out: list[str] = []
+    with engine.connect() as conn:
+        trans = conn.begin()
+        try:
+            have = _snapshot(conn)
+            day_rollups.rebuild_sub_events(conn)
+            day_rollups.rebuild_paid_days(conn)
+            day_rollups.rebuild_failed_days(conn, failed_table)
+            day_rollups.rebuild_paying(conn)
+            day_rollups.rebuild_cohorts(conn)
+            want = _snapshot(conn)
+        finally:
+            trans.rollback()
+    for name in have:
+        if have[name] != want[name]:
+            extra, missing = have[name] - want[name], want[name] - have[name]
+            out.append(f"{name}: extra {sorted(extra, key=repr)[:3]}, missing {sorted(missing, key=repr)[:3]}")
     return out

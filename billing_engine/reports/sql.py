@@ -157,10 +157,12 @@ def paid_sequence(q: ReportQuery, facts: Any) -> CTE:
     return stmt.cte("paid_seq")
 
 
-def subscriber_events(q: ReportQuery, plan_mrr: dict[str, int]) -> Subquery:
-    """One row per subscriber event before the range end.
+def subscriber_events(q: ReportQuery, plan_mrr: dict[str, int], only: Any = None) -> Subquery:
+    """One row per subscriber event before the range end (``only``: a selectable of
+    subscription ids, closed under customer -- every subscription of each customer it names --
+    to compute just theirs: the rollup's incremental fold).
 
-    Columns: currency, plan_id (the subscription's), at, kind (new | reactivation | change |
+    Columns: subscription_id, currency, plan_id (the subscription's), at, kind (new | reactivation | change |
     churn | ended_unpaid), cancellation_kind and reason_group (churn rows), and the MRR: either
     ``mrr_minor`` directly, or the billed price inv_plan_id + amount_minor (and prev_plan_id +
     prev_amount for a change) for the caller to normalise.
@@ -187,11 +189,15 @@ def subscriber_events(q: ReportQuery, plan_mrr: dict[str, int]) -> Subquery:
         .select_from(sub.join(plans, plans.c.id == sub.c.plan_id))
         .where(sub.c.activated_at < ts(q.end), sub.c.mrr_minor == expected_mrr, on_price)
     )
-    irregular_ids = union_all(
-        select(off_price.c.subscription_id),
-        select(sub.c.id).where(sub.c.activated_at.is_not(None),
-                               or_(sub.c.mrr_minor.is_(None), sub.c.mrr_minor != expected_mrr)),
-    ).subquery("irregular_ids")
+    if only is not None:
+        regular_facts = regular_facts.where(sub.c.id.in_(only))
+    off_ids = select(off_price.c.subscription_id)
+    odd_ids = select(sub.c.id).where(sub.c.activated_at.is_not(None),
+                                     or_(sub.c.mrr_minor.is_(None), sub.c.mrr_minor != expected_mrr))
+    if only is not None:
+        off_ids = off_ids.where(off_price.c.subscription_id.in_(only))
+        odd_ids = odd_ids.where(sub.c.id.in_(only))
+    irregular_ids = union_all(off_ids, odd_ids).subquery("irregular_ids")
     summ = subscription_summary(q, only=select(irregular_ids.c.subscription_id))
     irregular_facts = (
         select(
@@ -221,7 +227,8 @@ def subscriber_events(q: ReportQuery, plan_mrr: dict[str, int]) -> Subquery:
 
     regular_activations = (
         select(
-            facts.c.currency, facts.c.plan_id, facts.c.first_paid_at.label("at"), activation_kind(facts.c.first_paid_at),
+            facts.c.subscription_id, facts.c.currency, facts.c.plan_id, facts.c.first_paid_at.label("at"),
+            activation_kind(facts.c.first_paid_at),
             no_text.label("cancellation_kind"), no_text.label("reason_group"), facts.c.mrr_minor,
             no_text.label("inv_plan_id"), no_int.label("amount_minor"),
             no_text.label("prev_plan_id"), no_int.label("prev_amount"), facts.c.first_paid_at.label("activated_at"),
@@ -230,7 +237,7 @@ def subscriber_events(q: ReportQuery, plan_mrr: dict[str, int]) -> Subquery:
         .where(is_regular, counts)
     )
     regular_churns = select(
-        facts.c.currency, facts.c.plan_id, facts.c.ended_at.label("at"), literal("churn").label("kind"),
+        facts.c.subscription_id, facts.c.currency, facts.c.plan_id, facts.c.ended_at.label("at"), literal("churn").label("kind"),
         facts.c.cancellation_kind, reason_group(facts.c.cancellation_reason).label("reason_group"), facts.c.mrr_minor,
         no_text.label("inv_plan_id"), no_int.label("amount_minor"),
         no_text.label("prev_plan_id"), no_int.label("prev_amount"), facts.c.first_paid_at.label("activated_at"),
@@ -240,7 +247,8 @@ def subscriber_events(q: ReportQuery, plan_mrr: dict[str, int]) -> Subquery:
     churn_where = and_(seq.c.next_paid_at.is_(None), seq.c.ended_at.is_not(None))
     activations = (
         select(
-            seq.c.currency, seq.c.plan_id, seq.c.paid_at.label("at"), activation_kind(seq.c.paid_at),
+            seq.c.subscription_id, seq.c.currency, seq.c.plan_id, seq.c.paid_at.label("at"),
+            activation_kind(seq.c.paid_at),
             no_text.label("cancellation_kind"), no_text.label("reason_group"), no_int.label("mrr_minor"),
             seq.c.inv_plan_id, seq.c.amount_minor, no_text.label("prev_plan_id"), no_int.label("prev_amount"),
             seq.c.first_paid_at.label("activated_at"),
@@ -249,14 +257,14 @@ def subscriber_events(q: ReportQuery, plan_mrr: dict[str, int]) -> Subquery:
         .where(seq.c.prev_paid_at.is_(None))
     )
     changes = select(
-        seq.c.currency, seq.c.plan_id, seq.c.paid_at.label("at"), literal("change").label("kind"),
+        seq.c.subscription_id, seq.c.currency, seq.c.plan_id, seq.c.paid_at.label("at"), literal("change").label("kind"),
         no_text.label("cancellation_kind"), no_text.label("reason_group"), no_int.label("mrr_minor"),
         seq.c.inv_plan_id, seq.c.amount_minor, seq.c.prev_plan_id, seq.c.prev_amount,
         seq.c.first_paid_at.label("activated_at"),
     ).where(seq.c.prev_paid_at.is_not(None), or_(seq.c.amount_minor != seq.c.prev_amount,
                                                   seq.c.inv_plan_id != seq.c.prev_plan_id))
     churns = select(
-        seq.c.currency, seq.c.plan_id, seq.c.ended_at.label("at"), literal("churn").label("kind"),
+        seq.c.subscription_id, seq.c.currency, seq.c.plan_id, seq.c.ended_at.label("at"), literal("churn").label("kind"),
         seq.c.cancellation_kind, reason_group(seq.c.cancellation_reason).label("reason_group"),
         no_int.label("mrr_minor"), seq.c.inv_plan_id, seq.c.amount_minor, no_text.label("prev_plan_id"),
         no_int.label("prev_amount"), seq.c.first_paid_at.label("activated_at"),
@@ -265,7 +273,8 @@ def subscriber_events(q: ReportQuery, plan_mrr: dict[str, int]) -> Subquery:
     # not churn, reported on their own
     ended_unpaid = (
         select(
-            plans.c.currency, sub.c.plan_id, sub.c.ended_at.label("at"), literal("ended_unpaid").label("kind"),
+            sub.c.id.label("subscription_id"), plans.c.currency, sub.c.plan_id, sub.c.ended_at.label("at"),
+            literal("ended_unpaid").label("kind"),
             sub.c.cancellation_kind, no_text.label("reason_group"), no_int.label("mrr_minor"),
             no_text.label("inv_plan_id"), no_int.label("amount_minor"), no_text.label("prev_plan_id"),
             no_int.label("prev_amount"), sub.c.activated_at,
@@ -275,6 +284,8 @@ def subscriber_events(q: ReportQuery, plan_mrr: dict[str, int]) -> Subquery:
         .where(sub.c.ended_at >= ts(q.start), sub.c.ended_at < ts(q.end),
                or_(facts.c.subscription_id.is_(None), facts.c.first_paid_at > sub.c.ended_at))
     )
+    if only is not None:
+        ended_unpaid = ended_unpaid.where(sub.c.id.in_(only))
     events = union_all(regular_activations, regular_churns, activations, changes, churns, ended_unpaid)
     if not q.currency:
         return events.subquery("sub_events")

@@ -13,12 +13,13 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import case, func, literal, select
 from sqlalchemy.engine import Connection
 
 from billing_engine.periods import Interval, monthly_amount
-from billing_engine.reports.params import ReportQuery
-from billing_engine.reports.sql import plans, subscriber_event_totals
+from billing_engine.reports.day_rollups import GRAINS, sub_event_days_table
+from billing_engine.reports.params import ReportQuery, period_aligned
+from billing_engine.reports.sql import bucket, plans, subscriber_event_totals, ts
 
 GroupKey = tuple[str, ...]  # (currency,) or (currency, plan_code)
 
@@ -60,6 +61,27 @@ def group_key(currency: str, plan_code: str | None, by: str | None) -> GroupKey:
     return (currency, plan_code or "") if by == "plan" else (currency,)
 
 
+def day_event_totals(q: ReportQuery) -> Any:
+    """:func:`sql.subscriber_event_totals` read off ``report_sub_event_days`` (a few rows per
+    day) -- for a :func:`params.period_aligned` range: every period boundary is midnight, so
+    an event's period is its day's, and the first period is a whole calendar period, so a
+    churn / change is one of a subscriber active at the period start exactly when the
+    subscription was not activated in the same calendar period (``act_same``)."""
+    d = sub_event_days_table
+    periods = q.periods()
+    b = bucket(d.c.day, periods)
+    same = d.c.act_same.op("&")(1 << GRAINS.index(q.period)) != 0
+    ab = case((d.c.kind.in_(("churn", "change")) & same, b), else_=literal(-1))
+    inner = select(d.c.currency, d.c.plan_id, b.label("b"), ab.label("ab"), d.c.kind, d.c.cancellation_kind,
+                   d.c.reason_group, d.c.mrr_minor, d.c.inv_plan_id, d.c.amount_minor, d.c.prev_plan_id,
+                   d.c.prev_amount, d.c.n).where(d.c.day < ts(q.end))
+    if q.currency:
+        inner = inner.where(d.c.currency == q.currency)
+    sq = inner.subquery("ev_days")
+    keys = [c for c in sq.c if c.name != "n"]
+    return select(*keys, func.sum(sq.c.n).label("n")).group_by(*keys)
+
+
 def timelines(conn: Connection, q: ReportQuery) -> dict[GroupKey, Timeline]:
     n_periods = len(q.periods())
     plan_rows = {r.id: r for r in conn.execute(select(plans.c.id, plans.c.code, plans.c.amount_minor,
@@ -77,7 +99,10 @@ def timelines(conn: Connection, q: ReportQuery) -> dict[GroupKey, Timeline]:
         return monthly_amount(int(amount), Interval(p.interval), int(p.interval_count))
 
     out: dict[GroupKey, Timeline] = {}
-    for r in conn.execute(subscriber_event_totals(q, plan_mrr)):
+    from billing_engine.reports.rollups import ready
+
+    stmt = day_event_totals(q) if period_aligned(q) and ready(conn) else subscriber_event_totals(q, plan_mrr)
+    for r in conn.execute(stmt):
         code = plan_rows[r.plan_id].code if r.plan_id in plan_rows else r.plan_id
         key = group_key(r.currency, code, q.by)
         tl = out.get(key)
