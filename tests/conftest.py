@@ -112,6 +112,13 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 
 
 @pytest.fixture
+def pg_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A migrated, empty PostgreSQL database URL, for tests that only make sense there
+    (skips locally without PostgreSQL, fails under CI) -- rather than skipping a SQLite variant."""
+    return fresh_database_url(request, "postgresql", tmp_path)
+
+
+@pytest.fixture
 def engine(db_url: str) -> Iterator[Engine]:
     eng = make_engine(db_url)
     yield eng

@@ -5,9 +5,8 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime, timedelta
 
-import pytest
 from sqlalchemy import text
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from billing_engine.db import make_engine
@@ -49,10 +48,8 @@ def test_timestamps_come_back_in_utc_whatever_the_backend(engine: Engine) -> Non
     assert got.recorded_at.isoformat() == "2026-03-15T10:00:00.123456+00:00"
 
 
-def test_postgresql_sessions_keep_the_urls_own_options(db_url: str) -> None:
-    if make_url(db_url).get_backend_name() != "postgresql":
-        pytest.skip("connection options are PostgreSQL's")
-    eng = make_engine(f"{db_url}?options=-c%20application_name%3Dbilling-test")
+def test_postgresql_sessions_keep_the_urls_own_options(pg_db_url: str) -> None:
+    eng = make_engine(f"{pg_db_url}?options=-c%20application_name%3Dbilling-test")
     try:
         with eng.connect() as c:
             assert c.execute(text("SHOW TimeZone")).scalar() == "UTC"

@@ -7,7 +7,6 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from datetime import datetime, timedelta
-from pathlib import Path
 
 import pytest
 from sqlalchemy.engine import Engine
@@ -19,7 +18,6 @@ from billing_engine.db import make_engine, transaction
 from billing_engine.gateway.fake import FakeGateway
 from billing_engine.models import Invoice, InvoiceStatus
 from billing_engine.settings import Settings, load_settings
-from tests.conftest import fresh_database_url
 from tests.factories import make_plan, make_subscription, remind_ahead
 
 
@@ -72,9 +70,9 @@ def test_a_rolled_back_transaction_gives_its_numbers_back(engine: Engine) -> Non
 
 
 @pytest.fixture
-def pg_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+def pg_engine(pg_db_url: str) -> Iterator[Engine]:
     """PostgreSQL only (parallel workers): skips locally without it, fails under CI."""
-    eng = make_engine(fresh_database_url(request, "postgresql", tmp_path))
+    eng = make_engine(pg_db_url)
     yield eng
     eng.dispose()
 
