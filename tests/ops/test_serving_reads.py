@@ -84,7 +84,10 @@ def test_sqlite_reads_do_not_wait_for_a_writer(sqlite_engine) -> None:  # type: 
         raw.rollback()
         raw.close()
     assert shown.status_code == 200 and listed.status_code == 200
-    assert took < 2, f"reads waited {took:.1f} s for the write lock"
+    # a read that took the write lock would wait for the writer, i.e. the whole 30-s busy
+    # timeout here (the writer only rolls back after the reads); unhindered they take ~20 ms,
+    # and up to a few seconds on a CI machine running the suite on every core
+    assert took < 10, f"reads waited {took:.1f} s for the write lock"
 
 
 @pytest.mark.parametrize("path", ["/v1/subscriptions", "/healthz"])
