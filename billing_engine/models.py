@@ -779,7 +779,25 @@ class ReportFailedInvoice(SQLModel, table=True):
     seconds: int | None = Field(default=None, sa_type=BigInteger)
 
 
-class ReportSubEvent(SQLModel, table=True):
+class _SubscriberEventColumns(SQLModel):
+    """The columns of one subscriber event (``sql.subscriber_events``), shared by the
+    per-subscription rollup and its per-day count."""
+
+    day: datetime = _ts(index=True)
+    kind: str = Field(max_length=20)
+    currency: str = Field(max_length=3)
+    plan_id: str = Field(max_length=40)
+    cancellation_kind: str | None = Field(default=None, max_length=20)
+    reason_group: str | None = Field(default=None, max_length=20)
+    mrr_minor: int | None = Field(default=None, sa_type=BigInteger)
+    inv_plan_id: str | None = Field(default=None, max_length=40)
+    amount_minor: int | None = Field(default=None, sa_type=BigInteger)
+    prev_plan_id: str | None = Field(default=None, max_length=40)
+    prev_amount: int | None = Field(default=None, sa_type=BigInteger)
+    act_same: int = Field(default=0)
+
+
+class ReportSubEvent(_SubscriberEventColumns, table=True):
     """Every subscriber event of one subscription (``sql.subscriber_events`` over all time):
     activation, price change, churn, ended unpaid -- with its UTC day and whether the
     subscription was activated in the same calendar day / week / month / quarter / year
@@ -789,39 +807,15 @@ class ReportSubEvent(SQLModel, table=True):
 
     subscription_id: str = Field(primary_key=True, max_length=40)
     seq: int = Field(primary_key=True)
-    day: datetime = _ts(index=True)
-    kind: str = Field(max_length=20)
-    currency: str = Field(max_length=3)
-    plan_id: str = Field(max_length=40)
-    cancellation_kind: str | None = Field(default=None, max_length=20)
-    reason_group: str | None = Field(default=None, max_length=20)
-    mrr_minor: int | None = Field(default=None, sa_type=BigInteger)
-    inv_plan_id: str | None = Field(default=None, max_length=40)
-    amount_minor: int | None = Field(default=None, sa_type=BigInteger)
-    prev_plan_id: str | None = Field(default=None, max_length=40)
-    prev_amount: int | None = Field(default=None, sa_type=BigInteger)
-    act_same: int = Field(default=0)
 
 
-class ReportSubEventDay(SQLModel, table=True):
+class ReportSubEventDay(_SubscriberEventColumns, table=True):
     """``report_sub_events`` counted per UTC day and every other column (rollup): what the
     churn, MRR and retention timelines read for day-aligned ranges."""
 
     __tablename__ = "report_sub_event_days"
 
     id: int | None = Field(default=None, sa_type=BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
-    day: datetime = _ts(index=True)
-    kind: str = Field(max_length=20)
-    currency: str = Field(max_length=3)
-    plan_id: str = Field(max_length=40)
-    cancellation_kind: str | None = Field(default=None, max_length=20)
-    reason_group: str | None = Field(default=None, max_length=20)
-    mrr_minor: int | None = Field(default=None, sa_type=BigInteger)
-    inv_plan_id: str | None = Field(default=None, max_length=40)
-    amount_minor: int | None = Field(default=None, sa_type=BigInteger)
-    prev_plan_id: str | None = Field(default=None, max_length=40)
-    prev_amount: int | None = Field(default=None, sa_type=BigInteger)
-    act_same: int = Field(default=0)
     n: int = Field(sa_type=BigInteger)
 
 
