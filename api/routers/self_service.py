@@ -34,8 +34,10 @@ from the app clock.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from datetime import UTC, date, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, ParamSpec
 
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -71,6 +73,7 @@ from billing_engine.models import (
 from billing_engine.settings import Settings
 
 router = APIRouter(include_in_schema=False)
+P = ParamSpec("P")
 
 STRIPE_CHECKOUT_ORIGIN = "https://checkout.stripe.com"
 
@@ -117,11 +120,42 @@ def _bad_link(request: Request, settings: Settings, exc: links.InvalidCancelLink
     return _page(request, "account_invalid.html", ctx, status_code=400 if expired else 404)
 
 
-def _customer(request: Request, settings: Settings, token: str, now: datetime) -> str | HTMLResponse:
+class _Answer(Exception):  # noqa: N818 -- not an error: the page that ends the request early
+    """Ends a handler with this page: a bad or expired link, a subscription not on this account
+    (raised by :func:`_customer` / :func:`_owned`, turned into the response by :func:`_answers`)."""
+
+    def __init__(self, response: Response) -> None:
+        super().__init__()
+        self.response = response
+
+
+def _answers(handler: Callable[P, Response]) -> Callable[P, Response]:
+    @functools.wraps(handler)  # FastAPI reads the handler's signature through __wrapped__
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> Response:
+        try:
+            return handler(*args, **kwargs)
+        except _Answer as answer:
+            return answer.response
+
+    return wrapper
+
+
+def _customer(request: Request, settings: Settings, token: str, now: datetime) -> str:
+    """The customer the link is for, or :class:`_Answer` with the bad-link page."""
     try:
         return links.verify_account_token(settings, token, now)
     except links.InvalidCancelLink as exc:
-        return _bad_link(request, settings, exc)
+        raise _Answer(_bad_link(request, settings, exc)) from None
+
+
+def _owned(request: Request, settings: Settings, token: str, session: Session, customer_id: str,
+           subscription_id: str, *, lock: bool = False) -> Subscription:
+    """The customer's own subscription, or :class:`_Answer` with "not found" (another
+    customer's id is not found, like an unknown one)."""
+    sub = self_service.owned_subscription(session, customer_id, subscription_id, lock=lock)
+    if sub is None:
+        raise _Answer(_not_found(request, settings, token, "subscription"))
+    return sub
 
 
 def _home(request: Request, token: str, done: str | None = None) -> RedirectResponse:
@@ -182,27 +216,23 @@ def _banner_is_true(done: str | None, view: self_service.Overview) -> bool:
 
 
 @router.api_route("/account/{token}", methods=["GET", "HEAD"], name="account_page", response_class=HTMLResponse)
+@_answers
 def account_page(request: Request, token: str, engine: EngineDep, settings: SettingsDep, now: NowDep,
                  done: str | None = None) -> Response:
     """Read only: safe for link scanners and prefetchers."""
     customer_id = _customer(request, settings, token, now)
-    if isinstance(customer_id, Response):
-        return customer_id
     with Session(engine) as session:
         return _account(request, token, session, customer_id, settings, now, done=done)
 
 
 @router.post("/account/{token}/subscriptions/{subscription_id}/cancel", name="account_cancel",
              response_class=HTMLResponse)
+@_answers
 def account_cancel(request: Request, token: str, subscription_id: str, engine: EngineDep, settings: SettingsDep,
                    now: NowDep) -> Response:
     customer_id = _customer(request, settings, token, now)
-    if isinstance(customer_id, Response):
-        return customer_id
     with transaction(engine) as session:
-        sub = self_service.owned_subscription(session, customer_id, subscription_id, lock=True)
-        if sub is None:
-            return _not_found(request, settings, token, "subscription")
+        sub = _owned(request, settings, token, session, customer_id, subscription_id, lock=True)
         if sub.status != SubscriptionStatus.CANCELED and not sub.cancel_at_period_end:
             with abuse.coalesced_emails(session, sub.id, now=now):  # cancel/undo loops: no e-mail storm
                 cancellations.cancel(session, sub, kind=CancellationKind.VOLUNTARY, now=now, actor="customer")
@@ -211,15 +241,12 @@ def account_cancel(request: Request, token: str, subscription_id: str, engine: E
 
 @router.post("/account/{token}/subscriptions/{subscription_id}/undo", name="account_undo",
              response_class=HTMLResponse)
+@_answers
 def account_undo(request: Request, token: str, subscription_id: str, engine: EngineDep, settings: SettingsDep,
                  now: NowDep) -> Response:
     customer_id = _customer(request, settings, token, now)
-    if isinstance(customer_id, Response):
-        return customer_id
     with transaction(engine) as session:
-        sub = self_service.owned_subscription(session, customer_id, subscription_id, lock=True)
-        if sub is None:
-            return _not_found(request, settings, token, "subscription")
+        sub = _owned(request, settings, token, session, customer_id, subscription_id, lock=True)
         if sub.status != SubscriptionStatus.CANCELED and not sub.cancel_at_period_end:
             return _home(request, token, "undone")  # already active: a repeated click
         try:
@@ -261,20 +288,17 @@ def _parse_until(value: str | None) -> datetime | None:
 
 @router.post("/account/{token}/subscriptions/{subscription_id}/pause", name="account_pause",
              response_class=HTMLResponse)
+@_answers
 def account_pause(request: Request, token: str, subscription_id: str, engine: EngineDep, settings: SettingsDep,
                   now: NowDep, when: Annotated[str | None, Form()] = None,
                   until: Annotated[str | None, Form()] = None) -> Response:
     customer_id = _customer(request, settings, token, now)
-    if isinstance(customer_id, Response):
-        return customer_id
     try:
         if (when or "now") not in ("now", "period_end"):
             raise ValidationError("choose now or at the end of the period", field="when")
         resumes_at = _parse_until(until)
         with transaction(engine) as session:
-            sub = self_service.owned_subscription(session, customer_id, subscription_id, lock=True)
-            if sub is None:
-                return _not_found(request, settings, token, "subscription")
+            sub = _owned(request, settings, token, session, customer_id, subscription_id, lock=True)
             if sub.status == SubscriptionStatus.PAUSED or sub.pause_at_period_end:  # a repeated click
                 return _home(request, token, "paused" if sub.status == SubscriptionStatus.PAUSED else "pause_scheduled")
             pauses.pause(session, sub, now=now, at_period_end=when == "period_end", resumes_at=resumes_at,
@@ -287,16 +311,13 @@ def account_pause(request: Request, token: str, subscription_id: str, engine: En
 
 @router.post("/account/{token}/subscriptions/{subscription_id}/resume", name="account_resume",
              response_class=HTMLResponse)
+@_answers
 def account_resume(request: Request, token: str, subscription_id: str, engine: EngineDep, settings: SettingsDep,
                    now: NowDep) -> Response:
     customer_id = _customer(request, settings, token, now)
-    if isinstance(customer_id, Response):
-        return customer_id
     try:
         with transaction(engine) as session:
-            sub = self_service.owned_subscription(session, customer_id, subscription_id, lock=True)
-            if sub is None:
-                return _not_found(request, settings, token, "subscription")
+            sub = _owned(request, settings, token, session, customer_id, subscription_id, lock=True)
             if pauses.can_resume(sub):  # a repeated click finds it resumed: harmless
                 pauses.resume(session, sub, now=now, actor=pauses.CUSTOMER)
     except BillingError as exc:
@@ -306,14 +327,12 @@ def account_resume(request: Request, token: str, subscription_id: str, engine: E
 
 @router.post("/account/{token}/subscriptions/{subscription_id}/guarantee", name="account_guarantee",
              response_class=HTMLResponse)
+@_answers
 def account_guarantee(request: Request, token: str, subscription_id: str, engine: EngineDep, settings: SettingsDep,
                       gateway: GatewayDep, now: NowDep) -> Response:
     customer_id = _customer(request, settings, token, now)
-    if isinstance(customer_id, Response):
-        return customer_id
     with Session(engine) as session:
-        if self_service.owned_subscription(session, customer_id, subscription_id) is None:
-            return _not_found(request, settings, token, "subscription")
+        _owned(request, settings, token, session, customer_id, subscription_id)
     try:
         guarantees.refund(engine, gateway, subscription_id=subscription_id, now=now, actor=pauses.CUSTOMER)
     except BillingError as exc:
@@ -323,15 +342,12 @@ def account_guarantee(request: Request, token: str, subscription_id: str, engine
 
 @router.post("/account/{token}/subscriptions/{subscription_id}/reactivate", name="account_reactivate",
              response_class=HTMLResponse)
+@_answers
 def account_reactivate(request: Request, token: str, subscription_id: str, engine: EngineDep, settings: SettingsDep,
                        gateway: GatewayDep, now: NowDep) -> Response:
     customer_id = _customer(request, settings, token, now)
-    if isinstance(customer_id, Response):
-        return customer_id
     with Session(engine) as session:
-        old = self_service.owned_subscription(session, customer_id, subscription_id)
-        if old is None:
-            return _not_found(request, settings, token, "subscription")
+        old = _owned(request, settings, token, session, customer_id, subscription_id)
         again = session.exec(select(Subscription).where(  # a repeated click: already back
             Subscription.reactivated_from == old.id,
             col(Subscription.status).in_(list(LIVE_STATUSES)))).first()
@@ -363,17 +379,14 @@ def account_reactivate(request: Request, token: str, subscription_id: str, engin
 
 @router.post("/account/{token}/subscriptions/{subscription_id}/accept-price", name="account_accept_price",
              response_class=HTMLResponse)
+@_answers
 def account_accept_price(request: Request, token: str, subscription_id: str, engine: EngineDep,
                          settings: SettingsDep, now: NowDep) -> Response:
     customer_id = _customer(request, settings, token, now)
-    if isinstance(customer_id, Response):
-        return customer_id
     ip, user_agent = _client(request)
     try:
         with transaction(engine) as session:
-            sub = self_service.owned_subscription(session, customer_id, subscription_id, lock=True)
-            if sub is None:
-                return _not_found(request, settings, token, "subscription")
+            sub = _owned(request, settings, token, session, customer_id, subscription_id, lock=True)
             pricing.accept(session, sub, ip_address=ip, user_agent=user_agent, now=now, actor=pauses.CUSTOMER)
     except BillingError as exc:
         return _refused(request, token, engine, customer_id, settings, now, exc)
@@ -394,9 +407,7 @@ def _card_headers(gateway: PaymentGateway) -> dict[str, str]:
 def _card_page(request: Request, token: str, session: Session, customer_id: str, subscription_id: str,
                settings: Settings, gateway: PaymentGateway, now: datetime, *, error: str | None = None,
                status_code: int = 200) -> HTMLResponse:
-    sub = self_service.owned_subscription(session, customer_id, subscription_id)
-    if sub is None:
-        return _not_found(request, settings, token, "subscription")
+    sub = _owned(request, settings, token, session, customer_id, subscription_id)
     view = self_service.subscription_view(session, sub, now)
     plan = session.get(Plan, sub.plan_id)
     assert plan is not None
@@ -411,11 +422,10 @@ def _card_page(request: Request, token: str, session: Session, customer_id: str,
 
 @router.get("/account/{token}/subscriptions/{subscription_id}/card", name="account_card",
             response_class=HTMLResponse)
+@_answers
 def account_card(request: Request, token: str, subscription_id: str, engine: EngineDep, settings: SettingsDep,
                  gateway: GatewayDep, now: NowDep) -> Response:
     customer_id = _customer(request, settings, token, now)
-    if isinstance(customer_id, Response):
-        return customer_id
     with Session(engine) as session:
         if not (sub := self_service.owned_subscription(session, customer_id, subscription_id)) \
                 or sub.status == SubscriptionStatus.CANCELED:
@@ -425,13 +435,12 @@ def account_card(request: Request, token: str, subscription_id: str, engine: Eng
 
 @router.post("/account/{token}/subscriptions/{subscription_id}/card", name="account_card_submit",
              response_class=HTMLResponse)
+@_answers
 def account_card_submit(
     request: Request, token: str, subscription_id: str, engine: EngineDep, settings: SettingsDep,
     gateway: GatewayDep, now: NowDep, test_token: Annotated[str | None, Form()] = None,
 ) -> Response:
     customer_id = _customer(request, settings, token, now)
-    if isinstance(customer_id, Response):
-        return customer_id
     ip = request.client.host if request.client else ""
     user_agent = request.headers.get("user-agent") or "unknown"
     error: BillingError | None = None
@@ -497,11 +506,10 @@ def _to_stripe(request: Request, token: str, engine: Any, gateway: PaymentGatewa
 
 
 @router.get("/account/{token}/receipts/{invoice_id}.pdf", name="account_receipt_pdf")
+@_answers
 def account_receipt_pdf(request: Request, token: str, invoice_id: str, engine: EngineDep, settings: SettingsDep,
                         now: NowDep) -> Response:
     customer_id = _customer(request, settings, token, now)
-    if isinstance(customer_id, Response):
-        return customer_id
     with Session(engine) as session:
         try:
             receipt = receipts.for_invoice(session, invoice_id, customer_id=customer_id, settings=settings)
@@ -512,11 +520,10 @@ def account_receipt_pdf(request: Request, token: str, invoice_id: str, engine: E
 
 
 @router.get("/account/{token}/receipts/{invoice_id}", name="account_receipt", response_class=HTMLResponse)
+@_answers
 def account_receipt(request: Request, token: str, invoice_id: str, engine: EngineDep, settings: SettingsDep,
                     now: NowDep) -> Response:
     customer_id = _customer(request, settings, token, now)
-    if isinstance(customer_id, Response):
-        return customer_id
     with Session(engine) as session:
         try:
             receipt = receipts.for_invoice(session, invoice_id, customer_id=customer_id, settings=settings)
