@@ -7,10 +7,11 @@
 Creates (or resets) the database and subscribes N customers (monthly plan, a card that
 always succeeds; the seeding of bench/cycle_bench.py). Then, for each renewal date (after a clean run a week ahead: the renewal
 reminders, without which nothing is charged), keeps
-``--workers`` real ``billing run-cycle --at DATE`` processes alive at once, each with a
-random lifetime after which it is SIGKILLed if still running (at start-up, while claiming,
-between a gateway call and the settle commit, ...); a process that ends is replaced at
-once, until this date's share of ``--kills`` is reached. The fake gateway keeps its money
+``--workers`` real ``billing run-cycle --at DATE`` processes alive at once and SIGKILLs them:
+most (``--armed-share``) shortly after they are seen holding claims (committing a batch's
+attempts, at the gateway, settling), the others after a random lifetime (start-up,
+connecting, claiming); a process that ends is replaced at once, until this date's share of
+``--kills`` is reached. The fake gateway keeps its money
 in a durable SQLite ledger outside the engine's database (``BILLING_FAKE_LEDGER``), so a
 killed process's charges still count; it sleeps ``--latency-ms`` per call
 (``BILLING_FAKE_LATENCY_MS``); claims lapse ``--lease`` seconds after a worker's last
@@ -102,31 +103,48 @@ def held_by(engine: Any, pid: int) -> tuple[int, int]:
 
 def chaos_at(args: argparse.Namespace, env: dict[str, str], at: datetime, kills_wanted: int,
              rng: random.Random, engine: Any) -> dict[str, int]:
-    """Keep ``args.workers`` processes running at ``at``; SIGKILL each at a random instant."""
+    """Keep ``args.workers`` processes running at ``at`` and SIGKILL them in the middle of work.
+
+    Each process is either *blind* (killed at a random lifetime, ``--min-life`` .. ``--max-life``:
+    start-up, connecting, claiming) or, with probability ``--armed-share``, *armed*: watched until
+    it holds claims (its batch's attempts are being committed, sent to the gateway or settled),
+    then killed ``0 .. --armed-max`` seconds later. Blind lifetimes alone stopped hitting work once
+    the pipeline got fast: a whole date's renewals took less than one lifetime. When nothing is
+    due any more and no process holds a claim, the date ends even if fewer kills were made (the
+    shortfall is reported).
+    """
     stats = Counter[str]()
-    live: list[tuple[subprocess.Popen[bytes], float]] = []  # (process, kill deadline)
+    # (process, kill deadline or None while armed and not yet seen holding claims, armed)
+    live: list[list[Any]] = []
 
     def spawn() -> None:
         p = subprocess.Popen(run_cycle_cmd(iso(at)), env=env, cwd=ROOT,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        live.append((p, time.monotonic() + rng.uniform(args.min_life, args.max_life)))
+        armed = rng.random() < args.armed_share
+        live.append([p, None if armed else time.monotonic() + rng.uniform(args.min_life, args.max_life), armed])
         stats["started"] += 1
+        stats["armed" if armed else "blind"] += 1
 
     for _ in range(args.workers):
         spawn()
         time.sleep(rng.uniform(0.0, 0.3))
+    last_check = 0.0
     while live:
-        time.sleep(0.02)
+        time.sleep(0.01)
         now = time.monotonic()
         for entry in list(live):
-            p, deadline = entry
+            p, deadline, armed = entry
             rc = p.poll()
-            if rc is None and now >= deadline and stats["killed"] < kills_wanted:
+            if rc is None and deadline is None and stats["killed"] < kills_wanted:
+                if held_by(engine, p.pid)[0] > 0:  # working: kill it somewhere in the next moments
+                    entry[1] = deadline = now + rng.uniform(0.0, args.armed_max)
+            if rc is None and deadline is not None and now >= deadline and stats["killed"] < kills_wanted:
                 due = claims.count_due(engine, at)
                 held, in_flight = held_by(engine, p.pid)
                 p.send_signal(signal.SIGKILL)
                 p.wait()
                 stats["killed"] += 1
+                stats["killed_armed" if armed else "killed_blind"] += 1
                 stats["killed_with_work_due"] += int(due > 0)
                 stats["killed_holding_claims"] += int(held > 0)
                 stats["attempts_in_flight_at_kills"] += in_flight
@@ -138,6 +156,13 @@ def chaos_at(args: argparse.Namespace, env: dict[str, str], at: datetime, kills_
                 stats[f"exit_{rc}"] += 1
             if stats["killed"] < kills_wanted:
                 spawn()
+        if stats["killed"] < kills_wanted and now - last_check > 1.0:
+            last_check = now
+            # all work done: more processes would only start and exit; stop this date
+            # (a killed worker's unsettled attempts count as due: unresolved)
+            if claims.count_due(engine, at) == 0 and not any(held_by(engine, e[0].pid)[0] for e in live):
+                stats["kills_short"] = kills_wanted - stats["killed"]
+                kills_wanted = stats["killed"]
     return dict(stats)
 
 
@@ -198,8 +223,12 @@ def main() -> None:
     ap.add_argument("--lease", type=float, default=1.0, help="BILLING_CLAIM_LEASE_SECONDS")
     ap.add_argument("--batch", type=int, default=50, help="BILLING_CYCLE_BATCH_SIZE")
     ap.add_argument("--concurrency", type=int, default=8, help="BILLING_GATEWAY_CONCURRENCY")
-    ap.add_argument("--min-life", type=float, default=1.5, help="shortest lifetime before the kill (s)")
-    ap.add_argument("--max-life", type=float, default=6.0, help="longest lifetime before the kill (s)")
+    ap.add_argument("--min-life", type=float, default=0.3, help="blind kills: shortest lifetime (s)")
+    ap.add_argument("--max-life", type=float, default=3.0, help="blind kills: longest lifetime (s)")
+    ap.add_argument("--armed-share", type=float, default=0.7,
+                    help="share of processes killed while holding claims (the rest: blind lifetimes)")
+    ap.add_argument("--armed-max", type=float, default=0.4,
+                    help="armed kills: at most this long (s) after the process was first seen holding claims")
     ap.add_argument("--seed", type=int, default=20261206)
     ap.add_argument("--ledger", help="fake gateway ledger file (default: a temporary file)")
     args = ap.parse_args()
@@ -240,8 +269,10 @@ def main() -> None:
         finals.append({"at": iso(at), "exit": final.returncode, "due": summary.get("due"),
                        "succeeded": summary.get("succeeded"), "reconciled": summary.get("reconciled"),
                        "unresolved": summary.get("unresolved")})
-        print(f"{iso(at)}: {stats.get('started', 0)} processes, {stats.get('killed', 0)} SIGKILLed "
-              f"({stats.get('killed_with_work_due', 0)} with work still due, {stats.get('killed_holding_claims', 0)} "
+        short = f", {stats['kills_short']} short: nothing left to kill" if stats.get("kills_short") else ""
+        print(f"{iso(at)}: {stats.get('started', 0)} processes, {stats.get('killed', 0)} SIGKILLed{short} "
+              f"({stats.get('killed_armed', 0)} armed, {stats.get('killed_blind', 0)} blind; "
+              f"{stats.get('killed_with_work_due', 0)} with work still due, {stats.get('killed_holding_claims', 0)} "
               f"holding claims, {stats.get('attempts_in_flight_at_kills', 0)} attempts in flight), "
               f"final run exit {final.returncode}: due {summary.get('due')} succeeded {summary.get('succeeded')} "
               f"reconciled {summary.get('reconciled')} ({time.perf_counter() - t_date:.0f}s)")
@@ -282,13 +313,16 @@ def main() -> None:
     for cur, m in result["money"].items():
         print(f"money {cur}: ledger {m['ledger_charged']} (refunded {m['ledger_refunded']}), paid invoices "
               f"{m['paid_invoices']}, expected {m['expected']}")
+    if totals["killed_holding_claims"] == 0:
+        print("WARNING: no kill landed while a process held claims -- this run tested start-up kills only")
     print("OK: every period charged exactly once" if ok else f"FAILED: {json.dumps(problems, default=str)}")
     print(json.dumps({
         "bench": "chaos", "ok": ok, "backend": backend, "subscriptions": args.subscriptions, "dates": len(dates),
         "workers": args.workers, "latency_ms": args.latency_ms, "lease_s": args.lease, "batch": args.batch,
         "concurrency": args.concurrency, "seed": args.seed, "processes": totals["started"],
         "kills": totals["killed"], "kills_with_work_due": totals["killed_with_work_due"],
-        "kills_holding_claims": totals["killed_holding_claims"],
+        "kills_holding_claims": totals["killed_holding_claims"], "kills_armed": totals["killed_armed"],
+        "kills_blind": totals["killed_blind"], "kills_short": totals["kills_short"],
         "attempts_in_flight_at_kills": totals["attempts_in_flight_at_kills"],
         "seed_s": round(seeded_s, 1), "chaos_s": round(chaos_s, 1), "final_runs": finals,
         **{k: v for k, v in result.items()}, "problems": problems,
