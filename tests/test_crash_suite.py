@@ -1,6 +1,6 @@
-"""The crash suite: real `billing run-cycle` processes, SIGKILLed at random instants
-(including between the gateway call and the commit), several at once, over three
-renewal dates; then one clean run, and an audit against the fake gateway's durable
+"""The crash suite: real `billing run-cycle` processes, SIGKILLed at random instants soon
+after they are seen holding claims (committing a batch, at the gateway, between the
+gateway call and the settle commit), several at once, over three renewal dates; then one clean run, and an audit against the fake gateway's durable
 ledger (a SQLite file outside the engine's database, so a killed process's charges
 are still counted).
 
@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 T0 = datetime(2026, 1, 10, 8, 0, tzinfo=UTC)
 DATES = ["2026-01-10T09:00:00Z", "2026-02-10T09:00:00Z", "2026-03-10T09:00:00Z"]
 REMINDER_RUNS = {"2026-02-10T09:00:00Z": "2026-02-03T08:30:00Z", "2026-03-10T09:00:00Z": "2026-03-03T08:30:00Z"}
-N = 24
+N = 36
 LEASE_S = 1.0
 
 
@@ -42,7 +42,7 @@ def _env(db_url: str, ledger: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("BILLING_")}
     env.update(
         BILLING_ENV="test", BILLING_DATABASE_URL=db_url, BILLING_GATEWAY="fake", BILLING_FAKE_LEDGER=str(ledger),
-        BILLING_FAKE_LATENCY_MS="15", BILLING_CLAIM_LEASE_SECONDS=str(LEASE_S), BILLING_CYCLE_BATCH_SIZE="4",
+        BILLING_FAKE_LATENCY_MS="50", BILLING_CLAIM_LEASE_SECONDS=str(LEASE_S), BILLING_CYCLE_BATCH_SIZE="4",
         BILLING_GATEWAY_CONCURRENCY="3", BILLING_MAIL_TRANSPORT="none", PYTHONPATH=str(ROOT),
     )
     return env
@@ -53,6 +53,13 @@ def _run(env: dict[str, str], at: str) -> subprocess.Popen[bytes]:
                             env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
+def _held_by(engine: Engine, pid: int) -> int:
+    """Subscriptions claimed by process ``pid`` (worker ids are ``host:pid:random``)."""
+    with Session(engine) as s:
+        return int(s.exec(select(func.count()).select_from(Subscription).where(
+            col(Subscription.lease_owner).like(f"%:{pid}:%"))).one())
+
+
 def test_killed_workers_never_double_charge_nor_miss_a_period(db_url: str, engine: Engine, tmp_path: Path) -> None:
     rng = random.Random(20261206)
     with transaction(engine) as s:
@@ -60,25 +67,39 @@ def test_killed_workers_never_double_charge_nor_miss_a_period(db_url: str, engin
         ids = [make_subscription(s, T0, plan=plan, email=f"crash{i}@example.com").id for i in range(N)]
     ledger = tmp_path / "gateway-ledger.db"
     env = _env(db_url, ledger)
-    kills = 0
+    kills = kills_holding = 0
+    rounds: list[str] = []
     for at in DATES:
         if at in REMINDER_RUNS:  # the renewal's reminder, 7 days ahead (no charge without it)
             subprocess.run([sys.executable, "-m", "cli.main", "run-cycle", "--at", REMINDER_RUNS[at], "--no-email"],
                            env=env, cwd=ROOT, capture_output=True, check=True, timeout=120)
         for _round in range(2):
             procs = [_run(env, at) for _ in range(3)]
-            time.sleep(rng.uniform(0.9, 1.6))  # interpreter start-up, then somewhere in the run
-            for p in procs[:2]:
-                if p.poll() is None:
-                    p.send_signal(signal.SIGKILL)
-                    kills += 1
+            kill_at: dict[int, float] = {}  # up to two of the three: soon after they are seen holding claims
+            killed = 0
+            deadline = time.monotonic() + 120
+            while killed < 2 and any(p.poll() is None for p in procs) and time.monotonic() < deadline:
+                for p in procs:
+                    if p.poll() is not None or killed >= 2:
+                        continue
+                    held = _held_by(engine, p.pid)
+                    if p.pid not in kill_at and held:  # mid-batch: committing, at the gateway or settling
+                        kill_at[p.pid] = time.monotonic() + rng.uniform(0.0, 0.15)
+                    if p.pid in kill_at and time.monotonic() >= kill_at[p.pid]:
+                        p.send_signal(signal.SIGKILL)
+                        p.wait()
+                        killed += 1
+                        kills_holding += int(held > 0)
+                time.sleep(0.01)
+            kills += killed
+            rounds.append(f"{at} round {_round}: {killed} killed, {len(kill_at)} seen holding claims")
             for p in procs:
                 p.wait(timeout=120)
         time.sleep(LEASE_S + 0.3)  # the killed workers' claims lapse
         final = subprocess.run([sys.executable, "-m", "cli.main", "run-cycle", "--at", at, "--json", "--no-email"],
                                env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
         assert final.returncode == 0, final.stderr
-    assert kills >= 3  # the suite really killed workers mid-run
+    assert kills_holding >= 3, rounds  # the suite really killed workers in the middle of their work
 
     gw = FakeGateway(ledger_path=str(ledger))
     charges = [e for e in gw.ledger if e.kind == "charge"]
