@@ -8,6 +8,9 @@ money-back guarantee, subscribe again, accept a new price) are the same service 
 the cancel page and the admin API call, and what the page offers is asked of them
 (:func:`pauses.refusal`, :func:`guarantees.window`, :func:`reactivations.check`,
 :func:`pricing.pending`), so it never shows a button that would be refused.
+
+Every sentence is in the customer's language (``tr``: the caller passes the customer's
+translator), amounts and dates by :func:`billing_engine.i18n.page_money` / ``page_date``.
 """
 
 from __future__ import annotations
@@ -40,13 +43,6 @@ _money = i18n.page_money
 
 def _every(tr: i18n.Translator, plan: Plan) -> str:
     return terms.every(tr, plan.interval, int(plan.interval_count or 1))
-
-
-def translator(customer: Customer | None, settings: Settings | None) -> i18n.Translator:
-    """The language of the customer's pages: their locale, else the default locale (as
-    their e-mails: :func:`billing_engine.notifications.translator_for`)."""
-    return i18n.for_customer(customer.locale if customer is not None else None,
-                             settings.default_locale if settings is not None else None)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -116,10 +112,10 @@ def _card(tr: i18n.Translator, pm: PaymentMethod | None) -> str:
     return tr.gettext("%(brand)s ending %(last4)s", brand=pm.brand.title(), last4=pm.last4)
 
 
-def subscription_view(session: Session, sub: Subscription, now: datetime, *, settings: Settings | None = None,
-                      offer_reactivation: bool = False, tr: i18n.Translator | None = None) -> SubscriptionView:
-    """One subscription as the page shows it, in ``tr``'s language (default: the customer's)."""
-    tr = tr or translator(session.get(Customer, sub.customer_id), settings)
+def subscription_view(session: Session, sub: Subscription, now: datetime, *, tr: i18n.Translator,
+                      settings: Settings | None = None, offer_reactivation: bool = False) -> SubscriptionView:
+    """One subscription as the page shows it, in ``tr``'s language (the customer's:
+    :func:`billing_engine.notifications.translator_for`)."""
     plan = session.get(Plan, sub.plan_id)
     assert plan is not None
     pm = session.get(PaymentMethod, sub.payment_method_id) if sub.payment_method_id else None
@@ -211,14 +207,13 @@ def _price(session: Session, sub: Subscription, plan: Plan, tr: i18n.Translator)
             "accept_price_terms": pricing.acceptance_text(plan, p.change, p.first_at, tr)}
 
 
-def overview(session: Session, customer_id: str, now: datetime, settings: Settings | None = None,
-             tr: i18n.Translator | None = None) -> Overview | None:
+def overview(session: Session, customer_id: str, now: datetime, settings: Settings | None = None, *,
+             tr: i18n.Translator) -> Overview | None:
     """Everything the page shows for this customer (None: no such customer), in ``tr``'s
-    language (default: the customer's, :func:`translator`)."""
+    language (the customer's)."""
     customer = session.get(Customer, customer_id)
     if customer is None:
         return None
-    tr = tr or translator(customer, settings)
     subs = list(session.exec(select(Subscription).where(Subscription.customer_id == customer_id)
                              .order_by(col(Subscription.created_at).desc(), col(Subscription.id))))
     plans = {p.id: p for p in session.exec(select(Plan).where(col(Plan.id).in_({s.plan_id for s in subs})))}

@@ -52,6 +52,7 @@ from billing_engine import (
     guarantees,
     i18n,
     links,
+    notifications,
     pauses,
     pricing,
     reactivations,
@@ -127,8 +128,9 @@ def _brand(settings: Settings, tr: i18n.Translator) -> dict[str, Any]:
 
 
 def _translator(session: Session, customer_id: str, settings: Settings) -> i18n.Translator:
-    """The customer's language (``customers.locale``, else the default locale), as in their e-mails."""
-    return self_service.translator(session.get(Customer, customer_id), settings)
+    """The customer's language (``customers.locale``, else the default locale), as in their
+    e-mails and on the cancel pages."""
+    return notifications.translator_for(session.get(Customer, customer_id), settings)
 
 
 def _page(request: Request, name: str, context: dict[str, Any], status_code: int = 200,
@@ -199,7 +201,7 @@ def _account(request: Request, token: str, session: Session, customer_id: str, s
     """The account page; ``error`` is an English text (a msgid when it has a translation),
     shown in the customer's language with ``error_values`` filled in."""
     tr = _translator(session, customer_id, settings)
-    view = self_service.overview(session, customer_id, now, settings, tr)
+    view = self_service.overview(session, customer_id, now, settings, tr=tr)
     if view is None:
         return _bad_link(request, settings, None)
 
