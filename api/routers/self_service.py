@@ -124,7 +124,7 @@ def _brand(settings: Settings, tr: i18n.Translator) -> dict[str, Any]:
     template (``_`` translates, ``lang`` / ``dir`` for <html>)."""
     from api.routers.cancel_pages import page_brand
 
-    return {**page_brand(settings, tr), "tr": tr}
+    return page_brand(settings, tr)
 
 
 def _translator(session: Session, customer_id: str, settings: Settings) -> i18n.Translator:
