@@ -26,7 +26,7 @@ from typing import Any
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from billing_engine import card_setup, consents, payment_methods, subscriptions
+from billing_engine import card_setup, consents, i18n, payment_methods, subscriptions, terms
 from billing_engine.db import locks_rows
 from billing_engine.errors import Conflict, NotFound
 from billing_engine.gateway.protocol import CardDetails, PaymentGateway
@@ -38,28 +38,30 @@ from billing_engine.models import (
     Subscription,
     SubscriptionStatus,
 )
-from billing_engine.money import format_minor
 from billing_engine.settings import Settings
 
 TERMS_VERSION = "self-service-card-2026-01"
 OPEN, COMPLETED, FAILED = "open", "completed", "failed"
 
 
-def consent_text(settings: Settings, plan: Plan) -> str:
-    """The words shown next to the button, stored verbatim as the consent's terms."""
-    n = plan.interval_count or 1
-    every = f"every {plan.interval}" if n == 1 else f"every {n} {plan.interval}s"
-    seller = settings.seller_name or settings.company_name
-    return (f"I authorise {seller} to charge the card I add now {format_minor(plan.amount_minor, plan.currency)} "
-            f"{plan.currency} {every} for {plan.name}, and the amount now due if a payment is outstanding, "
-            "until I cancel. I can cancel at any time from my account page.")
+def consent_text(settings: Settings, plan: Plan, tr: i18n.Translator | None = None) -> str:
+    """The words shown next to the button, stored verbatim as the consent's terms, in the
+    language of the page (``tr``; the default locale when not given)."""
+    tr = tr or i18n.translator(settings.default_locale)
+    return tr.gettext(
+        "I authorise %(seller)s to charge the card I add now %(amount)s %(every)s for %(plan)s, and the amount "
+        "now due if a payment is outstanding, until I cancel. I can cancel at any time from my account page.",
+        seller=settings.seller_name or settings.company_name, plan=plan.name,
+        amount=i18n.page_money(tr, plan.amount_minor, plan.currency),
+        every=terms.every(tr, plan.interval, int(plan.interval_count or 1)))
 
 
 def start(
     session: Session, *, customer_id: str, subscription_id: str, gateway: str, ip_address: str, user_agent: str,
-    settings: Settings, now: datetime,
+    settings: Settings, now: datetime, tr: i18n.Translator | None = None,
 ) -> CardUpdate:
-    """Record the customer's request and consent (validated now, stored on completion)."""
+    """Record the customer's request and consent (validated now, stored on completion):
+    the text is :func:`consent_text` in the language the card page showed it (``tr``)."""
     sub = session.get(Subscription, subscription_id)
     if sub is None or sub.customer_id != customer_id:
         raise NotFound("no such subscription on this account", field="subscription")
@@ -67,7 +69,7 @@ def start(
         raise Conflict("this subscription has ended; there is no card to update", field="subscription")
     plan = session.get(Plan, sub.plan_id)
     assert plan is not None
-    text = consent_text(settings, plan)
+    text = consent_text(settings, plan, tr)
     update = CardUpdate(
         customer_id=customer_id, subscription_id=sub.id, gateway=gateway, status=OPEN,
         ip_address=(ip_address or "")[:64], user_agent=(user_agent or "unknown")[:1000], terms_version=TERMS_VERSION,

@@ -26,7 +26,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlmodel import Session
 
-from billing_engine import events, notifications, plans, validation
+from billing_engine import events, i18n, notifications, plans, terms, validation
 from billing_engine.errors import Conflict
 from billing_engine.models import (
     LIVE_STATUSES,
@@ -269,20 +269,27 @@ def pending(session: Session, sub: Any, plan: Any) -> Pending | None:
     return Pending(change=c, first_at=first_period_from(sub, plan, c.effective_at), accepted_at=accepted)
 
 
-def acceptance_text(plan: Any, change: Any, first_at: datetime) -> str:
-    """The words next to the customer's "Accept the new price" button, stored as the consent."""
-    every = plan.interval if plan.interval_count == 1 else f"{plan.interval_count} {plan.interval}s"
-    return (f"I accept the new price of {plan.name}: {format_minor(change.amount_minor, plan.currency)} "
-            f"{plan.currency} every {every} (instead of {format_minor(change.old_amount_minor, plan.currency)}), "
-            f"from the first renewal on or after {first_at.date().isoformat()}, until I cancel.")
+def acceptance_text(plan: Any, change: Any, first_at: datetime, tr: i18n.Translator | None = None) -> str:
+    """The words next to the customer's "Accept the new price" button, stored as the consent,
+    in the language of the page (``tr``; English when not given)."""
+    tr = tr or i18n.translator()
+    english = tr.lang == i18n.DEFAULT  # the English text keeps its ISO date
+    return tr.gettext(
+        "I accept the new price of %(plan)s: %(amount)s %(every)s (instead of %(old_amount)s), from the first "
+        "renewal on or after %(date)s, until I cancel.",
+        plan=plan.name, amount=i18n.page_money(tr, change.amount_minor, plan.currency),
+        every=terms.every(tr, plan.interval, int(plan.interval_count or 1)),
+        old_amount=i18n.page_money(tr, change.old_amount_minor, plan.currency, code=False),
+        date=first_at.date().isoformat() if english else i18n.page_date(tr, first_at))
 
 
 def accept(session: Session, sub: Any, *, ip_address: str, user_agent: str, now: datetime,
-           actor: str = "customer") -> Any:
+           actor: str = "customer", tr: i18n.Translator | None = None) -> Any:
     """The customer accepts the pending price change explicitly (the self-service page):
     a consent row (channel ``web``, their IP / user agent, the exact text shown, the new
-    amount) and a ``subscription.price_change_accepted`` event. Accepting twice records
-    nothing new. Returns the consent (None when it was already accepted)."""
+    amount) and a ``subscription.price_change_accepted`` event. ``tr``: the language the page
+    showed the text in (the text stored is the one shown). Accepting twice records nothing
+    new. Returns the consent (None when it was already accepted)."""
     from billing_engine import consents
     from billing_engine.models import PaymentMethod
 
@@ -296,7 +303,7 @@ def accept(session: Session, sub: Any, *, ip_address: str, user_agent: str, now:
     pm = session.get(PaymentMethod, sub.payment_method_id) if sub.payment_method_id else None
     if pm is None:
         raise Conflict("there is no card on file for this subscription", field="payment_method")
-    text = acceptance_text(plan, p.change, p.first_at)
+    text = acceptance_text(plan, p.change, p.first_at, tr)
     c = consents.record(session, customer_id=sub.customer_id, payment_method=pm, now=now, actor=actor,
                         data=consents.ConsentInput(
                             accepted_at=now, ip_address=ip_address, user_agent=user_agent or "unknown",

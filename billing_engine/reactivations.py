@@ -16,7 +16,7 @@ from datetime import datetime
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from billing_engine import consents, events, first_charge, plans, subscriptions
+from billing_engine import consents, events, first_charge, i18n, plans, subscriptions, terms
 from billing_engine.consents import ConsentInput
 from billing_engine.db import transaction
 from billing_engine.errors import Conflict, InvalidTransition, NotFound
@@ -31,7 +31,6 @@ from billing_engine.models import (
     Subscription,
     SubscriptionStatus,
 )
-from billing_engine.money import format_minor
 from billing_engine.settings import DEFAULT_DUNNING_SCHEDULE, Settings
 
 CUSTOMER = "customer"  # the actor of the self-service page
@@ -93,14 +92,16 @@ def reactivate(
 TERMS_VERSION = "reactivation-v1"
 
 
-def consent_text(settings: Settings, plan: Plan, card: str) -> str:
-    """The words next to the customer's "Subscribe again" button, stored verbatim as the consent."""
-    n = plan.interval_count or 1
-    every = f"every {plan.interval}" if n == 1 else f"every {n} {plan.interval}s"
-    seller = settings.seller_name or settings.company_name
-    return (f"I subscribe again to {plan.name} and authorise {seller} to charge my {card} "
-            f"{format_minor(plan.amount_minor, plan.currency)} {plan.currency} now and {every} after that, "
-            "until I cancel. I can cancel at any time from my account page.")
+def consent_text(settings: Settings, plan: Plan, card: str, tr: i18n.Translator | None = None) -> str:
+    """The words next to the customer's "Subscribe again" button, stored verbatim as the
+    consent, in the language of the page (``tr``; the default locale when not given)."""
+    tr = tr or i18n.translator(settings.default_locale)
+    return tr.gettext(
+        "I subscribe again to %(plan)s and authorise %(seller)s to charge my %(card)s %(amount)s now and "
+        "%(every)s after that, until I cancel. I can cancel at any time from my account page.",
+        plan=plan.name, seller=settings.seller_name or settings.company_name, card=card,
+        amount=i18n.page_money(tr, plan.amount_minor, plan.currency),
+        every=terms.every(tr, plan.interval, int(plan.interval_count or 1)))
 
 
 def customer_card(s: Session, ok: Eligible) -> PaymentMethod | None:
@@ -116,7 +117,7 @@ def customer_card(s: Session, ok: Eligible) -> PaymentMethod | None:
 
 def by_customer(
     engine: Engine, gateway: PaymentGateway, *, customer_id: str, subscription_id: str, card_label: str,
-    ip_address: str, user_agent: str, settings: Settings, now: datetime,
+    ip_address: str, user_agent: str, settings: Settings, now: datetime, tr: i18n.Translator | None = None,
 ) -> Subscribed:
     """The self-service "Subscribe again": the customer's consent to the terms shown
     (``card_label`` is how the page named the card) is recorded and committed first, then
@@ -129,7 +130,7 @@ def by_customer(
         pm = customer_card(s, ok)
         if pm is None:
             raise Conflict("there is no card on file to charge", field="payment_method")
-        text = consent_text(settings, ok.plan, card_label)
+        text = consent_text(settings, ok.plan, card_label, tr)
         consents.record(s, customer_id=customer_id, payment_method=pm, now=now, actor=CUSTOMER, data=ConsentInput(
             accepted_at=now, ip_address=ip_address, user_agent=user_agent or "unknown", terms_version=TERMS_VERSION,
             terms_text=text, amount_minor=ok.plan.amount_minor, currency=ok.plan.currency,

@@ -9,13 +9,14 @@ of the payment that settled it). Only a paid invoice has a receipt.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from sqlmodel import Session, col, select
 
+from billing_engine import i18n
 from billing_engine.errors import NotFound
+from billing_engine.i18n import page_date, page_money
 from billing_engine.models import (
     AttemptStatus,
     Customer,
@@ -25,7 +26,6 @@ from billing_engine.models import (
     PaymentMethod,
     Plan,
 )
-from billing_engine.money import format_minor
 from billing_engine.settings import Settings
 
 TEMPLATES = Path(__file__).parent / "templates" / "receipt"
@@ -50,20 +50,16 @@ class Receipt:
     subscription_id: str
 
 
-def _date(dt: datetime | None) -> str:
-    return f"{dt.day} {dt:%B %Y}" if dt else ""
-
-
-def _money(amount_minor: int, currency: str) -> str:
-    return f"{format_minor(amount_minor, currency)} {currency}"
-
-
 def address_lines(text: str) -> list[str]:
     return [p.strip() for p in text.replace(" | ", "\n").splitlines() if p.strip()]
 
 
-def for_invoice(session: Session, invoice_id: str, *, customer_id: str, settings: Settings) -> Receipt:
-    """The receipt of ``invoice_id``, which must be a paid invoice of ``customer_id``."""
+def for_invoice(session: Session, invoice_id: str, *, customer_id: str, settings: Settings,
+                tr: i18n.Translator | None = None) -> Receipt:
+    """The receipt of ``invoice_id``, which must be a paid invoice of ``customer_id``; its
+    period, dates, amounts and card in ``tr``'s language (the hosted page: the customer's),
+    English when not given (the PDF)."""
+    tr = tr or i18n.translator()
     inv = session.get(Invoice, invoice_id)
     if inv is None or inv.customer_id != customer_id or inv.status != InvoiceStatus.PAID or not inv.number:
         raise NotFound("no receipt for this invoice on this account", field="invoice")
@@ -79,11 +75,12 @@ def for_invoice(session: Session, invoice_id: str, *, customer_id: str, settings
         seller_address=address_lines(settings.seller_address or settings.company_address),
         seller_tax_id=settings.seller_tax_id or settings.company_tax_id,
         customer_name=customer.name, customer_email=customer.email, description=plan.name,
-        period=f"{_date(inv.period_start)} to {_date(inv.period_end)}",
-        amount=_money(inv.amount_paid_minor or inv.amount_minor, inv.currency),
-        refunded=_money(inv.amount_refunded_minor, inv.currency) if inv.amount_refunded_minor else "",
-        paid_on=_date(inv.paid_at),
-        card=f"{pm.brand.title()} ending {pm.last4}" if pm is not None and pm.last4 else "",
+        period=tr.gettext("%(start)s to %(end)s", start=page_date(tr, inv.period_start), end=page_date(tr, inv.period_end)),
+        amount=page_money(tr, inv.amount_paid_minor or inv.amount_minor, inv.currency),
+        refunded=page_money(tr, inv.amount_refunded_minor, inv.currency) if inv.amount_refunded_minor else "",
+        paid_on=page_date(tr, inv.paid_at),
+        card=tr.gettext("%(brand)s ending %(last4)s", brand=pm.brand.title(), last4=pm.last4)
+        if pm is not None and pm.last4 else "",
         subscription_id=inv.subscription_id,
     )
 

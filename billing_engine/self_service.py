@@ -8,6 +8,9 @@ money-back guarantee, subscribe again, accept a new price) are the same service 
 the cancel page and the admin API call, and what the page offers is asked of them
 (:func:`pauses.refusal`, :func:`guarantees.window`, :func:`reactivations.check`,
 :func:`pricing.pending`), so it never shows a button that would be refused.
+
+Every sentence is in the customer's language (``tr``: the caller passes the customer's
+translator), amounts and dates by :func:`billing_engine.i18n.page_money` / ``page_date``.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
-from billing_engine import cancellations, guarantees, pauses, pricing, reactivations, subscriptions
+from billing_engine import cancellations, guarantees, i18n, pauses, pricing, reactivations, subscriptions, terms
 from billing_engine.errors import BillingError
 from billing_engine.models import (
     Customer,
@@ -29,23 +32,17 @@ from billing_engine.models import (
     Subscription,
     SubscriptionStatus,
 )
-from billing_engine.money import format_minor
 from billing_engine.settings import Settings
 
 MAX_INVOICES = 36
 
 
-def _date(dt: datetime | None) -> str:
-    return f"{dt.day} {dt:%B %Y}" if dt else ""
+_date = i18n.page_date
+_money = i18n.page_money
 
 
-def _money(amount_minor: int, currency: str) -> str:
-    return f"{format_minor(amount_minor, currency)} {currency}"
-
-
-def _every(plan: Plan) -> str:
-    n = plan.interval_count or 1
-    return f"every {plan.interval}" if n == 1 else f"every {n} {plan.interval}s"
+def _every(tr: i18n.Translator, plan: Plan) -> str:
+    return terms.every(tr, plan.interval, int(plan.interval_count or 1))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -105,15 +102,20 @@ class Overview:
     invoices: list[InvoiceView]
 
 
-def _card(pm: PaymentMethod | None) -> str:
+def _card(tr: i18n.Translator, pm: PaymentMethod | None) -> str:
     if pm is None or not pm.last4:
         return ""
-    exp = f" (expires {pm.exp_month:02d}/{pm.exp_year})" if pm.exp_month and pm.exp_year else ""
-    return f"{pm.brand.title()} ending {pm.last4}{exp}"
+    if pm.exp_month and pm.exp_year:
+        expiry = str(pm.exp_month).zfill(2) + "/" + str(pm.exp_year)  # (an f-string here trips pybabel extract)
+        return tr.gettext("%(brand)s ending %(last4)s (expires %(expiry)s)", brand=pm.brand.title(), last4=pm.last4,
+                          expiry=expiry)
+    return tr.gettext("%(brand)s ending %(last4)s", brand=pm.brand.title(), last4=pm.last4)
 
 
-def subscription_view(session: Session, sub: Subscription, now: datetime, *, settings: Settings | None = None,
-                      offer_reactivation: bool = False) -> SubscriptionView:
+def subscription_view(session: Session, sub: Subscription, now: datetime, *, tr: i18n.Translator,
+                      settings: Settings | None = None, offer_reactivation: bool = False) -> SubscriptionView:
+    """One subscription as the page shows it, in ``tr``'s language (the customer's:
+    :func:`billing_engine.notifications.translator_for`)."""
     plan = session.get(Plan, sub.plan_id)
     assert plan is not None
     pm = session.get(PaymentMethod, sub.payment_method_id) if sub.payment_method_id else None
@@ -127,50 +129,57 @@ def subscription_view(session: Session, sub: Subscription, now: datetime, *, set
             Invoice.subscription_id == sub.id, Invoice.status == InvoiceStatus.OPEN,
         ).order_by(col(Invoice.period_start).desc())).first()
         if open_inv is not None:
-            due = _money(open_inv.amount_minor, open_inv.currency)
+            due = _money(tr, open_inv.amount_minor, open_inv.currency)
     return SubscriptionView(
-        id=sub.id, plan_name=plan.name, price=f"{_money(plan.amount_minor, plan.currency)} {_every(plan)}",
+        id=sub.id, plan_name=plan.name,
+        price=tr.gettext("%(amount)s %(every)s", amount=_money(tr, plan.amount_minor, plan.currency),
+                         every=_every(tr, plan)),
         status=sub.status, state=state,
-        next_charge=f"{_date(nxt[0])}: {_money(nxt[1], nxt[2])}" if nxt else "",
-        access_until=_date(sub.current_period_end), ended_on=_date(sub.ended_at), card=_card(pm),
+        next_charge=tr.gettext("%(date)s: %(amount)s", date=_date(tr, nxt[0]), amount=_money(tr, nxt[1], nxt[2]))
+        if nxt else "",
+        access_until=_date(tr, sub.current_period_end), ended_on=_date(tr, sub.ended_at), card=_card(tr, pm),
         past_due=past_due, amount_due=due, can_cancel=state == "active",
         can_undo=cancellations.can_undo(sub, now), can_update_card=not ended,
-        **_pause(session, sub, plan, now), **_guarantee(session, sub, now),
-        **(_reactivation(session, sub, settings) if offer_reactivation and settings is not None else {}),
-        **_price(session, sub, plan),
+        **_pause(session, sub, now, tr), **_guarantee(session, sub, now, tr),
+        **(_reactivation(session, sub, settings, tr) if offer_reactivation and settings is not None else {}),
+        **_price(session, sub, plan, tr),
     )
 
 
-def _pause(session: Session, sub: Subscription, plan: Plan, now: datetime) -> dict[str, Any]:
+def _pause(session: Session, sub: Subscription, now: datetime, tr: i18n.Translator) -> dict[str, Any]:
     paused = sub.status == SubscriptionStatus.PAUSED
     note = ""
     if paused:
-        note = f"Paused until {_date(sub.resumes_at)}" if sub.resumes_at else "Paused until you resume it"
+        note = (tr.gettext("Paused until %(date)s", date=_date(tr, sub.resumes_at)) if sub.resumes_at
+                else tr.gettext("Paused until you resume it"))
     elif sub.pause_at_period_end and sub.status != SubscriptionStatus.CANCELED:
-        note = f"Pauses on {_date(sub.current_period_end)}" + (
-            f", until {_date(sub.resumes_at)}" if sub.resumes_at else "")
+        note = (tr.gettext("Pauses on %(date)s, until %(until)s", date=_date(tr, sub.current_period_end),
+                           until=_date(tr, sub.resumes_at)) if sub.resumes_at
+                else tr.gettext("Pauses on %(date)s", date=_date(tr, sub.current_period_end)))
     can = pauses.refusal(session, sub, actor=pauses.CUSTOMER) is None
     return {"paused": paused, "pause_note": note, "can_pause": can,
             "can_pause_at_period_end": can and sub.current_period_end > now,
             "can_resume": pauses.can_resume(sub)}
 
 
-def _guarantee(session: Session, sub: Subscription, now: datetime) -> dict[str, Any]:
+def _guarantee(session: Session, sub: Subscription, now: datetime, tr: i18n.Translator) -> dict[str, Any]:
     w = guarantees.window(session, sub, now=now)
     if w is None or w.deadline is None:
         return {}
     if w.eligible:
-        note = (f"{w.days}-day money-back guarantee: until {_date(w.deadline)} you can ask for a full refund of "
-                f"{_money(w.refundable_minor, w.currency)}. Your subscription then ends at once.")
+        note = tr.gettext("%(days)s-day money-back guarantee: until %(date)s you can ask for a full refund of "
+                          "%(amount)s. Your subscription then ends at once.", days=w.days, date=_date(tr, w.deadline),
+                          amount=_money(tr, w.refundable_minor, w.currency))
     elif w.open:
-        note = "Everything you paid on this subscription has been refunded."
+        note = tr.gettext("Everything you paid on this subscription has been refunded.")
     else:
-        note = (f"The {w.days}-day money-back guarantee ended on {_date(w.deadline)}, so a refund is no longer "
-                "available here. Please contact us if something went wrong.")
+        note = tr.gettext("The %(days)s-day money-back guarantee ended on %(date)s, so a refund is no longer "
+                          "available here. Please contact us if something went wrong.",
+                          days=w.days, date=_date(tr, w.deadline))
     return {"guarantee_note": note, "can_request_guarantee": w.eligible}
 
 
-def _reactivation(session: Session, sub: Subscription, settings: Settings) -> dict[str, Any]:
+def _reactivation(session: Session, sub: Subscription, settings: Settings, tr: i18n.Translator) -> dict[str, Any]:
     try:
         ok = reactivations.check(session, sub)
     except BillingError:
@@ -178,26 +187,30 @@ def _reactivation(session: Session, sub: Subscription, settings: Settings) -> di
     pm = reactivations.customer_card(session, ok)
     if pm is None or not ok.plan.active:
         return {}
-    card = _card(pm)
+    card = _card(tr, pm)
     return {"can_reactivate": True, "reactivate_card": card,
-            "reactivate_terms": reactivations.consent_text(settings, ok.plan, card)}
+            "reactivate_terms": reactivations.consent_text(settings, ok.plan, card, tr)}
 
 
-def _price(session: Session, sub: Subscription, plan: Plan) -> dict[str, Any]:
+def _price(session: Session, sub: Subscription, plan: Plan, tr: i18n.Translator) -> dict[str, Any]:
     p = pricing.pending(session, sub, plan)
     if p is None:
         return {}
-    note = (f"The price changes from {_money(p.change.old_amount_minor, plan.currency)} to "
-            f"{_money(p.change.amount_minor, plan.currency)} {_every(plan)} from {_date(p.first_at)}.")
+    note = tr.gettext("The price changes from %(old_amount)s to %(amount)s %(every)s from %(date)s.",
+                      old_amount=_money(tr, p.change.old_amount_minor, plan.currency),
+                      amount=_money(tr, p.change.amount_minor, plan.currency), every=_every(tr, plan),
+                      date=_date(tr, p.first_at))
     if p.accepted_at is not None:
-        note += f" You accepted it on {_date(p.accepted_at)}."
+        note += " " + tr.gettext("You accepted it on %(date)s.", date=_date(tr, p.accepted_at))
     return {"price_change_note": note, "price_accepted": p.accepted_at is not None,
             "can_accept_price": p.accepted_at is None and sub.payment_method_id is not None,
-            "accept_price_terms": pricing.acceptance_text(plan, p.change, p.first_at)}
+            "accept_price_terms": pricing.acceptance_text(plan, p.change, p.first_at, tr)}
 
 
-def overview(session: Session, customer_id: str, now: datetime, settings: Settings | None = None) -> Overview | None:
-    """Everything the page shows for this customer (None: no such customer)."""
+def overview(session: Session, customer_id: str, now: datetime, settings: Settings | None = None, *,
+             tr: i18n.Translator) -> Overview | None:
+    """Everything the page shows for this customer (None: no such customer), in ``tr``'s
+    language (the customer's)."""
     customer = session.get(Customer, customer_id)
     if customer is None:
         return None
@@ -216,12 +229,12 @@ def overview(session: Session, customer_id: str, now: datetime, settings: Settin
     newest_ended = next((s.id for s in live_first if s.status == SubscriptionStatus.CANCELED), None)
     return Overview(
         customer_id=customer.id, customer_name=customer.name, email=customer.email,
-        subscriptions=[subscription_view(session, s, now, settings=settings, offer_reactivation=s.id == newest_ended)
-                       for s in live_first],
+        subscriptions=[subscription_view(session, s, now, settings=settings, offer_reactivation=s.id == newest_ended,
+                                         tr=tr) for s in live_first],
         invoices=[InvoiceView(
             id=i.id, number=i.number or "", plan_name=plans[i.plan_id].name if i.plan_id in plans else "",
-            period=f"{_date(i.period_start)} to {_date(i.period_end)}",
-            amount=_money(i.amount_minor, i.currency), status=i.status, paid_on=_date(i.paid_at),
+            period=tr.gettext("%(start)s to %(end)s", start=_date(tr, i.period_start), end=_date(tr, i.period_end)),
+            amount=_money(tr, i.amount_minor, i.currency), status=i.status, paid_on=_date(tr, i.paid_at),
             has_receipt=i.status == InvoiceStatus.PAID and bool(i.number),
         ) for i in invs],
     )

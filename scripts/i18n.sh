@@ -8,7 +8,9 @@ BIN=${BIN:-.venv/bin}
 "$BIN/pybabel" extract -F babel.cfg -k N_ --no-location --sort-output --omit-header \
   -o billing_engine/locale/messages.pot .
 for lang in ru he hu; do
+  # (the template has no locations already; update has no --no-location, and must keep the
+  # catalog's header: its Plural-Forms)
   "$BIN/pybabel" update -i billing_engine/locale/messages.pot -d billing_engine/locale -l "$lang" \
-    --no-location --omit-header --ignore-obsolete
+    --ignore-obsolete --no-fuzzy-matching
 done
 echo "now translate the empty msgstr entries; tests/test_i18n.py fails until every message is translated"

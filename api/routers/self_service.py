@@ -50,6 +50,7 @@ from billing_engine import (
     cancellations,
     card_updates,
     guarantees,
+    i18n,
     links,
     notifications,
     pauses,
@@ -61,6 +62,7 @@ from billing_engine import (
 from billing_engine.db import transaction
 from billing_engine.errors import BillingError, Conflict, NotFound, ValidationError
 from billing_engine.gateway.protocol import GatewayError, PaymentGateway
+from billing_engine.i18n import N_
 from billing_engine.models import (
     LIVE_STATUSES,
     CancellationKind,
@@ -78,19 +80,36 @@ P = ParamSpec("P")
 STRIPE_CHECKOUT_ORIGIN = "https://checkout.stripe.com"
 
 DONE_MESSAGES = {
-    "canceled": "Done. Your subscription is canceled. You will not be charged again.",
-    "undone": "Welcome back. Your subscription continues.",
-    "card_updated": "Your new card is saved.",
-    "card_paid": "Your new card is saved and the outstanding payment went through. Thank you!",
-    "card_declined": "Your new card is saved, but the outstanding payment was declined. We will try again.",
-    "card_pending": "Thank you. Your card is being saved; this page shows it within a minute.",
-    "paused": "Your subscription is paused. Nothing is charged while it is paused.",
-    "pause_scheduled": "Done. Your subscription pauses at the end of the period you paid for.",
-    "resumed": "Your subscription continues. The next charge is shown below.",
-    "refunded": "Your refund is on its way and your subscription has ended. It can take a few days to show on "
-                "your statement.",
-    "reactivated": "Welcome back! Your subscription is active again and the first payment went through.",
-    "price_accepted": "Thank you. You accepted the new price.",
+    "canceled": N_("Done. Your subscription is canceled. You will not be charged again."),
+    "undone": N_("Welcome back. Your subscription continues."),
+    "card_updated": N_("Your new card is saved."),
+    "card_paid": N_("Your new card is saved and the outstanding payment went through. Thank you!"),
+    "card_declined": N_("Your new card is saved, but the outstanding payment was declined. We will try again."),
+    "card_pending": N_("Thank you. Your card is being saved; this page shows it within a minute."),
+    "paused": N_("Your subscription is paused. Nothing is charged while it is paused."),
+    "pause_scheduled": N_("Done. Your subscription pauses at the end of the period you paid for."),
+    "resumed": N_("Your subscription continues. The next charge is shown below."),
+    "refunded": N_("Your refund is on its way and your subscription has ended. It can take a few days to show on "
+                   "your statement."),
+    "reactivated": N_("Welcome back! Your subscription is active again and the first payment went through."),
+    "price_accepted": N_("Thank you. You accepted the new price."),
+}
+
+NOT_FOUND = {
+    "subscription": N_("We could not find this subscription on your account."),
+    "receipt": N_("We could not find this receipt on your account."),
+}
+
+# "The payment <failed how>[ (the gateway's words)]. ...": one whole sentence per case for the translators
+PAYMENT_FAILED = {
+    ("requires_action", False): N_("The payment needs your bank's confirmation. Your subscription was not "
+                                   "restarted and nothing was charged."),
+    ("requires_action", True): N_("The payment needs your bank's confirmation (%(detail)s). Your subscription was "
+                                  "not restarted and nothing was charged."),
+    ("declined", False): N_("The payment was declined. Your subscription was not restarted and nothing was "
+                            "charged."),
+    ("declined", True): N_("The payment was declined (%(detail)s). Your subscription was not restarted and nothing "
+                           "was charged."),
 }
 
 TEST_TOKENS = (
@@ -100,12 +119,18 @@ TEST_TOKENS = (
 )
 
 
-def _brand(settings: Settings) -> dict[str, Any]:
+def _brand(settings: Settings, tr: i18n.Translator) -> dict[str, Any]:
     """The seller and the page's language: the account pages share the cancel pages' base
-    template (translated texts, ``lang`` / ``dir``); the default locale's."""
+    template (``_`` translates, ``lang`` / ``dir`` for <html>)."""
     from api.routers.cancel_pages import page_brand
 
-    return page_brand(settings, notifications.translator_for(None, settings))
+    return page_brand(settings, tr)
+
+
+def _translator(session: Session, customer_id: str, settings: Settings) -> i18n.Translator:
+    """The customer's language (``customers.locale``, else the default locale), as in their
+    e-mails and on the cancel pages."""
+    return notifications.translator_for(session.get(Customer, customer_id), settings)
 
 
 def _page(request: Request, name: str, context: dict[str, Any], status_code: int = 200,
@@ -116,7 +141,8 @@ def _page(request: Request, name: str, context: dict[str, Any], status_code: int
 
 def _bad_link(request: Request, settings: Settings, exc: links.InvalidCancelLink | None) -> HTMLResponse:
     expired = isinstance(exc, links.ExpiredCancelLink)
-    ctx = {**_brand(settings), "expired": expired}
+    # no customer behind a bad link: the default locale (as the cancel pages)
+    ctx = {**_brand(settings, i18n.translator(settings.default_locale)), "expired": expired}
     return _page(request, "account_invalid.html", ctx, status_code=400 if expired else 404)
 
 
@@ -154,7 +180,7 @@ def _owned(request: Request, settings: Settings, token: str, session: Session, c
     customer's id is not found, like an unknown one)."""
     sub = self_service.owned_subscription(session, customer_id, subscription_id, lock=lock)
     if sub is None:
-        raise _Answer(_not_found(request, settings, token, "subscription"))
+        raise _Answer(_not_found(request, settings, token, "subscription", _translator(session, customer_id, settings)))
     return sub
 
 
@@ -163,15 +189,19 @@ def _home(request: Request, token: str, done: str | None = None) -> RedirectResp
     return RedirectResponse(url, status_code=303, headers=SECURITY_HEADERS)
 
 
-def _not_found(request: Request, settings: Settings, token: str, what: str) -> HTMLResponse:
-    ctx = {**_brand(settings), "message": f"We could not find this {what} on your account.",
+def _not_found(request: Request, settings: Settings, token: str, what: str, tr: i18n.Translator) -> HTMLResponse:
+    ctx = {**_brand(settings, tr), "message": tr.gettext(NOT_FOUND[what]),
            "home": request.url_for("account_page", token=token).path}
     return _page(request, "account_error.html", ctx, status_code=404)
 
 
 def _account(request: Request, token: str, session: Session, customer_id: str, settings: Settings, now: datetime,
-             *, done: str | None = None, error: str | None = None, status_code: int = 200) -> HTMLResponse:
-    view = self_service.overview(session, customer_id, now, settings)
+             *, done: str | None = None, error: str | None = None, error_values: dict[str, object] | None = None,
+             status_code: int = 200) -> HTMLResponse:
+    """The account page; ``error`` is an English text (a msgid when it has a translation),
+    shown in the customer's language with ``error_values`` filled in."""
+    tr = _translator(session, customer_id, settings)
+    view = self_service.overview(session, customer_id, now, settings, tr=tr)
     if view is None:
         return _bad_link(request, settings, None)
 
@@ -181,7 +211,9 @@ def _account(request: Request, token: str, session: Session, customer_id: str, s
     if not _banner_is_true(done, view):
         done = None  # the query string is not trusted: a banner only when it is true
     ctx = {
-        **_brand(settings), "view": view, "done": DONE_MESSAGES.get(done or ""), "error": error,
+        **_brand(settings, tr), "view": view,
+        "done": tr.gettext(DONE_MESSAGES[done]) if done in DONE_MESSAGES else None,
+        "error": tr.gettext(error, **(error_values or {})) if error else None,
         "cancel_action": {s.id: sub_url("account_cancel", s.id) for s in view.subscriptions},
         "undo_action": {s.id: sub_url("account_undo", s.id) for s in view.subscriptions},
         "card_page": {s.id: sub_url("account_card", s.id) for s in view.subscriptions},
@@ -268,10 +300,10 @@ def _client(request: Request) -> tuple[str, str]:
 
 
 def _refused(request: Request, token: str, engine: Any, customer_id: str, settings: Settings, now: datetime,
-             exc: BillingError) -> HTMLResponse:
+             exc: BillingError, **values: object) -> HTMLResponse:
     with Session(engine) as session:
         return _account(request, token, session, customer_id, settings, now, error=exc.message,
-                        status_code=exc.http_status)
+                        error_values=values, status_code=exc.http_status)
 
 
 def _parse_until(value: str | None) -> datetime | None:
@@ -282,7 +314,7 @@ def _parse_until(value: str | None) -> datetime | None:
     try:
         day = date.fromisoformat(raw)
     except ValueError:
-        raise ValidationError("enter a date like 2026-03-01", field="until") from None
+        raise ValidationError(N_("enter a date like 2026-03-01"), field="until") from None
     return datetime(day.year, day.month, day.day, tzinfo=UTC)
 
 
@@ -295,7 +327,7 @@ def account_pause(request: Request, token: str, subscription_id: str, engine: En
     customer_id = _customer(request, settings, token, now)
     try:
         if (when or "now") not in ("now", "period_end"):
-            raise ValidationError("choose now or at the end of the period", field="when")
+            raise ValidationError(N_("choose now or at the end of the period"), field="when")
         resumes_at = _parse_until(until)
         with transaction(engine) as session:
             sub = _owned(request, settings, token, session, customer_id, subscription_id, lock=True)
@@ -353,27 +385,27 @@ def account_reactivate(request: Request, token: str, subscription_id: str, engin
             col(Subscription.status).in_(list(LIVE_STATUSES)))).first()
         if again is not None:
             return _home(request, token, "reactivated")
-        view = self_service.subscription_view(session, old, now, settings=settings, offer_reactivation=True)
+        tr = _translator(session, customer_id, settings)  # the consent is recorded as shown, in this language
+        view = self_service.subscription_view(session, old, now, settings=settings, offer_reactivation=True, tr=tr)
     if not view.can_reactivate:
         return _refused(request, token, engine, customer_id, settings, now,
-                        Conflict("this subscription cannot be restarted from here", field="subscription"))
+                        Conflict(N_("this subscription cannot be restarted from here"), field="subscription"))
     ip, user_agent = _client(request)
     try:
         res = reactivations.by_customer(engine, gateway, customer_id=customer_id, subscription_id=subscription_id,
                                         card_label=view.reactivate_card, ip_address=ip, user_agent=user_agent,
-                                        settings=settings, now=now)
+                                        settings=settings, now=now, tr=tr)
     except BillingError as exc:
         return _refused(request, token, engine, customer_id, settings, now, exc)
     fc = res.first_charge
     if res.failed:
-        why = "needs your bank's confirmation" if fc.status == "requires_action" else "was declined"
+        how = "requires_action" if fc.status == "requires_action" else "declined"
         return _refused(request, token, engine, customer_id, settings, now, Conflict(
-            f"The payment {why}{f' ({fc.message})' if fc.message else ''}. Your subscription was not restarted "
-            "and nothing was charged.", field="payment_method"))
+            PAYMENT_FAILED[how, bool(fc.message)], field="payment_method"), detail=fc.message or "")
     if fc.status != "succeeded":  # no answer from the gateway yet: the run-cycle settles it
         return _refused(request, token, engine, customer_id, settings, now, Conflict(
-            "We could not confirm the payment yet. Your subscription starts as soon as it is confirmed; "
-            "please do not click again.", field="payment_method"))
+            N_("We could not confirm the payment yet. Your subscription starts as soon as it is confirmed; "
+               "please do not click again."), field="payment_method"))
     return _home(request, token, "reactivated")
 
 
@@ -387,7 +419,8 @@ def account_accept_price(request: Request, token: str, subscription_id: str, eng
     try:
         with transaction(engine) as session:
             sub = _owned(request, settings, token, session, customer_id, subscription_id, lock=True)
-            pricing.accept(session, sub, ip_address=ip, user_agent=user_agent, now=now, actor=pauses.CUSTOMER)
+            pricing.accept(session, sub, ip_address=ip, user_agent=user_agent, now=now, actor=pauses.CUSTOMER,
+                           tr=_translator(session, customer_id, settings))  # the text shown, in its language
     except BillingError as exc:
         return _refused(request, token, engine, customer_id, settings, now, exc)
     return _home(request, token, "price_accepted")
@@ -406,14 +439,17 @@ def _card_headers(gateway: PaymentGateway) -> dict[str, str]:
 
 def _card_page(request: Request, token: str, session: Session, customer_id: str, subscription_id: str,
                settings: Settings, gateway: PaymentGateway, now: datetime, *, error: str | None = None,
-               status_code: int = 200) -> HTMLResponse:
+               error_values: dict[str, object] | None = None, status_code: int = 200) -> HTMLResponse:
+    """The card page; ``error`` as in :func:`_account`."""
     sub = _owned(request, settings, token, session, customer_id, subscription_id)
-    view = self_service.subscription_view(session, sub, now)
+    tr = _translator(session, customer_id, settings)
+    view = self_service.subscription_view(session, sub, now, tr=tr)
     plan = session.get(Plan, sub.plan_id)
     assert plan is not None
     ctx = {
-        **_brand(settings), "sub": view, "error": error, "stripe": gateway.name == "stripe",
-        "consent_text": card_updates.consent_text(settings, plan), "test_tokens": TEST_TOKENS,
+        **_brand(settings, tr), "sub": view, "error": tr.gettext(error, **(error_values or {})) if error else None,
+        "stripe": gateway.name == "stripe",
+        "consent_text": card_updates.consent_text(settings, plan, tr), "test_tokens": TEST_TOKENS,
         "action": request.url_for("account_card_submit", token=token, subscription_id=sub.id).path,
         "home": request.url_for("account_page", token=token).path,
     }
@@ -429,7 +465,7 @@ def account_card(request: Request, token: str, subscription_id: str, engine: Eng
     with Session(engine) as session:
         if not (sub := self_service.owned_subscription(session, customer_id, subscription_id)) \
                 or sub.status == SubscriptionStatus.CANCELED:
-            return _not_found(request, settings, token, "subscription")
+            return _not_found(request, settings, token, "subscription", _translator(session, customer_id, settings))
         return _card_page(request, token, session, customer_id, subscription_id, settings, gateway, now)
 
 
@@ -450,13 +486,14 @@ def account_card_submit(
             with session.begin_nested():
                 update = card_updates.start(session, customer_id=customer_id, subscription_id=subscription_id,
                                             gateway=gateway.name, ip_address=ip, user_agent=user_agent,
-                                            settings=settings, now=now)
+                                            settings=settings, now=now,  # the consent text shown, in its language
+                                            tr=_translator(session, customer_id, settings))
                 if gateway.name != "stripe":
                     done = card_updates.complete_with_token(session, gateway, update, token=test_token or "",
                                                             now=now)
                 update_id = update.id
         except NotFound:
-            return _not_found(request, settings, token, "subscription")
+            return _not_found(request, settings, token, "subscription", _translator(session, customer_id, settings))
         except BillingError as exc:
             error = exc
         if error is not None:
@@ -492,8 +529,8 @@ def _to_stripe(request: Request, token: str, engine: Any, gateway: PaymentGatewa
     except GatewayError as exc:
         with Session(engine) as session:
             return _card_page(request, token, session, customer_id, update.subscription_id, settings, gateway,
-                              now, error=f"The card page could not be opened, please try again ({exc}).",
-                              status_code=503)
+                              now, error=N_("The card page could not be opened, please try again (%(detail)s)."),
+                              error_values={"detail": str(exc)}, status_code=503)
     with transaction(engine) as session:
         row = session.get(CardUpdate, update_id)
         assert row is not None
@@ -514,7 +551,7 @@ def account_receipt_pdf(request: Request, token: str, invoice_id: str, engine: E
         try:
             receipt = receipts.for_invoice(session, invoice_id, customer_id=customer_id, settings=settings)
         except NotFound:
-            return _not_found(request, settings, token, "receipt")
+            return _not_found(request, settings, token, "receipt", _translator(session, customer_id, settings))
     headers = {**SECURITY_HEADERS, "Content-Disposition": f'attachment; filename="{receipts.pdf_filename(receipt)}"'}
     return Response(receipts.render_pdf(receipt), media_type="application/pdf", headers=headers)
 
@@ -525,11 +562,12 @@ def account_receipt(request: Request, token: str, invoice_id: str, engine: Engin
                     now: NowDep) -> Response:
     customer_id = _customer(request, settings, token, now)
     with Session(engine) as session:
+        tr = _translator(session, customer_id, settings)
         try:
-            receipt = receipts.for_invoice(session, invoice_id, customer_id=customer_id, settings=settings)
+            receipt = receipts.for_invoice(session, invoice_id, customer_id=customer_id, settings=settings, tr=tr)
         except NotFound:
-            return _not_found(request, settings, token, "receipt")
-    ctx = {**_brand(settings), "r": receipt,
+            return _not_found(request, settings, token, "receipt", tr)
+    ctx = {**_brand(settings, tr), "r": receipt,
            "pdf_url": request.url_for("account_receipt_pdf", token=token, invoice_id=invoice_id).path,
            "home": request.url_for("account_page", token=token).path}
     return _page(request, "account_receipt.html", ctx)

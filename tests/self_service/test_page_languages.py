@@ -1,0 +1,243 @@
+"""The account pages in the customer's language (customers.locale, else the default locale):
+the texts, ``lang`` / ``dir``, dates and amounts as babel writes them for that locale, and
+the consent texts recorded exactly as shown, in the language shown."""
+
+from __future__ import annotations
+
+import html as htmllib
+import re
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, select
+
+from api.app import create_app
+from billing_engine import cancellations, card_updates, customers, edits, links, pricing, reactivations
+from billing_engine.cycle import run_cycle
+from billing_engine.db import transaction
+from billing_engine.gateway.fake import FakeGateway
+from billing_engine.models import CardUpdate, Consent, Customer, Invoice, Subscription
+from billing_engine.settings import Settings, load_settings
+from tests.factories import make_plan, make_subscription
+
+BASE = "https://news.example"
+NBSP = "\xa0"
+
+
+class Clock:
+    def __init__(self, at: datetime) -> None:
+        self.at = at
+
+    def __call__(self) -> datetime:
+        return self.at
+
+
+def _settings(default_locale: str = "en") -> Settings:
+    return load_settings(secret_key="self-service-" + "s" * 30, public_base_url=BASE, company_name="The Weekly",
+                         support_email="help@news.example", seller_name="Weekly Media GmbH",
+                         default_locale=default_locale)
+
+
+@pytest.fixture
+def settings() -> Settings:
+    return _settings()
+
+
+@pytest.fixture
+def gateway() -> FakeGateway:
+    return FakeGateway()
+
+
+@pytest.fixture
+def clock(now: datetime) -> Clock:
+    return Clock(now + timedelta(days=3))  # Jan 18
+
+
+def _client(engine: Engine, settings: Settings, gateway: FakeGateway, clock: Clock) -> TestClient:
+    app = create_app(settings=settings, engine=engine, gateway=gateway, clock=clock)
+    return TestClient(app, base_url=BASE, follow_redirects=False, client=("203.0.113.9", 50000),
+                      headers={"User-Agent": "Mozilla/5.0 (languages test)"})
+
+
+@pytest.fixture
+def client(engine: Engine, settings: Settings, gateway: FakeGateway, clock: Clock) -> Iterator[TestClient]:
+    with _client(engine, settings, gateway, clock) as c:
+        yield c
+
+
+def _paid(engine: Engine, now: datetime, settings: Settings, gateway: FakeGateway, locale: str | None, *,
+          pause: bool = False) -> Subscription:
+    """A Basic Monthly (17.00 USD, Visa 4242 expiring 12/2034) subscriber charged on Jan 15."""
+    with transaction(engine) as s:
+        plan = make_plan(s, now)
+        if pause:
+            edits.update_plan(s, plan.code, now=now, customer_can_pause=True)
+        sub = make_subscription(s, now, plan=plan)
+        if locale is not None:
+            customers.set_locale(s, s.get_one(Customer, sub.customer_id), locale, now=now)
+        sub_id = sub.id
+    assert run_cycle(engine, gateway, now=now, settings=settings).succeeded == 1
+    with Session(engine) as s:
+        return s.get_one(Subscription, sub_id)
+
+
+def _path(settings: Settings, customer_id: str, at: datetime) -> str:
+    return links.make_account_url(settings, customer_id, at).removeprefix(BASE)
+
+
+def _consents_shown(page: str) -> list[str]:
+    """The consent paragraphs as the customer reads them (tags and entities resolved)."""
+    return [htmllib.unescape(m) for m in re.findall(r'<p class="consent">(.*?)</p>', page, re.S)]
+
+
+def _html_tag(page: str) -> str:
+    m = re.search(r"<html[^>]*>", page)
+    assert m is not None
+    return m.group(0)
+
+
+# --------------------------------------------------------------------------- the page
+
+
+def test_a_hungarian_customer_reads_the_page_in_hungarian_with_hungarian_dates_and_amounts(
+    client: TestClient, engine: Engine, settings: Settings, gateway: FakeGateway, now: datetime, clock: Clock,
+) -> None:
+    sub = _paid(engine, now, settings, gateway, "hu")
+    page = client.get(_path(settings, sub.customer_id, clock.at))
+    assert page.status_code == 200
+    html = page.text
+    assert _html_tag(html) == '<html lang="hu" dir="ltr">'
+    for text in ("Az Ön fiókja", "Előfizetések", "Ár", "Állapot", "Aktív", "Következő terhelés", "Kártya cseréje",
+                 "Előfizetés lemondása", "Számlák és nyugták", "Nyugta", "PDF letöltése",
+                 f"17,00{NBSP}USD havonta",  # the price: babel's Hungarian amount, the e-mails' "havonta"
+                 f"2026. február 15.: 17,00{NBSP}USD",  # the next charge: Hungarian date and amount
+                 "4242 végű Visa (lejár: 12/2034)",
+                 "2026. január 15. – 2026. február 15.",  # the invoice's period
+                 "Kifizetve: 2026. január 15.",
+                 "Ez az oldal csak az Öné"):
+        assert text in html, text
+    for english in ("Your account", "Subscriptions", "Next charge", "every month", "February", "17.00 USD",
+                    "ending 4242", "Cancel subscription", "Invoices and receipts"):
+        assert english not in html, english
+
+
+def test_a_hebrew_customer_s_page_is_right_to_left_in_hebrew(
+    client: TestClient, engine: Engine, settings: Settings, gateway: FakeGateway, now: datetime, clock: Clock,
+) -> None:
+    sub = _paid(engine, now, settings, gateway, "he_IL")
+    html = client.get(_path(settings, sub.customer_id, clock.at)).text
+    assert _html_tag(html) == '<html lang="he-IL" dir="rtl">'
+    assert "החשבון שלך" in html and "החיוב הבא" in html and "ביטול המינוי" in html
+    assert "15 בפברואר 2026" in html  # babel's Hebrew date
+    assert "Your account" not in html and "February" not in html
+
+
+def test_a_customer_without_a_locale_gets_the_default_locale(
+    engine: Engine, gateway: FakeGateway, now: datetime, clock: Clock,
+) -> None:
+    settings = _settings(default_locale="hu")
+    sub = _paid(engine, now, settings, gateway, None)
+    with _client(engine, settings, gateway, clock) as c:
+        html = c.get(_path(settings, sub.customer_id, clock.at)).text
+        assert _html_tag(html) == '<html lang="hu" dir="ltr">'
+        assert "Az Ön fiókja" in html and f"2026. február 15.: 17,00{NBSP}USD" in html
+        # a link that names no customer is in the default locale too
+        bad = c.get(_path(settings, sub.customer_id, clock.at)[:-3] + "abc")
+        assert bad.status_code == 404 and 'lang="hu"' in bad.text and "Ez a link érvénytelen" in bad.text
+    with transaction(engine) as s:  # the customer's own locale wins over the default
+        customers.set_locale(s, s.get_one(Customer, sub.customer_id), "ru", now=now)
+    with _client(engine, settings, gateway, clock) as c:
+        html = c.get(_path(settings, sub.customer_id, clock.at)).text
+        assert _html_tag(html) == '<html lang="ru" dir="ltr">' and "Ваш аккаунт" in html
+        assert "15 февраля 2026" in html and f"17,00{NBSP}$" in html
+
+
+def test_banners_errors_and_the_not_found_page_are_in_the_customer_s_language(
+    client: TestClient, engine: Engine, settings: Settings, gateway: FakeGateway, now: datetime, clock: Clock,
+) -> None:
+    sub = _paid(engine, now, settings, gateway, "hu", pause=True)
+    path = _path(settings, sub.customer_id, clock.at)
+    r = client.post(f"{path}/subscriptions/{sub.id}/pause", data={"when": "period_end", "until": "soon"})
+    assert r.status_code == 422 and "adjon meg egy dátumot, például 2026-03-01" in r.text
+    r = client.post(f"{path}/subscriptions/{sub.id}/pause", data={"when": "period_end", "until": "2026-04-01"})
+    assert r.status_code == 303
+    page = client.get(r.headers["location"]).text
+    assert "Kész. Előfizetését a kifizetett időszak végén szüneteltetjük." in page  # the banner
+    assert "Szüneteltetés: 2026. február 15. – 2026. április 1." in page  # the pause note
+    r = client.post(f"{path}/subscriptions/{sub.id}/cancel")
+    assert "Kész. Előfizetését lemondta. Többé nem terheljük." in client.get(r.headers["location"]).text
+    with Session(engine) as s:
+        invoice = s.exec(select(Invoice).where(Invoice.subscription_id == sub.id)).one()
+    receipt = client.get(f"{path}/receipts/{invoice.id}")
+    assert receipt.status_code == 200
+    assert "Fizetett összeg" in receipt.text and f"17,00{NBSP}USD" in receipt.text and "Amount paid" not in receipt.text
+    missing = client.get(f"{path}/receipts/inv_nope")
+    assert missing.status_code == 404 and "Ezt a nyugtát nem találjuk a fiókjában." in missing.text
+
+
+# --------------------------------------------------------------------------- consents: recorded as shown
+
+
+@pytest.mark.parametrize("locale,words", [("hu", "Felhatalmazom"), ("he", "אני מאשר/ת"), ("ru", "Я разрешаю"),
+                                          ("en", "I authorise")])
+def test_the_card_consent_recorded_is_the_text_shown_in_the_language_shown(
+    client: TestClient, engine: Engine, settings: Settings, gateway: FakeGateway, now: datetime, clock: Clock,
+    locale: str, words: str,
+) -> None:
+    sub = _paid(engine, now, settings, gateway, locale)
+    path = _path(settings, sub.customer_id, clock.at)
+    [shown] = _consents_shown(client.get(f"{path}/subscriptions/{sub.id}/card").text)
+    assert words in shown and "Weekly Media GmbH" in shown and "Basic Monthly" in shown
+    r = client.post(f"{path}/subscriptions/{sub.id}/card", data={"test_token": "pm_card_mastercard"})
+    assert r.status_code == 303 and r.headers["location"].endswith("?done=card_updated")
+    with Session(engine) as s:
+        update = s.exec(select(CardUpdate)).one()
+        consent = s.exec(select(Consent).where(Consent.payment_method_id == update.payment_method_id)).one()
+        assert update.terms_version == consent.terms_version == card_updates.TERMS_VERSION
+        assert update.terms_text == consent.terms_text == shown
+
+
+@pytest.mark.parametrize("locale,words", [("hu", "Újra előfizetek"), ("he", "אני נרשם/ת מחדש"),
+                                          ("ru", "Я снова подписываюсь"), ("en", "I subscribe again")])
+def test_the_reactivation_consent_recorded_is_the_text_shown_in_the_language_shown(
+    engine: Engine, settings: Settings, gateway: FakeGateway, now: datetime, locale: str, words: str,
+) -> None:
+    sub = _paid(engine, now, settings, gateway, locale)
+    with transaction(engine) as s:
+        cancellations.cancel(s, s.get_one(Subscription, sub.id), now=now + timedelta(days=1))
+    assert run_cycle(engine, gateway, now=datetime(2026, 2, 16, tzinfo=UTC), settings=settings) \
+        .cancellations_effective == 1
+    mar1 = Clock(datetime(2026, 3, 1, 10, tzinfo=UTC))
+    with _client(engine, settings, gateway, mar1) as c:
+        path = _path(settings, sub.customer_id, mar1.at)
+        [shown] = _consents_shown(c.get(path).text)
+        assert words in shown and "12/2034" in shown
+        r = c.post(f"{path}/subscriptions/{sub.id}/reactivate")
+        assert r.status_code == 303 and r.headers["location"].endswith("?done=reactivated"), r.text
+    with Session(engine) as s:
+        consent = s.exec(select(Consent).where(Consent.terms_version == reactivations.TERMS_VERSION)).one()
+        assert consent.terms_text == shown
+
+
+@pytest.mark.parametrize("locale,words", [("hu", "Elfogadom a(z) Basic Monthly új árát"),
+                                          ("he", "אני מקבל/ת את המחיר החדש"), ("ru", "Я принимаю новую цену"),
+                                          ("en", "I accept the new price")])
+def test_the_price_acceptance_recorded_is_the_text_shown_in_the_language_shown(
+    client: TestClient, engine: Engine, settings: Settings, gateway: FakeGateway, now: datetime, clock: Clock,
+    locale: str, words: str,
+) -> None:
+    sub = _paid(engine, now, settings, gateway, locale)
+    with transaction(engine) as s:
+        change_id = pricing.reprice(s, "basic-monthly", amount_minor=2900, now=now + timedelta(days=1)).change.id
+    path = _path(settings, sub.customer_id, clock.at)
+    [shown] = _consents_shown(client.get(path).text)
+    assert words in shown
+    r = client.post(f"{path}/subscriptions/{sub.id}/accept-price")
+    assert r.status_code == 303 and r.headers["location"].endswith("?done=price_accepted")
+    with Session(engine) as s:
+        [consent] = s.exec(select(Consent).where(Consent.channel == "web",
+                                                 Consent.terms_version == f"price-change:{change_id}")).all()
+        assert consent.terms_text == shown
