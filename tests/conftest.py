@@ -5,7 +5,7 @@ set (``.ci/run`` sets it). Without it they skip with a reason locally; under CI=
 missing PostgreSQL is a failure, never a skip.
 
 Each pytest process gets its own PostgreSQL database (created from the URL's server,
-migrated once, truncated between tests), so parallel runs never see each other's rows.
+migrated once, emptied between tests), so parallel runs never see each other's rows.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine, make_url
 
 from billing_engine.db import make_engine, upgrade
+from tests.dbreset import empty_postgresql
 
 # The suite runs in test mode: the production checks (public signing key, unset gateway,
 # ...; billing_engine.settings.Mode) do not apply, here or in the `billing` processes the
@@ -78,14 +79,6 @@ def _pg_database() -> Iterator[str | None]:
     admin.dispose()
 
 
-def _tables(engine: Engine) -> list[str]:
-    from sqlmodel import SQLModel
-
-    import billing_engine.models  # noqa: F401
-
-    return [t.name for t in SQLModel.metadata.sorted_tables]
-
-
 def fresh_database_url(request: pytest.FixtureRequest, backend: str, directory: Path) -> str:
     """A migrated, empty database on ``backend`` (skips/fails for a missing PostgreSQL)."""
     if backend == "sqlite":
@@ -99,8 +92,7 @@ def fresh_database_url(request: pytest.FixtureRequest, backend: str, directory: 
             pytest.fail(f"CI must test PostgreSQL: set {PG_ENV}")
         pytest.skip(f"PostgreSQL tests need {PG_ENV} (e.g. postgresql+psycopg://postgres@127.0.0.1:5432/test)")
     eng = make_engine(url)
-    with eng.begin() as conn:
-        conn.execute(text("TRUNCATE " + ", ".join(f'"{t}"' for t in _tables(eng)) + " RESTART IDENTITY CASCADE"))
+    empty_postgresql(eng)  # tests/dbreset.py: the tables that hold rows, not a TRUNCATE of all
     eng.dispose()
     return str(url)
 

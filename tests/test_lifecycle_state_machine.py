@@ -87,6 +87,7 @@ from billing_engine.models import (
     SubscriptionStatus,
 )
 from billing_engine.settings import load_settings
+from tests.dbreset import empty_postgresql
 from tests.factories import consent_for, make_card, make_customer, make_plan
 
 SETTINGS = load_settings()
@@ -125,18 +126,18 @@ def _event(label: str) -> None:
 
 
 def _reset(engine: Engine) -> None:
+    if engine.dialect.name == "postgresql":
+        empty_postgresql(engine)
+        return
     tables = [t.name for t in SQLModel.metadata.sorted_tables]
-    with engine.begin() as conn:
-        if engine.dialect.name == "postgresql":
-            conn.execute(text("TRUNCATE " + ", ".join(f'"{t}"' for t in tables) + " RESTART IDENTITY CASCADE"))
-        else:  # the append-only triggers refuse DELETE (as they should): lift them for the reset only
-            triggers = conn.execute(text("SELECT name, sql FROM sqlite_master WHERE type = 'trigger'")).all()
-            for name, _sql in triggers:
-                conn.execute(text(f'DROP TRIGGER "{name}"'))
-            for t in reversed(tables):
-                conn.execute(text(f'DELETE FROM "{t}"'))
-            for _name, sql in triggers:
-                conn.execute(text(sql))
+    with engine.begin() as conn:  # the append-only triggers refuse DELETE (as they should): lift them for the reset only
+        triggers = conn.execute(text("SELECT name, sql FROM sqlite_master WHERE type = 'trigger'")).all()
+        for name, _sql in triggers:
+            conn.execute(text(f'DROP TRIGGER "{name}"'))
+        for t in reversed(tables):
+            conn.execute(text(f'DELETE FROM "{t}"'))
+        for _name, sql in triggers:
+            conn.execute(text(sql))
 
 
 class LifecycleMachine(RuleBasedStateMachine):
