@@ -256,6 +256,10 @@ def prepare_due(engine: Engine, n: int) -> datetime:
                   {**at, "h": "0" * 64})
         c.execute(text("UPDATE subscriptions SET payment_method_id = 'pm_' || id WHERE status = 'active'"
                        " AND current_period_end <= :due AND payment_method_id IS NULL"), at)
+        # renewed by an earlier --fold: this period's reminder is out too (no reminder-only wait)
+        c.execute(text("UPDATE subscriptions SET reminded_period_index = next_period_index,"
+                       " reminded_at = current_period_end - interval '8 days' WHERE status = 'active'"
+                       " AND current_period_end <= :due AND reminded_period_index < next_period_index"), at)
     return due.astimezone(UTC) if due.tzinfo else due.replace(tzinfo=UTC)
 
 

@@ -52,7 +52,7 @@ from billing_engine.models import (
     UTCDateTime,
 )
 from billing_engine.periods import Interval, monthly_amount
-from billing_engine.reports.fold import Scratch, Sync, add, apply_deltas
+from billing_engine.reports.fold import PREFIX, Scratch, Sync, add, apply_deltas
 from billing_engine.reports.params import ReportQuery, calendar_start
 from billing_engine.reports.sql import invoices, plans, subscriber_events, subscriptions, ts
 
@@ -185,7 +185,7 @@ def fold_sub_events(s: Scratch, subs: Table) -> None:
     e = sub_events_table
     only = select(subs.c.id)
     sync = Sync(s, e, "sub_events", SUB_EVENT_COLS, ["subscription_id", "seq"], e.c.subscription_id.in_(only),
-                _sub_event_rows(s.conn, only=only))
+                _sub_event_rows(s.conn, only=only), keys=s.count[subs.name[len(PREFIX):]])
     days = {calendar_start(d, "day") for d in sync.values("day")}
     sync.apply()
     if days:
@@ -262,8 +262,9 @@ def fold_failed(s: Scratch, failed: Table, scope: Table, rows: Any) -> None:
     """``report_failed_invoices`` for the invoices in ``scope`` made equal to ``rows`` (their
     recomputation), then the days of first failure of the rows that differ summed again."""
     f = failed
-    sync = Sync(s, f, "failed", [c.name for c in f.c], ["invoice_id"], f.c.invoice_id.in_(select(scope.c.id)), rows)
-    days = {calendar_start(d, "day") for d in sync.values("first_failed_at", lambda c: day_value(s.conn, c))}
+    sync = Sync(s, f, "failed", [c.name for c in f.c], ["invoice_id"], f.c.invoice_id.in_(select(scope.c.id)), rows,
+                keys=s.count[scope.name[len(PREFIX):]])
+    days = {calendar_start(d, "day") for d in sync.values("first_failed_at")}
     sync.apply()
     if days:
         _sum_failed_days(s.conn, f, days)
@@ -405,14 +406,12 @@ def fold_paying(s: Scratch, invs: Table, custs: Table) -> None:
     r, conn = paying_runs_table, s.conn
     sync = Sync(s, r, "paying_runs", RUN_COLUMNS, RUN_PK, None, None, rows=paying_run_changes(conn, invs, custs))
     deltas: dict[tuple[Any, ...], list[int]] = {}
-    for src, sign in ((sync.gone, -1), (sync.came, 1)):
-        grp = (src.c.currency, src.c.plan_id)
-        add(deltas, conn.execute(select(src.c.first_month, *grp, func.count()).group_by(src.c.first_month, *grp)),
-            sign, 3, 0)
-        add(deltas, conn.execute(select(src.c.first_month, *grp, func.sum(src.c.is_new))
-                                 .group_by(src.c.first_month, *grp)), sign, 3, 2)
-        add(deltas, conn.execute(select(src.c.last_month, *grp, func.count()).group_by(src.c.last_month, *grp)),
-            sign, 3, 1)
+    for rows, sign in zip(sync.rows(), (-1, 1), strict=True):
+        for _cust, cur, plan, first, last, is_new in rows:
+            d = deltas.setdefault((int(first), cur, plan), [0, 0, 0])
+            d[0] += sign
+            d[2] += sign * int(is_new)
+            deltas.setdefault((int(last), cur, plan), [0, 0, 0])[1] += sign
     sync.apply()
     apply_deltas(conn, paying_months_table, ["month", "currency", "plan_id"], ["starts", "ends", "new"], deltas)
 
@@ -564,19 +563,22 @@ def fold_cohorts(s: Scratch, custs: Table, paid_days: set[datetime]) -> None:
     conn = s.conn
     inv, c, r = invoices, cohorts_table, active_runs_table
     only = select(custs.c.id)
-    cs = Sync(s, c, "cohorts", COHORT_COLS, ["customer_id"], c.c.customer_id.in_(only), _cohort_rows(conn, only=only))
+    n = s.count[custs.name[len(PREFIX):]]
+    cs = Sync(s, c, "cohorts", COHORT_COLS, ["customer_id"], c.c.customer_id.in_(only), _cohort_rows(conn, only=only),
+              keys=n)
     rs = Sync(s, r, "active_runs", ACTIVE_COLS, ["customer_id", "first_month"], r.c.customer_id.in_(only),
-              _active_runs(conn, only=only))
+              _active_runs(conn, only=only), keys=n)
     deltas: dict[tuple[Any, ...], list[int]] = {}
-    for src, sign in ((cs.gone, -1), (cs.came, 1)):
-        grp = (src.c.cohort_month, src.c.currency, src.c.plan_id)
-        add(deltas, conn.execute(select(*grp, literal("size"), src.c.cohort_month, func.count()).group_by(*grp)),
-            sign, 1, 0)
+    for rows, sign in zip(cs.rows(), (-1, 1), strict=True):
+        for _cust, month, cur, plan in rows:
+            deltas.setdefault((int(month), cur, plan, "size", int(month)), [0])[0] += sign
     moved = changed = None
     if cs.changed() or rs.changed():
-        moved = s.keys("cohort_moved", union(*[select(t.c.customer_id) for t in (cs.gone, cs.came, rs.gone, rs.came)]))
+        ids = {r[0] for rows in (*cs.rows(), *rs.rows()) for r in rows}
+        moved = s.key_list("cohort_moved", ids)
         add(deltas, _run_cells(conn, moved), -1, 1, 0)
-        changed = s.keys("cohort_changed", union(select(cs.gone.c.customer_id), select(cs.came.c.customer_id)))
+        cohort_ids = sorted({r[0] for rows in cs.rows() for r in rows})
+        changed = cohort_ids or None
     cs.apply()
     rs.apply()
     if moved is not None:
@@ -584,10 +586,12 @@ def fold_cohorts(s: Scratch, custs: Table, paid_days: set[datetime]) -> None:
     apply_deltas(conn, cohort_cells_table, ["cohort_month", "currency", "plan_id", "kind", "month"], ["value"], deltas,
                  extra={"day": None})
     days = set(paid_days)
-    if changed is not None:  # every payment of a customer whose cohort changed moves to another cell
-        days |= {calendar_start(row[0], "day") for row in conn.execute(
-            select(day_value(conn, inv.c.paid_at)).where(inv.c.customer_id.in_(select(changed.c.id)), inv.c.status == "paid",
-                                                      inv.c.paid_at.is_not(None)).distinct())}
+    if changed:  # every payment of a customer whose cohort changed moves to another cell
+        for i in range(0, len(changed), 1000):
+            days |= {calendar_start(row[0], "day") for row in conn.execute(
+                select(day_value(conn, inv.c.paid_at)).where(inv.c.customer_id.in_(changed[i:i + 1000]),
+                                                             inv.c.status == "paid", inv.c.paid_at.is_not(None))
+                .distinct())}
     if days:
         _sum_cohort_cells(conn, sizes=None, runs=None, days=days)
 

@@ -16,10 +16,11 @@ PostgreSQL so that the planner probes the indexes instead of scanning the tables
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import Column, MetaData, String, Table, delete, except_, insert, select, tuple_
+from sqlalchemy import Column, MetaData, String, Table, delete, except_, insert, select, tuple_, type_coerce
 from sqlalchemy.engine import Connection
 
 PREFIX = "report_fold_"
@@ -33,6 +34,7 @@ class Scratch:
         self.conn = conn
         self.meta = MetaData()
         self.tables: list[Table] = []
+        self.count: dict[str, int] = {}
         self.pg = conn.dialect.name == "postgresql"
 
     def _drop(self, name: str) -> None:
@@ -48,11 +50,25 @@ class Scratch:
         return t
 
     def keys(self, name: str, rows: Any) -> Table:
-        """A scratch table of distinct ids (``rows``: a select of one column), analysed."""
+        """A scratch table of distinct ids (``rows``: a select of one column), analysed;
+        ``count[name]``: how many."""
         t = self.table(name, Column("id", String(40), primary_key=True))
         sub = rows.subquery()
-        self.conn.execute(insert(t).from_select(["id"], select(sub.c[0]).where(sub.c[0].is_not(None)).distinct()))
-        self.analyze(t)
+        n = self.conn.execute(insert(t).from_select(["id"], select(sub.c[0]).where(sub.c[0].is_not(None))
+                                                    .distinct())).rowcount
+        self.count[name] = int(n)
+        if n:
+            self.analyze(t)
+        return t
+
+    def key_list(self, name: str, ids: Iterable[str]) -> Table:
+        """:meth:`keys` from values in hand."""
+        t = self.table(name, Column("id", String(40), primary_key=True))
+        rows = [(i,) for i in sorted(set(ids))]
+        bulk_insert(self.conn, t, ["id"], rows)
+        self.count[name] = len(rows)
+        if rows:
+            self.analyze(t)
         return t
 
     def like(self, name: str, source: Table, cols: Sequence[str]) -> Table:
@@ -69,36 +85,53 @@ class Scratch:
         self.tables.clear()
 
 
+SMALL = 2_000  # keys up to which a difference is taken in Python (fewer statements than scratch tables)
+
+
 class Sync:
     """``table``'s rows in ``scope`` made equal to ``new`` (a select of ``cols``, in order),
-    touching only the rows that differ: ``gone`` (rows to delete) and ``came`` (rows to
-    insert) are scratch tables, filled by :meth:`compute`, written by :meth:`apply`."""
+    touching only the rows that differ. The difference is taken in SQL (``EXCEPT`` both ways
+    into scratch tables) for many keys, in Python for a few (``keys``: how many), or given by
+    the caller (``rows``: rows gone, rows come). :meth:`apply` writes it; :meth:`rows` reads it."""
 
     def __init__(self, scratch: Scratch, table: Table, name: str, cols: Sequence[str], pk: Sequence[str],
-                 scope: Any, new: Any, *, rows: tuple[list[Any], list[Any]] | None = None) -> None:
-        self.s, self.table, self.cols, self.pk = scratch, table, list(cols), list(pk)
+                 scope: Any, new: Any, *, keys: int = SMALL + 1,
+                 rows: tuple[list[Any], list[Any]] | None = None) -> None:
+        self.s, self.table, self.name, self.cols, self.pk = scratch, table, name, list(cols), list(pk)
+        self.gone: Table | None = None
+        self.came: Table | None = None
         conn = scratch.conn
-        if rows is not None:  # the difference computed by the caller: rows gone, rows come
-            self.gone = scratch.like(name + "_gone", table, self.cols)
-            self.came = scratch.like(name + "_came", table, self.cols)
-            bulk_insert(conn, self.gone, self.cols, rows[0])
-            bulk_insert(conn, self.came, self.cols, rows[1])
+        if rows is None and keys <= SMALL:
+            typed = new.subquery()
+            fresh = Counter(tuple(r) for r in conn.execute(
+                select(*[type_coerce(typed.c[i], table.c[c].type) for i, c in enumerate(self.cols)])))
+            have = Counter(tuple(r) for r in conn.execute(select(*[table.c[c] for c in self.cols]).where(scope)))
+            rows = (list((have - fresh).elements()), list((fresh - have).elements()))
+        if rows is not None:
+            self.lists: tuple[list[Any], list[Any]] | None = rows
             self.n_gone, self.n_came = len(rows[0]), len(rows[1])
+            if self.n_gone:
+                self.gone = scratch.like(name + "_gone", table, self.cols)
+                bulk_insert(conn, self.gone, self.cols, rows[0])
+            if self.n_came:
+                self.came = scratch.like(name + "_came", table, self.cols)
+                bulk_insert(conn, self.came, self.cols, rows[1])
         else:
-            fresh = scratch.like(name + "_new", table, self.cols)
-            conn.execute(insert(fresh).from_select(self.cols, new))
+            self.lists = None
+            fresh_t = scratch.like(name + "_new", table, self.cols)
+            conn.execute(insert(fresh_t).from_select(self.cols, new))
             old = select(*[table.c[c] for c in self.cols]).where(scope)
-            cur = select(*[fresh.c[c] for c in self.cols])
+            cur = select(*[fresh_t.c[c] for c in self.cols])
             self.gone = scratch.like(name + "_gone", table, self.cols)
             self.n_gone = conn.execute(insert(self.gone).from_select(self.cols, except_(old, cur))).rowcount
             self.came = scratch.like(name + "_came", table, self.cols)
             self.n_came = conn.execute(insert(self.came).from_select(self.cols, except_(cur, old))).rowcount
-        if self.n_gone:  # (the delete below probes the table's key with these rows)
+        if self.n_gone and self.gone is not None:  # (the delete below probes the table's key with these rows)
             scratch.analyze(self.gone)
 
     def apply(self) -> None:
         t, g = self.table, self.gone
-        if self.n_gone:  # first: a row come may take the key of a row gone
+        if self.n_gone and g is not None:  # first: a row come may take the key of a row gone
             if len(self.pk) == 1:
                 k = self.pk[0]
                 self.s.conn.execute(delete(t).where(t.c[k].in_(select(g.c[k]))))
@@ -106,16 +139,23 @@ class Sync:
                 self.s.conn.execute(delete(t).where(
                     t.c[self.pk[0]].in_(select(g.c[self.pk[0]])),  # the leading key: an index probe
                     tuple_(*[t.c[k] for k in self.pk]).in_(select(*[g.c[k] for k in self.pk]))))
-        if self.n_came:
+        if self.n_came and self.came is not None:
             self.s.conn.execute(insert(t).from_select(self.cols, select(*[self.came.c[c] for c in self.cols])))
 
-    def values(self, col: str, fn: Any = None) -> set[Any]:
-        """Distinct values of ``col`` (or of ``fn(col)``) over the rows gone and came."""
-        out: set[Any] = set()
-        for src in [t for t, n in ((self.gone, self.n_gone), (self.came, self.n_came)) if n]:
-            expr = src.c[col] if fn is None else fn(src.c[col])
-            out |= {r[0] for r in self.s.conn.execute(select(expr).where(src.c[col].is_not(None)).distinct())}
-        return out
+    def rows(self) -> tuple[list[Any], list[Any]]:
+        """The rows gone and come (tuples in the order of ``cols``)."""
+        if self.lists is None:
+            self.lists = tuple(  # type: ignore[assignment]
+                [tuple(r) for r in self.s.conn.execute(select(*[t.c[c] for c in self.cols]))] if n and t is not None
+                else [] for t, n in ((self.gone, self.n_gone), (self.came, self.n_came)))
+        assert self.lists is not None
+        return self.lists
+
+    def values(self, col: str) -> set[Any]:
+        """Distinct values of ``col`` over the rows gone and come (None left out)."""
+        i = self.cols.index(col)
+        gone, came = self.rows()
+        return {r[i] for r in (*gone, *came) if r[i] is not None}
 
     def changed(self) -> bool:
         return bool(self.n_gone or self.n_came)

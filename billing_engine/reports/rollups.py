@@ -133,7 +133,8 @@ def _fold(s: Scratch, window: Table, lo: int) -> None:
                      .where(inv.c.id.in_(select(invs.c.id)), inv.c.status == "paid", inv.c.paid_at.is_not(None)),
                      select(fp.c.customer_id, fp.c.first_paid_at).where(fp.c.customer_id.in_(paid_custs))).subquery()
     Sync(s, fp, "first_paid", ["customer_id", "first_paid_at"], ["customer_id"], fp.c.customer_id.in_(paid_custs),
-         select(both.c.customer_id, func.min(both.c.t)).group_by(both.c.customer_id)).apply()
+         select(both.c.customer_id, func.min(both.c.t)).group_by(both.c.customer_id),
+         keys=s.count["paid_custs"]).apply()
     if conn.execute(select(func.count()).where(new, w.c.type.like("plan.%"))).scalar_one():
         conn.execute(delete(off_price_table))
         conn.execute(insert(off_price_table).from_select(["subscription_id"], off_price_subscriptions()))
@@ -141,7 +142,7 @@ def _fold(s: Scratch, window: Table, lo: int) -> None:
     else:
         Sync(s, off_price_table, "off_price", ["subscription_id"], ["subscription_id"],
              off_price_table.c.subscription_id.in_(select(named.c.id)),
-             off_price_subscriptions(only=select(named.c.id))).apply()
+             off_price_subscriptions(only=select(named.c.id)), keys=s.count["named_subs"]).apply()
         day_rollups.fold_sub_events(s, subs)
     # the failed invoices to recompute: those named (every change to an invoice or its attempts
     # names it), those whose subscription's cancellation changed, and those whose recovery
