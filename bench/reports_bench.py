@@ -259,7 +259,8 @@ def prepare_due(engine: Engine, n: int) -> datetime:
         # renewed by an earlier --fold: this period's reminder is out too (no reminder-only wait)
         c.execute(text("UPDATE subscriptions SET reminded_period_index = next_period_index,"
                        " reminded_at = current_period_end - interval '8 days' WHERE status = 'active'"
-                       " AND current_period_end <= :due AND reminded_period_index < next_period_index"), at)
+                       " AND current_period_end <= :due AND (reminded_period_index < next_period_index"
+                       " OR reminded_at > current_period_end - interval '8 days')"), at)
     return due.astimezone(UTC) if due.tzinfo else due.replace(tzinfo=UTC)
 
 
@@ -343,13 +344,13 @@ def fold_bench(engine: Engine, url: str, n: int, check: bool, top: int) -> None:
     t0 = time.perf_counter()
     at = prepare_due(engine, n)
     with engine.connect() as c:
-        top = int(c.execute(text("SELECT coalesce(max(id), 0) FROM events")).scalar_one())
+        before = int(c.execute(text("SELECT coalesce(max(id), 0) FROM events")).scalar_one())
     print(f"{n:,} subscriptions due at {at.isoformat()} (cards and consents added in {time.perf_counter() - t0:.1f} s)")
     settings = load_settings(database_url=url, gateway="fake")
     t0 = time.perf_counter()
     summary = run_cycle(engine, FakeGateway(), now=at, settings=settings)
     with engine.connect() as c:
-        n_events = int(c.execute(text("SELECT count(*) FROM events WHERE id > :t"), {"t": top}).scalar_one())
+        n_events = int(c.execute(text("SELECT count(*) FROM events WHERE id > :t"), {"t": before}).scalar_one())
     print(f"run-cycle at {at.isoformat()}: {summary.succeeded:,} renewed, {len(summary.errors)} errors, "
           f"{n_events:,} events, {time.perf_counter() - t0:.1f} s  load {os.getloadavg()[0]:.1f}", flush=True)
     time_reports_after(engine, f"(after renewing {summary.succeeded:,})", top)
