@@ -5,16 +5,26 @@ The source of change is the ``events`` table: append-only (a database trigger re
 UPDATE / DELETE), one row per state change written in the same transaction as the change,
 with a growing id and the subscription / invoice it concerns. :func:`refresh` folds in the
 events after the rollup's watermark: every subscription and invoice they name is
-recomputed from the raw tables (delete + insert of just those keys; a refund, a dispute or a
-late answer that changes the past writes an event like anything else, so past days are
-corrected too). Events of ``plan.*`` (a plan's price) rebuild the price rollup.
+recomputed from the raw tables (a refund, a dispute or a late answer that changes the past
+writes an event like anything else, so past days are corrected too), and only the rows that
+differ are written; the per-day sums are summed again for the days of those rows, the
+per-month cells move by them (:mod:`fold`). Two rollups are extended instead of recomputed,
+because the set of paid invoices only grows (``paid`` is final, ``paid_at`` never changes)
+and an invoice that becomes paid is named by an event: the first payment of a customer and
+the runs of paid months. Events of ``plan.*`` (a plan's price) rebuild the price rollup.
 
 Ids are given at INSERT, rows become visible at COMMIT, so a transaction still open could
 hold an id below one already seen. The watermark therefore only advances over events
-recorded (wall clock) more than ``lag`` ago -- newer ones are folded in again on every
-refresh, which is harmless (recomputing a key is idempotent). A transaction that writes
-events and stays open longer than ``lag`` (default 2 minutes; a batch settles in well under a second) is
-the one case this misses; ``rebuild`` (``billing report refresh --rebuild``) starts over.
+recorded (wall clock) more than ``lag`` ago. The events newer than that are remembered, not
+folded again and again: the state keeps the highest id folded (``folded_to``) and how many
+events above the watermark were visible then (``folded_count``). Events are never deleted and
+ids are unique, so while the count of the events in ``(watermark, folded_to]`` is the same, it
+is the same set, and a refresh folds only the events above ``folded_to``; an event committed
+late below it changes the count, and the whole window above the watermark is folded again
+(recomputing a key is idempotent). The counts and the keys come from one copy of the window
+(one snapshot). A transaction that writes events and stays open longer than ``lag``
+(default 2 minutes; a batch settles in well under a second) is the one case this misses;
+``rebuild`` (``billing report refresh --rebuild``) starts over.
 
 Rollups:
 
@@ -30,7 +40,7 @@ Rollups:
   paid and failed invoices per day, paying-month runs and cohort cells, folded here too; the
   reports read them for aligned ranges (docs/reports.md, "Per-day rollups").
 
-Every report refreshes before it reads (cheap when nothing changed: two index look-ups);
+Every report refreshes before it reads (cheap when nothing changed: a few index look-ups);
 ``billing run-cycle`` does not, so the hot path never waits for it.
 """
 
@@ -223,8 +233,10 @@ def refresh(engine: Engine, *, lag: timedelta = LAG, rebuild: bool = False,
                                  folded_to=top)
         s = Scratch(conn)
         if s.pg:  # the fold reads the few rows of the keys named: index probes, not scans of
-            # whole tables (the default cost of a random page assumes a disk, not the cache)
+            # whole tables (the default cost of a random page assumes a disk, not the cache),
+            # nor merge joins walking a whole primary key to meet a few thousand keys
             conn.exec_driver_sql("SET LOCAL random_page_cost = 1.1")
+            conn.exec_driver_sql("SET LOCAL enable_mergejoin = off")
         try:
             w = _window(s, after, top)
             # in one snapshot: the events at or below folded_to visible now -- the same set as the
