@@ -194,8 +194,10 @@ def fold_sub_events(s: Scratch, subs: Table) -> None:
 
 # --------------------------------------------------------------------------- paid invoices
 
-def _sum_paid_days(conn: Connection, days: set[datetime] | None = None) -> None:
-    inv, p = invoices, paid_days_table
+def _sum_paid_days(conn: Connection, days: set[datetime] | None = None, src: Table = invoices) -> None:
+    """(Re)sum ``report_paid_days`` for these days (None: every day) from ``src``: the invoices,
+    or a scratch copy of the paid invoices of those days (:func:`paid_rows`)."""
+    inv, p = src, paid_days_table
     day = day_of(conn, inv.c.paid_at)
     late = inv.c.attempt_count > 1
     stmt_cols = [day.label("day"), inv.c.currency, inv.c.plan_id, func.count(), func.sum(inv.c.amount_paid_minor),
@@ -219,18 +221,30 @@ def rebuild_paid_days(conn: Connection) -> None:
     _sum_paid_days(conn)
 
 
-def fold_paid_days(conn: Connection, invs: Table) -> set[datetime]:
-    """Re-sum the days on which these invoices were paid; returns those days. (A paid invoice
-    keeps its ``paid_at`` and stays paid -- refunds are their own rows -- so these are the
-    only days that can change.)"""
+PAID_ROW_COLS = ["customer_id", "currency", "plan_id", "status", "paid_at", "amount_paid_minor", "discount_minor",
+                 "attempt_count"]
+
+
+def paid_days_of(conn: Connection, invs: Table) -> set[datetime]:
+    """The days on which the invoices in ``invs`` were paid. (A paid invoice keeps its
+    ``paid_at`` and stays paid -- refunds are their own rows -- so these are the only days of
+    ``report_paid_days`` that can change.)"""
     inv = invoices
-    day = day_value(conn, inv.c.paid_at)
-    days = {calendar_start(r[0], "day") for r in conn.execute(
-        select(day).where(inv.c.id.in_(select(invs.c.id)), inv.c.status == "paid", inv.c.paid_at.is_not(None))
-        .distinct())}
-    if days:
-        _sum_paid_days(conn, days)
-    return days
+    return {calendar_start(r[0], "day") for r in conn.execute(
+        select(day_value(conn, inv.c.paid_at)).where(inv.c.id.in_(select(invs.c.id)), inv.c.status == "paid",
+                                                     inv.c.paid_at.is_not(None)).distinct())}
+
+
+def paid_rows(s: Scratch, days: set[datetime]) -> Table:
+    """A scratch copy of the paid invoices of these days (one pass over the index on
+    ``paid_at``): what the paid-day and the cohort-money sums of those days read."""
+    inv = invoices
+    t = s.like("paid_rows", inv, PAID_ROW_COLS)
+    for chunk in _chunks(days):
+        s.conn.execute(insert(t).from_select(PAID_ROW_COLS, select(*[inv.c[c] for c in PAID_ROW_COLS]).where(
+            inv.c.status == "paid", _in_days(inv.c.paid_at, chunk))))
+    s.analyze(t)
+    return t
 
 
 # --------------------------------------------------------------------------- failed invoices
@@ -485,10 +499,11 @@ def _active_runs(conn: Connection, only: Any = None) -> Any:
 
 
 def _sum_cohort_cells(conn: Connection, *, sizes: set[int] | None, runs: set[int] | None,
-                      days: set[datetime] | None, everything: bool = False) -> None:
+                      days: set[datetime] | None, everything: bool = False, src: Table = invoices) -> None:
     """(Re)compute the cohort cells: sizes of these cohort months, run starts / ends in these
-    months, money paid on these days (``everything``: all of them)."""
-    c, r, cc, inv = cohorts_table, active_runs_table, cohort_cells_table, invoices
+    months, money paid on these days (``everything``: all of them; ``src``: where the paid
+    invoices are read, as :func:`_sum_paid_days`)."""
+    c, r, cc, inv = cohorts_table, active_runs_table, cohort_cells_table, src
     names = ["cohort_month", "currency", "plan_id", "kind", "month", "day", "value"]
     grp = [c.c.cohort_month, c.c.currency, c.c.plan_id]
     no_day = literal(None, UTCDateTime()).label("day")
@@ -554,12 +569,12 @@ def _run_cells(conn: Connection, custs: Table) -> list[Any]:
     return out
 
 
-def fold_cohorts(s: Scratch, custs: Table, paid_days: set[datetime]) -> None:
+def fold_cohorts(s: Scratch, custs: Table) -> set[datetime]:
     """Recompute these customers' cohort and active runs, write the rows that differ, and move
     the cohort cells by them: sizes by the cohorts gone / come, run starts / ends by the
-    cells of the customers whose cohort or runs changed (before minus after), and the money
-    per day summed again for ``paid_days`` and the days of every invoice of a customer whose
-    cohort changed."""
+    cells of the customers whose cohort or runs changed (before minus after). Returns the days
+    of every payment of a customer whose cohort changed: their money moves to another cell
+    (summed again by :func:`fold_days`, with the days of the invoices named)."""
     conn = s.conn
     inv, c, r = invoices, cohorts_table, active_runs_table
     only = select(custs.c.id)
@@ -585,15 +600,25 @@ def fold_cohorts(s: Scratch, custs: Table, paid_days: set[datetime]) -> None:
         add(deltas, _run_cells(conn, moved), 1, 1, 0)
     apply_deltas(conn, cohort_cells_table, ["cohort_month", "currency", "plan_id", "kind", "month"], ["value"], deltas,
                  extra={"day": None})
-    days = set(paid_days)
+    days: set[datetime] = set()
     if changed:  # every payment of a customer whose cohort changed moves to another cell
         for i in range(0, len(changed), 1000):
             days |= {calendar_start(row[0], "day") for row in conn.execute(
                 select(day_value(conn, inv.c.paid_at)).where(inv.c.customer_id.in_(changed[i:i + 1000]),
                                                              inv.c.status == "paid", inv.c.paid_at.is_not(None))
                 .distinct())}
-    if days:
-        _sum_cohort_cells(conn, sizes=None, runs=None, days=days)
+    return days
+
+
+def fold_days(s: Scratch, paid_days: set[datetime], cohort_days: set[datetime]) -> None:
+    """Sum again the paid days of the invoices named and the cohorts' money of those days and
+    of ``cohort_days``, from one scratch copy of those days' paid invoices."""
+    if not paid_days and not cohort_days:
+        return
+    src = paid_rows(s, paid_days | cohort_days)
+    if paid_days:
+        _sum_paid_days(s.conn, paid_days, src)
+    _sum_cohort_cells(s.conn, sizes=None, runs=None, days=paid_days | cohort_days, src=src)
 
 
 def cohort_cells(q: ReportQuery, by_plan: bool) -> tuple[Any, Any, Any]:

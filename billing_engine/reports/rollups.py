@@ -169,9 +169,9 @@ def _fold(s: Scratch, window: Table, lo: int) -> None:
     scope = s.keys("failed_scope", union(select(invs.c.id), changed_dims, card_switched, card_updated))
     rows = failed_invoice_rows(conn, only_invoices=select(scope.c.id))
     day_rollups.fold_failed(s, f, scope, rows)
-    days = day_rollups.fold_paid_days(conn, invs)
     day_rollups.fold_paying(s, invs, payers)
-    day_rollups.fold_cohorts(s, custs, days)
+    cohort_days = day_rollups.fold_cohorts(s, custs)
+    day_rollups.fold_days(s, day_rollups.paid_days_of(conn, invs), cohort_days)
 
 
 def ready(conn: Connection) -> bool:
