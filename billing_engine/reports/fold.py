@@ -24,6 +24,7 @@ from sqlalchemy import Column, MetaData, String, Table, delete, except_, insert,
 from sqlalchemy.engine import Connection
 
 PREFIX = "report_fold_"
+COUNTED = {"preserve_rowcount": True}  # SQLAlchemy keeps an INSERT's rowcount only when asked
 
 
 class Scratch:
@@ -55,7 +56,7 @@ class Scratch:
         t = self.table(name, Column("id", String(40), primary_key=True))
         sub = rows.subquery()
         n = self.conn.execute(insert(t).from_select(["id"], select(sub.c[0]).where(sub.c[0].is_not(None))
-                                                    .distinct())).rowcount
+                                                    .distinct()), execution_options=COUNTED).rowcount
         self.count[name] = int(n)
         if n:
             self.analyze(t)
@@ -123,9 +124,11 @@ class Sync:
             old = select(*[table.c[c] for c in self.cols]).where(scope)
             cur = select(*[fresh_t.c[c] for c in self.cols])
             self.gone = scratch.like(name + "_gone", table, self.cols)
-            self.n_gone = conn.execute(insert(self.gone).from_select(self.cols, except_(old, cur))).rowcount
+            self.n_gone = conn.execute(insert(self.gone).from_select(self.cols, except_(old, cur)),
+                                       execution_options=COUNTED).rowcount
             self.came = scratch.like(name + "_came", table, self.cols)
-            self.n_came = conn.execute(insert(self.came).from_select(self.cols, except_(cur, old))).rowcount
+            self.n_came = conn.execute(insert(self.came).from_select(self.cols, except_(cur, old)),
+                                       execution_options=COUNTED).rowcount
         if self.n_gone and self.gone is not None:  # (the delete below probes the table's key with these rows)
             scratch.analyze(self.gone)
 

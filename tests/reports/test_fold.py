@@ -13,13 +13,14 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 from sqlalchemy import event, select, text
 from sqlalchemy.engine import Engine
 
 from billing_engine import cancellations, refunds
 from billing_engine.db import transaction
 from billing_engine.models import Invoice
-from billing_engine.reports import reconcile
+from billing_engine.reports import fold, reconcile
 from billing_engine.reports.rollups import differences, refresh, state_table
 from tests.reports.paths import rollup_vs_raw
 from tests.reports.scenario import World, _first_paid, build
@@ -54,7 +55,10 @@ def _refund_first_invoice(engine: Engine, w: World, label: str, amount: int | No
     refunds.create(engine, w.gateway, invoice_id=inv_id, amount_minor=amount, reason="requested_by_customer", now=now)
 
 
-def test_folds_inside_the_lag_touch_every_changed_cell_and_repeat_nothing(engine: Engine) -> None:
+@pytest.mark.parametrize("small", [fold.SMALL, 0], ids=["diff-in-python", "diff-in-sql"])
+def test_folds_inside_the_lag_touch_every_changed_cell_and_repeat_nothing(engine: Engine, small: int,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fold, "SMALL", small)  # 0: every difference taken in SQL (EXCEPT into scratch tables)
     folds: list[int] = []
 
     def every_few_days(w: World, now: datetime) -> None:
