@@ -4,6 +4,8 @@ report timed over 12 months (by plan and in total).
 
     .venv/bin/python bench/reports_bench.py --subscriptions 1000000
     .venv/bin/python bench/reports_bench.py --reuse            # skip generation, time again
+    .venv/bin/python bench/reports_bench.py --reuse --fold 25000   # a real run-cycle renewing 25,000
+                                                               # subscriptions, then the report refresh
 
 It creates (drops first, unless --reuse) the database given by --database (default
 billing_bench) on the server of --url, migrates it with billing_engine.db.upgrade, and
@@ -16,7 +18,7 @@ import argparse
 import os
 import sys
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -202,6 +204,181 @@ def generate(engine: Engine, n: int) -> None:
     step("vacuum analyze", t)
 
 
+# --------------------------------------------------------------------------- the fold after a run-cycle
+
+FOLD_FROM, FOLD_TO = "2025-02-01", "2026-01-31"  # 12 months ending with the month the bench renews in
+
+
+def normalize_periods(engine: Engine) -> None:
+    """Once per database: the generator leaves every subscription's period state at its creation
+    (so all of them look due). Set each active one's current period to its last invoice's, its
+    reminder sent, so that a run-cycle at ``T`` renews exactly those whose period ended by ``T``
+    (no report reads these columns, and no event is written: the rollups are unaffected)."""
+    with engine.begin() as c:
+        todo = c.execute(text("SELECT count(*) FROM subscriptions WHERE status = 'active' AND next_period_index = 0"))
+        if not todo.scalar_one():
+            return
+        t0 = time.perf_counter()
+        c.execute(text("SET LOCAL work_mem = '256MB'"))
+        c.execute(text("""
+            UPDATE subscriptions s SET current_period_start = l.period_start, current_period_end = l.period_end,
+                   next_period_index = l.period_index + 1, reminded_period_index = l.period_index + 1,
+                   reminded_at = l.period_end - interval '8 days'
+            FROM (SELECT DISTINCT ON (subscription_id) subscription_id, period_index, period_start, period_end
+                  FROM invoices ORDER BY subscription_id, period_index DESC) l
+            WHERE l.subscription_id = s.id AND s.status = 'active' AND s.next_period_index = 0
+        """))
+        print(f"periods of the active subscriptions set from their last invoice in {time.perf_counter() - t0:.1f} s")
+
+
+def prepare_due(engine: Engine, n: int) -> datetime:
+    """The instant at which the ``n`` active subscriptions due first are due; each of them gets a
+    card and a consent covering its plan (the run-cycle charges only with both)."""
+    normalize_periods(engine)
+    with engine.begin() as c:
+        due = c.execute(text("SELECT current_period_end FROM subscriptions WHERE status = 'active'"
+                             " ORDER BY current_period_end OFFSET :k LIMIT 1"), {"k": n - 1}).scalar_one()
+        at = {"due": due, "t": datetime(2023, 12, 1, tzinfo=UTC)}
+        c.execute(text("""
+            INSERT INTO payment_methods (id, customer_id, gateway, token, brand, last4, exp_month, exp_year, status,
+                                         created_at)
+            SELECT 'pm_' || s.id, s.customer_id, 'fake', 'pm_bench_' || s.id, 'visa', '4242', 12, 2034, 'active', :t
+            FROM subscriptions s WHERE s.status = 'active' AND s.current_period_end <= :due
+              AND s.payment_method_id IS NULL"""), at)
+        c.execute(text("""
+            INSERT INTO consents (id, customer_id, payment_method_id, plan_id, accepted_at, ip_address, user_agent,
+                                  channel, terms_version, terms_sha256, terms_text, amount_minor, currency, interval,
+                                  interval_count, created_at)
+            SELECT 'cns_' || s.id, s.customer_id, 'pm_' || s.id, p.id, :t, '203.0.113.1', 'bench', 'import', 'v1',
+                   :h, NULL, p.amount_minor, p.currency, p.interval, p.interval_count, :t
+            FROM subscriptions s JOIN plans p ON p.id = s.plan_id
+            WHERE s.status = 'active' AND s.current_period_end <= :due AND s.payment_method_id IS NULL"""),
+                  {**at, "h": "0" * 64})
+        c.execute(text("UPDATE subscriptions SET payment_method_id = 'pm_' || id WHERE status = 'active'"
+                       " AND current_period_end <= :due AND payment_method_id IS NULL"), at)
+        # renewed by an earlier --fold: this period's reminder is out too (no reminder-only wait)
+        c.execute(text("UPDATE subscriptions SET reminded_period_index = next_period_index,"
+                       " reminded_at = current_period_end - interval '8 days' WHERE status = 'active'"
+                       " AND current_period_end <= :due AND (reminded_period_index < next_period_index"
+                       " OR reminded_at > current_period_end - interval '8 days')"), at)
+    return due.astimezone(UTC) if due.tzinfo else due.replace(tzinfo=UTC)
+
+
+class Statements:
+    """Counts the statements (and rows they report) an engine executes while active, and keeps
+    the slowest (``--top``)."""
+
+    def __init__(self, engine: Engine) -> None:
+        from sqlalchemy import event
+
+        self.n = 0
+        self.rows = 0
+        self.on = False
+        self.slowest: list[tuple[float, str]] = []
+        self._t = 0.0
+
+        def before(*_: object) -> None:
+            self._t = time.perf_counter()
+
+        def after(conn: object, cursor: object, statement: str, params: object, context: object,
+                  executemany: bool) -> None:
+            if self.on:
+                self.n += 1
+                self.slowest.append((time.perf_counter() - self._t, " ".join(statement.split())[:160]))
+                rc = getattr(cursor, "rowcount", -1)
+                if statement.lstrip()[:6].upper() in ("INSERT", "DELETE", "UPDATE") and rc and rc > 0:
+                    self.rows += rc
+
+        event.listen(engine, "before_cursor_execute", before)
+        event.listen(engine, "after_cursor_execute", after)
+
+
+def time_reports_after(engine: Engine, label: str, top: int = 0) -> None:
+    """The first report after the change (its refresh timed on its own), a second one right
+    after (still inside the refresh lag), then a refresh with nothing new."""
+    from billing_engine.reports import rollups
+
+    stmts = Statements(engine)
+    real = rollups.refresh
+    spent: list[float] = []
+
+    def timed(*a: object, **kw: object) -> rollups.Refreshed:
+        t = time.perf_counter()
+        stmts.on = True
+        try:
+            return real(*a, **kw)  # type: ignore[arg-type]
+        finally:
+            stmts.on = False
+            spent.append(time.perf_counter() - t)
+
+    rollups.refresh = timed  # type: ignore[assignment]
+    try:
+        q = build_query(start=FOLD_FROM, end=FOLD_TO, by="plan", now=datetime(2026, 3, 1, tzinfo=UTC))
+        for what in ("first report", "second report"):
+            spent.clear()
+            stmts.n = stmts.rows = 0
+            stmts.slowest.clear()
+            t0 = time.perf_counter()
+            rows = len(run_report(engine, "revenue", q).rows)
+            total = time.perf_counter() - t0
+            print(f"  {what:<14} (revenue by plan, {FOLD_FROM}..{FOLD_TO}): {total:6.2f} s = refresh "
+                  f"{sum(spent):6.2f} s ({stmts.n} statements, {stmts.rows} rows written) + read "
+                  f"{total - sum(spent):5.2f} s  ({rows} rows)  {label}  load {os.getloadavg()[0]:.1f}", flush=True)
+            for secs, sql in sorted(stmts.slowest, reverse=True)[:top]:
+                print(f"      {secs:7.3f} s  {sql}")
+    finally:
+        rollups.refresh = real  # type: ignore[assignment]
+
+
+def fold_bench(engine: Engine, url: str, n: int, check: bool, top: int) -> None:
+    """A real run-cycle (fake gateway) renewing the ``n`` subscriptions due first, then the reports."""
+    os.environ.setdefault("BILLING_ENV", "test")
+    from billing_engine.cycle import run_cycle
+    from billing_engine.gateway.fake import FakeGateway
+    from billing_engine.reports import rollups
+    from billing_engine.settings import load_settings
+
+    t0 = time.perf_counter()
+    rollups.refresh(engine, lag=timedelta(0))  # start from current rollups
+    print(f"rollups brought up to date first in {time.perf_counter() - t0:.1f} s")
+    t0 = time.perf_counter()
+    at = prepare_due(engine, n)
+    with engine.connect() as c:
+        before = int(c.execute(text("SELECT coalesce(max(id), 0) FROM events")).scalar_one())
+    print(f"{n:,} subscriptions due at {at.isoformat()} (cards and consents added in {time.perf_counter() - t0:.1f} s)")
+    settings = load_settings(database_url=url, gateway="fake")
+    t0 = time.perf_counter()
+    summary = run_cycle(engine, FakeGateway(), now=at, settings=settings)
+    with engine.connect() as c:
+        n_events = int(c.execute(text("SELECT count(*) FROM events WHERE id > :t"), {"t": before}).scalar_one())
+    print(f"run-cycle at {at.isoformat()}: {summary.succeeded:,} renewed, {len(summary.errors)} errors, "
+          f"{n_events:,} events, {time.perf_counter() - t0:.1f} s  load {os.getloadavg()[0]:.1f}", flush=True)
+    time_reports_after(engine, f"(after renewing {summary.succeeded:,})", top)
+    if check:
+        t0 = time.perf_counter()
+        diff = rollups.differences(engine)
+        print(f"rollups.differences: {diff[:5] or 'none'} ({time.perf_counter() - t0:.1f} s)")
+
+
+def fold_events_bench(engine: Engine, n: int, day: str, top: int) -> None:
+    """The events a run-cycle writes for ``n`` invoices paid on ``day`` (invoice.paid, naming the
+    invoice, its subscription and customer), inserted as they are, then the reports. Synthetic:
+    nothing else changes, so the fold recomputes keys that turn out equal (the earlier measure)."""
+    from billing_engine.reports import rollups
+
+    rollups.refresh(engine, lag=timedelta(0))
+    with engine.begin() as c:
+        got = c.execute(text("""
+            INSERT INTO events (type, subscription_id, customer_id, invoice_id, actor, payload, occurred_at, created_at,
+                                recorded_at)
+            SELECT 'invoice.paid', subscription_id, customer_id, id, 'system', '{}', paid_at, paid_at, now()
+            FROM invoices WHERE status = 'paid' AND paid_at >= CAST(:d AS timestamptz)
+              AND paid_at < CAST(:d AS timestamptz) + interval '1 day'
+            ORDER BY id LIMIT :n"""), {"d": day, "n": n})
+        print(f"inserted {got.rowcount:,} invoice.paid events for invoices paid on {day}")
+    time_reports_after(engine, f"({got.rowcount:,} invoice.paid events)", top)
+
+
 def counts(engine: Engine) -> dict[str, int]:
     with engine.connect() as c:
         return {t: int(c.execute(text(f"SELECT count(*) FROM {t}")).scalar_one())
@@ -218,7 +395,20 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=2, help="runs per report (best and first are printed)")
     ap.add_argument("--reports", default="", help="comma-separated report names (default: every report)")
     ap.add_argument("--explain", action="store_true", help="print EXPLAIN ANALYZE of the subscriber query")
+    ap.add_argument("--fold", type=int, default=0, metavar="N",
+                    help="with --reuse: run a real run-cycle renewing the N subscriptions due first, then time "
+                         "the first report after it (its rollup refresh on its own) and a second one")
+    ap.add_argument("--fold-events", type=int, default=0, metavar="N",
+                    help="with --reuse: insert the invoice.paid events of N invoices paid on --fold-day "
+                         "(nothing else changes), then time the reports as --fold does")
+    ap.add_argument("--fold-day", default="2025-06-16", help="the day of --fold-events (default 2025-06-16)")
+    ap.add_argument("--top", type=int, default=0, metavar="K",
+                    help="with --fold / --fold-events: print the K slowest statements of each refresh")
+    ap.add_argument("--check", action="store_true",
+                    help="after --fold: compare every rollup with a recomputation from the raw tables (slow at 1 M)")
     args = ap.parse_args()
+    if (args.fold or args.fold_events) and not args.reuse:
+        sys.exit("--fold / --fold-events need --reuse (an existing bench database)")
     if not args.database.replace("_", "").isalnum():
         sys.exit("--database must be a plain identifier")
     url = make_url(args.url)
@@ -243,6 +433,13 @@ def main() -> None:
         t0 = time.perf_counter()
         generate(engine, args.subscriptions)
         print(f"generated in {time.perf_counter() - t0:.1f} s")
+    if args.fold or args.fold_events:
+        if args.fold:
+            fold_bench(engine, bench_url, args.fold, args.check, args.top)
+        else:
+            fold_events_bench(engine, args.fold_events, args.fold_day, args.top)
+        engine.dispose()
+        return
     print("rows:", ", ".join(f"{k} {v:,}" for k, v in counts(engine).items()))
     from billing_engine.reports import rollups
 

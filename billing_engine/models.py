@@ -739,6 +739,10 @@ class ReportRollupState(SQLModel, table=True):
     name: str = Field(primary_key=True, max_length=40)
     last_event_id: int = Field(sa_type=BigInteger)
     refreshed_at: datetime = _ts()
+    # the highest event id folded in, and how many events after ``last_event_id`` were visible
+    # then (the refresh inside the lag folds only what is new: reports/rollups.py)
+    folded_to: int | None = Field(default=None, sa_type=BigInteger)
+    folded_count: int | None = Field(default=None, sa_type=BigInteger)
 
 
 class ReportOffPrice(SQLModel, table=True):
@@ -777,6 +781,9 @@ class ReportFailedInvoice(SQLModel, table=True):
     paid_minor: int = _money()
     method: str | None = Field(default=None, max_length=30)
     seconds: int | None = Field(default=None, sa_type=BigInteger)
+    # the subscription's, as report_failed_days groups by them (the fold sees them change)
+    cancellation_kind: str | None = Field(default=None, max_length=20)
+    reason_group: str | None = Field(default=None, max_length=20)
 
 
 class _SubscriberEventColumns(SQLModel):

@@ -21,7 +21,22 @@ from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Integer, String, Table, and_, case, cast, delete, func, insert, literal, or_, select, union
+from sqlalchemy import (
+    Integer,
+    String,
+    Table,
+    and_,
+    case,
+    cast,
+    delete,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    type_coerce,
+    union,
+)
 from sqlalchemy.engine import Connection
 
 from billing_engine.models import (
@@ -37,8 +52,9 @@ from billing_engine.models import (
     UTCDateTime,
 )
 from billing_engine.periods import Interval, monthly_amount
+from billing_engine.reports.fold import PREFIX, Scratch, Sync, add, apply_deltas
 from billing_engine.reports.params import ReportQuery, calendar_start
-from billing_engine.reports.sql import invoices, plans, reason_group, subscriber_events, subscriptions, ts
+from billing_engine.reports.sql import invoices, plans, subscriber_events, subscriptions, ts
 
 sub_events_table: Table = ReportSubEvent.__table__  # type: ignore[attr-defined]
 sub_event_days_table: Table = ReportSubEventDay.__table__  # type: ignore[attr-defined]
@@ -64,6 +80,11 @@ def day_of(conn: Connection, column: Any) -> Any:
     if conn.dialect.name == "postgresql":
         return func.date_trunc("day", column, "UTC")
     return func.substr(column, 1, 10).concat(literal(" 00:00:00.000000"))
+
+
+def day_value(conn: Connection, column: Any) -> Any:
+    """:func:`day_of` read back into Python (a UTC datetime on either dialect)."""
+    return type_coerce(day_of(conn, column), UTCDateTime())
 
 
 def act_same(at: datetime, activated: datetime | None) -> int:
@@ -117,15 +138,22 @@ def calendar_key(conn: Connection, column: Any, grain: str) -> Any:
     return func.substr(column, 1, 4)
 
 
-def _insert_sub_events(conn: Connection, only: Any = None) -> None:
-    """Compute and insert the events of every subscription (or of ``only``), set-based."""
+SUB_EVENT_COLS = ["subscription_id", "seq", "day", *EVENT_COLUMNS]
+
+
+def _sub_event_rows(conn: Connection, only: Any = None) -> Any:
+    """The rows of ``report_sub_events`` (columns :data:`SUB_EVENT_COLS`) of every subscription
+    (or of ``only``), set-based."""
     ev = subscriber_events(ALL_TIME, plan_mrr(conn), only=only)
     moves = ev.c.kind.in_(("churn", "change"))
     same = sum((case((and_(moves, calendar_key(conn, ev.c.at, g) == calendar_key(conn, ev.c.activated_at, g)),
                       1 << i), else_=0) for i, g in enumerate(GRAINS)), literal(0))
     seq = func.row_number().over(partition_by=ev.c.subscription_id, order_by=(ev.c.at, ev.c.kind))
-    rows = select(ev.c.subscription_id, seq, day_of(conn, ev.c.at), *[ev.c[c] for c in EVENT_COLUMNS[:-1]], same)
-    conn.execute(insert(sub_events_table).from_select(["subscription_id", "seq", "day", *EVENT_COLUMNS], rows))
+    return select(ev.c.subscription_id, seq, day_of(conn, ev.c.at), *[ev.c[c] for c in EVENT_COLUMNS[:-1]], same)
+
+
+def _insert_sub_events(conn: Connection, only: Any = None) -> None:
+    conn.execute(insert(sub_events_table).from_select(SUB_EVENT_COLS, _sub_event_rows(conn, only)))
 
 
 def _sum_sub_event_days(conn: Connection, days: set[datetime] | None = None) -> None:
@@ -150,27 +178,26 @@ def rebuild_sub_events(conn: Connection) -> None:
     _sum_sub_event_days(conn)
 
 
-def fold_sub_events(conn: Connection, sub_ids: Any, cust_ids: Any) -> None:
-    """Recompute the events of every subscription of the customers these ids name (whether a
-    customer's activation is new or a reactivation depends on their other subscriptions)."""
-    s = subscriptions
-    custs = select(s.c.customer_id).where(s.c.id.in_(sub_ids)).union(cust_ids).subquery("fold_custs")
-    only = select(s.c.id).where(s.c.customer_id.in_(select(custs.c.customer_id)))
+def fold_sub_events(s: Scratch, subs: Table) -> None:
+    """Recompute the events of these subscriptions (every subscription of each customer named:
+    whether an activation is new or a reactivation depends on the customer's other
+    subscriptions), write the rows that differ and count again the days they name."""
     e = sub_events_table
-    days = {calendar_start(r[0], "day") for r in conn.execute(
-        select(e.c.day).where(e.c.subscription_id.in_(only)).distinct())}
-    conn.execute(delete(e).where(e.c.subscription_id.in_(only)))
-    _insert_sub_events(conn, only=only)
-    days |= {calendar_start(r[0], "day") for r in conn.execute(
-        select(e.c.day).where(e.c.subscription_id.in_(only)).distinct())}
+    only = select(subs.c.id)
+    sync = Sync(s, e, "sub_events", SUB_EVENT_COLS, ["subscription_id", "seq"], e.c.subscription_id.in_(only),
+                _sub_event_rows(s.conn, only=only), keys=s.count[subs.name[len(PREFIX):]])
+    days = {calendar_start(d, "day") for d in sync.values("day")}
+    sync.apply()
     if days:
-        _sum_sub_event_days(conn, days)
+        _sum_sub_event_days(s.conn, days)
 
 
 # --------------------------------------------------------------------------- paid invoices
 
-def _sum_paid_days(conn: Connection, days: set[datetime] | None = None) -> None:
-    inv, p = invoices, paid_days_table
+def _sum_paid_days(conn: Connection, days: set[datetime] | None = None, src: Table = invoices) -> None:
+    """(Re)sum ``report_paid_days`` for these days (None: every day) from ``src``: the invoices,
+    or a scratch copy of the paid invoices of those days (:func:`paid_rows`)."""
+    inv, p = src, paid_days_table
     day = day_of(conn, inv.c.paid_at)
     late = inv.c.attempt_count > 1
     stmt_cols = [day.label("day"), inv.c.currency, inv.c.plan_id, func.count(), func.sum(inv.c.amount_paid_minor),
@@ -194,29 +221,43 @@ def rebuild_paid_days(conn: Connection) -> None:
     _sum_paid_days(conn)
 
 
-def fold_paid_days(conn: Connection, inv_ids: Any) -> None:
-    """Re-sum the days on which the invoices these events name were paid. (A paid invoice
-    keeps its ``paid_at`` and stays paid -- refunds are their own rows -- so these are the
-    only days that can change.)"""
+PAID_ROW_COLS = ["customer_id", "currency", "plan_id", "status", "paid_at", "amount_paid_minor", "discount_minor",
+                 "attempt_count"]
+
+
+def paid_days_of(conn: Connection, invs: Table) -> set[datetime]:
+    """The days on which the invoices in ``invs`` were paid. (A paid invoice keeps its
+    ``paid_at`` and stays paid -- refunds are their own rows -- so these are the only days of
+    ``report_paid_days`` that can change.)"""
     inv = invoices
-    days = {calendar_start(r[0], "day") for r in conn.execute(
-        select(inv.c.paid_at).where(inv.c.id.in_(inv_ids), inv.c.status == "paid", inv.c.paid_at.is_not(None)))}
-    if days:
-        _sum_paid_days(conn, days)
+    return {calendar_start(r[0], "day") for r in conn.execute(
+        select(day_value(conn, inv.c.paid_at)).where(inv.c.id.in_(select(invs.c.id)), inv.c.status == "paid",
+                                                     inv.c.paid_at.is_not(None)).distinct())}
+
+
+def paid_rows(s: Scratch, days: set[datetime]) -> Table:
+    """A scratch copy of the paid invoices of these days (one pass over the index on
+    ``paid_at``): what the paid-day and the cohort-money sums of those days read."""
+    inv = invoices
+    t = s.like("paid_rows", inv, PAID_ROW_COLS)
+    for chunk in _chunks(days):
+        s.conn.execute(insert(t).from_select(PAID_ROW_COLS, select(*[inv.c[c] for c in PAID_ROW_COLS]).where(
+            inv.c.status == "paid", _in_days(inv.c.paid_at, chunk))))
+    s.analyze(t)
+    return t
 
 
 # --------------------------------------------------------------------------- failed invoices
 
 def _sum_failed_days(conn: Connection, failed: Table, days: set[datetime] | None = None) -> None:
-    f, s, d = failed, subscriptions, failed_days_table
+    f, d = failed, failed_days_table
     keys = [day_of(conn, f.c.first_failed_at).label("day"), f.c.currency, f.c.plan_id, f.c.decline_code,
             f.c.decline_kind, f.c.status, f.c.method,
             case((f.c.status == "paid", day_of(conn, f.c.paid_at))).label("paid_day"),
             case((f.c.status != "paid", day_of(conn, f.c.closed_at))).label("closed_day"),
-            s.c.cancellation_kind, reason_group(s.c.cancellation_reason).label("reason_group")]
-    stmt = (select(*keys, func.count(), func.sum(f.c.amount_minor), func.sum(f.c.paid_minor),
-                   func.coalesce(func.sum(f.c.seconds), 0))
-            .select_from(f.join(s, s.c.id == f.c.subscription_id)))
+            f.c.cancellation_kind, f.c.reason_group]  # the subscription's, kept on the row
+    stmt = select(*keys, func.count(), func.sum(f.c.amount_minor), func.sum(f.c.paid_minor),
+                  func.coalesce(func.sum(f.c.seconds), 0))
     names = [k.name for k in keys] + ["n", "amount_minor", "paid_minor", "seconds"]
     if days is None:
         conn.execute(delete(d))
@@ -231,13 +272,16 @@ def rebuild_failed_days(conn: Connection, failed: Table) -> None:
     _sum_failed_days(conn, failed)
 
 
-def failed_days_of(conn: Connection, failed: Table, where: Any) -> set[datetime]:
-    return {calendar_start(r[0], "day") for r in conn.execute(select(failed.c.first_failed_at).where(where))}
-
-
-def fold_failed_days(conn: Connection, failed: Table, days: set[datetime]) -> None:
+def fold_failed(s: Scratch, failed: Table, scope: Table, rows: Any) -> None:
+    """``report_failed_invoices`` for the invoices in ``scope`` made equal to ``rows`` (their
+    recomputation), then the days of first failure of the rows that differ summed again."""
+    f = failed
+    sync = Sync(s, f, "failed", [c.name for c in f.c], ["invoice_id"], f.c.invoice_id.in_(select(scope.c.id)), rows,
+                keys=s.count[scope.name[len(PREFIX):]])
+    days = {calendar_start(d, "day") for d in sync.values("first_failed_at")}
+    sync.apply()
     if days:
-        _sum_failed_days(conn, failed, days)
+        _sum_failed_days(s.conn, f, days)
 
 
 # --------------------------------------------------------------------------- paying customers
@@ -312,24 +356,78 @@ def rebuild_paying(conn: Connection) -> None:
     _sum_paying_months(conn)
 
 
-def fold_paying(conn: Connection, sub_ids: Any, inv_ids: Any, cust_ids: Any) -> None:
-    """Recompute the runs of the customers of these invoices / subscriptions / customer ids."""
-    inv, s, r = invoices, subscriptions, paying_runs_table
-    custs = union(select(inv.c.customer_id).where(inv.c.id.in_(inv_ids)),
-                  select(s.c.customer_id).where(s.c.id.in_(sub_ids)), cust_ids).subquery("paying_custs")
-    only = select(custs.c.customer_id)
-    months: set[int] = set()
+RUN_PK = ["customer_id", "currency", "plan_id", "first_month"]
 
-    def touched() -> None:
-        for a, b in conn.execute(select(r.c.first_month, r.c.last_month).where(r.c.customer_id.in_(only))):
-            months.update((int(a), int(b)))
 
-    touched()
-    conn.execute(delete(r).where(r.c.customer_id.in_(only)))
-    conn.execute(insert(r).from_select(RUN_COLUMNS, _paying_runs(conn, only=only)))
-    touched()
-    if months:
-        _sum_paying_months(conn, months)
+def _merge(runs: list[list[int]], m: int) -> None:
+    """Add month ``m`` to sorted, disjoint, non-adjacent runs ``[first, last]`` (in place)."""
+    for r in runs:
+        if r[0] <= m <= r[1]:
+            return
+    runs.append([m, m])
+    runs.sort()
+    out: list[list[int]] = []
+    for r in runs:
+        if out and r[0] <= out[-1][1] + 1:
+            out[-1][1] = max(out[-1][1], r[1])
+        else:
+            out.append(list(r))
+    runs[:] = out
+
+
+def paying_run_changes(conn: Connection, invs: Table, custs: Table) -> tuple[list[Any], list[Any]]:
+    """The paying runs gone and come when the paid invoices among ``invs`` are counted: each
+    paid month extends, bridges or starts a run of its customer (per currency and plan, and
+    per currency), and ``is_new`` follows the customer's first paid month. Exact because the
+    set of paid invoices only grows (``paid`` is final, ``paid_at`` never changes) and every
+    invoice that becomes paid is named by an event: counting one again changes nothing.
+    ``custs``: the customers of those paid invoices."""
+    inv, r = invoices, paying_runs_table
+    mi = month_index(conn, inv.c.paid_at)
+    paid = list(conn.execute(select(inv.c.customer_id, inv.c.currency, inv.c.plan_id, mi)
+                             .where(inv.c.id.in_(select(invs.c.id)), inv.c.status == "paid", inv.c.paid_at.is_not(None))
+                             .distinct()))
+    if not paid:
+        return [], []
+    old: dict[str, list[tuple[Any, ...]]] = {}
+    for row in conn.execute(select(*[r.c[c] for c in RUN_COLUMNS]).where(r.c.customer_id.in_(select(custs.c.id)))):
+        old.setdefault(row[0], []).append(tuple(row))
+    adds: dict[str, list[tuple[str, str, int]]] = {}
+    for cust, cur, plan, m in paid:
+        adds.setdefault(cust, []).append((cur, plan, int(m)))
+    gone: list[Any] = []
+    came: list[Any] = []
+    for cust, months in adds.items():
+        before = old.get(cust, [])
+        runs: dict[tuple[str, str], list[list[int]]] = {}
+        for _c, cur, plan, first, last, _n in before:
+            runs.setdefault((cur, plan), []).append([int(first), int(last)])
+        for cur, plan, m in months:
+            for key in ((cur, plan), (cur, "")):
+                _merge(runs.setdefault(key, []), m)
+        first_ever = min(rr[0] for lst in runs.values() for rr in lst)
+        after = {(cust, cur, plan, a, b, int(a == first_ever)) for (cur, plan), lst in runs.items() for a, b in lst}
+        prev = {(c, cur, plan, int(a), int(b), int(n)) for c, cur, plan, a, b, n in before}
+        gone += sorted(prev - after)
+        came += sorted(after - prev)
+    return gone, came
+
+
+def fold_paying(s: Scratch, invs: Table, custs: Table) -> None:
+    """Count the paid invoices among ``invs`` in their customers' paying runs
+    (:func:`paying_run_changes`), write the runs that differ and move the per-month counts by
+    them (a run gone: -1 start / end in its months, a run come: +1)."""
+    r, conn = paying_runs_table, s.conn
+    sync = Sync(s, r, "paying_runs", RUN_COLUMNS, RUN_PK, None, None, rows=paying_run_changes(conn, invs, custs))
+    deltas: dict[tuple[Any, ...], list[int]] = {}
+    for rows, sign in zip(sync.rows(), (-1, 1), strict=True):
+        for _cust, cur, plan, first, last, is_new in rows:
+            d = deltas.setdefault((int(first), cur, plan), [0, 0, 0])
+            d[0] += sign
+            d[2] += sign * int(is_new)
+            deltas.setdefault((int(last), cur, plan), [0, 0, 0])[1] += sign
+    sync.apply()
+    apply_deltas(conn, paying_months_table, ["month", "currency", "plan_id"], ["starts", "ends", "new"], deltas)
 
 
 def paying_month_counts(q: ReportQuery, by_plan: bool) -> Any:
@@ -401,10 +499,11 @@ def _active_runs(conn: Connection, only: Any = None) -> Any:
 
 
 def _sum_cohort_cells(conn: Connection, *, sizes: set[int] | None, runs: set[int] | None,
-                      days: set[datetime] | None, everything: bool = False) -> None:
+                      days: set[datetime] | None, everything: bool = False, src: Table = invoices) -> None:
     """(Re)compute the cohort cells: sizes of these cohort months, run starts / ends in these
-    months, money paid on these days (``everything``: all of them)."""
-    c, r, cc, inv = cohorts_table, active_runs_table, cohort_cells_table, invoices
+    months, money paid on these days (``everything``: all of them; ``src``: where the paid
+    invoices are read, as :func:`_sum_paid_days`)."""
+    c, r, cc, inv = cohorts_table, active_runs_table, cohort_cells_table, src
     names = ["cohort_month", "currency", "plan_id", "kind", "month", "day", "value"]
     grp = [c.c.cohort_month, c.c.currency, c.c.plan_id]
     no_day = literal(None, UTCDateTime()).label("day")
@@ -436,10 +535,15 @@ def _sum_cohort_cells(conn: Connection, *, sizes: set[int] | None, runs: set[int
         if everything:
             conn.execute(insert(cc).from_select(names, rev.group_by(*grp, month, day)))
         else:
+            probe = src is not invoices and conn.dialect.name == "postgresql"
+            if probe:  # a day's payments meet their customers' cohorts by key, not by hashing every cohort
+                conn.exec_driver_sql("SET LOCAL enable_hashjoin = off")
             for chunk in _chunks(days or set()):
                 conn.execute(delete(cc).where(cc.c.kind == "revenue", _in_days(cc.c.day, chunk)))
                 conn.execute(insert(cc).from_select(names, rev.where(_in_days(inv.c.paid_at, chunk))
                                                     .group_by(*grp, month, day)))
+            if probe:
+                conn.exec_driver_sql("SET LOCAL enable_hashjoin = on")
 
 
 def rebuild_cohorts(conn: Connection) -> None:
@@ -452,49 +556,74 @@ def rebuild_cohorts(conn: Connection) -> None:
     _sum_cohort_cells(conn, sizes=None, runs=None, days=None, everything=True)
 
 
-def fold_cohorts(conn: Connection, sub_ids: Any, inv_ids: Any, cust_ids: Any) -> None:
-    """Recompute the cohort and active runs of the customers named (directly, or through a
-    subscription or an invoice), then the cells they touch: the cohort months and run months
-    before and after, and the days of the invoices named -- and of every invoice of a customer
-    whose cohort changed."""
-    inv, s, c, r = invoices, subscriptions, cohorts_table, active_runs_table
-    custs = union(select(inv.c.customer_id).where(inv.c.id.in_(inv_ids)),
-                  select(s.c.customer_id).where(s.c.id.in_(sub_ids)), cust_ids).subquery("cohort_custs")
-    only = select(custs.c.customer_id)
-    cohort_cols = [c.c.customer_id, c.c.cohort_month, c.c.currency, c.c.plan_id]
-    before = {row[0]: tuple(row) for row in conn.execute(select(*cohort_cols).where(c.c.customer_id.in_(only)))}
-    run_months: set[int] = set()
+COHORT_COLS = ["customer_id", "cohort_month", "currency", "plan_id"]
+ACTIVE_COLS = ["customer_id", "first_month", "last_month"]
 
-    def touched() -> None:
-        for a, b in conn.execute(select(r.c.first_month, r.c.last_month).where(r.c.customer_id.in_(only))):
-            run_months.add(int(a))
-            if b is not None:
-                run_months.add(int(b))
 
-    touched()
-    conn.execute(delete(c).where(c.c.customer_id.in_(only)))
-    conn.execute(insert(c).from_select(["customer_id", "cohort_month", "currency", "plan_id"],
-                                       _cohort_rows(conn, only=only)))
-    conn.execute(delete(r).where(r.c.customer_id.in_(only)))
-    conn.execute(insert(r).from_select(["customer_id", "first_month", "last_month"], _active_runs(conn, only=only)))
-    touched()
-    after = {row[0]: tuple(row) for row in conn.execute(select(*cohort_cols).where(c.c.customer_id.in_(only)))}
-    changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
-    sizes = {int(v[1]) for v in before.values()} | {int(v[1]) for v in after.values()}
-    if changed:  # every run month of a customer whose cohort changed moves to another cell
+def _run_cells(conn: Connection, custs: Table) -> list[Any]:
+    """(cohort_month, currency, plan_id, kind, month, n): these customers' active runs
+    starting / ending per month, in their cohort's cell (as :func:`_sum_cohort_cells`)."""
+    c, r = cohorts_table, active_runs_table
+    joined = r.join(c, c.c.customer_id == r.c.customer_id)
+    grp = [c.c.cohort_month, c.c.currency, c.c.plan_id]
+    mine = r.c.customer_id.in_(select(custs.c.id))
+    out = list(conn.execute(select(*grp, literal("starts"), r.c.first_month, func.count()).select_from(joined)
+                            .where(mine).group_by(*grp, r.c.first_month)))
+    out += conn.execute(select(*grp, literal("ends"), r.c.last_month, func.count()).select_from(joined)
+                        .where(mine, r.c.last_month.is_not(None)).group_by(*grp, r.c.last_month))
+    return out
+
+
+def fold_cohorts(s: Scratch, custs: Table) -> set[datetime]:
+    """Recompute these customers' cohort and active runs, write the rows that differ, and move
+    the cohort cells by them: sizes by the cohorts gone / come, run starts / ends by the
+    cells of the customers whose cohort or runs changed (before minus after). Returns the days
+    of every payment of a customer whose cohort changed: their money moves to another cell
+    (summed again by :func:`fold_days`, with the days of the invoices named)."""
+    conn = s.conn
+    inv, c, r = invoices, cohorts_table, active_runs_table
+    only = select(custs.c.id)
+    n = s.count[custs.name[len(PREFIX):]]
+    cs = Sync(s, c, "cohorts", COHORT_COLS, ["customer_id"], c.c.customer_id.in_(only), _cohort_rows(conn, only=only),
+              keys=n)
+    rs = Sync(s, r, "active_runs", ACTIVE_COLS, ["customer_id", "first_month"], r.c.customer_id.in_(only),
+              _active_runs(conn, only=only), keys=n)
+    deltas: dict[tuple[Any, ...], list[int]] = {}
+    for rows, sign in zip(cs.rows(), (-1, 1), strict=True):
+        for _cust, month, cur, plan in rows:
+            deltas.setdefault((int(month), cur, plan, "size", int(month)), [0])[0] += sign
+    moved = changed = None
+    if cs.changed() or rs.changed():
+        ids = {r[0] for rows in (*cs.rows(), *rs.rows()) for r in rows}
+        moved = s.key_list("cohort_moved", ids)
+        add(deltas, _run_cells(conn, moved), -1, 1, 0)
+        cohort_ids = sorted({r[0] for rows in cs.rows() for r in rows})
+        changed = cohort_ids or None
+    cs.apply()
+    rs.apply()
+    if moved is not None:
+        add(deltas, _run_cells(conn, moved), 1, 1, 0)
+    apply_deltas(conn, cohort_cells_table, ["cohort_month", "currency", "plan_id", "kind", "month"], ["value"], deltas,
+                 extra={"day": None})
+    days: set[datetime] = set()
+    if changed:  # every payment of a customer whose cohort changed moves to another cell
         for i in range(0, len(changed), 1000):
-            for a, b in conn.execute(select(r.c.first_month, r.c.last_month)
-                                     .where(r.c.customer_id.in_(changed[i:i + 1000]))):
-                run_months.add(int(a))
-                if b is not None:
-                    run_months.add(int(b))
-    days = {calendar_start(row[0], "day") for row in conn.execute(
-        select(inv.c.paid_at).where(inv.c.id.in_(inv_ids), inv.c.status == "paid", inv.c.paid_at.is_not(None)))}
-    for i in range(0, len(changed), 1000):
-        days |= {calendar_start(row[0], "day") for row in conn.execute(
-            select(inv.c.paid_at).where(inv.c.customer_id.in_(changed[i:i + 1000]), inv.c.status == "paid",
-                                        inv.c.paid_at.is_not(None)))}
-    _sum_cohort_cells(conn, sizes={m for m in sizes if m is not None}, runs=run_months, days=days)
+            days |= {calendar_start(row[0], "day") for row in conn.execute(
+                select(day_value(conn, inv.c.paid_at)).where(inv.c.customer_id.in_(changed[i:i + 1000]),
+                                                             inv.c.status == "paid", inv.c.paid_at.is_not(None))
+                .distinct())}
+    return days
+
+
+def fold_days(s: Scratch, paid_days: set[datetime], cohort_days: set[datetime]) -> None:
+    """Sum again the paid days of the invoices named and the cohorts' money of those days and
+    of ``cohort_days``, from one scratch copy of those days' paid invoices."""
+    if not paid_days and not cohort_days:
+        return
+    src = paid_rows(s, paid_days | cohort_days)
+    if paid_days:
+        _sum_paid_days(s.conn, paid_days, src)
+    _sum_cohort_cells(s.conn, sizes=None, runs=None, days=paid_days | cohort_days, src=src)
 
 
 def cohort_cells(q: ReportQuery, by_plan: bool) -> tuple[Any, Any, Any]:

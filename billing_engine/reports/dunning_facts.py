@@ -49,7 +49,8 @@ def failed_invoice_rows(conn: Any, only_invoices: Any = None, only_subscriptions
     subscription ids): the rows of the ``report_failed_invoices`` rollup. Columns:
     invoice_id, subscription_id, currency, plan_id, amount_minor, first_failed_at,
     decline_code, decline_kind, status, paid_at, closed_at, paid_minor, method (what
-    recovered a paid one), seconds (first failure to payment)."""
+    recovered a paid one), seconds (first failure to payment), cancellation_kind and
+    reason_group (the subscription's, as ``report_failed_days`` groups by them)."""
     att, inv, ev = attempts, invoices, events
     scope = []
     if only_invoices is not None and only_subscriptions is not None:
@@ -96,8 +97,10 @@ def failed_invoice_rows(conn: Any, only_invoices: Any = None, only_subscriptions
             case((paid, customer_at)).label("customer_at"),
             case((paid, updater_at)).label("updater_at"),
             case((paid, seconds_between(conn, first.c.failed_at, inv.c.paid_at))).label("seconds"),
+            subscriptions.c.cancellation_kind, reason_group(subscriptions.c.cancellation_reason).label("reason_group"),
         )
-        .select_from(first.join(inv, inv.c.id == first.c.invoice_id).outerjoin(ok, ok.c.invoice_id == inv.c.id))
+        .select_from(first.join(inv, inv.c.id == first.c.invoice_id).outerjoin(ok, ok.c.invoice_id == inv.c.id)
+                     .join(subscriptions, subscriptions.c.id == inv.c.subscription_id))
         .where(first.c.failed_at.is_not(None))
         .subquery("failed_base")
     )
@@ -114,7 +117,7 @@ def failed_invoice_rows(conn: Any, only_invoices: Any = None, only_subscriptions
     )
     return select(b.c.invoice_id, b.c.subscription_id, b.c.currency, b.c.plan_id, b.c.amount_minor,
                   b.c.first_failed_at, b.c.decline_code, b.c.decline_kind, b.c.status, b.c.paid_at, b.c.closed_at,
-                  b.c.paid_minor, method.label("method"), b.c.seconds)
+                  b.c.paid_minor, method.label("method"), b.c.seconds, b.c.cancellation_kind, b.c.reason_group)
 
 
 def failed_invoices(conn: Any, q: ReportQuery) -> Subquery:

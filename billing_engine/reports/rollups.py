@@ -5,16 +5,26 @@ The source of change is the ``events`` table: append-only (a database trigger re
 UPDATE / DELETE), one row per state change written in the same transaction as the change,
 with a growing id and the subscription / invoice it concerns. :func:`refresh` folds in the
 events after the rollup's watermark: every subscription and invoice they name is
-recomputed from the raw tables (delete + insert of just those keys; a refund, a dispute or a
-late answer that changes the past writes an event like anything else, so past days are
-corrected too). Events of ``plan.*`` (a plan's price) rebuild the price rollup.
+recomputed from the raw tables (a refund, a dispute or a late answer that changes the past
+writes an event like anything else, so past days are corrected too), and only the rows that
+differ are written; the per-day sums are summed again for the days of those rows, the
+per-month cells move by them (:mod:`fold`). Two rollups are extended instead of recomputed,
+because the set of paid invoices only grows (``paid`` is final, ``paid_at`` never changes)
+and an invoice that becomes paid is named by an event: the first payment of a customer and
+the runs of paid months. Events of ``plan.*`` (a plan's price) rebuild the price rollup.
 
 Ids are given at INSERT, rows become visible at COMMIT, so a transaction still open could
 hold an id below one already seen. The watermark therefore only advances over events
-recorded (wall clock) more than ``lag`` ago -- newer ones are folded in again on every
-refresh, which is harmless (recomputing a key is idempotent). A transaction that writes
-events and stays open longer than ``lag`` (default 2 minutes; a batch settles in well under a second) is
-the one case this misses; ``rebuild`` (``billing report refresh --rebuild``) starts over.
+recorded (wall clock) more than ``lag`` ago. The events newer than that are remembered, not
+folded again and again: the state keeps the highest id folded (``folded_to``) and how many
+events above the watermark were visible then (``folded_count``). Events are never deleted and
+ids are unique, so while the count of the events in ``(watermark, folded_to]`` is the same, it
+is the same set, and a refresh folds only the events above ``folded_to``; an event committed
+late below it changes the count, and the whole window above the watermark is folded again
+(recomputing a key is idempotent). The counts and the keys come from one copy of the window
+(one snapshot). A transaction that writes events and stays open longer than ``lag``
+(default 2 minutes; a batch settles in well under a second) is the one case this misses;
+``rebuild`` (``billing report refresh --rebuild``) starts over.
 
 Rollups:
 
@@ -30,7 +40,7 @@ Rollups:
   paid and failed invoices per day, paying-month runs and cohort cells, folded here too; the
   reports read them for aligned ranges (docs/reports.md, "Per-day rollups").
 
-Every report refreshes before it reads (cheap when nothing changed: two index look-ups);
+Every report refreshes before it reads (cheap when nothing changed: a few index look-ups);
 ``billing run-cycle`` does not, so the hot path never waits for it.
 """
 
@@ -41,13 +51,20 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Table, delete, func, insert, or_, select, union
+from sqlalchemy import BigInteger, Column, String, Table, case, delete, func, insert, or_, select, union, union_all
 from sqlalchemy.engine import Connection, Engine
 
 from billing_engine.models import ReportCustomerFirstPaid, ReportOffPrice, ReportRollupState
 from billing_engine.reports import day_rollups
-from billing_engine.reports.dunning_facts import events, failed_invoice_rows, failed_table
-from billing_engine.reports.sql import invoices, off_price_subscriptions, tune
+from billing_engine.reports.dunning_facts import (
+    CARD_CHANGED,
+    CARD_UPDATED,
+    events,
+    failed_invoice_rows,
+    failed_table,
+)
+from billing_engine.reports.fold import Scratch, Sync
+from billing_engine.reports.sql import invoices, off_price_subscriptions, reason_group, subscriptions, tune
 
 
 def first_paid_rows(only: Any = None) -> Any:
@@ -75,6 +92,8 @@ class Refreshed:
     rebuilt: bool
     from_event_id: int
     to_event_id: int  # the new watermark
+    folded_after: int = 0  # the events folded in by this refresh: ids in (folded_after, folded_to]
+    folded_to: int = 0
 
 
 def _lock(conn: Connection) -> None:
@@ -100,42 +119,78 @@ def _rebuild(conn: Connection) -> None:
             conn.exec_driver_sql(f"ANALYZE {t}")
 
 
-def _fold(conn: Connection, after: int) -> None:
-    """Recompute the keys named by the events after ``after``."""
-    ev = events
-    new = ev.c.id > after
-    subs = select(ev.c.subscription_id).where(new, ev.c.subscription_id.is_not(None)).distinct().subquery("subs")
-    invs = select(ev.c.invoice_id).where(new, ev.c.invoice_id.is_not(None)).distinct().subquery("invs")
-    custs = select(ev.c.customer_id).where(new, ev.c.customer_id.is_not(None)).distinct().subquery("custs")
-    sub_ids, inv_ids = select(subs.c.subscription_id), select(invs.c.invoice_id)
-    cust_ids = select(custs.c.customer_id)
-    conn.execute(delete(first_paid_table).where(first_paid_table.c.customer_id.in_(cust_ids)))
-    conn.execute(insert(first_paid_table).from_select(["customer_id", "first_paid_at"], first_paid_rows(cust_ids)))
-    if conn.execute(select(func.count()).where(new, ev.c.type.like("plan.%"))).scalar_one():
+def _fold(s: Scratch, window: Table, lo: int) -> None:
+    """Recompute the keys named by the events of ``window`` (a scratch copy of the events
+    after the watermark) with an id above ``lo``: only the rows that differ are written, and
+    the per-day / per-month sums move by them (:mod:`fold`)."""
+    conn, w, inv, sub, f = s.conn, window, invoices, subscriptions, failed_table
+    new = w.c.id > lo
+    invs = s.keys("invs", select(w.c.invoice_id).where(new))
+    named = s.keys("named_subs", union(select(w.c.subscription_id).where(new),
+                                       select(inv.c.subscription_id).where(inv.c.id.in_(select(invs.c.id)))))
+    custs = s.keys("custs", union(select(w.c.customer_id).where(new),
+                                  select(sub.c.customer_id).where(sub.c.id.in_(select(named.c.id))),
+                                  select(inv.c.customer_id).where(inv.c.id.in_(select(invs.c.id)))))
+    # every subscription of each customer named (a reactivation depends on the others)
+    subs = s.keys("subs", select(sub.c.id).where(sub.c.customer_id.in_(select(custs.c.id))))
+    # a customer's first payment: the earliest of the one known and the invoices named that are
+    # paid (the paid invoices only grow, each named by an event when it becomes paid)
+    fp = first_paid_table
+    payers = s.keys("paid_custs", select(inv.c.customer_id).where(inv.c.id.in_(select(invs.c.id)),
+                                                                  inv.c.status == "paid"))
+    paid_custs = select(payers.c.id)
+    both = union_all(select(inv.c.customer_id, inv.c.paid_at.label("t"))
+                     .where(inv.c.id.in_(select(invs.c.id)), inv.c.status == "paid", inv.c.paid_at.is_not(None)),
+                     select(fp.c.customer_id, fp.c.first_paid_at).where(fp.c.customer_id.in_(paid_custs))).subquery()
+    Sync(s, fp, "first_paid", ["customer_id", "first_paid_at"], ["customer_id"], fp.c.customer_id.in_(paid_custs),
+         select(both.c.customer_id, func.min(both.c.t)).group_by(both.c.customer_id),
+         keys=s.count["paid_custs"]).apply()
+    if conn.execute(select(func.count()).where(new, w.c.type.like("plan.%"))).scalar_one():
         conn.execute(delete(off_price_table))
         conn.execute(insert(off_price_table).from_select(["subscription_id"], off_price_subscriptions()))
         day_rollups.rebuild_sub_events(conn)  # a plan's price: every "billed at its plan's price" test
     else:
-        conn.execute(delete(off_price_table).where(off_price_table.c.subscription_id.in_(sub_ids)))
-        conn.execute(insert(off_price_table).from_select(["subscription_id"],
-                                                         off_price_subscriptions(only=sub_ids)))
-        day_rollups.fold_sub_events(conn, sub_ids, cust_ids)
-    named = or_(failed_table.c.subscription_id.in_(sub_ids), failed_table.c.invoice_id.in_(inv_ids))
-    days = day_rollups.failed_days_of(conn, failed_table, named)
-    conn.execute(delete(failed_table).where(failed_table.c.invoice_id.in_(
-        union(select(failed_table.c.invoice_id).where(failed_table.c.subscription_id.in_(sub_ids)), inv_ids))))
-    rows = failed_invoice_rows(conn, only_invoices=inv_ids, only_subscriptions=sub_ids)
-    conn.execute(insert(failed_table).from_select([c.name for c in rows.selected_columns], rows))
-    days |= day_rollups.failed_days_of(conn, failed_table, named)
-    day_rollups.fold_failed_days(conn, failed_table, days)
-    day_rollups.fold_paid_days(conn, inv_ids)
-    day_rollups.fold_paying(conn, sub_ids, inv_ids, cust_ids)
-    day_rollups.fold_cohorts(conn, sub_ids, inv_ids, cust_ids)
+        Sync(s, off_price_table, "off_price", ["subscription_id"], ["subscription_id"],
+             off_price_table.c.subscription_id.in_(select(named.c.id)),
+             off_price_subscriptions(only=select(named.c.id)), keys=s.count["named_subs"]).apply()
+        day_rollups.fold_sub_events(s, subs)
+    # the failed invoices to recompute: those named (every change to an invoice or its attempts
+    # names it), those whose subscription's cancellation changed, and those whose recovery
+    # method reads a card event of the window (dunning_facts: the subscription's card switched,
+    # the card updater's change for the customer)
+    changed_dims = (select(f.c.invoice_id).select_from(f.join(sub, sub.c.id == f.c.subscription_id))
+                    .where(f.c.subscription_id.in_(select(named.c.id)),
+                           or_(f.c.cancellation_kind.is_distinct_from(sub.c.cancellation_kind),
+                               f.c.reason_group.is_distinct_from(reason_group(sub.c.cancellation_reason)))))
+    card_switched = select(f.c.invoice_id).where(f.c.subscription_id.in_(
+        select(w.c.subscription_id).where(new, w.c.type == CARD_CHANGED)))
+    card_updated = (select(f.c.invoice_id).select_from(f.join(inv, inv.c.id == f.c.invoice_id))
+                    .where(inv.c.customer_id.in_(select(w.c.customer_id).where(new, w.c.type == CARD_UPDATED))))
+    scope = s.keys("failed_scope", union(select(invs.c.id), changed_dims, card_switched, card_updated))
+    rows = failed_invoice_rows(conn, only_invoices=select(scope.c.id))
+    day_rollups.fold_failed(s, f, scope, rows)
+    day_rollups.fold_paying(s, invs, payers)
+    cohort_days = day_rollups.fold_cohorts(s, custs)
+    day_rollups.fold_days(s, day_rollups.paid_days_of(conn, invs), cohort_days)
 
 
 def ready(conn: Connection) -> bool:
     """True once the rollups were built (the per-day rollups are then complete)."""
     return conn.execute(select(state_table.c.last_event_id).where(state_table.c.name == NAME)).first() is not None
+
+
+def _window(s: Scratch, after: int, top: int) -> Table:
+    """A scratch copy of the events in ``(after, top]`` visible now: one snapshot for the counts
+    and the keys of this refresh."""
+    ev = events
+    w = s.table("events", Column("id", BigInteger, primary_key=True), Column("type", String(60)),
+                Column("subscription_id", String(40)), Column("customer_id", String(40)),
+                Column("invoice_id", String(40)))
+    cols = ["id", "type", "subscription_id", "customer_id", "invoice_id"]
+    s.conn.execute(insert(w).from_select(cols, select(*[ev.c[c] for c in cols]).where(ev.c.id > after,
+                                                                                      ev.c.id <= top)))
+    s.analyze(w)
+    return w
 
 
 def refresh(engine: Engine, *, lag: timedelta = LAG, rebuild: bool = False,
@@ -145,22 +200,60 @@ def refresh(engine: Engine, *, lag: timedelta = LAG, rebuild: bool = False,
     with engine.begin() as conn:
         _lock(conn)
         tune(conn)  # a rebuild sorts and hashes millions of rows
-        state = conn.execute(select(state_table.c.last_event_id).where(state_table.c.name == NAME)).first()
-        top = conn.execute(select(func.max(events.c.id))).scalar_one() or 0
+        st = state_table.c
+        state = conn.execute(select(st.last_event_id, st.folded_to, st.folded_count).where(st.name == NAME)).first()
+        top = int(conn.execute(select(func.max(events.c.id))).scalar_one() or 0)
         settled = conn.execute(select(func.max(events.c.id)).where(events.c.recorded_at < now - lag)).scalar_one()
         mark = int(settled or 0)
         if state is None or rebuild:
+            # counted before the rebuild reads anything: each of these events' changes is seen by it
+            seen = conn.execute(select(func.count()).where(events.c.id > mark, events.c.id <= top)).scalar_one()
             _rebuild(conn)
-            conn.execute(delete(state_table).where(state_table.c.name == NAME))
-            conn.execute(insert(state_table).values(name=NAME, last_event_id=mark, refreshed_at=now))
-            return Refreshed(rebuilt=True, from_event_id=0, to_event_id=mark)
+            conn.execute(delete(state_table).where(st.name == NAME))
+            conn.execute(insert(state_table).values(name=NAME, last_event_id=mark, refreshed_at=now,
+                                                    folded_to=top, folded_count=int(seen)))
+            return Refreshed(rebuilt=True, from_event_id=0, to_event_id=mark, folded_after=0, folded_to=top)
         after = int(state[0])
-        if top > after:
-            _fold(conn, after)
-            mark = max(mark, after)
-            conn.execute(state_table.update().where(state_table.c.name == NAME)
-                         .values(last_event_id=mark, refreshed_at=now))
-        return Refreshed(rebuilt=False, from_event_id=after, to_event_id=max(mark, after))
+        folded_to, folded_count = int(state[1] if state[1] is not None else after), int(state[2] or 0)
+        if folded_to > top or folded_to < after:  # not a state this code wrote: fold the whole window
+            folded_to, folded_count = after, 0
+        mark = max(mark, after)
+        if top <= after:
+            return Refreshed(rebuilt=False, from_event_id=after, to_event_id=after, folded_after=top, folded_to=top)
+        if top == folded_to:  # nothing above the last fold: two counts, no scratch table
+            ev = events.c
+            again, keep = conn.execute(select(func.coalesce(func.sum(case((ev.id <= folded_to, 1), else_=0)), 0),
+                                              func.coalesce(func.sum(case((ev.id > mark, 1), else_=0)), 0))
+                                       .where(ev.id > after, ev.id <= top)).one()
+            if int(again) == folded_count:
+                if mark > after:
+                    conn.execute(state_table.update().where(st.name == NAME).values(
+                        last_event_id=mark, refreshed_at=now, folded_count=int(keep)))
+                return Refreshed(rebuilt=False, from_event_id=after, to_event_id=mark, folded_after=top,
+                                 folded_to=top)
+        s = Scratch(conn)
+        if s.pg:  # the fold reads the few rows of the keys named: index probes, not scans of
+            # whole tables (the default cost of a random page assumes a disk, not the cache),
+            # nor merge joins walking a whole primary key to meet a few thousand keys
+            conn.exec_driver_sql("SET LOCAL random_page_cost = 1.1")
+            conn.exec_driver_sql("SET LOCAL enable_mergejoin = off")
+        try:
+            w = _window(s, after, top)
+            # in one snapshot: the events at or below folded_to visible now -- the same set as the
+            # last fold's when the count is (events are never deleted; ids are unique), so only
+            # those above it are new; a different count means one committed late below it, and
+            # the whole window is folded again -- and the events the new watermark leaves inside
+            again, keep = conn.execute(select(func.coalesce(func.sum(case((w.c.id <= folded_to, 1), else_=0)), 0),
+                                              func.coalesce(func.sum(case((w.c.id > mark, 1), else_=0)), 0))).one()
+            lo = folded_to if int(again) == folded_count else after
+            if top > lo:
+                _fold(s, w, lo)
+            if top > lo or mark > after:
+                conn.execute(state_table.update().where(st.name == NAME).values(
+                    last_event_id=mark, refreshed_at=now, folded_to=top, folded_count=int(keep)))
+        finally:
+            s.close()
+        return Refreshed(rebuilt=False, from_event_id=after, to_event_id=mark, folded_after=lo, folded_to=top)
 
 
 def differences(engine: Engine) -> list[str]:
