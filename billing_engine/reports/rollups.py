@@ -256,6 +256,15 @@ def refresh(engine: Engine, *, lag: timedelta = LAG, rebuild: bool = False,
         return Refreshed(rebuilt=False, from_event_id=after, to_event_id=mark, folded_after=lo, folded_to=top)
 
 
+def refresh_if_built(engine: Engine) -> Refreshed | None:
+    """:func:`refresh`, but never the first build (None then): after a run-cycle, a fold is
+    proportional to the run, while a first build reads every invoice (minutes at 1 M
+    subscriptions) and is left to ``billing report refresh`` or the first report."""
+    with engine.connect() as conn:
+        built = conn.execute(select(state_table.c.name).where(state_table.c.name == NAME)).first()
+    return refresh(engine) if built is not None else None
+
+
 def differences(engine: Engine) -> list[str]:
     """Rows in which the rollups differ from a recomputation over the raw tables ([] = equal)."""
     out: list[str] = []

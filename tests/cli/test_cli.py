@@ -89,3 +89,42 @@ def test_invalid_setting_stops_with_one_line(run, tmp_path: Path) -> None:  # ty
     env = {**os.environ, "BILLING_DATABASE_URL": "mysql://nope", "PYTHONPATH": str(ROOT)}
     p = subprocess.run([*BILLING, "plan", "list"], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60)
     assert p.returncode == 78 and "BILLING_DATABASE_URL" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_run_cycle_folds_its_changes_into_the_report_rollups(run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """After the charges, run-cycle brings the report rollups up to date, so the first report
+    finance opens does not wait for the fold; --no-report-refresh leaves it to that report, and
+    rollups never built are left to the first report (a build reads every invoice)."""
+    from sqlalchemy import select
+
+    from billing_engine.db import make_engine
+    from billing_engine.reports import rollups
+
+    at = "2026-01-10T09:00:00Z"
+    run("plan", "create", "--code", "basic", "--name", "Basic", "--amount", "7.00", "--currency", "usd", "--at", at)
+    subs = []
+    for i in range(3):
+        cust = _json(run("customer", "create", "--email", f"r{i}@example.com", "--at", at, "--json"))
+        pm = _json(run("payment-method", "add", cust["id"], "--token", "pm_card_visa", "--consent-ip", "203.0.113.9",
+                       "--consent-user-agent", "Mozilla/5.0", "--terms-version", "v1", "--terms-text",
+                       "We charge 7.00 USD monthly until you cancel.", "--consent-amount", "7.00",
+                       "--consent-currency", "USD", "--at", at, "--json"))
+        subs.append(_json(run("subscribe", "--customer", cust["id"], "--plan", "basic", "--payment-method", pm["id"],
+                              "--defer-first-charge", "--at", at, "--json"))["id"])
+    summary = _json(run("run-cycle", "--at", at, "--json", "--limit", "1"))
+    assert summary["succeeded"] == 1 and "report_refresh" not in summary  # never built: not built here
+    run("report", "refresh")  # the admin builds them once
+    summary = _json(run("run-cycle", "--at", at, "--json", "--no-report-refresh", "--limit", "1"))
+    assert summary["succeeded"] == 1 and "report_refresh" not in summary
+    summary = _json(run("run-cycle", "--at", at, "--json"))
+    assert summary["succeeded"] == 1 and summary["report_refresh"]["events_folded"] > 0
+    eng = make_engine(f"sqlite:///{tmp_path / 'cli.db'}")
+    try:
+        with eng.connect() as conn:  # every charge is in the rollups already (the --no-report-refresh run's too)
+            paid = conn.execute(select(rollups.first_paid_table)).all()
+        assert len(paid) == 3
+        assert rollups.differences(eng) == []
+        again = rollups.refresh(eng)  # what the next report pays: nothing left to fold
+        assert again.folded_to == again.folded_after
+    finally:
+        eng.dispose()
