@@ -173,7 +173,19 @@ def worker_app() -> Any:
             pass
         if os.getppid() == 1:  # pragma: no cover - the supervisor died before prctl
             os.kill(os.getpid(), signal.SIGTERM)
-    return create_app()
+    return freeze_heap(create_app())
+
+
+def freeze_heap(app: Any) -> Any:
+    """Move everything allocated so far (the imports and the app: ~200,000 objects) out of
+    the garbage collector's reach (``gc.freeze``): they live as long as the process, and a
+    full collection scanning them stopped a worker for 70-80 ms every ~1,500 list requests
+    (all its in-flight requests waited: a p99 of its own). Returns ``app``."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
+    return app
 
 
 def config(app: Any, *, read_timeout: float = DEFAULT_READ_TIMEOUT, http: str = "auto", **kwargs: Any) -> uvicorn.Config:

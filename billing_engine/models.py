@@ -79,9 +79,19 @@ class UTCDateTime(TypeDecorator[datetime]):
         """One small function per value instead of TypeDecorator's generic wrapper (the
         batch paths read tens of thousands of timestamps): PostgreSQL sessions run in
         UTC (db.make_engine), so the common value goes back untouched."""
-        if self.impl_instance.result_processor(dialect, coltype) is not None:  # SQLite: text in, parsed first
-            return super().result_processor(dialect, coltype)
+        parse = self.impl_instance.result_processor(dialect, coltype)
         convert = self.process_result_value
+        if parse is not None:  # SQLite: text in (naive UTC), parsed first -- one function, not TypeDecorator's two
+
+            def parse_utc(value: Any) -> Any:
+                if value is None:
+                    return None
+                parsed: Any = parse(value)  # a datetime: value is not None
+                if parsed.tzinfo is None:
+                    return parsed.replace(tzinfo=UTC)
+                return convert(parsed, dialect)
+
+            return parse_utc
 
         def process(value: Any) -> Any:
             if value is None or value.tzinfo is UTC:

@@ -101,7 +101,7 @@ def register(app: typer.Typer) -> None:
             else:
                 Multiprocess(cfg, sockets=[cfg.bind_socket()]).run()
         else:
-            cfg = serving.config(create_app(settings=settings), read_timeout=read_timeout, **options)
+            cfg = serving.config(serving.freeze_heap(create_app(settings=settings)), read_timeout=read_timeout, **options)
             server = serving.DrainingServer(cfg)
             server.run()
             if not server.started:
