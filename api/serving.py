@@ -218,13 +218,8 @@ def reuse_port_sockets(cfg: uvicorn.Config, count: int) -> list[socket.socket] |
     port = cfg.port
     try:
         for _ in range(count):
-            sock = socket.socket(family=family, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
-            sockets.append(sock)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            sock.bind((cfg.host, port))
-            port = sock.getsockname()[1]  # --port 0: the others join the port the first one got
-            sock.set_inheritable(True)
+            sockets.append(_reuse_port_socket(family, cfg.host, port))
+            port = sockets[-1].getsockname()[1]  # --port 0: the others join the port the first one got
     except OSError as exc:
         for sock in sockets:
             sock.close()
@@ -233,6 +228,19 @@ def reuse_port_sockets(cfg: uvicorn.Config, count: int) -> list[socket.socket] |
     host = f"[{cfg.host}]" if family == socket.AF_INET6 else cfg.host
     logger.info("Uvicorn running on %s://%s:%d (Press CTRL+C to quit)", "https" if cfg.is_ssl else "http", host, port)
     return sockets
+
+
+def _reuse_port_socket(family: socket.AddressFamily, host: str, port: int) -> socket.socket:
+    sock = socket.socket(family=family, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+        sock.set_inheritable(True)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 class SpreadMultiprocess(Multiprocess):
@@ -266,6 +274,28 @@ class SpreadMultiprocess(Multiprocess):
             old_process.terminate()
             old_process.join()
             self.processes[idx] = new_process
+
+    def handle_ttin(self) -> None:  # pragma: no cover - SIGTTIN: one more worker, on a socket of its own
+        logger.info("Received SIGTTIN, increasing the number of processes.")
+        first = self.per_worker[0]
+        try:
+            self.per_worker.append(_reuse_port_socket(first.family, *first.getsockname()[:2]))
+        except OSError as exc:
+            logger.error("cannot add a worker: %s", exc)
+            return
+        self.processes_num += 1
+        self.processes.append(self._spawn(len(self.per_worker) - 1))
+
+    def handle_ttou(self) -> None:  # pragma: no cover - SIGTTOU: one worker less, and its socket closed
+        logger.info("Received SIGTTOU, decreasing number of processes.")
+        if self.processes_num <= 1:
+            logger.info("Already reached one process, cannot decrease the number of processes anymore.")
+            return
+        self.processes_num -= 1
+        process = self.processes.pop()
+        process.terminate()
+        process.join()
+        self.per_worker.pop().close()  # else the kernel would go on sending connections to it
 
     def keep_subprocess_alive(self) -> None:  # uvicorn's, with each worker's own socket
         if self.should_exit.is_set():
