@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any
 
 from sqlmodel import Session, col, select
@@ -66,9 +67,16 @@ def _sub_fields(s: Session, sub: Subscription) -> dict[str, Any]:
     return fields | {"amount": S.display(fields["amount_minor"], fields["currency"])}
 
 
+@lru_cache(maxsize=4096)
+def _plan_display(amount_minor: int, currency: str) -> str:
+    """:func:`api.schemas.display` of a plan's price (ints from the database): a page of 50
+    rows has a handful of plans, formatted once each."""
+    return S.display(amount_minor, currency)
+
+
 def subscription_of(fields: dict[str, Any]) -> S.SubscriptionOut:
     """From :func:`billing_engine.subscriptions.summaries` (the list's batched path)."""
-    return S.SubscriptionOut(**fields, amount=S.display(fields["amount_minor"], fields["currency"]))
+    return S.SubscriptionOut(**fields, amount=_plan_display(int(fields["amount_minor"]), fields["currency"]))
 
 
 def subscription_detail(s: Session, sub: Subscription) -> S.SubscriptionDetail:

@@ -28,7 +28,7 @@ from sqlmodel import Session, col
 from sqlmodel import select as sselect
 
 from billing_engine import events, validation
-from billing_engine.db import among
+from billing_engine.db import among_param
 from billing_engine.errors import Conflict, InvalidTransition, NotFound, ValidationError
 from billing_engine.models import Coupon, CouponRedemption, Invoice, Plan, Subscription, SubscriptionStatus
 from billing_engine.money import normalize_currency
@@ -103,20 +103,26 @@ def _codes(value: str | None) -> list[str]:
     return [c for c in (value or "").split(",") if c]
 
 
+def _active_select() -> Any:
+    r, c, i = REDEMPTIONS, COUPONS, INVOICES
+    used = select(func.count()).select_from(i).where(i.c.redemption_id == r.c.id).scalar_subquery()
+    return (select(r.c.id, r.c.subscription_id, c.c.code, c.c.kind, c.c.percent_off, c.c.amount_off_minor,
+                   c.c.currency, c.c.duration, c.c.duration_periods, c.c.plan_codes, used.label("used"))
+            .join(c, c.c.id == r.c.coupon_id)
+            .where(among_param(r.c.subscription_id, "subscription_ids"), r.c.removed_at.is_(None))
+            .order_by(r.c.redeemed_at, r.c.id))
+
+
+_ACTIVE_SELECT = _active_select()  # built once: the list runs it per page, the run-cycle per batch
+
+
 def active_for(session: Session, subscription_ids: Sequence[str]) -> dict[str, Any]:
     """The redemption still discounting each subscription (with its coupon's terms and the
     periods already discounted): ONE query for a whole batch."""
     if not subscription_ids:
         return {}
-    r, c, i = REDEMPTIONS, COUPONS, INVOICES
-    used = select(func.count()).select_from(i).where(i.c.redemption_id == r.c.id).scalar_subquery()
-    q = (select(r.c.id, r.c.subscription_id, c.c.code, c.c.kind, c.c.percent_off, c.c.amount_off_minor,
-                c.c.currency, c.c.duration, c.c.duration_periods, c.c.plan_codes, used.label("used"))
-         .join(c, c.c.id == r.c.coupon_id)
-         .where(among(r.c.subscription_id, subscription_ids), r.c.removed_at.is_(None))
-         .order_by(r.c.redeemed_at, r.c.id))
     out: dict[str, Any] = {}
-    for row in session.connection().execute(q):
+    for row in session.connection().execute(_ACTIVE_SELECT, {"subscription_ids": list(subscription_ids)}):
         limit = periods_of(row.duration, row.duration_periods)
         if row.subscription_id not in out and (limit is None or int(row.used) < limit):
             out[row.subscription_id] = row

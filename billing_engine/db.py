@@ -251,3 +251,10 @@ def among(column: Any, values: Iterable[str]) -> ColumnElement[bool]:
     ones) -- a fifth of the run-cycle's CPU. ``= ANY(:ids)`` is one parameter, one short
     statement, and uses the same index."""
     return _Among(column, bindparam(None, list(values), type_=_IdList()))
+
+
+def among_param(column: Any, name: str) -> ColumnElement[bool]:
+    """:func:`among` with the list given at execution time as parameter ``name``: for a
+    statement built once and run with ``{name: [...]}`` (no statement or cache key to
+    build per call)."""
+    return _Among(column, bindparam(name, type_=_IdList()))

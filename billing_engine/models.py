@@ -79,9 +79,22 @@ class UTCDateTime(TypeDecorator[datetime]):
         """One small function per value instead of TypeDecorator's generic wrapper (the
         batch paths read tens of thousands of timestamps): PostgreSQL sessions run in
         UTC (db.make_engine), so the common value goes back untouched."""
-        if self.impl_instance.result_processor(dialect, coltype) is not None:  # SQLite: text in, parsed first
-            return super().result_processor(dialect, coltype)
+        parse = self.impl_instance.result_processor(dialect, coltype)
         convert = self.process_result_value
+        fromisoformat = datetime.fromisoformat
+        if parse is not None:  # SQLite: text in (naive UTC), parsed first -- one function, not TypeDecorator's two
+
+            def parse_utc(value: Any) -> Any:
+                if value is None:
+                    return None
+                if value.__class__ is str and len(value) == 26 and value[10] == " ":  # SQLAlchemy's own format
+                    return fromisoformat(value + "+00:00")  # aware in one step: 5x cheaper than .replace(tzinfo=)
+                parsed: Any = parse(value)  # a datetime: value is not None
+                if parsed.tzinfo is None:
+                    return parsed.replace(tzinfo=UTC)
+                return convert(parsed, dialect)
+
+            return parse_utc
 
         def process(value: Any) -> Any:
             if value is None or value.tzinfo is UTC:

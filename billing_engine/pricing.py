@@ -27,6 +27,7 @@ from sqlalchemy import select
 from sqlmodel import Session
 
 from billing_engine import events, i18n, notifications, plans, terms, validation
+from billing_engine.db import among_param
 from billing_engine.errors import Conflict
 from billing_engine.models import (
     LIVE_STATUSES,
@@ -75,15 +76,17 @@ def in_force(plan: Any, changes: Sequence[Any], *, subscribed_at: datetime, peri
     return amount
 
 
+_CHANGES_SELECT = PRICE_CHANGES.select().where(among_param(PRICE_CHANGES.c.plan_id, "plan_ids")).order_by(
+    PRICE_CHANGES.c.announced_at, PRICE_CHANGES.c.id)  # built once (the list runs it per page)
+
+
 def changes_for(session: Session, plan_ids: Iterable[str]) -> dict[str, list[Any]]:
     """The price changes of these plans, oldest announcement first: ONE query for a batch."""
     ids = sorted(set(plan_ids))
     out: dict[str, list[Any]] = {pid: [] for pid in ids}
     if not ids:
         return out
-    q = PRICE_CHANGES.select().where(PRICE_CHANGES.c.plan_id.in_(ids)).order_by(
-        PRICE_CHANGES.c.announced_at, PRICE_CHANGES.c.id)
-    for r in session.connection().execute(q):
+    for r in session.connection().execute(_CHANGES_SELECT, {"plan_ids": ids}):
         out[r.plan_id].append(r)
     return out
 

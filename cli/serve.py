@@ -95,10 +95,13 @@ def register(app: typer.Typer) -> None:
             # uvicorn's 5 s kills slow starters on a busy machine, over and over
             cfg = serving.config("api.serving:worker_app", factory=True, read_timeout=read_timeout,
                                  timeout_worker_healthcheck=60, **options)
-            sock = cfg.bind_socket()
-            Multiprocess(cfg, sockets=[sock]).run()
+            spread = serving.reuse_port_sockets(cfg, workers)  # one socket per worker (Linux), see there
+            if spread is not None:
+                serving.SpreadMultiprocess(cfg, spread).run()
+            else:
+                Multiprocess(cfg, sockets=[cfg.bind_socket()]).run()
         else:
-            cfg = serving.config(create_app(settings=settings), read_timeout=read_timeout, **options)
+            cfg = serving.config(serving.freeze_heap(create_app(settings=settings)), read_timeout=read_timeout, **options)
             server = serving.DrainingServer(cfg)
             server.run()
             if not server.started:

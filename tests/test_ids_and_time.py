@@ -48,6 +48,23 @@ def test_timestamps_come_back_in_utc_whatever_the_backend(engine: Engine) -> Non
     assert got.recorded_at.isoformat() == "2026-03-15T10:00:00.123456+00:00"
 
 
+def test_sqlite_timestamps_in_other_text_forms_are_read_as_utc() -> None:
+    """SQLAlchemy writes ``YYYY-MM-DD HH:MM:SS.ffffff`` (the fast path); rows written by hand
+    or by a migration in another form still come back as the same instant, aware, in UTC."""
+    engine = make_engine("sqlite://")
+    with engine.begin() as c:
+        c.exec_driver_sql("CREATE TABLE t (n INTEGER, at DATETIME)")
+        c.exec_driver_sql("INSERT INTO t VALUES (1, '2026-03-15 09:00:00.000001'), (2, '2026-03-15 09:00:00'), "
+                          "(3, '2026-03-15'), (4, '2026-03-15T09:00:00.500000'), (5, NULL), "
+                          "(6, '2026-12-31 23:59:59.999999')")
+        table = Event.__table__  # type: ignore[attr-defined]
+        got = [r[0] for r in c.execute(text("SELECT at FROM t ORDER BY n").columns(table.c.occurred_at))]
+    assert got == [datetime(2026, 3, 15, 9, 0, 0, 1, tzinfo=UTC), datetime(2026, 3, 15, 9, tzinfo=UTC),
+                   datetime(2026, 3, 15, tzinfo=UTC), datetime(2026, 3, 15, 9, 0, 0, 500000, tzinfo=UTC), None,
+                   datetime(2026, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)]
+    assert all(g.tzinfo is UTC for g in got if g is not None)
+
+
 def test_postgresql_sessions_keep_the_urls_own_options(pg_db_url: str) -> None:
     eng = make_engine(f"{pg_db_url}?options=-c%20application_name%3Dbilling-test")
     try:

@@ -139,3 +139,34 @@ def test_cancel_link_is_signed_for_the_subscription(client: TestClient, paid: di
     settings = client.app.state.settings  # type: ignore[attr-defined]
     assert links.verify_cancel_token(settings, token, clock.now + timedelta(days=1)) == paid["id"]
     assert client.post("/v1/subscriptions/sub_nope/cancel-link").status_code == 404
+
+
+def test_subscription_list_by_creation_and_update_ranges_with_other_filters(client: TestClient, clock: Clock) -> None:
+    """The ranges combine with status, plan, customer and the cursor (each filter shape is a
+    statement built once; its values are parameters, so a second call with other values must
+    not see the first call's)."""
+    create_plan(client)
+    start = clock.now
+    subs = []
+    for i in range(4):  # created a day apart
+        clock.now = start + timedelta(days=i)
+        subs.append(subscribe(client, email=f"r{i}@example.com"))
+    clock.now = start + timedelta(days=10)
+    client.post(f"/v1/subscriptions/{subs[1]['id']}/cancel", json={"at_period_end": False})  # updated on day 10
+
+    def ids(**params: str) -> list[str]:
+        r = client.get("/v1/subscriptions", params=params)
+        assert r.status_code == 200, r.text
+        return [s["id"] for s in r.json()["data"]]
+
+    day = lambda n: (start + timedelta(days=n)).isoformat()  # noqa: E731
+    assert ids(created_gte=day(1)) == [s["id"] for s in subs[1:]]
+    assert ids(created_gte=day(1), created_lt=day(3)) == [subs[1]["id"], subs[2]["id"]]
+    assert ids(created_gte=day(2), created_lt=day(4)) == [subs[2]["id"], subs[3]["id"]]  # same shape, other values
+    assert ids(updated_gte=day(5)) == [subs[1]["id"]]
+    assert ids(updated_lt=day(5), status="incomplete") == [subs[0]["id"], subs[2]["id"], subs[3]["id"]]
+    assert ids(created_gte=day(1), status="incomplete", plan="basic-monthly") == [subs[2]["id"], subs[3]["id"]]
+    assert ids(created_gte=day(0), customer=str(subs[3]["customer_id"])) == [subs[3]["id"]]
+    assert ids(created_gte=day(0), limit="1", after=subs[1]["id"]) == [subs[2]["id"]]
+    bad = client.get("/v1/subscriptions", params={"created_gte": day(3), "created_lt": day(1)})
+    assert bad.status_code == 422 and bad.json()["field"] == "created_lt"

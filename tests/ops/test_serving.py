@@ -37,15 +37,23 @@ with transaction(get_engine()) as s:
     subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=120, cwd=ROOT)
 
 
+# `billing serve` as `python -m cli.main`, or with httptools hidden (uvicorn's h11 parser must serve)
+SERVE = {"httptools": [sys.executable, "-m", "cli.main"],
+         "h11": [sys.executable, "-c", "import runpy, sys; sys.modules['httptools'] = None; "
+                 "runpy.run_module('cli.main', run_name='__main__', alter_sys=True)"]}
+NO_HTTPTOOLS = "httptools is not installed: serving with uvicorn's pure-Python h11 parser"
+
+
 @pytest.fixture
-def server(tmp_path: Path):  # type: ignore[no-untyped-def]
+def server(tmp_path: Path, request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
+    parser = getattr(request, "param", "httptools")
     env = {**os.environ, "BILLING_DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite'}", "PYTHONPATH": str(ROOT),
            "BILLING_ENV": "development", "BILLING_ADMIN_TOKENS": TOKEN, "BILLING_MAIL_TRANSPORT": "none",
            "BILLING_FAKE_LATENCY_MS": "1500"}
     env.pop("BILLING_GATEWAY", None)
     _seed(env)
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "cli.main", "serve", "--port", str(port), "--read-timeout", "1",
+    proc = subprocess.Popen([*SERVE[parser], "serve", "--port", str(port), "--read-timeout", "1",
                              "--log-level", "info"], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     base = f"http://127.0.0.1:{port}"
@@ -64,7 +72,9 @@ def server(tmp_path: Path):  # type: ignore[no-untyped-def]
         proc.communicate()
 
 
-def test_a_client_trickling_its_headers_is_cut_off(server) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("server", ["httptools", "h11"], indirect=True)
+def test_a_client_trickling_its_headers_is_cut_off(server, request: pytest.FixtureRequest) -> None:  # type: ignore[no-untyped-def]
+    """Also without httptools installed: uvicorn's h11 parser serves, with the same deadline."""
     proc, port = server
     with socket.create_connection(("127.0.0.1", port), timeout=10) as slow:
         slow.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # ...and never the blank line
@@ -91,6 +101,13 @@ def test_a_client_trickling_its_headers_is_cut_off(server) -> None:  # type: ign
         data = body.recv(1024)
         assert time.monotonic() - t < 4 and not data.startswith(b"HTTP/1.1 2")
     assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200  # others still served
+    r = httpx.get(f"http://127.0.0.1:{port}/v1/subscriptions?limit=1", headers={"Authorization": f"Bearer {TOKEN}"},
+                  timeout=10)
+    assert r.status_code == 200 and len(r.json()["data"]) == 1
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0
+    warned = NO_HTTPTOOLS in proc.communicate()[1]
+    assert warned == (request.node.callspec.params["server"] == "h11")
 
 
 def test_sigterm_drains_in_flight_requests_and_exits_0(server) -> None:  # type: ignore[no-untyped-def]
@@ -167,3 +184,86 @@ def test_workers_stop_when_their_supervisor_is_killed(tmp_path: Path) -> None:
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def _established_per_process(pids: list[int], port: int) -> dict[int, int]:
+    """How many ESTABLISHED server-side TCP connections on ``port`` each of ``pids`` holds (Linux /proc)."""
+    inodes: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            for line in f.readlines()[1:]:
+                fields = line.split()
+                if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "01":
+                    inodes.add(fields[9])
+    counts = {}
+    for pid in pids:
+        fds = os.listdir(f"/proc/{pid}/fd")
+        counts[pid] = sum(1 for fd in fds if os.readlink(f"/proc/{pid}/fd/{fd}").removeprefix("socket:[")
+                          .removesuffix("]") in inodes)
+    return counts
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SO_REUSEPORT spreads connections on Linux only")
+def test_keep_alive_connections_are_spread_over_the_workers(tmp_path: Path) -> None:
+    """60 connections opened together: each of 2 workers gets at least 12 (one socket per worker,
+    SO_REUSEPORT; with one shared socket the first worker to wake took nearly all of them, e.g. 49/1)."""
+    env = {**os.environ, "BILLING_DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite'}", "PYTHONPATH": str(ROOT),
+           "BILLING_ENV": "development", "BILLING_ADMIN_TOKENS": TOKEN}
+    env.pop("BILLING_GATEWAY", None)
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "cli.main", "serve", "--port", str(port), "--workers", "2"],
+                            env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    conns: list[socket.socket] = []
+    try:
+        deadline = time.monotonic() + 120
+        while True:  # both workers up: each answers on its own socket
+            workers = [int(p) for p in os.listdir("/proc")  # (not the multiprocessing resource tracker)
+                       if p.isdigit() and _ppid(int(p)) == proc.pid and _listening(int(p), port)]
+            try:
+                ok = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200
+            except httpx.TransportError:
+                ok = False
+            if ok and len(workers) == 2:
+                break
+            assert time.monotonic() < deadline, "server did not start"
+            time.sleep(0.2)
+        for _ in range(60):
+            c = socket.create_connection(("127.0.0.1", port), timeout=10)
+            c.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            conns.append(c)
+        for c in conns:
+            assert c.recv(1024).startswith(b"HTTP/1.1 200")  # accepted and answered, kept alive
+        counts = _established_per_process(workers, port)
+        assert sum(counts.values()) == 60
+        assert min(counts.values()) >= 12, counts
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        for c in conns:
+            c.close()
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
+def _ppid(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rpartition(")")[2].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _listening(pid: int, port: int) -> bool:
+    """Whether ``pid`` holds a socket LISTENing on ``port``."""
+    inodes = set()
+    with open("/proc/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            fields = line.split()
+            if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "0A":
+                inodes.add(fields[9])
+    try:
+        return any(os.readlink(f"/proc/{pid}/fd/{fd}").removeprefix("socket:[").removesuffix("]") in inodes
+                   for fd in os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return False
