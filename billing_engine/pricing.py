@@ -218,8 +218,9 @@ def notice_prices(tr: i18n.Translator, n: Notice) -> tuple[str, str]:
     """The old and the new price with their cadence ("17.00 USD every month"; babel's amount
     in other languages, as on the account pages: :func:`i18n.page_money`)."""
     every = terms.every(tr, n.interval, n.interval_count)
-    return tuple(tr.gettext("%(amount)s %(every)s", amount=i18n.page_money(tr, a, n.currency), every=every)
-                 for a in (n.old_amount_minor, n.amount_minor))  # type: ignore[return-value]
+    old, new = (tr.gettext("%(amount)s %(every)s", amount=i18n.page_money(tr, a, n.currency), every=every)
+                for a in (n.old_amount_minor, n.amount_minor))
+    return old, new
 
 
 def notice_text(tr: i18n.Translator, n: Notice) -> str:
