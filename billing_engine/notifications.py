@@ -221,7 +221,10 @@ def build_context(session: Session, n: Notification, settings: Settings) -> dict
     cancel_url = links.make_cancel_url(settings, sub.id, n.created_at) if sub is not None else None
     account_url = links.make_account_url(settings, customer.id, n.created_at) if customer is not None else None
     live = sub is not None and sub.status != "canceled"
-    tr = translator_for(customer, settings)
+    # a row that names its language (a price-change notice: the language its consent text was
+    # recorded in, pricing.reprice) is written in it; any other in the customer's
+    tr = (i18n.translator(str(payload["locale"])) if n.kind == Kind.PRICE_CHANGE and payload.get("locale")
+          else translator_for(customer, settings))
     _ = tr.gettext
 
     def date(value: Any) -> str:
@@ -284,6 +287,13 @@ def build_context(session: Session, n: Notification, settings: Settings) -> dict
         "year_charges": int(payload.get("year_charges") or 0),
         "since": date(payload.get("since")),
     }
+    if n.kind == Kind.PRICE_CHANGE:
+        from billing_engine import pricing
+
+        notice = pricing.Notice.from_payload(payload, plan)
+        if notice is not None:  # the notice's own words, exactly as its consent recorded them
+            ctx["notice"] = pricing.notice_text(tr, notice)
+            ctx["old_price"], ctx["new_price"] = pricing.notice_prices(tr, notice)
     return ctx
 
 

@@ -151,11 +151,14 @@ class RepriceResult:
 
 def reprice(
     session: Session, plan_ref: str, *, amount_minor: int, now: datetime, notice_days: int | None = None,
-    default_notice_days: int = 30, actor: str = "admin", chunk: int = 2000,
+    default_notice_days: int = 30, actor: str = "admin", chunk: int = 2000, default_locale: str | None = None,
 ) -> RepriceResult:
     """Change a plan's price: new subscribers at once, existing ones from their first period
     starting after the notice. Every live subscriber gets an e-mail (old and new price, the
-    date, the cancel link) and, for an increase, a consent row recorded by the notice."""
+    date, the cancel link) and, for an increase, a consent row recorded by the notice: the
+    e-mail's own notice text (:func:`notice_text`) in the customer's language (their
+    ``locale``, else ``default_locale``, else the ``BILLING_DEFAULT_LOCALE`` setting), which
+    the e-mail is then written in."""
     plan = plans.get(session, plan_ref)
     validation.int_range(amount_minor, "amount_minor", lo=0, hi=10**12)
     days = default_notice_days if notice_days is None else notice_days
@@ -171,7 +174,12 @@ def reprice(
     session.add(plan)
     session.add(change)
     session.flush()
-    notified = _notify_subscribers(session, plan, change, now=now, actor=actor, chunk=chunk)
+    if default_locale is None:
+        from billing_engine.settings import get_settings
+
+        default_locale = get_settings().default_locale
+    notified = _notify_subscribers(session, plan, change, now=now, actor=actor, chunk=chunk,
+                                   default_locale=default_locale)
     change.subscribers_notified = notified
     session.add(change)
     events.record(session, events.EventType.PLAN_REPRICED, at=now, actor=actor, payload={
@@ -181,27 +189,87 @@ def reprice(
     return RepriceResult(change=change, plan=plan, notified=notified)
 
 
-def notice_text(plan: Plan, change: PriceChange, first_at: datetime) -> str:
-    every = plan.interval if plan.interval_count == 1 else f"{plan.interval_count} {plan.interval}s"
-    return (f"The price of {plan.name} changes from {format_minor(change.old_amount_minor, plan.currency)} to "
-            f"{format_minor(change.amount_minor, plan.currency)} {plan.currency} every {every}, from the first "
-            f"renewal on or after {first_at.date().isoformat()}. Not cancelling before then is agreement to the "
-            f"new price; cancelling means the new price is never charged. (price change {change.id})")
+@dataclass(frozen=True, kw_only=True)
+class Notice:
+    """The facts of one subscriber's price-change notice: what its e-mail and its consent say."""
+
+    plan_name: str
+    old_amount_minor: int
+    amount_minor: int
+    currency: str
+    interval: str
+    interval_count: int
+    first_at: datetime  # the first renewal at the new price
+
+    @classmethod
+    def from_payload(cls, payload: dict[str, Any], plan: Any) -> Notice | None:
+        """The notice of a ``price_change`` e-mail's payload (``plan``: the cadence of a row
+        queued before the payload carried it); None when the payload lacks the facts."""
+        first_at = notifications._parse_dt(payload.get("effective_at"))
+        try:
+            interval = str(payload.get("interval") or plan.interval)
+            count = int(payload.get("interval_count") or plan.interval_count or 1)
+            return cls(plan_name=str(payload.get("plan_name") or plan.name),
+                       old_amount_minor=int(payload["old_amount_minor"]), amount_minor=int(payload["amount_minor"]),
+                       currency=str(payload.get("currency") or plan.currency), interval=interval,
+                       interval_count=count, first_at=first_at) if first_at is not None else None
+        except (KeyError, TypeError, ValueError, AttributeError):
+            return None
+
+
+def notice_prices(tr: i18n.Translator, n: Notice) -> tuple[str, str]:
+    """The old and the new price with their cadence ("17.00 USD every month"; babel's amount
+    in other languages, as on the account pages: :func:`i18n.page_money`)."""
+    every = terms.every(tr, n.interval, n.interval_count)
+    old, new = (tr.gettext("%(amount)s %(every)s", amount=i18n.page_money(tr, a, n.currency), every=every)
+                for a in (n.old_amount_minor, n.amount_minor))
+    return old, new
+
+
+def notice_text(tr: i18n.Translator, n: Notice) -> str:
+    """THE words of the price-change notice in ``tr``'s language: the paragraph the e-mail
+    carries (templates/email/price_change.*) and the consent recorded for it (channel
+    ``price_notice``): one text, so the evidence is what the customer was sent."""
+    date = tr.date(n.first_at)
+    return " ".join((
+        tr.gettext("The price of your %(plan)s subscription changes from %(old_amount)s to %(amount)s %(every)s.",
+                   plan=n.plan_name, old_amount=i18n.page_money(tr, n.old_amount_minor, n.currency),
+                   amount=i18n.page_money(tr, n.amount_minor, n.currency),
+                   every=terms.every(tr, n.interval, n.interval_count)),
+        tr.gettext("Your first charge at the new price is on %(date)s; until then nothing changes.", date=date),
+        tr.gettext("You don't need to do anything to keep it: if you do not cancel before %(date)s, you agree to "
+                   "the new price.", date=date),
+        tr.gettext("If you cancel before %(date)s, you will never be charged the new price.", date=date),
+    ))
 
 
 def _notify_subscribers(session: Session, plan: Plan, change: PriceChange, *, now: datetime, actor: str,
-                        chunk: int) -> int:
+                        chunk: int, default_locale: str | None) -> int:
     """Set-based: per chunk of live subscribers, one read, then bulk inserts of the notice
-    e-mails, the per-subscription events and (for an increase) the consents."""
+    e-mails, the per-subscription events and (for an increase) the consents. The e-mail's
+    payload names the language (``locale``) its consent text was recorded in: the e-mail is
+    written in it (notifications.build_context), so the two cannot differ."""
     from billing_engine.charging import bulk_insert
 
     subs_t, cust_t = Subscription.__table__, Customer.__table__  # type: ignore[attr-defined]
     increase = change.amount_minor > change.old_amount_minor
     old_s, new_s = (f"{format_minor(a, plan.currency)} {plan.currency}" for a in (change.old_amount_minor, change.amount_minor))
     notified, after = 0, ""
+    texts: dict[tuple[str, datetime], str] = {}  # the subscribers share a few (language, date)
+
+    def text_for(tr: i18n.Translator, first_at: datetime) -> str:
+        key = (str(tr.locale), first_at)
+        if key not in texts:
+            texts[key] = notice_text(tr, Notice(
+                plan_name=plan.name, old_amount_minor=change.old_amount_minor, amount_minor=change.amount_minor,
+                currency=plan.currency, interval=plan.interval, interval_count=int(plan.interval_count or 1),
+                first_at=first_at))
+        return texts[key]
+
     while True:
         page = list(session.connection().execute(
-            select(subs_t, cust_t.c.email).join(cust_t, cust_t.c.id == subs_t.c.customer_id)
+            select(subs_t, cust_t.c.email, cust_t.c.locale.label("customer_locale"))
+            .join(cust_t, cust_t.c.id == subs_t.c.customer_id)
             .where(subs_t.c.plan_id == plan.id, subs_t.c.status.in_([str(s) for s in LIVE_STATUSES]),
                    subs_t.c.created_at < change.announced_at, subs_t.c.id > after)
             .order_by(subs_t.c.id).limit(chunk)))
@@ -214,13 +282,16 @@ def _notify_subscribers(session: Session, plan: Plan, change: PriceChange, *, no
             payload = {"price_change_id": change.id, "old_amount_minor": change.old_amount_minor,
                        "amount_minor": change.amount_minor, "currency": plan.currency, "old_amount": old_s,
                        "new_amount": new_s, "effective_at": first_at, "plan_name": plan.name}
+            tr = i18n.for_customer(sub.customer_locale, default_locale)
             mails.append(notifications.row(notifications.Kind.PRICE_CHANGE, customer_id=sub.customer_id,
                                            to_email=sub.email, dedupe_key=f"price_change:{change.id}:{sub.id}",
-                                           at=now, subscription_id=sub.id, payload=payload))
+                                           at=now, subscription_id=sub.id, payload=payload | {
+                                               "interval": plan.interval, "interval_count": plan.interval_count,
+                                               "locale": str(tr.locale)}))
             evs.append(events.row(events.EventType.SUBSCRIPTION_PRICE_CHANGE_NOTICE, at=now, actor=actor,
                                   subscription_id=sub.id, customer_id=sub.customer_id, payload=payload))
             if increase and sub.payment_method_id:
-                text = notice_text(plan, change, first_at)
+                text = text_for(tr, first_at)
                 cons.append({
                     "id": new_id("cns"), "customer_id": sub.customer_id, "payment_method_id": sub.payment_method_id,
                     "plan_id": plan.id, "accepted_at": now, "ip_address": "", "user_agent": "price notice e-mail",

@@ -38,7 +38,8 @@ def reprice(
         p = plans.get(s, plan)
         minor = Money.parse(amount, p.currency, field="amount").amount
         res = pricing.reprice(s, p.id, amount_minor=minor, notice_days=notice_days, now=now, actor=cli_actor(),
-                              default_notice_days=get_settings().price_notice_days)
+                              default_notice_days=get_settings().price_notice_days,
+                              default_locale=get_settings().default_locale)
         data = pricing.summary(res.change) | {"plan_code": res.plan.code}
     if json_out:
         print_json(data)

@@ -94,6 +94,29 @@ def test_every_text_of_the_account_pages_is_translated(lang: str) -> None:
             assert m.string != msgid, f"{lang}: {msgid!r} is left in English"
 
 
+PRICE_NOTICE_SOURCES = ("billing_engine/templates/email/price_change.*", "billing_engine/pricing.py")
+
+
+@pytest.mark.parametrize("lang", LANGS)
+def test_every_text_of_the_price_change_notice_is_translated(lang: str) -> None:
+    """The price-change e-mail and its notice sentences (the consent recorded for it) are
+    extracted and each has a real translation, not the English left in place."""
+    ids = _extract(PRICE_NOTICE_SOURCES)
+    assert "If you cancel before %(date)s, you will never be charged the new price." in ids
+    assert "The price of your %(plan)s subscription changes on %(date)s" in ids  # the template's subject
+    cat = _catalog(lang)
+    tr = i18n.translator(lang)
+    for msgid in ids:
+        m = cat.get(msgid)
+        assert m is not None and not m.fuzzy, f"{lang}: {msgid!r} is not translated"
+        assert isinstance(m.string, str) and m.string.strip(), f"{lang}: empty translation of {msgid!r}"
+        assert tr.gettext(str(msgid)) == m.string
+        if msgid not in SAME_IN_EVERY_LANGUAGE:
+            assert m.string != msgid, f"{lang}: {msgid!r} is left in English"
+        if "%(date)s" in str(msgid):  # a long date ends in a dot in hu and ru: never at a sentence's end
+            assert not m.string.rstrip().endswith("%(date)s."), f"{lang}: {m.string!r} ends on a date"
+
+
 def test_the_catalogs_compile_from_the_po_sources_without_a_build_step() -> None:
     assert not list(i18n.LOCALE_DIR.rglob("*.mo"))  # nothing compiled in the tree
     i18n.catalog.cache_clear()

@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from billing_engine import cancellations, coupons, pauses, pricing, reminders, subscriptions
+from billing_engine import cancellations, coupons, notifications, pauses, pricing, reminders, subscriptions
 from billing_engine.cycle import run_cycle
 from billing_engine.db import transaction
 from billing_engine.events import EventType
@@ -102,7 +102,15 @@ def test_price_change_with_notice_then_renewal_at_the_new_price(engine: Engine) 
     with Session(engine) as s:
         notice = s.exec(select(Consent).where(Consent.channel == "price_notice")).one()
         assert (notice.amount_minor, notice.terms_version) == (2900, f"price-change:{res.change.id}")
-        assert "2026-03-01" in (notice.terms_text or "")
+        # the evidence is the e-mail's notice paragraph, word for word (was: its own English
+        # wording with an ISO date and the change id, which no customer was ever sent)
+        assert notice.terms_text == (
+            "The price of your Basic Monthly subscription changes from 17.00 USD to 29.00 USD every month. "
+            "Your first charge at the new price is on March 1, 2026; until then nothing changes. "
+            "You don't need to do anything to keep it: if you do not cancel before March 1, 2026, you agree to the "
+            "new price. If you cancel before March 1, 2026, you will never be charged the new price.")
+        sent = notifications.compose(s, mail, SETTINGS, JAN1 + timedelta(days=9))
+        assert f"\n{notice.terms_text}\n" in str(sent.get_body(("plain",)).get_content())  # type: ignore[union-attr]
     assert EventType.SUBSCRIPTION_PRICE_CHANGE_NOTICE in _events(engine, sub_id)
 
     # the dry run on Mar 1 shows the new price

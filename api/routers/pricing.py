@@ -148,7 +148,8 @@ def reprice(request: Request, plan: PlanRef, body: RepriceIn, engine: EngineDep,
             idempotency_key: IdempotencyKey = None) -> JSONResponse:
     def action(s: Session) -> PriceChangeOut:
         res = pricing.reprice(s, plan, amount_minor=body.amount_minor, notice_days=body.notice_days, now=now,
-                              default_notice_days=settings.price_notice_days, actor=actor(request))
+                              default_notice_days=settings.price_notice_days, actor=actor(request),
+                              default_locale=settings.default_locale)
         return PriceChangeOut(**pricing.summary(res.change))
 
     return _write(request, engine, idempotency_key, body, 201, action)
