@@ -19,6 +19,8 @@ from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagge
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import FileResponse, HTMLResponse
 
+from api.limits import MAX_BODY_BYTES
+
 STATIC_FILES = {"swagger-ui-bundle.js", "swagger-ui.css", "redoc.standalone.js", "favicon.png"}
 SUB = "sub_01JH8Z7Q2W3E4R5T6Y7V8K9M0P"
 CUS = "cus_01JH8Z7Q2W3E4R5T6Y7V8K9M0P"
@@ -211,7 +213,7 @@ PROBLEM_EXAMPLES: dict[int, dict[str, Any]] = {
     409: {"type": "about:blank", "title": "Conflict", "status": 409, "code": "conflict",
           "detail": "the subscription is already canceled"},
     413: {"type": "about:blank", "title": "Content Too Large", "status": 413, "code": "too_large",
-          "detail": "the body is larger than 1048576 bytes", "field": "body"},
+          "detail": f"the request body is larger than {MAX_BODY_BYTES} bytes", "field": "body"},
     422: {"type": "about:blank", "title": "Unprocessable Content", "status": 422, "code": "invalid",
           "detail": "amount_minor: must be greater than 0", "field": "amount_minor",
           "errors": [{"field": "amount_minor", "message": "must be greater than 0"}]},
@@ -241,6 +243,10 @@ def _describe(name: str, schema: dict[str, Any]) -> None:
 def _problem_examples(spec: dict[str, Any]) -> None:
     for path, ops in spec.get("paths", {}).items():
         for method, op in ops.items():
+            if "requestBody" in op:  # api/limits.py caps every body before the route sees it
+                op.setdefault("responses", {}).setdefault("413", {
+                    "description": f"The request body is larger than {MAX_BODY_BYTES} bytes (read no further).",
+                    "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}})
             for code, response in op.get("responses", {}).items():
                 if not str(code).startswith(("4", "5")):
                     continue
