@@ -83,6 +83,11 @@ def backend_cpu(engine: Engine) -> dict[int, float]:
     return out
 
 
+def rss_mb() -> float:
+    """The resident set now (not the peak), from /proc."""
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--database", default="postgresql+psycopg://postgres@127.0.0.1:5432/bench_cpu")
@@ -91,10 +96,14 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=64)
     ap.add_argument("--phases", action="store_true")
     ap.add_argument("--statements", action="store_true")
+    ap.add_argument("--rss", action="store_true", help="print the RSS every tenth of the run (memory growth)")
+    ap.add_argument("--no-ledger", action="store_true", help="the fake gateway in memory (no SQLite ledger)")
+    ap.add_argument("--reuse", action="store_true", help="do not reload the data (it must be due still)")
     args = ap.parse_args()
     os.environ["BILLING_ENV"] = "test"
-    print(f"loaded {args.subscriptions:,} due subscriptions in {generate(args.database, args.subscriptions):.1f}s",
-          flush=True)
+    if not args.reuse:
+        print(f"loaded {args.subscriptions:,} due subscriptions in {generate(args.database, args.subscriptions):.1f}s",
+              flush=True)
     if args.phases:
         install_phases()
     from billing_engine.cycle import run_cycle
@@ -116,12 +125,19 @@ def main() -> None:
             walls[key] += time.perf_counter() - conn.info["t0"]
 
     ledger = f"/tmp/bench-cpu-ledger-{os.getpid()}.db"
-    gw = FakeGateway(ledger_path=ledger)
+    gw = FakeGateway(ledger_path=None if args.no_ledger else ledger)
     settings = load_settings(database_url=args.database, gateway="fake", cycle_batch_size=args.batch,
                              gateway_concurrency=args.concurrency)
     pg0, load0 = backend_cpu(engine), os.getloadavg()[0]
     r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
-    summary = run_cycle(engine, gw, now=NOW, settings=settings)
+    marks = [0]
+
+    def progress(done: int, total: int) -> None:
+        if args.rss and total and done >= marks[0]:
+            print(f"  rss {rss_mb():7.1f} MB at {done:,} renewals ({time.perf_counter() - t0:.1f}s)", flush=True)
+            marks[0] = done + max(total // 10, 1)
+
+    summary = run_cycle(engine, gw, now=NOW, settings=settings, on_progress=progress)
     wall, r1 = time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF)
     pg = sum(v - pg0.get(pid, 0.0) for pid, v in backend_cpu(engine).items())
     n = max(summary.succeeded, 1)
@@ -129,6 +145,8 @@ def main() -> None:
     print(f"{engine.dialect.name}: {summary.succeeded:,} renewals in {wall:.2f}s = {summary.succeeded / wall:,.0f}/s; "
           f"worker CPU {1000 * cpu / n:.3f} ms/renewal (user {1000 * (r1.ru_utime - r0.ru_utime) / n:.3f}); "
           f"PostgreSQL backends {1000 * pg / n:.3f} ms/renewal; load average {load0:.2f} -> {os.getloadavg()[0]:.2f}")
+    if args.rss:
+        print(f"  rss {rss_mb():7.1f} MB at the end; peak {r1.ru_maxrss / 1024:.1f} MB")
     for label, secs in CPU.most_common():
         print(f"  {label:36s} {CALLS[label]:7d} calls  {1000 * secs / n:.4f} ms/renewal (thread CPU, inclusive)")
     if counts:

@@ -32,6 +32,10 @@ from billing_engine.models import (
 from billing_engine.settings import Settings, get_settings
 
 CHARGEABLE = (SubscriptionStatus.INCOMPLETE, SubscriptionStatus.TRIALING, SubscriptionStatus.ACTIVE)
+# a snapshot's consents: the terms they cover (consents.covers), not their evidence
+CONSENT_TERMS = tuple(Consent.__table__.c[k] for k in (  # type: ignore[attr-defined]
+    "id", "customer_id", "payment_method_id", "plan_id", "accepted_at", "amount_minor", "currency", "interval",
+    "interval_count", "revoked_at"))
 CUT_OVER = "cut_over"  # an imported subscription the previous biller still charges (charge_from)
 
 
@@ -192,7 +196,9 @@ def load(session: Session, subs: Sequence[Any], plans: dict[str, Plan] | None = 
     pms = {p.id: p for p in rows(session, pm_t.select().where(among(pm_t.c.id, pm_ids)))} if pm_ids else {}
     by_pm: dict[str, list[Any]] = {}
     if pm_ids:
-        for c in rows(session, c_t.select().where(among(c_t.c.payment_method_id, pm_ids), c_t.c.revoked_at.is_(None))):
+        # the terms a consent covers, not its evidence (terms text, IP, user agent): see consents.covers
+        for c in rows(session, select(*CONSENT_TERMS).where(among(c_t.c.payment_method_id, pm_ids),
+                                                              c_t.c.revoked_at.is_(None))):
             by_pm.setdefault(c.payment_method_id, []).append(c)
     unresolved: dict[str, Any] = {}
     for a in rows(session, payments.unresolved_query(subscription_ids=ids)):

@@ -7,10 +7,11 @@ import json
 from collections import Counter
 from datetime import datetime, timedelta
 
+import pytest
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from billing_engine import notifications
+from billing_engine import digests, notifications
 from billing_engine.cycle import run_cycle
 from billing_engine.db import transaction
 from billing_engine.gateway.fake import FakeGateway
@@ -127,3 +128,31 @@ def test_every_live_subscriber_gets_a_yearly_summary_once_with_the_year_s_total(
             ("plain",)).get_content())  # type: ignore[union-attr]
     assert "Paid in the last 12 months: $204.00 (12 charges)" in text and "Next charge: $17.00 on" in text
     assert "https://ledger.example/cancel/" in text
+
+
+def test_digests_and_summaries_are_queued_page_by_page_each_subscriber_once_with_its_own_total(
+        sqlite_engine: Engine, now: datetime, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pages of 2 subscriptions (the run-cycle's pages are 1,000: memory flat at any N):
+    every subscriber of 5 gets one digest / one yearly summary, with its own charges only."""
+    monkeypatch.setattr(digests, "PAGE", 2)
+    ids: dict[str, int] = {}
+    with transaction(sqlite_engine) as s:
+        plan = make_plan(s, now, code="w-digest", interval="week", amount_minor=200, receipts="monthly")
+        for i in range(5):
+            ids[make_subscription(s, now, email=f"d{i}@example.com", plan=plan, token="pm_card_visa").id] = 200
+        dearer = make_plan(s, now, code="w-digest-dear", interval="week", amount_minor=300, receipts="monthly")
+        ids[make_subscription(s, now, email="dear@example.com", plan=dearer).id] = 300
+    _year(sqlite_engine, now, days=40)
+    per_sub = Counter(n.subscription_id for n in _rows(sqlite_engine, "monthly_digest"))
+    assert per_sub == Counter(dict.fromkeys(ids, 1))  # the first month ended once: one digest each
+    for n in _rows(sqlite_engine, "monthly_digest"):
+        p = json.loads(n.payload)
+        assert p["amount_minor"] == ids[n.subscription_id or ""] * len(p["charges"]) > 0
+    later = now + timedelta(days=365)
+    assert digests.queue_yearly(sqlite_engine, now=later) == 6
+    assert digests.queue_yearly(sqlite_engine, now=later) == 6  # offered again, queued once
+    summaries = _rows(sqlite_engine, "yearly_summary")
+    assert sorted(n.subscription_id or "" for n in summaries) == sorted(ids)
+    for n in summaries:
+        p = json.loads(n.payload)
+        assert p["year_total_minor"] == ids[n.subscription_id or ""] * p["year_charges"] > 0

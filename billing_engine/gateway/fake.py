@@ -59,6 +59,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import pickle
 import random
 import re
@@ -115,11 +116,18 @@ class _Saved:
 CALL_LOG_SIZE = 10_000
 
 class _Store:
-    """The fake's durable state in a SQLite file (one connection per thread)."""
+    """The fake's durable state in a SQLite file: ONE connection per process, used under
+    a lock (the gateway's calls are serialised by its own lock anyway). A connection per
+    thread (64 gateway lanes) cost every charge a cold page cache -- SQLite drops a
+    connection's cache whenever another connection wrote since its last transaction --
+    and each connection kept its own cache of up to 2 MB."""
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self._local = threading.local()
+        self._lock = threading.RLock()
+        self._depth = 0
+        self._conn: sqlite3.Connection | None = None
+        self._pid = 0
         with contextlib.closing(self._connect()) as c:
             c.execute("PRAGMA journal_mode=WAL")
             c.execute("CREATE TABLE IF NOT EXISTS kv (ns TEXT, k TEXT, v BLOB, PRIMARY KEY (ns, k))")
@@ -132,47 +140,57 @@ class _Store:
 
     @property
     def conn(self) -> sqlite3.Connection:
-        c: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if c is None:
-            c = self._local.conn = self._connect()
-        return c
+        """(Callers hold ``_lock``.) A forked child opens its own connection."""
+        if self._conn is None or self._pid != os.getpid():
+            self._conn, self._pid = self._connect(), os.getpid()
+        return self._conn
 
     @contextlib.contextmanager
     def txn(self) -> Iterator[None]:
-        if getattr(self._local, "depth", 0):
-            self._local.depth += 1
+        with self._lock:
+            if self._depth:
+                self._depth += 1
+                try:
+                    yield
+                finally:
+                    self._depth -= 1
+                return
+            self.conn.execute("BEGIN IMMEDIATE")
+            self._depth = 1
             try:
                 yield
+            except BaseException:
+                self.conn.execute("ROLLBACK")
+                raise
+            else:
+                self.conn.execute("COMMIT")
             finally:
-                self._local.depth -= 1
-            return
-        self.conn.execute("BEGIN IMMEDIATE")
-        self._local.depth = 1
-        try:
-            yield
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
-        else:
-            self.conn.execute("COMMIT")
-        finally:
-            self._local.depth = 0
+                self._depth = 0
 
     def get(self, ns: str, k: str) -> Any:
-        row = self.conn.execute("SELECT v FROM kv WHERE ns = ? AND k = ?", (ns, k)).fetchone()
+        with self._lock:
+            row = self.conn.execute("SELECT v FROM kv WHERE ns = ? AND k = ?", (ns, k)).fetchone()
         return pickle.loads(row[0]) if row else None
 
     def put(self, ns: str, k: str, v: Any) -> None:
-        self.conn.execute("INSERT OR REPLACE INTO kv (ns, k, v) VALUES (?, ?, ?)", (ns, k, pickle.dumps(v)))
+        data = pickle.dumps(v)
+        with self._lock:
+            self.conn.execute("INSERT OR REPLACE INTO kv (ns, k, v) VALUES (?, ?, ?)", (ns, k, data))
 
     def append(self, entry: LedgerEntry, at: float) -> None:
-        self.conn.execute("INSERT INTO ledger (entry, at) VALUES (?, ?)", (pickle.dumps(entry), at))
+        data = pickle.dumps(entry)
+        with self._lock:
+            self.conn.execute("INSERT INTO ledger (entry, at) VALUES (?, ?)", (data, at))
 
     def entries(self) -> list[LedgerEntry]:
-        return [pickle.loads(r[0]) for r in self.conn.execute("SELECT entry FROM ledger ORDER BY seq")]
+        with self._lock:
+            rows = self.conn.execute("SELECT entry FROM ledger ORDER BY seq").fetchall()
+        return [pickle.loads(r[0]) for r in rows]
 
     def times(self) -> list[float]:
-        return [float(r[0]) for r in self.conn.execute("SELECT at FROM ledger ORDER BY seq")]
+        with self._lock:
+            rows = self.conn.execute("SELECT at FROM ledger ORDER BY seq").fetchall()
+        return [float(r[0]) for r in rows]
 
 
 class _Durable(MutableMapping[str, Any]):

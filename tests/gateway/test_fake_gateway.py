@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -201,3 +202,29 @@ def test_bad_switch_values_are_refused() -> None:
         FakeGateway(transient_error_rate=1.5)
     with pytest.raises(ValueError):
         FakeGateway().script("pm_card_visa", [""])
+
+
+def test_a_durable_ledger_shared_by_many_threads_and_two_instances_records_each_charge_once(tmp_path: Path) -> None:
+    """One SQLite connection per instance, used by every thread (the run-cycle's 64
+    lanes): each key charged once however the calls interleave, and every charge is
+    known to a new instance on the file (what a restarted process sees)."""
+    path = str(tmp_path / "ledger.db")
+    first, second = FakeGateway(ledger_path=path), FakeGateway(ledger_path=path)
+    keys = [f"in_{i}:1" for i in range(200)]
+    results: dict[str, list[str | None]] = {k: [] for k in keys}
+
+    def lane(gw: FakeGateway, mine: list[str]) -> None:
+        for k in mine:
+            results[k].append(gw.charge(charge_request(key=k)).gateway_charge_id)
+
+    threads = [threading.Thread(target=lane, args=(gw, keys[i::8]))
+               for i in range(8) for gw in (first, second)]  # every key sent by both instances
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(len(set(ids)) == 1 and len(ids) == 2 for ids in results.values())  # replayed, not charged twice
+    fresh = FakeGateway(ledger_path=path)
+    charged = [e.idempotency_key for e in fresh.ledger if e.kind == "charge"]
+    assert sorted(charged) == sorted(keys)
+    assert all(fresh.find_charge(k) is not None for k in keys)
