@@ -49,12 +49,29 @@ DEFAULT_GRACEFUL_TIMEOUT = 30  # seconds in-flight requests may take after SIGTE
 class _ReadDeadline:
     """A deadline on reading each request (headers and body), for uvicorn's h11 and
     httptools protocols (both keep the request being read in ``self.cycle``, with
-    ``more_body`` / ``response_complete`` / ``disconnected`` / ``message_event``)."""
+    ``more_body`` / ``response_complete`` / ``disconnected`` / ``message_event``). Mixed in
+    before the protocol class: its hooks call the protocol's, then arm / disarm."""
 
     cycle: Any
     loop: asyncio.AbstractEventLoop
     transport: asyncio.Transport
     logger: Any
+
+    def __init__(self, config: uvicorn.Config, *args: Any, **kwargs: Any) -> None:
+        super().__init__(config, *args, **kwargs)  # type: ignore[call-arg]  # the protocol class after this one
+        self._init_deadline(config)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)  # type: ignore[misc]
+        self._arm()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)  # type: ignore[misc]
+        self._after_data()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)  # type: ignore[misc]
 
     def _init_deadline(self, config: uvicorn.Config) -> None:
         self.read_timeout = float(getattr(config, "billing_read_timeout", DEFAULT_READ_TIMEOUT))
@@ -99,43 +116,11 @@ class _ReadDeadline:
 class DeadlineH11Protocol(_ReadDeadline, H11Protocol):
     """uvicorn's h11 protocol (pure Python) with :class:`_ReadDeadline`."""
 
-    def __init__(self, config: uvicorn.Config, *args: Any, **kwargs: Any) -> None:
-        super().__init__(config, *args, **kwargs)
-        self._init_deadline(config)
-
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
-        self._arm()
-
-    def data_received(self, data: bytes) -> None:
-        super().data_received(data)
-        self._after_data()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm()
-        super().connection_lost(exc)
-
 
 class DeadlineHttpToolsProtocol(_ReadDeadline, _HttpToolsProtocol):
     """uvicorn's httptools protocol (a C parser: per request it costs a fraction of the CPU
     h11 spends) with :class:`_ReadDeadline`. The default of ``billing serve`` when httptools
     is installed (:data:`HAVE_HTTPTOOLS`); without it this is the h11 one."""
-
-    def __init__(self, config: uvicorn.Config, *args: Any, **kwargs: Any) -> None:
-        super().__init__(config, *args, **kwargs)
-        self._init_deadline(config)
-
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
-        self._arm()
-
-    def data_received(self, data: bytes) -> None:
-        super().data_received(data)
-        self._after_data()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm()
-        super().connection_lost(exc)
 
 
 class DrainingServer(uvicorn.Server):
