@@ -15,6 +15,16 @@ from billing_engine.models import Customer, PaymentMethod, Plan, Subscription
 TERMS = "You authorise us to charge this card each period until you cancel."
 
 
+class Clock:
+    """A settable "now" for an app or a page under test (``clock.at = ...`` moves it)."""
+
+    def __init__(self, at: datetime) -> None:
+        self.at = at
+
+    def __call__(self) -> datetime:
+        return self.at
+
+
 def make_plan(s: Session, now: datetime, *, code: str = "basic-monthly", amount_minor: int = 1700,
               currency: str = "USD", interval: str = "month", interval_count: int = 1,
               trial_days: int = 0, **kw: object) -> Plan:

@@ -30,7 +30,7 @@ from billing_engine.db import transaction
 from billing_engine.gateway.fake import FakeGateway
 from billing_engine.models import Event, Subscription, SubscriptionStatus
 from billing_engine.settings import load_settings
-from tests.factories import make_subscription
+from tests.factories import Clock, make_subscription
 from tests.notifications.smtp_server import SmtpServer, free_port, text_of
 
 pytestmark = pytest.mark.browser
@@ -55,14 +55,6 @@ def _require_chromium() -> None:
         if os.environ.get("CI"):
             pytest.fail(f"playwright is not installed: {exc}")
         pytest.skip(f"playwright is not installed: {exc}")
-
-
-class Clock:
-    def __init__(self, at: datetime) -> None:
-        self.at = at
-
-    def __call__(self) -> datetime:
-        return self.at
 
 
 class ServerThread:

@@ -19,15 +19,7 @@ from billing_engine.db import transaction
 from billing_engine.gateway.fake import FakeGateway
 from billing_engine.models import Event, Notification, Subscription, SubscriptionStatus
 from billing_engine.settings import Settings, load_settings
-from tests.factories import make_plan, make_subscription
-
-
-class Clock:
-    def __init__(self, at: datetime) -> None:
-        self.at = at
-
-    def __call__(self) -> datetime:
-        return self.at
+from tests.factories import Clock, make_plan, make_subscription
 
 
 @pytest.fixture

@@ -31,20 +31,12 @@ from billing_engine.models import (
 )
 from billing_engine.settings import Settings, load_settings
 from tests.e2e_stripe.conftest import NO_WAIT_RETRY
-from tests.factories import make_card, make_customer, make_plan
+from tests.factories import Clock, make_card, make_customer, make_plan
 from tests.gateway.stripe_sim import StripeSim, fixture
 from tests.gateway.test_webhooks import sign
 
 BASE = "https://billing.example"
 SECRET = "whsec_self_service"
-
-
-class Clock:
-    def __init__(self, at: datetime) -> None:
-        self.at = at
-
-    def __call__(self) -> datetime:
-        return self.at
 
 
 @pytest.fixture

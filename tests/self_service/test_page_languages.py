@@ -21,18 +21,10 @@ from billing_engine.db import transaction
 from billing_engine.gateway.fake import FakeGateway
 from billing_engine.models import CardUpdate, Consent, Customer, Invoice, Subscription
 from billing_engine.settings import Settings, load_settings
-from tests.factories import make_plan, make_subscription
+from tests.factories import Clock, make_plan, make_subscription
 
 BASE = "https://news.example"
 NBSP = "\xa0"
-
-
-class Clock:
-    def __init__(self, at: datetime) -> None:
-        self.at = at
-
-    def __call__(self) -> datetime:
-        return self.at
 
 
 def _settings(default_locale: str = "en") -> Settings:

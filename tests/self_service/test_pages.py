@@ -32,17 +32,9 @@ from billing_engine.models import (
     SubscriptionStatus,
 )
 from billing_engine.settings import Settings, load_settings
-from tests.factories import make_plan, make_subscription, remind_ahead
+from tests.factories import Clock, make_plan, make_subscription, remind_ahead
 
 BASE = "https://news.example"
-
-
-class Clock:
-    def __init__(self, at: datetime) -> None:
-        self.at = at
-
-    def __call__(self) -> datetime:
-        return self.at
 
 
 @pytest.fixture
