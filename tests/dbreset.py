@@ -16,7 +16,8 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection, Engine
 
 
-def _tables() -> list[str]:
+def table_names() -> list[str]:
+    """Every table of the models, parents before children."""
     from sqlmodel import SQLModel
 
     import billing_engine.models  # noqa: F401
@@ -29,21 +30,21 @@ def _truncate_all(conn: Connection, tables: list[str]) -> None:
 
 
 def empty_postgresql(engine: Engine) -> None:
-    tables = _tables()
+    tables = table_names()
     probe = " UNION ALL ".join(f"SELECT '{t}' WHERE EXISTS (SELECT 1 FROM \"{t}\")" for t in tables)
     try:
         with engine.begin() as conn:
             filled = {row[0] for row in conn.execute(text(probe))}
+            guarded = {row[0] for row in conn.execute(text(  # tables with triggers of ours (append-only)
+                "SELECT DISTINCT c.relname FROM pg_trigger g JOIN pg_class c ON c.oid = g.tgrelid "
+                "WHERE NOT g.tgisinternal AND c.relnamespace = CAST(current_schema() AS regnamespace)"))}
             for t in reversed(tables):  # children before parents
                 if t not in filled:
                     continue
-                guarded = bool(conn.execute(text(
-                    "SELECT 1 FROM pg_trigger WHERE tgrelid = CAST(:t AS regclass) AND NOT tgisinternal LIMIT 1"),
-                    {"t": f'"{t}"'}).first())
-                if guarded:
+                if t in guarded:
                     conn.execute(text(f'ALTER TABLE "{t}" DISABLE TRIGGER USER'))
                 conn.execute(text(f'DELETE FROM "{t}"'))
-                if guarded:
+                if t in guarded:
                     conn.execute(text(f'ALTER TABLE "{t}" ENABLE TRIGGER USER'))
             for (seq,) in conn.execute(text(
                     "SELECT quote_ident(sequence_schema) || '.' || quote_ident(sequence_name) "

@@ -53,7 +53,7 @@ from hypothesis.stateful import (
 )
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, SQLModel, select
+from sqlmodel import Session, select
 
 import billing_engine.models  # noqa: F401  (every table in the metadata)
 from billing_engine import (
@@ -87,7 +87,7 @@ from billing_engine.models import (
     SubscriptionStatus,
 )
 from billing_engine.settings import load_settings
-from tests.dbreset import empty_postgresql
+from tests.dbreset import empty_postgresql, table_names
 from tests.factories import consent_for, make_card, make_customer, make_plan
 
 SETTINGS = load_settings()
@@ -129,7 +129,7 @@ def _reset(engine: Engine) -> None:
     if engine.dialect.name == "postgresql":
         empty_postgresql(engine)
         return
-    tables = [t.name for t in SQLModel.metadata.sorted_tables]
+    tables = table_names()
     with engine.begin() as conn:  # the append-only triggers refuse DELETE (as they should): lift them for the reset only
         triggers = conn.execute(text("SELECT name, sql FROM sqlite_master WHERE type = 'trigger'")).all()
         for name, _sql in triggers:
