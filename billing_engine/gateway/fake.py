@@ -167,6 +167,20 @@ class _Store:
             finally:
                 self._depth = 0
 
+    @contextlib.contextmanager
+    def savepoint(self) -> Iterator[None]:
+        """(Inside :meth:`txn`.) What the block wrote is undone if it raises; the
+        transaction goes on."""
+        with self._lock:
+            self.conn.execute("SAVEPOINT call")
+            try:
+                yield
+            except BaseException:
+                self.conn.execute("ROLLBACK TO call")
+                self.conn.execute("RELEASE call")
+                raise
+            self.conn.execute("RELEASE call")
+
     def get(self, ns: str, k: str) -> Any:
         with self._lock:
             row = self.conn.execute("SELECT v FROM kv WHERE ns = ? AND k = ?", (ns, k)).fetchone()
@@ -224,6 +238,18 @@ class _Durable(MutableMapping[str, Any]):
         raise NotImplementedError
 
 
+class _Slot:
+    """One call waiting for its turn in a group commit (:meth:`FakeGateway._grouped`)."""
+
+    __slots__ = ("fn", "at", "done", "result", "error")
+
+    def __init__(self, fn: Callable[[], Any], at: float | None) -> None:
+        self.fn, self.at = fn, at
+        self.done = False
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+
 class FakeGateway:
     """In-memory gateway; see the module docstring for tokens and switches."""
 
@@ -265,6 +291,9 @@ class FakeGateway:
         self._seq = 0
         self._store = _Store(ledger_path) if ledger_path else None
         self._sent = threading.local()  # when this thread's current request was sent
+        self._pending: list[_Slot] = []  # durable ledger: calls waiting for the next group commit
+        self._group_cond = threading.Condition(threading.Lock())
+        self._leading = False  # a thread is running a group (followers wait for it)
         if self._store is not None:
             self._saved = _Durable(self._store, "saved")  # type: ignore[assignment]
             self._collected = _Durable(self._store, "collected")  # type: ignore[assignment]
@@ -291,6 +320,66 @@ class FakeGateway:
             else:
                 with self._store.txn():
                     yield
+
+    def _grouped(self, fn: Callable[[], Any]) -> Any:
+        """``fn()`` under the gateway's lock and in a ledger transaction, its answer
+        returned only after that transaction committed.
+
+        With the durable ledger, the calls of concurrent threads share ONE transaction
+        (group commit): a thread queues its call, and the thread that then gets the lock
+        runs every queued call in order -- each in a savepoint, so one that raises undoes
+        only its own writes -- commits once, and hands each caller its own answer or
+        error. A commit per charge was ~0.1 ms of CPU per charge (a quarter of a
+        run-cycle worker's CPU with this gateway); the answers are the same, in the same
+        order of the ledger, and none is returned before its charge is on the file."""
+        if self._store is None:
+            with self._lock:
+                return fn()
+        slot = _Slot(fn, getattr(self._sent, "at", None))
+        with self._group_cond:
+            self._pending.append(slot)
+            while not slot.done and self._leading:
+                self._group_cond.wait()
+            if slot.done:
+                group: list[_Slot] = []
+            else:  # lead the next group: every call queued so far
+                self._leading = True
+                group, self._pending = self._pending, []
+        if group:
+            try:
+                with self._lock:
+                    self._run_group(group)
+            finally:
+                with self._group_cond:
+                    self._leading = False
+                    self._group_cond.notify_all()
+        if slot.error is not None:
+            raise slot.error
+        return slot.result
+
+    def _run_group(self, group: list[_Slot]) -> None:
+        assert self._store is not None
+        try:
+            with self._store.txn():
+                for s in group:
+                    self._sent.at = s.at if s.at is not None else time.time()
+                    try:
+                        if len(group) == 1:
+                            s.result = s.fn()
+                        else:
+                            with self._store.savepoint():
+                                s.result = s.fn()
+                    except BaseException as exc:  # this call's own error, handed to its caller
+                        s.error = exc
+                        if len(group) == 1:
+                            raise
+        except BaseException as exc:  # the transaction failed: no call of the group happened
+            for s in group:
+                if s.error is None:
+                    s.result, s.error = None, exc
+        finally:
+            for s in group:
+                s.done = True
 
     def _record(self, entry: LedgerEntry) -> None:
         if self._store is not None:
@@ -354,7 +443,7 @@ class FakeGateway:
             currency=request.currency,
             message="no answer from the payment processor; reconcile with find_charge",
         )
-        with self._txn():
+        def call() -> ChargeResult:
             self.calls.append(("charge", request.idempotency_key))
             forced = self._unknown_next.popleft() if self._unknown_next else None
             if forced is False:
@@ -371,9 +460,13 @@ class FakeGateway:
                 return lost if (forced or answer_lost) else result
             return lost
 
+        answer: ChargeResult = self._grouped(call)
+        return answer
+
     def find_charge(self, idempotency_key: str, *, metadata: dict[str, str] | None = None) -> ChargeResult | None:
         self._pause()
-        with self._txn():
+
+        def call() -> ChargeResult | None:
             self.calls.append(("find_charge", idempotency_key))
             saved = self._saved.get(idempotency_key)
             if saved is None or saved.operation != "charge":
@@ -383,6 +476,9 @@ class FakeGateway:
                 return None
             result: ChargeResult = saved.result
             return result
+
+        found: ChargeResult | None = self._grouped(call)
+        return found
 
     def refund(self, request: RefundRequest) -> RefundResult:
         self._pause()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -228,3 +229,48 @@ def test_a_durable_ledger_shared_by_many_threads_and_two_instances_records_each_
     charged = [e.idempotency_key for e in fresh.ledger if e.kind == "charge"]
     assert sorted(charged) == sorted(keys)
     assert all(fresh.find_charge(k) is not None for k in keys)
+
+
+def test_calls_queued_together_commit_together_and_an_error_undoes_only_its_own_call(tmp_path: Path) -> None:
+    """The durable ledger's group commit: calls that queue while another commit runs share
+    the next transaction. Each caller gets its own answer; a call that fails inside the
+    group (a key reused with another amount) writes nothing and fails only its caller; no
+    answer comes back before its charge is on the file."""
+    path = str(tmp_path / "ledger.db")
+    gw = FakeGateway(ledger_path=path)
+    gw.charge(charge_request(key="in_x:1", amount_minor=1700))
+    groups: list[int] = []
+    run_group = gw._run_group
+
+    def counting(group: list) -> None:  # type: ignore[type-arg]
+        groups.append(len(group))
+        run_group(group)
+
+    gw._run_group = counting  # type: ignore[method-assign]
+    answers: dict[str, object] = {}
+
+    def call(key: str, amount: int) -> None:
+        try:
+            answers[key] = gw.charge(charge_request(key=key, amount_minor=amount))
+        except IdempotencyConflict as exc:
+            answers[key] = exc
+
+    keys = [f"in_{i}:1" for i in range(12)]
+    threads = [threading.Thread(target=call, args=(k, 1700)) for k in keys]
+    threads.append(threading.Thread(target=call, args=("in_x:1", 999)))  # reused key, other amount
+    with gw._lock:  # a commit "in progress": every call queues behind it
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 10
+        while len(gw._pending) < len(threads) - 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    for t in threads:
+        t.join()
+    assert max(groups) > 1  # calls did share a transaction
+    assert isinstance(answers["in_x:1"], IdempotencyConflict)
+    assert all(answers[k].status == ChargeStatus.SUCCEEDED for k in keys)  # type: ignore[attr-defined]
+    fresh = FakeGateway(ledger_path=path)  # what another process reads from the file
+    charged = sorted(e.idempotency_key for e in fresh.ledger if e.kind == "charge")
+    assert charged == sorted([*keys, "in_x:1"])  # the conflicting call moved no money
+    assert fresh.total_collected("USD") == 1700 * 13
+    assert all(fresh.find_charge(k) == answers[k] for k in keys)
