@@ -180,28 +180,79 @@ class _Answer:
     error: BaseException | None = None
 
 
+FEW_LANES = 2  # gateway calls in flight per worker until the gateway shows it is slow
+SLOW_CALL_S = 0.02  # a call this long that spent <= a fifth of it on CPU waited on the gateway
+
+
+class _Lanes:
+    """How many gateway calls a worker keeps in flight: a few while the calls are quick
+    (a zero-latency gateway: more threads only hand the GIL around), all
+    ``BILLING_GATEWAY_CONCURRENCY`` from the first call that waited on the gateway --
+    a network round trip, a rate limiter's pause -- for the rest of the run.
+
+    "Waited" is judged by the calling thread's CPU time against the wall clock, not by
+    the wall clock alone: on a busy machine a quick call can take long while it waits
+    for the interpreter lock or a core, but it is on the CPU for much of that time;
+    a call to Stripe (~300 ms) spends well under 1 % of it on the CPU."""
+
+    def __init__(self, most: int) -> None:
+        self.most = most
+        self.now = min(FEW_LANES, most)
+
+    def observe(self, wall: float, cpu: float) -> None:
+        if self.now < self.most and wall >= SLOW_CALL_S and cpu <= 0.2 * wall:
+            self.now = self.most
+            log.info("run-cycle: gateway calls wait on the gateway: %d in flight", self.most)
+
+
 class _Batch:
-    """A batch's gateway calls, made by at most ``lanes`` pool threads that each take the
-    next step until none is left (one future per lane, not per call: a future per call
-    cost a tenth of the run's CPU with a fast gateway)."""
+    """A batch's gateway calls, made by pool threads (lanes) that each take the next step
+    until none is left (one future per lane, not per call: a future per call cost a
+    tenth of the run's CPU with a fast gateway). As many lanes as ``lanes`` allows now;
+    a lane opens more if ``lanes`` grows while the batch is at the gateway."""
 
     def __init__(self, steps: list[charging.Step], call: Callable[[charging.Step], _Answer],
-                 pool: ThreadPoolExecutor, lanes: int) -> None:
+                 pool: ThreadPoolExecutor, lanes: _Lanes) -> None:
         self.ids = [st.subscription_id for st in steps]  # in flight, claimed by this worker
         self.steps = steps
         self.answers: list[_Answer | None] = [None] * len(steps)
         self._next = itertools.count()
         self._call = call
-        self.futures = [pool.submit(contextvars.copy_context().run, self._lane) for _ in range(min(lanes, len(steps)))]
+        self._pool, self._lanes = pool, lanes
+        self._lock = threading.Lock()
+        self.futures: list[Future[None]] = []
+        self._open()
+
+    def _open(self) -> None:
+        with self._lock:
+            for _ in range(min(self._lanes.now, len(self.steps)) - len(self.futures)):
+                try:
+                    self.futures.append(self._pool.submit(contextvars.copy_context().run, self._lane))
+                except RuntimeError:  # the pool is shutting down (the run stops): no new lanes
+                    return
 
     def _lane(self) -> None:
         for i in self._next:  # itertools.count is atomic under the GIL
             if i >= len(self.steps):
                 return
             self.answers[i] = self._call(self.steps[i])
+            if len(self.futures) < min(self._lanes.now, len(self.steps)):
+                self._open()
 
     def done(self) -> bool:
-        return all(f.done() for f in self.futures)
+        with self._lock:
+            return all(f.done() for f in self.futures)
+
+    def wait(self, timeout: float | None) -> None:
+        """Until every lane is done (lanes opened meanwhile included), or ``timeout``."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            with self._lock:
+                lanes = list(self.futures)
+            wait_futures(lanes, timeout=None if deadline is None else max(deadline - time.monotonic(), 0))
+            with self._lock:
+                if len(self.futures) == len(lanes) or (deadline is not None and time.monotonic() >= deadline):
+                    return
 
 
 def _db(fn: Callable[[], T], *, what: str, tries: int = 3) -> T:
@@ -224,7 +275,7 @@ def _db(fn: Callable[[], T], *, what: str, tries: int = 3) -> T:
 
 class _Runner:
     def __init__(self, engine: Engine, gateway: PaymentGateway, *, now: datetime, settings: Settings,
-                 summary: CycleSummary, worker: str, stop: threading.Event) -> None:
+                 summary: CycleSummary, worker: str, stop: threading.Event, lanes: int = 1) -> None:
         self.engine, self.gateway, self.now, self.settings = engine, gateway, now, settings
         self.summary, self.worker, self.stop = summary, worker, stop
         self.halt = threading.Event()  # no more gateway calls (config error / breaker / stop)
@@ -233,6 +284,7 @@ class _Runner:
         self.plans: dict[str, Plan] = {}
         self.again: list[str] = []  # paid, and the next period is due too (a late run catching up)
         self.batches = 0
+        self.lanes = _Lanes(lanes)
 
     def ids(self, step: charging.Step) -> dict[str, str]:
         """The identifiers on every log line about one renewal (pool threads do not see the
@@ -245,6 +297,7 @@ class _Runner:
     def call(self, step: charging.Step) -> _Answer:
         if self.halt.is_set():
             return _Answer(step, error=_NotSent("the run stopped before this call"))
+        wall, cpu = time.perf_counter(), time.thread_time()
         try:
             if step.reconcile:
                 found = self.gateway.find_charge(step.request.idempotency_key, metadata=step.request.metadata)
@@ -263,6 +316,8 @@ class _Runner:
         except Exception as exc:  # an adapter bug must not settle anything
             log.exception("run-cycle: gateway call failed", extra=self.ids(step))
             return _Answer(step, error=exc)
+        finally:
+            self.lanes.observe(time.perf_counter() - wall, time.thread_time() - cpu)
 
     def _seen(self, answer: _Answer) -> _Answer:
         unreachable = isinstance(answer.error, GatewayUnreachable) or (
@@ -343,8 +398,8 @@ class _Runner:
             raise
 
     def _settle(self, batch: _Batch, *, timeout: float | None = None) -> None:
-        wait_futures(batch.futures, timeout=timeout)
-        for f in batch.futures:  # what ``call`` does not catch (SystemExit, KeyboardInterrupt) is the run's
+        batch.wait(timeout)
+        for f in list(batch.futures):  # what ``call`` does not catch (SystemExit, KeyboardInterrupt) is the run's
             if f.done() and not f.cancelled() and (exc := f.exception()) is not None:
                 raise exc
         answers = [a for a in batch.answers if a is not None]  # a late one stays pending: reconciled later
@@ -591,8 +646,9 @@ def _run(engine: Engine, gateway: PaymentGateway, summary: CycleSummary, *, now:
          stop: threading.Event | None, started: float) -> None:
     lease = lease or timedelta(seconds=settings.claim_lease_seconds)
     stop = stop or threading.Event()
-    runner = _Runner(engine, gateway, now=now, settings=settings, summary=summary, worker=worker, stop=stop)
     lanes = concurrency or settings.gateway_concurrency
+    runner = _Runner(engine, gateway, now=now, settings=settings, summary=summary, worker=worker, stop=stop,
+                     lanes=lanes)
     pool = ThreadPoolExecutor(max_workers=lanes, thread_name_prefix="billing-gateway")
     processed = 0
     statistics = _Statistics(engine)
@@ -622,7 +678,7 @@ def _run(engine: Engine, gateway: PaymentGateway, summary: CycleSummary, *, now:
                     else:
                         break
                     continue
-                inflight.append(_Batch(prepared.steps, runner.call, pool, lanes))
+                inflight.append(_Batch(prepared.steps, runner.call, pool, runner.lanes))
                 processed += len(ids)
                 while inflight and (len(inflight) >= 2 or inflight[0].done()):
                     settler.submit(inflight.popleft())  # listed by the settler: the heartbeat renews it
@@ -683,7 +739,7 @@ def charge_now(
         return summary
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="billing-gateway")
     try:
-        runner.settle(_Batch(prepared.steps, runner.call, pool, 1))
+        runner.settle(_Batch(prepared.steps, runner.call, pool, runner.lanes))
     finally:
         pool.shutdown(wait=True)
     return summary
