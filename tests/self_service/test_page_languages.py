@@ -8,6 +8,7 @@ import html as htmllib
 import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from email.message import EmailMessage
 
 import pytest
 from fastapi.testclient import TestClient
@@ -15,7 +16,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from api.app import create_app
-from billing_engine import cancellations, card_updates, customers, edits, links, pricing, reactivations
+from billing_engine import cancellations, card_updates, customers, edits, links, notifications, pricing, reactivations
 from billing_engine.cycle import run_cycle
 from billing_engine.db import transaction
 from billing_engine.gateway.fake import FakeGateway
@@ -94,6 +95,64 @@ def _html_tag(page: str) -> str:
 # --------------------------------------------------------------------------- the page
 
 
+class _Outbox:
+    """A mail transport that keeps what it was handed (what the customer receives)."""
+
+    def __init__(self) -> None:
+        self.sent: list[EmailMessage] = []
+
+    def send(self, message: EmailMessage) -> None:
+        self.sent.append(message)
+
+    def close(self) -> None:
+        pass
+
+
+# The amount (17.00 USD) and the dates (the Jan 15 charge, the Feb 15 renewal) as the customer
+# reads them, in the e-mail and on the page its link opens: one form per locale.
+SAME_WORDS = {
+    None: ["$17.00", "January 15, 2026", "February 15, 2026"],  # no locale: the default, English
+    "en": ["$17.00", "January 15, 2026", "February 15, 2026"],
+    "hu": [f"17,00{NBSP}USD", "2026. január 15.", "2026. február 15."],
+    "he_IL": [f"\u200f17.00{NBSP}\u200f$", "15 בינואר 2026", "15 בפברואר 2026"],
+    "ru": [f"17,00{NBSP}$", "15 января 2026\u202fг.", "15 февраля 2026\u202fг."],
+}
+
+
+@pytest.mark.parametrize("locale", list(SAME_WORDS))
+def test_the_page_writes_amounts_and_dates_as_the_e_mail_sent_to_the_same_customer(
+    client: TestClient, engine: Engine, settings: Settings, gateway: FakeGateway, now: datetime, clock: Clock,
+    locale: str | None,
+) -> None:
+    sub = _paid(engine, now, settings, gateway, locale)
+    outbox = _Outbox()
+    notifications.deliver_pending(engine, now + timedelta(minutes=1), settings, outbox)
+    receipts = [m for m in outbox.sent if str(m["To"]) == _email(engine, sub)]
+    assert receipts, "the charge sends a receipt"
+    mail = htmllib.unescape(str(receipts[0].get_body(("plain",)).get_content()))  # type: ignore[union-attr]
+    page = htmllib.unescape(client.get(_path(settings, sub.customer_id, clock.at)).text)
+    receipt_page = htmllib.unescape(client.get(_receipt_path(engine, settings, sub, clock.at)).text)
+    for words in SAME_WORDS[locale]:
+        assert words in mail, (words, mail)
+        assert words in page, words
+        assert words in receipt_page, words
+    if locale in (None, "en"):
+        for old in ("17.00 USD", "15 February 2026", "15 January 2026"):
+            assert old not in page and old not in receipt_page, old
+
+
+def _email(engine: Engine, sub: Subscription) -> str:
+    with Session(engine) as s:
+        return s.get_one(Customer, sub.customer_id).email
+
+
+def _receipt_path(engine: Engine, settings: Settings, sub: Subscription, at: datetime) -> str:
+    with Session(engine) as s:
+        inv = s.exec(select(Invoice).where(Invoice.subscription_id == sub.id)).one()
+    return f"{_path(settings, sub.customer_id, at)}/receipts/{inv.id}"
+
+
+
 def test_a_hungarian_customer_reads_the_page_in_hungarian_with_hungarian_dates_and_amounts(
     client: TestClient, engine: Engine, settings: Settings, gateway: FakeGateway, now: datetime, clock: Clock,
 ) -> None:
@@ -111,7 +170,7 @@ def test_a_hungarian_customer_reads_the_page_in_hungarian_with_hungarian_dates_a
                  "Kifizetve: 2026. január 15.",
                  "Ez az oldal csak az Öné"):
         assert text in html, text
-    for english in ("Your account", "Subscriptions", "Next charge", "every month", "February", "17.00 USD",
+    for english in ("Your account", "Subscriptions", "Next charge", "every month", "February", "$17.00",
                     "ending 4242", "Cancel subscription", "Invoices and receipts"):
         assert english not in html, english
 
