@@ -548,12 +548,13 @@ def account_receipt_pdf(request: Request, token: str, invoice_id: str, engine: E
                         now: NowDep) -> Response:
     customer_id = _customer(request, settings, token, now)
     with Session(engine) as session:
+        tr = _translator(session, customer_id, settings)  # the PDF in the customer's language, as the page
         try:
-            receipt = receipts.for_invoice(session, invoice_id, customer_id=customer_id, settings=settings)
+            receipt = receipts.for_invoice(session, invoice_id, customer_id=customer_id, settings=settings, tr=tr)
         except NotFound:
-            return _not_found(request, settings, token, "receipt", _translator(session, customer_id, settings))
+            return _not_found(request, settings, token, "receipt", tr)
     headers = {**SECURITY_HEADERS, "Content-Disposition": f'attachment; filename="{receipts.pdf_filename(receipt)}"'}
-    return Response(receipts.render_pdf(receipt), media_type="application/pdf", headers=headers)
+    return Response(receipts.render_pdf(receipt, tr), media_type="application/pdf", headers=headers)
 
 
 @router.get("/account/{token}/receipts/{invoice_id}", name="account_receipt", response_class=HTMLResponse)

@@ -5,6 +5,7 @@ the consent texts recorded exactly as shown, in the language shown."""
 from __future__ import annotations
 
 import html as htmllib
+import io
 import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -12,6 +13,7 @@ from email.message import EmailMessage
 
 import pytest
 from fastapi.testclient import TestClient
+from pypdf import PdfReader
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
@@ -90,6 +92,34 @@ def _html_tag(page: str) -> str:
     m = re.search(r"<html[^>]*>", page)
     assert m is not None
     return m.group(0)
+
+
+# The receipt PDF a customer downloads: its labels, amount and dates in their language
+PDF_WORDS = {
+    "en": ["Receipt", "Billed to", "Amount paid", "Paid on", "$17.00", "January 15, 2026 to February 15, 2026",
+           "Thank you. Reference"],
+    "hu": ["Nyugta", "Vevő", "Fizetett összeg", "Fizetés dátuma", f"17,00{NBSP}USD", "2026. február 15.",
+           "Köszönjük. Hivatkozási szám:", "előfizetés:"],
+    "he_IL": ["קבלה", "לכבוד", "הסכום ששולם", "תאריך התשלום", "בפברואר", "2026", f"${NBSP}17.00", "אסמכתא"],
+    "ru": ["Квитанция", "Плательщик", "Оплаченная сумма", "Дата оплаты", f"17,00{NBSP}$", "15 февраля 2026",
+           "Спасибо. Номер для справок:", "подписка:"],
+}
+
+
+@pytest.mark.parametrize("locale", list(PDF_WORDS))
+def test_the_receipt_pdf_is_in_the_customer_s_language(
+    client: TestClient, engine: Engine, settings: Settings, gateway: FakeGateway, now: datetime, clock: Clock,
+    locale: str,
+) -> None:
+    sub = _paid(engine, now, settings, gateway, locale)
+    pdf = client.get(_receipt_path(engine, settings, sub, clock.at) + ".pdf")
+    assert pdf.status_code == 200 and pdf.headers["content-type"] == "application/pdf"
+    text = PdfReader(io.BytesIO(pdf.content)).pages[0].extract_text()
+    for words in PDF_WORDS[locale]:
+        assert words in text, (words, text)
+    if locale != "en":
+        for english in ("Receipt", "Billed to", "Amount paid", "Paid on", "Thank you", "Description", "Period"):
+            assert english not in text, (english, text)
 
 
 # --------------------------------------------------------------------------- the page
