@@ -102,7 +102,7 @@ def test_a_plan_without_customer_pause_offers_no_pause_and_refuses_one(
     assert "Pause subscription" not in client.get(path).text
     before = _events(engine, sub.id)
     r = client.post(f"{path}/subscriptions/{sub.id}/pause", data={"when": "now"})
-    assert r.status_code == 409 and "cannot be paused from the account page" in r.text
+    assert r.status_code == 409 and "This subscription cannot be paused from this page." in r.text
     assert _sub(engine, sub.id).status == "active" and _events(engine, sub.id) == before
 
 

@@ -259,6 +259,45 @@ def test_banners_errors_and_the_not_found_page_are_in_the_customer_s_language(
     assert missing.status_code == 404 and "Ezt a nyugtát nem találjuk a fiókjában." in missing.text
 
 
+# What a refused click says, per language: a "resume on" day before the pause starts (Feb 15,
+# the end of the paid period), a pause the plan no longer allows, a card that cannot be saved (its bank
+# asks for 3-D Secure at set-up)
+REFUSALS = {
+    "en": ["Choose a day after February 15, 2026, the day the pause starts.",
+           "This subscription cannot be paused from this page.",
+           "This card could not be saved. Nothing was charged; please try another card."],
+    "hu": ["Válasszon egy napot 2026. február 15. után, amikor a szüneteltetés kezdődik.",
+           "Ezt az előfizetést nem lehet erről az oldalról szüneteltetni.",
+           "Ezt a kártyát nem sikerült elmenteni. Semmit nem terheltünk; kérjük, próbáljon meg egy másik kártyát."],
+    "he_IL": ["נא לבחור יום אחרי 15 בפברואר 2026, היום שבו ההשהיה מתחילה.",
+              "לא ניתן להשהות את המנוי הזה מהדף הזה.",
+              "לא ניתן היה לשמור את הכרטיס הזה. לא בוצע חיוב; נא לנסות כרטיס אחר."],
+    "ru": ["Выберите дату позже 15 февраля 2026\u202fг. — дня, когда начинается приостановка.",
+           "Эту подписку нельзя приостановить на этой странице.",
+           "Не удалось сохранить эту карту. Деньги не списаны; пожалуйста, попробуйте другую карту."],
+}
+
+
+@pytest.mark.parametrize("locale", list(REFUSALS))
+def test_a_refused_click_says_why_in_the_customer_s_language(
+    client: TestClient, engine: Engine, settings: Settings, gateway: FakeGateway, now: datetime, clock: Clock,
+    locale: str,
+) -> None:
+    too_soon, not_pausable, card_refused = REFUSALS[locale]
+    sub = _paid(engine, now, settings, gateway, locale, pause=True)
+    path = _path(settings, sub.customer_id, clock.at)
+    r = client.post(f"{path}/subscriptions/{sub.id}/pause", data={"when": "period_end", "until": "2026-02-01"})
+    assert r.status_code == 422 and too_soon in htmllib.unescape(r.text), r.text
+    assert "T09:00:00" not in r.text and "resumes_at" not in r.text
+    with transaction(engine) as s:  # the seller stops letting customers pause (a page opened before)
+        edits.update_plan(s, "basic-monthly", now=now, customer_can_pause=False)
+    r = client.post(f"{path}/subscriptions/{sub.id}/pause", data={"when": "now"})
+    assert r.status_code == 409 and not_pausable in htmllib.unescape(r.text), r.text
+    r = client.post(f"{path}/subscriptions/{sub.id}/card", data={"test_token": "pm_card_authenticationRequiredOnSetup"})
+    assert r.status_code == 409 and card_refused in htmllib.unescape(r.text), r.text
+    assert "gateway" not in r.text.lower()
+
+
 # --------------------------------------------------------------------------- consents: recorded as shown
 
 
