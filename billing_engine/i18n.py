@@ -28,7 +28,7 @@ from babel.messages.pofile import read_po
 from babel.numbers import format_currency
 from babel.support import NullTranslations, Translations
 
-from billing_engine.money import exponent, format_minor
+from billing_engine.money import exponent
 
 LOCALE_DIR = Path(__file__).parent / "locale"
 DOMAIN = "messages"
@@ -136,23 +136,18 @@ def for_customer(customer_locale: str | None, default: str | None) -> Translator
     return translator(customer_locale or default or DEFAULT)
 
 
-# The self-service account pages and the consent texts shown on them. In English they
-# keep the form they have always had ("15 February 2026", "17.00 USD": English customers
-# see no change, and the consents already recorded in English read the same as new ones);
-# in every other language the amounts and dates are babel's for the customer's locale,
-# exactly as in the e-mails (:meth:`Translator.money` / :meth:`Translator.date`).
+# The self-service account pages, the receipts and the consent texts shown on them use the
+# same babel formats as the e-mails (:meth:`Translator.money` / :meth:`Translator.date`), in
+# every language: the amount and the date a customer reads in an e-mail read the same on the
+# page its link opens ("$17.00", "February 15, 2026" in English; "17,00 USD",
+# "2026. február 15." in Hungarian). Consents recorded before keep the text they were given.
 
 
-def page_money(tr: Translator, amount_minor: int, currency: str, *, code: bool = True) -> str:
-    """An amount on the account pages; ``code=False``: the bare English number ("17.00")
-    where the sentence already named the currency (other languages: the full amount)."""
-    if tr.lang != DEFAULT:
-        return tr.money(amount_minor, currency)
-    return f"{format_minor(amount_minor, currency)} {currency}" if code else format_minor(amount_minor, currency)
+def page_money(tr: Translator, amount_minor: int, currency: str) -> str:
+    """An amount on the account pages, as in the e-mails."""
+    return tr.money(amount_minor, currency)
 
 
 def page_date(tr: Translator, at: datetime | None) -> str:
-    """A date on the account pages ("" for none)."""
-    if at is None:
-        return ""
-    return f"{at.day} {at:%B %Y}" if tr.lang == DEFAULT else tr.date(at)
+    """A date on the account pages, as in the e-mails ("" for none)."""
+    return tr.date(at)

@@ -80,7 +80,8 @@ def pause(
     if resumes_at is not None:
         resumes_at = ensure_utc(resumes_at, "resumes_at")
         if resumes_at <= starts:
-            raise ValidationError(f"must be after the pause starts ({starts.isoformat()})", field="resumes_at")
+            raise ValidationError(f"must be after the pause starts ({starts.isoformat()})", field="resumes_at",
+                                  starts=starts)
     sub.resumes_at = resumes_at
     sub.updated_at = now
     if starts > now:

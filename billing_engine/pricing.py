@@ -218,8 +218,8 @@ class Notice:
 
 
 def notice_prices(tr: i18n.Translator, n: Notice) -> tuple[str, str]:
-    """The old and the new price with their cadence ("17.00 USD every month"; babel's amount
-    in other languages, as on the account pages: :func:`i18n.page_money`)."""
+    """The old and the new price with their cadence ("$17.00 every month": babel's amount for
+    the customer's locale, as on the account pages: :func:`i18n.page_money`)."""
     every = terms.every(tr, n.interval, n.interval_count)
     old, new = (tr.gettext("%(amount)s %(every)s", amount=i18n.page_money(tr, a, n.currency), every=every)
                 for a in (n.old_amount_minor, n.amount_minor))
@@ -347,14 +347,13 @@ def acceptance_text(plan: Any, change: Any, first_at: datetime, tr: i18n.Transla
     """The words next to the customer's "Accept the new price" button, stored as the consent,
     in the language of the page (``tr``; English when not given)."""
     tr = tr or i18n.translator()
-    english = tr.lang == i18n.DEFAULT  # the English text keeps its ISO date
     return tr.gettext(
         "I accept the new price of %(plan)s: %(amount)s %(every)s (instead of %(old_amount)s), from the first "
         "renewal on or after %(date)s, until I cancel.",
         plan=plan.name, amount=i18n.page_money(tr, change.amount_minor, plan.currency),
         every=terms.every(tr, plan.interval, int(plan.interval_count or 1)),
-        old_amount=i18n.page_money(tr, change.old_amount_minor, plan.currency, code=False),
-        date=first_at.date().isoformat() if english else i18n.page_date(tr, first_at))
+        old_amount=i18n.page_money(tr, change.old_amount_minor, plan.currency),
+        date=i18n.page_date(tr, first_at))
 
 
 def accept(session: Session, sub: Any, *, ip_address: str, user_agent: str, now: datetime,

@@ -57,8 +57,8 @@ def address_lines(text: str) -> list[str]:
 def for_invoice(session: Session, invoice_id: str, *, customer_id: str, settings: Settings,
                 tr: i18n.Translator | None = None) -> Receipt:
     """The receipt of ``invoice_id``, which must be a paid invoice of ``customer_id``; its
-    period, dates, amounts and card in ``tr``'s language (the hosted page: the customer's),
-    English when not given (the PDF)."""
+    period, dates, amounts and card in ``tr``'s language (the hosted page and the PDF: the
+    customer's), English when not given."""
     tr = tr or i18n.translator()
     inv = session.get(Invoice, invoice_id)
     if inv is None or inv.customer_id != customer_id or inv.status != InvoiceStatus.PAID or not inv.number:
@@ -90,18 +90,21 @@ def pdf_filename(receipt: Receipt) -> str:
     return f"receipt-{safe}.pdf"
 
 
-def render_html(receipt: Receipt) -> str:
-    """The receipt as a stand-alone HTML document (the PDF's source)."""
-    return _env.get_template("receipt_pdf.html").render(r=receipt)
+def render_html(receipt: Receipt, tr: i18n.Translator | None = None) -> str:
+    """The receipt as a stand-alone HTML document (the PDF's source), its labels in ``tr``'s
+    language (English when not given): pass the translator :func:`for_invoice` wrote the
+    receipt's dates and amounts with."""
+    tr = tr or i18n.translator()
+    return _env.get_template("receipt_pdf.html").render(r=receipt, _=tr.gettext, lang=tr.tag, dir=tr.dir)
 
 
-def render_pdf(receipt: Receipt) -> bytes:
+def render_pdf(receipt: Receipt, tr: i18n.Translator | None = None) -> bytes:
     """The receipt as a PDF (weasyprint; no network: the document has no external resources)."""
     from weasyprint import HTML
 
     def no_fetch(url: str, *args: object, **kwargs: object) -> dict[str, object]:
         raise ValueError(f"receipts load no external resources ({url})")
 
-    pdf = HTML(string=render_html(receipt), url_fetcher=no_fetch).write_pdf()
+    pdf = HTML(string=render_html(receipt, tr), url_fetcher=no_fetch).write_pdf()
     assert pdf is not None
     return bytes(pdf)

@@ -52,7 +52,7 @@ class SubscriptionView:
     price: str
     status: str  # active | trialing | past_due | incomplete | canceled
     state: str  # active | scheduled (cancels at period end) | ended
-    next_charge: str  # "15 February 2026: 17.00 USD" or ""
+    next_charge: str  # "February 15, 2026: $17.00" or ""
     access_until: str
     ended_on: str
     card: str  # "Visa ending 4242 (expires 12/2030)" or ""

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import io
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
@@ -14,6 +15,9 @@ from billing_engine.errors import ValidationError
 from billing_engine.reports import FORMATS, build_query, run_report, to_csv, to_json, to_rich_tables, to_xlsx
 from billing_engine.settings import get_settings
 from cli.common import JsonOpt, console, engine, fail, handle_errors, print_json
+
+if TYPE_CHECKING:
+    from billing_engine.reports.rollups import Refreshed
 
 report_app = typer.Typer(
     help="Finance reports: churn, revenue, MRR, segments, cohorts, retention, recovery, funnel "
@@ -115,14 +119,36 @@ def refresh_cmd(rebuild: bool = typer.Option(False, "--rebuild", help="Recompute
                 json_out: bool = JsonOpt) -> None:
     from billing_engine.reports import rollups
 
-    r = rollups.refresh(engine(), rebuild=rebuild)
+    r = rollups.refresh(engine(), lag=rollups.LAG, rebuild=rebuild)
     if json_out:
         print_json({"rebuilt": r.rebuilt, "from_event_id": r.from_event_id,
-                    "to_event_id": r.to_event_id})
+                    "to_event_id": r.to_event_id, "folded_events": r.folded, "provisional_events": r.provisional,
+                    "last_event_id": r.folded_to, "lag_seconds": int(rollups.LAG.total_seconds())})
         return
-    what = ("rebuilt" if r.rebuilt else
-            f"folded in the events after #{r.from_event_id} (watermark now #{r.to_event_id})")
-    console.print(f"report rollups {what}")
+    console.print(refresh_summary(r, rollups.LAG), highlight=False)
+
+
+def _events(n: int) -> str:
+    return f"{n} event" if n == 1 else f"{n} events"
+
+
+def refresh_summary(r: Refreshed, lag: timedelta) -> str:
+    """What ``billing report refresh`` did, in words a finance user reads."""
+    if r.rebuilt:
+        head = (f"Report rollups rebuilt from the raw data: {_events(r.folded)} counted"
+                + (f" (up to event #{r.folded_to})." if r.folded else "."))
+    elif r.folded:
+        head = (f"Report rollups updated: {_events(r.folded)} folded in "
+                f"(events #{r.folded_after + 1} to #{r.folded_to}).")
+    else:
+        head = "Report rollups already up to date: no new events since the last refresh."
+    if not r.provisional:
+        return head
+    minutes = max(1, int(lag.total_seconds() // 60))
+    age = f"{minutes} minute" if minutes == 1 else f"{minutes} minutes"
+    return (f"{head}\n{_events(r.provisional)} recorded in the last {age} "
+            f"{'is' if r.provisional == 1 else 'are'} in the reports provisionally: "
+            "the next refresh checks them again, in case a change from that time was still being saved.")
 
 
 def register(app: typer.Typer) -> None:

@@ -105,7 +105,7 @@ def test_price_change_with_notice_then_renewal_at_the_new_price(engine: Engine) 
         # the evidence is the e-mail's notice paragraph, word for word (was: its own English
         # wording with an ISO date and the change id, which no customer was ever sent)
         assert notice.terms_text == (
-            "The price of your Basic Monthly subscription changes from 17.00 USD to 29.00 USD every month. "
+            "The price of your Basic Monthly subscription changes from $17.00 to $29.00 every month. "
             "Your first charge at the new price is on March 1, 2026; until then nothing changes. "
             "You don't need to do anything to keep it: if you do not cancel before March 1, 2026, you agree to the "
             "new price. If you cancel before March 1, 2026, you will never be charged the new price.")

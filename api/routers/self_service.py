@@ -112,6 +112,35 @@ PAYMENT_FAILED = {
                            "was charged."),
 }
 
+# A service's refusal in the customer's words (its own message speaks to the admin API and
+# the CLI): by its English message, the static ones a click on these pages can meet.
+CUSTOMER_WORDS = {
+    "this plan cannot be paused from the account page": N_("This subscription cannot be paused from this page."),
+    "the subscription is already paused (or its pause is scheduled)": N_("Your subscription is already paused, or "
+                                                                          "its pause is already scheduled."),
+    "the subscription is canceled at period end; undo the cancellation first": N_(
+        "Your subscription is canceled at the end of the period. Undo the cancellation first, then pause it."),
+    "a charge of this subscription is in flight; try again after the run-cycle": N_(
+        "A payment for this subscription is being processed. Please try again in a few minutes."),
+    "nothing was paid on this subscription yet": N_("Nothing was paid on this subscription yet, so there is nothing "
+                                                    "to refund."),
+    "everything paid on this subscription was already refunded": N_("Everything you paid for this subscription was "
+                                                                     "already refunded."),
+    "this subscription has ended; there is no card to update": N_("This subscription has ended; there is no card to "
+                                                                  "update."),
+    "there is no card on file to charge": N_("There is no card on file to charge. Please add a card first."),
+    "there is no card on file for this subscription": N_("There is no card on file for this subscription. Please add "
+                                                         "a card first."),
+    "there is no price change waiting for your answer": N_("There is no price change waiting for your answer."),
+}
+# the pause form's "resume on" day is not after the day the pause starts (the date: the customer's form)
+PAUSE_ENDS_TOO_SOON = N_("Choose a day after %(date)s, the day the pause starts.")
+# the card the customer entered was refused or could not be set up (the gateway's words stay in the log)
+CARD_REFUSED = N_("This card could not be saved. Nothing was charged; please try another card.")
+# any other refusal without a translation, in a language other than English
+NOT_NOW = N_("This could not be done right now. Please reload the page to see your subscription as it is now, "
+             "and try again.")
+
 TEST_TOKENS = (
     ("pm_card_visa", "Visa, succeeds"),
     ("pm_card_mastercard", "Mastercard, succeeds"),
@@ -286,8 +315,9 @@ def account_undo(request: Request, token: str, subscription_id: str, engine: Eng
                 cancellations.undo(session, sub, now=now, actor="customer")
         except BillingError as exc:
             session.refresh(sub)
-            return _account(request, token, session, customer_id, settings, now, error=exc.message,
-                            status_code=exc.http_status)
+            words, values = _customer_words(exc, _translator(session, customer_id, settings), {})
+            return _account(request, token, session, customer_id, settings, now, error=words,
+                            error_values=values, status_code=exc.http_status)
     return _home(request, token, "undone")
 
 
@@ -302,8 +332,26 @@ def _client(request: Request) -> tuple[str, str]:
 def _refused(request: Request, token: str, engine: Any, customer_id: str, settings: Settings, now: datetime,
              exc: BillingError, **values: object) -> HTMLResponse:
     with Session(engine) as session:
-        return _account(request, token, session, customer_id, settings, now, error=exc.message,
+        error, values = _customer_words(exc, _translator(session, customer_id, settings), values)
+        return _account(request, token, session, customer_id, settings, now, error=error,
                         error_values=values, status_code=exc.http_status)
+
+
+def _customer_words(exc: BillingError, tr: i18n.Translator,
+                    values: dict[str, object]) -> tuple[str, dict[str, object]]:
+    """The message (a msgid) and its values the account page shows for ``exc``: the customer's
+    words for a service's refusal, else its own message when the catalogs have it (the texts
+    of this module) or the page is in English, else :data:`NOT_NOW`."""
+    starts = exc.data.get("starts")
+    if exc.field == "resumes_at" and isinstance(starts, datetime):
+        return PAUSE_ENDS_TOO_SOON, {"date": tr.date(starts)}
+    if exc.field == "token" and "card number" not in exc.message:  # (a raw card number: its own words)
+        return CARD_REFUSED, {}
+    if exc.message in CUSTOMER_WORDS:
+        return CUSTOMER_WORDS[exc.message], {}
+    if tr.lang == i18n.DEFAULT or tr.translations.ugettext(exc.message) != exc.message:
+        return exc.message, values
+    return NOT_NOW, {}
 
 
 def _parse_until(value: str | None) -> datetime | None:
@@ -497,8 +545,9 @@ def account_card_submit(
         except BillingError as exc:
             error = exc
         if error is not None:
+            words, values = _customer_words(error, _translator(session, customer_id, settings), {})
             return _card_page(request, token, session, customer_id, subscription_id, settings, gateway, now,
-                              error=error.message, status_code=error.http_status)
+                              error=words, error_values=values, status_code=error.http_status)
     if gateway.name == "stripe":
         return _to_stripe(request, token, engine, gateway, update_id, customer_id, settings, now)
     assert done is not None
@@ -548,12 +597,13 @@ def account_receipt_pdf(request: Request, token: str, invoice_id: str, engine: E
                         now: NowDep) -> Response:
     customer_id = _customer(request, settings, token, now)
     with Session(engine) as session:
+        tr = _translator(session, customer_id, settings)  # the PDF in the customer's language, as the page
         try:
-            receipt = receipts.for_invoice(session, invoice_id, customer_id=customer_id, settings=settings)
+            receipt = receipts.for_invoice(session, invoice_id, customer_id=customer_id, settings=settings, tr=tr)
         except NotFound:
-            return _not_found(request, settings, token, "receipt", _translator(session, customer_id, settings))
+            return _not_found(request, settings, token, "receipt", tr)
     headers = {**SECURITY_HEADERS, "Content-Disposition": f'attachment; filename="{receipts.pdf_filename(receipt)}"'}
-    return Response(receipts.render_pdf(receipt), media_type="application/pdf", headers=headers)
+    return Response(receipts.render_pdf(receipt, tr), media_type="application/pdf", headers=headers)
 
 
 @router.get("/account/{token}/receipts/{invoice_id}", name="account_receipt", response_class=HTMLResponse)

@@ -94,6 +94,10 @@ class Refreshed:
     to_event_id: int  # the new watermark
     folded_after: int = 0  # the events folded in by this refresh: ids in (folded_after, folded_to]
     folded_to: int = 0
+    folded: int = 0  # how many events this refresh folded in (a rebuild: every event up to folded_to)
+    provisional: int = 0  # of the events folded so far, those above the watermark (recorded less than
+    # ``lag`` ago): counted in the rollups, and checked again by the next refresh (folded again
+    # if one below them was committed late)
 
 
 def _lock(conn: Connection) -> None:
@@ -207,12 +211,15 @@ def refresh(engine: Engine, *, lag: timedelta = LAG, rebuild: bool = False,
         mark = int(settled or 0)
         if state is None or rebuild:
             # counted before the rebuild reads anything: each of these events' changes is seen by it
-            seen = conn.execute(select(func.count()).where(events.c.id > mark, events.c.id <= top)).scalar_one()
+            every, seen = conn.execute(select(func.count(), func.coalesce(func.sum(case((events.c.id > mark, 1),
+                                                                                        else_=0)), 0))
+                                       .where(events.c.id <= top)).one()
             _rebuild(conn)
             conn.execute(delete(state_table).where(st.name == NAME))
             conn.execute(insert(state_table).values(name=NAME, last_event_id=mark, refreshed_at=now,
                                                     folded_to=top, folded_count=int(seen)))
-            return Refreshed(rebuilt=True, from_event_id=0, to_event_id=mark, folded_after=0, folded_to=top)
+            return Refreshed(rebuilt=True, from_event_id=0, to_event_id=mark, folded_after=0, folded_to=top,
+                             folded=int(every), provisional=int(seen))
         after = int(state[0])
         folded_to, folded_count = int(state[1] if state[1] is not None else after), int(state[2] or 0)
         if folded_to > top or folded_to < after:  # not a state this code wrote: fold the whole window
@@ -230,7 +237,7 @@ def refresh(engine: Engine, *, lag: timedelta = LAG, rebuild: bool = False,
                     conn.execute(state_table.update().where(st.name == NAME).values(
                         last_event_id=mark, refreshed_at=now, folded_count=int(keep)))
                 return Refreshed(rebuilt=False, from_event_id=after, to_event_id=mark, folded_after=top,
-                                 folded_to=top)
+                                 folded_to=top, provisional=int(keep))
         s = Scratch(conn)
         if s.pg:  # the fold reads the few rows of the keys named: index probes, not scans of
             # whole tables (the default cost of a random page assumes a disk, not the cache),
@@ -243,9 +250,11 @@ def refresh(engine: Engine, *, lag: timedelta = LAG, rebuild: bool = False,
             # last fold's when the count is (events are never deleted; ids are unique), so only
             # those above it are new; a different count means one committed late below it, and
             # the whole window is folded again -- and the events the new watermark leaves inside
-            again, keep = conn.execute(select(func.coalesce(func.sum(case((w.c.id <= folded_to, 1), else_=0)), 0),
-                                              func.coalesce(func.sum(case((w.c.id > mark, 1), else_=0)), 0))).one()
+            again, keep, seen = conn.execute(select(
+                func.coalesce(func.sum(case((w.c.id <= folded_to, 1), else_=0)), 0),
+                func.coalesce(func.sum(case((w.c.id > mark, 1), else_=0)), 0), func.count())).one()
             lo = folded_to if int(again) == folded_count else after
+            folded = int(seen) - (int(again) if lo == folded_to else 0)
             if top > lo:
                 _fold(s, w, lo)
             if top > lo or mark > after:
@@ -253,7 +262,8 @@ def refresh(engine: Engine, *, lag: timedelta = LAG, rebuild: bool = False,
                     last_event_id=mark, refreshed_at=now, folded_to=top, folded_count=int(keep)))
         finally:
             s.close()
-        return Refreshed(rebuilt=False, from_event_id=after, to_event_id=mark, folded_after=lo, folded_to=top)
+        return Refreshed(rebuilt=False, from_event_id=after, to_event_id=mark, folded_after=lo, folded_to=top,
+                         folded=folded, provisional=int(keep))
 
 
 def refresh_if_built(engine: Engine) -> Refreshed | None:

@@ -150,7 +150,7 @@ def test_receipt_page_and_pdf_download(site: Site, now: datetime, artifacts: Pat
             expect(page.get_by_text("INV-000001")).to_be_visible()
             page.get_by_role("link", name="Receipt", exact=True).click()
             expect(page.get_by_role("heading", level=1)).to_have_text("Receipt")
-            for text in ("Weekly Media GmbH", "DE123456789", "INV-000001", "Visa ending 4242", "17.00 USD"):
+            for text in ("Weekly Media GmbH", "DE123456789", "INV-000001", "Visa ending 4242", "$17.00"):
                 expect(page.get_by_text(text).first).to_be_visible()
             _no_horizontal_scroll(page, name)
             page.screenshot(path=str(artifacts / f"self-service-receipt-{name}.png"), full_page=True)
@@ -178,12 +178,12 @@ def test_cancel_and_undo_from_the_self_service_page(site: Site, now: datetime, a
         try:
             page = browser.new_context(java_script_enabled=False, **VIEWPORTS[name]).new_page()
             page.goto(site.link(sub.customer_id))
-            expect(page.get_by_text("15 February 2026: 17.00 USD")).to_be_visible()
+            expect(page.get_by_text("February 15, 2026: $17.00")).to_be_visible()
             _no_horizontal_scroll(page, name)
             page.screenshot(path=str(artifacts / f"self-service-account-{name}.png"), full_page=True)
             page.get_by_role("button", name="Cancel subscription").click()
             expect(page.get_by_role("status")).to_have_text(re.compile("Your subscription is canceled"))
-            expect(page.get_by_text("access until 15 February 2026, no further charges")).to_be_visible()
+            expect(page.get_by_text("access until February 15, 2026, no further charges")).to_be_visible()
             page.screenshot(path=str(artifacts / f"self-service-canceled-{name}.png"), full_page=True)
             after = site.sub(sub.id)
             assert after.cancel_at_period_end and after.cancellation_kind == "voluntary"

@@ -96,7 +96,7 @@ def test_a_hungarian_customer_s_price_change_e_mail_is_hungarian_with_hungarian_
                      "Az új árat most is elfogadhatja a fiókoldalán:", "Előfizetés lemondása:"):
         assert expected in text, expected
     assert "2026. február 15., addig" in html and 'lang="hu"' in html and "Előfizetés lemondása" in html
-    for english in ("The price", "every month", "February", "17.00 USD", "29.00 USD", "new price", "Cancel",
+    for english in ("The price", "every month", "February", "$17.00", "$29.00", "new price", "Cancel",
                     "One click"):
         assert english not in text and english not in msg["Subject"], english
     assert ".." not in text  # no sentence ends on a Hungarian long date ("2026. február 15..")
@@ -112,7 +112,7 @@ def test_the_notice_consent_is_the_notice_paragraph_of_the_e_mail_delivered(
     assert consent.terms_text in paragraphs  # word for word, a whole paragraph of the e-mail received
     assert consent.terms_text in _html(msg).replace("&#39;", "'")
     assert (consent.amount_minor, consent.currency) == (2900, "USD")
-    words = {"en@example.com": ["The price of your Basic Monthly subscription changes from 17.00 USD to 29.00 USD "
+    words = {"en@example.com": ["The price of your Basic Monthly subscription changes from $17.00 to $29.00 "
                                 "every month.", "February 15, 2026", "you agree to the new price",
                                 "you will never be charged the new price"],
              "hu@example.com": [f"17,00{NBSP}USD helyett 29,00{NBSP}USD havonta", "2026. február 15.",
@@ -124,7 +124,7 @@ def test_the_notice_consent_is_the_notice_paragraph_of_the_e_mail_delivered(
         assert w in consent.terms_text, w
     if email == "en@example.com":  # the whole English notice, as an English customer reads it
         assert consent.terms_text == (
-            "The price of your Basic Monthly subscription changes from 17.00 USD to 29.00 USD every month. "
+            "The price of your Basic Monthly subscription changes from $17.00 to $29.00 every month. "
             "Your first charge at the new price is on February 15, 2026; until then nothing changes. "
             "You don't need to do anything to keep it: if you do not cancel before February 15, 2026, you agree to "
             "the new price. If you cancel before February 15, 2026, you will never be charged the new price.")

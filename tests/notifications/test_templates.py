@@ -69,7 +69,7 @@ EXPECTED = {
     K.SUBSCRIPTION_REACTIVATED: ["continues", "Next charge"],
     K.REFUND: ["refunded 5.00 USD", "5 to 10 business days"],
     K.CANCEL_LINK: ["new link", "works until 16 March 2026"],
-    K.PRICE_CHANGE: ["17.00 USD", "29.00 USD", "February 15, 2026", "never be charged the new price",
+    K.PRICE_CHANGE: ["$17.00", "$29.00", "February 15, 2026", "never be charged the new price",
                      "You can also accept it now on your account page:\nhttps://"],
     K.SUBSCRIPTION_PAUSED: ["paused from 15 January 2026", "resumes by itself on 15 March 2026", "$17.00"],
     K.SUBSCRIPTION_RESUMED: ["has resumed", "January 15, 2026", "$17.00"],

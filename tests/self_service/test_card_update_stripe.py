@@ -139,7 +139,7 @@ def test_stripe_checkout_setup_then_webhook_attaches_the_card_and_recovers_at_on
         consent = s.exec(select(Consent).where(Consent.payment_method_id == sub.payment_method_id)).one()
         assert consent.gateway_setup_id == setup_obj["id"]
         assert (consent.ip_address, consent.user_agent) == ("198.51.100.4", "Mozilla/5.0 (Stripe test)")
-        assert consent.terms_text and "17.00 USD every month" in consent.terms_text
+        assert consent.terms_text and "$17.00 every month" in consent.terms_text
     assert len(sim.succeeded_intents()) == charges + 1
     [intent] = [pi for pi in sim.succeeded_intents() if pi["metadata"]["attempt_id"] == attempts[1].id]
     assert intent["payment_method"] == "pm_card_mastercard"

@@ -102,7 +102,7 @@ def test_a_plan_without_customer_pause_offers_no_pause_and_refuses_one(
     assert "Pause subscription" not in client.get(path).text
     before = _events(engine, sub.id)
     r = client.post(f"{path}/subscriptions/{sub.id}/pause", data={"when": "now"})
-    assert r.status_code == 409 and "cannot be paused from the account page" in r.text
+    assert r.status_code == 409 and "This subscription cannot be paused from this page." in r.text
     assert _sub(engine, sub.id).status == "active" and _events(engine, sub.id) == before
 
 
@@ -114,7 +114,7 @@ def test_pause_at_period_end_until_a_date_then_take_it_back_then_pause_now_and_r
     assert "Pause subscription" in client.get(path).text
     r = client.post(f"{path}/subscriptions/{sub.id}/pause", data={"when": "period_end", "until": "2026-04-01"})
     html = _done(client, r, "pause_scheduled")
-    assert "Pauses on 15 February 2026, until 1 April 2026" in html
+    assert "Pauses on February 15, 2026, until April 1, 2026" in html
     got = _sub(engine, sub.id)
     assert (got.status, got.pause_at_period_end, got.resumes_at) == \
         ("active", True, datetime(2026, 4, 1, tzinfo=UTC))
@@ -123,7 +123,7 @@ def test_pause_at_period_end_until_a_date_then_take_it_back_then_pause_now_and_r
     html = _done(client, client.post(f"{path}/subscriptions/{sub.id}/resume"), "resumed")
     got = _sub(engine, sub.id)
     assert (got.pause_at_period_end, got.resumes_at) == (False, None)
-    assert "15 February 2026: 17.00 USD" in html  # the next charge is back
+    assert "February 15, 2026: $17.00" in html  # the next charge is back
 
     html = _done(client, client.post(f"{path}/subscriptions/{sub.id}/pause", data={"when": "now"}), "paused")
     assert "Paused until you resume it" in html and "Resume my subscription" in html
@@ -183,7 +183,7 @@ def test_the_guarantee_refund_inside_the_window_and_nothing_offered_outside(
     sub = _paid(engine, now, settings, gateway, guarantee_days=30)
     path = _path(settings, sub.customer_id, clock.at)
     html = client.get(path).text
-    assert "30-day money-back guarantee: until 14 February 2026 you can ask for a full refund of 17.00 USD" in html
+    assert "30-day money-back guarantee: until February 14, 2026 you can ask for a full refund of $17.00" in html
     html = _done(client, client.post(f"{path}/subscriptions/{sub.id}/guarantee"), "refunded")
     assert "Request my money back" not in html
     assert [(e.kind, e.amount_minor) for e in gateway.ledger] == [("charge", 1700), ("refund", 1700)]
@@ -204,7 +204,7 @@ def test_outside_the_guarantee_window_the_page_says_why_and_a_post_moves_no_mone
     with TestClient(app, base_url=BASE, follow_redirects=False, client=(IP, 50000)) as c:
         path = _path(settings, sub.customer_id, late.at)
         html = c.get(path).text
-        assert "The 30-day money-back guarantee ended on 14 February 2026" in html
+        assert "The 30-day money-back guarantee ended on February 14, 2026" in html
         assert "Request my money back" not in html
         r = c.post(f"{path}/subscriptions/{sub.id}/guarantee")
         assert r.status_code == 409 and "guarantee ended" in r.text
@@ -234,7 +234,7 @@ def test_subscribe_again_records_the_consent_charges_once_and_links_the_old_subs
         path = _path(settings, old.customer_id, mar1.at)
         html = c.get(path).text
         terms = ("I subscribe again to Basic Monthly and authorise Weekly Media GmbH to charge my Visa ending 4242 "
-                 "(expires 12/2034) 17.00 USD now and every month after that, until I cancel.")
+                 "(expires 12/2034) $17.00 now and every month after that, until I cancel.")
         assert terms in html and "Subscribe again" in html
         page = _done(c, c.post(f"{path}/subscriptions/{old.id}/reactivate"), "reactivated")
         assert "Welcome back!" in page and "Subscribe again" not in page
@@ -282,16 +282,16 @@ def test_accepting_a_new_price_records_the_consent_once(
     [notice] = _mails(engine, "price_change")
     path = _path(settings, sub.customer_id, clock.at)
     html = client.get(path).text
-    assert "The price changes from 17.00 USD to 29.00 USD every month from 15 February 2026." in html
+    assert "The price changes from $17.00 to $29.00 every month from February 15, 2026." in html
     _done(client, client.post(f"{path}/subscriptions/{sub.id}/accept-price"), "price_accepted")
     page = _done(client, client.post(f"{path}/subscriptions/{sub.id}/accept-price"), "price_accepted")  # again
-    assert "You accepted it on 18 January 2026" in page and "Accept the new price" not in page
+    assert "You accepted it on January 18, 2026" in page and "Accept the new price" not in page
     with Session(engine) as s:
         [c] = s.exec(select(Consent).where(Consent.channel == "web",
                                            Consent.terms_version == f"price-change:{change_id}")).all()
         assert (c.ip_address, c.amount_minor, c.accepted_at) == (IP, 2900, clock.at)
-        assert c.terms_text == ("I accept the new price of Basic Monthly: 29.00 USD every month (instead of 17.00), "
-                                "from the first renewal on or after 2026-02-15, until I cancel.")
+        assert c.terms_text == ("I accept the new price of Basic Monthly: $29.00 every month (instead of $17.00), "
+                                "from the first renewal on or after February 15, 2026, until I cancel.")
     assert _events(engine, sub.id).count(("subscription.price_change_accepted", "customer")) == 1
     assert notice.id  # the notice e-mail itself links the account page (rendered: test_emails)
     with Session(engine) as s:

@@ -5,17 +5,20 @@ the consent texts recorded exactly as shown, in the language shown."""
 from __future__ import annotations
 
 import html as htmllib
+import io
 import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from email.message import EmailMessage
 
 import pytest
 from fastapi.testclient import TestClient
+from pypdf import PdfReader
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from api.app import create_app
-from billing_engine import cancellations, card_updates, customers, edits, links, pricing, reactivations
+from billing_engine import cancellations, card_updates, customers, edits, links, notifications, pricing, reactivations
 from billing_engine.cycle import run_cycle
 from billing_engine.db import transaction
 from billing_engine.gateway.fake import FakeGateway
@@ -91,7 +94,93 @@ def _html_tag(page: str) -> str:
     return m.group(0)
 
 
+# The receipt PDF a customer downloads: its labels, amount and dates in their language
+PDF_WORDS = {
+    "en": ["Receipt", "Billed to", "Amount paid", "Paid on", "$17.00", "January 15, 2026 to February 15, 2026",
+           "Thank you. Reference"],
+    "hu": ["Nyugta", "Vevő", "Fizetett összeg", "Fizetés dátuma", f"17,00{NBSP}USD", "2026. február 15.",
+           "Köszönjük. Hivatkozási szám:", "előfizetés:"],
+    "he_IL": ["קבלה", "לכבוד", "הסכום ששולם", "תאריך התשלום", "בפברואר", "2026", f"${NBSP}17.00", "אסמכתא"],
+    "ru": ["Квитанция", "Плательщик", "Оплаченная сумма", "Дата оплаты", f"17,00{NBSP}$", "15 февраля 2026",
+           "Спасибо. Номер для справок:", "подписка:"],
+}
+
+
+@pytest.mark.parametrize("locale", list(PDF_WORDS))
+def test_the_receipt_pdf_is_in_the_customer_s_language(
+    client: TestClient, engine: Engine, settings: Settings, gateway: FakeGateway, now: datetime, clock: Clock,
+    locale: str,
+) -> None:
+    sub = _paid(engine, now, settings, gateway, locale)
+    pdf = client.get(_receipt_path(engine, settings, sub, clock.at) + ".pdf")
+    assert pdf.status_code == 200 and pdf.headers["content-type"] == "application/pdf"
+    text = PdfReader(io.BytesIO(pdf.content)).pages[0].extract_text()
+    for words in PDF_WORDS[locale]:
+        assert words in text, (words, text)
+    if locale != "en":
+        for english in ("Receipt", "Billed to", "Amount paid", "Paid on", "Thank you", "Description", "Period"):
+            assert english not in text, (english, text)
+
+
 # --------------------------------------------------------------------------- the page
+
+
+class _Outbox:
+    """A mail transport that keeps what it was handed (what the customer receives)."""
+
+    def __init__(self) -> None:
+        self.sent: list[EmailMessage] = []
+
+    def send(self, message: EmailMessage) -> None:
+        self.sent.append(message)
+
+    def close(self) -> None:
+        pass
+
+
+# The amount (17.00 USD) and the dates (the Jan 15 charge, the Feb 15 renewal) as the customer
+# reads them, in the e-mail and on the page its link opens: one form per locale.
+SAME_WORDS = {
+    None: ["$17.00", "January 15, 2026", "February 15, 2026"],  # no locale: the default, English
+    "en": ["$17.00", "January 15, 2026", "February 15, 2026"],
+    "hu": [f"17,00{NBSP}USD", "2026. január 15.", "2026. február 15."],
+    "he_IL": [f"\u200f17.00{NBSP}\u200f$", "15 בינואר 2026", "15 בפברואר 2026"],
+    "ru": [f"17,00{NBSP}$", "15 января 2026\u202fг.", "15 февраля 2026\u202fг."],
+}
+
+
+@pytest.mark.parametrize("locale", list(SAME_WORDS))
+def test_the_page_writes_amounts_and_dates_as_the_e_mail_sent_to_the_same_customer(
+    client: TestClient, engine: Engine, settings: Settings, gateway: FakeGateway, now: datetime, clock: Clock,
+    locale: str | None,
+) -> None:
+    sub = _paid(engine, now, settings, gateway, locale)
+    outbox = _Outbox()
+    notifications.deliver_pending(engine, now + timedelta(minutes=1), settings, outbox)
+    receipts = [m for m in outbox.sent if str(m["To"]) == _email(engine, sub)]
+    assert receipts, "the charge sends a receipt"
+    mail = htmllib.unescape(str(receipts[0].get_body(("plain",)).get_content()))  # type: ignore[union-attr]
+    page = htmllib.unescape(client.get(_path(settings, sub.customer_id, clock.at)).text)
+    receipt_page = htmllib.unescape(client.get(_receipt_path(engine, settings, sub, clock.at)).text)
+    for words in SAME_WORDS[locale]:
+        assert words in mail, (words, mail)
+        assert words in page, words
+        assert words in receipt_page, words
+    if locale in (None, "en"):
+        for old in ("17.00 USD", "15 February 2026", "15 January 2026"):
+            assert old not in page and old not in receipt_page, old
+
+
+def _email(engine: Engine, sub: Subscription) -> str:
+    with Session(engine) as s:
+        return s.get_one(Customer, sub.customer_id).email
+
+
+def _receipt_path(engine: Engine, settings: Settings, sub: Subscription, at: datetime) -> str:
+    with Session(engine) as s:
+        inv = s.exec(select(Invoice).where(Invoice.subscription_id == sub.id)).one()
+    return f"{_path(settings, sub.customer_id, at)}/receipts/{inv.id}"
+
 
 
 def test_a_hungarian_customer_reads_the_page_in_hungarian_with_hungarian_dates_and_amounts(
@@ -111,7 +200,7 @@ def test_a_hungarian_customer_reads_the_page_in_hungarian_with_hungarian_dates_a
                  "Kifizetve: 2026. január 15.",
                  "Ez az oldal csak az Öné"):
         assert text in html, text
-    for english in ("Your account", "Subscriptions", "Next charge", "every month", "February", "17.00 USD",
+    for english in ("Your account", "Subscriptions", "Next charge", "every month", "February", "$17.00",
                     "ending 4242", "Cancel subscription", "Invoices and receipts"):
         assert english not in html, english
 
@@ -168,6 +257,45 @@ def test_banners_errors_and_the_not_found_page_are_in_the_customer_s_language(
     assert "Fizetett összeg" in receipt.text and f"17,00{NBSP}USD" in receipt.text and "Amount paid" not in receipt.text
     missing = client.get(f"{path}/receipts/inv_nope")
     assert missing.status_code == 404 and "Ezt a nyugtát nem találjuk a fiókjában." in missing.text
+
+
+# What a refused click says, per language: a "resume on" day before the pause starts (Feb 15,
+# the end of the paid period), a pause the plan no longer allows, a card that cannot be saved (its bank
+# asks for 3-D Secure at set-up)
+REFUSALS = {
+    "en": ["Choose a day after February 15, 2026, the day the pause starts.",
+           "This subscription cannot be paused from this page.",
+           "This card could not be saved. Nothing was charged; please try another card."],
+    "hu": ["Válasszon egy napot 2026. február 15. után, amikor a szüneteltetés kezdődik.",
+           "Ezt az előfizetést nem lehet erről az oldalról szüneteltetni.",
+           "Ezt a kártyát nem sikerült elmenteni. Semmit nem terheltünk; kérjük, próbáljon meg egy másik kártyát."],
+    "he_IL": ["נא לבחור יום אחרי 15 בפברואר 2026, היום שבו ההשהיה מתחילה.",
+              "לא ניתן להשהות את המנוי הזה מהדף הזה.",
+              "לא ניתן היה לשמור את הכרטיס הזה. לא בוצע חיוב; נא לנסות כרטיס אחר."],
+    "ru": ["Выберите дату позже 15 февраля 2026\u202fг. — дня, когда начинается приостановка.",
+           "Эту подписку нельзя приостановить на этой странице.",
+           "Не удалось сохранить эту карту. Деньги не списаны; пожалуйста, попробуйте другую карту."],
+}
+
+
+@pytest.mark.parametrize("locale", list(REFUSALS))
+def test_a_refused_click_says_why_in_the_customer_s_language(
+    client: TestClient, engine: Engine, settings: Settings, gateway: FakeGateway, now: datetime, clock: Clock,
+    locale: str,
+) -> None:
+    too_soon, not_pausable, card_refused = REFUSALS[locale]
+    sub = _paid(engine, now, settings, gateway, locale, pause=True)
+    path = _path(settings, sub.customer_id, clock.at)
+    r = client.post(f"{path}/subscriptions/{sub.id}/pause", data={"when": "period_end", "until": "2026-02-01"})
+    assert r.status_code == 422 and too_soon in htmllib.unescape(r.text), r.text
+    assert "T09:00:00" not in r.text and "resumes_at" not in r.text
+    with transaction(engine) as s:  # the seller stops letting customers pause (a page opened before)
+        edits.update_plan(s, "basic-monthly", now=now, customer_can_pause=False)
+    r = client.post(f"{path}/subscriptions/{sub.id}/pause", data={"when": "now"})
+    assert r.status_code == 409 and not_pausable in htmllib.unescape(r.text), r.text
+    r = client.post(f"{path}/subscriptions/{sub.id}/card", data={"test_token": "pm_card_authenticationRequiredOnSetup"})
+    assert r.status_code == 409 and card_refused in htmllib.unescape(r.text), r.text
+    assert "gateway" not in r.text.lower()
 
 
 # --------------------------------------------------------------------------- consents: recorded as shown

@@ -109,8 +109,8 @@ def test_the_page_shows_subscription_next_charge_card_and_receipt(
         assert r.headers[name] == value
     html = r.text
     assert "<script" not in html
-    assert "Basic Monthly" in html and "17.00 USD every month" in html
-    assert "15 February 2026: 17.00 USD" in html  # the next charge, date and amount
+    assert "Basic Monthly" in html and "$17.00 every month" in html
+    assert "February 15, 2026: $17.00" in html  # the next charge, date and amount
     assert "Visa ending 4242" in html
     assert "WM-000001" in html and "Download PDF" in html
     assert _count(engine, Event) == events_before  # a GET changes nothing
@@ -209,7 +209,7 @@ def test_card_update_retries_a_past_due_subscription_at_once_on_the_same_invoice
         assert consent.ip_address == "203.0.113.9"  # the request's address
         assert consent.user_agent == "Mozilla/5.0 (self-service test)"
         assert consent.terms_version == card_updates.TERMS_VERSION
-        assert consent.terms_text is not None and "17.00 USD every month" in consent.terms_text
+        assert consent.terms_text is not None and "$17.00 every month" in consent.terms_text
         assert (consent.amount_minor, consent.currency, consent.interval) == (1700, "USD", "month")
         assert consent.gateway_setup_id
         update = s.exec(select(CardUpdate)).one()
@@ -256,8 +256,8 @@ def test_receipt_page_and_pdf(
     path = _path(settings, sub.customer_id, now)
     r = client.get(f"{path}/receipts/{invoice.id}")
     assert r.status_code == 200 and r.headers["Cache-Control"] == "no-store"
-    for text in ("Weekly Media GmbH", "Hauptstr. 1", "10115 Berlin", "DE123456789", "WM-000001", "17.00 USD",
-                 "15 January 2026 to 15 February 2026", "Visa ending 4242"):
+    for text in ("Weekly Media GmbH", "Hauptstr. 1", "10115 Berlin", "DE123456789", "WM-000001", "$17.00",
+                 "January 15, 2026 to February 15, 2026", "Visa ending 4242"):
         assert text in r.text, text
     pdf = client.get(f"{path}/receipts/{invoice.id}.pdf")
     assert pdf.status_code == 200 and pdf.headers["content-type"] == "application/pdf"
@@ -272,7 +272,7 @@ def test_receipt_page_and_pdf(
     [page] = HTML(string=receipts.render_html(receipt)).render().pages
     text = " ".join(_texts(page._page_box))
     for fact in ("Weekly Media GmbH", "Hauptstr. 1", "Tax ID: DE123456789", "WM-000001", "Basic Monthly",
-                 "15 January 2026 to 15 February 2026", "Visa ending 4242", "17.00 USD", "ada@example.com"):
+                 "January 15, 2026 to February 15, 2026", "Visa ending 4242", "$17.00", "ada@example.com"):
         assert fact in text, fact
 
 
