@@ -361,3 +361,17 @@ def test_the_price_acceptance_recorded_is_the_text_shown_in_the_language_shown(
         [consent] = s.exec(select(Consent).where(Consent.channel == "web",
                                                  Consent.terms_version == f"price-change:{change_id}")).all()
         assert consent.terms_text == shown
+
+
+def test_every_refusal_the_page_rewords_is_still_a_message_the_engine_raises() -> None:
+    """The account page recognises a service's refusal by its exact English message; a
+    reworded message would silently fall back to the general sentence, so each one the
+    page rewords must still be written, verbatim, in billing_engine/."""
+    from pathlib import Path
+
+    from api.routers.self_service import CUSTOMER_WORDS
+
+    engine_dir = Path(__file__).resolve().parents[2] / "billing_engine"
+    source = " ".join(p.read_text() for p in engine_dir.rglob("*.py"))
+    missing = [m for m in CUSTOMER_WORDS if f'"{m}"' not in source and f"'{m}'" not in source]
+    assert missing == []
