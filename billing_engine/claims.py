@@ -42,10 +42,20 @@ def due_condition(now: datetime) -> Any:
     attempt whose outcome is unknown (reconciled before anything else)."""
     unresolved = payments.unresolved_query().with_only_columns(col(PaymentAttempt.subscription_id))
     return or_(
-        and_(col(Subscription.status).in_(list(CHARGEABLE)), col(Subscription.current_period_end) <= now),
-        and_(col(Subscription.status) == SubscriptionStatus.PAST_DUE, col(Subscription.next_retry_at) <= now),
+        and_(col(Subscription.status).in_(list(CHARGEABLE)), col(Subscription.current_period_end) <= now, _ours(now)),
+        and_(col(Subscription.status) == SubscriptionStatus.PAST_DUE, col(Subscription.next_retry_at) <= now,
+             _ours(now)),
         col(Subscription.id).in_(unresolved.order_by(None)),
     )
+
+
+def _ours(now: datetime) -> Any:
+    """Not an imported subscription that the previous biller still charges (``charge_from``
+    in the future) and that has nothing else due: no work for a run-cycle, so not claimed,
+    counted as due or as backlog (the dry run still lists it, with the reason). One that
+    ends or pauses at its period end is still ours to end or pause (without a charge)."""
+    return or_(col(Subscription.charge_from).is_(None), col(Subscription.charge_from) <= now,
+               col(Subscription.cancel_at_period_end), col(Subscription.pause_at_period_end))
 
 
 def _free(wall: datetime) -> Any:
@@ -101,6 +111,8 @@ def _lane_query(lane: str, now: datetime, after: tuple[Any, str] | None, *, keys
         PaymentAttempt.subscription_id == sub.id,
         text(payments.UNRESOLVED_SQL)).exists()
     q = what.where(col(sub.status) == lane, key <= now, ~has_unresolved)
+    if keys_only:  # claiming: held imports are not this run's work (listed by the dry run)
+        q = q.where(_ours(now))
     if after is not None:  # "key >= a" starts the index range there (not at dead entries below it)
         q = q.where(key >= after[0], or_(key > after[0], col(sub.id) > after[1]))
     return q.order_by(key, col(sub.id))

@@ -119,8 +119,10 @@ def test_charging_waits_for_the_cut_over(engine: Engine) -> None:
     assert [(a["action"], a["reason"]) for a in dry.values()] == [("skip", "cut_over")]  # the past_due retry
     summary = run_cycle(engine, gw, now=at, settings=SETTINGS)
     assert (summary.charged, summary.blocked, summary.errors, gw.ledger) == (0, 0, [], [])
-    run_cycle(engine, gw, now=cut, settings=SETTINGS)
+    assert summary.total_due == 0  # not the run's work: not counted as due (progress bar, backlog)
+    after = run_cycle(engine, gw, now=cut, settings=SETTINGS)
     assert [e.amount_minor for e in gw.ledger] == [700]
+    assert after.total_due == after.due == 1
 
 
 def test_every_bad_row_is_reported_and_nothing_is_written(engine: Engine) -> None:
