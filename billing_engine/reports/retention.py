@@ -14,11 +14,9 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
-from billing_engine.reports import rollups
-from billing_engine.reports.model import Column, Report, group_columns, is_blank, period_columns, rate
+from billing_engine.reports.model import Column, Report, group_columns, period_columns, rate
 from billing_engine.reports.params import ReportQuery
-from billing_engine.reports.sql import tune
-from billing_engine.reports.subscribers import key_fields, sorted_groups, timelines
+from billing_engine.reports.subscribers import Timeline, timeline_report
 
 
 def columns(by: str | None) -> tuple[Column, ...]:
@@ -35,27 +33,12 @@ def columns(by: str | None) -> tuple[Column, ...]:
 
 
 def retention_report(engine: Engine, q: ReportQuery, *, generated_at: datetime | None = None) -> Report:
-    periods = q.periods()
-    rollups.refresh(engine)  # the rollups read below are brought up to date first
-    with engine.connect() as conn:
-        tune(conn)
-        tls = timelines(conn, q)
-    cols = columns(q.by)
-    rows: list[dict[str, Any]] = []
-    for key in sorted_groups(tls):
-        tl = tls[key]
-        group_rows = []
-        for i, ((start, end), (s0, _s1, m0, _m1)) in enumerate(zip(periods, tl.balances(), strict=True)):
-            ex = tl.periods[i].existing_mrr
-            churn, contraction, expansion = ex["churn"], ex["contraction"], ex["expansion"]
-            row: dict[str, Any] = {"period_start": start, "period_end": end, **key_fields(key, q.by)}
-            row.update({
-                "subscribers_start": s0, "mrr_start_minor": m0, "churn_minor": churn,
+    def row_of(tl: Timeline, i: int, balance: tuple[int, int, int, int]) -> dict[str, Any]:
+        s0, _s1, m0, _m1 = balance
+        ex = tl.periods[i].existing_mrr
+        churn, contraction, expansion = ex["churn"], ex["contraction"], ex["expansion"]
+        return {"subscribers_start": s0, "mrr_start_minor": m0, "churn_minor": churn,
                 "contraction_minor": contraction, "expansion_minor": expansion,
                 "mrr_retained_minor": m0 - churn - contraction + expansion,
-                "grr": rate(m0 - churn - contraction, m0), "nrr": rate(m0 - churn - contraction + expansion, m0),
-            })
-            group_rows.append(row)
-        if not is_blank(group_rows, cols):
-            rows.extend(group_rows)
-    return Report("retention", "Revenue retention", q, cols, rows, generated_at)
+                "grr": rate(m0 - churn - contraction, m0), "nrr": rate(m0 - churn - contraction + expansion, m0)}
+    return timeline_report(engine, q, "retention", "Revenue retention", columns(q.by), row_of, generated_at)

@@ -10,16 +10,20 @@ with a count; this module turns each price into MRR with
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import case, func, literal, select
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine
 
 from billing_engine.periods import Interval, monthly_amount
+from billing_engine.reports import rollups
 from billing_engine.reports.day_rollups import GRAINS, sub_event_days_table
+from billing_engine.reports.model import Column, Report, is_blank
 from billing_engine.reports.params import ReportQuery, period_aligned
-from billing_engine.reports.sql import bucket, plans, subscriber_event_totals, ts
+from billing_engine.reports.sql import bucket, plans, subscriber_event_totals, ts, tune
 
 GroupKey = tuple[str, ...]  # (currency,) or (currency, plan_code)
 
@@ -149,3 +153,25 @@ def key_fields(key: GroupKey, by: str | None) -> dict[str, str]:
     if by == "plan":
         d["plan_code"] = key[1]
     return d
+
+
+# (timeline, period index, (subs_start, subs_end, mrr_start, mrr_end)) -> a row's own columns
+RowOf = Callable[[Timeline, int, tuple[int, int, int, int]], dict[str, Any]]
+
+
+def timeline_report(engine: Engine, q: ReportQuery, name: str, title: str, cols: tuple[Column, ...],
+                    row_of: RowOf, generated_at: datetime | None) -> Report:
+    """A report with one row per period (and group) of the subscriber timelines (MRR,
+    retention): the rollups brought up to date, groups in order, all-zero groups left out."""
+    rollups.refresh(engine)  # the rollups read below are brought up to date first
+    with engine.connect() as conn:
+        tune(conn)
+        tls = timelines(conn, q)
+    rows: list[dict[str, Any]] = []
+    for key in sorted_groups(tls):
+        tl = tls[key]
+        group_rows = [{"period_start": start, "period_end": end, **key_fields(key, q.by), **row_of(tl, i, balance)}
+                      for i, ((start, end), balance) in enumerate(zip(q.periods(), tl.balances(), strict=True))]
+        if not is_blank(group_rows, cols):
+            rows.extend(group_rows)
+    return Report(name, title, q, cols, rows, generated_at)
