@@ -233,6 +233,11 @@ def build_context(session: Session, n: Notification, settings: Settings) -> dict
     def money(amount_minor: Any, currency: Any) -> str:
         return tr.money(int(amount_minor), str(currency)) if amount_minor is not None and currency else ""
 
+    def day(instant: Any, written: Any) -> str:
+        """The instant as the customer's date; a row queued before instants were stored
+        (a pause e-mail carried its day already written, "15 January 2026") keeps that text."""
+        return date(instant) if _parse_dt(instant) is not None else str(written or "")
+
     currency = payload.get("currency") or (plan.currency if plan else None)
     amount_minor = payload.get("amount_minor", plan.amount_minor if plan else None)
     reason = str(payload.get("reason") or "")
@@ -286,6 +291,9 @@ def build_context(session: Session, n: Notification, settings: Settings) -> dict
         "year_total": money(payload.get("year_total_minor"), currency),
         "year_charges": int(payload.get("year_charges") or 0),
         "since": date(payload.get("since")),
+        # a pause: the day it starts and the day it resumes by itself ("" for none)
+        "paused_from": day(payload.get("paused_at"), payload.get("paused_from")),
+        "resumes_on": day(payload.get("resumes_at"), payload.get("resumes_on")),
     }
     if n.kind == Kind.PRICE_CHANGE:
         from billing_engine import pricing
