@@ -195,6 +195,12 @@ _INVOLUNTARY_WHY = {
     "dispute": i18n.N_("the payment was disputed with your bank"),
     "card_expired": i18n.N_("the card on file has expired"),
 }
+# a refund's reason (refunds.REASONS) as the customer reads it, not the gateway's code
+_REFUND_WHY = {
+    "requested_by_customer": i18n.N_("At your request"),
+    "duplicate": i18n.N_("Duplicate charge"),
+    "fraudulent": i18n.N_("A charge you did not authorise"),
+}
 
 
 def translator_for(customer: Customer | None, settings: Settings) -> i18n.Translator:
@@ -280,7 +286,7 @@ def build_context(session: Session, n: Notification, settings: Settings) -> dict
         "exp": f"{int(payload['exp_month']):02d}/{payload['exp_year']}" if payload.get("exp_month") else "",
         "last4": payload.get("last4") or (pm.last4 if pm else ""),
         "brand": str(payload.get("brand") or (pm.brand if pm else "card")).title(),
-        "refund_reason": payload.get("reason") or "",
+        "refund_reason": _(_REFUND_WHY[reason]) if reason in _REFUND_WHY else reason,
         "trial": bool(payload.get("trial") or payload.get("trial_end")),
         "trial_end": date(payload.get("trial_end")),
         "charges": int(payload.get("charges") or 1) if not isinstance(payload.get("charges"), list) else len(payload["charges"]),

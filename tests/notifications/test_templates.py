@@ -71,7 +71,7 @@ EXPECTED = {
                      "You can also accept it now on your account page:\nhttps://"],
     K.SUBSCRIPTION_PAUSED: ["paused from January 15, 2026", "resumes by itself on March 15, 2026; the next charge is then $17.00"],
     K.SUBSCRIPTION_RESUMED: ["has resumed", "January 15, 2026", "$17.00"],
-    K.REFUND: ["refunded $5.00", "5 to 10 business days"],
+    K.REFUND: ["refunded $5.00", "Reason: At your request", "5 to 10 business days"],
     K.CANCEL_LINK: ["new link", "works until March 16, 2026"],
     K.SUBSCRIPTION_CONFIRMED: ["Thank you for subscribing to Gold", "$17.00 every month", "Free trial until:",
                                "January 22, 2026 ($17.00)", "Cancel before January 22, 2026",

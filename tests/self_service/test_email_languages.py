@@ -54,11 +54,11 @@ RESUMED_WORDS = {
     "ru": ["возобновлена", "Следующее списание:"],
 }
 REFUND_WORDS = {
-    None: ["We refunded", "Visa ending 4242"],
-    "en": ["We refunded", "Visa ending 4242"],
-    "hu": ["4242 végű Visa"],
-    "he_IL": ["4242"],
-    "ru": ["4242"],
+    None: ["We refunded", "Visa ending 4242", "Reason: At your request"],
+    "en": ["We refunded", "Visa ending 4242", "Reason: At your request"],
+    "hu": ["4242 végű Visa", "Az Ön kérésére"],
+    "he_IL": ["4242", "לבקשתך"],
+    "ru": ["4242", "По вашей просьбе"],
 }
 
 
@@ -130,6 +130,7 @@ def test_pause_resume_and_refund_e_mails_write_amounts_and_dates_as_the_receipt_
     assert len(refund) == 1, refund
     for words in (amount, *REFUND_WORDS[locale]):
         assert words in refund[0], (words, refund[0])
+    assert "requested_by_customer" not in refund[0]  # the reason in words, not the gateway's code
     if locale in (None, "en"):  # the old forms are gone
         for mail in (paused[0], resumed[0], refund[0]):
             for old in ("17.00 USD", "15 February 2026", "15 March 2026"):
