@@ -152,3 +152,20 @@ def test_a_pause_e_mail_queued_with_its_days_already_written_still_renders_them(
     assert "resumes by itself on 15 March 2026; the next charge is then $17.00." in text
     assert "15 January 2026" in html and "15 March 2026" in html and "$17.00" in html
     assert "None" not in text and "None" not in html
+
+
+def test_a_pause_without_a_resume_day_says_it_stays_paused(sqlite_engine: Engine, now: datetime,
+                                                            settings: Settings) -> None:
+    with transaction(sqlite_engine) as s:
+        sub = make_subscription(s, now, plan=make_plan(s, now, code="gold"))
+        n = notifications.enqueue(s, K.SUBSCRIPTION_PAUSED, customer_id=sub.customer_id, subscription_id=sub.id,
+                                  dedupe_key="t:open-pause", at=now,
+                                  payload={"paused_at": now.isoformat(), "resumes_at": None})
+        assert n is not None
+        nid = n.id
+    with Session(sqlite_engine) as s:
+        msg = notifications.compose(s, s.get_one(Notification, nid), settings, now)
+    text, html = text_of(msg), html_of(msg)
+    assert "paused from January 15, 2026." in text
+    assert "It stays paused until you ask us to resume it." in text and "resumes by itself" not in text
+    assert "Resumes on" not in html and "None" not in text + html
