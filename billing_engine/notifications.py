@@ -195,6 +195,12 @@ _INVOLUNTARY_WHY = {
     "dispute": i18n.N_("the payment was disputed with your bank"),
     "card_expired": i18n.N_("the card on file has expired"),
 }
+# a refund's reason (refunds.REASONS) as the customer reads it, not the gateway's code
+_REFUND_WHY = {
+    "requested_by_customer": i18n.N_("At your request"),
+    "duplicate": i18n.N_("Duplicate charge"),
+    "fraudulent": i18n.N_("A charge you did not authorise"),
+}
 
 
 def translator_for(customer: Customer | None, settings: Settings) -> i18n.Translator:
@@ -232,6 +238,11 @@ def build_context(session: Session, n: Notification, settings: Settings) -> dict
 
     def money(amount_minor: Any, currency: Any) -> str:
         return tr.money(int(amount_minor), str(currency)) if amount_minor is not None and currency else ""
+
+    def day(instant: Any, written: Any) -> str:
+        """The instant as the customer's date; a row queued before instants were stored
+        (a pause e-mail carried its day already written, "15 January 2026") keeps that text."""
+        return date(instant) if _parse_dt(instant) is not None else str(written or "")
 
     currency = payload.get("currency") or (plan.currency if plan else None)
     amount_minor = payload.get("amount_minor", plan.amount_minor if plan else None)
@@ -275,7 +286,7 @@ def build_context(session: Session, n: Notification, settings: Settings) -> dict
         "exp": f"{int(payload['exp_month']):02d}/{payload['exp_year']}" if payload.get("exp_month") else "",
         "last4": payload.get("last4") or (pm.last4 if pm else ""),
         "brand": str(payload.get("brand") or (pm.brand if pm else "card")).title(),
-        "refund_reason": payload.get("reason") or "",
+        "refund_reason": _(_REFUND_WHY[reason]) if reason in _REFUND_WHY else reason,
         "trial": bool(payload.get("trial") or payload.get("trial_end")),
         "trial_end": date(payload.get("trial_end")),
         "charges": int(payload.get("charges") or 1) if not isinstance(payload.get("charges"), list) else len(payload["charges"]),
@@ -286,6 +297,9 @@ def build_context(session: Session, n: Notification, settings: Settings) -> dict
         "year_total": money(payload.get("year_total_minor"), currency),
         "year_charges": int(payload.get("year_charges") or 0),
         "since": date(payload.get("since")),
+        # a pause: the day it starts and the day it resumes by itself ("" for none)
+        "paused_from": day(payload.get("paused_at"), payload.get("paused_from")),
+        "resumes_on": day(payload.get("resumes_at"), payload.get("resumes_on")),
     }
     if n.kind == Kind.PRICE_CHANGE:
         from billing_engine import pricing

@@ -110,11 +110,8 @@ def take_effect(session: Session, sub: Any, *, at: datetime, now: datetime, acto
                   payload={"previous_status": previous, "paused_at": at, "resumes_at": sub.resumes_at})
     notifications.enqueue(session, notifications.Kind.SUBSCRIPTION_PAUSED, customer_id=sub.customer_id,
                           subscription_id=sub.id, dedupe_key=f"paused:{sub.id}:{at.isoformat()}", at=now,
-                          payload={"paused_from": _day(at), "resumes_on": _day(sub.resumes_at) if sub.resumes_at else ""})
-
-
-def _day(dt: datetime) -> str:
-    return f"{dt.day} {dt.strftime('%B %Y')}"
+                          payload={"paused_at": at.isoformat(),
+                                   "resumes_at": sub.resumes_at.isoformat() if sub.resumes_at else None})
 
 
 def resume_changes(sub: Any, at: datetime) -> dict[str, Any]:
