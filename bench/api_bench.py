@@ -40,6 +40,7 @@ sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
 from sqlalchemy import text  # noqa: E402
+from sqlalchemy.engine import make_url  # noqa: E402
 
 from bench import cycle_data  # noqa: E402
 from billing_engine import links  # noqa: E402
@@ -84,6 +85,63 @@ def _cpu_seconds(pid: int) -> float | None:
     for p in family:
         total += stats[p][1]
     return total
+
+
+class _BackendCpu:
+    """CPU seconds of the PostgreSQL backends serving database ``dbname`` (processes titled
+    ``postgres: ... <user> <dbname> ...``, read from /proc every 50 ms by a thread): the
+    database's share of a request, which the server's column does not count. A backend
+    that appears during the run counts from zero (its start-up is a cost of the run); one
+    that exits counts up to its last sample. ``sessions`` is the number of backends seen."""
+
+    def __init__(self, dbname: str) -> None:
+        import threading
+
+        self.dbname = f" {dbname} "
+        self.first: dict[int, float] = {}
+        self.last: dict[int, float] = {}
+        self.own = 0.0  # the sampler thread's own CPU (taken out of the client's column)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._tick = os.sysconf("SC_CLK_TCK")
+
+    def _sample(self, initial: bool) -> None:
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    title = f.read()
+                if not title.startswith(b"postgres:") or self.dbname.encode() not in title:
+                    continue
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rpartition(")")[2].split()
+            except OSError:
+                continue
+            pid, cpu = int(entry), (int(fields[11]) + int(fields[12])) / self._tick
+            if pid not in self.first:
+                self.first[pid] = cpu if initial else 0.0
+            self.last[pid] = cpu
+
+    def _loop(self) -> None:
+        t0 = time.thread_time()
+        while not self._stop.wait(0.05):
+            self._sample(False)
+        self._sample(False)
+        self.own = time.thread_time() - t0
+
+    def __enter__(self) -> _BackendCpu:
+        self._sample(True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def seconds(self) -> float:
+        return sum(self.last[p] - self.first[p] for p in self.last)
 
 
 def _load() -> str:
@@ -240,10 +298,12 @@ def main() -> None:
         else:
             raise SystemExit("server did not start")
         backend = "postgresql" if args.database.startswith("postgres") else "sqlite"
+        dbname = make_url(args.database).database or ""
         print(f"# {backend}, {len(ids)} subscriptions, billing serve --workers {args.workers}, "
               f"{os.cpu_count()} CPUs (shared), {args.client} client")
         print(f"{'endpoint':8} {'clients':>7} {'requests':>8} {'errors':>6} {'rps':>8} "
-              f"{'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'srv cpu ms/req':>14} {'client ms/req':>13} {'load':>5}")
+              f"{'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'srv cpu ms/req':>14} {'client ms/req':>13} {'load':>5}"
+              + (f" {'db cpu ms/req':>13} {'db conns':>8}" if backend == "postgresql" else ""))
         p99s: dict[tuple[str, int], float] = {}
         headers = {"Authorization": f"Bearer {TOKEN}"}
         for clients in [int(c) for c in args.clients.split(",")]:
@@ -251,17 +311,24 @@ def main() -> None:
                 run = _run_raw if args.client == "raw" else _run
                 asyncio.run(run(base, paths[name], clients, min(clients * 2, 100), 10, headers))  # warm-up
                 load = _load()
+                db = _BackendCpu(dbname) if backend == "postgresql" else None
+                if db is not None:
+                    db.__enter__()
                 cpu0, client0 = _cpu_seconds(server.pid), time.process_time()
                 lat, errors, elapsed = asyncio.run(run(base, paths[name], clients, args.requests,
                                                         args.max_seconds, headers))
                 cpu1, client1 = _cpu_seconds(server.pid), time.process_time()
+                if db is not None:
+                    db.__exit__()
+                    client1 -= db.own
                 ms = [x * 1000 for x in lat]
                 n = max(1, len(lat))
                 srv = f"{(cpu1 - cpu0) * 1000 / n:.2f}" if cpu0 is not None and cpu1 is not None else "n/a"
                 p99s[(name, clients)] = _percentile(ms, 99) + (1e9 if errors else 0)
                 print(f"{name:8} {clients:>7} {len(lat):>8} {errors:>6} {len(lat) / elapsed:>8.0f} "
                       f"{statistics.median(ms):>8.1f} {_percentile(ms, 95):>8.1f} {_percentile(ms, 99):>8.1f} "
-                      f"{srv:>14} {(client1 - client0) * 1000 / n:>13.2f} {load:>5}", flush=True)
+                      f"{srv:>14} {(client1 - client0) * 1000 / n:>13.2f} {load:>5}"
+                      + (f" {db.seconds * 1000 / n:>13.2f} {len(db.last):>8}" if db is not None else ""), flush=True)
         judged = {k: v for k, v in p99s.items() if k[1] == 50 and k[0] in ("list", "show")}
         if judged:
             met = all(v < args.target_ms for v in judged.values())

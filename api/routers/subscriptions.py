@@ -36,7 +36,7 @@ from api.schemas import (
     clean_text,
 )
 from billing_engine import audit, cancellations, first_charge, links, subscriptions
-from billing_engine.db import transaction
+from billing_engine.db import statement_reads, transaction
 from billing_engine.events import EventType
 from billing_engine.listing import Ranges
 
@@ -93,7 +93,7 @@ def list_subscriptions(
     after: Annotated[str | None, Query(max_length=40, description="Cursor: the next_cursor of the previous page."), AfterValidator(clean_optional)] = None,
     ranges: RangesDep = Ranges(),
 ) -> Response:
-    with transaction(engine) as s:  # a page in a fixed number of queries, no ORM objects
+    with transaction(statement_reads(engine)) as s:  # a page in a fixed number of queries, no ORM objects
         rows = subscriptions.list_summaries(s, status=status, customer_id=customer, plan_id=plan,
                                             limit=limit + 1, after=after, ranges=ranges)
     out = page(rows, limit, P.subscription_of, cursor=lambda fields: str(fields["id"]), model=Page[SubscriptionOut])
@@ -103,7 +103,7 @@ def list_subscriptions(
 @router.get("/{subscription}", response_model=SubscriptionDetail, responses=admin(404),
             summary="Show a subscription with its history (events)")
 def show_subscription(subscription: SubscriptionId, engine: EngineDep) -> Response:
-    with transaction(engine) as s:
+    with transaction(statement_reads(engine)) as s:
         out = P.subscription_detail_of(s, subscriptions.show_summary(s, subscription))
     return json_response(SubscriptionDetail, out)  # the bytes response_model would send, serialised once
 
