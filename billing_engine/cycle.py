@@ -30,6 +30,7 @@ import itertools
 import logging
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -187,22 +188,60 @@ SLOW_CALL_S = 0.02  # a call this long that spent <= a fifth of it on CPU waited
 class _Lanes:
     """How many gateway calls a worker keeps in flight: a few while the calls are quick
     (a zero-latency gateway: more threads only hand the GIL around), all
-    ``BILLING_GATEWAY_CONCURRENCY`` from the first call that waited on the gateway --
-    a network round trip, a rate limiter's pause -- for the rest of the run.
+    ``BILLING_GATEWAY_CONCURRENCY`` from the first call that waits on the gateway -- a
+    network round trip, a rate limiter's pause -- for the rest of the run.
 
-    "Waited" is judged by the calling thread's CPU time against the wall clock, not by
-    the wall clock alone: on a busy machine a quick call can take long while it waits
-    for the interpreter lock or a core, but it is on the CPU for much of that time;
-    a call to Stripe (~300 ms) spends well under 1 % of it on the CPU."""
+    "Waits" is judged by the calling thread's CPU time against the wall clock, not by the
+    wall clock alone: on a busy machine a quick call can take long while it waits for the
+    interpreter lock or a core, but it is on the CPU for much of that time; a call to
+    Stripe (~300 ms) spends well under 1 % of it on the CPU. A watchdog looks at the calls
+    in flight every ``SLOW_CALL_S`` (their threads' CPU clocks), so a slow gateway gets
+    every lane after ~20 ms, not after its first answer (1.5 s at a slow gateway)."""
 
     def __init__(self, most: int) -> None:
         self.most = most
         self.now = min(FEW_LANES, most)
+        self._calls: dict[int, tuple[float, float]] = {}  # thread id -> (wall, CPU) at the call's start
+        self._batches: weakref.WeakSet[_Batch] = weakref.WeakSet()
+        self._closed = threading.Event()
+        self._watchdog: threading.Thread | None = None
 
-    def observe(self, wall: float, cpu: float) -> None:
+    def add(self, batch: _Batch) -> None:
+        """A batch at the gateway: it gets more lanes at once when the gateway turns out slow."""
+        self._batches.add(batch)
+        if self.now < self.most and self._watchdog is None and hasattr(time, "pthread_getcpuclockid"):
+            self._watchdog = threading.Thread(target=self._watch, name="billing-lanes", daemon=True)
+            self._watchdog.start()
+
+    def calling(self) -> None:
+        self._calls[threading.get_ident()] = (time.perf_counter(), time.thread_time())
+
+    def called(self) -> None:
+        begun = self._calls.pop(threading.get_ident(), None)
+        if begun is not None:
+            self._judge(time.perf_counter() - begun[0], time.thread_time() - begun[1])
+
+    def _judge(self, wall: float, cpu: float) -> None:
         if self.now < self.most and wall >= SLOW_CALL_S and cpu <= 0.2 * wall:
             self.now = self.most
-            log.info("run-cycle: gateway calls wait on the gateway: %d in flight", self.most)
+            log.info("run-cycle: gateway calls wait on the gateway: up to %d in flight", self.most)
+            for batch in list(self._batches):
+                batch.open()
+
+    def _watch(self) -> None:
+        while self.now < self.most and not self._closed.wait(SLOW_CALL_S):
+            at = time.perf_counter()
+            for tid, (wall, cpu) in list(self._calls.items()):
+                if at - wall < SLOW_CALL_S:
+                    continue
+                try:
+                    spent = time.clock_gettime(time.pthread_getcpuclockid(tid)) - cpu
+                except (OSError, OverflowError):  # the call ended and its thread went away
+                    continue
+                self._judge(at - wall, spent)
+
+    def close(self) -> None:
+        self._closed.set()
 
 
 class _Batch:
@@ -221,9 +260,10 @@ class _Batch:
         self._pool, self._lanes = pool, lanes
         self._lock = threading.Lock()
         self.futures: list[Future[None]] = []
-        self._open()
+        lanes.add(self)
+        self.open()
 
-    def _open(self) -> None:
+    def open(self) -> None:
         with self._lock:
             for _ in range(min(self._lanes.now, len(self.steps)) - len(self.futures)):
                 try:
@@ -237,7 +277,7 @@ class _Batch:
                 return
             self.answers[i] = self._call(self.steps[i])
             if len(self.futures) < min(self._lanes.now, len(self.steps)):
-                self._open()
+                self.open()
 
     def done(self) -> bool:
         with self._lock:
@@ -297,7 +337,7 @@ class _Runner:
     def call(self, step: charging.Step) -> _Answer:
         if self.halt.is_set():
             return _Answer(step, error=_NotSent("the run stopped before this call"))
-        wall, cpu = time.perf_counter(), time.thread_time()
+        self.lanes.calling()
         try:
             if step.reconcile:
                 found = self.gateway.find_charge(step.request.idempotency_key, metadata=step.request.metadata)
@@ -317,7 +357,7 @@ class _Runner:
             log.exception("run-cycle: gateway call failed", extra=self.ids(step))
             return _Answer(step, error=exc)
         finally:
-            self.lanes.observe(time.perf_counter() - wall, time.thread_time() - cpu)
+            self.lanes.called()
 
     def _seen(self, answer: _Answer) -> _Answer:
         unreachable = isinstance(answer.error, GatewayUnreachable) or (
@@ -693,6 +733,7 @@ def _run(engine: Engine, gateway: PaymentGateway, summary: CycleSummary, *, now:
                                if summary.stopped == STOP_REQUESTED else None)
             settler.drain()
     finally:
+        runner.lanes.close()
         pool.shutdown(wait=summary.stopped != STOP_REQUESTED, cancel_futures=True)
         settler.close()  # a settle that fails lets its own batch's claims go
         statistics.close()
@@ -741,5 +782,6 @@ def charge_now(
     try:
         runner.settle(_Batch(prepared.steps, runner.call, pool, runner.lanes))
     finally:
+        runner.lanes.close()
         pool.shutdown(wait=True)
     return summary

@@ -269,13 +269,15 @@ def test_a_live_worker_keeps_its_claims_past_the_lease_by_heartbeat(engine: Engi
 
 
 class _Counting(FakeGateway):
-    """Counts the charges in flight at once; each takes ``latency`` seconds (the fake's
-    own latency sleeps before its lock, like a network round trip)."""
+    """Counts the charges in flight at once and those sent before the first answer came
+    back; each takes ``latency`` seconds (the fake's own latency sleeps before its lock,
+    like a network round trip)."""
 
     def __init__(self, latency: float) -> None:
         super().__init__(latency=latency)
         self._count_lock = threading.Lock()
-        self.in_flight = self.most_in_flight = 0
+        self.in_flight = self.most_in_flight = self.before_first_answer = 0
+        self.answered = False
         self.threads: set[int] = set()
 
     def charge(self, request: ChargeRequest) -> ChargeResult:
@@ -283,20 +285,22 @@ class _Counting(FakeGateway):
             self.threads.add(threading.get_ident())
             self.in_flight += 1
             self.most_in_flight = max(self.most_in_flight, self.in_flight)
+            self.before_first_answer += not self.answered
         try:
             return super().charge(request)
         finally:
             with self._count_lock:
                 self.in_flight -= 1
+                self.answered = True
 
 
-@pytest.mark.parametrize(("latency", "fewest", "most", "threads"), [(0.0, 1, 2, 4), (0.05, 12, 16, 16)])
+@pytest.mark.parametrize(("latency", "fewest", "most", "threads"), [(0.0, 1, 2, 4), (0.5, 12, 16, 16)])
 def test_calls_in_flight_grow_to_the_concurrency_when_the_gateway_is_slow(
         engine: Engine, latency: float, fewest: int, most: int, threads: int) -> None:
     """A quick gateway is called from two lanes per batch (more threads would only hand
     the interpreter lock around); a gateway that makes calls wait gets the whole
-    concurrency from its first slow answer on, and every renewal is charged once either
-    way."""
+    concurrency while its first calls are still out (the lanes' watchdog), not one round
+    trip later; every renewal is charged once either way."""
     ids = _subs(engine, 40)
     gw = _Counting(latency)
     summary = run_cycle(engine, gw, now=T0, settings=SETTINGS, batch_size=20, concurrency=16)
@@ -304,3 +308,5 @@ def test_calls_in_flight_grow_to_the_concurrency_when_the_gateway_is_slow(
     assert sorted(e.metadata["subscription_id"] for e in gw.ledger) == sorted(ids)
     assert fewest <= gw.most_in_flight <= most
     assert len(gw.threads) <= threads  # lanes (pool threads) that called the gateway
+    if latency:
+        assert gw.before_first_answer >= fewest  # sent during the first round trip
