@@ -132,7 +132,29 @@ def now() -> datetime:
     return NOW
 
 
+# The tests that take tens of seconds each on the 2-core CI machine, longest first. They
+# run first: pytest-xdist (--dist worksteal) hands each worker a contiguous share of the
+# collection and idle workers steal from the end of the others' queues, so a long test left
+# at the end of the collection is a tail one worker runs alone while the other waits.
+SLOW_FIRST = (
+    "tests/test_crash_suite.py::",
+    "tests/reports/test_rollups.py::",
+    "tests/test_lifecycle_state_machine.py::test_the_lifecycle_keeps_its_invariants",
+    "tests/reports/test_fold.py::",
+    "tests/cli/test_cli.py::test_run_cycle_folds",
+    "tests/api/test_schemathesis.py::",
+)
+
+
+def _slow_rank(nodeid: str) -> int:
+    for rank, prefix in enumerate(SLOW_FIRST):
+        if nodeid.startswith(prefix):
+            return rank
+    return len(SLOW_FIRST)
+
+
 def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
     for item in items:
         if "db_url" in getattr(item, "fixturenames", ()) and "[postgresql" in item.nodeid:
             item.add_marker(pytest.mark.postgres)
+    items.sort(key=lambda item: _slow_rank(item.nodeid))  # stable: the rest keep their order

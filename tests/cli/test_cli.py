@@ -96,21 +96,40 @@ def test_run_cycle_folds_its_changes_into_the_report_rollups(run, tmp_path: Path
     finance opens does not wait for the fold; --no-report-refresh leaves it to that report, and
     rollups never built are left to the first report (a build reads every invoice)."""
     from sqlalchemy import select
+    from typer.testing import CliRunner
 
     from billing_engine.db import make_engine
     from billing_engine.reports import rollups
+    from billing_engine.settings import get_settings
+    from cli.main import app
 
     at = "2026-01-10T09:00:00Z"
-    run("plan", "create", "--code", "basic", "--name", "Basic", "--amount", "7.00", "--currency", "usd", "--at", at)
-    subs = []
-    for i in range(3):
-        cust = _json(run("customer", "create", "--email", f"r{i}@example.com", "--at", at, "--json"))
-        pm = _json(run("payment-method", "add", cust["id"], "--token", "pm_card_visa", "--consent-ip", "203.0.113.9",
-                       "--consent-user-agent", "Mozilla/5.0", "--terms-version", "v1", "--terms-text",
-                       "We charge 7.00 USD monthly until you cancel.", "--consent-amount", "7.00",
-                       "--consent-currency", "USD", "--at", at, "--json"))
-        subs.append(_json(run("subscribe", "--customer", cust["id"], "--plan", "basic", "--payment-method", pm["id"],
-                              "--defer-first-charge", "--at", at, "--json"))["id"])
+    runner = CliRunner()
+
+    def setup(*args: str) -> str:  # the set-up commands in this process (their own process: the test above)
+        res = runner.invoke(app, list(args))
+        assert res.exit_code == 0, res.output
+        return res.stdout
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("BILLING_DATABASE_URL", f"sqlite:///{tmp_path / 'cli.db'}")
+        mp.delenv("BILLING_GATEWAY", raising=False)
+        get_settings.cache_clear()
+        try:
+            setup("plan", "create", "--code", "basic", "--name", "Basic", "--amount", "7.00", "--currency", "usd",
+                  "--at", at)
+            subs = []
+            for i in range(3):
+                cust = json.loads(setup("customer", "create", "--email", f"r{i}@example.com", "--at", at, "--json"))
+                pm = json.loads(setup("payment-method", "add", cust["id"], "--token", "pm_card_visa", "--consent-ip",
+                                      "203.0.113.9", "--consent-user-agent", "Mozilla/5.0", "--terms-version", "v1",
+                                      "--terms-text", "We charge 7.00 USD monthly until you cancel.",
+                                      "--consent-amount", "7.00", "--consent-currency", "USD", "--at", at, "--json"))
+                subs.append(json.loads(setup("subscribe", "--customer", cust["id"], "--plan", "basic",
+                                             "--payment-method", pm["id"], "--defer-first-charge", "--at", at,
+                                             "--json"))["id"])
+        finally:
+            get_settings.cache_clear()
     summary = _json(run("run-cycle", "--at", at, "--json", "--limit", "1"))
     assert summary["succeeded"] == 1 and "report_refresh" not in summary  # never built: not built here
     run("report", "refresh")  # the admin builds them once

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from billing_engine.gateway.fake import FakeGateway
+from tests.cli.inproc import invoke
 
 BILLING = [sys.executable, "-m", "cli.main"]
 ROOT = Path(__file__).resolve().parents[2]
@@ -30,6 +31,12 @@ def run(tmp_path: Path):  # type: ignore[no-untyped-def]
             assert p.returncode == 0, p.stderr
         return p
 
+    def _setup(*args: str) -> subprocess.CompletedProcess[str]:  # set-up, in this process (tests/cli/inproc.py)
+        p = invoke(env, tmp_path, *args)
+        assert p.returncode == 0, p.stderr
+        return p
+
+    _run.setup = _setup  # type: ignore[attr-defined]
     return _run
 
 
@@ -42,15 +49,15 @@ def _charges(tmp_path: Path) -> list[tuple[str, int]]:
 
 
 def _card(run, cust: str, token: str) -> str:  # type: ignore[no-untyped-def]
-    return str(_json(run("payment-method", "add", cust, "--token", token, "--consent-ip", "203.0.113.9",
+    return str(_json(run.setup("payment-method", "add", cust, "--token", token, "--consent-ip", "203.0.113.9",
                          "--consent-user-agent", "Mozilla/5.0", "--terms-version", "v1", "--terms-text", "monthly",
                          "--consent-amount", "30.00", "--consent-currency", "USD", "--at", AT, "--json"))["id"])
 
 
 def test_subscribe_charges_at_once_and_a_decline_is_one_line_exit_5(run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    run("plan", "create", "--code", "basic", "--name", "Basic", "--amount", "10.00", "--currency", "USD", "--at", AT)
-    run("plan", "create", "--code", "pro", "--name", "Pro", "--amount", "30.00", "--currency", "USD", "--at", AT)
-    cust = _json(run("customer", "create", "--email", "ada@example.com", "--at", AT, "--json"))["id"]
+    run.setup("plan", "create", "--code", "basic", "--name", "Basic", "--amount", "10.00", "--currency", "USD", "--at", AT)
+    run.setup("plan", "create", "--code", "pro", "--name", "Pro", "--amount", "30.00", "--currency", "USD", "--at", AT)
+    cust = _json(run.setup("customer", "create", "--email", "ada@example.com", "--at", AT, "--json"))["id"]
     bad = _card(run, cust, "pm_card_chargeDeclinedInsufficientFunds")
     p = run("subscribe", "--customer", cust, "--plan", "basic", "--payment-method", bad, "--at", AT, ok=False)
     lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
@@ -89,7 +96,7 @@ def test_edits_guarantee_and_reactivation_from_the_cli(run, tmp_path: Path) -> N
     assert plan["customer_can_pause"] is False
     assert _json(run("plan", "edit", "basic", "--customer-pause", "--json"))["customer_can_pause"] is True
     assert _json(run("plan", "edit", "basic", "--no-customer-pause", "--json"))["customer_can_pause"] is False
-    cust = _json(run("customer", "create", "--email", "ada@example.com", "--at", AT, "--json"))["id"]
+    cust = _json(run.setup("customer", "create", "--email", "ada@example.com", "--at", AT, "--json"))["id"]
     pm = _card(run, cust, "pm_card_visa")
     c = _json(run("customer", "update", cust, "--email", "ada@new.example.com", "--default-payment-method", pm,
                   "--json"))

@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from tests.cli.inproc import invoke
+
 BILLING = [sys.executable, "-m", "cli.main"]
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -28,9 +30,14 @@ def test_reprice_coupon_pause_resume_from_the_cli(tmp_path: Path) -> None:
 
     (tmp_path / "terms.txt").write_text("We charge 17.00 USD monthly until you cancel.")
     at = "2026-01-01T10:00:00Z"
-    run("plan", "create", "--code", "basic", "--name", "Basic", "--amount", "17.00", "--currency", "USD", "--at", at)
-    cust = run("customer", "create", "--email", "ada@example.com", "--at", at, "--json")
-    pm = run("payment-method", "add", cust["id"], "--token", "pm_card_visa", "--consent-ip", "203.0.113.9",
+    def setup(*args: str) -> Any:  # set-up, in this process (tests/cli/inproc.py)
+        p = invoke(env, tmp_path, *args)
+        assert p.returncode == 0, (args, p.stdout, p.stderr)
+        return json.loads(p.stdout) if "--json" in args else p.stdout
+
+    setup("plan", "create", "--code", "basic", "--name", "Basic", "--amount", "17.00", "--currency", "USD", "--at", at)
+    cust = setup("customer", "create", "--email", "ada@example.com", "--at", at, "--json")
+    pm = setup("payment-method", "add", cust["id"], "--token", "pm_card_visa", "--consent-ip", "203.0.113.9",
              "--consent-user-agent", "Mozilla/5.0", "--terms-version", "v1", "--terms-file", "terms.txt",
              "--consent-amount", "17.00", "--consent-currency", "USD", "--at", at, "--json")
     coupon = run("coupon", "create", "welcome20", "--percent-off", "20", "--duration", "repeating", "--periods", "3",

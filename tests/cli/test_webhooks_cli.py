@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from tests.cli.inproc import invoke
 from tests.webhooks_out.receiver import Receiver
 
 BILLING = [sys.executable, "-m", "cli.main"]
@@ -32,6 +33,13 @@ def run(tmp_path: Path):  # type: ignore[no-untyped-def]
         if ok:
             assert p.returncode == 0, p.stderr
         return p
+
+    def _setup(*args: str) -> subprocess.CompletedProcess[str]:  # set-up, in this process (tests/cli/inproc.py)
+        p = invoke(env, tmp_path, *args)
+        assert p.returncode == 0, p.stderr
+        return p
+
+    _run.setup = _setup  # type: ignore[attr-defined]
     return _run
 
 
@@ -47,7 +55,7 @@ def _json(p: subprocess.CompletedProcess[str]) -> Any:
 
 
 def _customers(run: Any, n: int) -> list[str]:
-    return [_json(run("customer", "create", "--email", f"c{i}@example.com", "--at", AT, "--json"))["id"]
+    return [_json(run.setup("customer", "create", "--email", f"c{i}@example.com", "--at", AT, "--json"))["id"]
             for i in range(n)]
 
 
@@ -58,12 +66,13 @@ def test_register_an_endpoint_and_receive_a_renewal_after_run_cycle(run: Any, re
     assert ep["secret"].startswith("whsec_") and "subscription.canceled" in ep["events"]
     receiver.secrets.append(ep["secret"])
     (tmp_path / "terms.txt").write_text("We charge 7.00 USD monthly until you cancel.")
-    run("plan", "create", "--code", "basic", "--name", "Basic", "--amount", "7.00", "--currency", "usd", "--at", AT)
-    cust = _json(run("customer", "create", "--email", "ada@example.com", "--at", AT, "--json"))
-    pm = _json(run("payment-method", "add", cust["id"], "--token", "pm_card_visa", "--consent-ip", "203.0.113.9",
+    run.setup("plan", "create", "--code", "basic", "--name", "Basic", "--amount", "7.00", "--currency", "usd",
+              "--at", AT)
+    cust = _json(run.setup("customer", "create", "--email", "ada@example.com", "--at", AT, "--json"))
+    pm = _json(run.setup("payment-method", "add", cust["id"], "--token", "pm_card_visa", "--consent-ip", "203.0.113.9",
                    "--consent-user-agent", "Mozilla/5.0", "--terms-version", "v1", "--terms-file", "terms.txt",
                    "--consent-amount", "7.00", "--consent-currency", "USD", "--at", AT, "--json"))
-    run("subscribe", "--customer", cust["id"], "--plan", "basic", "--payment-method", pm["id"], "--at", AT)
+    run.setup("subscribe", "--customer", cust["id"], "--plan", "basic", "--payment-method", pm["id"], "--at", AT)
     summary = _json(run("run-cycle", "--at", AT, "--json"))
     assert summary["webhooks"]["succeeded"] == 3
     assert receiver.types() == ["subscription.created", "invoice.paid", "subscription.activated"]
