@@ -10,6 +10,7 @@ migrated once, emptied between tests), so parallel runs never see each other's r
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import uuid
@@ -19,9 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine, make_url
 
+from billing_engine import logs
 from billing_engine.db import make_engine, upgrade
 from tests.dbreset import empty_postgresql
 
@@ -41,6 +44,28 @@ def _pg_url() -> str | None:
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url[len("postgresql://"):]
     return url
+
+
+_LOGGING_AT_START = (logging.getLogger().level, logging.getLogger("alembic").level, structlog.get_config())
+
+
+@pytest.fixture(autouse=True)
+def _logging_as_it_was() -> Iterator[None]:
+    """A command run in the test process (typer's CliRunner) configures logging as its own
+    process would (``billing_engine.logs.configure``: a stderr handler on the root logger,
+    INFO, structlog's chain). After every test that did, that handler goes and the levels
+    and structlog are as at the start, or a later test in the same worker inherits the
+    handler and finds a JSON log line in the stderr it checks. (pytest's own capture
+    handlers are left alone.)"""
+    yield
+    root = logging.getLogger()
+    ours = [h for h in root.handlers if h.get_name() == logs.HANDLER_NAME]
+    if ours:
+        for h in ours:
+            root.removeHandler(h)
+        root.setLevel(_LOGGING_AT_START[0])
+        logging.getLogger("alembic").setLevel(_LOGGING_AT_START[1])
+        structlog.configure(**_LOGGING_AT_START[2])
 
 
 @pytest.fixture(scope="session")

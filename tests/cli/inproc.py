@@ -9,13 +9,11 @@ commands each test checks still run as real processes there.
 
 from __future__ import annotations
 
-import logging
 import os
 import subprocess
 from pathlib import Path
 
 import pytest
-import structlog
 from typer.testing import CliRunner
 
 
@@ -33,18 +31,10 @@ def invoke(env: dict[str, str], cwd: Path, *args: str) -> subprocess.CompletedPr
                 mp.setenv(k, v)
         mp.chdir(cwd)
         get_settings.cache_clear()
-        # the command configures logging (billing_engine.logs.configure) as its process would:
-        # put the test process's logging back afterwards, or later tests inherit its handler
-        root, alembic = logging.getLogger(), logging.getLogger("alembic")
-        saved = (list(root.handlers), root.level, alembic.level, structlog.get_config())
-        try:
+        try:  # (the logging it configures is put back after the test: tests/conftest.py)
             res = CliRunner().invoke(app, list(args))
         finally:
             get_settings.cache_clear()
-            root.handlers[:] = saved[0]
-            root.setLevel(saved[1])
-            alembic.setLevel(saved[2])
-            structlog.configure(**saved[3])
     if res.exception is not None and not isinstance(res.exception, SystemExit):
         raise res.exception
     return subprocess.CompletedProcess(list(args), res.exit_code, res.stdout, res.stderr)
