@@ -52,7 +52,7 @@ def consent_text(settings: Settings, plan: Plan, tr: i18n.Translator | None = No
         "I authorise %(seller)s to charge the card I add now %(amount)s %(every)s for %(plan)s, and the amount "
         "now due if a payment is outstanding, until I cancel. I can cancel at any time from my account page.",
         seller=settings.seller_name or settings.company_name, plan=plan.name,
-        amount=i18n.page_money(tr, plan.amount_minor, plan.currency),
+        amount=tr.money(plan.amount_minor, plan.currency),
         every=terms.every(tr, plan.interval, int(plan.interval_count or 1)))
 
 

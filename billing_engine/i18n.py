@@ -136,18 +136,3 @@ def for_customer(customer_locale: str | None, default: str | None) -> Translator
     return translator(customer_locale or default or DEFAULT)
 
 
-# The self-service account pages, the receipts and the consent texts shown on them use the
-# same babel formats as the e-mails (:meth:`Translator.money` / :meth:`Translator.date`), in
-# every language: the amount and the date a customer reads in an e-mail read the same on the
-# page its link opens ("$17.00", "February 15, 2026" in English; "17,00 USD",
-# "2026. február 15." in Hungarian). Consents recorded before keep the text they were given.
-
-
-def page_money(tr: Translator, amount_minor: int, currency: str) -> str:
-    """An amount on the account pages, as in the e-mails."""
-    return tr.money(amount_minor, currency)
-
-
-def page_date(tr: Translator, at: datetime | None) -> str:
-    """A date on the account pages, as in the e-mails ("" for none)."""
-    return tr.date(at)

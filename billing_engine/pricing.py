@@ -219,9 +219,9 @@ class Notice:
 
 def notice_prices(tr: i18n.Translator, n: Notice) -> tuple[str, str]:
     """The old and the new price with their cadence ("$17.00 every month": babel's amount for
-    the customer's locale, as on the account pages: :func:`i18n.page_money`)."""
+    the customer's locale, as on the account pages: :meth:`i18n.Translator.money`)."""
     every = terms.every(tr, n.interval, n.interval_count)
-    old, new = (tr.gettext("%(amount)s %(every)s", amount=i18n.page_money(tr, a, n.currency), every=every)
+    old, new = (tr.gettext("%(amount)s %(every)s", amount=tr.money(a, n.currency), every=every)
                 for a in (n.old_amount_minor, n.amount_minor))
     return old, new
 
@@ -233,8 +233,8 @@ def notice_text(tr: i18n.Translator, n: Notice) -> str:
     date = tr.date(n.first_at)
     return " ".join((
         tr.gettext("The price of your %(plan)s subscription changes from %(old_amount)s to %(amount)s %(every)s.",
-                   plan=n.plan_name, old_amount=i18n.page_money(tr, n.old_amount_minor, n.currency),
-                   amount=i18n.page_money(tr, n.amount_minor, n.currency),
+                   plan=n.plan_name, old_amount=tr.money(n.old_amount_minor, n.currency),
+                   amount=tr.money(n.amount_minor, n.currency),
                    every=terms.every(tr, n.interval, n.interval_count)),
         tr.gettext("Your first charge at the new price is on %(date)s; until then nothing changes.", date=date),
         tr.gettext("You don't need to do anything to keep it: if you do not cancel before %(date)s, you agree to "
@@ -350,10 +350,10 @@ def acceptance_text(plan: Any, change: Any, first_at: datetime, tr: i18n.Transla
     return tr.gettext(
         "I accept the new price of %(plan)s: %(amount)s %(every)s (instead of %(old_amount)s), from the first "
         "renewal on or after %(date)s, until I cancel.",
-        plan=plan.name, amount=i18n.page_money(tr, change.amount_minor, plan.currency),
+        plan=plan.name, amount=tr.money(change.amount_minor, plan.currency),
         every=terms.every(tr, plan.interval, int(plan.interval_count or 1)),
-        old_amount=i18n.page_money(tr, change.old_amount_minor, plan.currency),
-        date=i18n.page_date(tr, first_at))
+        old_amount=tr.money(change.old_amount_minor, plan.currency),
+        date=tr.date(first_at))
 
 
 def accept(session: Session, sub: Any, *, ip_address: str, user_agent: str, now: datetime,

@@ -100,7 +100,7 @@ def consent_text(settings: Settings, plan: Plan, card: str, tr: i18n.Translator 
         "I subscribe again to %(plan)s and authorise %(seller)s to charge my %(card)s %(amount)s now and "
         "%(every)s after that, until I cancel. I can cancel at any time from my account page.",
         plan=plan.name, seller=settings.seller_name or settings.company_name, card=card,
-        amount=i18n.page_money(tr, plan.amount_minor, plan.currency),
+        amount=tr.money(plan.amount_minor, plan.currency),
         every=terms.every(tr, plan.interval, int(plan.interval_count or 1)))
 
 

@@ -16,7 +16,6 @@ from sqlmodel import Session, col, select
 
 from billing_engine import i18n
 from billing_engine.errors import NotFound
-from billing_engine.i18n import page_date, page_money
 from billing_engine.models import (
     AttemptStatus,
     Customer,
@@ -75,10 +74,10 @@ def for_invoice(session: Session, invoice_id: str, *, customer_id: str, settings
         seller_address=address_lines(settings.seller_address or settings.company_address),
         seller_tax_id=settings.seller_tax_id or settings.company_tax_id,
         customer_name=customer.name, customer_email=customer.email, description=plan.name,
-        period=tr.gettext("%(start)s to %(end)s", start=page_date(tr, inv.period_start), end=page_date(tr, inv.period_end)),
-        amount=page_money(tr, inv.amount_paid_minor or inv.amount_minor, inv.currency),
-        refunded=page_money(tr, inv.amount_refunded_minor, inv.currency) if inv.amount_refunded_minor else "",
-        paid_on=page_date(tr, inv.paid_at),
+        period=tr.gettext("%(start)s to %(end)s", start=tr.date(inv.period_start), end=tr.date(inv.period_end)),
+        amount=tr.money(inv.amount_paid_minor or inv.amount_minor, inv.currency),
+        refunded=tr.money(inv.amount_refunded_minor, inv.currency) if inv.amount_refunded_minor else "",
+        paid_on=tr.date(inv.paid_at),
         card=tr.gettext("%(brand)s ending %(last4)s", brand=pm.brand.title(), last4=pm.last4)
         if pm is not None and pm.last4 else "",
         subscription_id=inv.subscription_id,

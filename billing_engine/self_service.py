@@ -10,7 +10,7 @@ the cancel page and the admin API call, and what the page offers is asked of the
 :func:`pricing.pending`), so it never shows a button that would be refused.
 
 Every sentence is in the customer's language (``tr``: the caller passes the customer's
-translator), amounts and dates by :func:`billing_engine.i18n.page_money` / ``page_date``.
+translator), amounts and dates by :meth:`billing_engine.i18n.Translator.money` / ``date`` (as in the e-mails).
 """
 
 from __future__ import annotations
@@ -37,8 +37,6 @@ from billing_engine.settings import Settings
 MAX_INVOICES = 36
 
 
-_date = i18n.page_date
-_money = i18n.page_money
 
 
 def _every(tr: i18n.Translator, plan: Plan) -> str:
@@ -129,15 +127,15 @@ def subscription_view(session: Session, sub: Subscription, now: datetime, *, tr:
             Invoice.subscription_id == sub.id, Invoice.status == InvoiceStatus.OPEN,
         ).order_by(col(Invoice.period_start).desc())).first()
         if open_inv is not None:
-            due = _money(tr, open_inv.amount_minor, open_inv.currency)
+            due = tr.money(open_inv.amount_minor, open_inv.currency)
     return SubscriptionView(
         id=sub.id, plan_name=plan.name,
-        price=tr.gettext("%(amount)s %(every)s", amount=_money(tr, plan.amount_minor, plan.currency),
+        price=tr.gettext("%(amount)s %(every)s", amount=tr.money(plan.amount_minor, plan.currency),
                          every=_every(tr, plan)),
         status=sub.status, state=state,
-        next_charge=tr.gettext("%(date)s: %(amount)s", date=_date(tr, nxt[0]), amount=_money(tr, nxt[1], nxt[2]))
+        next_charge=tr.gettext("%(date)s: %(amount)s", date=tr.date(nxt[0]), amount=tr.money(nxt[1], nxt[2]))
         if nxt else "",
-        access_until=_date(tr, sub.current_period_end), ended_on=_date(tr, sub.ended_at), card=_card(tr, pm),
+        access_until=tr.date(sub.current_period_end), ended_on=tr.date(sub.ended_at), card=_card(tr, pm),
         past_due=past_due, amount_due=due, can_cancel=state == "active",
         can_undo=cancellations.can_undo(sub, now), can_update_card=not ended,
         **_pause(session, sub, now, tr), **_guarantee(session, sub, now, tr),
@@ -150,12 +148,12 @@ def _pause(session: Session, sub: Subscription, now: datetime, tr: i18n.Translat
     paused = sub.status == SubscriptionStatus.PAUSED
     note = ""
     if paused:
-        note = (tr.gettext("Paused until %(date)s", date=_date(tr, sub.resumes_at)) if sub.resumes_at
+        note = (tr.gettext("Paused until %(date)s", date=tr.date(sub.resumes_at)) if sub.resumes_at
                 else tr.gettext("Paused until you resume it"))
     elif sub.pause_at_period_end and sub.status != SubscriptionStatus.CANCELED:
-        note = (tr.gettext("Pauses on %(date)s, until %(until)s", date=_date(tr, sub.current_period_end),
-                           until=_date(tr, sub.resumes_at)) if sub.resumes_at
-                else tr.gettext("Pauses on %(date)s", date=_date(tr, sub.current_period_end)))
+        note = (tr.gettext("Pauses on %(date)s, until %(until)s", date=tr.date(sub.current_period_end),
+                           until=tr.date(sub.resumes_at)) if sub.resumes_at
+                else tr.gettext("Pauses on %(date)s", date=tr.date(sub.current_period_end)))
     can = pauses.refusal(session, sub, actor=pauses.CUSTOMER) is None
     return {"paused": paused, "pause_note": note, "can_pause": can,
             "can_pause_at_period_end": can and sub.current_period_end > now,
@@ -168,14 +166,14 @@ def _guarantee(session: Session, sub: Subscription, now: datetime, tr: i18n.Tran
         return {}
     if w.eligible:
         note = tr.gettext("%(days)s-day money-back guarantee: until %(date)s you can ask for a full refund of "
-                          "%(amount)s. Your subscription then ends at once.", days=w.days, date=_date(tr, w.deadline),
-                          amount=_money(tr, w.refundable_minor, w.currency))
+                          "%(amount)s. Your subscription then ends at once.", days=w.days, date=tr.date(w.deadline),
+                          amount=tr.money(w.refundable_minor, w.currency))
     elif w.open:
         note = tr.gettext("Everything you paid on this subscription has been refunded.")
     else:
         note = tr.gettext("The %(days)s-day money-back guarantee ended on %(date)s, so a refund is no longer "
                           "available here. Please contact us if something went wrong.",
-                          days=w.days, date=_date(tr, w.deadline))
+                          days=w.days, date=tr.date(w.deadline))
     return {"guarantee_note": note, "can_request_guarantee": w.eligible}
 
 
@@ -197,11 +195,11 @@ def _price(session: Session, sub: Subscription, plan: Plan, tr: i18n.Translator)
     if p is None:
         return {}
     note = tr.gettext("The price changes from %(old_amount)s to %(amount)s %(every)s from %(date)s.",
-                      old_amount=_money(tr, p.change.old_amount_minor, plan.currency),
-                      amount=_money(tr, p.change.amount_minor, plan.currency), every=_every(tr, plan),
-                      date=_date(tr, p.first_at))
+                      old_amount=tr.money(p.change.old_amount_minor, plan.currency),
+                      amount=tr.money(p.change.amount_minor, plan.currency), every=_every(tr, plan),
+                      date=tr.date(p.first_at))
     if p.accepted_at is not None:
-        note += " " + tr.gettext("You accepted it on %(date)s.", date=_date(tr, p.accepted_at))
+        note += " " + tr.gettext("You accepted it on %(date)s.", date=tr.date(p.accepted_at))
     return {"price_change_note": note, "price_accepted": p.accepted_at is not None,
             "can_accept_price": p.accepted_at is None and sub.payment_method_id is not None,
             "accept_price_terms": pricing.acceptance_text(plan, p.change, p.first_at, tr)}
@@ -233,8 +231,8 @@ def overview(session: Session, customer_id: str, now: datetime, settings: Settin
                                          tr=tr) for s in live_first],
         invoices=[InvoiceView(
             id=i.id, number=i.number or "", plan_name=plans[i.plan_id].name if i.plan_id in plans else "",
-            period=tr.gettext("%(start)s to %(end)s", start=_date(tr, i.period_start), end=_date(tr, i.period_end)),
-            amount=_money(tr, i.amount_minor, i.currency), status=i.status, paid_on=_date(tr, i.paid_at),
+            period=tr.gettext("%(start)s to %(end)s", start=tr.date(i.period_start), end=tr.date(i.period_end)),
+            amount=tr.money(i.amount_minor, i.currency), status=i.status, paid_on=tr.date(i.paid_at),
             has_receipt=i.status == InvoiceStatus.PAID and bool(i.number),
         ) for i in invs],
     )
