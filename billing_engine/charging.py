@@ -416,8 +416,9 @@ def _rows_json(rows: list[dict[str, Any]]) -> str:
     """The rows as one JSON text, by pydantic-core's encoder (Rust; 3x the standard
     library's, whose ``default`` hook calls back into Python for every timestamp: a
     third of a settle's CPU). Timestamps as ISO 8601 (an aware UTC one ends in ``Z``),
-    enums as their values; any other non-JSON value raises, as before, rather than
-    reaching the database as some string."""
+    enums as their values. A column whose first-row value is not a JSON type raises
+    (every row has the same columns); pydantic-core itself would send e.g. a Decimal as
+    a string rather than fail."""
     for v in rows[0].values():
         if not isinstance(v, _JSON_SAFE):
             raise TypeError(f"cannot send {type(v).__name__} to the database as JSON")

@@ -248,7 +248,7 @@ class _Batch:
     """A batch's gateway calls, made by pool threads (lanes) that each take the next step
     until none is left (one future per lane, not per call: a future per call cost a
     tenth of the run's CPU with a fast gateway). As many lanes as ``lanes`` allows now;
-    a lane opens more if ``lanes`` grows while the batch is at the gateway."""
+    ``lanes`` opens the rest (:meth:`open`) if it grows while the batch is at the gateway."""
 
     def __init__(self, steps: list[charging.Step], call: Callable[[charging.Step], _Answer],
                  pool: ThreadPoolExecutor, lanes: _Lanes) -> None:
@@ -276,8 +276,6 @@ class _Batch:
             if i >= len(self.steps):
                 return
             self.answers[i] = self._call(self.steps[i])
-            if len(self.futures) < min(self._lanes.now, len(self.steps)):
-                self.open()
 
     def done(self) -> bool:
         with self._lock:
