@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from email.message import EmailMessage
 from typing import Any
 
 from sqlmodel import Session
@@ -74,3 +75,16 @@ def remind_ahead(engine: Any, at: datetime, settings: Any = None) -> None:
 
     for days in (30, 7):
         reminders.queue(engine, now=at - timedelta(days=days), settings=settings or load_settings())
+
+
+class Outbox:
+    """A mail transport that keeps what it was handed (what the customer receives)."""
+
+    def __init__(self) -> None:
+        self.sent: list[EmailMessage] = []
+
+    def send(self, message: EmailMessage) -> None:
+        self.sent.append(message)
+
+    def close(self) -> None:
+        pass

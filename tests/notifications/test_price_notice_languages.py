@@ -18,25 +18,13 @@ from billing_engine.db import transaction
 from billing_engine.gateway.fake import FakeGateway
 from billing_engine.models import Consent, Customer, Notification
 from billing_engine.settings import Settings, load_settings
-from tests.factories import make_plan, make_subscription
+from tests.factories import Outbox, make_plan, make_subscription
 
 NBSP = "\xa0"
 JAN15 = datetime(2026, 1, 15, 10, 0, tzinfo=UTC)
 # a customer per language (None: no locale, the settings' default "en")
 LOCALES = {"en@example.com": None, "hu@example.com": "hu", "he@example.com": "he_IL", "ru@example.com": "ru"}
 
-
-class _Outbox:
-    """A mail transport that keeps what it was handed (what the customer receives)."""
-
-    def __init__(self) -> None:
-        self.sent: list[EmailMessage] = []
-
-    def send(self, message: EmailMessage) -> None:
-        self.sent.append(message)
-
-    def close(self) -> None:
-        pass
 
 
 def _settings() -> Settings:
@@ -73,7 +61,7 @@ def sent(engine: Engine) -> dict[str, tuple[EmailMessage, Consent]]:
     with transaction(engine) as s:
         for nid in receipts:
             s.delete(s.get_one(Notification, nid))
-    outbox = _Outbox()
+    outbox = Outbox()
     assert notifications.deliver_pending(engine, JAN15 + timedelta(days=1), settings, outbox) == 4
     with Session(engine) as s:
         by_customer = {c.customer_id: c for c in s.exec(select(Consent).where(Consent.channel == "price_notice"))}

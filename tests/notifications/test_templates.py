@@ -83,14 +83,16 @@ EXPECTED = {
 }
 
 
-def _compose(engine: Engine, now: datetime, settings: Settings, kind: str, plan_name: str = "Gold") -> EmailMessage:
+def _compose(engine: Engine, now: datetime, settings: Settings, kind: str, plan_name: str = "Gold",
+             payload: dict[str, Any] | None = None) -> EmailMessage:
     with transaction(engine) as s:
         plan = make_plan(s, now, code="gold")
         plan.name = plan_name
         sub = make_subscription(s, now, plan=plan)
         sub.current_period_end = now + timedelta(days=20)
         n = notifications.enqueue(s, kind, customer_id=sub.customer_id, subscription_id=sub.id,
-                                  dedupe_key=f"t:{kind}", at=now, payload=_payloads(now)[kind])
+                                  dedupe_key=f"t:{kind}", at=now,
+                                  payload=_payloads(now)[kind] if payload is None else payload)
         assert n is not None
         nid = n.id
     with Session(engine) as s:
@@ -133,20 +135,15 @@ def test_message_id_is_stable_per_outbox_row(settings: Settings) -> None:
     assert mailer.message_id_for("ntf_1", settings) == mailer.message_id_for("ntf_1", settings) == "<ntf_1@news.example>"
 
 
+
+
 def test_a_pause_e_mail_queued_with_its_days_already_written_still_renders_them(
     sqlite_engine: Engine, now: datetime, settings: Settings,
 ) -> None:
     """Rows queued before the pause e-mail stored instants carry the days as text
     ("15 January 2026"): the e-mail keeps that text rather than dropping the days."""
-    with transaction(sqlite_engine) as s:
-        sub = make_subscription(s, now, plan=make_plan(s, now, code="gold"))
-        n = notifications.enqueue(s, K.SUBSCRIPTION_PAUSED, customer_id=sub.customer_id, subscription_id=sub.id,
-                                  dedupe_key="t:old-pause", at=now,
-                                  payload={"paused_from": "15 January 2026", "resumes_on": "15 March 2026"})
-        assert n is not None
-        nid = n.id
-    with Session(sqlite_engine) as s:
-        msg = notifications.compose(s, s.get_one(Notification, nid), settings, now)
+    msg = _compose(sqlite_engine, now, settings, K.SUBSCRIPTION_PAUSED,
+                   payload={"paused_from": "15 January 2026", "resumes_on": "15 March 2026"})
     text, html = text_of(msg), html_of(msg)
     assert "paused from 15 January 2026." in text
     assert "resumes by itself on 15 March 2026; the next charge is then $17.00." in text
@@ -156,15 +153,8 @@ def test_a_pause_e_mail_queued_with_its_days_already_written_still_renders_them(
 
 def test_a_pause_without_a_resume_day_says_it_stays_paused(sqlite_engine: Engine, now: datetime,
                                                             settings: Settings) -> None:
-    with transaction(sqlite_engine) as s:
-        sub = make_subscription(s, now, plan=make_plan(s, now, code="gold"))
-        n = notifications.enqueue(s, K.SUBSCRIPTION_PAUSED, customer_id=sub.customer_id, subscription_id=sub.id,
-                                  dedupe_key="t:open-pause", at=now,
-                                  payload={"paused_at": now.isoformat(), "resumes_at": None})
-        assert n is not None
-        nid = n.id
-    with Session(sqlite_engine) as s:
-        msg = notifications.compose(s, s.get_one(Notification, nid), settings, now)
+    msg = _compose(sqlite_engine, now, settings, K.SUBSCRIPTION_PAUSED,
+                   payload={"paused_at": now.isoformat(), "resumes_at": None})
     text, html = text_of(msg), html_of(msg)
     assert "paused from January 15, 2026." in text
     assert "It stays paused until you ask us to resume it." in text and "resumes by itself" not in text

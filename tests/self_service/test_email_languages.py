@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import html as htmllib
 from datetime import UTC, datetime, timedelta
-from email.message import EmailMessage
 
 import pytest
 from sqlalchemy.engine import Engine
@@ -19,7 +18,7 @@ from billing_engine.db import transaction
 from billing_engine.gateway.fake import FakeGateway
 from billing_engine.models import Invoice, Notification, Subscription
 from billing_engine.settings import Settings
-from tests.factories import Clock
+from tests.factories import Clock, Outbox
 from tests.self_service.test_page_languages import (
     SAME_WORDS,
     _client,
@@ -62,20 +61,10 @@ REFUND_WORDS = {
 }
 
 
-class _Outbox:
-    def __init__(self) -> None:
-        self.sent: list[EmailMessage] = []
-
-    def send(self, message: EmailMessage) -> None:
-        self.sent.append(message)
-
-    def close(self) -> None:
-        pass
-
 
 def _deliver(engine: Engine, settings: Settings, at: datetime, kind: str) -> list[str]:
     """The plain-text bodies of the e-mails of ``kind`` delivered at ``at``."""
-    outbox = _Outbox()
+    outbox = Outbox()
     notifications.deliver_pending(engine, at, settings, outbox)
     with Session(engine) as s:
         ids = set(s.exec(select(Notification.message_id)

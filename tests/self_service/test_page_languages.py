@@ -9,7 +9,6 @@ import io
 import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from email.message import EmailMessage
 
 import pytest
 from fastapi.testclient import TestClient
@@ -24,7 +23,7 @@ from billing_engine.db import transaction
 from billing_engine.gateway.fake import FakeGateway
 from billing_engine.models import CardUpdate, Consent, Customer, Invoice, Subscription
 from billing_engine.settings import Settings, load_settings
-from tests.factories import Clock, make_plan, make_subscription
+from tests.factories import Clock, Outbox, make_plan, make_subscription
 
 BASE = "https://news.example"
 NBSP = "\xa0"
@@ -125,18 +124,6 @@ def test_the_receipt_pdf_is_in_the_customer_s_language(
 # --------------------------------------------------------------------------- the page
 
 
-class _Outbox:
-    """A mail transport that keeps what it was handed (what the customer receives)."""
-
-    def __init__(self) -> None:
-        self.sent: list[EmailMessage] = []
-
-    def send(self, message: EmailMessage) -> None:
-        self.sent.append(message)
-
-    def close(self) -> None:
-        pass
-
 
 # The amount (17.00 USD) and the dates (the Jan 15 charge, the Feb 15 renewal) as the customer
 # reads them, in the e-mail and on the page its link opens: one form per locale.
@@ -155,7 +142,7 @@ def test_the_page_writes_amounts_and_dates_as_the_e_mail_sent_to_the_same_custom
     locale: str | None,
 ) -> None:
     sub = _paid(engine, now, settings, gateway, locale)
-    outbox = _Outbox()
+    outbox = Outbox()
     notifications.deliver_pending(engine, now + timedelta(minutes=1), settings, outbox)
     receipts = [m for m in outbox.sent if str(m["To"]) == _email(engine, sub)]
     assert receipts, "the charge sends a receipt"
