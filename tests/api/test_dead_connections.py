@@ -43,12 +43,15 @@ def pings(pg_engine: Engine, monkeypatch: pytest.MonkeyPatch) -> list[Any]:
 
 
 def _terminate_backends(url: str) -> int:
-    """pg_terminate_backend of every other connection to the test database (the pool's)."""
+    """pg_terminate_backend of every other connection to the test database (the pool's),
+    waiting until each backend has exited (PostgreSQL >= 14: the timeout argument), so its
+    goodbye is on the socket before the next request -- without the wait the request could
+    race the signal, and then even the old per-checkout ping would have been too early."""
     admin = create_engine(url, isolation_level="AUTOCOMMIT")
     try:
         with admin.connect() as c:
             return len(c.execute(text(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity "
                 "WHERE datname = current_database() AND pid <> pg_backend_pid()")).all())
     finally:
         admin.dispose()
