@@ -66,7 +66,6 @@ import re
 import sqlite3
 import threading
 import time
-import uuid
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from dataclasses import dataclass, field
@@ -115,34 +114,61 @@ class _Saved:
 
 CALL_LOG_SIZE = 10_000
 
+# A forked child must open its own connection to the ledger file and draw its own charge
+# ids: counted here at fork time (an ``os.getpid()`` per statement was a system call per
+# statement, ~7 % of a charge's CPU in a VM).
+_FORKS = [0]
+_IDS = random.Random()  # charge ids unique across processes (seeded from os.urandom)
+
+
+def _after_fork() -> None:
+    _FORKS[0] += 1
+    _IDS.seed()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork)
+
+
 class _Store:
     """The fake's durable state in a SQLite file: ONE connection per process, used under
     a lock (the gateway's calls are serialised by its own lock anyway). A connection per
     thread (64 gateway lanes) cost every charge a cold page cache -- SQLite drops a
     connection's cache whenever another connection wrote since its last transaction --
-    and each connection kept its own cache of up to 2 MB."""
+    and each connection kept its own cache of up to 2 MB.
+
+    Inside :meth:`txn` (which holds the file's write lock from its start, so a read and
+    the write that depends on it are atomic across processes) the writes are kept in
+    memory and written together just before the COMMIT (``executemany``: a statement per
+    table, not per write); reads see them. :meth:`savepoint` is a layer of those writes
+    that an exception drops. ``synchronous=OFF``: what a COMMIT wrote is in the
+    operating system's hands, so it survives the process being killed (what the crash
+    tests need of this fake), not a power cut."""
 
     def __init__(self, path: str) -> None:
         self.path = path
         self._lock = threading.RLock()
         self._depth = 0
         self._conn: sqlite3.Connection | None = None
-        self._pid = 0
+        self._forks = -1
+        # pending writes of the open transaction: a layer per savepoint, innermost last;
+        # each is (kv writes by (ns, key), ledger rows in order)
+        self._layers: list[tuple[dict[tuple[str, str], bytes], list[tuple[bytes, float]]]] = []
         with contextlib.closing(self._connect()) as c:
             c.execute("PRAGMA journal_mode=WAL")
-            c.execute("CREATE TABLE IF NOT EXISTS kv (ns TEXT, k TEXT, v BLOB, PRIMARY KEY (ns, k))")
-            c.execute("CREATE TABLE IF NOT EXISTS ledger (seq INTEGER PRIMARY KEY AUTOINCREMENT, entry BLOB, at REAL)")
+            c.execute("CREATE TABLE IF NOT EXISTS kv (ns TEXT, k TEXT, v BLOB, PRIMARY KEY (ns, k)) WITHOUT ROWID")
+            c.execute("CREATE TABLE IF NOT EXISTS ledger (seq INTEGER PRIMARY KEY, entry BLOB, at REAL)")
 
     def _connect(self) -> sqlite3.Connection:
         c = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
-        c.execute("PRAGMA synchronous=NORMAL")
+        c.execute("PRAGMA synchronous=OFF")
         return c
 
     @property
     def conn(self) -> sqlite3.Connection:
         """(Callers hold ``_lock``.) A forked child opens its own connection."""
-        if self._conn is None or self._pid != os.getpid():
-            self._conn, self._pid = self._connect(), os.getpid()
+        if self._conn is None or self._forks != _FORKS[0]:
+            self._conn, self._forks = self._connect(), _FORKS[0]
         return self._conn
 
     @contextlib.contextmanager
@@ -157,8 +183,15 @@ class _Store:
                 return
             self.conn.execute("BEGIN IMMEDIATE")
             self._depth = 1
+            self._layers = [({}, [])]
             try:
                 yield
+                kv, ledger = self._layers[0]
+                if kv:
+                    self.conn.executemany("INSERT OR REPLACE INTO kv (ns, k, v) VALUES (?, ?, ?)",
+                                          [(ns, k, v) for (ns, k), v in kv.items()])
+                if ledger:
+                    self.conn.executemany("INSERT INTO ledger (entry, at) VALUES (?, ?)", ledger)
             except BaseException:
                 self.conn.execute("ROLLBACK")
                 raise
@@ -166,45 +199,63 @@ class _Store:
                 self.conn.execute("COMMIT")
             finally:
                 self._depth = 0
+                self._layers = []
 
     @contextlib.contextmanager
     def savepoint(self) -> Iterator[None]:
         """(Inside :meth:`txn`.) What the block wrote is undone if it raises; the
         transaction goes on."""
         with self._lock:
-            self.conn.execute("SAVEPOINT call")
+            assert self._layers, "a savepoint needs a transaction"
+            self._layers.append(({}, []))
             try:
                 yield
             except BaseException:
-                self.conn.execute("ROLLBACK TO call")
-                self.conn.execute("RELEASE call")
+                self._layers.pop()
                 raise
-            self.conn.execute("RELEASE call")
+            kv, ledger = self._layers.pop()
+            self._layers[-1][0].update(kv)
+            self._layers[-1][1].extend(ledger)
 
     def get(self, ns: str, k: str) -> Any:
         with self._lock:
+            for kv, _ledger in reversed(self._layers):
+                data = kv.get((ns, k))
+                if data is not None:
+                    return pickle.loads(data)
             row = self.conn.execute("SELECT v FROM kv WHERE ns = ? AND k = ?", (ns, k)).fetchone()
         return pickle.loads(row[0]) if row else None
 
     def put(self, ns: str, k: str, v: Any) -> None:
         data = pickle.dumps(v)
         with self._lock:
-            self.conn.execute("INSERT OR REPLACE INTO kv (ns, k, v) VALUES (?, ?, ?)", (ns, k, data))
+            if self._layers:
+                self._layers[-1][0][(ns, k)] = data
+            else:
+                self.conn.execute("INSERT OR REPLACE INTO kv (ns, k, v) VALUES (?, ?, ?)", (ns, k, data))
 
     def append(self, entry: LedgerEntry, at: float) -> None:
         data = pickle.dumps(entry)
         with self._lock:
-            self.conn.execute("INSERT INTO ledger (entry, at) VALUES (?, ?)", (data, at))
+            if self._layers:
+                self._layers[-1][1].append((data, at))
+            else:
+                self.conn.execute("INSERT INTO ledger (entry, at) VALUES (?, ?)", (data, at))
+
+    def _pending(self) -> list[tuple[bytes, float]]:
+        return [row for _kv, ledger in self._layers for row in ledger]
 
     def entries(self) -> list[LedgerEntry]:
         with self._lock:
             rows = self.conn.execute("SELECT entry FROM ledger ORDER BY seq").fetchall()
-        return [pickle.loads(r[0]) for r in rows]
+            pending = self._pending()
+        return [pickle.loads(r[0]) for r in rows] + [pickle.loads(d) for d, _at in pending]
 
     def times(self) -> list[float]:
         with self._lock:
             rows = self.conn.execute("SELECT at FROM ledger ORDER BY seq").fetchall()
-        return [float(r[0]) for r in rows]
+            pending = self._pending()
+        return [float(r[0]) for r in rows] + [at for _d, at in pending]
 
 
 class _Durable(MutableMapping[str, Any]):
@@ -575,8 +626,8 @@ class FakeGateway:
             self._sleep(self.latency)
 
     def _next_id(self, prefix: str) -> str:
-        if self._store is not None:  # unique across processes
-            return f"{prefix}_fake_{uuid.uuid4().hex[:16]}"
+        if self._store is not None:  # unique across processes (64 random bits)
+            return f"{prefix}_fake_{_IDS.getrandbits(64):016x}"
         self._seq += 1
         return f"{prefix}_fake_{self._seq:06d}"
 

@@ -274,3 +274,68 @@ def test_calls_queued_together_commit_together_and_an_error_undoes_only_its_own_
     assert charged == sorted([*keys, "in_x:1"])  # the conflicting call moved no money
     assert fresh.total_collected("USD") == 1700 * 13
     assert all(fresh.find_charge(k) == answers[k] for k in keys)
+
+
+def test_a_call_that_fails_after_writing_leaves_nothing_of_itself_in_its_group(tmp_path: Path) -> None:
+    """A call that has already written its ledger row when it fails (here: the write after
+    it raises) is undone on its own: the other calls of its group commit, and a fresh
+    instance on the file sees their charges, not the failed one's."""
+    path = str(tmp_path / "ledger.db")
+    gw = FakeGateway(ledger_path=path)
+    record = gw._record
+
+    def failing_after_the_ledger_row(entry):  # type: ignore[no-untyped-def]
+        record(entry)
+        if entry.idempotency_key == "in_bad:1":
+            raise RuntimeError("disk full")
+
+    gw._record = failing_after_the_ledger_row  # type: ignore[method-assign]
+    answers: dict[str, object] = {}
+
+    def call(key: str) -> None:
+        try:
+            answers[key] = gw.charge(charge_request(key=key))
+        except RuntimeError as exc:
+            answers[key] = exc
+
+    keys = [f"in_{i}:1" for i in range(6)]
+    threads = [threading.Thread(target=call, args=(k,)) for k in [*keys[:3], "in_bad:1", *keys[3:]]]
+    with gw._lock:  # every call queues behind a commit "in progress": one group
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 10
+        while len(gw._pending) < len(threads) - 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    for t in threads:
+        t.join()
+    assert isinstance(answers["in_bad:1"], RuntimeError)
+    fresh = FakeGateway(ledger_path=path)
+    assert sorted(e.idempotency_key for e in fresh.ledger) == sorted(keys)
+    assert fresh.find_charge("in_bad:1") is None  # no saved answer either: a retry charges it once
+    assert all(fresh.find_charge(k) == answers[k] for k in keys)
+
+
+def test_a_forked_process_charges_on_its_own_connection_with_its_own_ids(tmp_path: Path) -> None:
+    """A worker forked from a process that already used the ledger (multiprocessing's
+    fork) opens its own connection and draws charge ids of its own."""
+    import multiprocessing
+
+    path = str(tmp_path / "ledger.db")
+    gw = FakeGateway(ledger_path=path)
+    gw.charge(charge_request(key="in_parent:1"))
+
+    def child() -> None:
+        for i in range(20):
+            gw.charge(charge_request(key=f"in_child_{i}:1"))
+
+    procs = [multiprocessing.get_context("fork").Process(target=child) for _ in range(2)]
+    for p in procs:
+        p.start()
+    for i in range(20):
+        gw.charge(charge_request(key=f"in_parent_{i}:1"))
+    for p in procs:
+        p.join(30)
+        assert p.exitcode == 0
+    entries = FakeGateway(ledger_path=path).ledger
+    assert len(entries) == 41  # both children sent the same 20 keys: replayed, not charged twice
+    assert len({e.id for e in entries}) == 41
