@@ -195,6 +195,39 @@ _INVOLUNTARY_WHY = {
     "dispute": i18n.N_("the payment was disputed with your bank"),
     "card_expired": i18n.N_("the card on file has expired"),
 }
+# Why a charge was declined, as the customer reads it in their language, by the gateway's
+# decline code (Stripe's codes), instead of the gateway's own English message. Lost or
+# stolen card, fraud, "pick up card", "do not honor" and unknown codes read as a plain
+# decline: the card network's reason is not told to whoever holds the card (Stripe's
+# advice for these codes), and the bank can tell its own customer.
+_DECLINE_WHY = {
+    "insufficient_funds": i18n.N_("Your card has insufficient funds."),
+    "expired_card": i18n.N_("Your card has expired."),
+    "incorrect_cvc": i18n.N_("The card's security code is incorrect."),
+    "invalid_cvc": i18n.N_("The card's security code is incorrect."),
+    "incorrect_number": i18n.N_("The card number is incorrect."),
+    "invalid_number": i18n.N_("The card number is incorrect."),
+    "invalid_expiry_month": i18n.N_("The card's expiry date is incorrect."),
+    "invalid_expiry_year": i18n.N_("The card's expiry date is incorrect."),
+    "card_velocity_exceeded": i18n.N_("Your card has reached its spending limit."),
+    "withdrawal_count_limit_exceeded": i18n.N_("Your card has reached its spending limit."),
+    "authentication_required": i18n.N_("Your bank asks you to confirm this payment."),
+    "card_not_supported": i18n.N_("Your card does not support this kind of payment."),
+    "currency_not_supported": i18n.N_("Your card does not support this kind of payment."),
+    "transaction_not_allowed": i18n.N_("Your card does not support this kind of payment."),
+    "processing_error": i18n.N_("Your bank could not process the payment just then."),
+    "try_again_later": i18n.N_("Your bank could not process the payment just then."),
+    "issuer_not_available": i18n.N_("Your bank could not process the payment just then."),
+    "reenter_transaction": i18n.N_("Your bank could not process the payment just then."),
+}
+_DECLINED = i18n.N_("Your card was declined.")
+
+
+def decline_reason(tr: i18n.Translator, code: object) -> str:
+    """The customer's words for decline ``code`` (any other code: "Your card was declined.")."""
+    return tr.gettext(_DECLINE_WHY.get(str(code or ""), _DECLINED))
+
+
 # a refund's reason (refunds.REASONS) as the customer reads it, not the gateway's code
 _REFUND_WHY = {
     "requested_by_customer": i18n.N_("At your request"),
@@ -281,7 +314,9 @@ def build_context(session: Session, n: Notification, settings: Settings) -> dict
         "ends_now": bool(payload.get("effective_at")) and _parse_dt(payload.get("effective_at")) == _parse_dt(payload.get("canceled_at")),
         "next_charge_date": date(sub.current_period_end) if sub is not None else "",
         "invoice_id": payload.get("invoice_id"),
-        "decline_message": payload.get("message") or "",
+        # (the gateway's own message is in English and may say more than the card holder should read)
+        "decline_message": decline_reason(tr, payload.get("decline_code"))
+        if payload.get("decline_code") or payload.get("message") else "",
         "involuntary_why": _(why) if why else _("we could not charge your card"),
         "exp": f"{int(payload['exp_month']):02d}/{payload['exp_year']}" if payload.get("exp_month") else "",
         "last4": payload.get("last4") or (pm.last4 if pm else ""),

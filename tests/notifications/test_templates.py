@@ -12,7 +12,7 @@ from sqlmodel import Session
 
 from billing_engine import mailer, notifications
 from billing_engine.db import transaction
-from billing_engine.models import Notification
+from billing_engine.models import Customer, Notification
 from billing_engine.settings import Settings
 from tests.factories import make_plan, make_subscription
 from tests.notifications.smtp_server import html_of, text_of
@@ -159,3 +159,37 @@ def test_a_pause_without_a_resume_day_says_it_stays_paused(sqlite_engine: Engine
     assert "paused from January 15, 2026." in text
     assert "It stays paused until you ask us to resume it." in text and "resumes by itself" not in text
     assert "Resumes on" not in html and "None" not in text + html
+
+
+@pytest.mark.parametrize(("lang", "code", "reason"), [
+    ("en", "insufficient_funds", "Your card has insufficient funds."),
+    ("hu", "insufficient_funds", "A kártyán nincs elegendő fedezet."),
+    ("ru", "expired_card", "Срок действия карты истёк."),
+    ("he", "authentication_required", "הבנק שלך מבקש לאשר את התשלום הזה."),
+    ("hu", "stolen_card", "A kártyát elutasították."),
+    ("en", "fraudulent", "Your card was declined."),
+    ("en", "a_code_we_do_not_know", "Your card was declined."),
+])
+def test_a_failed_payment_says_why_in_the_customer_s_language_not_the_gateway_s_english(
+        lang: str, code: str, reason: str, sqlite_engine: Engine, now: datetime, settings: Settings) -> None:
+    """The reason comes from the decline code, translated; the gateway's own English message
+    is not shown (it may also say more than a card holder should read: lost, stolen, fraud)."""
+    gateway_says = "Card reported stolen at the issuer (gateway text)"
+    with transaction(sqlite_engine) as s:
+        sub = make_subscription(s, now, plan=make_plan(s, now, code="gold"))
+        customer = s.get(Customer, sub.customer_id)
+        assert customer is not None
+        customer.locale = lang
+        n = notifications.enqueue(s, K.PAYMENT_FAILED, customer_id=sub.customer_id, subscription_id=sub.id,
+                                  dedupe_key="t:failed", at=now,
+                                  payload={**_payloads(now)[K.PAYMENT_FAILED], "decline_code": code,
+                                           "message": gateway_says})
+        assert n is not None
+        nid = n.id
+    with Session(sqlite_engine) as s:
+        row = s.get(Notification, nid)
+        assert row is not None
+        msg = notifications.compose(s, row, settings, now)
+    for body in (text_of(msg), html_of(msg)):
+        assert f"({reason})" in body
+        assert gateway_says not in body
