@@ -24,6 +24,7 @@ THE resume rule (:func:`resume_changes`), at resume instant R:
 from __future__ import annotations
 
 from datetime import datetime
+from types import SimpleNamespace
 from typing import Any
 
 from sqlalchemy.engine import Engine
@@ -108,10 +109,24 @@ def take_effect(session: Session, sub: Any, *, at: datetime, now: datetime, acto
     events.record(session, events.EventType.SUBSCRIPTION_PAUSED, at=now, actor=actor, subscription_id=sub.id,
                   customer_id=sub.customer_id,
                   payload={"previous_status": previous, "paused_at": at, "resumes_at": sub.resumes_at})
+    payload: dict[str, Any] = {"paused_at": at.isoformat(),
+                               "resumes_at": sub.resumes_at.isoformat() if sub.resumes_at else None}
+    plan = session.get(Plan, sub.plan_id)
+    if sub.resumes_at is not None and plan is not None:  # "the next charge is then ...": what it will be
+        q = quote_after_resume(session, sub, plan, sub.resumes_at)
+        payload.update(amount_minor=q.net_minor, currency=plan.currency)
     notifications.enqueue(session, notifications.Kind.SUBSCRIPTION_PAUSED, customer_id=sub.customer_id,
                           subscription_id=sub.id, dedupe_key=f"paused:{sub.id}:{at.isoformat()}", at=now,
-                          payload={"paused_at": at.isoformat(),
-                                   "resumes_at": sub.resumes_at.isoformat() if sub.resumes_at else None})
+                          payload=payload)
+
+
+def quote_after_resume(session: Session, sub: Any, plan: Plan, at: datetime) -> pricing.Quote:
+    """The price of the first period charged after a resume at ``at`` (:func:`resume_changes`
+    applied to a copy): the price in force then (a price change announced meanwhile) less a
+    coupon still applying -- not the plan's list price."""
+    values = {c.name: getattr(sub, c.name) for c in Subscription.__table__.columns}  # type: ignore[attr-defined]
+    values.update(resume_changes(sub, at))
+    return pricing.quote(session, SimpleNamespace(**values), plan, int(values["next_period_index"]))
 
 
 def resume_changes(sub: Any, at: datetime) -> dict[str, Any]:

@@ -447,3 +447,28 @@ def test_coupon_rules_are_enforced(engine: Engine) -> None:
         assert c.once_per_customer
     with pytest.raises(Conflict, match="expired"), transaction(engine) as s:
         coupons.redeem(s, subscriptions.get(s, a), "LATE", now=JAN1 + timedelta(days=2))
+
+
+def test_the_pause_e_mail_names_the_price_the_resume_will_charge(engine: Engine) -> None:
+    """A price change announced before a pause: the pause e-mail's "the next charge is then"
+    is the price in force when the subscription resumes (the old one for a resume before
+    the change applies to it, the new one after), not the plan's list price."""
+    with transaction(engine) as s:
+        plan = make_plan(s, JAN1, code="basic-monthly")
+        sub_id, other = (make_subscription(s, JAN1, plan=plan, email=f"{who}@example.com").id
+                         for who in ("ada", "bob"))
+    gw = FakeGateway()
+    _run(engine, gw, JAN1)
+    with transaction(engine) as s:
+        pricing.reprice(s, "basic-monthly", amount_minor=2900, now=datetime(2026, 1, 5, tzinfo=UTC), notice_days=30)
+    for sid, resumes in ((sub_id, datetime(2026, 2, 2, 12, tzinfo=UTC)), (other, datetime(2026, 3, 10, 12, tzinfo=UTC))):
+        with transaction(engine) as s:
+            pauses.pause(s, subscriptions.get(s, sid), now=datetime(2026, 1, 10, tzinfo=UTC), resumes_at=resumes)
+    before, after = (json.loads(_mails(engine, sid, "subscription_paused")[0].payload) for sid in (sub_id, other))
+    assert (before["amount_minor"], after["amount_minor"]) == (1700, 2900)
+    with Session(engine) as s:
+        text = str(notifications.compose(s, _mails(engine, sub_id, "subscription_paused")[0], SETTINGS,
+                                         JAN1).get_body(("plain",)).get_content())
+    assert "the next charge is then $17.00" in text
+    _cycle(engine, gw, now=datetime(2026, 2, 3, tzinfo=UTC))  # resumes Feb 2 and charges what the e-mail said
+    assert _invoices(engine, sub_id)[-1][:2] == ("2026-02-02", 1700)
