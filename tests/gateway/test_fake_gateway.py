@@ -231,6 +231,19 @@ def test_a_durable_ledger_shared_by_many_threads_and_two_instances_records_each_
     assert all(fresh.find_charge(k) is not None for k in keys)
 
 
+def _run_as_one_group(gw: FakeGateway, threads: list[threading.Thread]) -> None:
+    """Start ``threads`` (each making one call) while a commit is "in progress" (the
+    gateway's lock held), so that all but the first queue for the next group commit."""
+    with gw._lock:
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 10
+        while len(gw._pending) < len(threads) - 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    for t in threads:
+        t.join()
+
+
 def test_calls_queued_together_commit_together_and_an_error_undoes_only_its_own_call(tmp_path: Path) -> None:
     """The durable ledger's group commit: calls that queue while another commit runs share
     the next transaction. Each caller gets its own answer; a call that fails inside the
@@ -258,14 +271,7 @@ def test_calls_queued_together_commit_together_and_an_error_undoes_only_its_own_
     keys = [f"in_{i}:1" for i in range(12)]
     threads = [threading.Thread(target=call, args=(k, 1700)) for k in keys]
     threads.append(threading.Thread(target=call, args=("in_x:1", 999)))  # reused key, other amount
-    with gw._lock:  # a commit "in progress": every call queues behind it
-        for t in threads:
-            t.start()
-        deadline = time.monotonic() + 10
-        while len(gw._pending) < len(threads) - 1 and time.monotonic() < deadline:
-            time.sleep(0.01)
-    for t in threads:
-        t.join()
+    _run_as_one_group(gw, threads)
     assert max(groups) > 1  # calls did share a transaction
     assert isinstance(answers["in_x:1"], IdempotencyConflict)
     assert all(answers[k].status == ChargeStatus.SUCCEEDED for k in keys)  # type: ignore[attr-defined]
@@ -300,14 +306,7 @@ def test_a_call_that_fails_after_writing_leaves_nothing_of_itself_in_its_group(t
 
     keys = [f"in_{i}:1" for i in range(6)]
     threads = [threading.Thread(target=call, args=(k,)) for k in [*keys[:3], "in_bad:1", *keys[3:]]]
-    with gw._lock:  # every call queues behind a commit "in progress": one group
-        for t in threads:
-            t.start()
-        deadline = time.monotonic() + 10
-        while len(gw._pending) < len(threads) - 1 and time.monotonic() < deadline:
-            time.sleep(0.01)
-    for t in threads:
-        t.join()
+    _run_as_one_group(gw, threads)
     assert isinstance(answers["in_bad:1"], RuntimeError)
     fresh = FakeGateway(ledger_path=path)
     assert sorted(e.idempotency_key for e in fresh.ledger) == sorted(keys)
