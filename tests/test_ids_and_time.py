@@ -36,6 +36,26 @@ def test_ids_made_later_sort_later_and_never_repeat() -> None:
     assert later > max(first)
 
 
+def test_a_forked_worker_and_its_parent_never_draw_the_same_random_bits() -> None:
+    """Ids take their random bits from a pool read ahead from the OS; a process forked
+    after the pool was filled (multiprocessing's fork, a pre-forking server) starts its own."""
+    import multiprocessing
+
+    new_id("in")  # the parent's pool is now filled
+    ctx = multiprocessing.get_context("fork")
+    parent_end, child_end = ctx.Pipe()
+
+    def child() -> None:
+        child_end.send([new_id("in")[-16:] for _ in range(100)])
+
+    proc = ctx.Process(target=child)
+    proc.start()
+    from_child = parent_end.recv()
+    proc.join(30)
+    mine = [new_id("in")[-16:] for _ in range(100)]  # the last 16 digits: 80 random bits
+    assert set(from_child).isdisjoint(mine)
+
+
 def test_timestamps_come_back_in_utc_whatever_the_backend(engine: Engine) -> None:
     at = datetime(2026, 3, 15, 9, 0, 0, 123456, tzinfo=UTC)
     with Session(engine) as s:

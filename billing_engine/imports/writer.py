@@ -9,9 +9,8 @@ handful of statements per chunk whatever its size. The caller owns the transacti
 
 from __future__ import annotations
 
-import os
+import functools
 import sqlite3
-import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -38,22 +37,14 @@ from billing_engine.models import (
     Subscription,
     SubscriptionStatus,
     UTCDateTime,
+    new_id,
 )
 from billing_engine.periods import Interval, monthly_amount
 
 CHUNK = 5_000
-_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
-_PAIRS = [a + b for a in _CROCKFORD for b in _CROCKFORD]  # 10 bits -> two digits
-_SHIFTS = tuple(range(120, -10, -10))  # 13 pairs = 130 bits, most significant first
-
-
 def _ids(prefix: str) -> Callable[[], str]:
-    """:func:`models.new_id` for many rows at once (same format: a ULID of 48 bits of
-    milliseconds + 80 random bits, Crockford base 32), without its per-digit loop."""
-    def make() -> str:
-        value = (int(time.time() * 1000) << 80) | int.from_bytes(os.urandom(10), "big")
-        return f"{prefix}_{''.join([_PAIRS[(value >> shift) & 1023] for shift in _SHIFTS])}"
-    return make
+    """A maker of :func:`models.new_id` ids for ``prefix``."""
+    return functools.partial(new_id, prefix)
 KINDS = ("plans", "customers", "payment_methods", "consents", "subscriptions")
 CUSTOMERS: Any = Customer.__table__  # type: ignore[attr-defined]
 PMS: Any = PaymentMethod.__table__  # type: ignore[attr-defined]
