@@ -144,7 +144,9 @@ def main() -> None:
     cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
     print(f"{engine.dialect.name}: {summary.succeeded:,} renewals in {wall:.2f}s = {summary.succeeded / wall:,.0f}/s; "
           f"worker CPU {1000 * cpu / n:.3f} ms/renewal (user {1000 * (r1.ru_utime - r0.ru_utime) / n:.3f}); "
-          f"PostgreSQL backends {1000 * pg / n:.3f} ms/renewal; load average {load0:.2f} -> {os.getloadavg()[0]:.2f}")
+          f"PostgreSQL backends {1000 * pg / n:.3f} ms/renewal; load average {load0:.2f} -> {os.getloadavg()[0]:.2f}; "
+          f"thread switches {(r1.ru_nvcsw - r0.ru_nvcsw) / n:.2f} voluntary + {(r1.ru_nivcsw - r0.ru_nivcsw) / n:.2f} "
+          "forced per renewal")
     if args.rss:
         print(f"  rss {rss_mb():7.1f} MB at the end; peak {r1.ru_maxrss / 1024:.1f} MB")
     for label, secs in CPU.most_common():
