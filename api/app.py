@@ -62,7 +62,7 @@ def create_app(
         docs_url=None, redoc_url=None,  # served offline by api.openapi_docs
     )
     app.state.settings = settings
-    app.state.engine = engine if engine is not None else get_engine(settings.database_url)
+    app.state.engine = engine if engine is not None else get_engine(settings.database_url, pool_size=settings.db_pool_size)
     app.state.gateway = gateway if gateway is not None else build_gateway(settings)
     app.state.clock = clock or utc_now
     install_error_handlers(app)

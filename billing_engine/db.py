@@ -37,8 +37,9 @@ from billing_engine.errors import ConfigurationError
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
 
-def make_engine(url: str, *, echo: bool = False, **kwargs: Any) -> Engine:
-    """Create an engine with the per-backend settings the engine relies on."""
+def make_engine(url: str, *, echo: bool = False, pool_size: int | None = None, **kwargs: Any) -> Engine:
+    """Create an engine with the per-backend settings the engine relies on (``pool_size``:
+    PostgreSQL connections kept, and the most open at once; default ``POOL_SIZE``)."""
     try:
         if url.startswith("sqlite"):
             engine = create_engine(
@@ -53,7 +54,7 @@ def make_engine(url: str, *, echo: bool = False, **kwargs: Any) -> Engine:
             # the same cap, but a busy `billing serve` worker no longer opens and closes a
             # connection per ~2 requests (15/s at 50 clients: a backend fork, and statements
             # parsed and planned afresh on each new connection).
-            kwargs.setdefault("pool_size", POOL_SIZE)
+            kwargs["pool_size"] = pool_size or POOL_SIZE
             kwargs.setdefault("max_overflow", 0)
             # Dead connections (a restarted or terminated server) are caught at checkout
             # without a round trip: see `_discard_dead_connections`.
@@ -268,15 +269,17 @@ def transaction(engine: Engine) -> Iterator[Session]:
 _engines: dict[str, Engine] = {}
 
 
-def get_engine(url: str | None = None) -> Engine:
-    """Process-wide engine for ``url`` (default: settings), schema checked once."""
-    if url is None:
+def get_engine(url: str | None = None, *, pool_size: int | None = None) -> Engine:
+    """Process-wide engine for ``url`` (default: settings), schema checked once; ``pool_size``
+    (default: settings): see :func:`make_engine`."""
+    if url is None or pool_size is None:
         from billing_engine.settings import get_settings
 
-        url = get_settings().database_url
+        settings = get_settings()
+        url, pool_size = url or settings.database_url, pool_size or settings.db_pool_size
     engine = _engines.get(url)
     if engine is None:
-        engine = make_engine(url)
+        engine = make_engine(url, pool_size=pool_size)
         ensure_schema(engine)
         _engines[url] = engine
     return engine

@@ -49,6 +49,12 @@ class Settings(BaseSettings):
         default="sqlite:///billing.db",
         description="SQLAlchemy URL: sqlite:///billing.db or postgresql+psycopg://user@host/db",
     )
+    db_pool_size: int = Field(
+        default=15, ge=1, le=500,
+        description="PostgreSQL connections each process keeps open (each `billing serve` worker, each "
+        "run-cycle), and never more: what all of them add up to must stay below the server's "
+        "max_connections (100 by default), e.g. 2 API workers + 2 run-cycles = 60.",
+    )
     secret_key: SecretStr = Field(
         default=SecretStr(DEV_SECRET_KEY),
         description="Signs customer cancel links and dashboard sessions; at least 32 bytes in production.",

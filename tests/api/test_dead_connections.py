@@ -156,3 +156,34 @@ def test_list_and_show_read_without_begin_and_commit_on_postgresql(pg_engine: En
         status.clear()
         assert client.get("/v1/plans").status_code == 200  # other reads: transactions as before
         assert status and not any(status)
+
+
+def test_the_pool_size_setting_caps_a_process_s_connections(pg_db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """BILLING_DB_POOL_SIZE: the connections each process keeps and the most it opens (the
+    sum over API workers and run-cycles must fit the server's max_connections)."""
+    from billing_engine.settings import get_settings
+
+    monkeypatch.setenv("BILLING_DB_POOL_SIZE", "3")
+    get_settings.cache_clear()
+    try:
+        eng = db.get_engine(pg_db_url)
+    finally:
+        get_settings.cache_clear()
+    try:
+        opened: list[Any] = []
+        event.listen(eng, "connect", lambda *a: opened.append(a))
+
+        def work() -> None:
+            with eng.connect() as c:
+                c.execute(text("SELECT pg_sleep(0.05)"))
+
+        threads = [threading.Thread(target=work) for _ in range(10)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(opened) <= 3  # ten at once: three connections (one may be open from the schema check)
+        assert eng.pool.checkedin() == 3  # type: ignore[attr-defined]
+    finally:
+        db._engines.pop(pg_db_url, None)
+        eng.dispose()
