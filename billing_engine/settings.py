@@ -50,10 +50,11 @@ class Settings(BaseSettings):
         description="SQLAlchemy URL: sqlite:///billing.db or postgresql+psycopg://user@host/db",
     )
     db_pool_size: int = Field(
-        default=15, ge=1, le=500,
+        default=15, ge=4, le=500,
         description="PostgreSQL connections each process keeps open (each `billing serve` worker, each "
         "run-cycle), and never more: what all of them add up to must stay below the server's "
-        "max_connections (100 by default), e.g. 2 API workers + 2 run-cycles = 60.",
+        "max_connections (100 by default), e.g. 2 API workers + 2 run-cycles = 60. At least 4: a "
+        "run-cycle's threads (batches, settle, heartbeat, rate limit) each use one.",
     )
     secret_key: SecretStr = Field(
         default=SecretStr(DEV_SECRET_KEY),
