@@ -18,8 +18,7 @@ def _id(row: Any) -> str:
 def page(rows: Sequence[Any], limit: int, present: Callable[[Any], T], *,
          cursor: Callable[[Any], str] = _id, model: type[Page[Any]] = Page[Any]) -> Page[T]:
     """``rows`` was fetched with ``limit + 1`` to learn whether more follow; ``cursor`` gives
-    a row's id (default: its ``id`` attribute); ``model``: the page class to build (e.g.
-    ``Page[SubscriptionOut]`` for :func:`api.fastjson.json_response`)."""
+    a row's id (default: its ``id`` attribute); ``model``: the page class to build."""
     has_more = len(rows) > limit
     items = list(rows[:limit])
     data = [present(r) for r in items]

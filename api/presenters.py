@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
+from api import fastjson
 from api import schemas as S
 from billing_engine import cancellations, customers, events, invoices, payment_methods, plans, refunds, subscriptions
 from billing_engine.models import (
@@ -74,18 +75,25 @@ def _plan_display(amount_minor: int, currency: str) -> str:
     return S.display(amount_minor, currency)
 
 
-def subscription_of(fields: dict[str, Any]) -> S.SubscriptionOut:
-    """From :func:`billing_engine.subscriptions.summaries` (the list's batched path)."""
-    return S.SubscriptionOut(**fields, amount=_plan_display(int(fields["amount_minor"]), fields["currency"]))
+def subscription_plain(fields: dict[str, Any]) -> dict[str, Any]:
+    """A row of :func:`billing_engine.subscriptions.summaries` (the list's batched path) as
+    the JSON object of ``SubscriptionOut`` (:func:`api.fastjson.plain`), without the model."""
+    fields["amount"] = _plan_display(int(fields["amount_minor"]), fields["currency"])
+    return fastjson.plain(S.SubscriptionOut, fields)
 
 
 def subscription_detail(s: Session, sub: Subscription) -> S.SubscriptionDetail:
     return _detail(s, _sub_fields(s, sub))
 
 
-def subscription_detail_of(s: Session, fields: dict[str, Any]) -> S.SubscriptionDetail:
-    """From :func:`billing_engine.subscriptions.show_summary`."""
-    return _detail(s, fields | {"amount": S.display(fields["amount_minor"], fields["currency"])})
+def subscription_detail_plain(s: Session, fields: dict[str, Any]) -> dict[str, Any]:
+    """:func:`billing_engine.subscriptions.show_summary` with its events as the JSON object of
+    ``SubscriptionDetail`` (:func:`api.fastjson.plain`), without the models."""
+    fields["amount"] = S.display(fields["amount_minor"], fields["currency"])
+    fields["events"] = [fastjson.plain(S.EventOut, {"id": e.id or 0, "type": str(e.type), "at": e.occurred_at,
+                                                    "actor": e.actor, "payload": events.payload_of(e)})
+                        for e in events.for_subscription(s, fields["id"])]
+    return fastjson.plain(S.SubscriptionDetail, fields)
 
 
 def _detail(s: Session, fields: dict[str, Any]) -> S.SubscriptionDetail:

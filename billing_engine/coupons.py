@@ -34,6 +34,7 @@ from billing_engine.models import Coupon, CouponRedemption, Invoice, Plan, Subsc
 from billing_engine.money import normalize_currency
 from billing_engine.periods import ensure_utc
 from billing_engine.pricing import Quote
+from billing_engine.rows import PlainSelect
 from billing_engine.settings import get_settings
 
 
@@ -113,7 +114,7 @@ def _active_select() -> Any:
             .order_by(r.c.redeemed_at, r.c.id))
 
 
-_ACTIVE_SELECT = _active_select()  # built once: the list runs it per page, the run-cycle per batch
+_ACTIVE_SELECT = PlainSelect(_active_select(), "RedemptionRow")  # built once: the list runs it per page, the run-cycle per batch
 
 
 def active_for(session: Session, subscription_ids: Sequence[str]) -> dict[str, Any]:
@@ -122,7 +123,7 @@ def active_for(session: Session, subscription_ids: Sequence[str]) -> dict[str, A
     if not subscription_ids:
         return {}
     out: dict[str, Any] = {}
-    for row in session.connection().execute(_ACTIVE_SELECT, {"subscription_ids": list(subscription_ids)}):
+    for row in _ACTIVE_SELECT.all(session.connection(), {"subscription_ids": list(subscription_ids)}):
         limit = periods_of(row.duration, row.duration_periods)
         if row.subscription_id not in out and (limit is None or int(row.used) < limit):
             out[row.subscription_id] = row

@@ -42,6 +42,7 @@ from billing_engine.models import (
 )
 from billing_engine.money import format_minor
 from billing_engine.periods import Interval, boundary, period_bounds
+from billing_engine.rows import PlainSelect
 
 MIN_NOTICE_DAYS = 7
 MAX_NOTICE_DAYS = 365
@@ -76,8 +77,8 @@ def in_force(plan: Any, changes: Sequence[Any], *, subscribed_at: datetime, peri
     return amount
 
 
-_CHANGES_SELECT = PRICE_CHANGES.select().where(among_param(PRICE_CHANGES.c.plan_id, "plan_ids")).order_by(
-    PRICE_CHANGES.c.announced_at, PRICE_CHANGES.c.id)  # built once (the list runs it per page)
+_CHANGES_SELECT = PlainSelect(PRICE_CHANGES.select().where(among_param(PRICE_CHANGES.c.plan_id, "plan_ids")).order_by(
+    PRICE_CHANGES.c.announced_at, PRICE_CHANGES.c.id), "PriceChangeRow")  # built once (the list runs it per page)
 
 
 def changes_for(session: Session, plan_ids: Iterable[str]) -> dict[str, list[Any]]:
@@ -86,7 +87,7 @@ def changes_for(session: Session, plan_ids: Iterable[str]) -> dict[str, list[Any
     out: dict[str, list[Any]] = {pid: [] for pid in ids}
     if not ids:
         return out
-    for r in session.connection().execute(_CHANGES_SELECT, {"plan_ids": ids}):
+    for r in _CHANGES_SELECT.all(session.connection(), {"plan_ids": ids}):
         out[r.plan_id].append(r)
     return out
 

@@ -15,9 +15,8 @@ from api import idempotency
 from api import presenters as P
 from api.auth import ADMIN, actor
 from api.deps import EngineDep, GatewayDep, NowDep, SettingsDep
-from api.fastjson import json_response
+from api.fastjson import plain_response
 from api.idempotency import IdempotencyKey
-from api.pagination import page
 from api.problems import problem_type
 from api.ranges import RangesDep
 from api.responses import admin
@@ -96,16 +95,19 @@ def list_subscriptions(
     with transaction(statement_reads(engine)) as s:  # a page in a fixed number of queries, no ORM objects
         rows = subscriptions.list_summaries(s, status=status, customer_id=customer, plan_id=plan,
                                             limit=limit + 1, after=after, ranges=ranges)
-    out = page(rows, limit, P.subscription_of, cursor=lambda fields: str(fields["id"]), model=Page[SubscriptionOut])
-    return json_response(Page[SubscriptionOut], out)  # the bytes response_model would send, serialised once
+    has_more = len(rows) > limit
+    items = [P.subscription_plain(fields) for fields in rows[:limit]]
+    # the bytes response_model would send, encoded once, without a model per row:
+    return plain_response(Page[SubscriptionOut], {"data": items, "has_more": has_more,
+                                                  "next_cursor": str(items[-1]["id"]) if has_more and items else None})
 
 
 @router.get("/{subscription}", response_model=SubscriptionDetail, responses=admin(404),
             summary="Show a subscription with its history (events)")
 def show_subscription(subscription: SubscriptionId, engine: EngineDep) -> Response:
     with transaction(statement_reads(engine)) as s:
-        out = P.subscription_detail_of(s, subscriptions.show_summary(s, subscription))
-    return json_response(SubscriptionDetail, out)  # the bytes response_model would send, serialised once
+        out = P.subscription_detail_plain(s, subscriptions.show_summary(s, subscription))
+    return plain_response(SubscriptionDetail, out)  # the bytes response_model would send, encoded once
 
 
 @router.post("/{subscription}/cancel", response_model=CancelOut, responses=admin(404, 409),
