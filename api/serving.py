@@ -144,10 +144,14 @@ def worker_app() -> Any:
     the process also asks to be sent SIGTERM when its supervisor dies: killed with SIGKILL
     (``kill -9``), the supervisor cannot stop its workers, which would go on holding the
     port (and the supervisor's stdout/stderr) as orphans."""
+    import gc
     import os
 
-    from api.app import create_app
-
+    gc.disable()  # while importing the app (FastAPI, pydantic, ...): no garbage, only a growing heap to re-scan
+    try:
+        from api.app import create_app
+    finally:
+        gc.enable()
     if sys.platform.startswith("linux"):
         try:
             import ctypes

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import typer
 
-from billing_engine import evidence
 from billing_engine.settings import get_settings
 from cli.common import JsonOpt, console, handle_errors, make_table, print_json, print_record, unit_of_work
 
@@ -25,6 +24,8 @@ def show(
 ) -> None:
     """Show the full consent record: who, when, IP, user agent, terms (version, hash, text),
     amount, interval, and the charges and e-mails under it."""
+    from billing_engine import evidence  # here: it loads jinja2 (HTML export)
+
     with unit_of_work() as s:
         records = [evidence.record(s, c) for c in evidence.find(s, ref)]
     if export is not None:

@@ -8,7 +8,6 @@ import typer
 from rich.table import Table
 
 from billing_engine.db import make_engine, upgrade
-from billing_engine.demo import DEMO_SELLER, FIXTURES, MONTH_COLUMNS, month_by_month, report_range, run_demo
 from billing_engine.errors import ValidationError
 from billing_engine.money import format_minor
 from billing_engine.periods import parse_datetime
@@ -18,6 +17,8 @@ from cli.common import JsonOpt, console, handle_errors_demo, print_json
 
 def find_fixtures(given: Path | None) -> Path:
     """--fixtures, else the source tree's fixtures/, else ./fixtures (a plain `pip install .`)."""
+    from billing_engine.demo import FIXTURES
+
     candidates = [given] if given is not None else [FIXTURES, Path.cwd() / "fixtures"]
     for c in candidates:
         if c is not None and all((c / f).is_file() for f in ("plans.json", "customers.json", "terms.txt")):
@@ -41,6 +42,9 @@ def register(app: typer.Typer) -> None:
         json_out: bool = JsonOpt,
     ) -> None:
         """Simulate a year of a paid newsletter: sign-ups, renewals, declines, dunning, cancellations."""
+        # here, not at start-up: the simulation and the reports are only loaded by this command
+        from billing_engine.demo import DEMO_SELLER, MONTH_COLUMNS, month_by_month, report_range, run_demo
+
         start_at = parse_datetime(start, "--start")
         fixtures_dir = find_fixtures(fixtures)
         for suffix in ("", "-wal", "-shm"):

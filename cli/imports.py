@@ -5,11 +5,11 @@ Step by step: docs/migrating-from-stripe.md."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from billing_engine.audit import cli_actor
-from billing_engine.imports import csv_source, cutover, service
 from billing_engine.imports.records import HOLD
 from billing_engine.money import format_minor
 from billing_engine.settings import get_settings
@@ -25,6 +25,9 @@ from cli.common import (
     parse_at,
     print_json,
 )
+
+if TYPE_CHECKING:  # imported by the commands that use them: they load the Stripe SDK (~50 ms at every start)
+    from billing_engine.imports import service
 
 import_app = typer.Typer(help="Import customers, consented cards and subscriptions from Stripe or a CSV.",
                          no_args_is_help=True)
@@ -67,6 +70,8 @@ def csv_cmd(
 ) -> None:
     """Import subscriptions whose cards are already gateway tokens. Every row is checked
     first: any bad row is listed (line, column, problem) and nothing is imported (exit 2)."""
+    from billing_engine.imports import csv_source, service
+
     now = parse_at(at)
     start = parse_at(charge_from, "--charge-from") if charge_from else None
     try:
@@ -101,6 +106,8 @@ def stripe_cmd(
 ) -> None:
     """Import customers, default cards, prices and active / trialing / past_due subscriptions
     from the Stripe account of BILLING_STRIPE_API_KEY (resumes a run that crashed)."""
+    from billing_engine.imports import service
+
     now = parse_at(at)
     start = parse_at(charge_from, "--charge-from") if charge_from else HOLD
     settings = get_settings()
@@ -122,6 +129,8 @@ def cutover_cmd(
 ) -> None:
     """Hand the imported Stripe subscriptions over to the engine: Stripe stops renewing
     each one after its current period, and the engine charges from that period's end."""
+    from billing_engine.imports import cutover, service
+
     now = parse_at(at)
     held = cutover.pending(engine())
     how = "pause collection (void invoices) of" if pause else "set cancel_at_period_end on"
@@ -160,6 +169,8 @@ def reconcile_cmd(
 ) -> None:
     """After the cut-over: was every period of every imported subscription charged by
     exactly one side (Stripe's paid invoices vs the engine's)? Exit 4 when not."""
+    from billing_engine.imports import cutover, service
+
     now = parse_at(at)
     checked, findings = cutover.reconcile(engine(), service.stripe_client(engine(), get_settings()), now=now)
     if json_out:

@@ -69,10 +69,16 @@ def register(app: typer.Typer) -> None:
 
         SIGTERM/SIGINT drain: no new connections, in-flight requests finish (at most
         --graceful-timeout s), exit 0."""
-        from uvicorn.supervisors import Multiprocess
+        import gc
 
-        from api import serving
-        from api.app import create_app
+        gc.disable()  # while importing the server and the app: see cli/main.py
+        try:
+            from uvicorn.supervisors import Multiprocess
+
+            from api import serving
+            from api.app import create_app
+        finally:
+            gc.enable()
 
         settings = checked_settings(serving_api=True)  # production: keys, admin tokens, gateway
         if log_level not in {"critical", "error", "warning", "info", "debug"}:

@@ -10,11 +10,13 @@ migrated once, emptied between tests), so parallel runs never see each other's r
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import shutil
+import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,30 @@ from tests.dbreset import empty_postgresql
 # ...; billing_engine.settings.Mode) do not apply, here or in the `billing` processes the
 # tests spawn (they inherit this environment). Tests of the checks themselves override it.
 os.environ["BILLING_ENV"] = "test"
+
+# Compiled modules are cached (__pycache__, git-ignored) even where the environment says not
+# to (PYTHONDONTWRITEBYTECODE=1, as in many container images): otherwise every `billing`
+# process a test starts compiles the engine's sources again (~0.3 s of CPU each), and every
+# pytest process re-does the assertion rewriting of every test module (~4 s each). For this
+# process, its xdist workers and the processes the tests start (they inherit os.environ).
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+sys.dont_write_bytecode = False
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_collection(session: pytest.Session) -> Generator[None, object, object]:
+    """Collection imports the engine, the API, schemathesis, hypothesis ...: hundreds of
+    thousands of objects that live as long as the process. The collector is off meanwhile,
+    and at the end they are frozen (gc.freeze: left out of every later collection), or each
+    full collection during the tests re-scans them all (~20 % of the CPU of in-process tests)."""
+    gc.disable()
+    try:
+        return (yield)
+    finally:
+        gc.collect()
+        gc.freeze()
+        gc.enable()
+
 
 PG_ENV = "BILLING_TEST_DATABASE_URL"
 NOW = datetime(2026, 1, 15, 9, 0, tzinfo=UTC)

@@ -42,3 +42,15 @@ def test_every_router_is_mounted() -> None:
         "assert not missing, missing\n"
     )
     assert p.returncode == 0, p.stderr
+
+
+def test_the_cli_starts_without_the_modules_only_some_commands_need() -> None:
+    """`billing` start-up stays light (every command pays it): the Stripe SDK (import
+    commands), the consent-evidence HTML (consent show) and the demo simulation load when
+    their command runs. And the garbage collector, off while the commands are imported,
+    is back on."""
+    p = _python("import gc, sys, cli.main\n"
+                "heavy = [m for m in ('stripe', 'billing_engine.evidence', 'billing_engine.demo') if m in sys.modules]\n"
+                "assert not heavy, heavy\n"
+                "assert gc.isenabled()\n")
+    assert p.returncode == 0, p.stderr
