@@ -183,8 +183,6 @@ class _Answer:
 
 FEW_LANES = 2  # gateway calls in flight per worker until the gateway shows it is slow
 SLOW_CALL_S = 0.02  # a call this long that spent <= a fifth of it on CPU waited on the gateway
-IDLE_TICKS = 5  # ... or: calls out at every watchdog tick for 100 ms, and the worker
-IDLE_SHARE = 0.5  # used less than half a core meanwhile (a quick gateway's calls keep it busy)
 
 
 class _Lanes:
@@ -198,13 +196,7 @@ class _Lanes:
     interpreter lock or a core, but it is on the CPU for much of that time; a call to
     Stripe (~300 ms) spends well under 1 % of it on the CPU. A watchdog looks at the calls
     in flight every ``SLOW_CALL_S`` (their threads' CPU clocks), so a slow gateway gets
-    every lane after ~20 ms, not after its first answer (1.5 s at a slow gateway).
-
-    A gateway quicker than that (~10 ms: one nearby, a proxy) never makes one call look
-    slow, yet two lanes per batch would hold the worker to a few hundred calls a second:
-    the watchdog also opens every lane when calls were out at each of its ticks for 100 ms
-    and the worker used less than half a core meanwhile (it waits rather than works).
-    Against an instant gateway it is busy in Python the whole time."""
+    every lane after ~20 ms, not after its first answer (1.5 s at a slow gateway)."""
 
     def __init__(self, most: int) -> None:
         self.most = most
@@ -231,22 +223,14 @@ class _Lanes:
 
     def _judge(self, wall: float, cpu: float) -> None:
         if self.now < self.most and wall >= SLOW_CALL_S and cpu <= 0.2 * wall:
-            self._open(f"a call took {1000 * wall:.0f} ms, {1000 * cpu:.1f} ms of it on the CPU")
-
-    def _open(self, why: str) -> None:
-        if self.now >= self.most:
-            return
-        self.now = self.most
-        log.info("run-cycle: gateway calls wait on the gateway (%s): up to %d in flight", why, self.most)
-        for batch in list(self._batches):
-            batch.open()
+            self.now = self.most
+            log.info("run-cycle: gateway calls wait on the gateway: up to %d in flight", self.most)
+            for batch in list(self._batches):
+                batch.open()
 
     def _watch(self) -> None:
-        ticks = busy = 0
-        wall0, cpu0 = time.perf_counter(), time.process_time()
         while self.now < self.most and not self._closed.wait(SLOW_CALL_S):
             at = time.perf_counter()
-            ticks, busy = ticks + 1, busy + bool(self._calls)
             for tid, (wall, cpu) in list(self._calls.items()):
                 if at - wall < SLOW_CALL_S:
                     continue
@@ -255,13 +239,6 @@ class _Lanes:
                 except (OSError, OverflowError):  # the call ended and its thread went away
                     continue
                 self._judge(at - wall, spent)
-            if ticks == IDLE_TICKS:  # a gateway too quick for one call to look slow (~10 ms):
-                cpu = time.process_time()  # the worker idles while its calls are out
-                if busy == ticks and cpu - cpu0 < IDLE_SHARE * (at - wall0):
-                    self._open(f"the worker used {100 * (cpu - cpu0) / (at - wall0):.0f} % of a core "
-                               "while its calls were out")
-                ticks = busy = 0
-                wall0, cpu0 = at, cpu
 
     def close(self) -> None:
         self._closed.set()

@@ -294,21 +294,19 @@ class _Counting(FakeGateway):
                 self.answered = True
 
 
-@pytest.mark.parametrize(("latency", "fewest", "most", "threads", "n"),
-                         [(0.0, 1, 2, 4, 40), (0.5, 12, 16, 16, 40), (0.01, 5, 16, 16, 200)])
+@pytest.mark.parametrize(("latency", "fewest", "most", "threads"), [(0.0, 1, 2, 4), (0.5, 12, 16, 16)])
 def test_calls_in_flight_grow_to_the_concurrency_when_the_gateway_is_slow(
-        engine: Engine, latency: float, fewest: int, most: int, threads: int, n: int) -> None:
+        engine: Engine, latency: float, fewest: int, most: int, threads: int) -> None:
     """A quick gateway is called from two lanes per batch (more threads would only hand
     the interpreter lock around); a gateway that makes calls wait gets the whole
     concurrency while its first calls are still out (the lanes' watchdog), not one round
-    trip later; one whose calls take ~10 ms (never one slow call) gets it once the worker
-    is seen idling while its calls are out; every renewal is charged once either way."""
-    ids = _subs(engine, n)
+    trip later; every renewal is charged once either way."""
+    ids = _subs(engine, 40)
     gw = _Counting(latency)
     summary = run_cycle(engine, gw, now=T0, settings=SETTINGS, batch_size=20, concurrency=16)
-    assert summary.succeeded == n and len(gw.ledger) == n
+    assert summary.succeeded == 40 and len(gw.ledger) == 40
     assert sorted(e.metadata["subscription_id"] for e in gw.ledger) == sorted(ids)
     assert fewest <= gw.most_in_flight <= most
     assert len(gw.threads) <= threads  # lanes (pool threads) that called the gateway
-    if latency >= 0.5:
+    if latency:
         assert gw.before_first_answer >= fewest  # sent during the first round trip
