@@ -122,13 +122,15 @@ def quote(session: Session, sub: Any, plan: Any, index: int) -> Quote:
     """The quote of period ``index`` of one subscription (outside the batch pipeline)."""
     from billing_engine import coupons
 
-    start = period_start(sub, plan, index)
     loaded = session.info.get(PRELOAD)
     if loaded is not None and plan.id in loaded[0] and sub.id in loaded[1]:
         changes, red = loaded[0][plan.id], loaded[2].get(sub.id)
     else:
         changes, red = changes_for(session, [plan.id])[plan.id], coupons.active_for(session, [sub.id]).get(sub.id)
-    gross = in_force(plan, changes, subscribed_at=sub.created_at, period_start=start)
+    if not changes:  # the common case: the plan's price, no period arithmetic (a list page quotes every row)
+        gross = int(plan.amount_minor)
+    else:
+        gross = in_force(plan, changes, subscribed_at=sub.created_at, period_start=period_start(sub, plan, index))
     return coupons.apply(gross, red, plan)
 
 
