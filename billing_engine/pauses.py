@@ -120,13 +120,19 @@ def take_effect(session: Session, sub: Any, *, at: datetime, now: datetime, acto
                           payload=payload)
 
 
-def quote_after_resume(session: Session, sub: Any, plan: Plan, at: datetime) -> pricing.Quote:
-    """The price of the first period charged after a resume at ``at`` (:func:`resume_changes`
-    applied to a copy): the price in force then (a price change announced meanwhile) less a
-    coupon still applying -- not the plan's list price."""
+def as_resumed(sub: Any, at: datetime) -> Any:
+    """A copy of ``sub`` (a model or a plain row) as it will be after a resume at ``at``
+    (:func:`resume_changes` applied); ``sub`` itself is not touched."""
     values = {c.name: getattr(sub, c.name) for c in Subscription.__table__.columns}  # type: ignore[attr-defined]
-    values.update(resume_changes(sub, at))
-    return pricing.quote(session, SimpleNamespace(**values), plan, int(values["next_period_index"]))
+    return SimpleNamespace(**{**values, **resume_changes(sub, at)})
+
+
+def quote_after_resume(session: Session, sub: Any, plan: Plan, at: datetime) -> pricing.Quote:
+    """The price of the first period charged after a resume at ``at``: the price in force
+    then (a price change announced meanwhile) less a coupon still applying -- not the
+    plan's list price."""
+    resumed = as_resumed(sub, at)
+    return pricing.quote(session, resumed, plan, int(resumed.next_period_index))
 
 
 def resume_changes(sub: Any, at: datetime) -> dict[str, Any]:

@@ -15,7 +15,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from functools import lru_cache, partial
-from types import SimpleNamespace
 from typing import Any
 
 from sqlalchemy import bindparam
@@ -351,8 +350,7 @@ def _next_charge(session: Session, sub: Any, plan: Plan, scheduled: Plan | None,
             return None
         from billing_engine import pauses
 
-        fields = sub._asdict() if hasattr(sub, "_asdict") else sub.model_dump()  # a plain row or a model
-        resumed = SimpleNamespace(**{**fields, **pauses.resume_changes(sub, sub.resumes_at)})
+        resumed = pauses.as_resumed(sub, sub.resumes_at)
         return resumed.current_period_end, pricing.quote(session, resumed, plan, resumed.next_period_index).net_minor, \
             plan.currency
     return sub.current_period_end, pricing.quote(session, sub, plan, sub.next_period_index).net_minor, plan.currency

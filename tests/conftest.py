@@ -169,6 +169,14 @@ def engine(db_url: str) -> Iterator[Engine]:
 
 
 @pytest.fixture
+def pg_engine(pg_db_url: str) -> Iterator[Engine]:
+    """PostgreSQL only (pools, parallel workers): skips locally without it, fails under CI."""
+    eng = make_engine(pg_db_url)
+    yield eng
+    eng.dispose()
+
+
+@pytest.fixture
 def sqlite_engine(tmp_path: Path, _sqlite_template: Path) -> Iterator[Engine]:
     """SQLite only (for tests that do not need to run on both backends)."""
     path = tmp_path / "billing.db"

@@ -42,9 +42,6 @@ from billing_engine.models import (
 from billing_engine.periods import Interval, monthly_amount
 
 CHUNK = 5_000
-def _ids(prefix: str) -> Callable[[], str]:
-    """A maker of :func:`models.new_id` ids for ``prefix``."""
-    return functools.partial(new_id, prefix)
 KINDS = ("plans", "customers", "payment_methods", "consents", "subscriptions")
 CUSTOMERS: Any = Customer.__table__  # type: ignore[attr-defined]
 PMS: Any = PaymentMethod.__table__  # type: ignore[attr-defined]
@@ -142,7 +139,7 @@ def _chunk(session: Session, records: Sequence[Record], plan_rows: dict[str, Any
         return
     customers = existing_ids(session, CUSTOMERS, (r.customer.external_id for r in todo))
     cards = existing_ids(session, PMS, (r.card.external_id for r in todo))
-    cus_id, pm_id, cns_id_, sub_id_ = _ids("cus"), _ids("pm"), _ids("cns"), _ids("sub")
+    cus_id, pm_id, cns_id_, sub_id_ = (functools.partial(new_id, p) for p in ("cus", "pm", "cns", "sub"))
     cus_rows: list[dict[str, Any]] = []
     pm_rows: list[dict[str, Any]] = []
     cns_rows: list[dict[str, Any]] = []

@@ -9,7 +9,6 @@ for longer than ``IDLE_PING_SECONDS`` is pinged as before."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -17,15 +16,7 @@ from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Engine
 
 from billing_engine import db
-from billing_engine.db import make_engine
 from tests.api.conftest import AUTH, Clock, create_plan, make_client, subscribe
-
-
-@pytest.fixture
-def pg_engine(pg_db_url: str) -> Iterator[Engine]:
-    eng = make_engine(pg_db_url)
-    yield eng
-    eng.dispose()
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ gives its numbers back; concurrent workers never share or skip one."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from datetime import datetime, timedelta
 
 import pytest
@@ -14,7 +13,7 @@ from sqlmodel import Session, col, select
 
 from billing_engine import invoice_numbers
 from billing_engine.cycle import run_cycle
-from billing_engine.db import make_engine, transaction
+from billing_engine.db import transaction
 from billing_engine.gateway.fake import FakeGateway
 from billing_engine.models import Invoice, InvoiceStatus
 from billing_engine.settings import Settings, load_settings
@@ -67,14 +66,6 @@ def test_a_rolled_back_transaction_gives_its_numbers_back(engine: Engine) -> Non
         assert invoice_numbers.take_one(s, prefix="RB-") == "RB-000003"
         assert invoice_numbers.take(s, 0, prefix="RB-") == []
         assert invoice_numbers.take_one(s, prefix="OTHER-") == "OTHER-000001"  # one series per prefix
-
-
-@pytest.fixture
-def pg_engine(pg_db_url: str) -> Iterator[Engine]:
-    """PostgreSQL only (parallel workers): skips locally without it, fails under CI."""
-    eng = make_engine(pg_db_url)
-    yield eng
-    eng.dispose()
 
 
 def test_concurrent_workers_share_one_gapless_series(pg_engine: Engine, now: datetime, settings: Settings) -> None:
