@@ -8,9 +8,10 @@ Per batch of due subscriptions (see DESIGN.md, "The charge pipeline"):
    (:func:`renewals.decide`, the same decision the dry run shows), end what must end,
    write the invoices and ``pending`` attempts with their fixed idempotency keys —
    COMMIT before any gateway call;
-3. gateway calls in parallel (``BILLING_GATEWAY_CONCURRENCY`` in flight), paced by the
-   gateway's rate limiter (shared by all workers through the database); an attempt
-   whose outcome is unknown is first looked up, then re-sent with the SAME key;
+3. gateway calls in parallel (``BILLING_GATEWAY_CONCURRENCY`` in flight; one after the
+   other from the run's own thread while the gateway answers at once: :class:`_Lanes`),
+   paced by the gateway's rate limiter (shared by all workers through the database); an
+   attempt whose outcome is unknown is first looked up, then re-sent with the SAME key;
 4. ONE transaction (:func:`charging.settle`): apply the answers set-based.
 
 Batch k+1 is prepared while batch k is at the gateway. Only a definitive answer about
@@ -35,6 +36,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
@@ -54,6 +56,7 @@ from billing_engine.gateway.protocol import (
     GatewayError,
     GatewayUnreachable,
     PaymentGateway,
+    RecordsCallsTogether,
 )
 from billing_engine.models import Customer, Plan, Refund, RefundStatus, Subscription, SubscriptionStatus, new_id
 from billing_engine.money import format_minor
@@ -181,35 +184,42 @@ class _Answer:
     error: BaseException | None = None
 
 
-FEW_LANES = 2  # gateway calls in flight per worker until the gateway shows it is slow
-SLOW_CALL_S = 0.02  # a call this long that spent <= a fifth of it on CPU waited on the gateway
+SLOW_CALL_S = 0.25  # one call this long that spent <= a fifth of it on CPU waited on the gateway
+WAITED_CALL_S = 0.002  # ... or WAITED_CALLS calls in a row this long (a gateway ~10 ms away)
+WAITED_CALLS = 3
+WATCH_EVERY_S = 0.02
 
 
 class _Lanes:
-    """How many gateway calls a worker keeps in flight: a few while the calls are quick
-    (a zero-latency gateway: more threads only hand the GIL around), all
-    ``BILLING_GATEWAY_CONCURRENCY`` from the first call that waits on the gateway -- a
-    network round trip, a rate limiter's pause -- for the rest of the run.
+    """How a worker calls the gateway: from the run's own thread, one call after the
+    other, while the gateway answers at once (an in-process gateway: more threads would
+    only hand the interpreter lock around); from ``BILLING_GATEWAY_CONCURRENCY`` pool
+    threads (lanes) per batch from the moment a call shows that it waits on the gateway
+    -- a network round trip, a rate limiter's pause -- for the rest of the run.
 
     "Waits" is judged by the calling thread's CPU time against the wall clock, not by the
-    wall clock alone: on a busy machine a quick call can take long while it waits for the
-    interpreter lock or a core, but it is on the CPU for much of that time; a call to
-    Stripe (~300 ms) spends well under 1 % of it on the CPU. A watchdog looks at the calls
-    in flight every ``SLOW_CALL_S`` (their threads' CPU clocks), so a slow gateway gets
-    every lane after ~20 ms, not after its first answer (1.5 s at a slow gateway)."""
+    wall clock alone: on a busy machine a quick call can take long while the thread waits
+    for a core or the interpreter lock, but it is on the CPU for much of that time; a call
+    to Stripe (~300 ms) spends well under 1 % of it on the CPU. Either one call of
+    ``SLOW_CALL_S`` (longer than a garbage collection's pause of every thread), or
+    ``WAITED_CALLS`` calls in a row of ``WAITED_CALL_S`` each (a pause or a preemption
+    does not hit three 30-us calls in a row; a gateway 10 ms away does). A watchdog looks
+    at the call in flight every ``WATCH_EVERY_S`` (its thread's CPU clock), so a slow
+    gateway gets every lane while the first call is still out, not after its answer."""
 
     def __init__(self, most: int) -> None:
         self.most = most
-        self.now = min(FEW_LANES, most)
+        self.now = 0  # 0: calls made by the run's own thread; else lanes per batch
+        self._waited = 0  # calls in a row that waited WAITED_CALL_S
         self._calls: dict[int, tuple[float, float]] = {}  # thread id -> (wall, CPU) at the call's start
         self._batches: weakref.WeakSet[_Batch] = weakref.WeakSet()
         self._closed = threading.Event()
         self._watchdog: threading.Thread | None = None
 
     def add(self, batch: _Batch) -> None:
-        """A batch at the gateway: it gets more lanes at once when the gateway turns out slow."""
+        """A batch at the gateway: it gets lanes at once when the gateway turns out slow."""
         self._batches.add(batch)
-        if self.now < self.most and self._watchdog is None and hasattr(time, "pthread_getcpuclockid"):
+        if not self.now and self._watchdog is None and hasattr(time, "pthread_getcpuclockid"):
             self._watchdog = threading.Thread(target=self._watch, name="billing-lanes", daemon=True)
             self._watchdog.start()
 
@@ -218,18 +228,28 @@ class _Lanes:
 
     def called(self) -> None:
         begun = self._calls.pop(threading.get_ident(), None)
-        if begun is not None:
-            self._judge(time.perf_counter() - begun[0], time.thread_time() - begun[1])
+        if begun is not None and not self.now:
+            wall, cpu = time.perf_counter() - begun[0], time.thread_time() - begun[1]
+            self._waited = self._waited + 1 if wall >= WAITED_CALL_S and cpu <= 0.2 * wall else 0
+            if self._waited >= WAITED_CALLS:
+                self._open(f"{WAITED_CALLS} calls in a row waited on it")
+            else:
+                self._judge(wall, cpu)
 
     def _judge(self, wall: float, cpu: float) -> None:
-        if self.now < self.most and wall >= SLOW_CALL_S and cpu <= 0.2 * wall:
-            self.now = self.most
-            log.info("run-cycle: gateway calls wait on the gateway: up to %d in flight", self.most)
-            for batch in list(self._batches):
-                batch.open()
+        if not self.now and wall >= SLOW_CALL_S and cpu <= 0.2 * wall:
+            self._open(f"a call waited {wall:.2f}s on it")
+
+    def _open(self, why: str) -> None:
+        if self.now:
+            return
+        self.now = self.most
+        log.info("run-cycle: the gateway makes calls wait (%s): up to %d in flight", why, self.most)
+        for batch in list(self._batches):
+            batch.open()
 
     def _watch(self) -> None:
-        while self.now < self.most and not self._closed.wait(SLOW_CALL_S):
+        while not self.now and not self._closed.wait(WATCH_EVERY_S):
             at = time.perf_counter()
             for tid, (wall, cpu) in list(self._calls.items()):
                 if at - wall < SLOW_CALL_S:
@@ -245,27 +265,58 @@ class _Lanes:
 
 
 class _Batch:
-    """A batch's gateway calls, made by pool threads (lanes) that each take the next step
-    until none is left (one future per lane, not per call: a future per call cost a
-    tenth of the run's CPU with a fast gateway). As many lanes as ``lanes`` allows now;
-    ``lanes`` opens the rest (:meth:`open`) if it grows while the batch is at the gateway."""
+    """A batch's gateway calls. While the gateway answers at once (``lanes.now == 0``)
+    the thread that starts the batch (:meth:`start`) makes them itself, inside the gateway's
+    :meth:`~RecordsCallsTogether.together` when it has one; else pool threads (lanes)
+    that each take the next step until none is left (one future per lane, not per call:
+    a future per call cost a tenth of the run's CPU with a fast gateway). If the gateway
+    turns out slow meanwhile, ``lanes`` opens the lanes (:meth:`open`) and the calling
+    thread stops after its call: the lanes take the remaining steps."""
 
     def __init__(self, steps: list[charging.Step], call: Callable[[charging.Step], _Answer],
-                 pool: ThreadPoolExecutor, lanes: _Lanes) -> None:
+                 pool: ThreadPoolExecutor, lanes: _Lanes, gateway: PaymentGateway | None = None) -> None:
         self.ids = [st.subscription_id for st in steps]  # in flight, claimed by this worker
         self.steps = steps
         self.answers: list[_Answer | None] = [None] * len(steps)
         self._next = itertools.count()
         self._call = call
         self._pool, self._lanes = pool, lanes
+        self._gateway = gateway
         self._lock = threading.Lock()
         self.futures: list[Future[None]] = []
-        lanes.add(self)
+        self._calling = False  # the starting thread is making calls (it counts as a lane)
+
+    def start(self) -> None:
+        self._lanes.add(self)
+        if not self._lanes.now:
+            self._inline()
         self.open()
+
+    def _inline(self) -> None:
+        together = self._gateway.together() if isinstance(self._gateway, RecordsCallsTogether) else nullcontext()
+        done: list[int] = []
+        self._calling = True
+        try:
+            with together:
+                for i in self._next:  # itertools.count is atomic under the GIL
+                    if i >= len(self.steps):
+                        break
+                    self.answers[i] = self._call(self.steps[i])
+                    done.append(i)
+                    if self._lanes.now:  # the gateway turned out slow: the lanes take the rest
+                        break
+        except Exception as exc:  # the gateway did not record these calls: none of them happened
+            log.error("run-cycle: the gateway could not record %d calls; they stay pending", len(done), exc_info=True)
+            for i in done:
+                self.answers[i] = _Answer(self.steps[i], error=exc)
+        finally:
+            self._calling = False
 
     def open(self) -> None:
         with self._lock:
-            for _ in range(min(self._lanes.now, len(self.steps)) - len(self.futures)):
+            if not self._lanes.now:
+                return
+            for _ in range(min(self._lanes.now, len(self.steps)) - len(self.futures) - self._calling):
                 try:
                     self.futures.append(self._pool.submit(contextvars.copy_context().run, self._lane))
                 except RuntimeError:  # the pool is shutting down (the run stops): no new lanes
@@ -716,7 +767,9 @@ def _run(engine: Engine, gateway: PaymentGateway, summary: CycleSummary, *, now:
                     else:
                         break
                     continue
-                inflight.append(_Batch(prepared.steps, runner.call, pool, runner.lanes))
+                batch = _Batch(prepared.steps, runner.call, pool, runner.lanes, gateway)
+                inflight.append(batch)  # listed first: the heartbeat renews its claims while it calls
+                batch.start()
                 processed += len(ids)
                 while inflight and (len(inflight) >= 2 or inflight[0].done()):
                     settler.submit(inflight.popleft())  # listed by the settler: the heartbeat renews it
@@ -778,7 +831,9 @@ def charge_now(
         return summary
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="billing-gateway")
     try:
-        runner.settle(_Batch(prepared.steps, runner.call, pool, runner.lanes))
+        batch = _Batch(prepared.steps, runner.call, pool, runner.lanes, gateway)
+        batch.start()
+        runner.settle(batch)
     finally:
         runner.lanes.close()
         pool.shutdown(wait=True)

@@ -138,8 +138,8 @@ class Settings(BaseSettings):
     )
     cycle_batch_size: int = Field(default=500, ge=1, le=10_000, description="Subscriptions per claimed batch.")
     gateway_concurrency: int = Field(default=64, ge=1, le=1000, description=(
-        "Gateway calls in flight per worker, at most: two per batch until a call waits on the gateway "
-        "(a network round trip, a rate limit), then this many."))
+        "Gateway calls in flight per worker, at most: one at a time, from the run's own thread, while the "
+        "gateway answers at once; this many as soon as calls wait on it (a network round trip, a rate limit)."))
     gateway_rate_per_second: float | None = Field(
         default=None, gt=0,
         description="Account-wide gateway calls/s shared by every worker through the database "

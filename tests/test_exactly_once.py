@@ -4,9 +4,12 @@ and database failures; a charge that lands after the customer cancelled is refun
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,7 +18,7 @@ from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, col, select
 
 from billing_engine import cancellations, charging
-from billing_engine.cycle import run_cycle
+from billing_engine.cycle import SLOW_CALL_S, run_cycle
 from billing_engine.db import transaction
 from billing_engine.errors import DatabaseUnavailable
 from billing_engine.gateway import outcomes
@@ -294,19 +297,51 @@ class _Counting(FakeGateway):
                 self.answered = True
 
 
-@pytest.mark.parametrize(("latency", "fewest", "most", "threads"), [(0.0, 1, 2, 4), (0.5, 12, 16, 16)])
+@pytest.mark.parametrize(("latency", "fewest", "most", "threads"), [(0.0, 1, 1, 1), (0.01, 8, 16, 17), (0.5, 12, 16, 17)])
 def test_calls_in_flight_grow_to_the_concurrency_when_the_gateway_is_slow(
         engine: Engine, latency: float, fewest: int, most: int, threads: int) -> None:
-    """A quick gateway is called from two lanes per batch (more threads would only hand
-    the interpreter lock around); a gateway that makes calls wait gets the whole
-    concurrency while its first calls are still out (the lanes' watchdog), not one round
-    trip later; every renewal is charged once either way."""
+    """A gateway that answers at once is called from the run's own thread, one call
+    after the other (threads would only hand the interpreter lock around); a gateway
+    that makes calls wait -- 10 ms away, or 500 ms -- gets the whole concurrency, and
+    never more, from its first calls (the 500 ms one while its first call is still out:
+    the lanes' watchdog), not one round trip later; every renewal is charged once."""
     ids = _subs(engine, 40)
     gw = _Counting(latency)
     summary = run_cycle(engine, gw, now=T0, settings=SETTINGS, batch_size=20, concurrency=16)
     assert summary.succeeded == 40 and len(gw.ledger) == 40
     assert sorted(e.metadata["subscription_id"] for e in gw.ledger) == sorted(ids)
     assert fewest <= gw.most_in_flight <= most
-    assert len(gw.threads) <= threads  # lanes (pool threads) that called the gateway
-    if latency:
+    assert len(gw.threads) <= threads  # 16 lanes (pool threads) + the run's own thread
+    if not latency:
+        assert gw.threads == {threading.get_ident()}
+    if latency >= SLOW_CALL_S:
         assert gw.before_first_answer >= fewest  # sent during the first round trip
+
+
+class _CannotRecord(FakeGateway):
+    """A durable fake whose ledger cannot commit a block of calls made together (disk
+    full): it answered each call, but none of them happened."""
+
+    @contextlib.contextmanager
+    def together(self) -> Iterator[None]:
+        with super().together():
+            yield
+            raise OSError("database or disk is full")
+
+
+def test_answers_the_gateway_could_not_record_settle_nothing_and_the_next_run_charges_once(
+        engine: Engine, tmp_path: Path) -> None:
+    """The run's own thread calls a quick gateway inside ``together()``; if the gateway
+    then fails to record those calls, their answers are not settled -- the attempts stay
+    pending -- and the next run reconciles and charges each renewal exactly once."""
+    ledger = str(tmp_path / "ledger.db")
+    ids = _subs(engine, 3)
+    first = run_cycle(engine, _CannotRecord(ledger_path=ledger), now=T0, settings=SETTINGS)
+    assert (first.succeeded, first.unresolved) == (0, 3)
+    assert [a.status for a in _attempts(engine)] == [AttemptStatus.PENDING] * 3
+    assert FakeGateway(ledger_path=ledger).ledger == []
+    again = run_cycle(engine, FakeGateway(ledger_path=ledger), now=T0, settings=SETTINGS)
+    assert again.succeeded == 3
+    charged = [e.metadata["subscription_id"] for e in FakeGateway(ledger_path=ledger).ledger if e.kind == "charge"]
+    assert sorted(charged) == sorted(ids)  # each once
+    assert [a.status for a in _attempts(engine)] == [AttemptStatus.SUCCEEDED] * 3

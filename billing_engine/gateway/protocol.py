@@ -10,6 +10,7 @@ adapter returns ``ChargeStatus.UNKNOWN`` and the engine reconciles later via
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol, runtime_checkable
@@ -180,3 +181,16 @@ class PaymentGateway(Protocol):
     ) -> SetupResult:
         """Save a card for off-session use (SetupIntent usage=off_session, confirm=True)."""
         ...
+
+
+@runtime_checkable
+class RecordsCallsTogether(Protocol):
+    """Optional: a gateway that can record a run of calls made by one thread as ONE unit
+    of its own bookkeeping (the fake gateway's durable ledger: one SQLite transaction
+    instead of one per call). Inside ``together()`` the calls are answered as usual; they
+    are recorded when the block ends, and a block that raises, or whose recording fails,
+    leaves none of them recorded -- as if they had never reached the gateway. So the
+    caller must not act on an answer before the block has ended without an error: the
+    run-cycle settles a batch only after that."""
+
+    def together(self) -> AbstractContextManager[None]: ...

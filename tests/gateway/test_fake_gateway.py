@@ -338,3 +338,51 @@ def test_a_forked_process_charges_on_its_own_connection_with_its_own_ids(tmp_pat
     entries = FakeGateway(ledger_path=path).ledger
     assert len(entries) == 41  # both children sent the same 20 keys: replayed, not charged twice
     assert len({e.id for e in entries}) == 41
+
+
+def test_calls_made_together_are_on_the_file_only_when_the_block_ends(tmp_path: Path) -> None:
+    """``together()`` (the run-cycle's calls while the gateway answers at once): every
+    call is answered at once, a reused key with another amount fails only its own call,
+    and the charges reach the file -- what another process sees -- when the block ends."""
+    path = str(tmp_path / "ledger.db")
+    gw = FakeGateway(ledger_path=path)
+    gw.charge(charge_request(key="in_x:1", amount_minor=1700))
+    keys = [f"in_{i}:1" for i in range(5)]
+    with gw.together():
+        answers = [gw.charge(charge_request(key=k, amount_minor=1700)) for k in keys]
+        with pytest.raises(IdempotencyConflict):
+            gw.charge(charge_request(key="in_x:1", amount_minor=999))
+        assert gw.charge(charge_request(key=keys[0], amount_minor=1700)) == answers[0]  # a replay in the block
+        assert [e.idempotency_key for e in FakeGateway(ledger_path=path).ledger] == ["in_x:1"]  # not yet on the file
+    fresh = FakeGateway(ledger_path=path)
+    assert sorted(e.idempotency_key for e in fresh.ledger) == sorted([*keys, "in_x:1"])
+    assert fresh.total_collected("USD") == 1700 * 6
+    assert all(fresh.find_charge(k) == a for k, a in zip(keys, answers, strict=True))
+
+
+def test_calls_made_together_in_a_block_that_fails_never_happened(tmp_path: Path) -> None:
+    """A block that raises (a process killed inside it: the same for the file) records
+    none of its calls, so a retry with the same keys charges each once."""
+    path = str(tmp_path / "ledger.db")
+    gw = FakeGateway(ledger_path=path)
+    with pytest.raises(RuntimeError), gw.together():
+        gw.charge(charge_request(key="in_1:1"))
+        raise RuntimeError("killed")
+    fresh = FakeGateway(ledger_path=path)
+    assert fresh.ledger == [] and fresh.find_charge("in_1:1") is None
+    fresh.charge(charge_request(key="in_1:1"))
+    assert len(FakeGateway(ledger_path=path).ledger) == 1
+
+
+def test_another_threads_call_waits_for_a_block_of_calls_together(tmp_path: Path) -> None:
+    gw = FakeGateway(ledger_path=str(tmp_path / "ledger.db"))
+    other: list[str] = []
+    t = threading.Thread(target=lambda: other.append(gw.charge(charge_request(key="in_2:1")).status.value))
+    with gw.together():
+        gw.charge(charge_request(key="in_1:1"))
+        t.start()
+        time.sleep(0.1)
+        assert other == []  # waits for the block's commit
+    t.join(10)
+    assert other == ["succeeded"]
+    assert [e.idempotency_key for e in FakeGateway(ledger_path=gw._store.path).ledger] == ["in_1:1", "in_2:1"]  # type: ignore[union-attr]
