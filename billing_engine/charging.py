@@ -103,9 +103,12 @@ def _orm(session: Session, sub_id: str) -> Subscription:
 
 def prepare(
     session: Session, ids: Sequence[str], *, now: datetime, worker: str, plans: dict[str, Plan],
-    settings: Settings | None = None,
+    settings: Settings | None = None, subs: list[Any] | None = None,
 ) -> Prepared:
-    subs = _load_subs(session, ids, worker=worker)
+    """``subs``: the rows of ``ids`` as this transaction's claim returned them
+    (:func:`claims.claim_rows_in`), else they are read here."""
+    if subs is None:
+        subs = _load_subs(session, ids, worker=worker)
     if any(s.scheduled_plan_id is not None for s in subs):  # rare: a plan change due at period end
         if plan_changes.apply_due(session, subs, now=now):
             subs = _load_subs(session, ids, worker=worker)

@@ -161,6 +161,23 @@ def claim_in(
     return ids
 
 
+def claim_rows_in(
+    session: Session, *, now: datetime, worker: str, batch_size: int, lease: timedelta, cursor: Cursor,
+) -> list[Any]:
+    """:func:`claim_in`, returning the claimed subscriptions' rows as the claim left them
+    (in claim order): the stamp's ``UPDATE ... RETURNING`` reads them, so preparing the
+    batch needs no second read of its rows (locked by the claim until the COMMIT)."""
+    wall = datetime.now(UTC)
+    ids = [r.id for r in due_page(session, now, cursor, batch_size, claim_for=worker, wall=wall)]
+    if not ids:
+        return []
+    got = session.connection().execute(
+        update(_SUBS).where(among(_SUBS.c.id, ids)).values(lease_owner=worker, lease_expires_at=wall + lease)
+        .returning(*_SUBS.c)).all()
+    order = {sid: i for i, sid in enumerate(ids)}
+    return sorted(got, key=lambda r: order[r.id])
+
+
 def claim_ids_in(session: Session, ids: Sequence[str], *, now: datetime, worker: str, lease: timedelta) -> list[str]:
     """Claim these subscriptions again if they are still due and free (catch-up)."""
     wall = datetime.now(UTC)

@@ -441,15 +441,17 @@ class _Runner:
         def txn() -> tuple[list[str], charging.Prepared]:
             cursor.positions, cursor.done = dict(saved[0]), set(saved[1])  # a retry reads the same page
             with transaction(self.engine) as s:
+                rows: list[Any] | None = None
                 if again is not None:
                     ids = claims.claim_ids_in(s, again, now=self.now, worker=self.worker, lease=lease)
                 else:
-                    ids = claims.claim_in(s, now=self.now, worker=self.worker, batch_size=want, lease=lease,
-                                          cursor=cursor)
+                    rows = claims.claim_rows_in(s, now=self.now, worker=self.worker, batch_size=want, lease=lease,
+                                                cursor=cursor)
+                    ids = [r.id for r in rows]
                 if not ids:
                     return ids, charging.Prepared()
                 prepared = charging.prepare(s, ids, now=self.now, worker=self.worker, plans=self.plans,
-                                            settings=self.settings)
+                                            settings=self.settings, subs=rows)
                 claims.release_in(s, prepared.settled_ids, self.worker)  # decided without the gateway
                 return ids, prepared
         ids, prepared = _db(txn, what="preparing a batch")
