@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import threading
 from datetime import UTC, datetime, timedelta
 
@@ -9,7 +10,7 @@ import pytest
 from sqlmodel import Session, col, func, select
 
 from billing_engine import cancellations, subscriptions
-from billing_engine.cycle import run_cycle
+from billing_engine.cycle import RUN_GC_THRESHOLD, run_cycle
 from billing_engine.db import make_engine, transaction
 from billing_engine.gateway.fake import FakeGateway
 from billing_engine.gateway.protocol import ChargeRequest, ChargeResult
@@ -334,3 +335,34 @@ def test_renewal_reminder_is_queued_once_before_each_charge(engine, now) -> None
             Notification.subscription_id == sub_id, Notification.kind == "renewal_reminder")))
     # renewals on Feb 15 and Mar 15: one reminder each, 7 days ahead
     assert sorted(r.next_attempt_at.date().isoformat() for r in reminders) == ["2026-02-08", "2026-03-08"]
+
+
+class _SeesTheCollector(FakeGateway):
+    def __init__(self) -> None:
+        super().__init__()
+        self.thresholds: list[tuple[int, int, int]] = []
+
+    def charge(self, request: ChargeRequest) -> ChargeResult:
+        self.thresholds.append(gc.get_threshold())
+        return super().charge(request)
+
+
+def test_a_run_collects_garbage_less_often_and_gives_the_process_its_thresholds_back(engine, now) -> None:  # type: ignore[no-untyped-def]
+    """While a run goes on the collector runs less often (its thresholds raised); after
+    it -- a server process calls runs too -- the process has its own thresholds back,
+    also when the run fails."""
+    before = gc.get_threshold()
+    _sub(engine, now)
+    gw = _SeesTheCollector()
+    summary = run_cycle(engine, gw, now=now + timedelta(days=31), settings=SETTINGS)
+    assert summary.succeeded == 1
+    assert gw.thresholds == [RUN_GC_THRESHOLD] and RUN_GC_THRESHOLD[0] > before[0]
+    assert gc.get_threshold() == before
+
+    class Broken(FakeGateway):
+        def charge(self, request: ChargeRequest) -> ChargeResult:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):  # the next period is due
+        run_cycle(engine, Broken(), now=now + timedelta(days=62), settings=SETTINGS)
+    assert gc.get_threshold() == before
