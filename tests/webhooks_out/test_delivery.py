@@ -226,3 +226,24 @@ def test_production_refuses_plain_http_and_private_addresses(now: datetime) -> N
     allowed = load_settings(env="production", webhook_allow_insecure_urls=True)
     assert webhook_endpoints.check_url("http://127.0.0.1:9/x", allowed)
     assert webhook_endpoints.check_url("http://127.0.0.1:9/x", load_settings(env="test"))
+
+
+def test_a_pass_with_nothing_to_send_opens_no_http_client(engine: Engine, receiver: Receiver, settings: Settings,
+                                                          now: datetime, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every run-cycle ends with a delivery pass; one with nothing due builds no HTTP
+    client (an SSL context and a pool: tens of ms of CPU per run). One with work does."""
+    built: list[object] = []
+    real = webhook_delivery.httpx.Client
+
+    def counting(*a: object, **kw: object) -> object:
+        built.append(1)
+        return real(*a, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(webhook_delivery.httpx, "Client", counting)
+    assert webhook_delivery.deliver(engine, settings, now=_wall()).succeeded == 0
+    assert built == []
+    _endpoint(engine, receiver, settings, now)
+    with transaction(engine) as s:
+        make_customer(s, now)
+    assert webhook_delivery.deliver(engine, settings, now=_wall()).succeeded == 1
+    assert built == [1] and receiver.types() == ["customer.created"]
