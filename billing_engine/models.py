@@ -430,7 +430,8 @@ class Invoice(SQLModel, table=True):
     )
 
     id: str = Field(default_factory=lambda: new_id("in"), primary_key=True, max_length=40)
-    subscription_id: str = Field(foreign_key="subscriptions.id", index=True, max_length=40)
+    # (no index of its own: uq_invoices_subscription_period leads with it)
+    subscription_id: str = Field(foreign_key="subscriptions.id", max_length=40)
     customer_id: str = Field(foreign_key="customers.id", max_length=40)
     plan_id: str = Field(foreign_key="plans.id", max_length=40)
     period_index: int
@@ -584,7 +585,7 @@ class PaymentAttempt(SQLModel, table=True):
     )
 
     id: str = Field(default_factory=lambda: new_id("pay"), primary_key=True, max_length=40)
-    invoice_id: str = Field(foreign_key="invoices.id", index=True, max_length=40)
+    invoice_id: str = Field(foreign_key="invoices.id", max_length=40)  # (indexed by uq_attempts_invoice_number)
     subscription_id: str = Field(foreign_key="subscriptions.id", index=True, max_length=40)
     payment_method_id: str | None = Field(default=None, foreign_key="payment_methods.id", max_length=40)
     attempt_number: int
