@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
 from sqlalchemy import inspect
+from sqlalchemy.engine import Engine
 
 from billing_engine.db import current_revision, ensure_schema, head_revision, make_engine, upgrade
 
@@ -41,3 +43,25 @@ def test_migrations_match_the_models(db_url: str) -> None:
         ctx = MigrationContext.configure(conn, opts={"compare_type": False})
         diff = compare_metadata(ctx, SQLModel.metadata)
     assert diff == []
+
+
+def test_among_matches_exactly_the_listed_strings_whatever_they_contain(engine: Engine) -> None:
+    """``among`` sends the list as one parameter (an array literal on PostgreSQL): a value
+    with a quote, a backslash, a comma, braces, spaces or the word NULL is matched as
+    itself, and an empty list matches nothing."""
+    import sqlalchemy as sa
+
+    from billing_engine.db import among
+
+    odd = ['a"b', "c\\d", "e,f", "{g}", " h ", "NULL", "null", "ü", "plain_1"]
+    t = sa.Table(f"t_among_{uuid.uuid4().hex[:8]}", sa.MetaData(), sa.Column("v", sa.String(40)))
+    t.create(engine)
+    try:
+        with engine.begin() as c:
+            c.execute(t.insert(), [{"v": v} for v in [*odd, "other", "a", "b"]])
+            got = sorted(r[0] for r in c.execute(sa.select(t.c.v).where(among(t.c.v, odd))))
+            assert got == sorted(odd)
+            assert c.execute(sa.select(t.c.v).where(among(t.c.v, []))).all() == []
+            assert [r[0] for r in c.execute(sa.select(t.c.v).where(among(t.c.v, ["a"])))] == ["a"]
+    finally:
+        t.drop(engine)
