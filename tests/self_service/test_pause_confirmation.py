@@ -185,7 +185,8 @@ def test_scheduling_from_the_cli_queues_one_confirmation_and_a_refused_retry_non
     engine: Engine, db_url: str, now: datetime, tmp_path: Path,
 ) -> None:
     sub_id = _paid(engine, now, _settings(), FakeGateway(), "hu").id  # charged Jan 15, renews Feb 15
-    env = {"BILLING_DATABASE_URL": db_url}
+    env = {"BILLING_DATABASE_URL": db_url, "BILLING_SECRET_KEY": "cli-pause-" + "k" * 32,
+           "BILLING_GATEWAY": "fake"}
     at = "2026-01-20T00:00:00Z"
     bad = invoke(env, tmp_path, "subscription", "pause", sub_id, "--at-period-end", "--until",
                  "2026-01-25T00:00:00Z", "--at", at)
