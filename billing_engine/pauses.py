@@ -6,6 +6,11 @@
   pauses it instead of renewing it (the dry run shows ``pause``).
 * ``resumes_at``: the run-cycle resumes it by itself at that instant (an auto-resume).
 * a subscription may start paused (``subscriptions.create(..., paused=True)``).
+* e-mails (outbox rows queued with the change): a scheduled pause is confirmed at once
+  (``subscription_pause_scheduled``: from, until, the charge skipped, the first charge after
+  it by the resume rule, the account link that undoes it), a scheduled pause taken back too
+  (``subscription_pause_canceled``); ``subscription_paused`` / ``subscription_resumed`` when
+  it takes effect / resumes. One per scheduling: their dedupe key is the change's event.
 
 Paused is not churn: the subscription is live, it can be canceled (a cancellation at period
 end takes effect at the end of the paid period), and reports count it apart.
