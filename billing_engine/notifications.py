@@ -44,6 +44,8 @@ class Kind(StrEnum):
     PRICE_CHANGE = "price_change"  # a new price, with the date it applies and the cancel link
     SUBSCRIPTION_PAUSED = "subscription_paused"
     SUBSCRIPTION_RESUMED = "subscription_resumed"
+    SUBSCRIPTION_PAUSE_SCHEDULED = "subscription_pause_scheduled"  # at once: from, until, next charge, undo
+    SUBSCRIPTION_PAUSE_CANCELED = "subscription_pause_canceled"  # a scheduled pause undone before it started
     SUBSCRIPTION_CONFIRMED = "subscription_confirmed"  # the terms at sign-up (and a short trial's reminder)
     MONTHLY_DIGEST = "monthly_digest"  # the month's charges, for plans with receipts = monthly
     YEARLY_SUMMARY = "yearly_summary"  # once a year: what you pay for, the last 12 months, the next charge
@@ -335,6 +337,10 @@ def build_context(session: Session, n: Notification, settings: Settings) -> dict
         # a pause: the day it starts and the day it resumes by itself ("" for none)
         "paused_from": day(payload.get("paused_at"), payload.get("paused_from")),
         "resumes_on": day(payload.get("resumes_at"), payload.get("resumes_on")),
+        # a scheduled pause: the day it starts, the renewal it skips, the first charge after it
+        "pause_starts": date(payload.get("pauses_at")),
+        "skipped_amount": money(payload.get("skipped_amount_minor"), currency),
+        "resume_charge_date": date(payload.get("next_charge_at")) if payload.get("amount_minor") is not None else "",
     }
     if n.kind == Kind.PRICE_CHANGE:
         from billing_engine import pricing

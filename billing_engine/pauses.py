@@ -6,6 +6,11 @@
   pauses it instead of renewing it (the dry run shows ``pause``).
 * ``resumes_at``: the run-cycle resumes it by itself at that instant (an auto-resume).
 * a subscription may start paused (``subscriptions.create(..., paused=True)``).
+* e-mails (outbox rows queued with the change): a scheduled pause is confirmed at once
+  (``subscription_pause_scheduled``: from, until, the charge skipped, the first charge after
+  it by the resume rule, the account link that undoes it), a scheduled pause taken back too
+  (``subscription_pause_canceled``); ``subscription_paused`` / ``subscription_resumed`` when
+  it takes effect / resumes. One per scheduling: their dedupe key is the change's event.
 
 Paused is not churn: the subscription is live, it can be canceled (a cancellation at period
 end takes effect at the end of the paid period), and reports count it apart.
@@ -88,12 +93,32 @@ def pause(
     if starts > now:
         sub.pause_at_period_end = True
         session.add(sub)
-        events.record(session, events.EventType.SUBSCRIPTION_PAUSE_SCHEDULED, at=now, actor=actor,
-                      subscription_id=sub.id, customer_id=sub.customer_id,
-                      payload={"pauses_at": starts, "resumes_at": resumes_at})
+        ev = events.record(session, events.EventType.SUBSCRIPTION_PAUSE_SCHEDULED, at=now, actor=actor,
+                           subscription_id=sub.id, customer_id=sub.customer_id,
+                           payload={"pauses_at": starts, "resumes_at": resumes_at})
+        _confirm_scheduled(session, sub, starts=starts, event_id=ev.id, now=now)
         return sub
     take_effect(session, sub, at=now, now=now, actor=actor)
     return sub
+
+
+def _confirm_scheduled(session: Session, sub: Subscription, *, starts: datetime, event_id: int | None,
+                       now: datetime) -> None:
+    """The customer's confirmation of a scheduled pause, queued with the change: from when to
+    when, the charge that is skipped (the renewal due when it starts) and the first charge after
+    an auto-resume (its date and amount by THE resume rule). One per scheduling: the dedupe
+    key is the scheduling's event."""
+    plan = session.get(Plan, sub.plan_id)
+    assert plan is not None
+    payload: dict[str, Any] = {"pauses_at": starts, "resumes_at": sub.resumes_at, "currency": plan.currency,
+                               "skipped_amount_minor": pricing.quote(session, sub, plan, sub.next_period_index).net_minor}
+    if sub.resumes_at is not None:
+        resumed = as_resumed(sub, sub.resumes_at)
+        payload.update(next_charge_at=resumed.current_period_end,
+                       amount_minor=quote_after_resume(session, sub, plan, sub.resumes_at).net_minor)
+    notifications.enqueue(session, notifications.Kind.SUBSCRIPTION_PAUSE_SCHEDULED, customer_id=sub.customer_id,
+                          subscription_id=sub.id, dedupe_key=f"pause_scheduled:{sub.id}:{event_id}", at=now,
+                          event_id=event_id, payload=payload)
 
 
 def take_effect(session: Session, sub: Any, *, at: datetime, now: datetime, actor: str = "system:cycle") -> None:
@@ -160,8 +185,16 @@ def resume(session: Session, sub: Subscription, *, now: datetime, at: datetime |
         sub.resumes_at = None
         sub.updated_at = now
         session.add(sub)
-        events.record(session, events.EventType.SUBSCRIPTION_RESUMED, at=now, actor=actor, subscription_id=sub.id,
-                      customer_id=sub.customer_id, payload={"scheduled_pause_canceled": True})
+        ev = events.record(session, events.EventType.SUBSCRIPTION_RESUMED, at=now, actor=actor,
+                           subscription_id=sub.id, customer_id=sub.customer_id,
+                           payload={"scheduled_pause_canceled": True})
+        plan = session.get(Plan, sub.plan_id)
+        assert plan is not None
+        notifications.enqueue(  # "your pause is canceled; the next charge is as before"
+            session, notifications.Kind.SUBSCRIPTION_PAUSE_CANCELED, customer_id=sub.customer_id,
+            subscription_id=sub.id, dedupe_key=f"pause_canceled:{sub.id}:{ev.id}", at=now, event_id=ev.id,
+            payload={"charge_at": sub.current_period_end, "currency": plan.currency,
+                     "amount_minor": pricing.quote(session, sub, plan, sub.next_period_index).net_minor})
         return sub
     if sub.status != SubscriptionStatus.PAUSED:
         raise InvalidTransition("the subscription is not paused", field="subscription")
