@@ -116,7 +116,7 @@ def _wrap(fn: F, *, check_settings: bool) -> F:
             if check_settings:
                 checked_settings()
             return fn(*args, **kwargs)
-        except (typer.Exit, typer.Abort, ClickException):
+        except (typer.Exit, typer.Abort, ClickException, BrokenPipeError):
             raise
         except (Exception, KeyboardInterrupt) as exc:
             message, code = describe(exc)
@@ -132,7 +132,9 @@ class BillingGroup(TyperGroup):
     def invoke(self, ctx: Context) -> Any:
         try:
             return super().invoke(ctx)
-        except (typer.Exit, typer.Abort, ClickException):
+        except (typer.Exit, typer.Abort, ClickException, BrokenPipeError):
+            # BrokenPipeError: the reader of stdout went away (`billing ... | head`); click's
+            # main exits 1 quietly, as for `billing --help | head`. Not an internal error.
             raise
         except (Exception, KeyboardInterrupt) as exc:
             message, code = describe(exc)
