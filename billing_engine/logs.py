@@ -129,6 +129,16 @@ def wants_json(fmt: str, stream: IO[str]) -> bool:
     return not (isatty is not None and isatty())
 
 
+_json_enabled = False
+
+
+def json_enabled() -> bool:
+    """Whether :func:`configure` sends JSON lines (stderr is not a terminal, or
+    ``BILLING_LOG_FORMAT=json``): then a command's warnings must be log lines too, or a log
+    file (cron, systemd, containers) stops being one JSON object per line."""
+    return _json_enabled
+
+
 class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """Writes to whatever ``sys.stderr`` is at the time of the record (test runners and
     progress bars swap it)."""
@@ -152,7 +162,9 @@ def configure(*, level: str | None = None, fmt: str = "auto", secrets: Iterable[
 
     ``level`` None: INFO when the logs go to a pipe or file (cron, systemd, containers),
     WARNING on a terminal (where the command prints its own summary)."""
+    global _json_enabled
     json = wants_json(fmt, stream or sys.stderr)
+    _json_enabled = json
     secrets = list(settings_secrets() if secrets is None else secrets)
     handler: logging.Handler = logging.StreamHandler(stream) if stream is not None else _StderrHandler()
     handler.set_name(HANDLER_NAME)
