@@ -97,10 +97,18 @@ def settings_secrets() -> list[str]:
     return [v for v in values if v]
 
 
+def _drop_color_message(_logger: Any, _name: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """uvicorn passes ``color_message`` (its message with ANSI colour codes) as an extra: a
+    second, escape-laden copy of ``event`` in every JSON line of ``billing serve``."""
+    event_dict.pop("color_message", None)
+    return event_dict
+
+
 def _pre_chain(secrets: Iterable[str]) -> list[Any]:
     return [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.ExtraAdder(),
+        _drop_color_message,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True, key="ts"),

@@ -158,3 +158,15 @@ def test_a_scheduled_run_cycle_log_is_json_lines_warnings_included(tmp_path: Pat
     assert f"directory {missing} does not exist" in metrics and "billing.prom." not in metrics
     assert [e["event"] for e in lines if e["event"].startswith("run-cycle: ")] == ["run-cycle: started",
                                                                                   "run-cycle: finished"]
+
+
+def test_uvicorn_colour_codes_stay_out_of_the_json_lines() -> None:
+    buf = _capture("info")
+    try:
+        logging.getLogger("uvicorn.error").info("Started server process [%d]", 4711,
+                                                extra={"color_message": "Started server process [\x1b[36m%d\x1b[0m]"})
+    finally:
+        _reset()
+    [line] = [json.loads(x) for x in buf.getvalue().splitlines()]
+    assert line["event"] == "Started server process [4711]" and "color_message" not in line
+    assert "\x1b" not in buf.getvalue() and "\\u001b" not in buf.getvalue()
