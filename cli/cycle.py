@@ -195,6 +195,7 @@ def register(app: typer.Typer) -> None:
         """Charge due renewals, retry dunning, end scheduled cancellations, queue reminders.
 
         Exit codes: 0 the run completed (declines are business outcomes, not failures);
+        2 invalid option or --at (e.g. later than the clock with a real gateway, without --simulate);
         75 the gateway was unreachable (breaker); 78 the gateway refused our configuration;
         70 database error; 143 stopped by SIGTERM/SIGINT after settling in-flight charges."""
         if status:
