@@ -38,7 +38,7 @@ from starlette.routing import BaseRoute
 
 from api.problems import problem
 from billing_engine import audit
-from billing_engine.admin_tokens import AdminToken, Role, match
+from billing_engine.admin_tokens import AdminToken, Role, match, whole_entry
 from billing_engine.events import EventType
 from billing_engine.settings import Settings
 
@@ -210,7 +210,11 @@ def _check(request: Request, tokens: list[AdminToken]) -> JSONResponse | None:
     token = match(value.strip(), tokens) if scheme.lower() == "bearer" and value.strip() else None
     if token is None:
         record_failure(request, "invalid admin token")
-        return problem(401, "invalid admin token", code="unauthorized",
+        entry = whole_entry(value.strip(), tokens) if scheme.lower() == "bearer" else None
+        detail = ("invalid admin token" if entry is None else
+                  f"invalid admin token: send only the secret of {entry.name!r} (the part after "
+                  f"'{entry.name}:' in BILLING_ADMIN_TOKENS), not the whole entry")
+        return problem(401, detail, code="unauthorized",
                        headers={"WWW-Authenticate": REALM + ', error="invalid_token"'})
     request.state.admin_token = token
     return None

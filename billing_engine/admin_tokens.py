@@ -68,4 +68,20 @@ def match(given: str, tokens: Sequence[AdminToken]) -> AdminToken | None:
     return found
 
 
-__all__ = ["AdminToken", "Role", "match", "parse_admin_tokens"]
+def whole_entry(given: str, tokens: Sequence[AdminToken]) -> AdminToken | None:
+    """The token whose whole ``BILLING_ADMIN_TOKENS`` entry (``name:secret`` or
+    ``name:secret:role``) was sent instead of its secret -- an easy slip with
+    ``Authorization: Bearer $BILLING_ADMIN_TOKENS`` -- so the refusal can say what to send.
+    Still a refusal: the secret alone is the credential."""
+    name, sep, rest = given.partition(":")
+    if not sep:
+        return None
+    secret = rest.rsplit(":", 1)[0] if rest.endswith((":admin", ":read")) else rest
+    for t in tokens:
+        if t.name == name and hmac.compare_digest(secret.encode("utf-8", "surrogatepass"),
+                                                  t.secret.encode("utf-8", "surrogatepass")):
+            return t
+    return None
+
+
+__all__ = ["AdminToken", "Role", "match", "parse_admin_tokens", "whole_entry"]

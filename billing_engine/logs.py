@@ -97,10 +97,18 @@ def settings_secrets() -> list[str]:
     return [v for v in values if v]
 
 
+def _drop_color_message(_logger: Any, _name: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """uvicorn passes ``color_message`` (its message with ANSI colour codes) as an extra: a
+    second, escape-laden copy of ``event`` in every JSON line of ``billing serve``."""
+    event_dict.pop("color_message", None)
+    return event_dict
+
+
 def _pre_chain(secrets: Iterable[str]) -> list[Any]:
     return [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.ExtraAdder(),
+        _drop_color_message,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True, key="ts"),
@@ -129,6 +137,16 @@ def wants_json(fmt: str, stream: IO[str]) -> bool:
     return not (isatty is not None and isatty())
 
 
+_json_enabled = False
+
+
+def json_enabled() -> bool:
+    """Whether :func:`configure` sends JSON lines (stderr is not a terminal, or
+    ``BILLING_LOG_FORMAT=json``): then a command's warnings must be log lines too, or a log
+    file (cron, systemd, containers) stops being one JSON object per line."""
+    return _json_enabled
+
+
 class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """Writes to whatever ``sys.stderr`` is at the time of the record (test runners and
     progress bars swap it)."""
@@ -152,7 +170,9 @@ def configure(*, level: str | None = None, fmt: str = "auto", secrets: Iterable[
 
     ``level`` None: INFO when the logs go to a pipe or file (cron, systemd, containers),
     WARNING on a terminal (where the command prints its own summary)."""
+    global _json_enabled
     json = wants_json(fmt, stream or sys.stderr)
+    _json_enabled = json
     secrets = list(settings_secrets() if secrets is None else secrets)
     handler: logging.Handler = logging.StreamHandler(stream) if stream is not None else _StderrHandler()
     handler.set_name(HANDLER_NAME)

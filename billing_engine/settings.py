@@ -229,6 +229,16 @@ class Settings(BaseSettings):
             v = "postgresql+psycopg://" + v[len("postgresql://"):]
         return v
 
+    @field_validator("stripe_api_key", "stripe_webhook_secret", "smtp_password", "metrics_token", mode="before")
+    @classmethod
+    def _blank_secret_is_unset(cls, v: object) -> object:
+        """``BILLING_STRIPE_API_KEY=`` (a line of deploy/billing.env.example not filled in yet)
+        is no key at all -- else an empty key reached Stripe's client and read as "the gateway
+        refused the request" instead of naming the setting to fill in."""
+        if isinstance(v, str) and not v.strip():
+            return None
+        return v
+
     @field_validator("gateway")
     @classmethod
     def _check_gateway(cls, v: str | None) -> str | None:

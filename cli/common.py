@@ -62,11 +62,23 @@ def checked_settings(*, serving_api: bool = False) -> Settings:
     return settings
 
 
+def warn(message: str) -> None:
+    """One warning on stderr: ``warning: ...`` on a terminal; a JSON log line (level
+    warning, event ``warning: ...``) when the logs are JSON -- stderr is a pipe or a file
+    (cron, systemd, containers) -- so that log stays one JSON object per line (``jq .``)."""
+    from billing_engine import logs
+
+    if logs.json_enabled():
+        log.warning("warning: %s", _one_line(message))
+    else:
+        err_console.print(f"[bold yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+
+
 def warn_branding(settings: Settings) -> None:
     """Production only: one line per seller setting still a placeholder (customers would
     see it). Printed by the commands that e-mail or serve customers, after their checks."""
     for warning in branding_warnings(settings):
-        err_console.print(f"[bold yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
+        warn(warning)
 
 
 def _one_line(message: str) -> str:
@@ -116,7 +128,7 @@ def _wrap(fn: F, *, check_settings: bool) -> F:
             if check_settings:
                 checked_settings()
             return fn(*args, **kwargs)
-        except (typer.Exit, typer.Abort, ClickException):
+        except (typer.Exit, typer.Abort, ClickException, BrokenPipeError):
             raise
         except (Exception, KeyboardInterrupt) as exc:
             message, code = describe(exc)
@@ -132,7 +144,9 @@ class BillingGroup(TyperGroup):
     def invoke(self, ctx: Context) -> Any:
         try:
             return super().invoke(ctx)
-        except (typer.Exit, typer.Abort, ClickException):
+        except (typer.Exit, typer.Abort, ClickException, BrokenPipeError):
+            # BrokenPipeError: the reader of stdout went away (`billing ... | head`); click's
+            # main exits 1 quietly, as for `billing --help | head`. Not an internal error.
             raise
         except (Exception, KeyboardInterrupt) as exc:
             message, code = describe(exc)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -32,7 +33,7 @@ from billing_engine.gateway.factory import build_gateway
 from billing_engine.money import format_minor
 from billing_engine.settings import Mode, get_settings
 from cli import webhooks
-from cli.common import JsonOpt, console, engine, err_console, fail, handle_errors, parse_at, print_json, warn_branding
+from cli.common import JsonOpt, console, engine, fail, handle_errors, parse_at, print_json, warn, warn_branding
 
 
 def _deliver() -> Callable[[Engine, datetime], int]:
@@ -95,6 +96,18 @@ def _stop_on_signals() -> Iterator[threading.Event]:
             signal.signal(sig, h)
 
 
+def _why_not_written(target: str, exc: Exception) -> str:
+    """The reason an admin can act on: a missing textfile directory is named as such, not
+    by the temporary file the atomic write tried to create in it."""
+    if isinstance(exc, FileNotFoundError) and "://" not in target:
+        folder = os.path.dirname(os.path.abspath(target))
+        if not os.path.isdir(folder):
+            return f"directory {folder} does not exist (create it, writable by this user)"
+    if isinstance(exc, PermissionError) and "://" not in target:
+        return f"permission denied writing in {os.path.dirname(os.path.abspath(target))}"
+    return f"{type(exc).__name__}: {exc}"
+
+
 def _export_metrics(eng: Engine, summary: CycleSummary, textfile: str | None, pushgateway: str | None) -> None:
     """The run's counters and the backlog gauges, to a textfile and/or a Pushgateway. A
     failure here is a warning: the billing run itself completed."""
@@ -115,8 +128,7 @@ def _export_metrics(eng: Engine, summary: CycleSummary, textfile: str | None, pu
             else:
                 metrics.push(target, registry)
         except Exception as exc:  # noqa: BLE001 - metrics never fail a billing run
-            err_console.print(f"[yellow]warning:[/] {what}: metrics not written: {type(exc).__name__}: {exc}",
-                              highlight=False)
+            warn(f"{what}: metrics not written: {_why_not_written(target, exc)}")
 
 
 def _refresh_reports(eng: Engine, summary: CycleSummary) -> dict[str, Any] | None:
@@ -183,6 +195,7 @@ def register(app: typer.Typer) -> None:
         """Charge due renewals, retry dunning, end scheduled cancellations, queue reminders.
 
         Exit codes: 0 the run completed (declines are business outcomes, not failures);
+        2 invalid option or --at (e.g. later than the clock with a real gateway, without --simulate);
         75 the gateway was unreachable (breaker); 78 the gateway refused our configuration;
         70 database error; 143 stopped by SIGTERM/SIGINT after settling in-flight charges."""
         if status:

@@ -8,7 +8,7 @@ from typing import Any
 import typer
 
 from billing_engine.errors import ConfigurationError
-from cli.common import checked_settings, err_console, handle_errors, warn_branding
+from cli.common import checked_settings, handle_errors, warn, warn_branding
 
 # the documented defaults (README "Serving"); api.serving is imported only by `billing serve`
 DEFAULT_READ_TIMEOUT = 30.0
@@ -85,10 +85,15 @@ def register(app: typer.Typer) -> None:
             from billing_engine.errors import ValidationError
 
             raise ValidationError("must be critical, error, warning, info or debug", field="--log-level")
-        warn_branding(settings)
+        # the branding warnings: each worker's app logs them at start-up (api.app.create_app); on a
+        # terminal the supervisor says them once more, in plain words, before the workers' lines
+        from billing_engine import logs
+
+        if not logs.json_enabled():
+            warn_branding(settings)
         if not settings.admin_secrets():
-            err_console.print("[yellow]warning:[/] BILLING_ADMIN_TOKENS is not set: the admin API answers 503 "
-                              "until it is (cancel pages and webhooks still work).", highlight=False)
+            warn("BILLING_ADMIN_TOKENS is not set: the admin API answers 503 until it is (cancel pages and "
+                 "webhooks still work).")
         secrets = settings.admin_secrets() + ([settings.metrics_token.get_secret_value()]
                                               if settings.metrics_token else [])
         options: dict[str, Any] = {

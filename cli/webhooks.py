@@ -17,7 +17,7 @@ from billing_engine.errors import ValidationError
 from billing_engine.models import WebhookDeliveryStatus
 from billing_engine.periods import parse_datetime
 from billing_engine.settings import Settings, get_settings
-from cli.common import JsonOpt, console, engine, err_console, handle_errors, make_table, print_json, unit_of_work
+from cli.common import JsonOpt, console, engine, err_console, handle_errors, make_table, print_json, unit_of_work, warn
 
 events_app = typer.Typer(help="The merchant-facing event feed (the same as GET /v1/events).", no_args_is_help=True)
 endpoint_app = typer.Typer(help="Webhook endpoints: where signed events are POSTed.", no_args_is_help=True)
@@ -30,9 +30,9 @@ def _when(value: str | None, field: str) -> datetime | None:
 
 def warn_disabled(ids: list[str]) -> None:
     for ep_id in ids:
-        err_console.print(f"[yellow]warning:[/] webhook endpoint {ep_id} was disabled: every delivery failed for "
-                          f"{webhook_delivery.DISABLE_AFTER.days} days (the admin was e-mailed); fix the receiver, "
-                          f"then: billing webhook-endpoint enable {ep_id}", highlight=False, soft_wrap=True)
+        warn(f"webhook endpoint {ep_id} was disabled: every delivery failed for "
+             f"{webhook_delivery.DISABLE_AFTER.days} days (the admin was e-mailed); fix the receiver, "
+             f"then: billing webhook-endpoint enable {ep_id}")
 
 
 # --------------------------------------------------------------------------- events list

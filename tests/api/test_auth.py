@@ -72,6 +72,22 @@ def test_any_of_several_tokens_is_accepted(engine: Engine, gateway: FakeGateway,
         assert c.get("/v1/plans", headers={"Authorization": "bearer first-token"}).status_code == 200
 
 
+@pytest.mark.parametrize("sent", ["ops:ops-secret-0123456789", "ops:ops-secret-0123456789:admin"])
+def test_the_whole_name_secret_entry_is_refused_with_a_hint(engine: Engine, gateway: FakeGateway, clock: Clock,
+                                                             sent: str) -> None:
+    """deploy/billing.env.example writes BILLING_ADMIN_TOKENS=ops:<secret>; an admin who then
+    sends `Bearer $BILLING_ADMIN_TOKENS` got a bare "invalid admin token"."""
+    with make_client(engine, gateway, clock, tokens=["ops:ops-secret-0123456789:admin", "fin:fin-secret-012345:read"]) as c:
+        r = c.post("/v1/plans", json=PLAN, headers={"Authorization": f"Bearer {sent}"})
+        assert r.status_code == 401 and "send only the secret of 'ops'" in r.json()["detail"]
+        assert "ops-secret" not in r.json()["detail"]
+        # a wrong secret under a real name gets no hint (it would confirm the name to a guesser)
+        r = c.post("/v1/plans", json=PLAN, headers={"Authorization": "Bearer ops:guess"})
+        assert r.status_code == 401 and r.json()["detail"] == "invalid admin token"
+        assert c.get("/v1/plans", headers={"Authorization": "Bearer ops-secret-0123456789"}).status_code == 200
+    assert _plan_count(engine) == 0
+
+
 def test_health_needs_no_token_and_checks_the_database(anon: TestClient) -> None:
     r = anon.get("/healthz")
     assert r.status_code == 200 and r.json() == {"status": "ok", "database": "ok"}

@@ -128,3 +128,15 @@ def test_explicit_fake_gateway_on_postgresql_runs_with_one_warning(
     [line] = [e for e in events if "BILLING_GATEWAY=fake" in e]
     assert line.startswith("warning:") and "without charging" in line
     assert billing(env, tmp_path, "plan", "list", "--json").stderr == ""  # only where a gateway is used
+
+
+def test_a_stripe_key_line_left_empty_names_the_setting(env: dict[str, str], tmp_path: Path) -> None:
+    """deploy/billing.env.example has `BILLING_STRIPE_API_KEY=` to fill in; left empty, the run
+    said "the payment gateway refused the request (...): Stripe API key is missing"."""
+    env.update(BILLING_GATEWAY="stripe", BILLING_STRIPE_API_KEY="", BILLING_STRIPE_WEBHOOK_SECRET="",
+               BILLING_SECRET_KEY=STRONG, BILLING_MAIL_TRANSPORT="none")
+    assert billing(env, tmp_path, "db", "upgrade").returncode == 0
+    p = billing(env, tmp_path, "run-cycle")
+    assert p.returncode == 78
+    line = one_line(p)
+    assert "BILLING_STRIPE_API_KEY is required" in line and "refused" not in line, line

@@ -114,3 +114,30 @@ def test_run_cycle_progress_shows_total_and_rate(env: dict[str, str]) -> None:
     assert re.search(r"\b30/30\b", text), text[-2000:]
     assert re.search(r"\d+/s", text)
     assert "/?" not in text
+
+
+
+_HEAD_20 = """
+import io, os, sys
+class Head20(io.TextIOWrapper):  # `| head -20`: once 20 lines went out, the reader is gone
+    lines = 0
+    def write(self, s):
+        if s and Head20.lines >= 20:
+            raise BrokenPipeError(32, "Broken pipe")
+        Head20.lines += s.count("\\n")
+        return super().write(s)
+sys.stdout = Head20(open(os.devnull, "wb"))
+sys.argv = ["billing", *sys.argv[1:]]
+from cli.main import main
+main()
+"""
+
+
+@pytest.mark.parametrize("args", [["plan", "create", "--help"], ["run-cycle", "--help"]])
+def test_output_piped_into_a_reader_that_quits_is_not_an_internal_error(env: dict[str, str], args: list[str]) -> None:
+    """`billing plan create --help | head -20`: head quit while the help was being written and
+    the admin saw "error: internal error (BrokenPipeError ...)" plus a traceback in the log."""
+    p = subprocess.run([sys.executable, "-c", _HEAD_20, *args], capture_output=True, text=True, env=env,
+                       timeout=120)
+    assert "internal error" not in p.stderr and "Traceback" not in p.stderr, p.stderr
+    assert p.returncode == 1  # click's quiet exit for a closed stdout, as for `billing --help | head`

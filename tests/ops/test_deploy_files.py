@@ -135,3 +135,50 @@ def test_the_checker_itself_refuses_a_wrong_option() -> None:
         check_billing_args(["run-cycle", "--no-such-option"])
     with pytest.raises((UsageError, AssertionError)):
         check_billing_args(["no-such-command"])
+
+
+def test_the_cron_line_run_as_written_leaves_a_json_lines_log_and_the_metrics(tmp_path: Path) -> None:
+    """deploy/billing.cron's command, run by /bin/sh the way cron does (its own small
+    environment, the settings sourced from the env file made from billing.env.example),
+    with only the paths moved under tmp_path: the run completes, the log file is one JSON
+    object per line (`jq .`, README "Logs") and the textfile has the run's metrics. Before,
+    the summary table on stdout and plain "warning:" lines went into the same log."""
+    import subprocess
+    import sys
+
+    [line] = [ln for ln in (ROOT / "deploy/billing.cron").read_text().splitlines() if ln and not ln.startswith("#")]
+    fields = line.split(None, 6)
+    assert fields[5] == "billing"  # /etc/cron.d format: the sixth field is the user
+    command = fields[6]
+    env_file = tmp_path / "billing.env"
+    secret = "x" * 43
+    example = (ROOT / "deploy/billing.env.example").read_text()
+    filled = {"BILLING_SECRET_KEY": secret, "BILLING_ADMIN_TOKENS": f"ops:{secret}y", "BILLING_METRICS_TOKEN": secret + "z",
+              "BILLING_GATEWAY": "fake", "BILLING_DATABASE_URL": f"sqlite:///{tmp_path / 'billing.db'}"}
+    lines = [f"{ln.split('=')[0]}={filled[ln.split('=')[0]]}" if ln.split("=")[0] in filled else ln
+             for ln in example.splitlines()]
+    assert "BILLING_DATABASE_URL" in example  # the walk-through fills it in (README "Production setup", step 3)
+    env_file.write_text("\n".join([*lines, "BILLING_MAIL_TRANSPORT=none"]) + "\n")
+    (tmp_path / "log").mkdir()
+    (tmp_path / "textfile").mkdir()
+    billing = Path(sys.executable).parent / "billing"
+    for old, new in (("/etc/billing/billing.env", str(env_file)), ("/opt/billing/bin/billing", str(billing)),
+                     ("/var/lib/node_exporter/textfile", str(tmp_path / "textfile")),
+                     ("/var/log/billing", str(tmp_path / "log"))):
+        assert old in command
+        command = command.replace(old, new)
+    cron_env = {"HOME": str(tmp_path), "LOGNAME": "billing", "SHELL": "/bin/sh", "PATH": "/usr/bin:/bin",
+                "PYTHONPATH": str(ROOT)}
+    upgrade = subprocess.run(["/bin/sh", "-c", f"set -a; . {env_file}; set +a; {billing} db upgrade"],
+                             env=cron_env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert upgrade.returncode == 0, upgrade.stderr
+    for _ in range(2):  # the second run appends to the same log
+        p = subprocess.run(["/bin/sh", "-c", command], env=cron_env, cwd=tmp_path, capture_output=True, text=True,
+                           timeout=120)
+        assert p.returncode == 0 and p.stdout == "" and p.stderr == "", (p.stdout, p.stderr)
+    log = (tmp_path / "log" / "run-cycle.log").read_text()
+    events = [json.loads(ln) for ln in log.splitlines()]  # every line is one JSON object
+    finished = [e for e in events if e["event"] == "run-cycle: finished"]
+    assert len(finished) == 2 and all(e["run_id"].startswith("run_") and e["worker_id"] for e in finished)
+    assert any(e["event"].startswith("warning: BILLING_COMPANY_ADDRESS is not set") for e in events)
+    assert "billing_run_last_completed_timestamp_seconds" in (tmp_path / "textfile" / "billing.prom").read_text()

@@ -134,3 +134,39 @@ def test_no_secret_or_capability_token_in_the_logs_of_a_real_cli_session(tmp_pat
     token = link["url"].rstrip("/").rsplit("/", 1)[-1]
     for name, value in {**secrets, "cancel link": token}.items():
         assert value not in text, f"{name} leaked into the logs"
+
+
+def test_a_scheduled_run_cycle_log_is_json_lines_warnings_included(tmp_path: Path) -> None:
+    """The cron line sends stderr to a file: the production warnings (seller settings not
+    set, metrics not written) were plain "warning: ..." lines in that JSON log, so
+    `jq . run-cycle.log` stopped at the first one; and a missing textfile directory was
+    named by the temporary file the atomic write tried ("billing.prom.4711.1407...")."""
+    strong = "s3cr3t-" + "x" * 40
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BILLING_")}
+    env.update(PYTHONPATH=str(ROOT), BILLING_ENV="production", BILLING_GATEWAY="fake", BILLING_SECRET_KEY=strong,
+               BILLING_DATABASE_URL=f"sqlite:///{tmp_path / 'p.db'}", BILLING_MAIL_TRANSPORT="none")
+    cli = [sys.executable, "-m", "cli.main"]
+    assert subprocess.run([*cli, "db", "upgrade"], env=env, cwd=tmp_path, capture_output=True, timeout=120).returncode == 0
+    missing = tmp_path / "node_exporter" / "textfile"
+    p = subprocess.run([*cli, "run-cycle", "--metrics-textfile", str(missing / "billing.prom")], capture_output=True,
+                       text=True, env=env, cwd=tmp_path, timeout=120)
+    assert p.returncode == 0, p.stderr
+    lines = [json.loads(line) for line in p.stderr.splitlines()]  # every line is JSON
+    warnings = [e["event"] for e in lines if e["level"] == "warning"]
+    assert any(w.startswith("warning: BILLING_COMPANY_NAME is not set") for w in warnings), warnings
+    [metrics] = [w for w in warnings if "--metrics-textfile" in w]
+    assert f"directory {missing} does not exist" in metrics and "billing.prom." not in metrics
+    assert [e["event"] for e in lines if e["event"].startswith("run-cycle: ")] == ["run-cycle: started",
+                                                                                  "run-cycle: finished"]
+
+
+def test_uvicorn_colour_codes_stay_out_of_the_json_lines() -> None:
+    buf = _capture("info")
+    try:
+        logging.getLogger("uvicorn.error").info("Started server process [%d]", 4711,
+                                                extra={"color_message": "Started server process [\x1b[36m%d\x1b[0m]"})
+    finally:
+        _reset()
+    [line] = [json.loads(x) for x in buf.getvalue().splitlines()]
+    assert line["event"] == "Started server process [4711]" and "color_message" not in line
+    assert "\x1b" not in buf.getvalue() and "\\u001b" not in buf.getvalue()
