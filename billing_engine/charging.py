@@ -332,13 +332,15 @@ def settle(
         out.append(Settled(subscription_id=sub.id, attempt_id=attempt.id, outcome=outcome,
                            amount_minor=attempt.amount_minor, currency=attempt.currency, next_due_at=next_due))
     _bulk_update(session, PaymentAttempt, att_rows)
-    _number(session, inv_rows, invoices, number_prefix)
-    _bulk_update(session, Invoice, inv_rows)
     _bulk_update(session, Subscription, sub_rows)
     bulk_insert(session, Event.__table__, event_rows)  # type: ignore[attr-defined]
     _insert_ignoring_duplicates(session, receipts)
     if release is not None:
         claims.release_in(session, [i for i in release[1] if i not in released], release[0])
+    # last: the invoice-number counter stays locked until the COMMIT (a concurrent settle
+    # of another batch waits for it), so it is taken after everything else
+    _number(session, inv_rows, invoices, number_prefix)
+    _bulk_update(session, Invoice, inv_rows)
     return out
 
 
