@@ -22,7 +22,7 @@ from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
 from billing_engine import consents, events, listing, metadata, validation
-from billing_engine.db import among_param
+from billing_engine.db import among_param, locks_rows
 from billing_engine.errors import Conflict, InvalidTransition, NotFound, ValidationError
 from billing_engine.models import (
     ENDED_STATUSES,
@@ -142,6 +142,18 @@ def _usable_payment_method(session: Session, pm_id: str | None, customer_id: str
 
 def get(session: Session, subscription_id: str) -> Subscription:
     sub = session.get(Subscription, subscription_id)
+    if sub is None:
+        raise NotFound(f"no subscription {subscription_id!r}", field="subscription")
+    return sub
+
+
+def get_for_update(session: Session, subscription_id: str) -> Subscription:
+    """:func:`get` for a change: the row locked (PostgreSQL) until the caller's transaction
+    ends, and read as it is once the lock is ours. Two concurrent changes of one
+    subscription (an admin's double click, a script and a person) then run one after the
+    other, and the second sees the first: "already scheduled / canceled" instead of a
+    second event and a second customer e-mail."""
+    sub = session.get(Subscription, subscription_id, with_for_update=locks_rows(session), populate_existing=True)
     if sub is None:
         raise NotFound(f"no subscription {subscription_id!r}", field="subscription")
     return sub

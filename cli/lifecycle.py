@@ -96,7 +96,7 @@ def cancel_plan_change(
     """Take back a plan change scheduled for period end."""
     now = parse_at(at)
     with unit_of_work() as s:
-        sub = plan_changes.cancel_scheduled(s, subscriptions.get(s, subscription), now=now, actor=cli_actor())
+        sub = plan_changes.cancel_scheduled(s, subscriptions.get_for_update(s, subscription), now=now, actor=cli_actor())
         data = subscriptions.summary(s, sub)
     if json_out:
         print_json(data)

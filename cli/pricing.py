@@ -181,7 +181,7 @@ def pause_cmd(
     now = parse_at(at)
     resumes_at = parse_at(until, "--until") if until else None
     with unit_of_work() as s:
-        sub = pauses.pause(s, subscriptions.get(s, subscription), now=now, at_period_end=at_period_end,
+        sub = pauses.pause(s, subscriptions.get_for_update(s, subscription), now=now, at_period_end=at_period_end,
                            resumes_at=resumes_at, actor=cli_actor())
         _sub_out(s, sub.id, json_out, "{id}: {status}" + (", pauses at period end" if sub.pause_at_period_end else
                                                        ", paused") + ("; resumes {resumes_at}" if resumes_at else ""))
@@ -195,7 +195,7 @@ def resume_cmd(
     """Resume a paused subscription (or cancel a scheduled pause). Rule: docs/lifecycle-pricing.md."""
     now = parse_at(at)
     with unit_of_work() as s:
-        sub = pauses.resume(s, subscriptions.get(s, subscription), now=now, actor=cli_actor())
+        sub = pauses.resume(s, subscriptions.get_for_update(s, subscription), now=now, actor=cli_actor())
         _sub_out(s, sub.id, json_out, "{id}: {status}, next charge {next_charge_at}")
 
 
@@ -208,7 +208,7 @@ def apply_coupon_cmd(
     """Apply a coupon to a subscription: it discounts the next invoices written."""
     now = parse_at(at)
     with unit_of_work() as s:
-        coupons.redeem(s, subscriptions.get(s, subscription), coupon, now=now, actor=cli_actor())
+        coupons.redeem(s, subscriptions.get_for_update(s, subscription), coupon, now=now, actor=cli_actor())
         _sub_out(s, subscription, json_out, "{id}: coupon applied; next charge {next_charge_amount_minor} "
                                             "{currency} at {next_charge_at}")
 
@@ -221,7 +221,7 @@ def remove_coupon_cmd(
     """Stop a subscription's coupon: invoices written from now on are at full price."""
     now = parse_at(at)
     with unit_of_work() as s:
-        coupons.remove(s, subscriptions.get(s, subscription), now=now, actor=cli_actor())
+        coupons.remove(s, subscriptions.get_for_update(s, subscription), now=now, actor=cli_actor())
         _sub_out(s, subscription, json_out, "{id}: coupon removed")
 
 

@@ -159,7 +159,7 @@ def cancel_cmd(
     """Cancel a subscription (at period end by default)."""
     when = parse_at(at)
     with unit_of_work() as s:
-        sub = subscriptions.get(s, subscription)
+        sub = subscriptions.get_for_update(s, subscription)
         res = cancellations.cancel(s, sub, kind=kind, reason=reason, comment=comment,
                                    at_period_end=False if now_ else None, now=when, actor=cli_actor())
         data = sub_dict(s, res.subscription) | {"effective_at": res.effective_at, "changed": res.changed}
@@ -179,7 +179,7 @@ def undo_cmd(
     """Take back a cancellation before the period ends."""
     when = parse_at(at)
     with unit_of_work() as s:
-        sub = cancellations.undo(s, subscriptions.get(s, subscription), now=when, actor=cli_actor())
+        sub = cancellations.undo(s, subscriptions.get_for_update(s, subscription), now=when, actor=cli_actor())
         data = sub_dict(s, sub)
     if json_out:
         print_json(data)
@@ -198,7 +198,7 @@ def change_pm_cmd(
     """Switch the card; a past-due subscription is retried on the next run-cycle."""
     when = parse_at(at)
     with unit_of_work() as s:
-        sub = subscriptions.change_payment_method(s, subscriptions.get(s, subscription), payment_method,
+        sub = subscriptions.change_payment_method(s, subscriptions.get_for_update(s, subscription), payment_method,
                                                   now=when, actor=cli_actor())
         data = sub_dict(s, sub)
     if json_out:

@@ -228,7 +228,7 @@ def change_plan(request: Request, subscription: SubscriptionId, body: PlanChange
 def cancel_plan_change(request: Request, subscription: SubscriptionId, engine: EngineDep, now: NowDep,
                        idempotency_key: IdempotencyKey = None) -> JSONResponse:
     def action(s: Session) -> SubscriptionOut:
-        sub = plan_changes.cancel_scheduled(s, subscriptions.get(s, subscription), now=now, actor=actor(request))
+        sub = plan_changes.cancel_scheduled(s, subscriptions.get_for_update(s, subscription), now=now, actor=actor(request))
         return P.subscription(s, sub)
 
     return idempotency.in_transaction(request, engine, idempotency_key, None, 200, action)

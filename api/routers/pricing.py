@@ -217,7 +217,7 @@ def deactivate_coupon(request: Request, coupon: CouponRef, engine: EngineDep, no
 def pause(request: Request, subscription_id: SubscriptionId, body: PauseIn, engine: EngineDep, now: NowDep,
           idempotency_key: IdempotencyKey = None) -> JSONResponse:
     def action(s: Session) -> SubscriptionOut:
-        sub = pauses.pause(s, subscriptions.get(s, subscription_id), now=now, at_period_end=body.at_period_end,
+        sub = pauses.pause(s, subscriptions.get_for_update(s, subscription_id), now=now, at_period_end=body.at_period_end,
                            resumes_at=body.resumes_at, actor=actor(request))
         return P.subscription(s, sub)
 
@@ -229,7 +229,7 @@ def pause(request: Request, subscription_id: SubscriptionId, body: PauseIn, engi
 def resume(request: Request, subscription_id: SubscriptionId, engine: EngineDep, now: NowDep,
            idempotency_key: IdempotencyKey = None) -> JSONResponse:
     def action(s: Session) -> SubscriptionOut:
-        return P.subscription(s, pauses.resume(s, subscriptions.get(s, subscription_id), now=now, actor=actor(request)))
+        return P.subscription(s, pauses.resume(s, subscriptions.get_for_update(s, subscription_id), now=now, actor=actor(request)))
 
     return _write(request, engine, idempotency_key, None, 200, action)
 
@@ -239,7 +239,7 @@ def resume(request: Request, subscription_id: SubscriptionId, engine: EngineDep,
 def apply_coupon(request: Request, subscription_id: SubscriptionId, body: ApplyCouponIn, engine: EngineDep,
                  now: NowDep, idempotency_key: IdempotencyKey = None) -> JSONResponse:
     def action(s: Session) -> SubscriptionOut:
-        sub = subscriptions.get(s, subscription_id)
+        sub = subscriptions.get_for_update(s, subscription_id)
         coupons.redeem(s, sub, body.coupon, now=now, actor=actor(request))
         return P.subscription(s, sub)
 
@@ -251,7 +251,7 @@ def apply_coupon(request: Request, subscription_id: SubscriptionId, body: ApplyC
 def remove_coupon(request: Request, subscription_id: SubscriptionId, engine: EngineDep, now: NowDep,
                   idempotency_key: IdempotencyKey = None) -> JSONResponse:
     def action(s: Session) -> SubscriptionOut:
-        sub = subscriptions.get(s, subscription_id)
+        sub = subscriptions.get_for_update(s, subscription_id)
         coupons.remove(s, sub, now=now, actor=actor(request))
         return P.subscription(s, sub)
 

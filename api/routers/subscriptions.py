@@ -115,7 +115,7 @@ def show_subscription(subscription: SubscriptionId, engine: EngineDep) -> Respon
 def cancel_subscription(request: Request, subscription: SubscriptionId, body: CancelRequest, engine: EngineDep,
                         now: NowDep, idempotency_key: IdempotencyKey = None) -> JSONResponse:
     def action(s: Session) -> CancelOut:
-        sub = subscriptions.get(s, subscription)
+        sub = subscriptions.get_for_update(s, subscription)
         res = cancellations.cancel(s, sub, kind=body.kind, reason=body.reason, comment=body.comment,
                                    at_period_end=body.at_period_end, now=now, actor=actor(request))
         return P.cancel_result(s, res)
@@ -128,7 +128,7 @@ def cancel_subscription(request: Request, subscription: SubscriptionId, body: Ca
 def undo_cancel(request: Request, subscription: SubscriptionId, engine: EngineDep, now: NowDep,
                 idempotency_key: IdempotencyKey = None) -> JSONResponse:
     def action(s: Session) -> SubscriptionOut:
-        sub = cancellations.undo(s, subscriptions.get(s, subscription), now=now, actor=actor(request))
+        sub = cancellations.undo(s, subscriptions.get_for_update(s, subscription), now=now, actor=actor(request))
         return P.subscription(s, sub)
 
     return idempotency.in_transaction(request, engine, idempotency_key, None, 200, action)
@@ -139,7 +139,7 @@ def undo_cancel(request: Request, subscription: SubscriptionId, engine: EngineDe
 def change_payment_method(request: Request, subscription: SubscriptionId, body: ChangePaymentMethod,
                           engine: EngineDep, now: NowDep, idempotency_key: IdempotencyKey = None) -> JSONResponse:
     def action(s: Session) -> SubscriptionOut:
-        sub = subscriptions.change_payment_method(s, subscriptions.get(s, subscription), body.payment_method,
+        sub = subscriptions.change_payment_method(s, subscriptions.get_for_update(s, subscription), body.payment_method,
                                                   now=now, actor=actor(request))
         return P.subscription(s, sub)
 
