@@ -57,7 +57,7 @@ def install_phases() -> None:
     from billing_engine import charging, claims, events, notifications, payments, renewals
     from billing_engine.gateway.fake import FakeGateway
 
-    for mod, names in ((claims, ("claim_in",)), (renewals, ("load", "decide")),
+    for mod, names in ((claims, ("claim_rows_in",)), (renewals, ("load", "decide")),
                        (charging, ("prepare", "_start_attempts_bulk", "settle", "_bulk_update", "bulk_insert",
                                    "_insert_ignoring_duplicates", "_load_subs")),
                        (payments, ("paid_changes",)), (events, ("row",)), (notifications, ("row",))):

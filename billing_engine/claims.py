@@ -154,11 +154,10 @@ def claim_in(
     """Claim up to ``batch_size`` due, unclaimed subscriptions for ``worker`` in the
     caller's transaction (the run-cycle prepares the batch in the same one).
     ``cursor`` is this run's position: rows processed earlier in the same run that are
-    still due (outcome unknown, skipped) are not re-claimed."""
-    wall = datetime.now(UTC)
-    ids = [r.id for r in due_page(session, now, cursor, batch_size, claim_for=worker, wall=wall)]
-    _stamp(session, ids, worker, wall + lease)
-    return ids
+    still due (outcome unknown, skipped) are not re-claimed. The ids of
+    :func:`claim_rows_in`."""
+    return [r.id for r in claim_rows_in(session, now=now, worker=worker, batch_size=batch_size, lease=lease,
+                                        cursor=cursor)]
 
 
 def claim_rows_in(
@@ -166,7 +165,8 @@ def claim_rows_in(
 ) -> list[Any]:
     """:func:`claim_in`, returning the claimed subscriptions' rows as the claim left them
     (in claim order): the stamp's ``UPDATE ... RETURNING`` reads them, so preparing the
-    batch needs no second read of its rows (locked by the claim until the COMMIT)."""
+    batch needs no second read of its rows (locked by the claim until the COMMIT). The
+    run-cycle claims this way."""
     wall = datetime.now(UTC)
     ids = [r.id for r in due_page(session, now, cursor, batch_size, claim_for=worker, wall=wall)]
     if not ids:

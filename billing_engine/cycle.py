@@ -298,14 +298,8 @@ class _Batch:
         done: list[int] = []
         self._calling = True
         try:
-            with together:
-                for i in self._next:  # itertools.count is atomic under the GIL
-                    if i >= len(self.steps):
-                        break
-                    self.answers[i] = self._call(self.steps[i])
-                    done.append(i)
-                    if self._lanes.now:  # the gateway turned out slow: the lanes take the rest
-                        break
+            with together:  # until the gateway turns out slow: then the lanes take the rest
+                done = self._take(until_lanes_open=True)
         except Exception as exc:  # the gateway did not record these calls: none of them happened
             log.error("run-cycle: the gateway could not record %d calls; they stay pending", len(done), exc_info=True)
             for i in done:
@@ -324,10 +318,20 @@ class _Batch:
                     return
 
     def _lane(self) -> None:
+        self._take()
+
+    def _take(self, *, until_lanes_open: bool = False) -> list[int]:
+        """Make calls, each for the next step not taken yet, until none is left (or the
+        lanes open); the indexes of the steps this thread called."""
+        made: list[int] = []
         for i in self._next:  # itertools.count is atomic under the GIL
             if i >= len(self.steps):
-                return
+                break
             self.answers[i] = self._call(self.steps[i])
+            made.append(i)
+            if until_lanes_open and self._lanes.now:
+                break
+        return made
 
     def done(self) -> bool:
         with self._lock:
@@ -678,7 +682,8 @@ def send_pending_refunds(engine: Engine, gateway: PaymentGateway, now: datetime)
 
 RUN_GC_THRESHOLD = (10_000, 20, 20)
 _gc_lock = threading.Lock()
-_gc_runs: list[tuple[int, int, int]] = []  # the thresholds before the first run that is still going
+_gc_runs = 0  # runs going on in this process
+_gc_before = gc.get_threshold()  # the process's own thresholds, set again after the last run
 
 
 @contextmanager
@@ -689,19 +694,19 @@ def _fewer_collections() -> Iterator[None]:
     default thresholds (700, 10, 10) the collector ran ~480 times per 10,000 renewals and
     its full collections walked the whole heap, ~10 % of the run's time, pausing every
     thread. Cyclic garbage is still collected: a full collection every ~4 M allocations."""
+    global _gc_runs, _gc_before
     with _gc_lock:
         if not _gc_runs:
-            _gc_runs.append(gc.get_threshold())
+            _gc_before = gc.get_threshold()
             gc.set_threshold(*RUN_GC_THRESHOLD)
-        else:
-            _gc_runs.append(_gc_runs[0])
+        _gc_runs += 1
     try:
         yield
     finally:
         with _gc_lock:
-            before = _gc_runs.pop()
+            _gc_runs -= 1
             if not _gc_runs:
-                gc.set_threshold(*before)
+                gc.set_threshold(*_gc_before)
 
 
 def run_cycle(

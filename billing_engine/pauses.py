@@ -113,9 +113,8 @@ def _confirm_scheduled(session: Session, sub: Subscription, *, starts: datetime,
     payload: dict[str, Any] = {"pauses_at": starts, "resumes_at": sub.resumes_at, "currency": plan.currency,
                                "skipped_amount_minor": pricing.quote(session, sub, plan, sub.next_period_index).net_minor}
     if sub.resumes_at is not None:
-        resumed = as_resumed(sub, sub.resumes_at)
-        payload.update(next_charge_at=resumed.current_period_end,
-                       amount_minor=quote_after_resume(session, sub, plan, sub.resumes_at).net_minor)
+        charge_at, quote = charge_after_resume(session, sub, plan, sub.resumes_at)
+        payload.update(next_charge_at=charge_at, amount_minor=quote.net_minor)
     notifications.enqueue(session, notifications.Kind.SUBSCRIPTION_PAUSE_SCHEDULED, customer_id=sub.customer_id,
                           subscription_id=sub.id, dedupe_key=f"pause_scheduled:{sub.id}:{event_id}", at=now,
                           event_id=event_id, payload=payload)
@@ -138,26 +137,21 @@ def take_effect(session: Session, sub: Any, *, at: datetime, now: datetime, acto
                                "resumes_at": sub.resumes_at.isoformat() if sub.resumes_at else None}
     plan = session.get(Plan, sub.plan_id)
     if sub.resumes_at is not None and plan is not None:  # "the next charge is then ...": what it will be
-        q = quote_after_resume(session, sub, plan, sub.resumes_at)
+        _at, q = charge_after_resume(session, sub, plan, sub.resumes_at)
         payload.update(amount_minor=q.net_minor, currency=plan.currency)
     notifications.enqueue(session, notifications.Kind.SUBSCRIPTION_PAUSED, customer_id=sub.customer_id,
                           subscription_id=sub.id, dedupe_key=f"paused:{sub.id}:{at.isoformat()}", at=now,
                           payload=payload)
 
 
-def as_resumed(sub: Any, at: datetime) -> Any:
-    """A copy of ``sub`` (a model or a plain row) as it will be after a resume at ``at``
-    (:func:`resume_changes` applied); ``sub`` itself is not touched."""
+def charge_after_resume(session: Session, sub: Any, plan: Plan, at: datetime) -> tuple[datetime, pricing.Quote]:
+    """When the first period after a resume at ``at`` is charged, and at what price: the
+    price in force then (a price change announced meanwhile) less a coupon still applying
+    -- not the plan's list price. Worked out on a copy of ``sub`` (a model or a plain row)
+    with :func:`resume_changes` applied; ``sub`` itself is not touched."""
     values = {c.name: getattr(sub, c.name) for c in Subscription.__table__.columns}  # type: ignore[attr-defined]
-    return SimpleNamespace(**{**values, **resume_changes(sub, at)})
-
-
-def quote_after_resume(session: Session, sub: Any, plan: Plan, at: datetime) -> pricing.Quote:
-    """The price of the first period charged after a resume at ``at``: the price in force
-    then (a price change announced meanwhile) less a coupon still applying -- not the
-    plan's list price."""
-    resumed = as_resumed(sub, at)
-    return pricing.quote(session, resumed, plan, int(resumed.next_period_index))
+    resumed = SimpleNamespace(**{**values, **resume_changes(sub, at)})
+    return resumed.current_period_end, pricing.quote(session, resumed, plan, int(resumed.next_period_index))
 
 
 def resume_changes(sub: Any, at: datetime) -> dict[str, Any]:

@@ -362,9 +362,8 @@ def _next_charge(session: Session, sub: Any, plan: Plan, scheduled: Plan | None,
             return None
         from billing_engine import pauses
 
-        resumed = pauses.as_resumed(sub, sub.resumes_at)
-        return resumed.current_period_end, pricing.quote(session, resumed, plan, resumed.next_period_index).net_minor, \
-            plan.currency
+        charge_at, quote = pauses.charge_after_resume(session, sub, plan, sub.resumes_at)
+        return charge_at, quote.net_minor, plan.currency
     return sub.current_period_end, pricing.quote(session, sub, plan, sub.next_period_index).net_minor, plan.currency
 
 
