@@ -30,6 +30,7 @@ import contextvars
 import gc
 import itertools
 import logging
+import sys
 import threading
 import time
 import weakref
@@ -206,13 +207,22 @@ class _Lanes:
     ``WAITED_CALLS`` calls in a row of ``WAITED_CALL_S`` each (a pause or a preemption
     does not hit three 30-us calls in a row; a gateway 10 ms away does). A watchdog looks
     at the call in flight every ``WATCH_EVERY_S`` (its thread's CPU clock), so a slow
-    gateway gets every lane while the first call is still out, not after its answer."""
+    gateway gets every lane while the first call is still out, not after its answer.
+
+    Waiting for the interpreter lock is off the CPU too: a quick in-process call that lets
+    go of the lock (a SQLite read does) while the run's settling thread is busy in Python
+    gets it back one switch interval (5 ms) later. So a call shorter than two switch
+    intervals during which the process's other threads were on the CPU for half its time
+    proves nothing either way (it neither counts nor breaks a row): the lock explains it.
+    (Three such calls in a row opened the lanes for the rest of a run in ~1 of 5 runs of
+    bench/cycle_cpu.py, costing ~40 % more CPU per renewal in thread switches.)"""
 
     def __init__(self, most: int) -> None:
         self.most = most
         self.now = 0  # 0: calls made by the run's own thread; else lanes per batch
         self._waited = 0  # calls in a row that waited WAITED_CALL_S
-        self._calls: dict[int, tuple[float, float]] = {}  # thread id -> (wall, CPU) at the call's start
+        # thread id -> (wall, thread CPU, process CPU) at the call's start
+        self._calls: dict[int, tuple[float, float, float]] = {}
         self._batches: weakref.WeakSet[_Batch] = weakref.WeakSet()
         self._closed = threading.Event()
         self._watchdog: threading.Thread | None = None
@@ -225,13 +235,19 @@ class _Lanes:
             self._watchdog.start()
 
     def calling(self) -> None:
-        self._calls[threading.get_ident()] = (time.perf_counter(), time.thread_time())
+        self._calls[threading.get_ident()] = (time.perf_counter(), time.thread_time(), time.process_time())
 
     def called(self) -> None:
         begun = self._calls.pop(threading.get_ident(), None)
         if begun is not None and not self.now:
             wall, cpu = time.perf_counter() - begun[0], time.thread_time() - begun[1]
-            self._waited = self._waited + 1 if wall >= WAITED_CALL_S and cpu <= 0.2 * wall else 0
+            if wall < WAITED_CALL_S or cpu > 0.2 * wall:
+                self._waited = 0
+                return
+            others = time.process_time() - begun[2] - cpu
+            if wall < 2 * sys.getswitchinterval() and others >= 0.5 * wall:
+                return  # the interpreter lock explains it: no evidence either way
+            self._waited += 1
             if self._waited >= WAITED_CALLS:
                 self._open(f"{WAITED_CALLS} calls in a row waited on it")
             else:
@@ -252,7 +268,7 @@ class _Lanes:
     def _watch(self) -> None:
         while not self.now and not self._closed.wait(WATCH_EVERY_S):
             at = time.perf_counter()
-            for tid, (wall, cpu) in list(self._calls.items()):
+            for tid, (wall, cpu, _process) in list(self._calls.items()):
                 if at - wall < SLOW_CALL_S:
                     continue
                 try:

@@ -17,8 +17,8 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, col, select
 
-from billing_engine import cancellations, charging
-from billing_engine.cycle import SLOW_CALL_S, run_cycle
+from billing_engine import cancellations, charging, cycle
+from billing_engine.cycle import SLOW_CALL_S, WAITED_CALLS, _Lanes, run_cycle
 from billing_engine.db import transaction
 from billing_engine.errors import DatabaseUnavailable
 from billing_engine.gateway import outcomes
@@ -316,6 +316,68 @@ def test_calls_in_flight_grow_to_the_concurrency_when_the_gateway_is_slow(
         assert gw.threads == {threading.get_ident()}
     if latency >= SLOW_CALL_S:
         assert gw.before_first_answer >= fewest  # sent during the first round trip
+
+
+class _Clocks:
+    """Scripted clocks for ``_Lanes``: the wall clock, the calling thread's CPU clock and
+    the process's CPU clock (every thread), moved by hand between a call's start and end."""
+
+    def __init__(self) -> None:
+        self.wall = self.thread = self.process = 0.0
+
+    def perf_counter(self) -> float:
+        return self.wall
+
+    def thread_time(self) -> float:
+        return self.thread
+
+    def process_time(self) -> float:
+        return self.process
+
+    def call(self, lanes: _Lanes, *, wall: float, cpu: float, others: float) -> None:
+        lanes.calling()
+        self.wall, self.thread, self.process = self.wall + wall, self.thread + cpu, self.process + cpu + others
+        lanes.called()
+
+
+@pytest.mark.parametrize(("wall", "cpu", "others", "opens"), [
+    (0.005, 0.00005, 0.0045, False),  # waited for the interpreter lock: another thread was on the CPU
+    (0.005, 0.00005, 0.0, True),  # waited, and nothing else in the process ran: the gateway
+    (0.012, 0.00005, 0.012, True),  # longer than two switch intervals: not the lock, whatever else ran
+    (0.005, 0.004, 0.0, False),  # on the CPU most of the time: slow code, not waiting
+    (0.001, 0.00005, 0.0, False),  # quick
+])
+def test_the_lanes_open_on_calls_that_waited_on_the_gateway_not_on_the_interpreter_lock(
+        monkeypatch: pytest.MonkeyPatch, wall: float, cpu: float, others: float, opens: bool) -> None:
+    """A quick in-process gateway call that lets go of the interpreter lock (the durable
+    fake's SQLite read) while the run's settling thread is busy in Python waits a switch
+    interval (5 ms) for the lock, off the CPU, like a call to a gateway a few ms away.
+    Such calls opened the lanes for the rest of a run in ~1 of 5 benchmark runs (~40 %
+    more CPU per renewal in thread switches); they now prove nothing either way."""
+    clocks = _Clocks()
+    monkeypatch.setattr(cycle, "time", clocks)
+    lanes = _Lanes(16)
+    for _ in range(WAITED_CALLS + 2):
+        clocks.call(lanes, wall=wall, cpu=cpu, others=others)
+    assert lanes.now == (16 if opens else 0)
+
+
+def test_a_call_explained_by_the_interpreter_lock_does_not_break_a_row_of_waited_calls(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    clocks = _Clocks()
+    monkeypatch.setattr(cycle, "time", clocks)
+    lanes = _Lanes(16)
+    for i in range(WAITED_CALLS):
+        clocks.call(lanes, wall=0.005, cpu=0.00005, others=0.0)
+        if i == 0:
+            clocks.call(lanes, wall=0.005, cpu=0.00005, others=0.0045)
+    assert lanes.now == 16
+    lanes = _Lanes(16)
+    for i in range(WAITED_CALLS):
+        clocks.call(lanes, wall=0.005, cpu=0.00005, others=0.0)
+        if i == 0:
+            clocks.call(lanes, wall=0.0001, cpu=0.0001, others=0.0)  # a quick call does
+    assert lanes.now == 0
 
 
 class _CannotRecord(FakeGateway):
