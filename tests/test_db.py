@@ -65,3 +65,34 @@ def test_among_matches_exactly_the_listed_strings_whatever_they_contain(engine: 
             assert [r[0] for r in c.execute(sa.select(t.c.v).where(among(t.c.v, ["a"])))] == ["a"]
     finally:
         t.drop(engine)
+
+
+def test_among_gives_postgresql_the_list_as_a_constant_array(pg_engine: Engine) -> None:
+    """On PostgreSQL the list arrives as an array the planner sees, once: its length is
+    known (300 ids of a unique column: 300 rows expected) and a row-by-row check of the
+    condition (a sequential scan) does not convert the literal again for every row. It
+    was text cast to an array in the statement: not a constant to the planner, which then
+    guessed the list's length and, scanning a table, parsed the 500-id literal once per
+    row (0.7 s instead of 2 ms for 10,000 payment attempts)."""
+    import sqlalchemy as sa
+
+    from billing_engine.db import among
+
+    engine = pg_engine
+    t = sa.Table(f"t_among_{uuid.uuid4().hex[:8]}", sa.MetaData(), sa.Column("v", sa.String(40), primary_key=True))
+    t.create(engine)
+    try:
+        with engine.begin() as c:
+            c.execute(t.insert(), [{"v": f"id_{i:05d}"} for i in range(2000)])
+            c.exec_driver_sql(f"ANALYZE {t.name}")
+            wanted = [f"id_{i:05d}" for i in range(0, 1800, 6)]
+            stmt = sa.select(t.c.v).where(among(t.c.v, wanted)).compile(c)
+            plan = c.exec_driver_sql("EXPLAIN (FORMAT JSON) " + str(stmt), stmt.params).scalar_one()[0]["Plan"]
+            assert plan["Plan Rows"] == 300
+            c.exec_driver_sql("SET LOCAL enable_indexscan = off")
+            c.exec_driver_sql("SET LOCAL enable_bitmapscan = off")
+            plan = c.exec_driver_sql("EXPLAIN (FORMAT JSON) " + str(stmt), stmt.params).scalar_one()[0]["Plan"]
+            assert plan["Node Type"] == "Seq Scan" and "cstring" not in plan["Filter"], plan["Filter"][-120:]
+            assert len(c.execute(sa.select(t.c.v).where(among(t.c.v, wanted))).all()) == 300
+    finally:
+        t.drop(engine)
