@@ -133,8 +133,10 @@ def test_sigterm_to_a_multi_worker_server_exits_0(tmp_path: Path) -> None:
            "BILLING_ENV": "development", "BILLING_ADMIN_TOKENS": TOKEN}
     env.pop("BILLING_GATEWAY", None)
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "cli.main", "serve", "--port", str(port), "--workers", "2"],
-                            env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log = tmp_path / "serve.log"  # a file, not a pipe nobody reads while waiting (a full pipe blocks the server)
+    with log.open("w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "cli.main", "serve", "--port", str(port), "--workers", "2"],
+                                env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=err, text=True)
     try:
         for _ in range(600):
             try:
@@ -145,11 +147,16 @@ def test_sigterm_to_a_multi_worker_server_exits_0(tmp_path: Path) -> None:
         else:
             pytest.fail("server did not start")
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=60) == 0
+        try:
+            code = proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            pytest.fail(f"no exit 60 s after SIGTERM; its log:\n{log.read_text()[-4000:]}")
+        assert code == 0, log.read_text()[-4000:]
     finally:
         if proc.poll() is None:
             proc.kill()
-        proc.communicate()
+        proc.wait()
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux-only")
