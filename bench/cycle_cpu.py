@@ -92,7 +92,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--database", default="postgresql+psycopg://postgres@127.0.0.1:5432/bench_cpu")
     ap.add_argument("--subscriptions", type=int, default=10_000)
-    ap.add_argument("--batch", type=int, default=500)
+    ap.add_argument("--batch", type=int, default=None, help="BILLING_CYCLE_BATCH_SIZE (default: the setting's own)")
     ap.add_argument("--concurrency", type=int, default=64)
     ap.add_argument("--phases", action="store_true")
     ap.add_argument("--statements", action="store_true")
@@ -100,6 +100,10 @@ def main() -> None:
     ap.add_argument("--no-ledger", action="store_true", help="the fake gateway in memory (no SQLite ledger)")
     ap.add_argument("--reuse", action="store_true", help="do not reload the data (it must be due still)")
     args = ap.parse_args()
+    if args.batch is None:
+        from billing_engine.settings import Settings
+
+        args.batch = Settings.model_fields["cycle_batch_size"].default
     os.environ["BILLING_ENV"] = "test"
     if not args.reuse:
         print(f"loaded {args.subscriptions:,} due subscriptions in {generate(args.database, args.subscriptions):.1f}s",

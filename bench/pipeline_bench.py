@@ -140,10 +140,14 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--latency-ms", type=float, default=0.0)
     ap.add_argument("--rate", type=float, default=None, help="shared gateway limit, calls/s (all workers)")
-    ap.add_argument("--batch", type=int, default=500)
+    ap.add_argument("--batch", type=int, default=None, help="BILLING_CYCLE_BATCH_SIZE (default: the setting's own)")
     ap.add_argument("--concurrency", type=int, default=64)
     ap.add_argument("--profile", default=None, help="write worker 0's pyinstrument profile here")
     args = ap.parse_args()
+    if args.batch is None:
+        from billing_engine.settings import Settings
+
+        args.batch = Settings.model_fields["cycle_batch_size"].default
 
     print(f"loaded {args.subscriptions:,} due subscriptions in {generate(args.database, args.subscriptions):.1f}s",
           flush=True)

@@ -136,7 +136,11 @@ class Settings(BaseSettings):
         default=60.0, ge=1.0, le=3600.0,
         description="How long a worker's claim on a batch lasts without a heartbeat (renewed while it runs).",
     )
-    cycle_batch_size: int = Field(default=500, ge=1, le=10_000, description="Subscriptions per claimed batch.")
+    cycle_batch_size: int = Field(
+        default=1000, ge=1, le=10_000,
+        description="Subscriptions per claimed batch: each batch is one transaction before its gateway calls and one "
+        "after. Larger batches make fewer round trips to the database (1,000 renewed 6-10 % faster than 500 "
+        "on a 2-core machine, bench/README.md) and hold more in memory (about +10 MB per 500).")
     gateway_concurrency: int = Field(default=64, ge=1, le=1000, description=(
         "Gateway calls in flight per worker, at most: one at a time, from the run's own thread, while the "
         "gateway answers at once; this many as soon as calls wait on it (a network round trip, a rate limit)."))
