@@ -16,10 +16,10 @@ Stripe webhook uses. Both paths apply the one rule in :func:`payments.paid_chang
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
-from enum import StrEnum
 from typing import Any
 
 import pydantic_core
@@ -365,19 +365,18 @@ def bulk_insert(session: Session, table: Any, rows: list[dict[str, Any]]) -> Non
     import psycopg
 
     cols = [c.name for c in table.columns if c.name in rows[0]]
+    # a row's values in column order, taken in C (psycopg writes a StrEnum as its value:
+    # it is a str first)
+    values = operator.itemgetter(*cols) if len(cols) > 1 else (lambda r: (r[cols[0]],))
     raw = conn.connection.dbapi_connection
     assert raw is not None
     try:
         with raw.cursor() as cur, cur.copy(  # type: ignore[attr-defined]
                 f"COPY {table.name} ({', '.join(cols)}) FROM STDIN") as copy:
             for r in rows:
-                copy.write_row([_plain(r[c]) for c in cols])
+                copy.write_row(values(r))
     except psycopg.errors.IntegrityError as exc:
         raise IntegrityError(f"COPY {table.name}", None, exc) from exc
-
-
-def _plain(v: Any) -> Any:
-    return v.value if isinstance(v, StrEnum) else v
 
 
 def _bulk_update(session: Session, model: Any, rows: list[dict[str, Any]]) -> None:
