@@ -230,11 +230,17 @@ def ensure_schema(engine: Engine) -> None:
     if current == head:
         return
     if engine.dialect.name == "sqlite":
-        if current is None and _has_tables(engine):
+        # Processes starting together on a new file (`billing serve --workers 2`) race:
+        # the first migrates (one transaction: its tables and its history appear
+        # together), the others wait for its lock in upgrade() and find nothing to do.
+        # One that read "no history" just before that commit and "tables" just after
+        # must read the history again before calling the file foreign.
+        if current is None and _has_tables(engine) and (current := current_revision(engine)) is None:
             raise ConfigurationError(
                 "the SQLite database has tables but no migration history; use a new file"
             )
-        upgrade(engine)
+        if current != head:
+            upgrade(engine)
         return
     if current is None:
         raise ConfigurationError("the database has no schema yet: run `billing db upgrade`")

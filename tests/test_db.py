@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import os
+import sqlite3
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 
+import pytest
 from sqlalchemy import inspect
 from sqlalchemy.engine import Engine
 
+from billing_engine import db
 from billing_engine.db import current_revision, ensure_schema, head_revision, make_engine, upgrade
+from billing_engine.errors import ConfigurationError
 
 
 def test_brand_new_sqlite_file_is_migrated_on_first_use(tmp_path: Path) -> None:
@@ -16,6 +23,49 @@ def test_brand_new_sqlite_file_is_migrated_on_first_use(tmp_path: Path) -> None:
     ensure_schema(eng)
     assert current_revision(eng) == head_revision()
     assert {"subscriptions", "invoices", "payment_attempts", "consents"} <= set(inspect(eng).get_table_names())
+
+
+def test_a_worker_that_reads_the_history_just_before_another_migrates_starts_anyway(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`billing serve --workers 2` on a new SQLite file: both workers check the schema at
+    once. One read "no migration history" just before the other's migration committed and
+    "tables" just after, and refused the file as foreign ("has tables but no migration
+    history"): the worker died at start-up (a full suite run saw the server then take
+    60 s to stop). It now reads the history again."""
+    url = f"sqlite:///{tmp_path / 'new.db'}"
+    upgrade(make_engine(url))  # what the other worker just committed
+    real = db.current_revision
+    calls: list[int] = []
+
+    def stale_first(engine: Engine) -> str | None:
+        calls.append(1)
+        return None if len(calls) == 1 else real(engine)  # the first read came before that commit
+
+    monkeypatch.setattr(db, "current_revision", stale_first)
+    ensure_schema(make_engine(url))
+    assert real(make_engine(url)) == head_revision() and len(calls) == 2
+
+
+def test_workers_opening_a_new_sqlite_file_together_all_start(tmp_path: Path) -> None:
+    """Four processes check the schema of one new SQLite file at the same moment: the
+    first migrates, the others wait for its lock and find nothing to do; none fails."""
+    url = f"sqlite:///{tmp_path / 'new.db'}"
+    code = ("import sys; from billing_engine.db import ensure_schema, make_engine; "
+            "ensure_schema(make_engine(sys.argv[1])); print('ok')")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    procs = [subprocess.Popen([sys.executable, "-c", code, url], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, [err[-600:] for _out, err in outs]
+    assert current_revision(make_engine(url)) == head_revision()
+
+
+def test_a_sqlite_file_with_tables_but_no_migration_history_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "foreign.db"
+    with sqlite3.connect(path) as c:
+        c.execute("CREATE TABLE customers (id TEXT PRIMARY KEY)")
+    with pytest.raises(ConfigurationError, match="no migration history"):
+        ensure_schema(make_engine(f"sqlite:///{path}"))
 
 
 def test_upgrade_twice_is_harmless(db_url: str) -> None:
