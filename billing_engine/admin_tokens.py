@@ -77,11 +77,8 @@ def whole_entry(given: str, tokens: Sequence[AdminToken]) -> AdminToken | None:
     if not sep:
         return None
     secret = rest.rsplit(":", 1)[0] if rest.endswith((":admin", ":read")) else rest
-    for t in tokens:
-        if t.name == name and hmac.compare_digest(secret.encode("utf-8", "surrogatepass"),
-                                                  t.secret.encode("utf-8", "surrogatepass")):
-            return t
-    return None
+    named = [t for t in tokens if t.name == name]  # at most one: names are unique
+    return match(secret, named)
 
 
 __all__ = ["AdminToken", "Role", "match", "parse_admin_tokens", "whole_entry"]
