@@ -20,47 +20,64 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, col, or_, select
+from sqlmodel import Session, and_, col, or_, select
 
 from billing_engine import events, notifications, pricing
-from billing_engine.db import locks_rows, transaction
+from billing_engine.db import among, locks_rows, transaction
 from billing_engine.models import PaymentMethod, Plan, Subscription, SubscriptionStatus
 from billing_engine.periods import Interval, boundary, period_bounds
 from billing_engine.settings import Settings, get_settings
 
 
 def queue(engine: Engine, *, now: datetime, settings: Settings, batch: int = 500) -> int:
-    """Queue the renewal / trial-end reminders and card-expiry notices due at ``now``."""
+    """Queue the renewal / trial-end reminders and card-expiry notices due at ``now``.
+
+    One query per status (and batch), whatever the number of plans: plans are grouped by
+    their reminder lead, and a subscription is read when its next charge falls inside its
+    own plan's lead (``plan_id IN group AND current_period_end <= now + lead``, OR-ed over
+    the few distinct leads, under the index's range bound of the longest lead)."""
     queued = 0
     with Session(engine) as s:
-        all_plans = list(s.exec(select(Plan)))
-    for plan in all_plans:
-        for status in (SubscriptionStatus.ACTIVE, SubscriptionStatus.TRIALING):
-            lead = reminder_lead(plan, trial=status == SubscriptionStatus.TRIALING, settings=settings)
-            while True:
-                with transaction(engine) as s:
-                    q = (
-                        select(Subscription)
-                        .where(Subscription.plan_id == plan.id, Subscription.status == status)
-                        .where(col(Subscription.current_period_end) <= now + lead)
-                        .where(col(Subscription.cancel_at_period_end).is_(False))
-                        # an import before its cut-over: the previous biller charges (and reminds)
-                        .where(or_(col(Subscription.charge_from).is_(None),
-                                   col(Subscription.charge_from) <= col(Subscription.current_period_end)))
-                        .where(col(Subscription.pause_at_period_end).is_(False))  # no charge: no reminder
-                        .where(or_(col(Subscription.reminded_period_index).is_(None),
-                                   col(Subscription.reminded_at).is_(None),
-                                   col(Subscription.reminded_period_index) < col(Subscription.next_period_index)))
-                        .order_by(col(Subscription.id))
-                        .limit(batch)
-                    )
-                    if locks_rows(s):  # several workers: rows locked in id order (no deadlock), re-checked
-                        q = q.with_for_update()
-                    subs = list(s.exec(q))
-                    for sub in subs:
-                        queued += _remind(s, sub, plan, now=now, lead=lead)
-                if len(subs) < batch:
-                    break
+        plans = {p.id: p for p in s.exec(select(Plan))}
+    for status in (SubscriptionStatus.ACTIVE, SubscriptionStatus.TRIALING):
+        trial = status == SubscriptionStatus.TRIALING
+        by_lead: dict[timedelta, list[str]] = {}
+        for plan in plans.values():
+            by_lead.setdefault(reminder_lead(plan, trial=trial, settings=settings), []).append(plan.id)
+        if not by_lead:
+            continue
+        inside_lead = or_(*(and_(among(col(Subscription.plan_id), ids), col(Subscription.current_period_end) <= now + lead)
+                            for lead, ids in sorted(by_lead.items())))
+        after: str | None = None
+        while True:
+            with transaction(engine) as s:
+                q = (
+                    select(Subscription)
+                    .where(Subscription.status == status)
+                    .where(col(Subscription.current_period_end) <= now + max(by_lead))
+                    .where(inside_lead)
+                    .where(col(Subscription.cancel_at_period_end).is_(False))
+                    # an import before its cut-over: the previous biller charges (and reminds)
+                    .where(or_(col(Subscription.charge_from).is_(None),
+                               col(Subscription.charge_from) <= col(Subscription.current_period_end)))
+                    .where(col(Subscription.pause_at_period_end).is_(False))  # no charge: no reminder
+                    .where(or_(col(Subscription.reminded_period_index).is_(None),
+                               col(Subscription.reminded_at).is_(None),
+                               col(Subscription.reminded_period_index) < col(Subscription.next_period_index)))
+                    .order_by(col(Subscription.id))
+                    .limit(batch)
+                )
+                if after is not None:  # rows another worker holds or reminded are not read again
+                    q = q.where(col(Subscription.id) > after)
+                if locks_rows(s):  # several workers: rows locked in id order (no deadlock), re-checked
+                    q = q.with_for_update()
+                subs = list(s.exec(q))
+                for sub in subs:
+                    plan = plans[sub.plan_id]
+                    queued += _remind(s, sub, plan, now=now, lead=reminder_lead(plan, trial=trial, settings=settings))
+            if len(subs) < batch:
+                break
+            after = subs[-1].id
     return queued
 
 
