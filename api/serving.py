@@ -19,10 +19,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import pickle
 import signal
 import socket
 import sys
 import threading
+import time
 from collections.abc import Generator
 from typing import Any
 
@@ -44,6 +46,7 @@ logger = logging.getLogger("uvicorn.error")
 DEFAULT_READ_TIMEOUT = 30.0  # seconds from a request's first byte to its last body byte
 DEFAULT_KEEP_ALIVE = 5  # seconds an idle keep-alive connection stays open (uvicorn's default)
 DEFAULT_GRACEFUL_TIMEOUT = 30  # seconds in-flight requests may take after SIGTERM
+_STOP_SIGNALS = frozenset(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGBREAK") if hasattr(signal, name))
 
 
 class _ReadDeadline:
@@ -286,11 +289,36 @@ class SpreadMultiprocess(Multiprocess):
         process.join()
         self.per_worker.pop().close()  # else the kernel would go on sending connections to it
 
+    def _stopping(self) -> bool:
+        """SIGTERM / SIGINT received (queued for the main loop) or the exit already decided."""
+        return self.should_exit.is_set() or any(sig in self.signal_queue for sig in _STOP_SIGNALS)
+
+    def _answers(self, process: Process) -> bool:
+        """uvicorn's health ping, waited for in 1 s steps: a worker that does not answer (busy,
+        stopped, stuck starting) is given ``timeout_worker_healthcheck`` as before, but a
+        SIGTERM meanwhile is acted on within a second instead of after the whole timeout."""
+        if not process.process.is_alive():
+            return False
+        deadline = time.monotonic() + self.config.timeout_worker_healthcheck
+        try:
+            process.parent_conn.send(b"ping")
+            while not process.parent_conn.poll(max(0.0, min(1.0, deadline - time.monotonic()))):
+                if self._stopping():
+                    return True  # not judged: every worker is about to be terminated anyway
+                if time.monotonic() >= deadline:
+                    return False
+            process.parent_conn.recv()
+            return True
+        except (OSError, EOFError, pickle.UnpicklingError):
+            return False
+
     def keep_subprocess_alive(self) -> None:  # uvicorn's, with each worker's own socket
         if self.should_exit.is_set():
             return
         for idx, process in enumerate(self.processes):
-            if process.is_alive(timeout=self.config.timeout_worker_healthcheck):
+            if self._stopping():
+                return
+            if self._answers(process):
                 continue
             process.kill()
             process.join()

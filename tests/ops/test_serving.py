@@ -159,6 +159,49 @@ def test_sigterm_to_a_multi_worker_server_exits_0(tmp_path: Path) -> None:
         proc.wait()
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc and SO_REUSEPORT workers: Linux")
+def test_sigterm_is_acted_on_at_once_while_a_worker_does_not_answer_its_health_ping(tmp_path: Path) -> None:
+    """A worker that does not answer the supervisor's ping (here: SIGSTOPped; in life a worker
+    stuck starting or busy) held up SIGTERM for the whole health-check timeout (60 s). Now the
+    supervisor stops the other workers within seconds, and exits 0 once the silent one goes."""
+    env = {**os.environ, "BILLING_DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite'}", "PYTHONPATH": str(ROOT),
+           "BILLING_ENV": "development", "BILLING_ADMIN_TOKENS": TOKEN}
+    env.pop("BILLING_GATEWAY", None)
+    port = _free_port()
+    log = tmp_path / "serve.log"
+    with log.open("w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "cli.main", "serve", "--port", str(port), "--workers", "2"],
+                                env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=err)
+    stopped: int | None = None
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            workers = [int(p) for p in os.listdir("/proc")
+                       if p.isdigit() and _ppid(int(p)) == proc.pid and _listening(int(p), port)]
+            if len(workers) == 2:
+                break
+            assert time.monotonic() < deadline and proc.poll() is None, log.read_text()[-4000:]
+            time.sleep(0.2)
+        stopped, running = workers
+        os.kill(stopped, signal.SIGSTOP)
+        time.sleep(2.5)  # the supervisor's loop (every 0.5 s) is now waiting for the stopped worker's answer
+        proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while _alive(running) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        still = _alive(running)
+        os.kill(stopped, signal.SIGCONT)
+        stopped = None
+        assert not still, f"the answering worker still runs 10 s after SIGTERM; log:\n{log.read_text()[-4000:]}"
+        assert proc.wait(timeout=60) == 0, log.read_text()[-4000:]
+    finally:
+        if stopped is not None:
+            os.kill(stopped, signal.SIGCONT)
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux-only")
 def test_workers_stop_when_their_supervisor_is_killed(tmp_path: Path) -> None:
     """`kill -9` of a `--workers 2` server: its workers go too, instead of holding the port."""
@@ -259,6 +302,15 @@ def _ppid(pid: int) -> int | None:
             return int(f.read().rpartition(")")[2].split()[1])
     except (OSError, ValueError, IndexError):
         return None
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` still runs (a zombie, exited but not yet reaped by its parent, does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return False
 
 
 def _listening(pid: int, port: int) -> bool:
