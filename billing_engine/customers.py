@@ -83,7 +83,7 @@ def list_customers(
     q = listing.apply(select(Customer).order_by(col(Customer.id)).limit(limit), Customer, ranges)
     if email:
         q = q.where(Customer.email == email.strip())
-    if after:
+    if listing.cursor(after, "cus"):
         q = q.where(col(Customer.id) > after)
     return list(session.exec(q))
 

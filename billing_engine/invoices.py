@@ -64,7 +64,7 @@ def list_invoices(
         q = q.where(Invoice.customer_id == customer_id)
     if status:
         q = q.where(Invoice.status == status)
-    if after:
+    if listing.cursor(after, "in"):
         q = q.where(col(Invoice.id) > after)
     return list(session.exec(q))
 

@@ -30,6 +30,17 @@ class Ranges:
         return self
 
 
+def cursor(after: str | None, prefix: str) -> str | None:
+    """``after``, the cursor of a list ordered by id (the previous page's ``next_cursor``),
+    refused unless it is an id of the listed kind: a mistyped cursor would otherwise start
+    the page somewhere arbitrary (``garbage`` sorts before every ``sub_`` id: the whole list
+    again, and no error)."""
+    if after and not after.startswith(prefix + "_"):
+        raise ValidationError(f"not a cursor of this list: the next_cursor of the previous page, an id "
+                              f"starting with {prefix}_", field="after")
+    return after
+
+
 def apply(q: Q, model: Any, r: Ranges | None) -> Q:
     """``q`` narrowed to ``model``'s rows created / updated within the ranges."""
     if r is None:

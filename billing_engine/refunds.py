@@ -24,7 +24,7 @@ from typing import Any
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, func, select
 
-from billing_engine import events, notifications, validation
+from billing_engine import events, listing, notifications, validation
 from billing_engine.db import locks_rows, transaction
 from billing_engine.errors import Conflict, GatewayUnavailable, NotFound, ValidationError
 from billing_engine.gateway.protocol import (
@@ -64,7 +64,7 @@ def list_refunds(
     q = select(Refund).order_by(col(Refund.id)).limit(limit)
     if invoice_id:
         q = q.where(Refund.invoice_id == invoice_id)
-    if after:
+    if listing.cursor(after, "re"):
         q = q.where(col(Refund.id) > after)
     return list(session.exec(q))
 

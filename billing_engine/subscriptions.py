@@ -191,7 +191,7 @@ def _filtered(session: Session, q: Any, *, status: str | None, customer_id: str 
     if plan_id:
         plan = session.get(Plan, plan_id) or session.exec(select(Plan).where(Plan.code == plan_id)).first()
         q = q.where(Subscription.plan_id == (plan.id if plan else plan_id))
-    if after:
+    if listing.cursor(after, "sub"):
         q = q.where(col(Subscription.id) > after)
     return q
 
@@ -239,7 +239,7 @@ def list_summaries(
     if plan_id:
         plan = session.get(Plan, plan_id) or session.exec(select(Plan).where(Plan.code == plan_id)).first()
         params["plan_id"] = plan.id if plan else plan_id
-    if after:
+    if listing.cursor(after, "sub"):
         params["after"] = after
     return summaries(session, _rows(session, _page_select(limit, frozenset(params)), params), now)
 

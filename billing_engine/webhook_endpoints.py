@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 
 from sqlmodel import Session, col, select
 
-from billing_engine import event_feed, events, validation
+from billing_engine import event_feed, events, listing, validation
 from billing_engine.errors import NotFound, ValidationError
 from billing_engine.models import Event, WebhookEndpoint, WebhookEndpointStatus
 from billing_engine.settings import Mode, Settings
@@ -140,7 +140,7 @@ def list_endpoints(session: Session, *, status: str | None = None, limit: int = 
         if status not in {s.value for s in WebhookEndpointStatus}:
             raise ValidationError("must be enabled or disabled", field="status")
         q = q.where(WebhookEndpoint.status == status)
-    if after:
+    if listing.cursor(after, "we"):
         q = q.where(col(WebhookEndpoint.id) > after)
     return list(session.exec(q))
 

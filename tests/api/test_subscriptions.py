@@ -170,3 +170,18 @@ def test_subscription_list_by_creation_and_update_ranges_with_other_filters(clie
     assert ids(created_gte=day(0), limit="1", after=subs[1]["id"]) == [subs[2]["id"]]
     bad = client.get("/v1/subscriptions", params={"created_gte": day(3), "created_lt": day(1)})
     assert bad.status_code == 422 and bad.json()["field"] == "created_lt"
+
+
+@pytest.mark.parametrize("path,foreign", [
+    ("/v1/subscriptions", "garbage"), ("/v1/subscriptions", "cus_0123"), ("/v1/customers", "sub_0123"),
+    ("/v1/invoices", "xyz"), ("/v1/refunds", "in_0123"), ("/v1/webhook_endpoints", "sub_0123"),
+])
+def test_a_cursor_that_is_not_an_id_of_the_list_is_422_naming_after(client: TestClient, path: str,
+                                                                      foreign: str) -> None:
+    """A mistyped cursor used to start the page somewhere arbitrary ("garbage" sorts before
+    every sub_ id: the whole list again, without a word)."""
+    create_plan(client)
+    subscribe(client)
+    r = client.get(path, params={"after": foreign})
+    assert r.status_code == 422 and r.json()["field"] == "after", r.text
+    assert client.get(path).status_code == 200

@@ -89,6 +89,9 @@ def test_lists_page_with_a_cursor_and_say_when_more_exist(env: dict[str, str]) -
     assert len(json.loads(customers.stdout)) == 4 and "--after" in customers.stderr
     table = run(env, "customer", "list", "--limit", "4")
     assert "more results: run again with --after cus_" in table.stderr
+    typo = run(env, "subscription", "list", "--after", "garbage", "--json", code=2)  # not the whole list again
+    assert typo.returncode == 2 and typo.stdout == "" and len(typo.stderr.strip().splitlines()) == 1
+    assert "after: not a cursor of this list" in typo.stderr and "sub_" in typo.stderr
 
 
 def test_run_cycle_progress_shows_total_and_rate(env: dict[str, str]) -> None:
