@@ -251,7 +251,8 @@ def _retry_of(s: Session, cust: Customer, plan: Plan) -> Subscription | None:
         return None
     if live.status == SubscriptionStatus.INCOMPLETE:
         return live
-    raise Conflict(f"the customer already has a {live.status} subscription {live.id} to plan {plan.code!r}",
+    article = "an" if str(live.status)[0] in "aeiou" else "a"  # an active, a past_due, a trialing
+    raise Conflict(f"the customer already has {article} {live.status} subscription {live.id} to plan {plan.code!r}",
                    field="plan", subscription_id=live.id)
 
 

@@ -407,7 +407,10 @@ def load_settings(**overrides: object) -> Settings:
     except ValidationError as exc:
         err = exc.errors()[0]
         name = "BILLING_" + "_".join(str(p) for p in err["loc"]).upper()
-        raise ConfigurationError(f"invalid setting {name}: {err['msg']}", field=None) from None
+        msg = str(err["msg"]).removeprefix("Value error, ")  # pydantic's prefix for a validator's own words
+        if err.get("input") == "" and err["type"] != "missing":
+            msg = f"is empty ({msg})"
+        raise ConfigurationError(f"invalid setting {name}: {msg}", field=None) from None
     except SettingsError as exc:
         raise ConfigurationError(f"invalid setting: {exc}", field=None) from None
 

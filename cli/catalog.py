@@ -59,7 +59,8 @@ def plan_create(
         print_json(data)
     else:
         console.print(f"created plan [bold]{data['code']}[/] ({data['id']}): {data['amount']} {data['currency']} "
-                      f"every {data['interval_count']} {data['interval']}")
+                      f"every {data['interval_count']} {data['interval']}"
+                      + (f", {data['trial_days']}-day free trial" if data.get("trial_days") else ""))
 
 
 @plan_app.command("list")

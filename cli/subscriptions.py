@@ -9,7 +9,7 @@ from sqlmodel import Session
 
 from billing_engine import cancellations, events, subscriptions
 from billing_engine.audit import cli_actor
-from billing_engine.models import Subscription
+from billing_engine.models import Subscription, SubscriptionStatus
 from billing_engine.money import format_minor
 from cli import listing
 from cli.common import JsonOpt, console, handle_errors, make_table, parse_at, print_json, print_record, unit_of_work
@@ -112,7 +112,7 @@ def show(subscription: str = typer.Argument(..., help="Subscription id (sub_...)
 @sub_app.command("list")
 @handle_errors
 def list_cmd(
-    status: str | None = typer.Option(None, help="incomplete | trialing | active | past_due | paused | canceled."),
+    status: str | None = typer.Option(None, help=" | ".join(SubscriptionStatus) + "."),
     customer: str | None = typer.Option(None, help="Customer id."),
     plan: str | None = typer.Option(None, help="Plan code or id."),
     limit: int = typer.Option(100, min=1, max=10000, help="At most this many."),

@@ -38,6 +38,7 @@ from billing_engine import audit, cancellations, first_charge, links, subscripti
 from billing_engine.db import statement_reads, transaction
 from billing_engine.events import EventType
 from billing_engine.listing import Ranges
+from billing_engine.models import SubscriptionStatus
 
 router = APIRouter(prefix="/v1/subscriptions", tags=["subscriptions"], dependencies=ADMIN)
 
@@ -85,7 +86,7 @@ def create_subscription(request: Request, body: SubscriptionCreate, engine: Engi
             summary="List subscriptions (oldest first), filtered, in cursor pages")
 def list_subscriptions(
     engine: EngineDep,
-    status: Annotated[str | None, Query(max_length=20, description="incomplete | trialing | active | past_due | paused | canceled"), AfterValidator(clean_optional)] = None,
+    status: Annotated[str | None, Query(max_length=20, description=" | ".join(SubscriptionStatus)), AfterValidator(clean_optional)] = None,
     customer: Annotated[str | None, Query(max_length=40, description="Customer id."), AfterValidator(clean_optional)] = None,
     plan: Annotated[str | None, Query(max_length=64, description="Plan code or id."), AfterValidator(clean_optional)] = None,
     limit: Annotated[Limit, Query()] = 100,
