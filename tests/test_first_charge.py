@@ -83,6 +83,7 @@ def test_the_same_subscribe_again_after_success_is_refused_and_charges_nothing(e
     with pytest.raises(Conflict) as exc:
         _subscribe(engine, gw, cust, pm)
     assert res.subscription_id in str(exc.value) and exc.value.field == "plan"
+    assert "already has an active subscription" in str(exc.value)
     assert len(gw.ledger) == 1
 
 

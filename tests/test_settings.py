@@ -20,3 +20,16 @@ def test_invalid_setting_is_one_readable_line(monkeypatch: pytest.MonkeyPatch, e
     with pytest.raises(ConfigurationError) as exc:
         load_settings()
     assert needle in str(exc.value) and "\n" not in str(exc.value)
+
+
+@pytest.mark.parametrize("env,says", [
+    ({"BILLING_GATEWAY": ""}, "invalid setting BILLING_GATEWAY: is empty (must be 'fake' or 'stripe')"),
+    ({"BILLING_GATEWAY": "paypal"}, "invalid setting BILLING_GATEWAY: must be 'fake' or 'stripe'"),
+])
+def test_a_validator_s_words_come_without_pydantic_s_prefix(monkeypatch: pytest.MonkeyPatch, env: dict[str, str],
+                                                           says: str) -> None:
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(ConfigurationError) as exc:
+        load_settings()
+    assert str(exc.value) == says

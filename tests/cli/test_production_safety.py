@@ -107,6 +107,9 @@ def test_demo_needs_no_setting_even_where_production_rules_apply(env: dict[str, 
     env.update(BILLING_DATABASE_URL=PG_UNREACHABLE)  # the demo brings its own SQLite file
     p = billing(env, tmp_path, "demo", "--fixtures", str(ROOT / "fixtures"), "--months", "1")
     assert p.returncode == 0, p.stderr
+    # stderr is a pipe here (`make demo 2>&1 | tee`): the demo's own story, not two JSON log
+    # lines per simulated day (BILLING_LOG_LEVEL=info brings them back)
+    assert '"level"' not in p.stderr, p.stderr[:2000]
 
 
 def test_explicit_fake_gateway_on_postgresql_runs_with_one_warning(
