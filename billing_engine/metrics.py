@@ -6,7 +6,8 @@ Two sources, one set of names (docs/operations.md lists them):
   ``billing_due_backlog`` (subscriptions with work due now), ``billing_unresolved_attempts``
   (charges whose outcome is not known yet), ``billing_outbox_backlog{status}`` (e-mails
   pending / sending / failed), ``billing_claims_held`` (due subscriptions claimed by a live
-  run-cycle worker), plus any gauge registered with :func:`register_state_gauge` (the hook
+  run-cycle worker), ``billing_last_run_completed_timestamp_seconds`` (the last complete
+  run of any process, from the audit log), plus any gauge registered with :func:`register_state_gauge` (the hook
   for webhook delivery failures, filled by the webhooks feature);
 - **run counters**, from a run-cycle's summary (:func:`record_run`):
   ``billing_charges_total{outcome}``, ``billing_declines_total{code}``,
@@ -20,6 +21,7 @@ and/or pushes them to a Pushgateway (``--metrics-pushgateway``); the API serves 
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
@@ -33,7 +35,8 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from billing_engine import claims
-from billing_engine.models import Notification, NotificationStatus, PaymentAttempt, Subscription
+from billing_engine.events import EventType
+from billing_engine.models import Event, Notification, NotificationStatus, PaymentAttempt, Subscription
 from billing_engine.payments import UNRESOLVED_SQL
 
 if TYPE_CHECKING:
@@ -72,6 +75,7 @@ class StateCollector(Collector):
             outbox = {str(k): int(v) for k, v in s.exec(select(Notification.status, func.count()).where(
                 col(Notification.status).in_(unsent)).group_by(Notification.status)).all()}
             extra = [(name, doc, read(s, now)) for name, doc, read in _extra_gauges]
+            last_run = _last_complete_run(s)
         yield GaugeMetricFamily("billing_due_backlog", "Subscriptions with billing work due now.", value=due)
         yield GaugeMetricFamily("billing_claims_held", "Due subscriptions claimed by a live run-cycle worker.",
                                 value=held)
@@ -84,6 +88,30 @@ class StateCollector(Collector):
         yield g
         for name, doc, value in extra:
             yield GaugeMetricFamily(name, doc, value=value)
+        if last_run is not None:  # absent until some run-cycle completed (not 0: that reads as 1970)
+            yield GaugeMetricFamily(
+                "billing_last_run_completed_timestamp_seconds",
+                "When the last run-cycle of any process (cron, CLI, another server's API) that was not "
+                "stopped early finished, from the audit log (Unix time, wall clock).", value=last_run)
+
+
+def _last_complete_run(s: Session) -> float | None:
+    """The wall-clock time the newest ``run_cycle.completed`` event without ``stopped`` was
+    recorded (a run stopped early is recorded too, with its reason): the audit log is
+    shared by every worker, so this is right whichever process ran it."""
+    rows = s.exec(select(Event.recorded_at, Event.payload).where(Event.type == EventType.RUN_CYCLE_COMPLETED)
+                  .order_by(col(Event.id).desc()).limit(_LAST_RUNS)).all()
+    for recorded_at, payload in rows:
+        try:
+            stopped = json.loads(payload).get("stopped")
+        except (ValueError, AttributeError):
+            continue
+        if not stopped:
+            return float(recorded_at.timestamp())
+    return None
+
+
+_LAST_RUNS = 50  # runs looked at for one that completed (more stopped in a row: an alert is due anyway)
 
 
 class RunMetrics:

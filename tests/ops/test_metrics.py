@@ -120,3 +120,28 @@ _seed(get_engine())
     [(method, path, body)] = _Gateway.received
     assert method == "PUT" and path == "/metrics/job/billing_run_cycle"
     assert b'billing_declines_total{code="lost_card"} 1.0' in body
+
+
+def test_the_api_shows_the_last_complete_run_of_any_process(engine) -> None:  # type: ignore[no-untyped-def]
+    """A scheduled run (cron, another process: here the engine called directly, as the CLI
+    does) shows in the API's /metrics through the shared audit log; a run stopped early
+    does not count as complete; before any run the gauge is absent, not 0 (1970)."""
+    from billing_engine import audit
+    from billing_engine.cycle import CycleSummary, run_cycle
+
+    _seed(engine)
+    settings = load_settings(admin_tokens=[ADMIN], metrics_token=SCRAPER,
+                             database_url=engine.url.render_as_string(hide_password=False))
+    app = create_app(settings=settings, engine=engine, gateway=FakeGateway(), clock=lambda: NOW)
+    name = ("billing_last_run_completed_timestamp_seconds", ())
+    with TestClient(app, headers={"Authorization": f"Bearer {SCRAPER}"}) as c:
+        assert name not in samples(c.get("/metrics").text)
+        before = datetime.now(UTC).timestamp()
+        summary = run_cycle(engine, FakeGateway(), now=NOW, settings=settings)  # not through this API
+        audit.run_cycle_completed(engine, summary, actor="cli:cron")
+        after = datetime.now(UTC).timestamp()
+        first = samples(c.get("/metrics").text)[name]
+        assert before - 1 <= first <= after + 1
+        stopped = CycleSummary(at=NOW, stopped="gateway_unreachable")
+        audit.run_cycle_completed(engine, stopped, actor="cli:cron")  # a later run that stopped early
+        assert samples(c.get("/metrics").text)[name] == first
