@@ -157,7 +157,7 @@ def customer_list(
 def pm_add(
     customer: str = typer.Argument(..., help="Customer id (cus_...) or external ref."),
     token: str = typer.Option(..., help="Gateway payment-method token (pm_...). Never a card number."),
-    ip: str = typer.Option(..., "--consent-ip", help="IP address the customer agreed from."),
+    ip: str = typer.Option(..., "--consent-ip", "--consent-ip-address", help="IP address the customer agreed from."),
     user_agent: str = typer.Option(..., "--consent-user-agent", help="Browser user agent at consent."),
     terms_version: str = typer.Option(..., "--terms-version", help="Version label of the terms shown."),
     terms_file: Path | None = typer.Option(None, "--terms-file", help="File with the exact terms text shown."),

@@ -19,6 +19,7 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlmodel import Session, SQLModel
 from typer._click import Context
 from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
+from typer._click.globals import get_current_context
 from typer.core import TyperGroup
 
 from billing_engine.db import get_engine, transaction
@@ -132,9 +133,28 @@ def _wrap(fn: F, *, check_settings: bool) -> F:
             raise
         except (Exception, KeyboardInterrupt) as exc:
             message, code = describe(exc)
+            if isinstance(exc, BillingError) and (option := option_for(exc.field)) is not None:
+                message = f"{option}: {exc.message.removeprefix(f'{exc.field}:').strip()}"
             fail(message, code)
 
     return wrapper  # type: ignore[return-value]
+
+
+def option_for(field: str | None) -> str | None:
+    """The running command's option for an engine error's field, so the line names what the
+    user typed: ``trial_days`` -> ``--trial-days``, ``consent.channel`` -> ``--consent-channel``,
+    ``consent.terms_text`` -> ``--terms-text``. None when no option matches (the field as is)."""
+    ctx = get_current_context(silent=True)
+    if not field or field.startswith("-") or ctx is None:
+        return None
+    last = field.rsplit(".", 1)[-1]
+    names = {field.replace(".", "_"), last}
+    flags = {"--" + field.replace(".", "-").replace("_", "-"), "--" + last.replace("_", "-")}
+    for param in ctx.command.params:
+        if param.param_type_name == "option" and (param.name in names or flags & set(param.opts)):
+            longs = [o for o in param.opts if o.startswith("--")]
+            return longs[0] if longs else None
+    return None
 
 
 class BillingGroup(TyperGroup):

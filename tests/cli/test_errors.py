@@ -78,3 +78,27 @@ def test_a_usage_error_is_one_line_naming_the_option(args: tuple[str, ...], opti
 def test_no_arguments_still_prints_the_help(tmp_path: Path) -> None:
     p = _billing(tmp_path=tmp_path)
     assert "Usage" in p.stdout and "run-cycle" in p.stdout
+
+
+def test_an_engine_error_names_the_option_the_user_typed(tmp_path: Path) -> None:
+    """The engine names its fields (trial_days, consent.ip_address, plan); the CLI line names
+    the option of the command that was run (--trial-days, --consent-ip, --plan)."""
+    from tests.cli.inproc import invoke
+
+    env = {"BILLING_DATABASE_URL": f"sqlite:///{tmp_path / 'cli.db'}", "BILLING_ENV": "development"}
+    p = invoke(env, tmp_path, "plan", "create", "--code", "basic", "--name", "Basic", "--amount", "7.00",
+               "--currency", "USD", "--interval", "month", "--trial-days", "-1")
+    assert (p.returncode, p.stderr.strip()) == (2, "error: --trial-days: must be between 0 and 730")
+    cust = invoke(env, tmp_path, "customer", "create", "--email", "ada@example.com", "--name", "Ada", "--json")
+    import json
+
+    cid = json.loads(cust.stdout)["id"]
+    common = ("--token", "pm_card_visa", "--consent-user-agent", "x", "--terms-version", "v1", "--terms-text", "t",
+              "--consent-amount", "7.00", "--consent-currency", "USD")
+    p = invoke(env, tmp_path, "payment-method", "add", cid, "--consent-ip", "999.1.1.1", *common)
+    assert (p.returncode, p.stderr.strip()) == (2, "error: --consent-ip: not an IP address: '999.1.1.1'")
+    p = invoke(env, tmp_path, "payment-method", "add", cid, "--consent-ip", "1.1.1.1", "--consent-channel", "owl",
+               *common)
+    assert p.returncode == 2 and p.stderr.startswith("error: --consent-channel: must be one of web")
+    p = invoke(env, tmp_path, "subscribe", "--customer", cid, "--plan", "nope", "--payment-method", "pm_x")
+    assert (p.returncode, p.stderr.strip()) == (3, "error: --plan: no plan 'nope'")
