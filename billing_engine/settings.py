@@ -226,7 +226,7 @@ class Settings(BaseSettings):
     @classmethod
     def _check_url(cls, v: str) -> str:
         if not v.startswith(("sqlite:", "postgresql", "postgres:")):
-            raise ValueError("must start with sqlite:/// or postgresql+psycopg://")
+            raise ValueError("must start with sqlite:/// or postgresql+psycopg:// (postgres:// and postgresql:// mean psycopg too)")
         if v.startswith("postgres://"):
             v = "postgresql+psycopg://" + v[len("postgres://"):]
         elif v.startswith("postgresql://"):
