@@ -277,14 +277,21 @@ def test_parallel_workers_charge_each_period_once(engine, now) -> None:  # type:
     gw = FakeGateway(latency=0.002)
     url = engine.url.render_as_string(hide_password=False)
     errors: list[str] = []
+    # Every worker runs each instant together, as workers started by the same clock do. Without
+    # this, a fast worker ran months ahead of a slow one: it sent a subscription's reminder at a
+    # business time after the slow worker's charge instant, which then (rightly) waited for it,
+    # and the test ended before any run at a later instant charged it (85 of 90, once in CI).
+    together = threading.Barrier(4)
 
     def worker() -> None:
         eng = make_engine(url)
         try:
             for step in range(3):
+                together.wait(timeout=120)
                 summary = run_cycle(eng, gw, now=now + timedelta(days=31 * step), settings=SETTINGS, batch_size=5)
                 errors.extend(summary.errors)
                 # the next renewal's reminder (7 days ahead): nothing due, reminders queued
+                together.wait(timeout=120)
                 summary = run_cycle(eng, gw, now=now + timedelta(days=31 * step + 24), settings=SETTINGS, batch_size=5)
                 errors.extend(summary.errors)
         finally:
