@@ -41,40 +41,40 @@ def queue(engine: Engine, *, now: datetime, settings: Settings, batch: int = 500
         plans = {p.id: p for p in s.exec(select(Plan))}
     for status in (SubscriptionStatus.ACTIVE, SubscriptionStatus.TRIALING):
         trial = status == SubscriptionStatus.TRIALING
+        lead_of = {pid: reminder_lead(plan, trial=trial, settings=settings) for pid, plan in plans.items()}
         by_lead: dict[timedelta, list[str]] = {}
-        for plan in plans.values():
-            by_lead.setdefault(reminder_lead(plan, trial=trial, settings=settings), []).append(plan.id)
+        for pid, lead in lead_of.items():
+            by_lead.setdefault(lead, []).append(pid)
         if not by_lead:
             continue
         inside_lead = or_(*(and_(among(col(Subscription.plan_id), ids), col(Subscription.current_period_end) <= now + lead)
                             for lead, ids in sorted(by_lead.items())))
+        base = (
+            select(Subscription)
+            .where(Subscription.status == status)
+            .where(col(Subscription.current_period_end) <= now + max(by_lead))
+            .where(inside_lead)
+            .where(col(Subscription.cancel_at_period_end).is_(False))
+            # an import before its cut-over: the previous biller charges (and reminds)
+            .where(or_(col(Subscription.charge_from).is_(None),
+                       col(Subscription.charge_from) <= col(Subscription.current_period_end)))
+            .where(col(Subscription.pause_at_period_end).is_(False))  # no charge: no reminder
+            .where(or_(col(Subscription.reminded_period_index).is_(None),
+                       col(Subscription.reminded_at).is_(None),
+                       col(Subscription.reminded_period_index) < col(Subscription.next_period_index)))
+            .order_by(col(Subscription.id))
+            .limit(batch)
+        )
         after: str | None = None
         while True:
             with transaction(engine) as s:
-                q = (
-                    select(Subscription)
-                    .where(Subscription.status == status)
-                    .where(col(Subscription.current_period_end) <= now + max(by_lead))
-                    .where(inside_lead)
-                    .where(col(Subscription.cancel_at_period_end).is_(False))
-                    # an import before its cut-over: the previous biller charges (and reminds)
-                    .where(or_(col(Subscription.charge_from).is_(None),
-                               col(Subscription.charge_from) <= col(Subscription.current_period_end)))
-                    .where(col(Subscription.pause_at_period_end).is_(False))  # no charge: no reminder
-                    .where(or_(col(Subscription.reminded_period_index).is_(None),
-                               col(Subscription.reminded_at).is_(None),
-                               col(Subscription.reminded_period_index) < col(Subscription.next_period_index)))
-                    .order_by(col(Subscription.id))
-                    .limit(batch)
-                )
-                if after is not None:  # rows another worker holds or reminded are not read again
-                    q = q.where(col(Subscription.id) > after)
+                # after the previous batch: rows another worker holds or reminded are not read again
+                q = base if after is None else base.where(col(Subscription.id) > after)
                 if locks_rows(s):  # several workers: rows locked in id order (no deadlock), re-checked
                     q = q.with_for_update()
                 subs = list(s.exec(q))
                 for sub in subs:
-                    plan = plans[sub.plan_id]
-                    queued += _remind(s, sub, plan, now=now, lead=reminder_lead(plan, trial=trial, settings=settings))
+                    queued += _remind(s, sub, plans[sub.plan_id], now=now, lead=lead_of[sub.plan_id])
             if len(subs) < batch:
                 break
             after = subs[-1].id

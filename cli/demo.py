@@ -12,7 +12,7 @@ from billing_engine.db import make_engine, upgrade
 from billing_engine.errors import ValidationError
 from billing_engine.money import format_minor
 from billing_engine.periods import parse_datetime
-from billing_engine.settings import get_settings, load_settings
+from billing_engine.settings import load_settings
 from cli.common import JsonOpt, console, handle_errors_demo, print_json
 
 
@@ -48,8 +48,6 @@ def register(app: typer.Typer) -> None:
 
         start_at = parse_datetime(start, "--start")
         fixtures_dir = find_fixtures(fixtures)
-        if get_settings().log_level is None:  # the demo tells its own story: not 2 log lines per simulated day
-            logging.getLogger().setLevel(logging.WARNING)  # (BILLING_LOG_LEVEL=info shows them)
         for suffix in ("", "-wal", "-shm"):
             Path(f"{database}{suffix}").unlink(missing_ok=True)
         url = f"sqlite:///{database}"
@@ -58,6 +56,8 @@ def register(app: typer.Typer) -> None:
                 old.unlink()
         settings = load_settings(env="demo", gateway="fake", database_url=url, mail_transport="file", mail_dir=str(mail_dir),
                                  **DEMO_SELLER)
+        if settings.log_level is None:  # the demo tells its own story: not 2 log lines per simulated day
+            logging.getLogger().setLevel(logging.WARNING)  # (BILLING_LOG_LEVEL=info shows them)
         engine = make_engine(url)
         upgrade(engine)
         from billing_engine.notifications import deliver_pending
