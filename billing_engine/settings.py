@@ -56,6 +56,14 @@ class Settings(BaseSettings):
         "max_connections (100 by default), e.g. 2 API workers + 2 run-cycles = 60. At least 4: a "
         "run-cycle's threads (batches, settle, heartbeat, rate limit) each use one.",
     )
+    api_threads: int = Field(
+        default=8, ge=1, le=200,
+        description="Requests each API worker process (`billing serve`) runs at once; more wait, first "
+        "come first served. Python runs one thread at a time: a few threads let requests wait for the "
+        "database without holding up others, dozens fight over the interpreter lock (at 50 clients "
+        "the default 40 of the server library doubled the list's p99). Raise it if slow requests "
+        "(large exports) hold up quick ones; above BILLING_DB_POOL_SIZE, threads wait for a connection.",
+    )
     secret_key: SecretStr = Field(
         default=SecretStr(DEV_SECRET_KEY),
         description="Signs customer cancel links and dashboard sessions; at least 32 bytes in production.",
