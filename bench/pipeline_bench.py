@@ -28,6 +28,7 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -65,9 +66,34 @@ def worker(url: str, ledger: str, latency: float, rate: float | None, batch: int
         profiler.stop()
         Path(profile).write_text(profiler.output_text(unicode=False, color=False, show_all=False))  # type: ignore[arg-type]
     rss_mb = peak_rss_mb()
-    out.put({"succeeded": summary.succeeded, "errors": len(summary.errors), "wall": wall, "rss_mb": rss_mb,
-             "stopped": summary.stopped, "timings": summary.timings})
+    # plain JSON values: the queue pickles in a background thread, and an object it cannot
+    # pickle is dropped with only a line on stderr (the parent would wait for it forever)
+    out.put(json.loads(json.dumps({"succeeded": summary.succeeded, "errors": len(summary.errors), "wall": wall,
+                                   "rss_mb": rss_mb, "stopped": summary.stopped, "timings": summary.timings},
+                                  default=str)))
     engine.dispose()
+
+
+def collect(procs: list[Any], q: Any) -> list[dict[str, Any]]:
+    """One result per worker; exits 1 naming the worker(s) that ended without one (an
+    exception: its traceback is on stderr above) instead of waiting for it forever."""
+    import queue
+
+    results: list[dict[str, Any]] = []
+    while len(results) < len(procs):
+        try:
+            results.append(q.get(timeout=1.0))
+        except queue.Empty:
+            if all(not p.is_alive() for p in procs):
+                try:  # the last results may still be in the pipe
+                    while len(results) < len(procs):
+                        results.append(q.get(timeout=2.0))
+                except queue.Empty:
+                    dead = [f"worker {i} (exit code {p.exitcode})" for i, p in enumerate(procs)]
+                    print(f"FAILED: {len(procs) - len(results)} of {len(procs)} workers ended without a result: "
+                          + ", ".join(dead), file=sys.stderr)
+                    sys.exit(1)
+    return results
 
 
 def peak_rss_mb() -> float:
@@ -163,7 +189,7 @@ def main() -> None:
     t0 = time.perf_counter()
     for p in procs:
         p.start()
-    results = [q.get() for _ in procs]
+    results = collect(procs, q)
     for p in procs:
         p.join()
     wall = max(r["wall"] for r in results)
