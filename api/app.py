@@ -40,7 +40,7 @@ from api.routers import (
     webhooks,
 )
 from billing_engine.db import get_engine
-from billing_engine.gateway.factory import build_gateway
+from billing_engine.gateway.factory import build_gateway, check_gateway
 from billing_engine.gateway.protocol import PaymentGateway
 from billing_engine.settings import Settings, branding_warnings, get_settings
 
@@ -76,6 +76,16 @@ def create_app(
                    metrics, self_service, account_links, lifecycle, pricing, consents):
         app.include_router(module.router)
     return app
+
+
+def check_can_start(settings: Settings) -> None:
+    """What :func:`create_app` needs, checked without building it: the gateway's settings and
+    the database (reachable, schema at head; a new SQLite file is migrated, as the app
+    would). ``billing serve --workers N`` runs this once before it starts the workers, so a
+    bad setting or an unreachable database is one line and exit 78, as with one worker,
+    instead of every worker failing the same way."""
+    check_gateway(settings)
+    get_engine(settings.database_url, pool_size=settings.db_pool_size).dispose()  # the workers open their own
 
 
 def _thread_limit(threads: int) -> Callable[[FastAPI], Any]:

@@ -165,7 +165,14 @@ def worker_app() -> Any:
             pass
         if os.getppid() == 1:  # pragma: no cover - the supervisor died before prctl
             os.kill(os.getpid(), signal.SIGTERM)
-    return freeze_heap(create_app())
+    try:
+        app = create_app()
+    except Exception as exc:  # noqa: BLE001 - whatever it is, the next worker would fail the same way
+        # one line, and uvicorn's STARTUP_FAILURE: the supervisor stops instead of starting a new
+        # worker every second, each printing a traceback (`billing serve` then exits 78)
+        logger.error("a worker could not start: %s", str(exc) or type(exc).__name__)
+        sys.exit(STARTUP_FAILURE)
+    return freeze_heap(app)
 
 
 def freeze_heap(app: Any) -> Any:

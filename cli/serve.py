@@ -73,6 +73,7 @@ def register(app: typer.Typer) -> None:
 
         gc.disable()  # while importing the server and the app: see cli/main.py
         try:
+            from uvicorn.config import STARTUP_FAILURE
             from uvicorn.supervisors import Multiprocess
 
             from api import serving
@@ -102,15 +103,19 @@ def register(app: typer.Typer) -> None:
             "timeout_graceful_shutdown": graceful_timeout, "limit_concurrency": limit_concurrency,
         }
         if workers > 1:
+            from api.app import check_can_start
+
+            check_can_start(settings)  # what each worker does first: a bad setting fails here, once, exit 78
             # a worker answers the supervisor's health ping only once it has imported and built the app:
             # uvicorn's 5 s kills slow starters on a busy machine, over and over
             cfg = serving.config("api.serving:worker_app", factory=True, read_timeout=read_timeout,
                                  timeout_worker_healthcheck=60, **options)
             spread = serving.reuse_port_sockets(cfg, workers)  # one socket per worker (Linux), see there
-            if spread is not None:
-                serving.SpreadMultiprocess(cfg, spread).run()
-            else:
-                Multiprocess(cfg, sockets=[cfg.bind_socket()]).run()
+            supervisor = (serving.SpreadMultiprocess(cfg, spread) if spread is not None
+                          else Multiprocess(cfg, sockets=[cfg.bind_socket()]))
+            supervisor.run()
+            if any(p.exitcode == STARTUP_FAILURE for p in supervisor.processes):
+                raise ConfigurationError("a worker could not start (its error is in the log above); the server stopped")
         else:
             cfg = serving.config(serving.freeze_heap(create_app(settings=settings)), read_timeout=read_timeout, **options)
             server = serving.DrainingServer(cfg)

@@ -44,15 +44,22 @@ def shared_limiter(settings: Settings, engine: Engine) -> SharedTokenBucket | No
     return SharedTokenBucket(engine, f"gateway:{settings.gateway_name}", limit=rate)
 
 
+def check_gateway(settings: Settings) -> None:
+    """``ConfigurationError`` when :func:`build_gateway` could not build the configured
+    gateway (no gateway chosen in production, stripe without a key); nothing is built."""
+    if settings.gateway is None and settings.mode is Mode.PRODUCTION:
+        raise ConfigurationError(UNSET_GATEWAY)
+    if settings.gateway_name == "stripe" and settings.stripe_api_key is None:
+        raise ConfigurationError("BILLING_STRIPE_API_KEY is required when BILLING_GATEWAY=stripe")
+
+
 def build_gateway(settings: Settings, *, engine: Engine | None = None) -> PaymentGateway:
     """The configured gateway; with ``engine``, paced by the rate limit shared by all workers."""
     global _fake_singleton
+    check_gateway(settings)
     limiter = shared_limiter(settings, engine) if engine is not None else None
-    if settings.gateway is None and settings.mode is Mode.PRODUCTION:
-        raise ConfigurationError(UNSET_GATEWAY)
     if settings.gateway_name == "stripe":
-        if settings.stripe_api_key is None:
-            raise ConfigurationError("BILLING_STRIPE_API_KEY is required when BILLING_GATEWAY=stripe")
+        assert settings.stripe_api_key is not None
         from billing_engine.gateway.stripe import StripeGateway
 
         kwargs: dict[str, object] = {"api_key": settings.stripe_api_key.get_secret_value()}

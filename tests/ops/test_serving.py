@@ -326,3 +326,42 @@ def _listening(pid: int, port: int) -> bool:
                    for fd in os.listdir(f"/proc/{pid}/fd"))
     except OSError:
         return False
+
+
+@pytest.mark.parametrize("problem", ["stripe without a key", "database unreachable"])
+def test_a_multi_worker_server_that_cannot_start_says_why_once_and_exits_78(tmp_path: Path, problem: str) -> None:
+    """As with one worker: one line and exit 78. Before, each of the 2 workers died at start-up
+    with a traceback and the supervisor started a new one every second, forever."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "BILLING_ENV": "development", "BILLING_ADMIN_TOKENS": TOKEN,
+           "BILLING_MAIL_TRANSPORT": "none", "BILLING_DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite'}"}
+    env.pop("BILLING_STRIPE_API_KEY", None)
+    if problem == "stripe without a key":
+        env["BILLING_GATEWAY"], expected = "stripe", "error: BILLING_STRIPE_API_KEY is required"
+    else:
+        env["BILLING_GATEWAY"], expected = "fake", "error: cannot open the database"
+        env["BILLING_DATABASE_URL"] = f"postgresql+psycopg://postgres@127.0.0.1:{_free_port()}/nothing_listens"
+    try:
+        done = subprocess.run([sys.executable, "-m", "cli.main", "serve", "--port", str(_free_port()), "--workers", "2"],
+                              env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"still running after 60 s: {str(exc.stderr)[-2000:]}")
+    assert done.returncode == 78, done.stderr[-2000:]
+    assert done.stderr.strip().splitlines()[-1].startswith(expected), done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+
+
+def test_a_worker_whose_app_cannot_be_built_exits_as_a_startup_failure(tmp_path: Path) -> None:
+    """If a worker still cannot build its app (the database went away after the supervisor's
+    check), it exits with uvicorn's STARTUP_FAILURE after one line: the supervisor then
+    stops, and `billing serve` exits 78, instead of replacing it every second."""
+    from uvicorn.config import STARTUP_FAILURE
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "BILLING_ENV": "development", "BILLING_ADMIN_TOKENS": TOKEN,
+           "BILLING_MAIL_TRANSPORT": "none", "BILLING_GATEWAY": "stripe",
+           "BILLING_DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite'}"}
+    env.pop("BILLING_STRIPE_API_KEY", None)
+    done = subprocess.run([sys.executable, "-c", "from api.serving import worker_app; worker_app()"], env=env,
+                          cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert done.returncode == STARTUP_FAILURE, done.stderr[-2000:]
+    assert "a worker could not start: BILLING_STRIPE_API_KEY is required" in done.stderr
+    assert "Traceback" not in done.stderr
