@@ -248,6 +248,16 @@ def brand(settings: Settings) -> dict[str, str]:
             "company_address": settings.company_address, "company_tax_id": settings.company_tax_id}
 
 
+def _invoice_ref(session: Session, invoice_id: Any) -> str | None:
+    """The invoice's number (``INV-000042``), or its id while it has none (not paid)."""
+    from billing_engine.models import Invoice
+
+    if not invoice_id:
+        return None
+    invoice = session.get(Invoice, str(invoice_id))
+    return invoice.number if invoice is not None and invoice.number else str(invoice_id)
+
+
 def build_context(session: Session, n: Notification, settings: Settings) -> dict[str, Any]:
     """Everything a template may use: the row's payload plus customer, plan, card, links,
     the customer's language (``tr``, ``lang``, ``dir``) and the one set of sentences
@@ -316,6 +326,8 @@ def build_context(session: Session, n: Notification, settings: Settings) -> dict
         "ends_now": bool(payload.get("effective_at")) and _parse_dt(payload.get("effective_at")) == _parse_dt(payload.get("canceled_at")),
         "next_charge_date": date(sub.current_period_end) if sub is not None else "",
         "invoice_id": payload.get("invoice_id"),
+        # what the customer's receipts (page, PDF) call the invoice: its gapless number, once paid
+        "invoice_ref": _invoice_ref(session, payload.get("invoice_id")),
         # (the gateway's own message is in English and may say more than the card holder should read)
         "decline_message": decline_reason(tr, payload.get("decline_code"))
         if payload.get("decline_code") or payload.get("message") else "",

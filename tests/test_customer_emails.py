@@ -156,3 +156,26 @@ def test_digests_and_summaries_are_queued_page_by_page_each_subscriber_once_with
     for n in summaries:
         p = json.loads(n.payload)
         assert p["year_total_minor"] == ids[n.subscription_id or ""] * p["year_charges"] > 0
+
+
+def test_the_receipt_and_the_refund_e_mail_name_the_invoice_by_its_number(engine: Engine, now: datetime) -> None:
+    """The number the customer's receipts page and PDF show (INV-000001), not the internal id."""
+    from billing_engine import refunds
+    from billing_engine.models import Invoice
+
+    with transaction(engine) as s:
+        make_subscription(s, now, plan=make_plan(s, now))
+    gw = FakeGateway()
+    run_cycle(engine, gw, now=now + timedelta(hours=1), settings=SETTINGS)
+    with Session(engine) as s:
+        invoice = s.exec(select(Invoice).where(Invoice.status == "paid")).one()
+    assert invoice.number and invoice.number.startswith("INV-")
+    refunds.create(engine, gw, invoice_id=invoice.id, amount_minor=500, reason="requested_by_customer", now=now)
+    for kind in ("receipt", "refund"):
+        [row] = _rows(engine, kind)
+        with Session(engine) as s:
+            msg = notifications.compose(s, row, SETTINGS, now)
+        for part in ("plain", "html"):
+            body = str(msg.get_body((part,)).get_content())  # type: ignore[union-attr]
+            assert invoice.number in body, (kind, part)
+            assert invoice.id not in body, (kind, part)
