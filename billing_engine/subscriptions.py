@@ -21,7 +21,7 @@ from sqlalchemy import bindparam
 from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
-from billing_engine import consents, events, listing, metadata, validation
+from billing_engine import consents, customers, events, listing, metadata, validation
 from billing_engine.db import among_param, locks_rows
 from billing_engine.errors import Conflict, InvalidTransition, NotFound, ValidationError
 from billing_engine.models import (
@@ -186,14 +186,28 @@ def _filtered(session: Session, q: Any, *, status: str | None, customer_id: str 
                 f"must be one of {', '.join(s.value for s in SubscriptionStatus)}", field="status"
             )
         q = q.where(Subscription.status == status)
+    customer_id, plan_id = filter_ids(session, customer_id, plan_id)
     if customer_id:
         q = q.where(Subscription.customer_id == customer_id)
     if plan_id:
-        plan = session.get(Plan, plan_id) or session.exec(select(Plan).where(Plan.code == plan_id)).first()
-        q = q.where(Subscription.plan_id == (plan.id if plan else plan_id))
+        q = q.where(Subscription.plan_id == plan_id)
     if listing.cursor(after, "sub"):
         q = q.where(col(Subscription.id) > after)
     return q
+
+
+def filter_ids(session: Session, customer: str | None, plan: str | None) -> tuple[str | None, str | None]:
+    """The ids a list filter names: a customer by id or external reference, a plan by id or
+    code. ``NotFound`` (field ``customer`` / ``plan``) for one that does not exist: a typo
+    would otherwise read as "no subscriptions" (an empty page, a finished export)."""
+    if customer:
+        customer = customers.get(session, customer).id
+    if plan:
+        found = session.get(Plan, plan) or session.exec(select(Plan).where(Plan.code == plan)).first()
+        if found is None:
+            raise NotFound(f"no plan {plan!r}", field="plan")
+        plan = found.id
+    return customer, plan
 
 
 # The columns of a subscription row named like the model's attributes, plus the customer's
@@ -234,11 +248,11 @@ def list_summaries(
                 f"must be one of {', '.join(s.value for s in SubscriptionStatus)}", field="status"
             )
         params["status"] = status
+    customer_id, plan_id = filter_ids(session, customer_id, plan_id)
     if customer_id:
         params["customer_id"] = customer_id
     if plan_id:
-        plan = session.get(Plan, plan_id) or session.exec(select(Plan).where(Plan.code == plan_id)).first()
-        params["plan_id"] = plan.id if plan else plan_id
+        params["plan_id"] = plan_id
     if listing.cursor(after, "sub"):
         params["after"] = after
     return summaries(session, _rows(session, _page_select(limit, frozenset(params)), params), now)

@@ -26,12 +26,12 @@ InvoiceId = Annotated[str, Path(min_length=1, max_length=40, description="Invoic
 AttemptId = Annotated[str, Path(min_length=1, max_length=40, description="Payment attempt id (pay_...)."), AfterValidator(clean_text)]
 
 
-@router.get("/v1/invoices", response_model=Page[InvoiceOut], responses=admin(),
+@router.get("/v1/invoices", response_model=Page[InvoiceOut], responses=admin(404),
             summary="List invoices (oldest first), filtered, in cursor pages")
 def list_invoices(
     engine: EngineDep,
-    subscription: Annotated[str | None, Query(max_length=40, description="Subscription id."), AfterValidator(clean_optional)] = None,
-    customer: Annotated[str | None, Query(max_length=40, description="Customer id."), AfterValidator(clean_optional)] = None,
+    subscription: Annotated[str | None, Query(max_length=40, description="Subscription id (404 if none)."), AfterValidator(clean_optional)] = None,
+    customer: Annotated[str | None, Query(max_length=40, description="Customer id or external reference (404 if none)."), AfterValidator(clean_optional)] = None,
     status: Annotated[str | None, Query(max_length=20, description="open | paid | uncollectible | void"), AfterValidator(clean_optional)] = None,
     limit: Annotated[Limit, Query()] = 100,
     after: Annotated[str | None, Query(max_length=40, description="Cursor: the next_cursor of the previous page."), AfterValidator(clean_optional)] = None,

@@ -82,13 +82,13 @@ def create_subscription(request: Request, body: SubscriptionCreate, engine: Engi
     return idempotency.after_effect_answer(request, engine, idempotency_key, body, action)
 
 
-@router.get("", response_model=Page[SubscriptionOut], responses=admin(),
+@router.get("", response_model=Page[SubscriptionOut], responses=admin(404),
             summary="List subscriptions (oldest first), filtered, in cursor pages")
 def list_subscriptions(
     engine: EngineDep,
     status: Annotated[str | None, Query(max_length=20, description=" | ".join(SubscriptionStatus)), AfterValidator(clean_optional)] = None,
-    customer: Annotated[str | None, Query(max_length=40, description="Customer id."), AfterValidator(clean_optional)] = None,
-    plan: Annotated[str | None, Query(max_length=64, description="Plan code or id."), AfterValidator(clean_optional)] = None,
+    customer: Annotated[str | None, Query(max_length=40, description="Customer id or external reference (404 if none)."), AfterValidator(clean_optional)] = None,
+    plan: Annotated[str | None, Query(max_length=64, description="Plan code or id (404 if none)."), AfterValidator(clean_optional)] = None,
     limit: Annotated[Limit, Query()] = 100,
     after: Annotated[str | None, Query(max_length=40, description="Cursor: the next_cursor of the previous page."), AfterValidator(clean_optional)] = None,
     ranges: RangesDep = Ranges(),

@@ -185,3 +185,25 @@ def test_a_cursor_that_is_not_an_id_of_the_list_is_422_naming_after(client: Test
     r = client.get(path, params={"after": foreign})
     assert r.status_code == 422 and r.json()["field"] == "after", r.text
     assert client.get(path).status_code == 200
+
+
+@pytest.mark.parametrize("path,params,field", [
+    ("/v1/subscriptions", {"plan": "nope-monthly"}, "plan"),
+    ("/v1/subscriptions", {"customer": "cus_NOSUCHCUSTOMER"}, "customer"),
+    ("/v1/invoices", {"subscription": "sub_NOSUCHSUBSCRIPTION"}, "subscription"),
+    ("/v1/invoices", {"customer": "cus_NOSUCHCUSTOMER"}, "customer"),
+])
+def test_a_list_filter_naming_nothing_that_exists_is_404_naming_it(client: TestClient, path: str,
+                                                                   params: dict[str, str], field: str) -> None:
+    """A mistyped plan code or id used to answer an empty page (200, has_more false): a
+    finance export would end there, without a word."""
+    create_plan(client)
+    sub = subscribe(client)
+    r = client.get(path, params=params)
+    assert r.status_code == 404 and r.json()["field"] == field, r.text
+    assert params[field] in r.json()["detail"]
+    good = {"plan": "basic-monthly", "customer": sub["customer_id"], "subscription": sub["id"]}[field]
+    ok = client.get(path, params={field: good})
+    assert ok.status_code == 200, ok.text
+    if path == "/v1/subscriptions":
+        assert [s["id"] for s in ok.json()["data"]] == [sub["id"]]

@@ -92,6 +92,8 @@ def test_lists_page_with_a_cursor_and_say_when_more_exist(env: dict[str, str]) -
     typo = run(env, "subscription", "list", "--after", "garbage", "--json", code=2)  # not the whole list again
     assert typo.returncode == 2 and typo.stdout == "" and len(typo.stderr.strip().splitlines()) == 1
     assert "after: not a cursor of this list" in typo.stderr and "sub_" in typo.stderr
+    unknown = run(env, "subscription", "list", "--plan", "nope-monthly", "--json", code=3)  # not an empty list
+    assert unknown.stdout == "" and unknown.stderr.strip() == "error: --plan: no plan 'nope-monthly'"
 
 
 def test_run_cycle_progress_shows_total_and_rate(env: dict[str, str]) -> None:
