@@ -55,7 +55,7 @@ def create_app(
     settings = settings or get_settings()
     settings.check_production_safety(serving_api=True)  # exit 78 / refuse to start when unsafe
     for warning in branding_warnings(settings):  # placeholders would reach customers
-        logging.getLogger("billing.api").warning("%s", warning)
+        logging.getLogger("billing.api").warning("warning: %s", warning)  # as the CLI words its own
     app = FastAPI(
         lifespan=_thread_limit(settings.api_threads),
         title="Billing engine API",

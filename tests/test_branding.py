@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from billing_engine.demo import DEMO_SELLER
 from billing_engine.settings import branding_warnings, load_settings
 
@@ -44,3 +46,18 @@ def test_the_demo_names_one_seller_everywhere() -> None:
     assert DEMO_SELLER["company_name"] in DEMO_SELLER["mail_from"] and DEMO_SELLER["company_name"] in plans
     assert DEMO_SELLER["support_email"].endswith("@ledger.example")
     assert "Your Newsletter" not in plans and "localhost" not in "".join(DEMO_SELLER.values())
+
+
+def test_the_api_words_its_branding_warnings_as_the_cli_does(caplog: pytest.LogCaptureFixture) -> None:
+    """`"event": "warning: ..."` in every process's log (docs/operations.md), the API's too."""
+    import logging
+
+    from api.app import create_app
+
+    prod = load_settings(env="production", gateway="fake", secret_key=STRONG, admin_tokens=["a" * 40],
+                         database_url="sqlite://")
+    with caplog.at_level(logging.WARNING, logger="billing.api"):
+        create_app(settings=prod)
+    lines = [r.getMessage() for r in caplog.records if r.name == "billing.api"]
+    assert any("BILLING_COMPANY_NAME is not set" in line for line in lines)
+    assert all(line.startswith("warning: ") for line in lines), lines
