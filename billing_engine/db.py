@@ -143,9 +143,19 @@ READS_OPTION = "billing_reads"
 
 def readers(engine: Engine) -> Engine:
     """``engine`` for reads: on SQLite its transactions begin DEFERRED (no write lock; WAL
-    lets them read while a writer writes -- a write in one would still work, upgrading the
-    lock); on PostgreSQL reads never block anyway. Used by every GET of the API."""
+    lets them read while a writer writes; a write in one must go through :func:`writers`);
+    on PostgreSQL reads never block anyway. Used by every GET of the API."""
     return engine.execution_options(**{READS_OPTION: True})
+
+
+def writers(engine: Engine) -> Engine:
+    """``engine`` for a transaction that writes, even when handed its :func:`readers` form:
+    on SQLite it begins IMMEDIATE (waits for the write lock up front, within the busy
+    timeout). A DEFERRED transaction that reads and then writes fails at once ("database is
+    locked") if another writer committed after its first read: SQLite cannot upgrade a
+    stale snapshot, and the busy timeout does not apply."""
+    return engine.execution_options(**{READS_OPTION: False}) if engine.get_execution_options().get(READS_OPTION) \
+        else engine
 
 
 _statement_readers: weakref.WeakKeyDictionary[Engine, Engine] = weakref.WeakKeyDictionary()

@@ -54,6 +54,7 @@ from typing import Any
 from sqlalchemy import BigInteger, Column, String, Table, case, delete, func, insert, or_, select, union, union_all
 from sqlalchemy.engine import Connection, Engine
 
+from billing_engine.db import writers
 from billing_engine.models import ReportCustomerFirstPaid, ReportOffPrice, ReportRollupState
 from billing_engine.reports import day_rollups
 from billing_engine.reports.dunning_facts import (
@@ -201,7 +202,7 @@ def refresh(engine: Engine, *, lag: timedelta = LAG, rebuild: bool = False,
             wall_clock: datetime | None = None) -> Refreshed:
     """Bring the rollups up to date with the events table (its own transaction)."""
     now = wall_clock or datetime.now(UTC)
-    with engine.begin() as conn:
+    with writers(engine).begin() as conn:  # a report served by a GET hands in the reader engine
         _lock(conn)
         tune(conn)  # a rebuild sorts and hashes millions of rows
         st = state_table.c
