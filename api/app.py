@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from datetime import datetime
-from typing import Any
 
 from fastapi import FastAPI
 from sqlalchemy.engine import Engine
 
-from api import openapi_docs
+from api import openapi_docs, threads
 from api.deps import utc_now
 from api.errors import install_error_handlers
 from api.limits import BodyLimit
@@ -57,7 +55,7 @@ def create_app(
     for warning in branding_warnings(settings):  # placeholders would reach customers
         logging.getLogger("billing.api").warning("warning: %s", warning)  # as the CLI words its own
     app = FastAPI(
-        lifespan=_thread_limit(settings.api_threads),
+        lifespan=threads.lifespan(settings.api_threads),  # quick requests' pool (api.threads)
         title="Billing engine API",
         version="1",
         description="Admin API (Bearer token) for plans, customers, consented cards, subscriptions, "
@@ -87,20 +85,3 @@ def check_can_start(settings: Settings) -> None:
     check_gateway(settings)
     get_engine(settings.database_url, pool_size=settings.db_pool_size).dispose()  # the workers open their own
 
-
-def _thread_limit(threads: int) -> Callable[[FastAPI], Any]:
-    """The app's lifespan: at start-up, ``threads`` becomes the size of the thread pool in
-    which the server runs the (synchronous) endpoints, in this worker's event loop
-    (BILLING_API_THREADS; anyio's own default is 40). Requests beyond it wait in line, first
-    come first served. With 25 in-flight requests per worker in 25 threads, each held the
-    interpreter lock in turn for 5 ms slices: every request took ~25 times its own CPU time
-    to finish and the switching cost CPU of its own (bench/README.md, "Tenth round")."""
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        import anyio.to_thread
-
-        anyio.to_thread.current_default_thread_limiter().total_tokens = threads
-        yield
-
-    return lifespan

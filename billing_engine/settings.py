@@ -61,8 +61,9 @@ class Settings(BaseSettings):
         description="Requests each API worker process (`billing serve`) runs at once; more wait, first "
         "come first served. Python runs one thread at a time: a few threads let requests wait for the "
         "database without holding up others, dozens fight over the interpreter lock (at 50 clients "
-        "the default 40 of the server library doubled the list's p99). Raise it if slow requests "
-        "(large exports) hold up quick ones; above BILLING_DB_POOL_SIZE, threads wait for a connection.",
+        "the default 40 of the server library doubled the list's p99). Long work (report exports, the "
+        "dashboard, imports, POST /v1/run-cycle) runs in a pool of 4 of its own and never takes these. "
+        "Above BILLING_DB_POOL_SIZE, threads wait for a connection.",
     )
     secret_key: SecretStr = Field(
         default=SecretStr(DEV_SECRET_KEY),

@@ -16,6 +16,7 @@ from api.idempotency import IdempotencyKey
 from api.responses import admin
 from api.routers.metrics import app_metrics
 from api.schemas import CycleSummaryOut, RunCycleRequest
+from api.threads import long_running
 from billing_engine import audit
 from billing_engine.clock import check_run_instant
 from billing_engine.cycle import run_cycle
@@ -34,6 +35,7 @@ def _deliver(settings: Settings) -> Callable[[Engine, datetime], int] | None:
 
 @router.post("/v1/run-cycle", response_model=CycleSummaryOut, responses=admin(),
              summary="Charge due renewals, retry dunning, end scheduled cancellations, queue reminders")
+@long_running  # seconds on a large database: not in the quick requests' pool (api.threads)
 def trigger_run_cycle(request: Request, engine: EngineDep, gateway: GatewayDep, settings: SettingsDep, now: NowDep,
                       body: RunCycleRequest | None = None, idempotency_key: IdempotencyKey = None) -> JSONResponse:
     body = body or RunCycleRequest.model_validate({})

@@ -28,6 +28,7 @@ from itsdangerous import BadSignature, URLSafeTimedSerializer
 from api.auth import client_address, record_failure, throttled, token_ok
 from api.deps import EngineDep, NowDep, SettingsDep
 from api.routers.reports import EXPORT_FORMATS, export_response
+from api.threads import long_running
 from billing_engine import audit
 from billing_engine.admin_tokens import match
 from billing_engine.errors import BillingError, ValidationError
@@ -152,6 +153,7 @@ Opt = Annotated[str | None, Query(max_length=40)]
 
 
 @router.get("/dashboard", response_class=HTMLResponse)
+@long_running  # seconds on a large database: not in the quick requests' pool (api.threads)
 def dashboard(request: Request, engine: EngineDep, settings: SettingsDep, now: NowDep,
               start: Annotated[str | None, Query(max_length=40, alias="from")] = None,
               to: Opt = None, currency: Opt = None) -> Response:
@@ -177,6 +179,7 @@ def dashboard(request: Request, engine: EngineDep, settings: SettingsDep, now: N
 
 
 @router.get("/dashboard/export/{name}")
+@long_running  # seconds on a large database: not in the quick requests' pool (api.threads)
 def export(request: Request, name: str, engine: EngineDep, settings: SettingsDep, now: NowDep,
            start: Annotated[str | None, Query(max_length=40, alias="from")] = None,
            to: Opt = None, currency: Opt = None, by: Opt = None, period: Opt = None,

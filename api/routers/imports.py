@@ -20,6 +20,7 @@ from api.idempotency import IdempotencyKey
 from api.problems import problem
 from api.responses import admin
 from api.schemas import Input, UtcDateTime
+from api.threads import long_running
 from billing_engine.imports import csv_source, service
 from billing_engine.imports.records import HOLD
 
@@ -85,6 +86,7 @@ class _Refused(Exception):
 @router.post("/v1/imports", status_code=201, response_model=ImportOut,
              responses={**admin(409), 200: {"model": ImportOut, "description": "Dry run: nothing was changed."}},
              summary="Import customers, cards and subscriptions (Stripe or CSV)")
+@long_running  # seconds on a large database: not in the quick requests' pool (api.threads)
 def create_import(request: Request, body: ImportRequest, engine: EngineDep, settings: SettingsDep,
                   now: NowDep, idempotency_key: IdempotencyKey = None) -> JSONResponse:
     """A retry with the same Idempotency-Key replays the first answer without importing again

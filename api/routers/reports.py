@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse, Response
 from api.auth import READ
 from api.deps import EngineDep, NowDep, SettingsDep
 from api.responses import admin
+from api.threads import long_running
 from billing_engine.errors import ValidationError
 from billing_engine.reports import MEDIA_TYPES, REPORTS, build_query, run_report, to_csv, to_dict, to_xlsx
 
@@ -55,6 +56,7 @@ def export_response(report: Any, fmt: str) -> Response:
     "currency's major unit; XLSX as typed decimal cells. `to` is exclusive, except that a bare date "
     "includes that whole day. Definitions: docs/reports.md.",
 )
+@long_running  # seconds on a large database: not in the quick requests' pool (api.threads)
 def get_report(
     engine: EngineDep,
     settings: SettingsDep,

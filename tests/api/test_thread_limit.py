@@ -53,3 +53,32 @@ def test_the_thread_count_is_checked() -> None:
 
     with pytest.raises((ConfigurationError, ValueError), match="api_threads|API_THREADS"):
         load_settings(api_threads=0)
+
+
+def test_report_exports_in_flight_do_not_hold_up_quick_requests(engine: Engine, clock: Clock,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Long work (reports, the dashboard, imports, a run-cycle through the API) has a pool of
+    its own: with BILLING_API_THREADS=1 and two slow exports running, a list still answers at
+    once (in the one quick thread the exports would otherwise hold)."""
+    import api.routers.reports as reports_router
+    from tests.api.conftest import AUTH
+
+    real = reports_router.run_report
+
+    def slow_report(*args: object, **kwargs: object) -> object:
+        time.sleep(1.5)  # a large database
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(reports_router, "run_report", slow_report)
+    app = create_app(settings=load_settings(admin_tokens=[TOKEN], api_threads=1, database_url=engine.url.render_as_string(
+        hide_password=False)), engine=engine, gateway=FakeGateway(), clock=clock)
+    with TestClient(app, headers=AUTH) as c, ThreadPoolExecutor(2) as pool:
+        exports = [pool.submit(c.get, "/v1/reports/revenue", params={"format": "csv"}) for _ in range(2)]
+        time.sleep(0.4)  # both exports are in their 1.5 s
+        t = time.perf_counter()
+        quick = c.get("/v1/plans")
+        waited = time.perf_counter() - t
+        assert not all(e.done() for e in exports)
+        assert [e.result().status_code for e in exports] == [200, 200]
+    assert quick.status_code == 200
+    assert waited < 0.8, f"the list waited {waited:.2f} s behind the exports"
