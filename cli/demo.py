@@ -12,7 +12,7 @@ from billing_engine.db import make_engine, upgrade
 from billing_engine.errors import ValidationError
 from billing_engine.money import format_minor
 from billing_engine.periods import parse_datetime
-from billing_engine.settings import load_settings
+from billing_engine.settings import Settings, load_settings
 from cli.common import JsonOpt, console, handle_errors_demo, print_json
 
 
@@ -60,6 +60,7 @@ def register(app: typer.Typer) -> None:
             logging.getLogger().setLevel(logging.WARNING)  # (BILLING_LOG_LEVEL=info shows them)
         engine = make_engine(url)
         upgrade(engine)
+        env_file = write_env_file(database, settings)
         from billing_engine.notifications import deliver_pending
 
         def deliver(eng, now):  # type: ignore[no-untyped-def]
@@ -68,7 +69,7 @@ def register(app: typer.Typer) -> None:
         if json_out:
             result = run_demo(engine, start=start_at, months=months, settings=settings, deliver=deliver,
                               fixtures=fixtures_dir)
-            print_json({"database": url, "mail_dir": str(mail_dir), "months": [{k: dict(v) if isinstance(v, dict) else v for k, v in vars(m).items()}
+            print_json({"database": url, "mail_dir": str(mail_dir), "env_file": str(env_file), "months": [{k: dict(v) if isinstance(v, dict) else v for k, v in vars(m).items()}
                                                                 for m in result.months],
                         "statuses": result.statuses, "notifications": result.notifications})
             return
@@ -112,8 +113,36 @@ def register(app: typer.Typer) -> None:
             for line in result.log:
                 console.print(line, highlight=False)
         console.print(
-            f"\nExplore it (after `. .venv/bin/activate`):\n  export BILLING_DATABASE_URL={url}\n"
+            f"\nExplore it (after `. .venv/bin/activate`):\n"
+            f"  set -a; . ./{env_file}; set +a   # the demo's settings: its database, seller, signing key, e-mails\n"
             f"  billing subscription list --status canceled\n"
             f"  billing report churn --from {start_at.date()} --to {last_day} --by plan\n"
             f"  billing report revenue --from {start_at.date()} --to {last_day} --format csv\n"
-            f"  ls {mail_dir}/   # the e-mails the customers received", highlight=False)
+            f"  ls {mail_dir}/   # the e-mails the customers received\n"
+            f"  billing serve    # their cancel links work at {settings.public_base_url}; admin API: "
+            f"Bearer ${{BILLING_ADMIN_TOKENS#demo:}}", highlight=False)
+
+
+def write_env_file(database: Path, settings: Settings) -> Path:
+    """``<database>.env`` (``demo.env``): the settings the demo ran with, for ``set -a; .
+    ./demo.env; set +a`` -- so that the CLI and ``billing serve`` afterwards show the same
+    seller, sign links with the same key (the e-mailed cancel links keep working) and write
+    e-mails to the same directory -- plus an admin token for trying the API. Readable by its
+    owner only (it holds the signing key of this demo)."""
+    import secrets
+    import shlex
+
+    from billing_engine.demo import DEMO_SELLER
+
+    values = {"BILLING_ENV": "demo", "BILLING_DATABASE_URL": f"sqlite:///{database.resolve()}", "BILLING_GATEWAY": "fake",
+              "BILLING_MAIL_TRANSPORT": "file", "BILLING_MAIL_DIR": str(Path(settings.mail_dir).resolve()),
+              "BILLING_SECRET_KEY": settings.secret_key.get_secret_value(),
+              "BILLING_PUBLIC_BASE_URL": settings.public_base_url,
+              "BILLING_ADMIN_TOKENS": "demo:" + secrets.token_urlsafe(32),
+              **{f"BILLING_{k.upper()}": str(getattr(settings, k)) for k in DEMO_SELLER}}
+    path = database.with_suffix(".env")
+    path.unlink(missing_ok=True)
+    path.touch(mode=0o600)
+    path.write_text("# written by `billing demo`: its settings (set -a; . ./" + path.name + "; set +a)\n"
+                    + "".join(f"{k}={shlex.quote(v)}\n" for k, v in values.items()))
+    return path

@@ -112,6 +112,33 @@ def test_demo_needs_no_setting_even_where_production_rules_apply(env: dict[str, 
     assert '"level"' not in p.stderr, p.stderr[:2000]
 
 
+def test_the_demo_leaves_its_settings_so_its_data_can_be_served_as_it_was_billed(env: dict[str, str],
+                                                                                  tmp_path: Path) -> None:
+    """demo.env: the same seller, the same signing key (the e-mailed cancel links verify), the
+    demo's database and e-mail directory, and an admin token. Before, serving demo.db showed
+    'Your Newsletter' and a new key broke every link in demo-mail/."""
+    import re
+    import stat
+
+    p = billing(env, tmp_path, "demo", "--fixtures", str(ROOT / "fixtures"), "--months", "1")
+    assert p.returncode == 0, p.stderr
+    env_file = tmp_path / "demo.env"
+    assert "set -a; . ./demo.env; set +a" in p.stdout
+    assert stat.S_IMODE(env_file.stat().st_mode) == 0o600  # it holds the demo's signing key
+    token = re.search(r"/cancel/([A-Za-z0-9._-]+)", "".join(
+        f.read_text() for f in sorted((tmp_path / "demo-mail").glob("*.eml"))[:5])).group(1)  # type: ignore[union-attr]
+    check = ("from datetime import datetime, UTC; from billing_engine.settings import get_settings; "
+             "from billing_engine.links import verify_cancel_token; s = get_settings(); "
+             "print(s.company_name, s.database_url.endswith('demo.db'), "  # verified in the demo's (simulated) January
+             f"verify_cancel_token(s, {token!r}, datetime(2026, 1, 20, tzinfo=UTC)).startswith('sub_'), "
+             "len(s.admin_secrets()))")
+    clean = {k: v for k, v in env.items() if not k.startswith("BILLING_")}
+    out = subprocess.run(["sh", "-c", f'set -a; . ./demo.env; set +a; exec "{sys.executable}" -c "{check}"'],
+                         cwd=tmp_path, env=clean, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "The Ledger True True 1"
+
+
 def test_explicit_fake_gateway_on_postgresql_runs_with_one_warning(
     env: dict[str, str], tmp_path: Path, _pg_database: str | None
 ) -> None:
