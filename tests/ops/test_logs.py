@@ -161,12 +161,22 @@ def test_a_scheduled_run_cycle_log_is_json_lines_warnings_included(tmp_path: Pat
 
 
 def test_uvicorn_colour_codes_stay_out_of_the_json_lines() -> None:
+    # as `billing serve` configures them (cli/serve.log_config): propagating to the root's JSON
+    # handler -- a uvicorn.Server started in-process by an earlier test of this worker (the
+    # browser tests) leaves uvicorn's own config behind: "uvicorn" not propagating, a level set
+    saved = [(lg, lg.propagate, lg.level, lg.disabled) for lg in map(logging.getLogger, ("uvicorn", "uvicorn.error"))]
+    for lg, *_ in saved:
+        lg.propagate, lg.disabled = True, False
+        lg.setLevel(logging.NOTSET)
     buf = _capture("info")
     try:
         logging.getLogger("uvicorn.error").info("Started server process [%d]", 4711,
                                                 extra={"color_message": "Started server process [\x1b[36m%d\x1b[0m]"})
     finally:
         _reset()
+        for lg, propagate, level, disabled in saved:
+            lg.propagate, lg.disabled = propagate, disabled
+            lg.setLevel(level)
     [line] = [json.loads(x) for x in buf.getvalue().splitlines()]
     assert line["event"] == "Started server process [4711]" and "color_message" not in line
     assert "\x1b" not in buf.getvalue() and "\\u001b" not in buf.getvalue()
