@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
-from billing_engine import customers, events, listing, pricing
+from billing_engine import customers, events, listing, pricing, subscriptions
 from billing_engine.errors import NotFound
 from billing_engine.models import Invoice, PaymentAttempt, Plan, Subscription
 
@@ -59,8 +59,8 @@ def list_invoices(
 ) -> list[Invoice]:
     q = listing.apply(select(Invoice).order_by(col(Invoice.id)).limit(limit), Invoice, ranges)
     # a filter naming nothing that exists is an error (field subscription / customer), not an empty page
-    if subscription_id and session.get(Subscription, subscription_id) is None:
-        raise NotFound(f"no subscription {subscription_id!r}", field="subscription")
+    if subscription_id:
+        subscriptions.get(session, subscription_id)
     if customer_id:
         customer_id = customers.get(session, customer_id).id
     if subscription_id:

@@ -35,6 +35,7 @@ from billing_engine.models import (
     SubscriptionStatus,
 )
 from billing_engine.periods import ensure_utc
+from billing_engine.plans import get as plan_by_id_or_code
 from billing_engine.rows import PlainSelect
 
 
@@ -57,9 +58,7 @@ def create(
     customer = session.get(Customer, customer_id)
     if customer is None:
         raise NotFound(f"no customer {customer_id!r}", field="customer")
-    plan = session.get(Plan, plan_id) or session.exec(select(Plan).where(Plan.code == plan_id)).first()
-    if plan is None:
-        raise NotFound(f"no plan {plan_id!r}", field="plan")
+    plan = plan_by_id_or_code(session, plan_id)
     if not plan.active:
         raise Conflict(f"plan {plan.code!r} is not active", field="plan")
     start = ensure_utc(start_at, "start_at") if start_at is not None else now
@@ -200,14 +199,8 @@ def filter_ids(session: Session, customer: str | None, plan: str | None) -> tupl
     """The ids a list filter names: a customer by id or external reference, a plan by id or
     code. ``NotFound`` (field ``customer`` / ``plan``) for one that does not exist: a typo
     would otherwise read as "no subscriptions" (an empty page, a finished export)."""
-    if customer:
-        customer = customers.get(session, customer).id
-    if plan:
-        found = session.get(Plan, plan) or session.exec(select(Plan).where(Plan.code == plan)).first()
-        if found is None:
-            raise NotFound(f"no plan {plan!r}", field="plan")
-        plan = found.id
-    return customer, plan
+    return (customers.get(session, customer).id if customer else None,
+            plan_by_id_or_code(session, plan).id if plan else None)
 
 
 # The columns of a subscription row named like the model's attributes, plus the customer's

@@ -113,7 +113,7 @@ def show(subscription: str = typer.Argument(..., help="Subscription id (sub_...)
 @handle_errors
 def list_cmd(
     status: str | None = typer.Option(None, help=" | ".join(SubscriptionStatus) + "."),
-    customer: str | None = typer.Option(None, help="Customer id."),
+    customer: str | None = typer.Option(None, help="Customer id or external reference."),
     plan: str | None = typer.Option(None, help="Plan code or id."),
     limit: int = typer.Option(100, min=1, max=10000, help="At most this many."),
     after: str | None = typer.Option(None, help="Cursor: ids after this one."),
